@@ -1,0 +1,565 @@
+"""The eight optimizers of the ZO benchmark, as ``torch.optim.Optimizer`` subclasses.
+
+Each one wires a gradient estimator (:mod:`zotune.estimators`) to an update rule
+(:mod:`zotune.rules`):
+
+=============== ==================== ============== ==========================================
+key             class                estimator      rule
+=============== ==================== ============== ==========================================
+zo-sgd          :class:`ZOSGD`        RGE            SGD
+zo-sgd-mmt      :class:`ZOSGDMomentum` RGE           momentum
+zo-sgd-cons     :class:`ZOSGDConservative` RGE       SGD, keep the best of three candidates
+zo-sgd-sign     :class:`ZOSGDSign`    RGE            sign
+zo-adam         :class:`ZOAdam`       RGE            Adam
+forward-grad    :class:`ForwardGrad`  forward-mode AD SGD
+fo-sgd          :class:`FOSGD`        backprop       SGD (momentum optional)
+fo-adam         :class:`FOAdam`       backprop       Adam
+=============== ==================== ============== ==========================================
+
+Closure contract: ``step(closure)`` where ``closure()`` returns the scalar loss of the current
+batch and never calls ``backward``. Zeroth-order optimizers (and Forward-Grad) require it and
+call it under ``torch.no_grad()``; first-order ones backpropagate its loss themselves, or,
+without a closure, use ``param.grad`` as ``torch.optim`` does. ``step`` returns the loss.
+
+Only tensors with ``requires_grad=True`` are perturbed and updated, so freezing a tensor is
+the usual flag. LR schedulers, param groups and ``state_dict`` work as in torch; the state
+dict also carries the seed stream, so a resumed run draws the same directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from . import rules
+from .estimators import (
+    BackpropEstimator,
+    DirectionalEstimate,
+    ForwardGradientEstimator,
+    IndexedParam,
+    RandomGradientEstimator,
+    mix_seed,
+)
+from .estimators.base import evaluate, shift
+from .rules import Rule, TensorContext
+
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
+
+_SEED_KEY = "zotune_seed_stream"
+
+
+def _check_lr(lr: float) -> None:
+    if not lr >= 0:
+        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+
+
+def _check_weight_decay(weight_decay: float) -> None:
+    if not weight_decay >= 0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+
+
+def _check_momentum(momentum: float, dampening: float, nesterov: bool) -> None:
+    if not 0 <= momentum < 1:
+        raise ValueError(f"Invalid momentum value: {momentum} (must be in [0, 1))")
+    if not 0 <= dampening <= 1:
+        raise ValueError(f"Invalid dampening value: {dampening} (must be in [0, 1])")
+    if nesterov and (momentum == 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+
+
+def _check_adam(betas: tuple[float, float], adam_eps: float) -> None:
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"Invalid betas: {betas} (two values, each in [0, 1))")
+    if not adam_eps >= 0:
+        raise ValueError(f"Invalid adam_eps value: {adam_eps} (must be >= 0)")
+
+
+def _as_params(params: Params) -> Any:
+    if isinstance(params, torch.nn.Module):
+        return [p for p in params.parameters() if p.requires_grad]
+    return params
+
+
+class _RuleOptimizer(torch.optim.Optimizer):
+    """Shared plumbing: a rule, a seed stream, indexed trainable tensors, rule application."""
+
+    rule: Rule
+
+    def __init__(self, params: Params, defaults: dict[str, Any], rule: Rule, seed: int) -> None:
+        _check_lr(defaults["lr"])
+        _check_weight_decay(defaults.get("weight_decay", 0.0))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Invalid seed: {seed!r} (must be an int)")
+        super().__init__(_as_params(params), defaults)
+        self.rule = rule
+        self.seed = seed
+        self.steps_taken = 0
+
+    def _trainable(self) -> list[tuple[IndexedParam, dict[str, Any]]]:
+        """Trainable tensors with a stable global index (frozen ones keep their number)."""
+        entries, index = [], 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.requires_grad:
+                    entries.append((IndexedParam(index, param), group))
+                index += 1
+        return entries
+
+    def _state_for(self, param: torch.Tensor) -> dict[str, Any]:
+        state = self.state[param]
+        if "step" not in state:
+            state["step"] = 0
+            for name in self.rule.state_names:
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        return state
+
+    def _apply_rule(
+        self, view: torch.Tensor, g: torch.Tensor, state: dict, ctx_args: tuple, start: int
+    ) -> None:
+        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike."""
+        ndim, step, group = ctx_args
+        sliced = {}
+        for name in self.rule.state_names:
+            full = state[name]
+            sliced[name] = (
+                full if full.shape == view.shape else full.view(-1)[start : start + view.numel()]
+            )
+        u = self.rule(g, sliced, TensorContext(view, ndim, step, group))
+        view.add_(u, alpha=-group["lr"])
+
+    def _step_seed(self) -> int:
+        return mix_seed(self.seed, self.steps_taken)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state[_SEED_KEY] = {"seed": self.seed, "steps_taken": self.steps_taken}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        stream = state_dict.pop(_SEED_KEY, None)
+        super().load_state_dict(state_dict)
+        if stream is not None:
+            self.seed = int(stream["seed"])
+            self.steps_taken = int(stream["steps_taken"])
+
+
+class ZerothOrderOptimizer(_RuleOptimizer):
+    """Any directional estimator (RGE, Forward-Grad) wired to any rule.
+
+    The update pass regenerates each z chunk once, removes the displacement the probes left
+    and applies the update in the same pass; for linear rules (SGD ± weight decay) that is a
+    single axpy per chunk, so a q = 1 ZO-SGD step makes three passes over the parameters
+    (+εz, −2εz, restore-and-update) where MeZO makes four.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        defaults: dict[str, Any],
+        *,
+        estimator: RandomGradientEstimator | ForwardGradientEstimator,
+        rule: Rule,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(params, defaults, rule, seed)
+        self.estimator = estimator
+
+    @property
+    def forward_passes_per_step(self) -> int:
+        return self.estimator.forward_passes
+
+    def _estimate(self, closure) -> tuple[list, DirectionalEstimate]:
+        if closure is None or not callable(closure):
+            raise TypeError(
+                f"{type(self).__name__}.step() needs a closure that returns the loss "
+                f"(got {closure!r}); zeroth-order optimizers evaluate it at perturbed parameters"
+            )
+        entries = self._trainable()
+        estimate = self.estimator.estimate([e for e, _ in entries], closure, self._step_seed())
+        self.steps_taken += 1
+        return entries, estimate
+
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor:
+        entries, estimate = self._estimate(closure)
+        self._update(entries, estimate)
+        return estimate.loss
+
+    @torch.no_grad()
+    def _update(self, entries, estimate: DirectionalEstimate) -> None:
+        sampler = self.estimator.sampler
+        last = len(estimate.seeds) - 1
+        for item, group in entries:
+            param = item.param
+            lr = group["lr"]
+            decay = group["weight_decay"] if param.ndim >= 2 else 0.0
+            for chunk, view in sampler.views(param):
+                start = chunk * sampler.chunk_numel
+                if self.rule.is_linear:
+                    # θ_new = (1 − lr·λ)θ − lr Σ c_k z_k, with θ = view − offset·z_last.
+                    if decay:
+                        view.mul_(1 - lr * decay)
+                    for k, (seed, coeff) in enumerate(estimate.terms):
+                        alpha = -lr * coeff
+                        if k == last:
+                            alpha -= (1 - lr * decay) * estimate.offset
+                        view.add_(sampler.draw(view, seed, item.index, chunk), alpha=alpha)
+                    continue
+                if start == 0:
+                    state = self._state_for(param)
+                    ctx_args = (param.ndim, state["step"], group)
+                g = sampler.scratch(view, slot=1) if last else None
+                for k, (seed, coeff) in enumerate(estimate.terms):
+                    z = sampler.draw(view, seed, item.index, chunk)
+                    if k == last and estimate.offset:
+                        view.add_(z, alpha=-estimate.offset)
+                    if g is None:
+                        g = z.mul_(coeff)
+                    elif k == 0:
+                        torch.mul(z, coeff, out=g)
+                    else:
+                        g.add_(z, alpha=coeff)
+                self._apply_rule(view, g, state, ctx_args, start)
+
+    @torch.no_grad()
+    def _move(self, entries, estimate: DirectionalEstimate, scale: float) -> None:
+        """θ ← θ + scale · ĝ, in one pass (used by candidates that are not kept)."""
+        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms]
+        shift([e for e, _ in entries], self.estimator.sampler, moves)
+
+
+def _rge(eps: float, q: int, probe: str, distribution: str) -> RandomGradientEstimator:
+    return RandomGradientEstimator(eps=eps, q=q, probe=probe, distribution=distribution)
+
+
+class ZOSGD(ZerothOrderOptimizer):
+    """ZO-SGD (MeZO; Malladi et al., NeurIPS 2023)::
+
+        θ_{t+1} = θ_t − η (ĝ_t + λ θ_t)
+
+    with ĝ_t the RGE estimate (two-point by default, q queries, scale ε) and λ the decoupled
+    weight decay on matrices. No per-parameter state, no stored gradient: the extra memory is
+    one chunk of scratch (:data:`zotune.estimators.directions.DEFAULT_CHUNK_NUMEL`).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        eps: float = 1e-3,
+        q: int = 1,
+        probe: str = "two-point",
+        distribution: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            {"lr": lr, "weight_decay": weight_decay},
+            estimator=_rge(eps, q, probe, distribution),
+            rule=rules.sgd(),
+            seed=seed,
+        )
+
+
+class ZOSGDMomentum(ZerothOrderOptimizer):
+    """ZO-SGD-MMT (ZO-Bench, Zhang et al., ICML 2024)::
+
+        b_t = μ b_{t−1} + (1 − τ) ĝ_t,   θ_{t+1} = θ_t − η (b_t + λ θ_t)
+
+    The momentum buffer is a parameter-sized tensor per trainable tensor.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        eps: float = 1e-3,
+        q: int = 1,
+        probe: str = "two-point",
+        distribution: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        _check_momentum(momentum, dampening, nesterov)
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "nesterov": nesterov,
+                "weight_decay": weight_decay,
+            },
+            estimator=_rge(eps, q, probe, distribution),
+            rule=rules.momentum(),
+            seed=seed,
+        )
+
+
+class ZOSGDSign(ZerothOrderOptimizer):
+    """ZO-SGD-Sign (ZO-signSGD; Liu et al., ICLR 2019; ZO-Bench)::
+
+        θ_{t+1} = θ_t − η (sign(ĝ_t) + λ θ_t)
+
+    The sign is taken elementwise of the estimate ĝ_t = c_t z_t, i.e. sign(c_t)·sign(z_t).
+    ZO-Bench's released code instead feeds sign(c_t)·z_t into an AdamW-style update, which
+    keeps z's magnitudes and so is not a sign method; zotune implements the sign method the
+    paper defines.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        eps: float = 1e-3,
+        q: int = 1,
+        probe: str = "two-point",
+        distribution: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            {"lr": lr, "weight_decay": weight_decay},
+            estimator=_rge(eps, q, probe, distribution),
+            rule=rules.sign(),
+            seed=seed,
+        )
+
+
+class ZOAdam(ZerothOrderOptimizer):
+    """ZO-Adam (ZO-AdaMM; Chen et al., NeurIPS 2019; ZO-Bench)::
+
+        m_t = β₁ m_{t−1} + (1 − β₁) ĝ_t,   v_t = β₂ v_{t−1} + (1 − β₂) ĝ_t²
+        θ_{t+1} = θ_t − η (m̂_t / (√v̂_t + δ) + λ θ_t)
+
+    with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor.
+    ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of the estimate.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        eps: float = 1e-3,
+        q: int = 1,
+        probe: str = "two-point",
+        distribution: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        betas = tuple(betas)
+        _check_adam(betas, adam_eps)
+        super().__init__(
+            params,
+            {"lr": lr, "betas": betas, "adam_eps": adam_eps, "weight_decay": weight_decay},
+            estimator=_rge(eps, q, probe, distribution),
+            rule=rules.adam(),
+            seed=seed,
+        )
+
+
+class ZOSGDConservative(ZOSGD):
+    """ZO-SGD-Cons (ZO-Bench; after Kim et al., 2021): a ZO-SGD step that never gets worse.
+
+    With ĝ_t the RGE estimate, evaluate three candidates and keep the best::
+
+        θ_{t+1} = argmin { f(θ_t), f(θ_t − η ĝ_t), f(θ_t + η ĝ_t) }
+
+    That costs three forward passes on top of the estimate's (2q + 3 in all for two-point).
+    The rule is plain SGD on purpose: a stateful rule (momentum, Adam) would advance its state
+    once per step even when the kept candidate is θ_t itself, so its state would describe
+    updates that never happened. ``weight_decay`` is therefore not offered.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        eps: float = 1e-3,
+        q: int = 1,
+        probe: str = "two-point",
+        distribution: str = "gaussian",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params, lr, eps=eps, q=q, probe=probe, distribution=distribution, seed=seed
+        )
+
+    @property
+    def forward_passes_per_step(self) -> int:
+        return self.estimator.forward_passes + 3
+
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor:
+        entries, estimate = self._estimate(closure)
+        self._update(entries, estimate)  # θ − ηĝ (also removes the probes' offset)
+        loss_down = evaluate(closure)
+        self._move_by_lr(entries, estimate, +1.0)  # θ
+        loss_here = evaluate(closure)
+        self._move_by_lr(entries, estimate, +1.0)  # θ + ηĝ
+        loss_up = evaluate(closure)
+        best = min((loss_here, 0), (loss_down, -1), (loss_up, +1), key=lambda x: float(x[0]))
+        self._move_by_lr(entries, estimate, float(best[1] - 1))
+        return best[0]
+
+    def _move_by_lr(self, entries, estimate, multiple: float) -> None:
+        """θ ← θ + multiple · η ĝ, each param group with its own η."""
+        if multiple == 0:
+            return
+        for group in self.param_groups:
+            members = [(e, g) for e, g in entries if g is group]
+            if members:
+                self._move(members, estimate, multiple * group["lr"])
+
+
+class ForwardGrad(ZerothOrderOptimizer):
+    """Forward-Grad (Baydin et al., 2022): SGD on the forward-mode estimate::
+
+        θ_{t+1} = θ_t − η ((∇f(θ_t)·v_t) v_t + λ θ_t),   v_t ~ N(0, I)
+
+    ∇f·v comes from forward-mode AD: exact, no finite-difference bias, no backward graph, but
+    the tangents are model-sized while the forward runs. Models must support forward-mode AD
+    in every op: Hugging Face models need ``attn_implementation="eager"``.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        q: int = 1,
+        distribution: str = "gaussian",
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            params,
+            {"lr": lr, "weight_decay": weight_decay},
+            estimator=ForwardGradientEstimator(q=q, distribution=distribution),
+            rule=rules.sgd(),
+            seed=seed,
+        )
+
+
+class FirstOrderOptimizer(_RuleOptimizer):
+    """Backprop gradients through a zotune rule: the first-order reference."""
+
+    forward_passes_per_step = 1
+
+    def __init__(self, params: Params, defaults: dict[str, Any], *, rule: Rule) -> None:
+        super().__init__(params, defaults, rule, seed=0)
+        self.estimator = BackpropEstimator()
+
+    def step(self, closure=None) -> torch.Tensor | None:
+        entries = self._trainable()
+        estimate = self.estimator.estimate([e for e, _ in entries], closure, 0)
+        self.steps_taken += 1
+        with torch.no_grad():
+            for item, group in entries:
+                grad = item.param.grad
+                if grad is None:
+                    continue
+                state = self._state_for(item.param)
+                ctx_args = (item.param.ndim, state["step"], group)
+                self._apply_rule(item.param, grad, state, ctx_args, 0)
+        return estimate.loss
+
+
+class FOSGD(FirstOrderOptimizer):
+    """FO-SGD: θ_{t+1} = θ_t − η (∇f(θ_t) + λ θ_t), optionally with heavy-ball momentum.
+
+    Without weight decay it matches ``torch.optim.SGD`` step for step. zotune's weight decay
+    is decoupled and applied to matrices only (torch's SGD adds λθ to every gradient).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_momentum(momentum, dampening, nesterov)
+        defaults = {"lr": lr, "weight_decay": weight_decay}
+        if momentum:
+            defaults.update(momentum=momentum, dampening=dampening, nesterov=nesterov)
+        super().__init__(params, defaults, rule=rules.momentum() if momentum else rules.sgd())
+
+
+class FOAdam(FirstOrderOptimizer):
+    """FO-Adam: Adam on backprop gradients (Kingma & Ba, 2015), decoupled weight decay.
+
+    Without weight decay it matches ``torch.optim.Adam``; with it, ``torch.optim.AdamW``
+    restricted to matrices. ``adam_eps`` is Adam's δ (``eps`` in torch).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        betas = tuple(betas)
+        _check_adam(betas, adam_eps)
+        super().__init__(
+            params,
+            {"lr": lr, "betas": betas, "adam_eps": adam_eps, "weight_decay": weight_decay},
+            rule=rules.adam(),
+        )
+
+
+OPTIMIZERS: dict[str, type[_RuleOptimizer]] = {
+    "zo-sgd": ZOSGD,
+    "zo-sgd-mmt": ZOSGDMomentum,
+    "zo-sgd-cons": ZOSGDConservative,
+    "zo-sgd-sign": ZOSGDSign,
+    "zo-adam": ZOAdam,
+    "forward-grad": ForwardGrad,
+    "fo-sgd": FOSGD,
+    "fo-adam": FOAdam,
+}
+
+ZEROTH_ORDER = tuple(k for k, v in OPTIMIZERS.items() if issubclass(v, ZerothOrderOptimizer))
+
+
+def create_optimizer(name: str, params: Params, **options: Any) -> torch.optim.Optimizer:
+    """Build an optimizer by registry key, e.g. ``create_optimizer("zo-adam", model, lr=1e-4)``.
+
+    ``params`` may be an iterable of tensors, param-group dicts, or a module (its trainable
+    parameters). Options are the class's keyword arguments; an unknown one raises TypeError
+    naming it.
+    """
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown optimizer: {name!r} (choose from {', '.join(OPTIMIZERS)})"
+        ) from None
+    try:
+        return cls(params, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            raise TypeError(f"{name}: {error}") from None
+        raise

@@ -1,0 +1,147 @@
+"""Per-tensor update rules: turn a gradient estimate g into an update direction u.
+
+The optimizer then applies θ ← θ − lr · u. Rules are elementwise, so they run on any slice of
+a tensor (zotune feeds ZO estimates chunk by chunk) and serve ZO, Forward-Grad and backprop
+estimates alike, which keeps the comparisons between them fair. After optax, a rule is a
+chain of transforms, each with its own per-tensor state; hyperparameters are read from the
+optimizer's param group at every step, so schedulers and users can change them mid-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TensorContext:
+    """What a transform may know about the tensor it updates besides the slice itself."""
+
+    param: Tensor  # the slice of the parameter being updated (current values)
+    ndim: int  # rank of the whole parameter (slices are flat)
+    step: int  # 1-based count of updates applied to this tensor
+    group: dict[str, Any]  # the param group: hyperparameters live here
+
+
+class Transform:
+    """One stage of a rule. ``state_names`` lists its tensor state (shaped like the param).
+
+    A transform must not modify its input ``u`` in place: it may be another stage's state.
+    """
+
+    state_names: tuple[str, ...] = ()
+
+    def __call__(self, u: Tensor, state: dict[str, Tensor], ctx: TensorContext) -> Tensor:
+        raise NotImplementedError
+
+
+class Momentum(Transform):
+    """Heavy-ball momentum (Polyak, 1964), as torch.optim.SGD computes it::
+
+        b_1 = g_1,   b_t = μ b_{t−1} + (1 − τ) g_t,   u_t = g_t + μ b_t (Nesterov) or b_t
+
+    with μ = group["momentum"], τ = group["dampening"].
+    """
+
+    state_names = ("momentum_buffer",)
+
+    def __call__(self, u, state, ctx):
+        mu = ctx.group["momentum"]
+        buffer = state["momentum_buffer"]
+        if ctx.step == 1:
+            buffer.copy_(u)
+        else:
+            buffer.mul_(mu).add_(u, alpha=1 - ctx.group["dampening"])
+        return u.add(buffer, alpha=mu) if ctx.group["nesterov"] else buffer
+
+
+class Sign(Transform):
+    """u = sign(g), elementwise (signSGD, Bernstein et al., 2018)."""
+
+    def __call__(self, u, state, ctx):
+        return torch.sign(u)
+
+
+class Adam(Transform):
+    """Adam (Kingma & Ba, 2015), with bias correction, as torch.optim.Adam computes it::
+
+        m_t = β₁ m_{t−1} + (1 − β₁) g_t,   v_t = β₂ v_{t−1} + (1 − β₂) g_t²
+        u_t = (m_t / (1 − β₁ᵗ)) / (√(v_t / (1 − β₂ᵗ)) + δ)
+
+    with (β₁, β₂) = group["betas"], δ = group["adam_eps"].
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __call__(self, u, state, ctx):
+        beta1, beta2 = ctx.group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(u, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(u, u, value=1 - beta2)
+        bias1 = 1 - beta1**ctx.step
+        bias2_sqrt = (1 - beta2**ctx.step) ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(ctx.group["adam_eps"])
+        return (exp_avg / bias1).div_(denom)
+
+
+class DecoupledWeightDecay(Transform):
+    """u ← u + λ θ for matrices only (Loshchilov & Hutter, 2019), λ = group["weight_decay"].
+
+    Decay is chosen by tensor rank: tensors with ndim >= 2 (linear weights, embeddings)
+    decay; vectors (biases, norm gains) never do. The research code picks by name substrings
+    ("bias", "layer_norm"), which misses every model that names its norms differently.
+    Because it is added after the other transforms, θ decays by lr·λ·θ whatever the rule
+    (AdamW's decoupled form, not an L2 term fed through Adam's scaling).
+    """
+
+    def __call__(self, u, state, ctx):
+        decay = ctx.group["weight_decay"]
+        if decay == 0 or ctx.ndim < 2:
+            return u
+        return u.add(ctx.param, alpha=decay)
+
+
+class Rule:
+    """A chain of transforms applied in order; ``rule(g, state, ctx)`` returns u."""
+
+    def __init__(self, *transforms: Transform) -> None:
+        self.transforms = transforms
+        names = [name for t in transforms for name in t.state_names]
+        if len(names) != len(set(names)):
+            raise ValueError(f"transforms in one rule share state names: {names}")
+        self.state_names = tuple(names)
+
+    @property
+    def is_linear(self) -> bool:
+        """True when u = g + λθ: the update can then be fused into the restoring pass."""
+        return all(isinstance(t, DecoupledWeightDecay) for t in self.transforms)
+
+    def __call__(self, g: Tensor, state: dict[str, Tensor], ctx: TensorContext) -> Tensor:
+        u = g
+        for transform in self.transforms:
+            u = transform(u, state, ctx)
+        return u
+
+    def __repr__(self) -> str:
+        return f"Rule({', '.join(type(t).__name__ for t in self.transforms)})"
+
+
+def sgd() -> Rule:
+    """u = g (+ decoupled weight decay)."""
+    return Rule(DecoupledWeightDecay())
+
+
+def momentum() -> Rule:
+    return Rule(Momentum(), DecoupledWeightDecay())
+
+
+def sign() -> Rule:
+    return Rule(Sign(), DecoupledWeightDecay())
+
+
+def adam() -> Rule:
+    return Rule(Adam(), DecoupledWeightDecay())
