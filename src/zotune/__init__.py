@@ -1,3 +1,19 @@
-"""zotune: fine-tune language models with zeroth-order (forward-only) optimizers."""
+"""zotune: fine-tune language models with zeroth-order (forward-only) optimizers.
+
+>>> from zotune.optim import create_optimizer
+>>> from zotune import finetune
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def finetune(config: Any = None, **overrides: Any):
+    """Fine-tune a model on a task (see :func:`zotune.train.finetune`)."""
+    from .train import finetune as _finetune
+
+    return _finetune(config, **overrides)
+
+
+__all__ = ["__version__", "finetune"]

@@ -42,7 +42,7 @@ from .estimators import (
     RandomGradientEstimator,
     mix_seed,
 )
-from .estimators.base import evaluate, shift
+from .estimators.base import check_finite, evaluate, shift
 from .rules import Rule, TensorContext
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
@@ -469,6 +469,8 @@ class FirstOrderOptimizer(_RuleOptimizer):
     def step(self, closure=None) -> torch.Tensor | None:
         entries = self._trainable()
         estimate = self.estimator.estimate([e for e, _ in entries], closure, 0)
+        if estimate.loss is not None:
+            check_finite([estimate.loss], lambda: None)
         self.steps_taken += 1
         with torch.no_grad():
             for item, group in entries:

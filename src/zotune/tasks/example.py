@@ -27,7 +27,8 @@ class Example:
             )
         if not 0 <= self.label < len(self.continuations):
             raise ValueError(
-                f"Example label {self.label} is out of range for {len(self.continuations)} candidates"
+                f"Example label {self.label} is out of range "
+                f"for {len(self.continuations)} candidates"
             )
 
     @property

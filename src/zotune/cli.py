@@ -1,0 +1,209 @@
+"""``zotune`` command line: train, eval, tasks, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Flags that are shorthands for dotted config keys (``--lr`` is ``optimizer.lr``).
+TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
+    "--model": ("model.name", str),
+    "--dtype": ("model.dtype", str),
+    "--device": ("model.device", str),
+    "--attn-implementation": ("model.attn_implementation", str),
+    "--task": ("task.name", str),
+    "--data-dir": ("task.data_dir", str),
+    "--num-train": ("task.num_train", int),
+    "--num-val": ("task.num_val", int),
+    "--num-test": ("task.num_test", int),
+    "--loss": ("task.loss", str),
+    "--reduction": ("task.reduction", str),
+    "--max-length": ("task.max_length", int),
+    "--tuning": ("tuning.scheme", str),
+    "--lora-r": ("tuning.lora_r", int),
+    "--lora-alpha": ("tuning.lora_alpha", int),
+    "--prefix-tokens": ("tuning.prefix_tokens", int),
+    "--prompt-tokens": ("tuning.prompt_tokens", int),
+    "--prompt-init-text": ("tuning.prompt_init_text", str),
+    "--optimizer": ("optimizer.name", str),
+    "--lr": ("optimizer.lr", float),
+    "--eps": ("optimizer.eps", float),
+    "--q": ("optimizer.q", int),
+    "--probe": ("optimizer.probe", str),
+    "--distribution": ("optimizer.distribution", str),
+    "--weight-decay": ("optimizer.weight_decay", float),
+    "--momentum": ("optimizer.momentum", float),
+    "--schedule": ("optimizer.schedule", str),
+    "--steps": ("train.steps", int),
+    "--batch-size": ("train.batch_size", int),
+    "--eval-every": ("train.eval_every", int),
+    "--eval-batch-size": ("train.eval_batch_size", int),
+    "--seed": ("train.seed", int),
+    "--output-dir": ("train.output_dir", str),
+}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (key, kind) in TRAIN_FLAGS.items():
+        parser.add_argument(flag, type=kind, default=None, dest=key, help=f"sets {key}")
+    parser.add_argument(
+        "--no-template",
+        action="store_const",
+        const=False,
+        dest="task.template",
+        help="raw inputs without the task-aligned prompt (the paper's alignment ablation)",
+    )
+    parser.add_argument("--resume", action="store_const", const=True, dest="train.resume")
+    parser.add_argument(
+        "--eval-test-before",
+        action="store_const",
+        const=True,
+        dest="train.eval_test_before",
+        help="also measure zero-shot test accuracy before training",
+    )
+    parser.add_argument("--no-progress", action="store_const", const=False, dest="train.progress")
+
+
+def _overrides(args: argparse.Namespace, positional: list[str]) -> tuple[str | None, list]:
+    """Split ``[CONFIG.yaml] [key=value ...]`` and merge the flag shorthands after them."""
+    config_path = None
+    dotted: list[tuple[str, Any]] = []
+    from .config import ConfigError, parse_override
+
+    for item in positional:
+        if "=" in item:
+            dotted.append(parse_override(item))
+        elif config_path is None:
+            config_path = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r} (expected key=value)")
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            dotted.append((key, value))
+    return config_path, dotted
+
+
+def _config_from(args, positional):
+    from .config import load_config
+
+    path, dotted = _overrides(args, positional)
+    return load_config(path, dict(dotted))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import finetune
+
+    config = _config_from(args, args.items)
+    result = finetune(config)
+    print(result.summary())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
+    import torch
+
+    from .config import load_config
+    from .scoring import Scorer
+    from .tasks import load_splits
+    from .train import _build_model, load_trainable_state
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    _, dotted = _overrides(args, [])
+    if run_dir is not None:
+        config = load_config(run_dir / "config.yaml", dict(dotted))
+    else:
+        config = load_config(None, dict(dotted))
+    model, loaded, _, _ = _build_model(config)
+    if run_dir is not None:
+        load_trainable_state(model, torch.load(run_dir / "best.pt", weights_only=True))
+    splits = load_splits(
+        config.task.name,
+        data_dir=config.task.data_dir,
+        num_train=config.task.num_train,
+        num_val=config.task.num_val,
+        num_test=config.task.num_test,
+        seed=config.train.seed,
+        template=config.task.template,
+        log=lambda m: print(f"zotune: {m}", file=sys.stderr),
+    )
+    scorer = Scorer(
+        model,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        reduction=config.task.reduction,
+        max_length=config.task.max_length,
+    )
+    split = getattr(splits, args.split)
+    accuracy = scorer.accuracy(split, config.train.eval_batch_size)
+    print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import get_task, list_tasks
+
+    for name in list_tasks():
+        print(f"{name:12s} {get_task(name).description}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zotune", description="Fine-tune language models with zeroth-order optimizers."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model on a task",
+        description="zotune train [CONFIG.yaml] [section.key=value ...] [flags]",
+    )
+    train.add_argument("items", nargs="*", help="a YAML config and/or section.key=value overrides")
+    _add_train_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy of a model or a run's best checkpoint")
+    evaluate.add_argument("run_dir", nargs="?", help="a `zotune train --output-dir` folder")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    _add_train_flags(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    tasks = commands.add_parser("tasks", help="list the tasks")
+    tasks.set_defaults(func=cmd_tasks)
+
+    demo = commands.add_parser("demo", help="fine-tune the embedded model on SST-2 (CPU)")
+    demo.add_argument("--steps", type=int, default=None)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("zotune: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as error:
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(f"zotune: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Candidate log-likelihoods, the training losses built on them, and accuracy.
+
+Candidate i of an example scores ``s_i = reduce_t log p(cont_i[t] | ctx_i, cont_i[<t])`` with
+``reduce`` the mean (default, as in the paper) or the sum over the candidate's tokens; the
+prediction is ``argmax_i s_i``. Two training losses:
+
+* ``ce``: cross-entropy over the candidates, ``−log softmax(s)[label]`` (classification);
+* ``lm``: ``−s_label``, the language-model loss on the correct candidate only (only the
+  correct candidate is run, so it costs 1/C of ``ce``).
+
+Only the scored positions get logits. A causal LM's batch is left-padded so every scored
+position sits in the last ``K + 1`` columns, and the model is asked for those alone
+(``logits_to_keep``); for a model of vocabulary V that saves a (T − K − 1) × V matrix per
+row, often the largest activation of a ZO forward. Left padding also keeps prompt tuning's
+virtual tokens (prepended by peft) out of the way. RoPE models need no position ids for it:
+relative positions between real tokens are unchanged by the padding.
+
+When every candidate of every example shares its context and is a single token (SST-2, the
+Yes/No tasks), the context runs once and the candidates are read off the same next-token
+distribution, which halves the forward cost of two-way tasks.
+
+Masked LMs (RoBERTa, prompt-based as in MeZO/LM-BFF) score the candidate tokens at mask
+tokens placed where the continuation goes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tasks.example import Example
+
+REDUCTIONS = ("mean", "sum")
+LOSSES = ("ce", "lm")
+KINDS = ("causal", "masked")
+
+
+class ScoringError(ValueError):
+    """An example cannot be scored (e.g. a candidate that tokenizes to nothing)."""
+
+
+@dataclass
+class EncodedBatch:
+    """Token tensors for one batch of examples, ready for repeated forwards (ZO probes)."""
+
+    input_ids: torch.Tensor  # [R, T], left-padded
+    attention_mask: torch.Tensor  # [R, T]
+    targets: torch.Tensor  # [R, K] candidate tokens to score (0 where masked)
+    target_mask: torch.Tensor  # [R, K] bool
+    positions: torch.Tensor  # [R, K] column whose logits predict each target
+    labels: torch.Tensor  # [N]
+    num_candidates: int
+    only_labelled: bool  # rows are the correct candidates only (lm loss)
+    shared_context: bool  # one row per example, targets are the C candidate tokens
+
+
+@dataclass
+class _Row:
+    context: list[int]
+    tokens: list[int]  # the tokens to score
+    alternatives: bool  # True: C alternatives for one slot; False: one continuation in order
+
+
+class Scorer:
+    """Scores :class:`Example` batches with a (possibly peft-wrapped) HF language model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        kind: str = "causal",
+        reduction: str = "mean",
+        loss: str = "ce",
+        max_length: int | None = None,
+    ) -> None:
+        for value, allowed, what in (
+            (kind, KINDS, "model kind"),
+            (reduction, REDUCTIONS, "reduction"),
+            (loss, LOSSES, "loss"),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Unknown {what}: {value!r} (choose from {allowed})")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.reduction = reduction
+        self.loss_name = loss
+        self.max_length = max_length or _model_max_length(model, tokenizer)
+        self._keeps_logits = kind == "causal" and _accepts_logits_to_keep(model)
+        self._cache: dict[str, list[int]] = {}
+
+    # Tokenization -------------------------------------------------------------------------
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        key = f"{int(special)}{text}"
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+            if len(self._cache) < 100_000:
+                self._cache[key] = ids
+        return ids
+
+    def _candidate_ids(self, continuation: str) -> list[int]:
+        ids = self._ids(continuation, special=False)
+        if not ids:
+            raise ScoringError(f"candidate {continuation!r} tokenizes to nothing")
+        return ids
+
+    def _context_ids(self, context: str, budget: int) -> list[int]:
+        """Context tokens, cut from the left (after any BOS) to fit ``budget``."""
+        if self.kind == "masked":
+            ids = self._ids(context, special=False)
+            return ids[-budget:] if len(ids) > budget else ids
+        ids = self._ids(context, special=True)
+        if len(ids) <= budget:
+            return ids
+        bos = self.tokenizer.bos_token_id
+        if ids and bos is not None and ids[0] == bos:
+            return [bos, *ids[len(ids) - budget + 1 :]]
+        return ids[-budget:]
+
+    def encode(self, examples: Sequence[Example], *, only_labelled: bool = False) -> EncodedBatch:
+        """Tokenize a batch. ``only_labelled`` keeps just the correct candidates (lm loss)."""
+        if not examples:
+            raise ScoringError("cannot score an empty batch")
+        counts = {ex.num_candidates for ex in examples}
+        if len(counts) != 1:
+            raise ScoringError(f"examples in one batch differ in candidate count: {sorted(counts)}")
+        num_candidates = counts.pop()
+        cand_ids = [[self._candidate_ids(c) for c in ex.continuations] for ex in examples]
+        shared = not only_labelled and all(
+            len(set(ex.contexts)) == 1 and all(len(ids) == 1 for ids in ids_list)
+            for ex, ids_list in zip(examples, cand_ids, strict=True)
+        )
+        rows: list[_Row] = []
+        for ex, ids_list in zip(examples, cand_ids, strict=True):
+            if shared:
+                context = self._context_ids(ex.contexts[0], self._budget(1))
+                rows.append(_Row(context, [ids[0] for ids in ids_list], alternatives=True))
+                continue
+            for i in [ex.label] if only_labelled else range(num_candidates):
+                context = self._context_ids(ex.contexts[i], self._budget(len(ids_list[i])))
+                rows.append(_Row(context, ids_list[i], alternatives=False))
+        return EncodedBatch(
+            *self._collate(rows),
+            labels=torch.tensor([ex.label for ex in examples]),
+            num_candidates=num_candidates,
+            only_labelled=only_labelled,
+            shared_context=shared,
+        )
+
+    def _budget(self, continuation_length: int) -> int:
+        # Masked LMs add <s> and </s> around the text.
+        budget = self.max_length - continuation_length - (2 if self.kind == "masked" else 0)
+        if budget < 1:
+            raise ScoringError(
+                f"a candidate of {continuation_length} tokens leaves no room for its context "
+                f"within max_length={self.max_length}"
+            )
+        return budget
+
+    def _collate(self, rows: list[_Row]):
+        """Left-pad rows; ``targets[r, j]`` is scored from the logits at ``positions[r, j]``."""
+        sequences, slots = [], []
+        for row in rows:
+            sequence, first = self._layout(row)
+            sequences.append(sequence)
+            slots.append([first if row.alternatives else first + j for j in range(len(row.tokens))])
+        width = max(len(s) for s in sequences)
+        k = max(len(row.tokens) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = torch.zeros((len(rows), k), dtype=torch.long)
+        target_mask = torch.zeros((len(rows), k), dtype=torch.bool)
+        positions = torch.full((len(rows), k), width - 1, dtype=torch.long)
+        for r, (row, sequence, slot) in enumerate(zip(rows, sequences, slots, strict=True)):
+            offset = width - len(sequence)
+            n = len(row.tokens)
+            input_ids[r, offset:] = torch.tensor(sequence)
+            attention[r, offset:] = 1
+            targets[r, :n] = torch.tensor(row.tokens)
+            target_mask[r, :n] = True
+            positions[r, :n] = torch.tensor(slot) + offset
+        return input_ids, attention, targets, target_mask, positions
+
+    def _layout(self, row: _Row) -> tuple[list[int], int]:
+        """The token sequence of a row and the position of its first scored slot."""
+        if self.kind == "causal":
+            # The logits at position t predict token t + 1; the last target is never input.
+            sequence = row.context if row.alternatives else row.context + row.tokens[:-1]
+            return sequence, len(row.context) - 1
+        mask_id = self.tokenizer.mask_token_id
+        if mask_id is None:
+            raise ScoringError("a masked LM's tokenizer needs a mask token")
+        n_masks = 1 if row.alternatives else len(row.tokens)
+        sequence = self.tokenizer.build_inputs_with_special_tokens(
+            row.context + [mask_id] * n_masks
+        )
+        return sequence, sequence.index(mask_id, len(row.context))
+
+    # Forward ------------------------------------------------------------------------------
+
+    def token_logprobs(self, batch: EncodedBatch) -> torch.Tensor:
+        """log p(target) at every target slot, [R, K] (0 where masked)."""
+        device = _device_of(self.model)
+        input_ids = batch.input_ids.to(device)
+        attention = batch.attention_mask.to(device)
+        positions = batch.positions.to(device)
+        if self._keeps_logits:
+            keep = input_ids.shape[1] - int(positions.min())
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention, logits_to_keep=keep
+            ).logits
+            positions = positions - (input_ids.shape[1] - logits.shape[1])
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+            # peft prompt learning prepends virtual tokens to the outputs.
+            positions = positions + (logits.shape[1] - input_ids.shape[1])
+        picked = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        logprobs = F.log_softmax(picked.float(), dim=-1)
+        chosen = logprobs.gather(-1, batch.targets.to(device).unsqueeze(-1)).squeeze(-1)
+        return chosen * batch.target_mask.to(device)
+
+    def scores(self, batch: EncodedBatch) -> torch.Tensor:
+        """Candidate scores [N, C] (or [N, 1] for an only-labelled batch)."""
+        token_lp = self.token_logprobs(batch)
+        mask = batch.target_mask.to(token_lp.device)
+        if batch.shared_context:
+            return token_lp[:, : batch.num_candidates]
+        total = token_lp.sum(-1)
+        if self.reduction == "mean":
+            total = total / mask.sum(-1)
+        columns = 1 if batch.only_labelled else batch.num_candidates
+        return total.view(-1, columns)
+
+    def loss(self, batch: EncodedBatch) -> torch.Tensor:
+        """The training loss of a batch encoded by :meth:`encode_for_loss`."""
+        scores = self.scores(batch)
+        if self.loss_name == "lm" and batch.only_labelled:
+            return -scores[:, 0].mean()
+        labels = batch.labels.to(scores.device)
+        if self.loss_name == "lm":
+            return -scores.gather(1, labels.unsqueeze(1)).mean()
+        return F.cross_entropy(scores, labels)
+
+    def encode_for_loss(self, examples: Sequence[Example]) -> EncodedBatch:
+        return self.encode(examples, only_labelled=self.loss_name == "lm")
+
+    @torch.no_grad()
+    def predict(self, examples: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
+        predictions = []
+        for start in range(0, len(examples), batch_size):
+            batch = self.encode(examples[start : start + batch_size])
+            predictions.append(self.scores(batch).argmax(-1).cpu())
+        return torch.cat(predictions)
+
+    def accuracy(self, examples: Sequence[Example], batch_size: int = 16) -> float:
+        if not examples:
+            raise ScoringError("cannot measure accuracy on an empty split")
+        predictions = self.predict(examples, batch_size)
+        labels = torch.tensor([ex.label for ex in examples])
+        return float((predictions == labels).float().mean())
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+
+
+def _model_max_length(model: torch.nn.Module, tokenizer) -> int:
+    config = getattr(_base_model(model), "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or 2048
+    if getattr(config, "model_type", "") == "roberta":
+        limit -= 2  # RoBERTa's position ids start after the padding index
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    return limit

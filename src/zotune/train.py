@@ -1,0 +1,393 @@
+"""The fine-tuning loop: one function you can read top to bottom.
+
+config → model + tuning scheme → task splits → loop (estimator → rule) → best-on-validation
+→ test once. The checkpoint that is kept is chosen on the validation split, never on test
+(ZO-Bench selects on test); test accuracy is measured once, at the end, on that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import ConfigError, RunConfig, build_config, load_config
+from .estimators import NonFiniteLossError, mix_seed
+from .optim import OPTIMIZERS, create_optimizer
+from .scoring import Scorer
+from .tasks import Example, load_splits
+
+# A run stops after this many non-finite losses in a row: one is a bad batch, many a diverged run.
+MAX_CONSECUTIVE_NONFINITE = 10
+
+
+@dataclass
+class RunResult:
+    """What a run measured. Accuracies are fractions in [0, 1]."""
+
+    test_accuracy: float
+    best_val_accuracy: float
+    best_step: int
+    test_accuracy_before: float | None
+    steps: int
+    train_seconds: float
+    seconds_per_step: float
+    peak_memory_mb: float
+    skipped_steps: int
+    trainable_parameters: int
+    forward_passes_per_step: int
+    output_dir: str | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        before = (
+            f"test accuracy before {self.test_accuracy_before:.1%}, "
+            if self.test_accuracy_before is not None
+            else ""
+        )
+        gain = (
+            f" ({(self.test_accuracy - self.test_accuracy_before) * 100:+.1f} points)"
+            if self.test_accuracy_before is not None
+            else ""
+        )
+        return (
+            f"{before}after {self.test_accuracy:.1%}{gain}; best val {self.best_val_accuracy:.1%} "
+            f"at step {self.best_step}; {self.seconds_per_step:.3f} s/step, "
+            f"peak memory {self.peak_memory_mb:.0f} MB"
+        )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by torch. CPU: the process's peak resident set (a high-water mark)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
+
+
+def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed: int) -> list:
+    """The examples of a step: epochs of a seeded shuffle, a pure function of (seed, step).
+
+    Being a function of the step alone, the data order needs no state to resume.
+    """
+    n = len(examples)
+    first = step * batch_size
+    batch = []
+    for position in range(first, first + batch_size):
+        epoch, offset = divmod(position, n)
+        order = list(range(n))
+        random.Random(mix_seed(seed, epoch)).shuffle(order)
+        batch.append(examples[order[offset]])
+    return batch
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ConfigError(f"checkpoint holds tensors this model lacks, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+class MetricsLog:
+    """Metrics as JSON lines, flushed per line (a crash loses at most the line in flight)."""
+
+    def __init__(self, path: Path | None, append: bool) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a" if append else "w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _log(message: str) -> None:
+    print(f"zotune: {message}", file=sys.stderr, flush=True)
+
+
+def _build_model(config: RunConfig):
+    from .models import load_model, random_model
+    from .tuning import apply_tuning, count_parameters
+
+    attn = config.model.attn_implementation
+    if config.optimizer.name == "forward-grad" and attn in (None, "sdpa"):
+        attn = "eager"  # fused SDPA attention has no forward-mode AD
+    name = config.model.name
+    if name is not None and name.startswith("random:"):
+        loaded = random_model(
+            name.removeprefix("random:"),
+            dtype=config.model.dtype,
+            attn_implementation=attn,
+            seed=config.train.seed,
+        )
+    else:
+        loaded = load_model(
+            name, dtype=config.model.dtype, device=config.model.device, attn_implementation=attn
+        )
+    if config.model.device != "cpu" and name is not None and name.startswith("random:"):
+        loaded.model.to(config.model.device)
+    torch.manual_seed(config.train.seed)  # adapter initialisation
+    tuning = config.tuning
+    model = apply_tuning(
+        loaded.model,
+        tuning.scheme,
+        tokenizer=loaded.tokenizer,
+        lora_r=tuning.lora_r,
+        lora_alpha=tuning.lora_alpha,
+        prefix_tokens=tuning.prefix_tokens,
+        prompt_tokens=tuning.prompt_tokens,
+        prompt_init_text=tuning.prompt_init_text,
+    )
+    model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
+    trainable, total = count_parameters(model)
+    return model, loaded, trainable, total
+
+
+def _make_scheduler(optimizer, config: RunConfig):
+    steps = max(config.train.steps, 1)
+    if config.optimizer.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if config.optimizer.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
+    raise ConfigError(
+        f"optimizer.schedule: unknown schedule {config.optimizer.schedule!r} (constant, linear)"
+    )
+
+
+def _check(config: RunConfig) -> None:
+    if config.optimizer.name not in OPTIMIZERS:
+        raise ConfigError(
+            f"optimizer.name: unknown optimizer {config.optimizer.name!r} "
+            f"(choose from {', '.join(OPTIMIZERS)})"
+        )
+    for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+        value = getattr(config.train, key)
+        if value < (0 if key == "steps" else 1):
+            raise ConfigError(f"train.{key}: invalid value {value}")
+
+
+def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: Any) -> RunResult:
+    """Fine-tune a model on a task; returns the measured :class:`RunResult`.
+
+    ``config`` is a RunConfig, a nested dict, or a YAML path; ``overrides`` are dotted keys
+    written with ``__`` (``finetune(task__name="copa", optimizer__lr=1e-4)``).
+    """
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict) or config is None:
+        config = build_config(config)
+    if overrides:
+        data = config.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            data.setdefault(section, {})[name] = value
+        config = build_config(data)
+    _check(config)
+    cfg_train = config.train
+    out = Path(cfg_train.output_dir) if cfg_train.output_dir else None
+
+    model, loaded, n_trainable, n_total = _build_model(config)
+    device = next(model.parameters()).device
+    _log(
+        f"model {loaded.name} ({loaded.kind}), tuning {config.tuning.scheme}: "
+        f"{n_trainable:,} of {n_total:,} parameters trainable"
+    )
+    splits = load_splits(
+        config.task.name,
+        data_dir=config.task.data_dir,
+        num_train=config.task.num_train,
+        num_val=config.task.num_val,
+        num_test=config.task.num_test,
+        seed=cfg_train.seed,
+        template=config.task.template,
+        log=_log,
+    )
+    scorer = Scorer(
+        model,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        reduction=config.task.reduction,
+        loss=config.task.loss,
+        max_length=config.task.max_length,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"seed": cfg_train.seed} if "seed" in _accepted(config.optimizer.name) else {}
+    options = config.optimizer.options()
+    for key in options:
+        if key not in _accepted(config.optimizer.name):
+            raise ConfigError(f"optimizer.{key} does not apply to {config.optimizer.name}")
+    optimizer = create_optimizer(config.optimizer.name, params, **options, **extra)
+    scheduler = _make_scheduler(optimizer, config)
+
+    start_step, best_val, best_step, before = 0, -1.0, 0, None
+    best_state = trainable_state(model)
+    if out is not None:
+        _atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
+        if cfg_train.resume and (out / "last.pt").exists():
+            ckpt = torch.load(out / "last.pt", weights_only=False)
+            load_trainable_state(model, ckpt["trainable"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
+            before = ckpt.get("test_accuracy_before")
+            best_state = torch.load(out / "best.pt", weights_only=True)
+            _log(f"resumed from {out / 'last.pt'} at step {start_step}")
+    metrics = MetricsLog(out / "metrics.jsonl" if out else None, append=start_step > 0)
+
+    if cfg_train.eval_test_before and before is None:
+        before = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
+        _log(f"zero-shot test accuracy {before:.1%}")
+    if start_step == 0:
+        val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
+        best_val, best_step = val, 0
+        metrics.write({"step": 0, "val_accuracy": val})
+
+    def save_checkpoint(step: int) -> None:
+        if out is None:
+            return
+        ckpt = {
+            "trainable": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "best_val": best_val,
+            "best_step": best_step,
+            "test_accuracy_before": before,
+        }
+        _atomic_write(out / "last.pt", lambda p: torch.save(ckpt, p))
+
+    progress = _progress(range(start_step, cfg_train.steps), cfg_train.progress, start_step)
+    skipped = consecutive_bad = 0
+    step_times: list[float] = []
+    train_start = time.perf_counter()
+    for step in progress:
+        examples = batch_for_step(splits.train, step, cfg_train.batch_size, cfg_train.seed)
+        batch = scorer.encode_for_loss(examples)
+        tick = time.perf_counter()
+        try:
+            loss = optimizer.step(lambda batch=batch: scorer.loss(batch))
+        except NonFiniteLossError as error:
+            skipped += 1
+            consecutive_bad += 1
+            metrics.write({"step": step + 1, "skipped": str(error)})
+            if consecutive_bad >= MAX_CONSECUTIVE_NONFINITE:
+                raise NonFiniteLossError(
+                    f"{consecutive_bad} non-finite losses in a row at step {step + 1}: the run "
+                    f"diverged (lower optimizer.lr, currently {config.optimizer.lr})"
+                ) from error
+            scheduler.step()
+            continue
+        consecutive_bad = 0
+        step_times.append(time.perf_counter() - tick)
+        scheduler.step()
+        record = {
+            "step": step + 1,
+            "loss": float(loss),
+            "lr": optimizer.param_groups[0]["lr"],
+            "step_seconds": step_times[-1],
+            "peak_memory_mb": peak_memory_mb(device),
+        }
+        if hasattr(progress, "set_postfix"):
+            progress.set_postfix(loss=f"{float(loss):.4f}", best_val=f"{best_val:.3f}")
+        done = step + 1 == cfg_train.steps
+        if (step + 1) % cfg_train.eval_every == 0 or done:
+            val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
+            record["val_accuracy"] = val
+            if val > best_val:
+                best_val, best_step = val, step + 1
+                best_state = trainable_state(model)
+                if out is not None:
+                    _atomic_write(out / "best.pt", lambda p, s=best_state: torch.save(s, p))
+            save_checkpoint(step + 1)
+        metrics.write(record)
+        if not math.isfinite(float(loss)):
+            raise NonFiniteLossError(f"non-finite loss at step {step + 1}")
+    train_seconds = time.perf_counter() - train_start
+
+    load_trainable_state(model, best_state)
+    test = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
+    result = RunResult(
+        test_accuracy=test,
+        best_val_accuracy=best_val,
+        best_step=best_step,
+        test_accuracy_before=before,
+        steps=cfg_train.steps,
+        train_seconds=train_seconds,
+        seconds_per_step=_median(step_times),
+        peak_memory_mb=peak_memory_mb(device),
+        skipped_steps=skipped,
+        trainable_parameters=n_trainable,
+        forward_passes_per_step=getattr(optimizer, "forward_passes_per_step", 1),
+        output_dir=str(out) if out else None,
+        history=metrics.records,
+    )
+    final = {k: v for k, v in result.__dict__.items() if k != "history"}
+    metrics.write({"step": cfg_train.steps, "final": final})
+    metrics.close()
+    if out is not None:
+        _atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
+    return result
+
+
+def _accepted(name: str) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(OPTIMIZERS[name].__init__).parameters) - {"self", "params"}
+
+
+def _median(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _progress(steps: range, enabled: bool, initial: int):
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        steps, initial=initial, total=steps.stop, desc="train", unit="step", file=sys.stderr
+    )
