@@ -156,7 +156,9 @@ def build_config(data: dict[str, Any] | None = None) -> RunConfig:
         )
     built = {}
     for name, cls in sections.items():
-        values = data.get(name) or {}
+        values = data.get(name)
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping, got {values!r}")
         hints = typing.get_type_hints(cls)

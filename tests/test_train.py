@@ -1,0 +1,209 @@
+"""The fine-tuning loop and the ``zotune`` command line, end to end on tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zotune import cli
+from zotune.config import build_config
+from zotune.demo import demo_config, equivalent_command
+from zotune.optim import OPTIMIZERS
+from zotune.train import _atomic_write, batch_for_step, finetune
+from zotune.tuning import SCHEMES
+
+POSITIVE = ["a joy to watch", "warm and funny", "a delight", "smart , moving and true"]
+NEGATIVE = ["a dull mess", "tedious and flat", "painfully boring", "nothing works here"]
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tmp_path_factory):
+    """A GLUE-format SST-2 folder: 40 train rows, 12 dev rows, an unlabelled test."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "sst2"
+    folder.mkdir()
+
+    def rows(n):
+        return [
+            f"{(POSITIVE if i % 2 else NEGATIVE)[i % 4]} {i}\t{i % 2}" for i in range(n)
+        ]
+
+    (folder / "train.tsv").write_text("\n".join(["sentence\tlabel", *rows(40)]) + "\n")
+    (folder / "dev.tsv").write_text("\n".join(["sentence\tlabel", *rows(12)]) + "\n")
+    (folder / "test.tsv").write_text("index\tsentence\n0\tunlabelled\n")
+    return root
+
+
+def tiny_run(data_dir, tmp_path=None, **overrides):
+    config = {
+        "model": {"name": "random:tiny-llama"},
+        "task": {"name": "sst2", "data_dir": str(data_dir), "num_train": 16, "num_val": 6,
+                 "num_test": 8},
+        "optimizer": {"name": "zo-sgd", "lr": 1e-3},
+        "train": {"steps": 2, "batch_size": 4, "eval_every": 1, "eval_batch_size": 8,
+                  "progress": False},
+    }
+    if tmp_path is not None:
+        config["train"]["output_dir"] = str(tmp_path)
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        config.setdefault(section, {})[name] = value
+    return build_config(config)
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+LR = {"fo-sgd": 1e-2, "fo-adam": 1e-3, "zo-adam": 1e-3, "zo-sgd-sign": 1e-3}
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_every_optimizer_and_scheme_trains_from_the_command_line(
+    optimizer, scheme, shape, sst2_dir, tmp_path, capsys
+):
+    argv = [
+        "train", f"--model=random:{shape}", "--task=sst2", f"--data-dir={sst2_dir}",
+        "--num-train=16", "--num-val=6", "--num-test=8", f"--tuning={scheme}",
+        f"--optimizer={optimizer}", f"--lr={LR.get(optimizer, 1e-4)}", "--steps=2",
+        "--batch-size=4", "--eval-every=1", "--eval-batch-size=8", "--no-progress",
+        f"--output-dir={tmp_path}",
+    ]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "after" in out
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert 0 <= result["test_accuracy"] <= 1
+    assert result["steps"] == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert {"step", "loss", "lr", "step_seconds", "peak_memory_mb"} <= set(records[1])
+
+
+def test_best_checkpoint_is_chosen_on_validation(sst2_dir, tmp_path):
+    config = tiny_run(sst2_dir, tmp_path, train__steps=6, optimizer__lr=5e-3)
+    result = finetune(config)
+    vals = [(r["val_accuracy"], -r["step"]) for r in result.history if "val_accuracy" in r]
+    best_val, negative_step = max(vals)
+    assert result.best_val_accuracy == best_val
+    assert result.best_step == -negative_step
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best, "the best checkpoint holds the trainable tensors"
+
+
+def _trainable_after(path):
+    return torch.load(path / "last.pt", weights_only=False)["trainable"]
+
+
+@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "fo-adam"])
+def test_resume_continues_the_same_trajectory(optimizer, sst2_dir, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    finetune(tiny_run(sst2_dir, straight, train__steps=4, optimizer__name=optimizer))
+    finetune(tiny_run(sst2_dir, split, train__steps=2, optimizer__name=optimizer))
+    finetune(tiny_run(sst2_dir, split, train__steps=4, optimizer__name=optimizer,
+                      train__resume=True))
+    expected, resumed = _trainable_after(straight), _trainable_after(split)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
+
+
+def test_zero_shot_accuracy_is_measured_before_training(sst2_dir):
+    result = finetune(tiny_run(sst2_dir, train__eval_test_before=True))
+    assert result.test_accuracy_before is not None
+    assert "test accuracy before" in result.summary()
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    examples = list(range(10))
+    first = [batch_for_step(examples, s, 4, seed=1) for s in range(5)]
+    again = [batch_for_step(examples, s, 4, seed=1) for s in range(5)]
+    assert first == again
+    epoch = [x for b in first[:2] for x in b] + first[2][:2]
+    assert sorted(epoch) == examples  # each epoch visits every example once
+    assert first != [batch_for_step(examples, s, 4, seed=2) for s in range(5)]
+
+
+def test_atomic_write_leaves_nothing_behind_on_a_crash(tmp_path):
+    target = tmp_path / "last.pt"
+
+    def crash(path):
+        path.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        _atomic_write(target, crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(sst2_dir, capsys):
+    argv = [
+        "train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--num-train=16",
+        "--num-val=6", "--num-test=8", "--optimizer=zo-sgd", "--lr=1e12", "--steps=40",
+        "--batch-size=4", "--eval-every=100", "--no-progress",
+    ]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert "zotune: error:" in err and "lower optimizer.lr" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--task=sst3"], "sst3"),
+        (["--optimizer=zo-sgdd"], "unknown optimizer 'zo-sgdd'"),
+        (["--tuning=adapter"], "adapter"),
+        (["--model=random:tiny-gpt"], "tiny-gpt"),
+        (["optimizer.learning_rate=1"], "unknown config key: optimizer.learning_rate"),
+        (["--momentum=0.9"], "optimizer.momentum does not apply to zo-sgd"),
+        (["--schedule=cosine"], "unknown schedule 'cosine'"),
+        (["--steps=-1"], "train.steps: invalid value -1"),
+    ],
+)
+def test_bad_input_gives_one_line_errors(flags, message, sst2_dir, capsys):
+    argv = ["train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--num-train=8",
+            "--num-val=4", "--num-test=4", "--steps=1", "--no-progress", *flags]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("zotune: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_missing_data_dir_is_named(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["train", "--model=random:tiny-llama", f"--data-dir={tmp_path / 'nowhere'}",
+         "--no-progress"],
+        capsys,
+    )
+    assert code == 2 and "nowhere" in err
+
+
+def test_eval_reports_a_runs_best_checkpoint(sst2_dir, tmp_path, capsys):
+    finetune(tiny_run(sst2_dir, tmp_path))
+    code, out, err = run_cli(["eval", str(tmp_path), "--split=val"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["split"] == "val" and 0 <= report["accuracy"] <= 1
+
+
+def test_tasks_lists_the_suite(capsys):
+    code, out, _ = run_cli(["tasks"], capsys)
+    assert code == 0
+    names = {line.split()[0] for line in out.splitlines()}
+    assert {"sst2", "copa", "winogrande", "multirc"} <= names
+
+
+def test_demo_recipe_is_the_printed_command():
+    config = demo_config()
+    parser = cli.build_parser()
+    args = parser.parse_args(equivalent_command(config).split()[1:])
+    assert cli._config_from(args, args.items) == config
