@@ -1,0 +1,192 @@
+"""Tuning schemes: which parameters a run trains. Adapters come from the peft library.
+
+=========== ===================================================================================
+scheme      trainable parameters
+=========== ===================================================================================
+``full``    every parameter of the model
+``lora``    rank-r adapters ``ΔW = (α/r)·B·A`` on the attention query and value projections
+            (peft's per-model-type targets, as in MeZO), B initialised to 0
+``prefix``  ``prefix_tokens`` learned key/value pairs prepended in every attention layer
+``prompt``  ``prompt_tokens`` learned input embeddings prepended to the input; initialised from
+            the embeddings of ``prompt_init_text`` when given, else of random vocabulary tokens
+=========== ===================================================================================
+
+Causal LMs use peft's ``CAUSAL_LM`` task type. Masked LMs use ``FEATURE_EXTRACTION``: its
+wrapper passes the call straight through to the masked-LM model (so the output still holds
+MLM logits) and, unlike the task-less base wrapper, applies prefix and prompt tokens.
+
+Prompt tuning prepends its virtual tokens to the model's outputs too: output column
+``prompt_tokens + t`` belongs to input column ``t`` (the scorer accounts for it).
+
+Left padding and virtual tokens: a left-padded row's real tokens must sit at the same
+positions whatever the padding, or a row's score depends on the rows batched with it. Plain
+models get this from their own code (OPT and RoBERTa derive positions from the mask or the
+pad ids; RoPE models see only relative positions between real tokens). With virtual tokens it
+breaks: RoPE models number every column, so the distance from a real token to the virtual ones
+grows with the padding, and RoBERTa numbers ``inputs_embeds`` columns blindly. peft ignores
+``position_ids`` for prompt tuning, so prefix and prompt models get a forward pre-hook on
+the base model that derives them from the attention mask (virtual tokens first, padding
+skipped), the way ``generate`` does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from peft import (
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+)
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+from .models import model_kind
+
+SCHEMES = ("full", "lora", "prefix", "prompt")
+
+
+def apply_tuning(
+    model: torch.nn.Module,
+    scheme: str,
+    *,
+    tokenizer=None,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    prefix_tokens: int = 5,
+    prompt_tokens: int = 10,
+    prompt_init_text: str | None = None,
+) -> torch.nn.Module:
+    """The model ready for ``scheme``: exactly its trainable tensors have ``requires_grad``.
+
+    ``full`` returns ``model`` itself; the others wrap it in a peft model (which adds adapter
+    tensors and freezes the base model's). ``tokenizer`` is needed for ``prompt_init_text``.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown tuning scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    for value, what in (
+        (lora_r, "lora_r"),
+        (prefix_tokens, "prefix_tokens"),
+        (prompt_tokens, "prompt_tokens"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"invalid {what}: {value!r} (must be an int >= 1)")
+    if scheme == "full":
+        model.requires_grad_(True)
+        return model
+    task_type = TaskType.CAUSAL_LM if model_kind(model) == "causal" else TaskType.FEATURE_EXTRACTION
+    if scheme == "lora":
+        config = LoraConfig(
+            task_type=task_type,
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=0.0,  # a ZO difference needs the same function at θ + εz and θ − εz
+            target_modules=attention_projections(model),
+        )
+        return get_peft_model(model, config)
+    if scheme == "prefix":
+        config = PrefixTuningConfig(task_type=task_type, num_virtual_tokens=prefix_tokens)
+        tuned = get_peft_model(model, config)
+    else:
+        tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, prompt_init_text)
+    _derive_positions_from_mask(tuned.get_base_model())
+    return tuned
+
+
+def _prompt_tuning(model, task_type, tokenizer, prompt_tokens, init_text):
+    if init_text is None:
+        # Random real-token embeddings keep the prompt at the scale of the model's inputs
+        # (peft's RANDOM init draws N(0, 1), far larger than typical embeddings).
+        config = PromptTuningConfig(
+            task_type=task_type,
+            num_virtual_tokens=prompt_tokens,
+            prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
+        )
+        return get_peft_model(model, config)
+    if tokenizer is None:
+        raise ValueError("prompt_init_text needs the model's tokenizer (pass tokenizer=...)")
+    # peft reloads the tokenizer by path; a saved copy works for in-memory and hub tokenizers
+    # alike, offline.
+    with tempfile.TemporaryDirectory(prefix="zotune-tokenizer-") as folder:
+        tokenizer.save_pretrained(folder)
+        config = PromptTuningConfig(
+            task_type=task_type,
+            num_virtual_tokens=prompt_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=init_text,
+            tokenizer_name_or_path=folder,
+        )
+        return get_peft_model(model, config)
+
+
+def _derive_positions_from_mask(model: torch.nn.Module) -> None:
+    """Make ``model`` number its tokens by the attention mask when the caller gives no positions.
+
+    Column ``t`` of a row gets ``start + (number of unmasked columns up to t) − 1``; ``start`` is
+    0, or ``padding_idx + 1`` for RoBERTa-style position embeddings that reserve the pad index.
+    peft passes the mask already extended over the virtual tokens, so they come first.
+    """
+    start = _first_position(model)
+
+    def fill_positions(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        inputs = kwargs.get("input_ids")
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        if kwargs.get("position_ids") is not None or mask is None or inputs is None or args:
+            return None
+        mask = mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) * mask + start
+        kwargs["position_ids"] = positions[:, -inputs.shape[1] :]
+        return args, kwargs
+
+    model.register_forward_pre_hook(fill_positions, with_kwargs=True)
+
+
+def _first_position(model: torch.nn.Module) -> int:
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding) and table.padding_idx is not None:
+            return table.padding_idx + 1
+    return 0
+
+
+def attention_projections(model: torch.nn.Module) -> list[str]:
+    """Names of the attention projections LoRA adapts (module-name suffixes, peft style).
+
+    peft's per-model-type defaults when it has them (query and value: ``q_proj``/``v_proj``,
+    RoBERTa's ``query``/``value``); for other models, the linear layers inside the model's
+    attention modules (modules whose class name ends in ``Attention``).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    known = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if known:
+        return list(known)
+    names = sorted(
+        {
+            child_name
+            for module in model.modules()
+            if type(module).__name__.endswith("Attention")
+            for child_name, child in module.named_children()
+            if isinstance(child, torch.nn.Linear)
+        }
+    )
+    if not names:
+        raise ValueError(
+            f"cannot find attention projections for LoRA in model type {model_type!r}: "
+            "no linear layers inside modules named *Attention"
+        )
+    return names
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; tied tensors count once."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
