@@ -1,0 +1,29 @@
+"""The task suite: SST-2, COPA, WinoGrande, MultiRC (the paper's four) and RTE, CB, BoolQ, WSC,
+WiC (the rest of MeZO's), each declared as data.
+
+* :mod:`.specs`: the declarations, templates (with and without task alignment) and labels;
+* :mod:`.formats`: GLUE TSV / JSONL readers and per-task row normalizers;
+* :mod:`.sources`: local data directory or Hugging Face hub → labelled pools;
+* :mod:`.splits`: seeded train / val / test sampling and the carving table.
+
+>>> splits = load_splits("sst2", data_dir="data", num_train=16)  # doctest: +SKIP
+>>> splits.train[0].contexts[0]  # doctest: +SKIP
+"a gorgeous , witty , seductive movie . It was"
+"""
+
+from .errors import TaskDataError
+from .example import Example
+from .sources import DATA_DIR_ENV
+from .specs import TaskSpec, get_task, list_tasks
+from .splits import Splits, load_splits
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "Example",
+    "Splits",
+    "TaskDataError",
+    "TaskSpec",
+    "get_task",
+    "list_tasks",
+    "load_splits",
+]

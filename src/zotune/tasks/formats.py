@@ -1,0 +1,180 @@
+"""File formats: raw rows out of GLUE TSV and JSONL files, and per-task row normalizers.
+
+Readers yield ``(line_number, raw_row)``. Normalizers turn one raw row, in whichever form a
+source ships it (local JSONL, the Hugging Face hub), into the flat *canonical* rows the task
+templates read; they raise :class:`TaskDataError` with a message that the caller prefixes
+with the row's location.
+
+WinoGrande comes in two forms and both normalize to the official one
+(``sentence`` with one ``_``, ``option1``, ``option2``, ``answer`` "1"/"2"):
+
+* official (``train_*.jsonl``, ``dev.jsonl``, the hub);
+* llm-foundry's partial-scoring form (``context_options``: the sentence up to the blank with
+  each option in place, ``continuation``: the text after the blank, ``gold``: 0/1). The
+  sentence is rebuilt as the options' common prefix, cut back to a word boundary, + ``_`` +
+  the continuation; the space that the reformatting stripped before the continuation is put
+  back unless the continuation starts with punctuation (``.``, ``'s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import TaskDataError
+
+Row = dict[str, Any]
+
+# A continuation that starts with one of these attaches to the blank without a space ("_'s").
+_ATTACHED = ".,;:!?'’)"
+_SST2_LABELS = ("0", "1")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
+    """One JSON object per non-blank line."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in _numbered(path, lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskDataError(
+                    f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            if not isinstance(row, dict):
+                raise TaskDataError(
+                    f"{path} line {number}: expected a JSON object, got {type(row).__name__}"
+                )
+            yield number, row
+
+
+def read_glue_tsv(path: Path) -> Iterator[tuple[int, Row]]:
+    """GLUE single-sentence TSV: text in the first column, label (0/1) in the last.
+
+    The header is recognised by its label column not being 0/1, not by its names: one shipped
+    copy of SST-2 renamed ``sentence`` to ``text``, and a file may have no header at all.
+    """
+    with path.open(encoding="utf-8") as lines:
+        first = True
+        for number, line in _numbered(path, lines):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            columns = line.split("\t")
+            if len(columns) < 2:
+                raise TaskDataError(
+                    f"{path} line {number}: expected text<TAB>label, found no tab in {line!r:.60}"
+                )
+            label = columns[-1].strip()
+            if first and label not in _SST2_LABELS:
+                first = False
+                continue
+            first = False
+            yield number, {"sentence": columns[0], "label": label}
+
+
+def _numbered(path: Path, lines) -> Iterator[tuple[int, str]]:
+    try:
+        yield from enumerate(lines, 1)
+    except UnicodeDecodeError as err:
+        raise TaskDataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+# Normalizers -------------------------------------------------------------------------------
+
+
+def as_is(raw: Row) -> list[Row]:
+    return [raw]
+
+
+def copa_rows(raw: Row) -> list[Row]:
+    question = raw.get("question")
+    if question not in ("cause", "effect"):
+        raise TaskDataError(f"question {question!r} is neither 'cause' nor 'effect'")
+    return [raw]
+
+
+def multirc_rows(raw: Row) -> list[Row]:
+    """SuperGLUE's nested paragraph → questions → answers, one flat row per answer option.
+
+    The hub already ships flat rows (paragraph, question, answer, label); they pass through.
+    """
+    passage = raw.get("passage")
+    if not isinstance(passage, dict):
+        return [raw]
+    paragraph = _field(passage, "text", "passage.text")
+    rows = []
+    for question in _field(passage, "questions", "passage.questions"):
+        for answer in _field(question, "answers", "answers"):
+            row = {
+                "paragraph": paragraph,
+                "question": _field(question, "question", "question"),
+                "answer": _field(answer, "text", "answers[].text"),
+            }
+            if "label" in answer:
+                row["label"] = answer["label"]
+            rows.append(row)
+    return rows
+
+
+def wsc_rows(raw: Row) -> list[Row]:
+    """SuperGLUE JSONL nests the spans under ``target``; the hub has them at the top level."""
+    target = raw.get("target")
+    if not isinstance(target, dict):
+        return [raw]
+    row = {key: value for key, value in raw.items() if key != "target"}
+    row["span1_text"] = _field(target, "span1_text", "target.span1_text")
+    row["span2_text"] = _field(target, "span2_text", "target.span2_text")
+    return [row]
+
+
+def winogrande_rows(raw: Row) -> list[Row]:
+    """Either WinoGrande form → the official one (see the module docstring)."""
+    if "context_options" in raw:
+        raw = _winogrande_from_partial(raw)
+    sentence = raw.get("sentence")
+    if isinstance(sentence, str):
+        blanks = sentence.count("_")
+        if blanks != 1:
+            raise TaskDataError(f"sentence should hold one blank '_', found {blanks}: {sentence!r}")
+        if not sentence.split("_")[1].strip():
+            raise TaskDataError(f"sentence has no text after the blank to score: {sentence!r}")
+    return [raw]
+
+
+def _winogrande_from_partial(raw: Row) -> Row:
+    options = raw["context_options"]
+    continuation = _field(raw, "continuation", "continuation")
+    if not (
+        isinstance(options, list) and len(options) == 2 and all(isinstance(o, str) for o in options)
+    ):
+        raise TaskDataError(f"context_options should be two strings, got {options!r:.80}")
+    if not isinstance(continuation, str):
+        raise TaskDataError(f"continuation should be text, got {continuation!r:.60}")
+    gold = _field(raw, "gold", "gold")
+    if gold not in (0, 1) or isinstance(gold, bool):
+        raise TaskDataError(f"label (gold) {gold!r} is not one of 0, 1")
+    prefix = os.path.commonprefix(options)  # noqa: RUF071 - a string prefix is what is wanted
+    # Options may share leading letters ("Kevin"/"Kelly"): cut back to the word boundary.
+    cut = prefix.rfind(" ") + 1
+    option1, option2 = options[0][cut:].strip(), options[1][cut:].strip()
+    if not option1 or not option2 or option1 == option2:
+        raise TaskDataError(f"context_options do not differ in an option: {options!r:.80}")
+    continuation = continuation.strip()
+    space = "" if continuation[:1] in _ATTACHED else " "
+    return {
+        "sentence": f"{options[0][:cut]}_{space}{continuation}",
+        "option1": option1,
+        "option2": option2,
+        "answer": str(gold + 1),
+    }
+
+
+def _field(container: Row, key: str, name: str) -> Any:
+    if not isinstance(container, dict) or key not in container:
+        raise TaskDataError(f"missing field {name!r}")
+    return container[key]
