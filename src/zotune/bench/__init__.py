@@ -1,0 +1,15 @@
+"""The benchmark: suites of runs, a resumable runner, a results store, and the report.
+
+Data flows one way::
+
+    suite YAML ──expand──▶ RunSpecs ──runner (one subprocess each)──▶ results.sqlite
+                                                                        │
+                                         report (select on val, test once) ◀┘
+
+``zotune bench SUITE`` runs a suite (built-in name or YAML path); ``zotune report DIR`` writes
+the tables and plots. Nothing here imports torch: the training happens in the worker process.
+"""
+
+from .suite import Cell, RunSpec, Suite, SuiteError, builtin_suites, load_suite
+
+__all__ = ["Cell", "RunSpec", "Suite", "SuiteError", "builtin_suites", "load_suite"]

@@ -1,0 +1,149 @@
+"""The report's figures: training-loss curves and accuracy against peak memory.
+
+matplotlib is an optional dependency (the ``report`` extra); it is imported here only, with
+the Agg backend, so the report works on machines with no display.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .files import atomic_write
+
+if TYPE_CHECKING:
+    from .report import Section
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# Curves are smoothed over about this fraction of their length: ZO losses are noisy.
+SMOOTHING_FRACTION = 0.04
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError(
+            "the report's plots need matplotlib: pip install 'zotune[report]' "
+            "(or pass --no-plots)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    plt = _pyplot()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+
+
+def read_losses(metrics_path: Path) -> dict[int, float]:
+    """Step → training loss from a run's ``metrics.jsonl`` (skipped steps have none)."""
+    losses: dict[int, float] = {}
+    if not metrics_path.is_file():
+        return losses
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a killed run was writing
+        if "loss" in record:
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def mean_curve(runs: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+    """The mean over seeds at each step that every seed logged, then a moving average."""
+    if not runs:
+        return [], []
+    steps = sorted(set.intersection(*(set(run) for run in runs)))
+    values = [statistics.fmean(run[step] for run in runs) for step in steps]
+    window = max(1, round(len(values) * SMOOTHING_FRACTION))
+    smoothed = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        smoothed.append(sum(chunk) / len(chunk))
+    return steps, smoothed
+
+
+def plot_loss_curves(section: Section, results_dir: Path, path: Path) -> bool:
+    """One panel per scheme, one line per optimizer (its selected runs); False if no data."""
+    from .runner import RUNS_DIR
+
+    panels = []
+    for scheme in section.schemes:
+        lines = []
+        for optimizer in section.optimizers:
+            item = section.selection(optimizer, scheme)
+            if item is None or item.chosen is None:
+                continue
+            runs = [
+                read_losses(results_dir / RUNS_DIR / r.id / "metrics.jsonl")
+                for r in item.chosen.done
+            ]
+            steps, losses = mean_curve([run for run in runs if run])
+            if steps:
+                lines.append((f"{optimizer} ({item.chosen.label()})", steps, losses))
+        panels.append((scheme, lines))
+    if not any(lines for _, lines in panels):
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False, sharey=True
+    )
+    for axis, (scheme, lines) in zip(axes[0], panels, strict=True):
+        for label, steps, losses in lines:
+            axis.plot(steps, losses, label=label, linewidth=1.2)
+        axis.set_title(scheme)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        if lines:
+            axis.legend(fontsize=6)
+    axes[0][0].set_ylabel("training loss (smoothed)")
+    figure.suptitle(f"{section.task} on {section.model}: training loss of the selected runs")
+    figure.tight_layout()
+    _save(figure, path)
+    return True
+
+
+def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
+    """Test accuracy against peak memory: a point per cell; False if no cell has both."""
+    points = []
+    for item in section.selections:
+        chosen = item.chosen
+        if chosen is None:
+            continue
+        memory = chosen.mean_metric("peak_memory_mb")
+        if memory is None:
+            continue
+        points.append((item.cell.optimizer, item.cell.scheme, memory, chosen.test_mean * 100))
+    if not points:
+        return False
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    optimizers, schemes = section.optimizers, section.schemes
+    for optimizer, scheme, memory, accuracy in points:
+        axis.scatter(
+            memory,
+            accuracy,
+            color=colors[optimizers.index(optimizer) % len(colors)],
+            marker=MARKERS[schemes.index(scheme) % len(MARKERS)],
+            s=40,
+        )
+    for i, optimizer in enumerate(optimizers):
+        axis.scatter([], [], color=colors[i % len(colors)], marker="o", label=optimizer)
+    for i, scheme in enumerate(schemes):
+        axis.scatter([], [], color="gray", marker=MARKERS[i % len(MARKERS)], label=scheme)
+    axis.set_xlabel("peak memory (MB)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(f"{section.task} on {section.model}: accuracy vs memory")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    _save(figure, path)
+    return True

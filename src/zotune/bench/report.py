@@ -1,0 +1,495 @@
+"""``zotune report RESULTS_DIR``: the benchmark's tables (Markdown, CSV) and plots (PNG).
+
+For every suite in the store and every (model, task) in it:
+
+- accuracy: optimizer rows × tuning-scheme columns, the test accuracy of the hyperparameters
+  chosen on validation (:mod:`zotune.bench.selection`), mean ± std over seeds, ``—`` for a cell
+  with no finished run, ``*`` for a cell with some runs missing or failed (the table is then
+  marked partial);
+- selection: per cell, the chosen hyperparameters, their val and test accuracy, the seeds
+  behind them and how many settings were tried;
+- cost: optimizer rows, forward passes per step, and per scheme the peak memory and seconds
+  per step of the chosen runs;
+- failed runs with their error line.
+
+Each table states its model, task, step budget, data sizes, hardware, zotune version, and the
+command that reproduces it. Files go to ``RESULTS_DIR/report/`` (or ``out``), each written
+atomically: ``report.md``, ``accuracy.csv``, ``selection.csv``, ``cost.csv``, ``runs.csv`` and
+two PNGs per (model, task).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_text
+from .selection import TEST_METRIC, VAL_METRIC, CellSelection, select
+from .store import ResultsStore, RunRecord, SuitePlan
+from .suite import hparams_label
+
+REPORT_DIR = "report"
+MISSING = "—"
+PARTIAL_MARK = "*"
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    align_right_from: int = 1  # columns from this index on hold numbers
+
+    def markdown(self) -> str:
+        rule = [
+            "---:" if i >= self.align_right_from else "---" for i in range(len(self.header))
+        ]
+        lines = [self.header, rule, *self.rows]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+@dataclass
+class Section:
+    """The tables of one (suite, model, task)."""
+
+    suite: str
+    model: str
+    task: str
+    selections: list[CellSelection]
+    records: list[RunRecord]  # this section's runs in the plan, every status
+    command: str
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        return _slug(f"{self.suite}_{self.task}_{self.model}")
+
+    @property
+    def schemes(self) -> list[str]:
+        return list(dict.fromkeys(s.cell.scheme for s in self.selections))
+
+    @property
+    def optimizers(self) -> list[str]:
+        return list(dict.fromkeys(s.cell.optimizer for s in self.selections))
+
+    def selection(self, optimizer: str, scheme: str) -> CellSelection | None:
+        for item in self.selections:
+            if item.cell.optimizer == optimizer and item.cell.scheme == scheme:
+                return item
+        return None
+
+
+def build_report(
+    results_dir: str | Path, out: str | Path | None = None, plots: bool = True
+) -> list[Path]:
+    """Write the report of a results folder; returns the files written."""
+    results_dir = Path(results_dir)
+    out = Path(out) if out is not None else results_dir / REPORT_DIR
+    with ResultsStore(results_dir, create=False) as store:
+        records = store.records()
+        plans = store.plans()
+    if not plans and not records:
+        raise ValueError(f"no runs recorded in {results_dir}")
+    sections = _sections(records, plans, results_dir)
+    written: list[Path] = []
+    if plots:
+        from .plots import plot_accuracy_vs_memory, plot_loss_curves
+
+        for section in sections:
+            loss = out / f"{section.slug}_loss.png"
+            if plot_loss_curves(section, results_dir, loss):
+                section.plots.append(loss)
+            scatter = out / f"{section.slug}_accuracy_vs_memory.png"
+            if plot_accuracy_vs_memory(section, scatter):
+                section.plots.append(scatter)
+            written += section.plots
+    files = {
+        "report.md": markdown_report(sections, out),
+        "accuracy.csv": _csv(_accuracy_rows(sections)),
+        "selection.csv": _csv(_selection_rows(sections)),
+        "cost.csv": _csv(_cost_rows(sections)),
+        "runs.csv": _csv(_run_rows(sections)),
+    }
+    for name, text in files.items():
+        atomic_write_text(out / name, text)
+        written.append(out / name)
+    return written
+
+
+def _sections(
+    records: list[RunRecord], plans: list[SuitePlan], results_dir: Path
+) -> list[Section]:
+    if not plans:  # a store written without a plan: its rows are the plan
+        names = dict.fromkeys(r.suite for r in records)
+        plans = [
+            SuitePlan(name, name, f"zotune bench {shlex.quote(name)}", _plan_of(records, name))
+            for name in names
+        ]
+    by_id = {r.id: r for r in records}
+    sections = []
+    for suite_plan in plans:
+        command = f"{suite_plan.command} && zotune report {shlex.quote(str(results_dir))}"
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in suite_plan.runs:
+            groups.setdefault((entry["model"], entry["task"]), []).append(entry)
+        for (model, task), planned in groups.items():
+            section_records = [by_id[e["id"]] for e in planned if e["id"] in by_id]
+            sections.append(
+                Section(
+                    suite=suite_plan.name,
+                    model=model,
+                    task=task,
+                    selections=select(section_records, planned),
+                    records=section_records,
+                    command=command,
+                )
+            )
+    return sections
+
+
+def _plan_of(records: list[RunRecord], suite: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.id,
+            "model": r.cell.model,
+            "task": r.cell.task,
+            "scheme": r.cell.scheme,
+            "optimizer": r.cell.optimizer,
+            "hparams": r.hparams,
+            "seed": r.seed,
+        }
+        for r in records
+        if r.suite == suite
+    ]
+
+
+def markdown_report(sections: list[Section], out: Path) -> str:
+    parts = ["# zotune benchmark report", ""]
+    for section in sections:
+        parts += [
+            f"## {section.suite}: {section.task} on {section.model}",
+            "",
+            *context_lines(section),
+            "",
+            "### Test accuracy (%)",
+            "",
+            "Test accuracy of the hyperparameters with the best mean validation accuracy "
+            "(never chosen on test); mean ± std over seeds.",
+            "",
+            accuracy_table(section).markdown(),
+            "",
+            *_partial_note(section),
+            "### Selected hyperparameters",
+            "",
+            selection_table(section).markdown(),
+            "",
+            "### Memory and time",
+            "",
+            *_memory_note(section),
+            cost_table(section).markdown(),
+            "",
+            *_failed_runs(section),
+            *(f"![{p.stem}]({p.relative_to(out)})" for p in section.plots),
+            "",
+        ]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def context_lines(section: Section) -> list[str]:
+    """What a table is of: budget, data, hardware, version, and how to reproduce it."""
+    configs = [r.config for r in section.records]
+    done = [r for r in section.records if r.status == "done"]
+    return [
+        f"- model: `{section.model}`; task: `{section.task}`",
+        f"- step budget: {_step_budget(section)}",
+        f"- data: {_distinct(_data_sizes(c) for c in configs)}",
+        f"- hardware: {_distinct(r.hardware for r in done) or 'no finished run'}",
+        f"- zotune: {_distinct(r.zotune_version for r in done) or 'no finished run'}",
+        f"- reproduce: `{section.command}`",
+    ]
+
+
+def _step_budget(section: Section) -> str:
+    """``"zo-sgd, zo-adam: 400 steps; fo-sgd: 100 steps (batch 16)"``."""
+    steps: dict[tuple[int, int], list[str]] = {}
+    for record in section.records:
+        train = record.config["train"]
+        key = (train["steps"], train["batch_size"])
+        names = steps.setdefault(key, [])
+        if record.cell.optimizer not in names:
+            names.append(record.cell.optimizer)
+    if not steps:
+        return "unknown (no run recorded)"
+    if len(steps) == 1:
+        ((count, batch),) = steps
+        return f"{count} steps, batch {batch} (every optimizer)"
+    return "; ".join(
+        f"{', '.join(names)}: {count} steps, batch {batch}"
+        for (count, batch), names in steps.items()
+    )
+
+
+def _data_sizes(config: dict[str, Any]) -> str:
+    task = config["task"]
+    return f"{task['num_train']} train / {task['num_val']} val / {task['num_test']} test examples"
+
+
+def _distinct(values: Iterable[str]) -> str:
+    return "; ".join(dict.fromkeys(v for v in values if v))
+
+
+def accuracy_table(section: Section) -> Table:
+    rows = []
+    for optimizer in section.optimizers:
+        row = [optimizer]
+        for scheme in section.schemes:
+            row.append(_accuracy_cell(section.selection(optimizer, scheme)))
+        rows.append(row)
+    return Table(["optimizer", *section.schemes], rows)
+
+
+def _accuracy_cell(selection: CellSelection | None) -> str:
+    if selection is None or selection.chosen is None:
+        return MISSING
+    chosen = selection.chosen
+    text = f"{chosen.test_mean * 100:.1f}"
+    if chosen.test_std is not None:
+        text += f" ± {chosen.test_std * 100:.1f}"
+    return text + (PARTIAL_MARK if selection.partial else "")
+
+
+def _partial_note(section: Section) -> list[str]:
+    cells = section.selections
+    empty = sum(s.chosen is None for s in cells)
+    partial = sum(s.partial and s.chosen is not None for s in cells)
+    if not empty and not partial:
+        return []
+    return [
+        f"**Partial:** {empty} of {len(cells)} cells have no finished run ({MISSING}), "
+        f"{partial} have some runs missing or failed ({PARTIAL_MARK}).",
+        "",
+    ]
+
+
+def selection_table(section: Section) -> Table:
+    header = [
+        "optimizer",
+        "scheme",
+        "chosen hyperparameters",
+        "val acc (%)",
+        "test acc (%)",
+        "seeds",
+        "settings tried",
+        "best step",
+    ]
+    rows = []
+    for item in section.selections:
+        chosen = item.chosen
+        tried = sum(bool(c.done) for c in item.candidates)
+        if chosen is None:
+            rows.append(
+                [item.cell.optimizer, item.cell.scheme, MISSING, MISSING, MISSING,
+                 f"0/{item.expected_runs}", f"0/{len(item.candidates)}", MISSING]
+            )
+            continue
+        rows.append(
+            [
+                item.cell.optimizer,
+                item.cell.scheme,
+                chosen.label(),
+                f"{chosen.val_mean * 100:.1f}",
+                _accuracy_cell(item),
+                f"{len(chosen.done)}/{chosen.expected_seeds}",
+                f"{tried}/{len(item.candidates)}",
+                _number(chosen.mean_metric("best_step"), "{:.0f}"),
+            ]
+        )
+    return Table(header, rows, align_right_from=3)
+
+
+def _memory_note(section: Section) -> list[str]:
+    devices = {r.config["model"]["device"] for r in section.records}
+    if all(str(d).startswith("cuda") for d in devices):
+        source = "peak CUDA memory allocated by torch"
+    elif any(str(d).startswith("cuda") for d in devices):
+        source = "peak CUDA memory allocated (GPU runs) or process peak RSS (CPU runs)"
+    else:
+        source = "the process's peak resident set (CPU), which includes the Python runtime"
+    return [
+        f"Peak memory is {source}; s/step is the median step time. Both are means over "
+        "the seeds of the selected hyperparameters.",
+        "",
+    ]
+
+
+def cost_table(section: Section) -> Table:
+    header = ["optimizer", "forward passes / step"]
+    for scheme in section.schemes:
+        header += [f"{scheme}: peak memory (MB)", f"{scheme}: s/step"]
+    rows = []
+    for optimizer in section.optimizers:
+        passes = [
+            s.chosen.mean_metric("forward_passes_per_step")
+            for scheme in section.schemes
+            if (s := section.selection(optimizer, scheme)) is not None and s.chosen is not None
+        ]
+        row = [optimizer, _number(passes[0] if passes else None, "{:.0f}")]
+        for scheme in section.schemes:
+            item = section.selection(optimizer, scheme)
+            chosen = item.chosen if item is not None else None
+            if chosen is None:
+                row += [MISSING, MISSING]
+                continue
+            row += [
+                _number(chosen.mean_metric("peak_memory_mb"), "{:.0f}"),
+                _number(chosen.mean_metric("seconds_per_step"), "{:.3f}"),
+            ]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def _failed_runs(section: Section) -> list[str]:
+    failed = [r for r in section.records if r.status == "failed"]
+    if not failed:
+        return []
+    table = Table(
+        ["run", "optimizer", "scheme", "hyperparameters", "seed", "attempts", "error"],
+        [
+            [f"`{r.id}`", r.cell.optimizer, r.cell.scheme, hparams_label(r.hparams),
+             str(r.seed), str(r.attempts), _escape(r.error or "")]
+            for r in failed
+        ],
+        align_right_from=len(["run", "optimizer", "scheme", "hyperparameters"]),
+    )
+    return ["### Failed runs", "", table.markdown(), ""]
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return MISSING if value is None else fmt.format(value)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
+    rows = []
+    for section in sections:
+        for item in section.selections:
+            chosen = item.chosen
+            rows.append(
+                {
+                    "suite": section.suite,
+                    "model": section.model,
+                    "task": section.task,
+                    "optimizer": item.cell.optimizer,
+                    "scheme": item.cell.scheme,
+                    "test_accuracy_mean": chosen.test_mean if chosen else "",
+                    "test_accuracy_std": (chosen.test_std or "") if chosen else "",
+                    "val_accuracy_mean": chosen.val_mean if chosen else "",
+                    "seeds": len(chosen.done) if chosen else 0,
+                    "partial": item.partial,
+                }
+            )
+    return rows
+
+
+def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
+    rows = []
+    for section in sections:
+        for item in section.selections:
+            for candidate in item.candidates:
+                rows.append(
+                    {
+                        "suite": section.suite,
+                        "model": section.model,
+                        "task": section.task,
+                        "optimizer": item.cell.optimizer,
+                        "scheme": item.cell.scheme,
+                        "hyperparameters": candidate.label(),
+                        "chosen": candidate is item.chosen,
+                        "val_accuracy_mean": candidate.val_mean if candidate.done else "",
+                        "test_accuracy_mean": candidate.test_mean if candidate.done else "",
+                        "seeds_done": len(candidate.done),
+                        "seeds_failed": len(candidate.failed),
+                        "seeds_planned": candidate.expected_seeds,
+                    }
+                )
+    return rows
+
+
+def _cost_rows(sections: list[Section]) -> list[dict[str, Any]]:
+    rows = []
+    for section in sections:
+        for item in section.selections:
+            chosen = item.chosen
+            if chosen is None:
+                continue
+            rows.append(
+                {
+                    "suite": section.suite,
+                    "model": section.model,
+                    "task": section.task,
+                    "optimizer": item.cell.optimizer,
+                    "scheme": item.cell.scheme,
+                    "forward_passes_per_step": chosen.mean_metric("forward_passes_per_step"),
+                    "peak_memory_mb": chosen.mean_metric("peak_memory_mb"),
+                    "seconds_per_step": chosen.mean_metric("seconds_per_step"),
+                    "trainable_parameters": chosen.mean_metric("trainable_parameters"),
+                }
+            )
+    return rows
+
+
+def _run_rows(sections: list[Section]) -> list[dict[str, Any]]:
+    rows = []
+    for section in sections:
+        chosen_ids = {
+            r.id for item in section.selections if item.chosen for r in item.chosen.done
+        }
+        for record in section.records:
+            metrics = record.metrics or {}
+            rows.append(
+                {
+                    "id": record.id,
+                    "suite": section.suite,
+                    "model": record.cell.model,
+                    "task": record.cell.task,
+                    "optimizer": record.cell.optimizer,
+                    "scheme": record.cell.scheme,
+                    "hyperparameters": hparams_label(record.hparams),
+                    "seed": record.seed,
+                    "status": record.status,
+                    "selected": record.id in chosen_ids,
+                    "val_accuracy": metrics.get(VAL_METRIC, ""),
+                    "test_accuracy": metrics.get(TEST_METRIC, ""),
+                    "best_step": metrics.get("best_step", ""),
+                    "steps": record.config["train"]["steps"],
+                    "seconds_per_step": metrics.get("seconds_per_step", ""),
+                    "peak_memory_mb": metrics.get("peak_memory_mb", ""),
+                    "duration_s": round(record.duration_s, 1),
+                    "attempts": record.attempts,
+                    "hardware": record.hardware,
+                    "zotune_version": record.zotune_version,
+                    "error": record.error or "",
+                }
+            )
+    return rows

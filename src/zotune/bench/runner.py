@@ -1,0 +1,343 @@
+"""The resumable runner: each pending run in its own worker process, results into the store.
+
+Running the same suite again executes only the runs that have no row yet, and (by default)
+the failed ones; finished runs are never redone. A run is recorded the moment its process
+ends, in one transaction, so Ctrl-C or a kill loses only the runs in flight:
+
+- a run interrupted mid-training resumes from its ``last.pt`` checkpoint next time;
+- a worker whose runner died stops itself (it would otherwise train on, unrecorded);
+- an outcome a worker wrote just before its runner died is picked up, not recomputed.
+
+``jobs`` runs go at once (threads, each waiting on one subprocess); each subprocess gets
+``usable CPUs // jobs`` torch/OpenMP threads so they do not fight over cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .environment import hardware_description, hostname, usable_cpus, zotune_version
+from .progress import ProgressDisplay
+from .store import ResultsStore, RunRecord, SuitePlan
+from .suite import RunSpec, Suite
+from .worker import STDERR_FILE, read_outcome, write_job
+
+RUNS_DIR = "runs"
+LOCK_FILE = ".runner.lock"
+# Seconds a worker gets to exit after SIGTERM before it is killed.
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    state: str  # done, failed or pending (no row yet)
+    will_run: bool
+
+
+@dataclass
+class BenchSummary:
+    total: int
+    done_before: int
+    ran: int
+    done: int  # done now, in all
+    failed: int  # failed now, in all
+    results_dir: Path
+
+    def line(self) -> str:
+        return (
+            f"{self.total} runs: {self.done} done, {self.failed} failed "
+            f"({self.ran} run now, {self.done_before} done before) in {self.results_dir}"
+        )
+
+
+def plan(suite: Suite, statuses: dict[str, str], retry_failed: bool = True) -> list[PlannedRun]:
+    """Each run with its state in the store (``statuses``: id → done/failed) and whether to run."""
+    planned = []
+    for run in suite.runs:
+        state = statuses.get(run.id, "pending")
+        will_run = state == "pending" or (state == "failed" and retry_failed)
+        planned.append(PlannedRun(run, state, will_run))
+    return planned
+
+
+def describe_plan(planned: list[PlannedRun]) -> str:
+    """The ``--dry-run`` listing: one line per run, then the counts."""
+    lines = []
+    for item in planned:
+        action = "run" if item.will_run else "skip"
+        lines.append(f"{item.spec.id}  {item.state:7s}  {action:4s}  {item.spec.label()}")
+    pending = sum(item.will_run for item in planned)
+    lines.append(f"{len(planned)} runs, {pending} to run")
+    return "\n".join(lines)
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, usable_cpus() // max(1, jobs))
+
+
+class Runner:
+    """Runs a suite's pending runs into ``results_dir`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        results_dir: str | Path,
+        *,
+        jobs: int = 1,
+        retry_failed: bool = True,
+        command: str | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        if jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        self.suite = suite
+        self.results_dir = Path(results_dir)
+        self.jobs = jobs
+        self.retry_failed = retry_failed
+        self.command = command or suite.command(self.results_dir)
+        self.stream = stream
+        self.threads = threads_per_job(jobs)
+        self._stopping = threading.Event()
+        self._live: set[subprocess.Popen] = set()
+        self._live_lock = threading.Lock()
+
+    def run(self) -> BenchSummary:
+        with _exclusive(self.results_dir), ResultsStore(self.results_dir) as store:
+            store.save_plan(SuitePlan.of(self.suite, self.command), time.time())
+            statuses = store.statuses()
+            planned = plan(self.suite, statuses, self.retry_failed)
+            to_run = [item.spec for item in planned if item.will_run]
+            progress = ProgressDisplay(len(to_run), self.jobs, self.stream)
+            done_before = sum(item.state == "done" for item in planned)
+            threads = _plural(self.threads, "thread")
+            progress.say(
+                f"suite {self.suite.name}: {len(planned)} runs, {done_before} done before, "
+                f"{len(to_run)} to run ({self.jobs} at a time, {threads} each) "
+                f"→ {self.results_dir}"
+            )
+            with _sigterm_as_interrupt():
+                self._run_all(to_run, statuses, store, progress)
+            final = store.statuses()
+            ids = [run.id for run in self.suite.runs]
+            return BenchSummary(
+                total=len(ids),
+                done_before=done_before,
+                ran=len(to_run),
+                done=sum(final.get(i) == "done" for i in ids),
+                failed=sum(final.get(i) == "failed" for i in ids),
+                results_dir=self.results_dir,
+            )
+
+    def _run_all(
+        self,
+        to_run: list[RunSpec],
+        statuses: dict[str, str],
+        store: ResultsStore,
+        progress: ProgressDisplay,
+    ) -> None:
+        if not to_run:
+            return
+        executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bench-run")
+        futures: set[Future] = {
+            executor.submit(self._execute, run, statuses.get(run.id), store) for run in to_run
+        }
+        try:
+            while futures:
+                finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record = future.result()
+                    if record is not None:
+                        progress.run_finished(
+                            _label(record), record.status, record.duration_s, record.error
+                        )
+        except BaseException:
+            self._stop()
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+
+    def _stop(self) -> None:
+        """Stop the workers in flight; their runs stay pending and resume next time."""
+        self._stopping.set()
+        with self._live_lock:
+            live = list(self._live)
+        for process in live:
+            process.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for process in live:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _execute(
+        self, run: RunSpec, previous: str | None, store: ResultsStore
+    ) -> RunRecord | None:
+        """Run one worker process and record its outcome; None when interrupted."""
+        if self._stopping.is_set():
+            return None
+        run_dir = self.results_dir / RUNS_DIR / run.id
+        outcome = read_outcome(run_dir, run.id)
+        if previous is None and outcome is not None:
+            # Its runner died between the worker's last write and the store's.
+            times = outcome["started_at"], outcome["finished_at"]
+            return self._record_outcome(store, run, outcome, *times)
+        if previous == "failed" and run_dir.exists():
+            shutil.rmtree(run_dir)  # a retry starts afresh, not from the failed run's checkpoint
+        resume = (run_dir / "last.pt").is_file()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        job = write_job(run_dir, run.config, run.id, self.threads, resume)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        started = time.time()
+        log_path = run_dir / STDERR_FILE
+        with log_path.open("a" if resume else "w") as log:
+            log_start = log.tell()
+            # A new session: Ctrl-C reaches the runner alone, which then stops the workers,
+            # so an interrupted run is left pending rather than recorded as failed.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "zotune.bench.worker", str(job)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
+            with self._live_lock:
+                self._live.add(process)
+            try:
+                code = process.wait()
+            finally:
+                with self._live_lock:
+                    self._live.discard(process)
+        finished = time.time()
+        if self._stopping.is_set() and code != 0:
+            return None
+        outcome = read_outcome(run_dir, run.id)
+        if code == 0 and outcome is not None:
+            return self._record_outcome(store, run, outcome, started, finished)
+        record = RunRecord.for_run(
+            self.suite.name,
+            run,
+            status="failed",
+            metrics=None,
+            error=_failure_message(code, log_path, log_start),
+            started_at=started,
+            finished_at=finished,
+            zotune_version=zotune_version(),
+            hostname=hostname(),
+            hardware=hardware_description(),
+        )
+        store.record(record)
+        return record
+
+    def _record_outcome(
+        self, store: ResultsStore, run: RunSpec, outcome: dict, started: float, finished: float
+    ) -> RunRecord:
+        """Record a worker's outcome; the timings are the runner's (process start-up included)."""
+        record = RunRecord.for_run(
+            self.suite.name,
+            run,
+            status="done",
+            metrics=outcome["metrics"],
+            error=None,
+            started_at=started,
+            finished_at=finished,
+            zotune_version=outcome["zotune_version"],
+            hostname=outcome["hostname"],
+            hardware=outcome["hardware"],
+        )
+        store.record(record)
+        return record
+
+
+def run_suite(suite: Suite, results_dir: str | Path, **options) -> BenchSummary:
+    """Run ``suite``'s pending runs into ``results_dir`` (options: see :class:`Runner`)."""
+    return Runner(suite, results_dir, **options).run()
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _label(record: RunRecord) -> str:
+    from .suite import hparams_label
+
+    cell = record.cell
+    return f"{cell.optimizer}/{cell.scheme} {hparams_label(record.hparams)} seed {record.seed}"
+
+
+def _failure_message(code: int, log_path: Path, start: int) -> str:
+    """The last line this attempt wrote to its log, with how the process ended."""
+    with log_path.open("rb") as log:
+        log.seek(max(start, log_path.stat().st_size - 65536))
+        lines = [line.strip() for line in log.read().decode(errors="replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), "")
+    if code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        return f"{how} (last output: {last})" if last else how
+    if code == 0:
+        return f"the worker wrote no outcome (last output: {last})" if last else "no outcome"
+    return last or f"the worker exited with code {code} and no output"
+
+
+class _exclusive:
+    """An exclusive lock on a results folder: two runners there would do the same runs twice."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.path = results_dir / LOCK_FILE
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one runner per folder is up to you
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RuntimeError(
+                f"another zotune bench is running in {self.path.parent}"
+            ) from None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class _sigterm_as_interrupt:
+    """In the main thread, SIGTERM stops the runner the way Ctrl-C does (workers stopped)."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,129 @@
+"""Hyperparameter selection: per cell, the setting with the best mean validation accuracy.
+
+For each cell (model, task, scheme, optimizer) the runs are grouped by their swept
+hyperparameters; the group with the highest mean ``best_val_accuracy`` over its seeds is
+chosen, and its ``test_accuracy`` (mean ± sample std over seeds) is what the report shows.
+Test accuracy never takes part in the choice: ZO-Bench's sweeps maximise ``test_acc``,
+which overstates every number in its tables.
+
+A setting with every seed finished beats one with some seeds missing or failed (a learning
+rate that diverges on one seed in three is not a good choice because the other two were
+lucky); among equals, the higher mean validation accuracy wins, then the earlier setting in
+the suite's order.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .store import RunRecord
+from .suite import Cell, hparams_label
+
+VAL_METRIC = "best_val_accuracy"
+TEST_METRIC = "test_accuracy"
+
+
+@dataclass
+class Candidate:
+    """One hyperparameter setting of a cell, with its runs over seeds."""
+
+    hparams: dict[str, Any]
+    expected_seeds: int
+    done: list[RunRecord] = field(default_factory=list)
+    failed: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) >= self.expected_seeds
+
+    @property
+    def val_mean(self) -> float:
+        return statistics.fmean(r.metrics[VAL_METRIC] for r in self.done)
+
+    @property
+    def test_mean(self) -> float:
+        return statistics.fmean(r.metrics[TEST_METRIC] for r in self.done)
+
+    @property
+    def test_std(self) -> float | None:
+        """Sample standard deviation over seeds; None with fewer than two."""
+        values = [r.metrics[TEST_METRIC] for r in self.done]
+        return statistics.stdev(values) if len(values) >= 2 else None
+
+    def mean_metric(self, name: str) -> float | None:
+        values = [r.metrics[name] for r in self.done if r.metrics.get(name) is not None]
+        return statistics.fmean(values) if values else None
+
+    def label(self) -> str:
+        return hparams_label(self.hparams)
+
+
+@dataclass
+class CellSelection:
+    cell: Cell
+    candidates: list[Candidate]
+    chosen: Candidate | None
+
+    @property
+    def expected_runs(self) -> int:
+        return sum(c.expected_seeds for c in self.candidates)
+
+    @property
+    def done_runs(self) -> int:
+        return sum(len(c.done) for c in self.candidates)
+
+    @property
+    def partial(self) -> bool:
+        """Some of the cell's runs have not finished (missing or failed)."""
+        return self.done_runs < self.expected_runs
+
+
+def select(
+    records: list[RunRecord], planned: list[dict[str, Any]] | None = None
+) -> list[CellSelection]:
+    """Choose each cell's hyperparameters on validation accuracy.
+
+    ``planned`` is the suite's plan (dicts with ``id``, the cell fields, ``hparams``,
+    ``seed``); with it, runs outside the plan are ignored and runs never started count as
+    missing. Without it, the records are the whole plan.
+    """
+    if planned is None:
+        planned = [
+            {"id": r.id, **_cell_fields(r.cell), "hparams": r.hparams, "seed": r.seed}
+            for r in records
+        ]
+    by_id = {r.id: r for r in records}
+    cells: dict[Cell, dict[str, Candidate]] = {}
+    for entry in planned:
+        cell = Cell(entry["model"], entry["task"], entry["scheme"], entry["optimizer"])
+        key = json.dumps(entry["hparams"], sort_keys=True)
+        candidates = cells.setdefault(cell, {})
+        candidate = candidates.setdefault(key, Candidate(entry["hparams"], 0))
+        candidate.expected_seeds += 1
+        record = by_id.get(entry["id"])
+        if record is None:
+            continue
+        (candidate.done if record.status == "done" else candidate.failed).append(record)
+    return [_choose(cell, list(candidates.values())) for cell, candidates in cells.items()]
+
+
+def _choose(cell: Cell, candidates: list[Candidate]) -> CellSelection:
+    ranked = [
+        ((c.complete, c.val_mean, -position), c)
+        for position, c in enumerate(candidates)
+        if c.done
+    ]
+    chosen = max(ranked, key=lambda item: item[0])[1] if ranked else None
+    return CellSelection(cell, candidates, chosen)
+
+
+def _cell_fields(cell: Cell) -> dict[str, str]:
+    return {
+        "model": cell.model,
+        "task": cell.task,
+        "scheme": cell.scheme,
+        "optimizer": cell.optimizer,
+    }

@@ -1,0 +1,485 @@
+"""Benchmark suites: a YAML grid expanded into runs, each with a stable id.
+
+A suite file::
+
+    name: smoke                          # optional; the file's stem otherwise
+    description: two optimizers × two schemes, seconds in total
+    base:                                # a partial RunConfig applied to every run
+      model: {name: random:tiny-llama}
+      task: {num_train: 16, num_val: 8, num_test: 8}
+      train: {steps: 2, batch_size: 4, eval_every: 1}
+    grid:                                # cells = the product of these lists
+      model: [random:tiny-llama]         # model.name   (optional: base's value)
+      task: [sst2]                       # task.name    (optional)
+      tuning: [full, lora]               # tuning.scheme (optional)
+      optimizer: [zo-sgd, fo-sgd]        # optimizer.name (optional)
+    overrides:                           # partial RunConfigs for the cells a selector picks
+      fo-sgd: {train: {steps: 1}}
+    sweep:                               # hyperparameter grids; a cell's runs = their product
+      default: {lr: [1.0e-3]}
+      zo-sgd: {lr: [1.0e-3, 1.0e-4], eps: [1.0e-3]}
+      zo-sgd/lora: {lr: [1.0e-2]}        # replaces zo-sgd's lr list for LoRA; keeps its eps
+    seeds: [0, 1]
+
+Selectors (the keys of ``overrides`` and ``sweep``) are ``default`` or grid values joined by
+``/`` (``fo-adam``, ``lora``, ``zo-sgd/lora``, ``facebook/opt-1.3b/prefix``); a cell is
+picked when it has every named value. Matching entries apply from general to specific (fewer
+parts first, then file order), so the most specific one wins. Sweep keys are optimizer options
+(``lr``) or any dotted config key (``tuning.lora_r``); a scalar is a one-value list.
+
+Each run's config is built with :func:`zotune.config.build_config`, so a typo anywhere fails
+before anything runs, naming the key. A run's id hashes its full resolved config (not where
+its outputs or data live), so the same suite run again maps to the same rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import itertools
+import json
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, RunConfig, build_config, parse_override, set_dotted
+
+SUITE_KEYS = ("name", "description", "base", "grid", "overrides", "sweep", "seeds")
+# Grid axis → the config key it sets.
+GRID_AXES = {
+    "model": "model.name",
+    "task": "task.name",
+    "tuning": "tuning.scheme",
+    "optimizer": "optimizer.name",
+}
+DEFAULT_SELECTOR = "default"
+# Config keys that say where a run writes or reads, or how it reports progress, not what it
+# computes: they are left out of the run id and set by the runner.
+PLACEMENT_KEYS = (
+    ("train", "output_dir", None),
+    ("train", "resume", False),
+    ("train", "progress", False),
+    ("task", "data_dir", None),
+)
+
+
+class SuiteError(ConfigError):
+    """A suite file or one of its values is not valid."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the results table: a model, a task, a tuning scheme and an optimizer."""
+
+    model: str
+    task: str
+    scheme: str
+    optimizer: str
+
+    def values(self) -> tuple[str, str, str, str]:
+        return (self.model, self.task, self.scheme, self.optimizer)
+
+    def label(self) -> str:
+        return f"{self.optimizer}/{self.scheme} on {self.task} ({self.model})"
+
+
+@dataclass
+class RunSpec:
+    """One run of a suite: a cell, its swept hyperparameters, a seed, the full config."""
+
+    id: str
+    cell: Cell
+    hparams: dict[str, Any]  # dotted config key → value, only the keys the sweep sets
+    seed: int
+    config: dict[str, Any]  # RunConfig.to_dict() with the placement keys at their neutral values
+
+    def hparams_label(self) -> str:
+        return hparams_label(self.hparams)
+
+    def label(self) -> str:
+        return f"{self.cell.optimizer}/{self.cell.scheme} {self.hparams_label()} seed {self.seed}"
+
+    def run_config(self, **placement: Any) -> RunConfig:
+        """The RunConfig to train, with e.g. ``output_dir=...`` placed into its section."""
+        data = copy.deepcopy(self.config)
+        for section, key, _ in PLACEMENT_KEYS:
+            if key in placement:
+                data[section][key] = placement[key]
+        return build_config(data)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    source: str  # the built-in name or the path it was loaded from
+    runs: list[RunSpec]
+    overrides: list[str]  # ``section.key=value`` items from the command line, applied last
+
+    @property
+    def cells(self) -> list[Cell]:
+        return list(dict.fromkeys(run.cell for run in self.runs))
+
+    def command(self, results_dir: str | Path | None = None) -> str:
+        """The ``zotune bench`` command that runs (or resumes) this suite."""
+        words = ["zotune", "bench", self.source, *self.overrides]
+        if results_dir is not None:
+            words += ["--results", str(results_dir)]
+        return shlex.join(words)
+
+
+def hparams_label(hparams: dict[str, Any]) -> str:
+    """``{"optimizer.lr": 1e-05}`` → ``"lr=1e-05"`` (the optimizer section goes unnamed)."""
+    if not hparams:
+        return "(defaults)"
+    parts = []
+    for key, value in hparams.items():
+        short = key.removeprefix("optimizer.")
+        parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
+    return ", ".join(parts)
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of the config (placement removed)."""
+    data = copy.deepcopy(config)
+    for section, key, _ in PLACEMENT_KEYS:
+        data[section].pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def builtin_suites() -> dict[str, str]:
+    """Built-in suite name → its YAML text (package data in ``zotune/bench/suites``)."""
+    folder = resources.files("zotune.bench") / "suites"
+    return {
+        entry.name.removesuffix(".yaml"): entry.read_text()
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def load_suite(name_or_path: str | Path, overrides: list[str] | None = None) -> Suite:
+    """A built-in suite by name (``"cpu"``) or a suite YAML file, expanded and validated.
+
+    ``overrides`` are ``section.key=value`` items applied to every run, after the suite's own
+    values (``task.data_dir=...``, ``model.device=cuda``).
+    """
+    source = str(name_or_path)
+    builtins = builtin_suites()
+    path = Path(source)
+    if path.is_file():
+        text, default_name = path.read_text(), path.stem
+    elif source in builtins:
+        text, default_name = builtins[source], source
+    elif path.suffix in (".yaml", ".yml"):
+        raise SuiteError(f"suite file not found: {source}")
+    else:
+        raise SuiteError(
+            f"unknown suite {source!r} (built-in: {', '.join(builtins)}; or a path to a .yaml file)"
+        )
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{source}: not valid YAML ({error})") from None
+    return expand_suite(data, source=source, default_name=default_name, overrides=overrides)
+
+
+def expand_suite(
+    data: dict[str, Any],
+    *,
+    source: str = "<suite>",
+    default_name: str = "suite",
+    overrides: list[str] | None = None,
+) -> Suite:
+    """Validate a parsed suite and expand it into runs."""
+    if not isinstance(data, dict):
+        raise SuiteError(f"{source}: a suite must be a mapping, got {type(data).__name__}")
+    unknown = [key for key in data if key not in SUITE_KEYS]
+    if unknown:
+        raise SuiteError(
+            f"{source}: unknown suite key {unknown[0]!r} (keys: {', '.join(SUITE_KEYS)})"
+        )
+    name = _string(data.get("name", default_name), "name")
+    description = _string(data.get("description", ""), "description")
+    base = _mapping(data.get("base"), "base")
+    _validated(base, "base")
+    axes = _grid_axes(_mapping(data.get("grid"), "grid"), base)
+    _check_names(axes)
+    cell_overrides = _selector_table(data.get("overrides"), "overrides", axes)
+    for selector, partial in cell_overrides:
+        _validated(_mapping(partial, f"overrides {selector!r}"), f"overrides {selector!r}")
+    sweeps = _selector_table(data.get("sweep"), "sweep", axes)
+    for selector, grid in sweeps:
+        _check_sweep(selector, grid)
+    seeds = _seeds(data.get("seeds"), base)
+    command_overrides = [parse_override(item) for item in overrides or []]
+
+    runs: list[RunSpec] = []
+    seen: dict[str, RunSpec] = {}
+    for values in itertools.product(*axes.values()):
+        cell = Cell(*values)
+        cell_base = copy.deepcopy(base)
+        for axis, value in zip(GRID_AXES, values, strict=True):
+            set_dotted(cell_base, GRID_AXES[axis], value)
+        for _, partial in _matching(cell_overrides, cell):
+            _deep_merge(cell_base, partial)
+        grid = _cell_sweep(sweeps, cell)
+        for combination in itertools.product(*grid.values()):
+            hparams = dict(zip(grid, combination, strict=True))
+            for seed in seeds:
+                run = _resolve(cell, cell_base, hparams, seed, command_overrides)
+                if run.id in seen:
+                    raise SuiteError(
+                        f"{run.cell.label()}: runs {seen[run.id].label()!r} and {run.label()!r} "
+                        f"have the same config (a sweep value repeats, or an override masks "
+                        f"the sweep)"
+                    )
+                seen[run.id] = run
+                runs.append(run)
+    _check_options(runs)
+    return Suite(name, description, source, runs, list(overrides or []))
+
+
+def _resolve(
+    cell: Cell,
+    cell_base: dict[str, Any],
+    hparams: dict[str, Any],
+    seed: int,
+    command_overrides: list[tuple[str, Any]],
+) -> RunSpec:
+    data = copy.deepcopy(cell_base)
+    for key, value in hparams.items():
+        set_dotted(data, key, value)
+    set_dotted(data, "train.seed", seed)
+    for key, value in command_overrides:
+        set_dotted(data, key, value)
+    try:
+        config = build_config(data)
+    except ConfigError as error:
+        raise SuiteError(f"{cell.label()}: {error}") from None
+    resolved = config.to_dict()
+    for section, key, neutral in PLACEMENT_KEYS:
+        if section == "task" and key == "data_dir":
+            continue  # kept in the config (the worker needs it) but out of the id
+        resolved[section][key] = neutral
+    # The cell comes from the resolved config, so a command-line override shows up in it.
+    resolved_cell = Cell(
+        model=resolved["model"]["name"],
+        task=resolved["task"]["name"],
+        scheme=resolved["tuning"]["scheme"],
+        optimizer=resolved["optimizer"]["name"],
+    )
+    return RunSpec(run_id(resolved), resolved_cell, dict(hparams), seed, resolved)
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise SuiteError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SuiteError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _validated(partial: dict[str, Any], where: str) -> RunConfig:
+    try:
+        return build_config(copy.deepcopy(partial))
+    except ConfigError as error:
+        raise SuiteError(f"{where}: {error}") from None
+
+
+def _grid_axes(grid: dict[str, Any], base: dict[str, Any]) -> dict[str, list[str]]:
+    """Axis → its values; an axis the grid leaves out takes base's (or the default) value."""
+    unknown = [key for key in grid if key not in GRID_AXES]
+    if unknown:
+        raise SuiteError(f"grid: unknown axis {unknown[0]!r} (axes: {', '.join(GRID_AXES)})")
+    defaults = build_config(copy.deepcopy(base)).to_dict()
+    axes: dict[str, list[str]] = {}
+    for axis, dotted in GRID_AXES.items():
+        section, key = dotted.split(".")
+        values = grid.get(axis, [defaults[section][key] or _default_value(axis)])
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"grid.{axis}: expected a non-empty list of names, got {values!r}")
+        for value in values:
+            if not isinstance(value, str) or not value:
+                raise SuiteError(f"grid.{axis}: expected names, got {value!r}")
+        repeated = [v for v in values if values.count(v) > 1]
+        if repeated:
+            raise SuiteError(f"grid.{axis}: {repeated[0]!r} is listed twice")
+        axes[axis] = values
+    return axes
+
+
+def _default_value(axis: str) -> str:
+    """The value an unset axis takes: only model.name defaults to None (the embedded model)."""
+    from ..models import EMBEDDED_MODEL
+
+    if axis != "model":
+        raise SuiteError(f"grid.{axis}: no value in the grid or in base")
+    return EMBEDDED_MODEL
+
+
+def _selector_table(
+    table: Any, where: str, axes: dict[str, list[str]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """``[(selector, entry)]`` in the order they apply: general to specific, then file order."""
+    table = _mapping(table, where)
+    known = [value for values in axes.values() for value in values]
+    parsed = []
+    for position, (selector, entry) in enumerate(table.items()):
+        if not isinstance(selector, str):
+            raise SuiteError(f"{where}: selector {selector!r} must be a string")
+        if selector == DEFAULT_SELECTOR:
+            parts: list[str] = []
+        else:
+            found = _split_selector(selector, known)
+            if found is None:
+                raise SuiteError(
+                    f"{where}: selector {selector!r} names nothing in the grid "
+                    f"(grid values: {', '.join(known)}; or {DEFAULT_SELECTOR!r})"
+                )
+            parts = found
+        entry = _mapping(entry, f"{where} {selector!r}")
+        parsed.append((len(parts), position, selector, parts, entry))
+    for _, _, selector, parts, _ in parsed:
+        if not any(_selects(parts, values) for values in itertools.product(*axes.values())):
+            raise SuiteError(f"{where}: selector {selector!r} matches no cell of the grid")
+    return [(selector, entry) for *_, selector, parts, entry in sorted(parsed)]
+
+
+def _split_selector(selector: str, known: list[str]) -> list[str] | None:
+    """``"facebook/opt-1.3b/lora"`` → ``["facebook/opt-1.3b", "lora"]`` (names may hold ``/``)."""
+    if selector in known:
+        return [selector]
+    for value in sorted(known, key=len, reverse=True):
+        if selector.startswith(value + "/"):
+            rest = _split_selector(selector[len(value) + 1 :], known)
+            if rest is not None:
+                return [value, *rest]
+    return None
+
+
+def _selects(parts: list[str], values: tuple) -> bool:
+    return all(part in values for part in parts)
+
+
+def _matching(table: list[tuple[str, dict[str, Any]]], cell: Cell) -> list[tuple[str, dict]]:
+    values = cell.values()
+    return [
+        (selector, entry)
+        for selector, entry in table
+        if selector == DEFAULT_SELECTOR
+        or _selects(_split_selector(selector, list(values)) or [selector], values)
+    ]
+
+
+def _deep_merge(target: dict[str, Any], partial: dict[str, Any]) -> None:
+    for key, value in partial.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _sweep_key(key: str) -> str:
+    """``lr`` → ``optimizer.lr``; dotted keys stay as they are."""
+    return key if "." in key else f"optimizer.{key}"
+
+
+def _sweep_values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _check_sweep(selector: str, grid: dict[str, Any]) -> None:
+    where = f"sweep {selector!r}"
+    for key, value in grid.items():
+        dotted = _sweep_key(str(key))
+        if dotted in ("train.seed", *GRID_AXES.values()):
+            raise SuiteError(
+                f"{where}: {dotted} is set by the suite's seeds/grid, not by a sweep"
+            )
+        values = _sweep_values(value)
+        if not values:
+            raise SuiteError(f"{where}: {key} has an empty list of values")
+        for item in values:
+            data: dict[str, Any] = {}
+            try:
+                set_dotted(data, dotted, item)
+                build_config(data)
+            except ConfigError as error:
+                raise SuiteError(f"{where}: {error}") from None
+
+
+def _cell_sweep(sweeps: list[tuple[str, dict[str, Any]]], cell: Cell) -> dict[str, list[Any]]:
+    """The cell's hyperparameter grid: matching sweep entries merged key by key."""
+    grid: dict[str, list[Any]] = {}
+    for _, entry in _matching(sweeps, cell):
+        for key, value in entry.items():
+            grid[_sweep_key(str(key))] = _sweep_values(value)
+    return grid
+
+
+def _seeds(value: Any, base: dict[str, Any]) -> list[int]:
+    if value is None:
+        return [build_config(copy.deepcopy(base)).train.seed]
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds:
+        raise SuiteError("seeds: expected a non-empty list of integers, got []")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise SuiteError(f"seeds: expected non-negative integers, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SuiteError(f"seeds: a seed is listed twice in {seeds}")
+    return seeds
+
+
+def _check_names(axes: dict[str, list[str]]) -> None:
+    """Every optimizer, scheme, task and random-model shape in the grid exists."""
+    from ..models import SHAPES
+    from ..optim import OPTIMIZERS
+    from ..tasks import list_tasks
+    from ..tuning import SCHEMES
+
+    known = {"optimizer": list(OPTIMIZERS), "tuning": list(SCHEMES), "task": list_tasks()}
+    what = {"optimizer": "optimizer", "tuning": "scheme", "task": "task"}
+    for axis, names in known.items():
+        for value in axes[axis]:
+            if value not in names:
+                raise SuiteError(
+                    f"grid.{axis}: unknown {what[axis]} {value!r} (choose from {', '.join(names)})"
+                )
+    for model in axes["model"]:
+        shape = model.removeprefix("random:")
+        if model.startswith("random:") and shape not in SHAPES:
+            raise SuiteError(
+                f"grid.model: unknown random model shape {shape!r} "
+                f"(choose from {', '.join(SHAPES)})"
+            )
+
+
+def _check_options(runs: list[RunSpec]) -> None:
+    """Every optimizer option a run sets is one its optimizer takes."""
+    from ..optim import OPTIMIZERS
+
+    for run in runs:
+        optimizer = run.cell.optimizer
+        accepted = set(inspect.signature(OPTIMIZERS[optimizer].__init__).parameters)
+        options = build_config(copy.deepcopy(run.config)).optimizer.options()
+        for key in options:
+            if key not in accepted:
+                raise SuiteError(
+                    f"{run.cell.label()}: optimizer.{key} does not apply to {optimizer} "
+                    f"(set it in a sweep or override for the optimizers that take it)"
+                )

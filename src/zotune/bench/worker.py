@@ -1,0 +1,115 @@
+"""One benchmark run in its own process: ``python -m zotune.bench.worker RUN_DIR/job.json``.
+
+The runner writes ``job.json`` (the run's config, its output folder, the thread count); the
+worker trains with :func:`zotune.train.finetune` and writes ``outcome.json`` atomically beside
+it. A crash writes nothing: the runner then records the run as failed with the last line of
+``stderr.log``, which the worker makes a one-line ``zotune: error: ...`` when it can.
+
+A separate process per run means a crash, a leak or a CUDA error in one run cannot touch the
+others, and each run's peak-memory reading is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write_text
+
+JOB_FILE = "job.json"
+OUTCOME_FILE = "outcome.json"
+STDERR_FILE = "stderr.log"
+# How often an orphaned worker notices that its runner is gone.
+PARENT_POLL_SECONDS = 1.0
+
+
+def write_job(
+    run_dir: Path, config: dict[str, Any], run_id: str, threads: int, resume: bool
+) -> Path:
+    """The job file the runner hands to a worker."""
+    path = run_dir / JOB_FILE
+    job = {"run_id": run_id, "config": config, "threads": threads, "resume": resume}
+    atomic_write_text(path, json.dumps(job, indent=2))
+    return path
+
+
+def read_outcome(run_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The worker's outcome for ``run_id``, or None when it wrote none (it crashed)."""
+    path = run_dir / OUTCOME_FILE
+    if not path.is_file():
+        return None
+    outcome = json.loads(path.read_text())
+    return outcome if outcome.get("run_id") == run_id else None
+
+
+def _exit_when_orphaned() -> None:
+    """Stop if the runner dies: an orphan would train on, unrecorded, beside its own rerun."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
+
+
+def run_job(job_path: Path) -> dict[str, Any]:
+    """Train the job's run; returns the outcome that was written."""
+    import torch
+
+    from ..config import build_config
+    from ..train import finetune
+    from .environment import hardware_description, hostname, zotune_version
+
+    job = json.loads(job_path.read_text())
+    run_dir = job_path.parent
+    torch.set_num_threads(job["threads"])
+    data = job["config"]
+    data["train"].update(output_dir=str(run_dir), resume=job["resume"], progress=False)
+    config = build_config(data)
+    started = time.time()
+    result = finetune(config)
+    finished = time.time()
+    metrics = {k: v for k, v in result.__dict__.items() if k not in ("history", "output_dir")}
+    metrics["threads"] = job["threads"]
+    outcome = {
+        "run_id": job["run_id"],
+        "status": "done",
+        "metrics": metrics,
+        "started_at": started,
+        "finished_at": finished,
+        "zotune_version": zotune_version(),
+        "hostname": hostname(),
+        "hardware": hardware_description(config.model.device),
+    }
+    atomic_write_text(run_dir / OUTCOME_FILE, json.dumps(outcome, indent=2))
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m zotune.bench.worker RUN_DIR/job.json", file=sys.stderr)
+        return 2
+    _exit_when_orphaned()
+    try:
+        run_job(Path(argv[0]))
+    except BaseException as error:
+        traceback.print_exc()
+        text = str(error).strip()
+        message = text.splitlines()[0] if text else type(error).__name__
+        print(f"zotune: error: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""The benchmark: suite expansion, the results store, selection on validation, the runner end
+to end on the smoke suite (resume, retry, --jobs), and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from zotune import cli
+from zotune.bench.report import build_report
+from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
+from zotune.bench.selection import select
+from zotune.bench.store import ResultsStore, RunRecord
+from zotune.bench.suite import Cell, SuiteError, builtin_suites, expand_suite, load_suite
+from zotune.bench.worker import OUTCOME_FILE, STDERR_FILE
+from zotune.optim import OPTIMIZERS
+from zotune.tuning import SCHEMES
+
+POSITIVE = ["a joy to watch", "warm and funny", "a delight", "smart , moving and true"]
+NEGATIVE = ["a dull mess", "tedious and flat", "painfully boring", "nothing works here"]
+
+
+@pytest.fixture(scope="module")
+def sst2_dir(tmp_path_factory):
+    """A GLUE-format SST-2 folder: 40 train rows, 12 dev rows, an unlabelled test."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "sst2"
+    folder.mkdir()
+
+    def rows(n):
+        return [f"{(POSITIVE if i % 2 else NEGATIVE)[i % 4]} {i}\t{i % 2}" for i in range(n)]
+
+    (folder / "train.tsv").write_text("\n".join(["sentence\tlabel", *rows(40)]) + "\n")
+    (folder / "dev.tsv").write_text("\n".join(["sentence\tlabel", *rows(12)]) + "\n")
+    (folder / "test.tsv").write_text("index\tsentence\n0\tunlabelled\n")
+    return root
+
+
+def tiny_suite(**changes):
+    """A one-model, one-task suite dict on the tiny random LLaMA."""
+    suite = {
+        "name": "tiny",
+        "base": {
+            "model": {"name": "random:tiny-llama"},
+            "task": {"name": "sst2", "num_train": 16, "num_val": 6, "num_test": 6},
+            "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "eval_batch_size": 8},
+        },
+        "grid": {"tuning": ["full", "lora"], "optimizer": ["zo-sgd", "fo-adam"]},
+        "sweep": {"zo-sgd": {"lr": [1e-3, 1e-4], "eps": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
+        "seeds": [0, 1],
+    }
+    suite.update(changes)
+    return suite
+
+
+# Suites ------------------------------------------------------------------------------------
+
+
+def test_builtin_suites_have_the_papers_grid_shape():
+    assert set(builtin_suites()) >= {"paper", "cpu", "smoke"}
+    for name in ("paper", "cpu"):
+        suite = load_suite(name)
+        assert len(suite.cells) == len(OPTIMIZERS) * len(SCHEMES) == 32
+        assert {c.optimizer for c in suite.cells} == set(OPTIMIZERS)
+        assert {c.scheme for c in suite.cells} == set(SCHEMES)
+        steps = {r.cell.optimizer: r.config["train"]["steps"] for r in suite.runs}
+        assert steps["fo-adam"] < steps["zo-sgd"], "first-order runs take fewer steps"
+    paper = load_suite("paper")
+    assert {r.config["model"]["name"] for r in paper.runs} == {"facebook/opt-1.3b"}
+    assert {r.config["train"]["steps"] for r in paper.runs} == {20000, 625}
+    full = {r.config["optimizer"]["lr"] for r in paper.runs if r.cell.optimizer == "zo-sgd"
+            and r.cell.scheme == "full"}
+    lora = {r.config["optimizer"]["lr"] for r in paper.runs if r.cell.optimizer == "zo-sgd"
+            and r.cell.scheme == "lora"}
+    assert max(full) < min(lora), "full fine-tuning sweeps smaller learning rates"
+    smoke = load_suite("smoke")
+    assert len(smoke.cells) == 4 and len(smoke.runs) == 4
+
+
+def test_expansion_is_the_product_of_grid_sweep_and_seeds():
+    suite = expand_suite(tiny_suite())
+    # zo-sgd: 2 schemes × 2 lrs × 2 seeds; fo-adam: 2 schemes × 1 lr × 2 seeds
+    assert len(suite.cells) == 4
+    assert len(suite.runs) == 8 + 4
+    zo = [r for r in suite.runs if r.cell.optimizer == "zo-sgd"]
+    assert {(r.hparams["optimizer.lr"], r.seed) for r in zo} == {
+        (lr, seed) for lr in (1e-3, 1e-4) for seed in (0, 1)
+    }
+    assert all(r.config["train"]["seed"] == r.seed for r in suite.runs)
+    assert all(r.config["optimizer"]["eps"] == 1e-3 for r in zo)
+
+
+def test_run_ids_are_stable_distinct_and_ignore_placement(tmp_path):
+    first, again = expand_suite(tiny_suite()), expand_suite(tiny_suite())
+    ids = [r.id for r in first.runs]
+    assert ids == [r.id for r in again.runs]
+    assert len(set(ids)) == len(ids)
+    moved = expand_suite(tiny_suite(), overrides=[f"task.data_dir={tmp_path}"])
+    assert [r.id for r in moved.runs] == ids, "where the data lives is not part of a run"
+    assert moved.runs[0].config["task"]["data_dir"] == str(tmp_path)
+    changed = expand_suite(tiny_suite(), overrides=["train.steps=2"])
+    assert not set(ids) & {r.id for r in changed.runs}
+
+
+def test_overrides_and_sweeps_apply_from_general_to_specific():
+    suite = expand_suite(
+        tiny_suite(
+            overrides={
+                "default": {"train": {"steps": 3}},
+                "fo-adam": {"train": {"steps": 2}},
+                "fo-adam/lora": {"train": {"batch_size": 2}},
+            },
+            sweep={
+                "default": {"lr": [1e-2]},
+                "zo-sgd": {"lr": [1e-3, 1e-4], "eps": [1e-3]},
+                "zo-sgd/lora": {"lr": [5e-3]},
+                "lora": {"tuning.lora_r": [4]},
+            },
+        )
+    )
+    by_cell: dict = {}
+    for run in suite.runs:
+        by_cell.setdefault((run.cell.optimizer, run.cell.scheme), []).append(run)
+    zo_full, zo_lora = by_cell["zo-sgd", "full"], by_cell["zo-sgd", "lora"]
+    assert {r.config["optimizer"]["lr"] for r in zo_full} == {1e-3, 1e-4}
+    assert {r.config["optimizer"]["lr"] for r in zo_lora} == {5e-3}
+    assert {r.config["optimizer"]["eps"] for r in zo_lora} == {1e-3}, "eps kept from zo-sgd"
+    assert {r.config["tuning"]["lora_r"] for r in zo_lora} == {4}
+    assert {r.config["train"]["steps"] for r in zo_full} == {3}
+    fo_full, fo_lora = by_cell["fo-adam", "full"], by_cell["fo-adam", "lora"]
+    assert {r.config["train"]["steps"] for r in fo_full + fo_lora} == {2}
+    assert {r.config["train"]["batch_size"] for r in fo_lora} == {2}
+    assert {r.config["train"]["batch_size"] for r in fo_full} == {4}
+    assert {r.config["optimizer"]["lr"] for r in fo_full} == {1e-2}
+
+
+def test_selectors_may_name_models_with_slashes():
+    suite = expand_suite(
+        tiny_suite(
+            grid={"model": ["random:tiny-llama", "random:tiny-opt"], "tuning": ["full"],
+                  "optimizer": ["zo-sgd"]},
+            sweep={"zo-sgd": {"lr": [1e-3]}, "random:tiny-opt/zo-sgd": {"lr": [1e-2]}},
+            seeds=[0],
+        )
+    )
+    lrs = {r.cell.model: r.config["optimizer"]["lr"] for r in suite.runs}
+    assert lrs == {"random:tiny-llama": 1e-3, "random:tiny-opt": 1e-2}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gird": {}}, "unknown suite key 'gird'"),
+        ({"grid": {"optimizers": ["zo-sgd"]}}, "unknown axis 'optimizers'"),
+        ({"grid": {"optimizer": ["zo-sgdd"]}}, "unknown optimizer 'zo-sgdd'"),
+        ({"grid": {"tuning": ["adapter"]}}, "unknown scheme 'adapter'"),
+        ({"grid": {"task": ["sst3"]}}, "unknown task 'sst3'"),
+        ({"grid": {"model": ["random:tiny-gpt"]}}, "tiny-gpt"),
+        ({"grid": {"optimizer": ["zo-sgd", "zo-sgd"]}}, "'zo-sgd' is listed twice"),
+        ({"base": {"train": {"stepz": 1}}}, "base: unknown config key: train.stepz"),
+        ({"base": {"train": {"steps": "many"}}}, "train.steps: expected int"),
+        ({"overrides": {"fo-adam": {"optimizer": {"lrr": 1}}}}, "optimizer.lrr"),
+        ({"sweep": {"zo-sgdd": {"lr": [1e-3]}}}, "selector 'zo-sgdd' names nothing"),
+        ({"sweep": {"zo-sgd/fo-adam": {"lr": [1e-3]}}}, "'zo-sgd/fo-adam' matches no cell"),
+        ({"sweep": {"zo-sgd": {"learning_rate": [1e-3]}}}, "optimizer.learning_rate"),
+        ({"sweep": {"zo-sgd": {"lr": []}}}, "lr has an empty list"),
+        ({"sweep": {"zo-sgd": {"train.seed": [1]}}}, "train.seed is set by the suite"),
+        ({"sweep": {"default": {"eps": [1e-3]}}}, "optimizer.eps does not apply to fo-adam"),
+        ({"sweep": {"zo-sgd": {"lr": [1e-3, 0.001]}}}, "have the same config"),
+        ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
+        ({"seeds": [-1]}, "seeds: expected non-negative integers, got -1"),
+    ],
+)
+def test_bad_suites_fail_with_one_line_naming_the_value(changes, message):
+    with pytest.raises(SuiteError) as error:
+        expand_suite(tiny_suite(**changes))
+    text = str(error.value)
+    assert message in text and "\n" not in text
+
+
+def test_unknown_suite_names_the_builtins(tmp_path):
+    with pytest.raises(SuiteError, match="unknown suite 'cpuu' \\(built-in: cpu, paper, smoke"):
+        load_suite("cpuu")
+    with pytest.raises(SuiteError, match="suite file not found"):
+        load_suite(tmp_path / "nothere.yaml")
+
+
+# Store -------------------------------------------------------------------------------------
+
+
+def record_for(run, status="done", val=0.5, test=0.5, **metrics):
+    return RunRecord.for_run(
+        "tiny",
+        run,
+        status=status,
+        metrics={"best_val_accuracy": val, "test_accuracy": test, **metrics}
+        if status == "done"
+        else None,
+        error=None if status == "done" else "zotune: error: boom",
+        started_at=100.0,
+        finished_at=112.5,
+        zotune_version="0.1.0",
+        hostname="host",
+        hardware="a CPU (2 cores)",
+    )
+
+
+def test_store_round_trips_records_and_counts_attempts(tmp_path):
+    run = expand_suite(tiny_suite()).runs[0]
+    with ResultsStore(tmp_path) as store:
+        store.record(record_for(run, status="failed"))
+        store.record(record_for(run, val=0.75, peak_memory_mb=123.0))
+    with ResultsStore(tmp_path, create=False) as store:
+        (record,) = store.records()
+        assert store.statuses() == {run.id: "done"}
+        assert [a["status"] for a in store.attempts(run.id)] == ["failed", "done"]
+    assert record.attempts == 2
+    assert record.cell == run.cell and record.config == run.config
+    assert record.hparams == run.hparams and record.seed == run.seed
+    assert record.metrics["best_val_accuracy"] == 0.75 and record.duration_s == 12.5
+
+
+CRASH_MID_WRITE = """
+import os
+from zotune.bench.store import ResultsStore, RunRecord
+from zotune.bench.suite import Cell
+
+class CrashingStore(ResultsStore):
+    def _log_attempt(self, db, record):
+        os._exit(9)  # the process dies between the two inserts of one record
+
+record = RunRecord(
+    id="abc", suite="tiny", cell=Cell("m", "sst2", "full", "zo-sgd"), hparams={}, seed=0,
+    config={}, status="done", metrics={"test_accuracy": 1.0}, error=None, started_at=0.0,
+    finished_at=1.0, zotune_version="0", hostname="h", hardware="cpu",
+)
+CrashingStore(RESULTS).record(record)
+"""
+
+
+def test_a_crash_mid_write_leaves_no_half_written_row(tmp_path):
+    script = CRASH_MID_WRITE.replace("RESULTS", repr(str(tmp_path)))
+    crashed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert crashed.returncode == 9, crashed.stderr
+    with ResultsStore(tmp_path, create=False) as store:
+        assert store.records() == []
+        assert store.statuses() == {}
+
+
+# Selection ---------------------------------------------------------------------------------
+
+
+def test_selection_chooses_on_validation_never_on_test():
+    suite = expand_suite(tiny_suite())
+    zo_full = [r for r in suite.runs if r.cell == Cell("random:tiny-llama", "sst2", "full",
+                                                           "zo-sgd")]
+    records = []
+    for run in zo_full:
+        high_lr = run.hparams["optimizer.lr"] == 1e-3
+        # lr 1e-3: better on validation, worse on test; lr 1e-4 the other way round
+        val, test = (0.9, 0.6) if high_lr else (0.7, 0.95)
+        records.append(record_for(run, val=val + run.seed * 0.01, test=test + run.seed * 0.02))
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.lr"] == 1e-3
+    assert selection.chosen.test_mean == pytest.approx(0.61)
+    assert selection.chosen.test_std == pytest.approx(0.0141421, rel=1e-4)
+    assert not selection.partial
+
+
+def test_selection_prefers_settings_whose_every_seed_finished():
+    suite = expand_suite(tiny_suite())
+    runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = []
+    for run in runs:
+        if run.hparams["optimizer.lr"] == 1e-3:
+            # best validation on seed 0, but seed 1 diverged
+            status = "done" if run.seed == 0 else "failed"
+            records.append(record_for(run, status=status, val=0.99, test=0.99))
+        else:
+            records.append(record_for(run, val=0.6, test=0.6))
+    planned = [
+        {"id": r.id, "model": r.cell.model, "task": r.cell.task, "scheme": r.cell.scheme,
+         "optimizer": r.cell.optimizer, "hparams": r.hparams, "seed": r.seed}
+        for r in suite.runs
+    ]
+    selections = {s.cell.optimizer + "/" + s.cell.scheme: s for s in select(records, planned)}
+    chosen = selections["zo-sgd/full"]
+    assert chosen.chosen.hparams["optimizer.lr"] == 1e-4
+    assert chosen.partial, "a seed of the cell failed"
+    assert selections["fo-adam/lora"].chosen is None, "never ran"
+
+
+# Runner and report, end to end -------------------------------------------------------------
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def smoke_results(sst2_dir, tmp_path_factory):
+    """The smoke suite run once through the command line, two runs at a time."""
+    results = tmp_path_factory.mktemp("smoke")
+    started = time.monotonic()
+    code = cli.main(
+        ["bench", "smoke", f"task.data_dir={sst2_dir}", "--results", str(results),
+         "--jobs", "2"]
+    )
+    return results, code, time.monotonic() - started
+
+
+def test_the_smoke_suite_runs_end_to_end(smoke_results):
+    results, code, _ = smoke_results
+    assert code == 0
+    with ResultsStore(results, create=False) as store:
+        records = store.records()
+        (plan_row,) = store.plans()
+    assert len(records) == 4 and {r.status for r in records} == {"done"}
+    assert {(r.cell.optimizer, r.cell.scheme) for r in records} == {
+        (o, s) for o in ("zo-sgd", "fo-sgd") for s in ("full", "lora")
+    }
+    for record in records:
+        assert 0 <= record.metrics["test_accuracy"] <= 1
+        assert record.metrics["steps"] == 2
+        assert record.metrics["threads"] == threads_per_job(2)
+        assert record.hardware and record.hostname and record.zotune_version
+        assert (results / RUNS_DIR / record.id / "metrics.jsonl").is_file()
+        assert json.loads((results / RUNS_DIR / record.id / OUTCOME_FILE).read_text())[
+            "status"] == "done"
+    assert plan_row.name == "smoke" and len(plan_row.runs) == 4
+    assert plan_row.command.startswith("zotune bench smoke task.data_dir=")
+
+
+def test_running_again_runs_nothing(smoke_results, sst2_dir, capsys):
+    results, _, _ = smoke_results
+    code, out, err = run_cli(
+        ["bench", "smoke", f"task.data_dir={sst2_dir}", "--results", str(results)], capsys
+    )
+    assert code == 0
+    assert "4 done before, 0 to run" in err
+    assert "4 done, 0 failed (0 run now" in out
+    with ResultsStore(results, create=False) as store:
+        assert {r.attempts for r in store.records()} == {1}
+
+
+def test_dry_run_lists_runs_and_their_state(smoke_results, sst2_dir, capsys):
+    results, _, _ = smoke_results
+    code, out, _ = run_cli(["bench", "smoke", "--results", str(results), "--dry-run"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 5 and lines[-1] == "4 runs, 0 to run"
+    assert all(" done " in line and " skip " in line for line in lines[:4])
+
+
+def test_report_writes_tables_and_plots(smoke_results, capsys):
+    results, _, _ = smoke_results
+    code, out, err = run_cli(["report", str(results)], capsys)
+    assert code == 0, err
+    report = results / "report"
+    markdown = (report / "report.md").read_text()
+    assert "| optimizer | full | lora |" in markdown
+    assert any(line.startswith("| zo-sgd | ") for line in markdown.splitlines())
+    assert any(line.startswith("| fo-sgd | ") for line in markdown.splitlines())
+    assert "Partial" not in markdown and "—" not in markdown.split("### Selected")[0]
+    for fact in ("random:tiny-llama", "2 steps, batch 4", "cores", "zotune: 0.1.0",
+                 "reproduce: `zotune bench smoke task.data_dir="):
+        assert fact in markdown
+    with (report / "accuracy.csv").open() as file:
+        accuracy = list(csv.DictReader(file))
+    assert len(accuracy) == 4
+    assert {row["optimizer"] for row in accuracy} == {"zo-sgd", "fo-sgd"}
+    with (report / "runs.csv").open() as file:
+        assert len(list(csv.DictReader(file))) == 4
+    pngs = sorted(report.glob("*.png"))
+    assert [p.name for p in pngs] == [
+        "smoke-sst2-random-tiny-llama_accuracy_vs_memory.png",
+        "smoke-sst2-random-tiny-llama_loss.png",
+    ]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(report / "report.md") in out
+
+
+def write_suite(path, **changes):
+    path.write_text(yaml.safe_dump(tiny_suite(**changes)))
+    return path
+
+
+def test_a_failed_run_is_recorded_and_retried(sst2_dir, tmp_path, capsys):
+    suite_file = tmp_path / "tiny.yaml"
+    results = tmp_path / "results"
+    base = tiny_suite()["base"]
+    base["task"]["data_dir"] = str(sst2_dir)
+    common = {
+        "base": base,
+        "grid": {"tuning": ["full"], "optimizer": ["zo-sgd", "fo-adam"]},
+        "sweep": {"zo-sgd": {"lr": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
+        "seeds": [0],
+    }
+    # First: fo-adam reads from a folder that does not exist, so its worker crashes.
+    broken = {"fo-adam": {"task": {"data_dir": str(tmp_path / "missing")}}}
+    write_suite(suite_file, overrides=broken, **common)
+    code, out, err = run_cli(
+        ["bench", str(suite_file), "--results", str(results), "--jobs", "2"], capsys
+    )
+    assert code == 1
+    assert "1 done, 1 failed" in out
+    with ResultsStore(results, create=False) as store:
+        failed = [r for r in store.records() if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].cell.optimizer == "fo-adam"
+    assert failed[0].error.startswith("zotune: error:") and "missing" in failed[0].error
+    assert "missing" in (results / RUNS_DIR / failed[0].id / STDERR_FILE).read_text()
+
+    # A partial report marks the missing cell and lists the failure.
+    build_report(results, plots=False)
+    markdown = (results / "report" / "report.md").read_text()
+    assert "**Partial:** 1 of 2 cells" in markdown and "| fo-adam | — |" in markdown
+    assert "### Failed runs" in markdown and failed[0].id in markdown
+
+    # --no-retry-failed leaves it; the default retries it, and only it.
+    code, out, _ = run_cli(
+        ["bench", str(suite_file), "--results", str(results), "--no-retry-failed"], capsys
+    )
+    assert code == 1 and "(0 run now" in out
+    write_suite(suite_file, **common)  # the data folder fixed: same run ids
+    code, out, err = run_cli(["bench", str(suite_file), "--results", str(results)], capsys)
+    assert code == 0, err
+    assert "1 done before, 1 to run" in err
+    with ResultsStore(results, create=False) as store:
+        records = {r.id: r for r in store.records()}
+    assert records[failed[0].id].status == "done"
+    assert records[failed[0].id].attempts == 2
+    assert {r.attempts for r in records.values() if r.id != failed[0].id} == {1}
+
+
+def test_an_outcome_written_before_the_runner_died_is_recorded_without_rerunning(tmp_path):
+    suite = expand_suite(tiny_suite(seeds=[0], grid={"tuning": ["full"],
+                                                     "optimizer": ["zo-sgd"]},
+                                    sweep={"zo-sgd": {"lr": [1e-3]}}))
+    (run,) = suite.runs
+    run_dir = tmp_path / RUNS_DIR / run.id
+    run_dir.mkdir(parents=True)
+    outcome = {"run_id": run.id, "status": "done", "started_at": 1.0, "finished_at": 3.0,
+               "metrics": {"best_val_accuracy": 0.5, "test_accuracy": 0.5},
+               "zotune_version": "0.1.0", "hostname": "h", "hardware": "cpu"}
+    (run_dir / OUTCOME_FILE).write_text(json.dumps(outcome))
+    summary = Runner(suite, tmp_path).run()
+    assert (summary.done, summary.failed) == (1, 0)
+    assert not (run_dir / STDERR_FILE).exists(), "no worker was started"
+
+
+def test_dry_run_plan_marks_pending_and_failed(tmp_path):
+    suite = expand_suite(tiny_suite())
+    first, second = suite.runs[:2]
+    statuses = {first.id: "done", second.id: "failed"}
+    retry = {p.spec.id: (p.state, p.will_run) for p in plan(suite, statuses, True)}
+    assert retry[first.id] == ("done", False) and retry[second.id] == ("failed", True)
+    assert retry[suite.runs[2].id] == ("pending", True)
+    no_retry = {p.spec.id: p.will_run for p in plan(suite, statuses, False)}
+    assert no_retry[second.id] is False
+    listing = describe_plan(plan(suite, statuses, True))
+    assert listing.endswith(f"{len(suite.runs)} runs, {len(suite.runs) - 1} to run")
+
+
+def test_jobs_must_be_positive(tmp_path, capsys):
+    code, _, err = run_cli(["bench", "smoke", "--results", str(tmp_path), "--jobs", "0"], capsys)
+    assert code == 2 and "--jobs must be at least 1, got 0" in err
+
+
+def test_bad_suite_files_fail_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""
+        grid: {optimizer: [zo-sgd]}
+        sweep: {zo-sgd: {lr: [1.0e-3]}, fo-sgd: {lr: [1.0e-2]}}
+    """))
+    code, _, err = run_cli(["bench", str(path), "--results", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert "selector 'fo-sgd' names nothing in the grid" in err
+    assert not (tmp_path / "r").exists()
