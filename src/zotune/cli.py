@@ -1,4 +1,4 @@
-"""``zotune`` command line: train, eval, tasks, demo."""
+"""``zotune`` command line: train, eval, tasks, demo, bench, report."""
 
 from __future__ import annotations
 
@@ -158,6 +158,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark suite: only its missing (and, by default, failed) runs."""
+    from .bench.runner import Runner, describe_plan, plan
+    from .bench.store import DB_NAME, ResultsStore
+    from .bench.suite import load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    results = Path(args.results) if args.results else Path("results") / suite.name
+    if args.dry_run:
+        statuses = {}
+        if (results / DB_NAME).is_file():
+            with ResultsStore(results, create=False) as store:
+                statuses = store.statuses()
+        print(describe_plan(plan(suite, statuses, args.retry_failed)))
+        return 0
+    runner = Runner(
+        suite,
+        results,
+        jobs=args.jobs,
+        retry_failed=args.retry_failed,
+        command=suite.command(results if args.results else None),
+    )
+    summary = runner.run()
+    print(summary.line())
+    print(f"tables and plots: zotune report {results}")
+    return 0 if summary.failed == 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.report import build_report
+
+    written = build_report(args.results_dir, out=args.out, plots=not args.no_plots)
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zotune", description="Fine-tune language models with zeroth-order optimizers."
@@ -186,6 +223,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fine-tune the embedded model on SST-2 (CPU)")
     demo.add_argument("--steps", type=int, default=None)
     demo.set_defaults(func=cmd_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark suite (resumable)",
+        description="zotune bench SUITE [section.key=value ...]: SUITE is a built-in suite "
+        "(smoke, cpu, paper) or a suite YAML file; running it again runs only what is missing",
+    )
+    bench.add_argument("suite", help="built-in suite name or path to a suite YAML")
+    bench.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value applied to every run (e.g. model.device=cuda)",
+    )
+    bench.add_argument("--results", help="results folder (default: results/<suite>)")
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    bench.add_argument(
+        "--dry-run", action="store_true", help="list the runs and which ones would run"
+    )
+    bench.add_argument(
+        "--retry-failed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run failed runs again (default: on)",
+    )
+    bench.set_defaults(func=cmd_bench)
+
+    report = commands.add_parser(
+        "report", help="tables (Markdown, CSV) and plots of a results folder"
+    )
+    report.add_argument("results_dir", help="a `zotune bench` results folder")
+    report.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
+    report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
