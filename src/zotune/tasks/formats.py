@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +70,16 @@ def read_glue_tsv(path: Path) -> Iterator[tuple[int, Row]]:
                     f"{path} line {number}: expected text<TAB>label, found no tab in {line!r:.60}"
                 )
             label = columns[-1].strip()
-            if first and label not in _SST2_LABELS:
-                first = False
-                continue
-            first = False
-            yield number, {"sentence": columns[0], "label": label}
+            is_header, first = first and label not in _SST2_LABELS, False
+            if not is_header:
+                yield number, {"sentence": columns[0], "label": label}
 
 
-def _numbered(path: Path, lines) -> Iterator[tuple[int, str]]:
+def _numbered(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str]]:
     try:
         yield from enumerate(lines, 1)
     except UnicodeDecodeError as err:
-        raise TaskDataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise TaskDataError(f"{path}: not UTF-8 text ({err.reason})") from None
 
 
 # Normalizers -------------------------------------------------------------------------------
