@@ -278,9 +278,19 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     if cfg_train.eval_test_before and before is None:
         before = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
         _log(f"zero-shot test accuracy {before:.1%}")
+
+    def keep_if_best(step: int, val: float) -> None:
+        nonlocal best_val, best_step, best_state
+        if val <= best_val:
+            return
+        best_val, best_step = val, step
+        best_state = trainable_state(model)
+        if out is not None:
+            _atomic_write(out / "best.pt", lambda p: torch.save(best_state, p))
+
     if start_step == 0:
         val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
-        best_val, best_step = val, 0
+        keep_if_best(0, val)
         metrics.write({"step": 0, "val_accuracy": val})
 
     def save_checkpoint(step: int) -> None:
@@ -334,11 +344,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         if (step + 1) % cfg_train.eval_every == 0 or done:
             val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
             record["val_accuracy"] = val
-            if val > best_val:
-                best_val, best_step = val, step + 1
-                best_state = trainable_state(model)
-                if out is not None:
-                    _atomic_write(out / "best.pt", lambda p, s=best_state: torch.save(s, p))
+            keep_if_best(step + 1, val)
             save_checkpoint(step + 1)
         metrics.write(record)
         if not math.isfinite(float(loss)):
