@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 from pathlib import Path
 
 
@@ -32,8 +33,6 @@ def gpu_name(device: str | None) -> str | None:
     """The CUDA device's name when ``device`` is a CUDA device and torch is already loaded."""
     if not device or not device.startswith("cuda"):
         return None
-    import sys
-
     torch = sys.modules.get("torch")  # only the worker has torch loaded; the parent never loads it
     if torch is None or not torch.cuda.is_available():
         return None

@@ -96,6 +96,8 @@ def build_report(
     if not plans and not records:
         raise ValueError(f"no runs recorded in {results_dir}")
     sections = _sections(records, plans, results_dir)
+    planned_ids = {r.id for section in sections for r in section.records}
+    unplanned = sum(r.id not in planned_ids for r in records)
     written: list[Path] = []
     if plots:
         from .plots import plot_accuracy_vs_memory, plot_loss_curves
@@ -109,7 +111,7 @@ def build_report(
                 section.plots.append(scatter)
             written += section.plots
     files = {
-        "report.md": markdown_report(sections, out),
+        "report.md": markdown_report(sections, out, unplanned),
         "accuracy.csv": _csv(_accuracy_rows(sections)),
         "selection.csv": _csv(_selection_rows(sections)),
         "cost.csv": _csv(_cost_rows(sections)),
@@ -168,8 +170,14 @@ def _plan_of(records: list[RunRecord], suite: str) -> list[dict[str, Any]]:
     ]
 
 
-def markdown_report(sections: list[Section], out: Path) -> str:
+def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> str:
     parts = ["# zotune benchmark report", ""]
+    if unplanned:
+        parts += [
+            f"{unplanned} stored runs belong to no current suite plan (their suite's config "
+            "changed since); they are left out.",
+            "",
+        ]
     for section in sections:
         parts += [
             f"## {section.suite}: {section.task} on {section.model}",
@@ -196,6 +204,7 @@ def markdown_report(sections: list[Section], out: Path) -> str:
             *_failed_runs(section),
             *(f"![{p.stem}]({p.relative_to(out)})" for p in section.plots),
             "",
+            *_all_runs(section),
         ]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -367,6 +376,46 @@ def _failed_runs(section: Section) -> list[str]:
         align_right_from=len(["run", "optimizer", "scheme", "hyperparameters"]),
     )
     return ["### Failed runs", "", table.markdown(), ""]
+
+
+def _all_runs(section: Section) -> list[str]:
+    """Every run of the section, folded away (GitHub renders ``<details>``)."""
+    if not section.records:
+        return []
+    chosen = {r.id for item in section.selections if item.chosen for r in item.chosen.done}
+    rows = []
+    for r in section.records:
+        metrics = r.metrics or {}
+        rows.append(
+            [
+                f"`{r.id}`",
+                r.cell.optimizer,
+                r.cell.scheme,
+                hparams_label(r.hparams),
+                str(r.seed),
+                r.status + (" (selected)" if r.id in chosen else ""),
+                _percent(metrics.get(VAL_METRIC)),
+                _percent(metrics.get(TEST_METRIC)),
+                _number(metrics.get("best_step"), "{:.0f}"),
+                _number(metrics.get("seconds_per_step"), "{:.3f}"),
+                _number(metrics.get("peak_memory_mb"), "{:.0f}"),
+            ]
+        )
+    header = ["run", "optimizer", "scheme", "hyperparameters", "seed", "status", "val (%)",
+              "test (%)", "best step", "s/step", "peak MB"]
+    table = Table(header, rows, align_right_from=6)
+    return [
+        f"<details><summary>All {len(rows)} runs</summary>",
+        "",
+        table.markdown(),
+        "",
+        "</details>",
+        "",
+    ]
+
+
+def _percent(value: float | None) -> str:
+    return _number(value * 100 if value is not None else None, "{:.1f}")
 
 
 def _number(value: float | None, fmt: str) -> str:

@@ -176,7 +176,10 @@ class ResultsStore:
             self._db.execute("COMMIT")
 
     def record(self, record: RunRecord) -> None:
-        """Store a run's outcome (replacing its previous one) and log the attempt."""
+        """Store a run's outcome (replacing its previous one) and log the attempt.
+
+        Sets ``record.attempts`` to the number of attempts so far, this one included.
+        """
         if record.status not in STATUSES:
             raise ValueError(f"run status must be one of {STATUSES}, got {record.status!r}")
         with self._transaction() as db:
@@ -191,7 +194,7 @@ class ResultsStore:
                     record.id,
                     record.suite,
                     *record.cell.values(),
-                    json.dumps(record.hparams, sort_keys=True),
+                    json.dumps(record.hparams),  # the suite's order, for display
                     record.seed,
                     json.dumps(record.config, sort_keys=True),
                     record.status,
