@@ -164,15 +164,23 @@ def load_model(
             source, config=config, dtype=torch_dtype, attn_implementation=attn_implementation
         )
         tokenizer = AutoTokenizer.from_pretrained(source)
+    except ModelError:
+        raise
     except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ModelError(
             f"could not load model {name!r} (offline? not a hub id or a model folder?): "
-            f"{first_line}"
+            f"{_first_line(error)}"
         ) from error
+    except ValueError as error:  # e.g. a config.json without a model type
+        raise ModelError(f"could not load model {name!r}: {_first_line(error)}") from error
     model.to(torch_device).eval()
     _prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=display, kind=kind)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_source(name: str) -> str:

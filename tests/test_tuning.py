@@ -1,0 +1,293 @@
+"""Tuning schemes through peft, checked with real forward passes of every tiny shape.
+
+The scorer's fast path (left padding, ``logits_to_keep``, virtual-token offsets) is checked
+against a reference that scores every candidate on its own, unpadded, from full logits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zotune.models import with_special_tokens
+from zotune.optim import create_optimizer
+from zotune.scoring import Scorer
+from zotune.tasks.example import Example
+from zotune.tuning import SCHEMES, apply_tuning, attention_projections, count_parameters
+
+SHAPES = ["tiny-llama", "tiny-opt", "tiny-mistral", "tiny-roberta"]
+
+# Multi-token candidates and contexts of different lengths (so rows are padded) ...
+EXAMPLES = [
+    Example(contexts=("It was fine. It was",) * 2, continuations=(" terrible", " great"), label=1),
+    Example(contexts=("Meh.",) * 2, continuations=(" no", " yes!"), label=0),
+    Example(
+        contexts=("A longer review, with much more text in it. So it was",) * 2,
+        continuations=(" bad", " good"),
+        label=1,
+    ),
+]
+# ... and one-byte candidates sharing a context (the scorer's one-forward path).
+SHARED_EXAMPLES = [
+    Example(contexts=("Is it? ",) * 2, continuations=("N", "Y"), label=1),
+    Example(
+        contexts=("Quite a long question, is it not? ",) * 2, continuations=("N", "Y"), label=0
+    ),
+]
+
+
+def perturb_trainable(model: torch.nn.Module, scale: float = 0.5) -> None:
+    """Move the adapters off their initialisation (LoRA's B = 0 makes it the identity)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(scale * torch.randn(param.shape, generator=generator))
+
+
+def reference_scores(model, tokenizer, kind: str, examples) -> torch.Tensor:
+    """Mean candidate log-probs, one unpadded row at a time, from full logits."""
+    scores = []
+    for example in examples:
+        row = []
+        for context, continuation in zip(example.contexts, example.continuations, strict=True):
+            target = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if kind == "causal":
+                context_ids = tokenizer(context)["input_ids"]
+                sequence = context_ids + target[:-1]
+                slots = [len(context_ids) - 1 + j for j in range(len(target))]
+            else:
+                mask = tokenizer.mask_token_id
+                context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+                sequence = with_special_tokens(tokenizer, context_ids + [mask] * len(target))
+                slots = [i for i, token in enumerate(sequence) if token == mask]
+            with torch.no_grad():
+                logits = model(
+                    input_ids=torch.tensor([sequence]),
+                    attention_mask=torch.ones(1, len(sequence), dtype=torch.long),
+                ).logits[0]
+            shift = logits.shape[0] - len(sequence)  # prompt tuning's virtual tokens
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            picked = [logprobs[s + shift, t] for s, t in zip(slots, target, strict=True)]
+            row.append(torch.stack(picked).mean())
+        scores.append(torch.stack(row))
+    return torch.stack(scores)
+
+
+# Schemes and trainable parameters ------------------------------------------------------------
+
+
+def test_unknown_scheme_lists_the_valid_ones(tiny_model):
+    with pytest.raises(ValueError, match=r"'adapter' \(choose from full, lora, prefix, prompt\)"):
+        tiny_model("tiny-llama", "adapter")
+
+
+@pytest.mark.parametrize("option", ["lora_r", "prefix_tokens", "prompt_tokens"])
+def test_bad_sizes_are_errors(tiny_model, option):
+    with pytest.raises(ValueError, match=f"invalid {option}: 0"):
+        tiny_model("tiny-llama", "lora", **{option: 0})
+
+
+def expected_trainable(config, scheme: str, *, r=8, prefix=5, prompt=10) -> int:
+    """Adapter sizes from first principles, for LLaMA (GQA) and OPT configs."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = hidden // config.num_attention_heads
+    kv_width = getattr(config, "num_key_value_heads", config.num_attention_heads) * head_dim
+    if scheme == "lora":  # q: hidden → hidden, v: hidden → kv_width; A is r×in, B is out×r
+        return layers * (r * (hidden + hidden) + r * (hidden + kv_width))
+    if scheme == "prefix":  # a key and a value vector per layer and virtual token
+        return prefix * layers * 2 * kv_width
+    if scheme == "prompt":  # one input embedding per virtual token
+        return prompt * hidden
+    raise AssertionError(scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_trainable_parameter_counts_follow_the_formula(tiny_model, shape, scheme):
+    model, loaded = tiny_model(shape, scheme)
+    trainable, total = count_parameters(model)
+    base = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if "lora_" not in n and "prompt_encoder" not in n
+    )
+    if scheme == "full":
+        assert trainable == total == base
+        return
+    assert trainable == expected_trainable(loaded.model.config, scheme)
+    assert total == base + trainable
+    adapter_tag = "lora_" if scheme == "lora" else "prompt_encoder"
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (adapter_tag in name), name
+
+
+@pytest.mark.parametrize(
+    "shape, targets",
+    [
+        ("tiny-llama", ["q_proj", "v_proj"]),
+        ("tiny-opt", ["q_proj", "v_proj"]),
+        ("tiny-mistral", ["q_proj", "v_proj"]),
+        ("tiny-roberta", ["query", "value"]),
+    ],
+)
+def test_lora_targets_the_query_and_value_projections(tiny_model, shape, targets):
+    model, _ = tiny_model(shape, "full")
+    assert attention_projections(model) == targets
+    tuned, _ = tiny_model(shape, "lora")
+    adapted = {n.rsplit(".", 1)[-1] for n, m in tuned.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(targets)
+
+
+def test_lora_falls_back_to_the_linear_layers_inside_attention_modules(tiny_model):
+    model, _ = tiny_model("tiny-llama", "full")
+    model.config.model_type = "unknown-to-peft"
+    assert attention_projections(model) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
+def test_full_tuning_counts_tied_weights_once(tiny_model):
+    model, _ = tiny_model("tiny-roberta", "full")
+    trainable, total = count_parameters(model)
+    assert trainable == total == sum(p.numel() for p in model.parameters())
+    assert model.lm_head.decoder.weight is model.roberta.embeddings.word_embeddings.weight
+
+
+def test_prompt_init_text_copies_the_texts_token_embeddings(tiny_model):
+    text = "Sentiment:"
+    model, loaded = tiny_model("tiny-llama", "prompt", prompt_init_text=text, prompt_tokens=12)
+    ids = loaded.tokenizer(text)["input_ids"]  # peft tokenizes with special tokens
+    ids = (ids * 2)[:12]
+    prompt = model.prompt_encoder["default"].embedding.weight
+    embeddings = model.get_base_model().get_input_embeddings().weight
+    assert torch.equal(prompt, embeddings[ids])
+
+
+def test_prompt_init_text_needs_the_tokenizer():
+    from zotune.models import random_model
+
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        apply_tuning(random_model("tiny-llama").model, "prompt", prompt_init_text="Hi")
+
+
+# The scorer on every scheme × shape --------------------------------------------------------
+
+
+def logits_widths(scorer, batch) -> tuple[torch.Tensor, list[int]]:
+    """The scorer's scores and the number of logit columns each base-model forward returned."""
+    model = scorer.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    widths: list[int] = []
+    hook = base.register_forward_hook(lambda m, args, out: widths.append(out.logits.shape[1]))
+    try:
+        with torch.no_grad():
+            return scorer.scores(batch), widths
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scorer_matches_an_unpadded_full_logits_reference(tiny_model, shape, scheme):
+    """Batched, left-padded scoring (logits_to_keep for causal LMs) = one row at a time."""
+    model, loaded = tiny_model(shape, scheme)
+    perturb_trainable(model)
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    for examples in (EXAMPLES, SHARED_EXAMPLES):
+        batch = scorer.encode(examples)
+        assert batch.shared_context == (examples is SHARED_EXAMPLES)
+        scores, widths = logits_widths(scorer, batch)
+        if loaded.kind == "causal":  # only the scored columns got logits
+            assert widths == [batch.input_ids.shape[1] - int(batch.positions.min())]
+        expected = reference_scores(model, loaded.tokenizer, loaded.kind, examples)
+        torch.testing.assert_close(scores, expected, atol=2e-5, rtol=1e-5)
+        with torch.no_grad():
+            assert torch.isfinite(scorer.loss(scorer.encode_for_loss(examples)))
+
+
+@pytest.mark.parametrize("scheme", ["prefix", "prompt"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_virtual_tokens_keep_scores_independent_of_batch_padding(tiny_model, shape, scheme):
+    """A row scores the same alone and padded next to a longer row (positions from the mask)."""
+    model, loaded = tiny_model(shape, scheme)
+    perturb_trainable(model)
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    with torch.no_grad():
+        together = scorer.scores(scorer.encode(EXAMPLES))
+        alone = torch.cat([scorer.scores(scorer.encode([example])) for example in EXAMPLES])
+    torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_masked_lm_returns_mlm_logits(tiny_model, scheme):
+    model, loaded = tiny_model("tiny-roberta", scheme)
+    batch = loaded.tokenizer(
+        ["a <mask>", "a longer <mask> text"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model(**batch).logits
+    columns = batch["input_ids"].shape[1] + (10 if scheme == "prompt" else 0)
+    assert logits.shape == (2, columns, loaded.model.config.vocab_size)
+
+
+@pytest.mark.xfail(
+    raises=AttributeError,
+    strict=True,
+    reason="scoring.py calls tokenizer.build_inputs_with_special_tokens, which transformers 5 "
+    "fast tokenizers (RobertaTokenizer included) no longer have; zotune.models."
+    "with_special_tokens is the replacement",
+)
+def test_scorer_frames_masked_inputs_with_a_plain_transformers_tokenizer(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    model, loaded = tiny_model("tiny-roberta", "full")
+    loaded.tokenizer.save_pretrained(tmp_path)
+    plain = AutoTokenizer.from_pretrained(tmp_path)
+    scorer = Scorer(model, plain, kind="masked")
+    scorer.scores(scorer.encode(EXAMPLES))
+
+
+# Optimizer steps -----------------------------------------------------------------------------
+
+
+def assert_only_trainable_changed(model, before: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        assert changed == param.requires_grad, f"{name}: changed={changed}"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_zo_step_changes_only_trainable_parameters(tiny_model, shape, scheme):
+    model, loaded = tiny_model(shape, scheme)
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    batch = scorer.encode_for_loss(EXAMPLES)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = create_optimizer(
+        "zo-sgd", [p for p in model.parameters() if p.requires_grad], lr=1e-3
+    )
+    loss = optimizer.step(lambda: scorer.loss(batch))
+    assert torch.isfinite(loss)
+    assert_only_trainable_changed(model, before)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_forward_grad_step_with_eager_attention(tiny_model, shape, scheme):
+    model, loaded = tiny_model(shape, scheme, attn_implementation="eager")
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    batch = scorer.encode_for_loss(EXAMPLES)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = create_optimizer("forward-grad", model, lr=1e-3)
+    loss = optimizer.step(lambda: scorer.loss(batch))
+    assert torch.isfinite(loss)
+    assert_only_trainable_changed(model, before)
+
+
+def test_forward_grad_through_fused_cpu_attention_asks_for_eager(tiny_model):
+    model, loaded = tiny_model("tiny-llama", "full", attn_implementation="sdpa")
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    batch = scorer.encode_for_loss(EXAMPLES)
+    optimizer = create_optimizer("forward-grad", model, lr=1e-3)
+    with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
+        optimizer.step(lambda: scorer.loss(batch))
