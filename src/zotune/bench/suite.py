@@ -241,6 +241,10 @@ def expand_suite(
                     )
                 seen[run.id] = run
                 runs.append(run)
+    if command_overrides:  # an override may change a grid axis, e.g. model.name
+        columns = zip(*(run.cell.values() for run in runs), strict=True)
+        resolved_axes = zip(GRID_AXES, columns, strict=True)
+        _check_names({axis: list(dict.fromkeys(values)) for axis, values in resolved_axes})
     _check_options(runs)
     return Suite(name, description, source, runs, list(overrides or []))
 
