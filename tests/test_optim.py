@@ -31,7 +31,7 @@ INFOS = [
     OptimizerInfo("zo-sgd", 0.02, 0.05),
     OptimizerInfo("zo-sgd-mmt", 0.005, 0.01, {"momentum": 0.9}),
     OptimizerInfo("zo-sgd-cons", 0.02, 0.05),
-    OptimizerInfo("zo-sgd-sign", 0.003, 0.003),
+    OptimizerInfo("zo-sgd-sign", 0.005, 0.003),
     OptimizerInfo("zo-adam", 0.02, 0.01),
     OptimizerInfo("forward-grad", 0.02, 0.05),
     OptimizerInfo("fo-sgd", 0.05, 0.2),

@@ -42,7 +42,8 @@ from .estimators import (
     RandomGradientEstimator,
     mix_seed,
 )
-from .estimators.base import check_finite, evaluate, shift
+from .estimators.base import check_finite, evaluate, rounds_coarsely, shift
+from .estimators.directions import DEFAULT_TABLE_NUMEL
 from .rules import Rule, TensorContext
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
@@ -191,24 +192,15 @@ class ZerothOrderOptimizer(_RuleOptimizer):
 
     @torch.no_grad()
     def _update(self, entries, estimate: DirectionalEstimate) -> None:
+        if self.rule.is_linear:
+            self._update_linear(entries, estimate)
+            return
         sampler = self.estimator.sampler
         last = len(estimate.seeds) - 1
         for item, group in entries:
             param = item.param
-            lr = group["lr"]
-            decay = group["weight_decay"] if param.ndim >= 2 else 0.0
             for chunk, view in sampler.views(param):
                 start = chunk * sampler.chunk_numel
-                if self.rule.is_linear:
-                    # θ_new = (1 − lr·λ)θ − lr Σ c_k z_k, with θ = view − offset·z_last.
-                    if decay:
-                        view.mul_(1 - lr * decay)
-                    for k, (seed, coeff) in enumerate(estimate.terms):
-                        alpha = -lr * coeff
-                        if k == last:
-                            alpha -= (1 - lr * decay) * estimate.offset
-                        view.add_(sampler.draw(view, seed, item.index, chunk), alpha=alpha)
-                    continue
                 if start == 0:
                     state = self._state_for(param)
                     ctx_args = (param.ndim, state["step"], group)
@@ -216,6 +208,7 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                 for k, (seed, coeff) in enumerate(estimate.terms):
                     z = sampler.draw(view, seed, item.index, chunk)
                     if k == last and estimate.offset:
+                        # Its own rounding, before the update: lands back on θ in fp16/bf16.
                         view.add_(z, alpha=-estimate.offset)
                     if g is None:
                         g = z.mul_(coeff)
@@ -225,15 +218,47 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                         g.add_(z, alpha=coeff)
                 self._apply_rule(view, g, state, ctx_args, start)
 
+    def _update_linear(self, entries, estimate: DirectionalEstimate) -> None:
+        """θ_new = κθ − lr Σ_k c_k z_k with κ = 1 − lr·λ and θ = θ_probe − offset · z_last.
+
+        One pass per query seed. In fp32 the restore rides on the last seed's axpy
+        (θ_new = κ θ_probe − κ·offset·z_last − lr Σ c_k z_k); in fp16/bf16 it is a leg of its
+        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``).
+        """
+        sampler = self.estimator.sampler
+        restore = (estimate.seeds[-1], -estimate.offset)
+        buckets: dict[tuple[float, float], list[IndexedParam]] = {}
+        for item, group in entries:
+            lr = group["lr"]
+            decay = group["weight_decay"] if item.param.ndim >= 2 else 0.0
+            buckets.setdefault((lr, 1 - lr * decay), []).append(item)
+        for (lr, keep), items in buckets.items():
+            update = [(seed, -lr * coeff) for seed, coeff in estimate.terms]
+            precise = [i for i in items if not rounds_coarsely(i.param.dtype)]
+            coarse = [i for i in items if rounds_coarsely(i.param.dtype)]
+            if precise:
+                if keep != 1:
+                    torch._foreach_mul_([i.param for i in precise], keep)
+                shift(precise, sampler, [(restore[0], keep * restore[1]), *update])
+            if coarse:
+                shift(coarse, sampler, [restore])
+                if keep != 1:
+                    torch._foreach_mul_([i.param for i in coarse], keep)
+                shift(coarse, sampler, update)
+
     @torch.no_grad()
-    def _move(self, entries, estimate: DirectionalEstimate, scale: float) -> None:
-        """θ ← θ + scale · ĝ, in one pass (used by candidates that are not kept)."""
-        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms]
+    def _move(self, entries, estimate: DirectionalEstimate, scale: float, times: int = 1) -> None:
+        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32)."""
+        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms] * times
         shift([e for e, _ in entries], self.estimator.sampler, moves)
 
 
-def _rge(eps: float, q: int, probe: str, distribution: str) -> RandomGradientEstimator:
-    return RandomGradientEstimator(eps=eps, q=q, probe=probe, distribution=distribution)
+def _rge(
+    eps: float, q: int, probe: str, distribution: str, table_numel: int
+) -> RandomGradientEstimator:
+    return RandomGradientEstimator(
+        eps=eps, q=q, probe=probe, distribution=distribution, table_numel=table_numel
+    )
 
 
 class ZOSGD(ZerothOrderOptimizer):
@@ -254,14 +279,15 @@ class ZOSGD(ZerothOrderOptimizer):
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(
             params,
             {"lr": lr, "weight_decay": weight_decay},
-            estimator=_rge(eps, q, probe, distribution),
+            estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sgd(),
             seed=seed,
         )
@@ -286,7 +312,8 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
@@ -300,7 +327,7 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
                 "nesterov": nesterov,
                 "weight_decay": weight_decay,
             },
-            estimator=_rge(eps, q, probe, distribution),
+            estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.momentum(),
             seed=seed,
         )
@@ -325,14 +352,15 @@ class ZOSGDSign(ZerothOrderOptimizer):
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(
             params,
             {"lr": lr, "weight_decay": weight_decay},
-            estimator=_rge(eps, q, probe, distribution),
+            estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sign(),
             seed=seed,
         )
@@ -358,7 +386,8 @@ class ZOAdam(ZerothOrderOptimizer):
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
@@ -367,7 +396,7 @@ class ZOAdam(ZerothOrderOptimizer):
         super().__init__(
             params,
             {"lr": lr, "betas": betas, "adam_eps": adam_eps, "weight_decay": weight_decay},
-            estimator=_rge(eps, q, probe, distribution),
+            estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.adam(),
             seed=seed,
         )
@@ -394,11 +423,19 @@ class ZOSGDConservative(ZOSGD):
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         seed: int = 0,
     ) -> None:
         super().__init__(
-            params, lr, eps=eps, q=q, probe=probe, distribution=distribution, seed=seed
+            params,
+            lr,
+            eps=eps,
+            q=q,
+            probe=probe,
+            distribution=distribution,
+            table_numel=table_numel,
+            seed=seed,
         )
 
     @property
@@ -410,22 +447,23 @@ class ZOSGDConservative(ZOSGD):
         entries, estimate = self._estimate(closure)
         self._update(entries, estimate)  # θ − ηĝ (also removes the probes' offset)
         loss_down = evaluate(closure)
-        self._move_by_lr(entries, estimate, +1.0)  # θ
+        self._move_by_lr(entries, estimate, 1)  # θ
         loss_here = evaluate(closure)
-        self._move_by_lr(entries, estimate, +1.0)  # θ + ηĝ
+        self._move_by_lr(entries, estimate, 1)  # θ + ηĝ
         loss_up = evaluate(closure)
         best = min((loss_here, 0), (loss_down, -1), (loss_up, +1), key=lambda x: float(x[0]))
-        self._move_by_lr(entries, estimate, float(best[1] - 1))
+        self._move_by_lr(entries, estimate, best[1] - 1)
         return best[0]
 
-    def _move_by_lr(self, entries, estimate, multiple: float) -> None:
-        """θ ← θ + multiple · η ĝ, each param group with its own η."""
+    def _move_by_lr(self, entries, estimate, multiple: int) -> None:
+        """θ ← θ + multiple · η ĝ, each param group with its own η, in legs of ±η ĝ."""
         if multiple == 0:
             return
+        sign = 1.0 if multiple > 0 else -1.0
         for group in self.param_groups:
             members = [(e, g) for e, g in entries if g is group]
             if members:
-                self._move(members, estimate, multiple * group["lr"])
+                self._move(members, estimate, sign * group["lr"], times=abs(multiple))
 
 
 class ForwardGrad(ZerothOrderOptimizer):
@@ -444,14 +482,17 @@ class ForwardGrad(ZerothOrderOptimizer):
         lr: float,
         *,
         q: int = 1,
-        distribution: str = "gaussian",
+        distribution: str = "auto",
+        table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(
             params,
             {"lr": lr, "weight_decay": weight_decay},
-            estimator=ForwardGradientEstimator(q=q, distribution=distribution),
+            estimator=ForwardGradientEstimator(
+                q=q, distribution=distribution, table_numel=table_numel
+            ),
             rule=rules.sgd(),
             seed=seed,
         )

@@ -86,21 +86,50 @@ def check_finite(losses: Sequence[torch.Tensor], restore: Callable[[], None]) ->
     raise NonFiniteLossError(f"non-finite loss during probing: {values}; parameters restored")
 
 
+def rounds_coarsely(dtype: torch.dtype) -> bool:
+    """True for floating dtypes narrower than fp32 (fp16, bf16): their probes move by legs.
+
+    In fp16/bf16, θ + εz − 2εz + εz does not come back to θ: each in-place move rounds to a
+    grid whose spacing (ulp) is comparable to εz (ε = 1e-3, |θ| ≈ 0.02: εz ≈ 8 ulp in bf16),
+    and the rounding errors of the +, − and restore moves add up to a ±1-ulp random walk of
+    every entry, every step (MeZO's out-of-place ``θ + s·z·ε`` does the same). zotune moves
+    such tensors in *legs of at most ε·z each, every leg rounding once in fp32 arithmetic*
+    (``add_`` computes θ + α·z in fp32 and rounds once): −2εz becomes −εz, −εz, and the
+    restore is a leg of its own before the update. A leg back towards θ from
+    θ₊ = rnd(θ + εz) computes rnd(θ₊ − εz) = rnd(θ + δ) with |δ| ≤ ulp(θ₊)/2, which is θ
+    exactly whenever θ₊ lies in θ's binade (same ulp): then nothing is lost, every step.
+    Only entries whose probe crosses into a coarser binade (|θ + εz| ≥ the next power of
+    two) lose information, and there the loss is at most ulp(θ₊)/2 per leg; drift is thus
+    confined to entries within a few ε of a power of two instead of being a random walk of
+    all of them (measured in tests/test_precision.py). fp32/fp64 keep the fused single move.
+    """
+    return dtype.is_floating_point and torch.finfo(dtype).bits < 32
+
+
 @torch.no_grad()
 def shift(
     params: Sequence[IndexedParam],
     sampler: DirectionSampler,
     moves: Sequence[tuple[int, float]],
 ) -> None:
-    """θ ← θ + Σ_(seed, scale) scale · z(seed), in place, in one pass over the parameters.
+    """θ ← θ + Σ_(seed, scale) scale · z(seed), in place, one pass per distinct seed.
 
-    Several moves share one pass (e.g. "undo query k, apply query k+1"), so each tensor is
-    read and written once however many directions are combined.
+    ``moves`` are legs applied in order. For fp32/fp64 tensors the legs that share a seed
+    are merged into one axpy (several moves, e.g. "undo query k, apply query k+1", share a
+    pass); fp16/bf16 tensors take every leg as its own rounding (see
+    :func:`rounds_coarsely`), so callers express a move of −2εz as two legs of −εz.
     """
     moves = [(seed, scale) for seed, scale in moves if scale != 0.0]
     if not moves:
         return
-    for item in params:
-        for chunk, view in sampler.views(item.param):
-            for seed, scale in moves:
-                view.add_(sampler.draw(view, seed, item.index, chunk), alpha=scale)
+    precise = [item for item in params if not rounds_coarsely(item.param.dtype)]
+    coarse = [item for item in params if rounds_coarsely(item.param.dtype)]
+    if precise:
+        merged: dict[int, float] = {}
+        for seed, scale in moves:
+            merged[seed] = merged.get(seed, 0.0) + scale
+        for seed, scale in merged.items():
+            sampler.add_(precise, seed, scale)
+    if coarse:
+        for seed, scale in moves:
+            sampler.add_(coarse, seed, scale)

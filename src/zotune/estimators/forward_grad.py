@@ -8,7 +8,7 @@ import torch
 import torch.autograd.forward_ad as fwad
 
 from .base import Closure, DirectionalEstimate, IndexedParam, as_loss, check_finite
-from .directions import DEFAULT_CHUNK_NUMEL, DirectionSampler, mix_seed
+from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
 
 EAGER_HINT = (
     "Forward-Grad needs forward-mode AD through every operation of the model, and one has "
@@ -20,22 +20,27 @@ EAGER_HINT = (
 class ForwardGradientEstimator:
     """Unbiased gradient estimate from Jacobian-vector products (Baydin et al., 2022)::
 
-        ĝ = (1/q) Σ_k (∇f(θ) · v_k) v_k,     v_k ~ N(0, I)
+        ĝ = (1/q) Σ_k (∇f(θ) · v_k) v_k,     E[v_k v_kᵀ] = I
 
     ∇f·v is exact (not a finite difference): inside a ``dual_level`` each parameter's value is
     replaced in place by the dual number (θ, v), so the closure's loss carries ∇f·v as its
-    tangent. The closure contract is the same as for RGE; no backward graph is built. The
+    tangent (v from :class:`DirectionSampler`: Gaussian, Rademacher or the noise table).
+    The closure contract is the same as for RGE; no backward graph is built. The
     tangents v are whole-model sized while the forward runs (that is Forward-Grad's memory
     cost); afterwards only the seed of v is kept.
     """
 
     def __init__(
-        self, q: int = 1, distribution: str = "gaussian", chunk_numel: int = DEFAULT_CHUNK_NUMEL
+        self,
+        q: int = 1,
+        distribution: str = "auto",
+        chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+        table_numel: int = DEFAULT_TABLE_NUMEL,
     ) -> None:
         if isinstance(q, bool) or not isinstance(q, int) or q < 1:
             raise ValueError(f"Invalid number of queries q: {q} (must be an int >= 1)")
         self.q = q
-        self.sampler = DirectionSampler(distribution, chunk_numel)
+        self.sampler = DirectionSampler(distribution, chunk_numel, table_numel)
 
     @property
     def forward_passes(self) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .base import Closure, DirectionalEstimate, IndexedParam, check_finite, evaluate, shift
-from .directions import DEFAULT_CHUNK_NUMEL, DirectionSampler, mix_seed
+from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
 
 PROBES = ("two-point", "one-sided")
 
@@ -28,7 +28,11 @@ class RandomGradientEstimator:
 
     The parameters are moved in place; consecutive moves share one pass (undo query k and
     apply query k+1 together), and the last displacement is left for the optimizer to remove
-    in the pass that applies the update (:class:`DirectionalEstimate.offset`).
+    in the pass that applies the update (:class:`DirectionalEstimate.offset`). The move
+    from θ + εz to θ − εz is written as two legs of −εz: one axpy in fp32, two roundings in
+    fp16/bf16, the first landing back on θ (see :func:`zotune.estimators.base.shift`).
+    Directions come from :class:`DirectionSampler` (``distribution``: ``auto``, ``table``,
+    ``gaussian``, ``rademacher``).
     """
 
     def __init__(
@@ -36,8 +40,9 @@ class RandomGradientEstimator:
         eps: float = 1e-3,
         q: int = 1,
         probe: str = "two-point",
-        distribution: str = "gaussian",
+        distribution: str = "auto",
         chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+        table_numel: int = DEFAULT_TABLE_NUMEL,
     ) -> None:
         if not eps > 0:
             raise ValueError(f"Invalid perturbation scale eps: {eps} (must be > 0)")
@@ -48,7 +53,7 @@ class RandomGradientEstimator:
         self.eps = float(eps)
         self.q = q
         self.probe = probe
-        self.sampler = DirectionSampler(distribution, chunk_numel)
+        self.sampler = DirectionSampler(distribution, chunk_numel, table_numel)
 
     @property
     def forward_passes(self) -> int:
@@ -69,7 +74,7 @@ class RandomGradientEstimator:
         for seed in seeds:
             shift(params, self.sampler, [*previous, (seed, eps)])
             plus = evaluate(closure)
-            shift(params, self.sampler, [(seed, -2 * eps)])
+            shift(params, self.sampler, [(seed, -eps), (seed, -eps)])
             minus = evaluate(closure)
             losses += [plus, minus]
             check_finite(losses, lambda s=seed: shift(params, self.sampler, [(s, eps)]))
