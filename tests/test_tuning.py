@@ -230,13 +230,6 @@ def test_masked_lm_returns_mlm_logits(tiny_model, scheme):
     assert logits.shape == (2, columns, loaded.model.config.vocab_size)
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="scoring.py calls tokenizer.build_inputs_with_special_tokens, which transformers 5 "
-    "fast tokenizers (RobertaTokenizer included) no longer have; zotune.models."
-    "with_special_tokens is the replacement",
-)
 def test_scorer_frames_masked_inputs_with_a_plain_transformers_tokenizer(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
@@ -244,7 +237,9 @@ def test_scorer_frames_masked_inputs_with_a_plain_transformers_tokenizer(tiny_mo
     loaded.tokenizer.save_pretrained(tmp_path)
     plain = AutoTokenizer.from_pretrained(tmp_path)
     scorer = Scorer(model, plain, kind="masked")
-    scorer.scores(scorer.encode(EXAMPLES))
+    batch = scorer.encode(EXAMPLES)
+    assert (batch.input_ids[:, -1] == plain.eos_token_id).all()  # <s> … <mask> </s>
+    assert torch.isfinite(scorer.scores(batch)).all()
 
 
 # Optimizer steps -----------------------------------------------------------------------------

@@ -482,17 +482,24 @@ class ByteTokenizer(PreTrainedTokenizerFast):
         return with_special_tokens(self, token_ids_0)
 
 
-def with_special_tokens(tokenizer, ids: list[int]) -> list[int]:
-    """``ids`` framed by the special tokens the tokenizer adds to one text (e.g. <s> … </s>).
+def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one text (e.g. ``<s>`` … ``</s>``).
 
     Works for any HF tokenizer: the frame is read off the encoding of a one-letter text and
-    its special-tokens mask, so it follows the tokenizer's own post-processor.
+    its special-tokens mask, so it follows the tokenizer's own post-processor (transformers 5
+    fast tokenizers no longer offer ``build_inputs_with_special_tokens``).
     """
     encoded = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)
-    marks = encoded["special_tokens_mask"]
+    ids, marks = encoded["input_ids"], encoded["special_tokens_mask"]
     first = marks.index(0)
     last = len(marks) - marks[::-1].index(0)
-    return [*encoded["input_ids"][:first], *ids, *encoded["input_ids"][last:]]
+    return list(ids[:first]), list(ids[last:])
+
+
+def with_special_tokens(tokenizer, ids: list[int]) -> list[int]:
+    """``ids`` framed by the special tokens the tokenizer adds to one text."""
+    prefix, suffix = special_token_frame(tokenizer)
+    return [*prefix, *ids, *suffix]
 
 
 def byte_tokenizer(kind: str = "causal", *, model_max_length: int = 512) -> ByteTokenizer:

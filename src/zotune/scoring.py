@@ -13,7 +13,9 @@ position sits in the last ``K + 1`` columns, and the model is asked for those al
 (``logits_to_keep``); for a model of vocabulary V that saves a (T − K − 1) × V matrix per
 row, often the largest activation of a ZO forward. Left padding also keeps prompt tuning's
 virtual tokens (prepended by peft) out of the way. RoPE models need no position ids for it:
-relative positions between real tokens are unchanged by the padding.
+relative positions between real tokens are unchanged by the padding. With prompt or prefix
+tuning the virtual tokens sit before the padding, so :func:`zotune.tuning.apply_tuning` derives
+position ids from the attention mask (as ``generate`` does).
 
 When every candidate of every example shares its context and is a single token (SST-2, the
 Yes/No tasks), the context runs once and the candidates are read off the same next-token
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .models import special_token_frame
 from .tasks.example import Example
 
 REDUCTIONS = ("mean", "sum")
@@ -92,6 +95,7 @@ class Scorer:
         self.loss_name = loss
         self.max_length = max_length or _model_max_length(model, tokenizer)
         self._keeps_logits = kind == "causal" and _accepts_logits_to_keep(model)
+        self._special_frame = special_token_frame(tokenizer) if kind == "masked" else ([], [])
         self._cache: dict[str, list[int]] = {}
 
     # Tokenization -------------------------------------------------------------------------
@@ -199,10 +203,9 @@ class Scorer:
         if mask_id is None:
             raise ScoringError("a masked LM's tokenizer needs a mask token")
         n_masks = 1 if row.alternatives else len(row.tokens)
-        sequence = self.tokenizer.build_inputs_with_special_tokens(
-            row.context + [mask_id] * n_masks
-        )
-        return sequence, sequence.index(mask_id, len(row.context))
+        prefix, suffix = self._special_frame
+        sequence = [*prefix, *row.context, *[mask_id] * n_masks, *suffix]
+        return sequence, len(prefix) + len(row.context)
 
     # Forward ------------------------------------------------------------------------------
 
@@ -281,12 +284,21 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
 
 
+def _virtual_tokens(model: torch.nn.Module) -> int:
+    """Positions taken by peft prompt/prefix tuning's virtual tokens (0 without them)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None or not getattr(peft_config, "is_prompt_learning", False):
+        return 0
+    return int(peft_config.num_virtual_tokens)
+
+
 def _model_max_length(model: torch.nn.Module, tokenizer) -> int:
     config = getattr(_base_model(model), "config", None)
     limit = getattr(config, "max_position_embeddings", None) or 2048
     if getattr(config, "model_type", "") == "roberta":
         limit -= 2  # RoBERTa's position ids start after the padding index
+    limit -= _virtual_tokens(model)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < limit:
-        limit = tok_limit
+        limit = tok_limit - _virtual_tokens(model)
     return limit
