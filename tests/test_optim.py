@@ -39,6 +39,17 @@ INFOS = [
 ]
 IDS = [info.name for info in INFOS]
 
+# Convergence runs every zeroth-order optimizer with both samplers (auto = table on CPU).
+CONVERGENCE = [
+    pytest.param(info, {"distribution": d} if info.name in ZEROTH_ORDER else {}, id=name)
+    for info in INFOS
+    for d, name in (
+        [("table", f"{info.name}-table"), ("gaussian", f"{info.name}-gaussian")]
+        if info.name in ZEROTH_ORDER
+        else [(None, info.name)]
+    )
+]
+
 
 def test_table_covers_every_optimizer():
     assert sorted(IDS) == sorted(OPTIMIZERS)
@@ -57,10 +68,10 @@ def lstsq_problem(dim: int = 20, rows: int = 60, dtype=torch.float32):
     return x, lambda: ((a @ x - b) ** 2).mean()
 
 
-@pytest.mark.parametrize("info", INFOS, ids=IDS)
-def test_reduces_least_squares_tenfold(info):
+@pytest.mark.parametrize(("info", "sampler"), CONVERGENCE)
+def test_reduces_least_squares_tenfold(info, sampler):
     x, loss = lstsq_problem()
-    opt = make(info, [x], info.lstsq_lr)
+    opt = make(info, [x], info.lstsq_lr, **sampler)
     start = float(loss().detach())
     for _ in range(1500):
         opt.step(loss)
@@ -76,10 +87,10 @@ def mlp_problem():
     return model, lambda: torch.nn.functional.cross_entropy(model(inputs), labels)
 
 
-@pytest.mark.parametrize("info", INFOS, ids=IDS)
-def test_reduces_mlp_classification_loss(info):
+@pytest.mark.parametrize(("info", "sampler"), CONVERGENCE)
+def test_reduces_mlp_classification_loss(info, sampler):
     model, loss = mlp_problem()
-    opt = make(info, model, info.mlp_lr)
+    opt = make(info, model, info.mlp_lr, **sampler)
     start = float(loss().detach())
     for _ in range(1000):
         opt.step(loss)

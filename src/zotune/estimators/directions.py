@@ -140,8 +140,8 @@ class DirectionSampler:
     different chunks, tensors, queries and steps have independent signs, so
     E[z_a z_bᵀ] = 0 between them. An RGE estimate built on it is therefore unbiased for the
     same smoothed gradient as with Gaussian z, up to the 4th-moment terms (T's values are
-    N(0, 1) only approximately). Chunks are capped at the table size, so no value repeats
-    within a chunk; ``chunk_numel`` must be ≤ ``table_numel``.
+    N(0, 1) only approximately). ``chunk_numel`` is capped at ``table_numel``, so no value
+    repeats within a chunk.
 
     ``auto``: ``table`` for CPU tensors, ``gaussian`` on other devices.
     """
@@ -160,13 +160,13 @@ class DirectionSampler:
             raise ValueError(f"Invalid chunk_numel: {chunk_numel} (must be a positive int)")
         if not _is_power_of_two(table_numel):
             raise ValueError(f"Invalid table_numel: {table_numel} (must be a power of two >= 2)")
-        if distribution in ("auto", "table") and chunk_numel > table_numel:
-            raise ValueError(
-                f"Invalid chunk_numel: {chunk_numel} exceeds table_numel {table_numel}; a chunk "
-                "longer than the noise table would repeat its values"
-            )
         self.distribution = distribution
-        self.chunk_numel = chunk_numel
+        # A chunk longer than the table would repeat its values, so table chunks are capped.
+        self.chunk_numel = (
+            chunk_numel
+            if distribution in ("gaussian", "rademacher")
+            else min(chunk_numel, table_numel)
+        )
         self.table_numel = table_numel
         self._generators: dict[torch.device, torch.Generator] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
