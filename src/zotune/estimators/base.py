@@ -90,18 +90,27 @@ def rounds_coarsely(dtype: torch.dtype) -> bool:
     """True for floating dtypes narrower than fp32 (fp16, bf16): their probes move by legs.
 
     In fp16/bf16, θ + εz − 2εz + εz does not come back to θ: each in-place move rounds to a
-    grid whose spacing (ulp) is comparable to εz (ε = 1e-3, |θ| ≈ 0.02: εz ≈ 8 ulp in bf16),
-    and the rounding errors of the +, − and restore moves add up to a ±1-ulp random walk of
-    every entry, every step (MeZO's out-of-place ``θ + s·z·ε`` does the same). zotune moves
-    such tensors in *legs of at most ε·z each, every leg rounding once in fp32 arithmetic*
-    (``add_`` computes θ + α·z in fp32 and rounds once): −2εz becomes −εz, −εz, and the
-    restore is a leg of its own before the update. A leg back towards θ from
-    θ₊ = rnd(θ + εz) computes rnd(θ₊ − εz) = rnd(θ + δ) with |δ| ≤ ulp(θ₊)/2, which is θ
-    exactly whenever θ₊ lies in θ's binade (same ulp): then nothing is lost, every step.
-    Only entries whose probe crosses into a coarser binade (|θ + εz| ≥ the next power of
-    two) lose information, and there the loss is at most ulp(θ₊)/2 per leg; drift is thus
-    confined to entries within a few ε of a power of two instead of being a random walk of
-    all of them (measured in tests/test_precision.py). fp32/fp64 keep the fused single move.
+    grid whose spacing (ulp) is comparable to εz (ε = 1e-3, |θ| ≈ 0.02: εz ≈ 8 ulp in bf16).
+    Moving +εz, −2εz, +εz with one rounding each (MeZO, or a fused restore) sends every entry
+    on a ±1-ulp random walk, every step, with a shrinkage towards zero on top.
+
+    zotune moves such tensors in *legs of ±ε·z, each rounding once* (``add_`` rounds the scalar
+    to the tensor's dtype, adds in fp32 and rounds the sum once): −2εz is two legs of −εz,
+    and the restore is a leg of its own before the update. A leg back from θ₊ = rnd(θ + εz)
+    computes rnd(θ₊ − εz) = rnd(θ + δ) with |δ| ≤ ulp(θ₊)/2, which is θ again whenever the
+    grid around θ is as fine as θ₊'s on both sides. So, with lr = 0:
+
+    * an entry that is not a power of two and lies farther than ε·max|z| from zero and from
+      the power of two above |θ| is restored bit-exactly, every step, except after an exact
+      rounding tie (≈ 2^−(24−p) per leg for p mantissa bits), which moves it by one ulp;
+    * the other entries, in the bands just below powers of two, lose information when a
+      probe rounds onto the coarser grid (nothing short of a parameter-sized record can
+      recover it); their drift saturates at a few ε instead of growing like √steps.
+
+    Measured over 16,000 bf16 cycles (std 0.02, ε = 1e-3): max |Δθ| 3.5 ε and mean
+    Δθ·sgn θ = −0.11 ε, against 118 ε and −1.5 ε for the fused moves (tests/test_precision.py).
+    The cost is two more axpy passes per step on those tensors. fp32/fp64 keep the fused
+    single move: their drift is a walk of ulps of 1e-7 relative size.
     """
     return dtype.is_floating_point and torch.finfo(dtype).bits < 32
 
