@@ -1,4 +1,4 @@
-"""``zotune`` command line: train, eval, tasks, demo, bench, report."""
+"""``zotune`` command line: train, eval, tasks, demo, bench, report, profile."""
 
 from __future__ import annotations
 
@@ -195,6 +195,75 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str | None, kind=str) -> list | None:
+    if text is None:
+        return None
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Peak memory and time per step of each optimizer, or the step-cost benchmark."""
+    from .bench import profile as prof
+
+    def log(message: str) -> None:
+        print(f"zotune profile: {message}", file=sys.stderr, flush=True)
+
+    common = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "device": args.device,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "attn_implementation": args.attn_implementation,
+    }
+    if args.step_cost:
+        from .bench.step_cost import (
+            SCHEMES,
+            StepCostConfig,
+            render_step_cost_markdown,
+            run_step_cost,
+            step_cost_table,
+        )
+
+        config = StepCostConfig(
+            **common,
+            seq_len=args.seq_len,
+            steps=args.steps or 5,
+            schemes=tuple(_csv(args.schemes) or SCHEMES),
+        )
+        result = run_step_cost(config, isolate=args.isolate, log=log)
+        print(result.setup + f"; memory measured {result.memory_method}")
+        print(step_cost_table(result))
+        payload, markdown = result.as_dict(), render_step_cost_markdown(result)
+    else:
+        sweep = args.seq_lens is not None
+        default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.DEFAULT_OPTIMIZERS
+        specs = prof.grid(
+            _csv(args.optimizers) or default_methods,
+            schemes=_csv(args.schemes) or ["full"],
+            seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
+            steps=args.steps or 3,
+            **common,
+        )
+        results = prof.run_profile(specs, isolate=args.isolate, log=log)
+        print(prof.describe_setup(results))
+        print(prof.profile_table(results))
+        if sweep:
+            print()
+            print(prof.sweep_table(results))
+        payload, markdown = prof.profile_payload(results), prof.render_markdown(results)
+    if args.json:
+        prof.write_json(args.json, payload)
+        log(f"wrote {args.json}")
+    if args.markdown:
+        from .bench.files import atomic_write_text
+
+        atomic_write_text(Path(args.markdown), markdown)
+        log(f"wrote {args.markdown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zotune", description="Fine-tune language models with zeroth-order optimizers."
@@ -256,6 +325,47 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
     report.set_defaults(func=cmd_report)
+
+    profile = commands.add_parser(
+        "profile",
+        help="peak memory and time per step of each optimizer (or --step-cost)",
+        description="zotune profile: per optimizer and scheme, peak memory and median time "
+        "per step on a synthetic B x T batch, beside the analytic estimate; --seq-lens sweeps "
+        "the sequence length; --step-cost times ZO steps against forwards and a MeZO-style "
+        "reference step",
+    )
+    profile.add_argument(
+        "--model", default="random:opt-125m", help="hub id, folder, or random:<shape>"
+    )
+    profile.add_argument(
+        "--optimizers", help="comma-separated; also inference, mezo-ref (default: all)"
+    )
+    profile.add_argument("--schemes", help="comma-separated tuning schemes (default: full)")
+    profile.add_argument("--batch-size", type=int, default=16)
+    profile.add_argument("--seq-len", type=int, default=64)
+    profile.add_argument(
+        "--seq-lens",
+        help="comma-separated: memory against sequence length (zo-sgd, fo-sgd, "
+        "fo-adam unless --optimizers)",
+    )
+    profile.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    profile.add_argument("--device", default="cpu")
+    profile.add_argument("--attn-implementation", default=None)
+    profile.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")
+    profile.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one fresh process per memory measurement (default: on)",
+    )
+    profile.add_argument(
+        "--step-cost", action="store_true", help="T_step vs 2 T_fwd, vs MeZO-style, memory"
+    )
+    profile.add_argument("--json", help="write the results as JSON (atomic)")
+    profile.add_argument("--markdown", help="write the results as a Markdown page (atomic)")
+    profile.set_defaults(func=cmd_profile)
     return parser
 
 

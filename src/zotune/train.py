@@ -11,7 +11,6 @@ import json
 import math
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_config
 from .estimators import NonFiniteLossError, mix_seed
+from .measure import peak_memory_mb
 from .optim import OPTIMIZERS, create_optimizer
 from .scoring import Scorer
 from .tasks import Example, load_splits
@@ -67,14 +67,6 @@ class RunResult:
             f"at step {self.best_step}; {self.seconds_per_step:.3f} s/step, "
             f"peak memory {self.peak_memory_mb:.0f} MB"
         )
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by torch. CPU: the process's peak resident set (a high-water mark)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
 
 
 def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed: int) -> list:

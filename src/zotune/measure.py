@@ -1,0 +1,551 @@
+"""Measurement primitives: peak memory, step timers, and analytic byte accounting.
+
+Peak memory
+    * CUDA: bytes allocated by torch's caching allocator (``torch.cuda.memory_allocated``),
+      peak since the last ``torch.cuda.reset_peak_memory_stats``. Excludes the CUDA context
+      and the allocator's cached-but-free blocks.
+    * CPU: the process's resident set (``VmRSS`` in ``/proc/self/status``), peak = ``VmHWM``,
+      the high-water mark of the resident set. Linux resets it when "5" is written to
+      ``/proc/self/clear_refs``; where that is not possible (not Linux, no permission) the
+      peak is ``getrusage(RUSAGE_SELF).ru_maxrss``, the lifetime peak of the process.
+      A resident set counts pages, not tensors: it includes the Python interpreter, the
+      loaded libraries (≈ 0.3–0.5 GB for torch + transformers), thread stacks, and any memory
+      the C allocator keeps after ``free``. :func:`track_allocations_in_rss` makes glibc
+      return large freed blocks to the OS at once, so the resident set follows the live
+      tensors and "peak minus a baseline taken just before" is the memory a piece of work
+      added.
+
+Timers
+    :func:`time_calls` runs a function ``warmup`` times untimed, then ``repeats`` times,
+    each bracketed by ``torch.cuda.synchronize`` on CUDA (kernels run asynchronously, so
+    without it the clock stops before the GPU does), and reports the median.
+
+Analytic accounting
+    :func:`estimate_memory` predicts the bytes a training step holds at its peak, as the sum
+    of weights, gradients, optimizer state, direction scratch and activations; the formulas
+    are in the docstrings of :func:`optimizer_state_bytes`, :func:`scratch_bytes` and
+    :func:`activation_bytes`. They are deliberately simple (a handful of terms per layer) and
+    meant to match measurements to within tens of percent, which is enough to see which term
+    dominates and how it scales.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MB = 2**20
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_RESET_HWM = "5"  # clear_refs code that resets the resident-set high-water mark (Linux ≥ 4.0)
+
+# glibc mallopt parameter: allocations at or above this size are mmap'd, and unmapped on free.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+# Peak memory -------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _ru_maxrss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def current_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """CUDA: bytes held by live tensors on ``device``. CPU: the process's resident set now."""
+    if _is_cuda(device):
+        return torch.cuda.memory_allocated(device)
+    rss_kb = _status_kb("VmRSS")
+    if rss_kb is None:  # no /proc: the best available figure is the lifetime peak
+        return _ru_maxrss_bytes()
+    return rss_kb * 1024
+
+
+def peak_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """CUDA: peak bytes of live tensors since the last :func:`reset_peak_memory`.
+
+    CPU: the process's peak resident set (``VmHWM``) since the start of the process or the
+    last successful :func:`reset_peak_memory`; ``ru_maxrss`` (lifetime peak) without /proc.
+    """
+    if _is_cuda(device):
+        return torch.cuda.max_memory_allocated(device)
+    hwm_kb = _status_kb("VmHWM")
+    return hwm_kb * 1024 if hwm_kb is not None else _ru_maxrss_bytes()
+
+
+def reset_peak_memory(device: torch.device | str = "cpu") -> bool:
+    """Start a new peak window; True if the next :func:`peak_memory_bytes` starts from now.
+
+    CPU: resets ``VmHWM`` to the current resident set by writing "5" to
+    ``/proc/self/clear_refs``. Returns False where that is impossible: the peak then remains
+    the lifetime peak of the process, so measure in a fresh process instead.
+    """
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        _CLEAR_REFS.write_text(_RESET_HWM)
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
+def peak_memory_mb(device: torch.device | str) -> float:
+    """Peak memory in MiB, as :func:`peak_memory_bytes` defines it (the training loop's figure).
+
+    CUDA: peak allocated by torch. CPU: the process's peak resident set (a high-water mark).
+    """
+    return peak_memory_bytes(device) / MB
+
+
+def track_allocations_in_rss() -> bool:
+    """Make the CPU resident set follow live tensors; True if the C allocator accepted it.
+
+    glibc's malloc raises its mmap threshold dynamically once large blocks have been freed,
+    after which freed tensors stay in the heap and still count as resident: a baseline taken
+    after a warm-up would then already contain the warm-up's activations. Pinning the
+    threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, which also disables the dynamic
+    adjustment) makes every tensor of that size or larger its own mapping, returned to the OS
+    on free; ``malloc_trim(0)`` releases what the heap holds now. Subprocesses get the same
+    effect from ``MALLOC_MMAP_THRESHOLD_`` in their environment (:data:`RSS_TRACKING_ENV`).
+    """
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        accepted = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return accepted
+
+
+# Environment that gives a fresh process the effect of track_allocations_in_rss from its start.
+RSS_TRACKING_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD_BYTES)}
+
+
+@dataclass
+class PeakWindow:
+    """Memory over a window of work, in bytes (see :func:`peak_memory_bytes` for the meaning).
+
+    ``baseline``: memory just before the window; ``peak``: peak inside it; ``added`` =
+    ``peak − baseline``, what the work added on top of what was already there. ``reset``
+    is False when the CPU peak could not be reset, in which case ``peak`` may predate the
+    window.
+    """
+
+    device: str
+    baseline: int = 0
+    peak: int = 0
+    reset: bool = True
+
+    @property
+    def added(self) -> int:
+        return max(0, self.peak - self.baseline)
+
+
+@contextmanager
+def track_peak(device: torch.device | str = "cpu") -> Iterator[PeakWindow]:
+    """``with track_peak(device) as window: work()``; then read ``window.added``."""
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+    window = PeakWindow(device=str(device))
+    window.reset = reset_peak_memory(device)
+    window.baseline = current_memory_bytes(device)
+    yield window
+    if _is_cuda(device):
+        torch.cuda.synchronize(device)
+    window.peak = max(peak_memory_bytes(device), window.baseline)
+
+
+# Timers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepTimes:
+    """Wall-clock seconds of the timed calls (warm-up calls excluded)."""
+
+    seconds: list[float]
+    warmup: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(max − min) / median: how noisy the timed calls were."""
+        return (max(self.seconds) - min(self.seconds)) / self.median if self.median else 0.0
+
+
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+) -> StepTimes:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; report each time.
+
+    On CUDA every timed call is bracketed by ``torch.cuda.synchronize`` so the time covers
+    the kernels, not just their launch.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"invalid repeats: {repeats!r} (must be an int >= 1)")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"invalid warmup: {warmup!r} (must be an int >= 0)")
+    cuda = _is_cuda(device)
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return StepTimes(seconds=seconds, warmup=warmup)
+
+
+# Analytic accounting -----------------------------------------------------------------------
+
+# Optimizer state tensors per trainable tensor (each parameter-sized, parameter dtype).
+STATE_TENSORS = {
+    "zo-sgd": 0,
+    "zo-sgd-cons": 0,
+    "zo-sgd-sign": 0,
+    "zo-sgd-mmt": 1,
+    "zo-adam": 2,
+    "forward-grad": 0,
+    "fo-sgd": 0,  # 1 with momentum > 0
+    "fo-adam": 2,
+    "mezo-ref": 0,
+    "inference": 0,
+}
+FIRST_ORDER = ("fo-sgd", "fo-adam")
+# Optimizers whose update goes through a scratch chunk of z (non-linear rules).
+_NONLINEAR_ZO = ("zo-sgd-mmt", "zo-sgd-sign", "zo-adam")
+# Models whose MLP is gated (down(act(gate(x)) * up(x))): four ffn-wide tensors, not two.
+GATED_MLP_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo"}
+)
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """What the activation formulas need from a model config.
+
+    ``hidden`` h, ``ffn`` f, ``layers`` L, ``heads`` a, ``kv_hidden`` h_kv = h · kv_heads / a
+    (grouped-query attention shrinks K and V), ``vocab`` V, ``gated`` (LLaMA-style MLP),
+    ``eager`` (attention materialises the a × T × T score matrix; SDPA kernels do not).
+    """
+
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_hidden: int
+    vocab: int
+    gated: bool
+    eager: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> TransformerShape:
+        hidden = config.hidden_size
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+        if ffn is None:
+            raise ValueError(f"config of model type {config.model_type!r} names no ffn width")
+        attn = getattr(config, "_attn_implementation", None)
+        return cls(
+            hidden=hidden,
+            ffn=ffn,
+            layers=config.num_hidden_layers,
+            heads=heads,
+            kv_hidden=hidden * kv_heads // heads,
+            vocab=config.vocab_size,
+            gated=getattr(config, "model_type", "") in GATED_MLP_TYPES,
+            eager=attn == "eager",
+        )
+
+
+def activation_bytes(
+    shape: TransformerShape,
+    *,
+    batch_size: int,
+    seq_len: int,
+    mode: str,
+    element_bytes: int,
+    virtual_tokens: int = 0,
+    prefix_tokens: int = 0,
+    logits_kept: int = 1,
+) -> int:
+    """Activation bytes of one forward (``mode="live"``) or kept for backprop (``"kept"``).
+
+    With N = B·T query rows (T includes prompt tuning's virtual tokens), T_k = T + prefix
+    tokens key positions, s the activation element size, per transformer layer:
+
+    kept (backprop keeps every layer's inputs for the backward pass; after Korthikanti et
+    al., 2022, whose 34·h bytes per token in fp16 this reproduces for f = 4h)::
+
+        attention  N · (2h + h + 2h_kv + h)          norm in/out, q k v, context
+                 + B · a · T · T_k · 2  (eager)     scores and softmax probabilities
+        mlp        N · (2h + c_f · f)               norm in/out; c_f = 2 (fc1 out, act out),
+                                                    4 if gated (gate, up, act, product)
+        total      L · (attention + mlp) + N · 3h + B · K · V · 2
+
+    (N · 3h: embeddings out, final norm in/out; B · K · V · 2: the kept logits and their
+    softmax, K = ``logits_kept`` scored positions per row.)
+
+    live (a no-grad forward frees each tensor once its consumer has run, so only one layer's
+    working set is alive, on top of the residual stream)::
+
+        attention  N · (h + 2h + h_kv·2 + h) + B · a · T · T_k · 2 (eager)
+        mlp        N · (h + h + c'_f · f),    c'_f = 2, or 3 if gated (act, up, product)
+        total      N · h + max(attention, mlp) + B · K · V · 2
+
+    The logits term counts the model-dtype logits plus their fp32 log-softmax copy as two
+    elements of size s each (close enough at K = 1, where it is small).
+    """
+    if mode not in ("live", "kept"):
+        raise ValueError(f"unknown activation mode {mode!r} (choose from live, kept)")
+    h, f, hkv = shape.hidden, shape.ffn, shape.kv_hidden
+    t = seq_len + virtual_tokens
+    n = batch_size * t
+    scores = 2 * batch_size * shape.heads * t * (t + prefix_tokens) if shape.eager else 0
+    logits = 2 * batch_size * logits_kept * shape.vocab
+    if mode == "kept":
+        attention = n * (4 * h + 2 * hkv) + scores
+        mlp = n * (2 * h + (4 if shape.gated else 2) * f)
+        elements = shape.layers * (attention + mlp) + n * 3 * h + logits
+    else:
+        attention = n * (4 * h + 2 * hkv) + scores
+        mlp = n * (2 * h + (3 if shape.gated else 2) * f)
+        elements = n * h + max(attention, mlp) + logits
+    return elements * element_bytes
+
+
+def _check_method(optimizer: str) -> None:
+    if optimizer not in STATE_TENSORS:
+        choices = ", ".join(STATE_TENSORS)
+        raise ValueError(f"unknown optimizer {optimizer!r} (choose from {choices})")
+
+
+def optimizer_state_bytes(optimizer: str, trainable_bytes: int, *, momentum: float = 0.0) -> int:
+    """Parameter-sized state: 0 for ZO-SGD (and its Cons/Sign variants, Forward-Grad,
+    inference), 1× trainable for momentum (ZO-SGD-MMT, FO-SGD with momentum > 0), 2× for Adam.
+    """
+    _check_method(optimizer)
+    tensors = STATE_TENSORS[optimizer]
+    if optimizer == "fo-sgd" and momentum > 0:
+        tensors = 1
+    return tensors * trainable_bytes
+
+
+def scratch_bytes(
+    optimizer: str,
+    *,
+    device: torch.device | str,
+    element_bytes: int,
+    largest_trainable_numel: int,
+    trainable_numel: int,
+    distribution: str = "auto",
+) -> int:
+    """Direction memory of a step, from :class:`zotune.estimators.directions.DirectionSampler`.
+
+    * table directions (``auto`` on CPU): the shared noise table, ``table_numel`` values
+      (16 MiB in fp32), built once per device and dtype and kept;
+    * sampled directions (``auto`` on CUDA): one chunk, min(``chunk_numel``, largest trainable
+      tensor) values; non-linear rules (momentum, sign, Adam) also draw table directions into
+      such a chunk;
+    * Forward-Grad: whole-model tangents, one per trainable value, for the duration of the
+      forward (plus the table when directions come from it);
+    * MeZO-style reference: one whole z per tensor at a time (``torch.normal`` of the
+      parameter's size), plus the out-of-place result ``θ + s·z·ε``: two copies of the
+      largest trainable tensor.
+    """
+    from .estimators.directions import DEFAULT_CHUNK_NUMEL, DirectionSampler
+
+    if optimizer in ("inference", *FIRST_ORDER):
+        return 0
+    if optimizer == "mezo-ref":
+        return 2 * largest_trainable_numel * element_bytes
+    sampler = DirectionSampler(distribution)
+    kind = sampler.kind(torch.device(device))
+    chunk = min(DEFAULT_CHUNK_NUMEL, sampler.chunk_numel, largest_trainable_numel) * element_bytes
+    table = sampler.table_numel * element_bytes if kind == "table" else 0
+    if optimizer == "forward-grad":
+        return trainable_numel * element_bytes + table
+    if kind == "table":
+        return table + (chunk if optimizer in _NONLINEAR_ZO else 0)
+    return chunk
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted bytes at the peak of one step (see :func:`estimate_memory`).
+
+    ``trainable`` is informational (a subset of ``weights``); ``total`` sums the others.
+    """
+
+    optimizer: str
+    weights: int
+    trainable: int
+    gradients: int
+    optimizer_state: int
+    scratch: int
+    activations: int
+    activation_mode: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights + self.gradients + self.optimizer_state + self.scratch + self.activations
+        )
+
+    @property
+    def above_weights(self) -> int:
+        """What the step adds to a model already in memory: everything but the weights."""
+        return self.total - self.weights
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total, "above_weights": self.above_weights}
+
+    def breakdown_mb(self) -> str:
+        """``"W 478 + G 0 + S 0 + Z 16 + A 61 = 555 MB"``: weights, gradients, state,
+        direction scratch, activations."""
+        parts = (
+            ("W", self.weights),
+            ("G", self.gradients),
+            ("S", self.optimizer_state),
+            ("Z", self.scratch),
+            ("A", self.activations),
+        )
+        body = " + ".join(f"{k} {v / MB:.0f}" for k, v in parts)
+        return f"{body} = {self.total / MB:.0f} MB"
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _peft_virtual_tokens(model: torch.nn.Module) -> tuple[int, int]:
+    """(prompt tokens added to the input, prefix key/value positions added to attention)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0, 0
+    kind = str(getattr(config, "peft_type", ""))
+    tokens = int(config.num_virtual_tokens)
+    return (0, tokens) if "PREFIX" in kind.upper() else (tokens, 0)
+
+
+def _base_config(model: torch.nn.Module) -> Any:
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    return base.config
+
+
+def estimate_memory(
+    model: torch.nn.Module,
+    optimizer: str,
+    *,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device | str = "cpu",
+    logits_kept: int = 1,
+    momentum: float = 0.0,
+    distribution: str = "auto",
+) -> MemoryEstimate:
+    """Predicted peak bytes of one ``optimizer`` step of ``model`` (already tuned: its
+    trainable tensors are those with ``requires_grad``) on a B × T batch.
+
+    ::
+
+        weights      Σ over parameters and buffers of numel · element size
+        gradients    trainable bytes for FO-SGD / FO-Adam (``param.grad``), else 0
+        state        see optimizer_state_bytes (0, 1× or 2× trainable)
+        scratch      see scratch_bytes (chunk, noise table, tangents)
+        activations  see activation_bytes: "kept" for FO (all layers), "live" for ZO and
+                     inference (one layer's working set), twice "live" for Forward-Grad
+                     (every activation carries a tangent of the same size)
+
+    ``optimizer`` is an optimizer key, ``"mezo-ref"`` (the MeZO-style reference step) or
+    ``"inference"`` (one no-grad forward). Works on a model on the meta device too.
+    """
+    _check_method(optimizer)
+    params = list(model.parameters())
+    weights = sum(_tensor_bytes(p) for p in params) + sum(_tensor_bytes(b) for b in model.buffers())
+    trainable_params = [p for p in params if p.requires_grad]
+    trainable = sum(_tensor_bytes(p) for p in trainable_params)
+    element_bytes = params[0].element_size() if params else 4
+    if optimizer == "inference":
+        trainable = 0
+    prompt, prefix = _peft_virtual_tokens(model)
+    shape = TransformerShape.from_config(_base_config(model))
+    mode = "kept" if optimizer in FIRST_ORDER else "live"
+    activations = activation_bytes(
+        shape,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        mode=mode,
+        element_bytes=element_bytes,
+        virtual_tokens=prompt,
+        prefix_tokens=prefix,
+        logits_kept=logits_kept,
+    )
+    if optimizer == "forward-grad":
+        activations *= 2
+        mode = "live, with tangents"
+    numels = [p.numel() for p in trainable_params] or [0]
+    return MemoryEstimate(
+        optimizer=optimizer,
+        weights=weights,
+        trainable=trainable,
+        gradients=trainable if optimizer in FIRST_ORDER else 0,
+        optimizer_state=optimizer_state_bytes(optimizer, trainable, momentum=momentum),
+        scratch=scratch_bytes(
+            optimizer,
+            device=device,
+            element_bytes=element_bytes,
+            largest_trainable_numel=max(numels) if optimizer != "inference" else 0,
+            trainable_numel=sum(numels) if optimizer != "inference" else 0,
+            distribution=distribution,
+        ),
+        activations=activations,
+        activation_mode=mode,
+        notes={"shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix},
+    )
