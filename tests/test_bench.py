@@ -471,6 +471,17 @@ def test_dry_run_plan_marks_pending_and_failed(tmp_path):
     assert listing.endswith(f"{len(suite.runs)} runs, {len(suite.runs) - 1} to run")
 
 
+def test_only_runs_the_cells_a_selector_picks():
+    suite = expand_suite(tiny_suite())
+    picked = [p.spec for p in plan(suite, {}, True, ["zo-sgd/lora", "fo-adam"]) if p.will_run]
+    assert {(r.cell.optimizer, r.cell.scheme) for r in picked} == {
+        ("zo-sgd", "lora"), ("fo-adam", "full"), ("fo-adam", "lora")
+    }
+    assert len(plan(suite, {}, True, ["lora"])) == len(suite.runs), "the plan keeps every run"
+    with pytest.raises(SuiteError, match="--only: selector 'zo-sgdd' names nothing"):
+        plan(suite, {}, True, ["zo-sgdd"])
+
+
 def test_jobs_must_be_positive(tmp_path, capsys):
     code, _, err = run_cli(["bench", "smoke", "--results", str(tmp_path), "--jobs", "0"], capsys)
     assert code == 2 and "--jobs must be at least 1, got 0" in err

@@ -171,13 +171,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if (results / DB_NAME).is_file():
             with ResultsStore(results, create=False) as store:
                 statuses = store.statuses()
-        print(describe_plan(plan(suite, statuses, args.retry_failed)))
+        print(describe_plan(plan(suite, statuses, args.retry_failed, args.only)))
         return 0
     runner = Runner(
         suite,
         results,
         jobs=args.jobs,
         retry_failed=args.retry_failed,
+        only=args.only,
         command=suite.command(results if args.results else None),
     )
     summary = runner.run()
@@ -309,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     bench.add_argument(
         "--dry-run", action="store_true", help="list the runs and which ones would run"
+    )
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="SELECTOR",
+        help="run only the cells a selector picks (zo-sgd, lora, zo-sgd/lora); repeatable",
     )
     bench.add_argument(
         "--retry-failed",

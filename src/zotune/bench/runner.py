@@ -61,12 +61,24 @@ class BenchSummary:
         )
 
 
-def plan(suite: Suite, statuses: dict[str, str], retry_failed: bool = True) -> list[PlannedRun]:
-    """Each run with its state in the store (``statuses``: id → done/failed) and whether to run."""
+def plan(
+    suite: Suite,
+    statuses: dict[str, str],
+    retry_failed: bool = True,
+    only: list[str] | None = None,
+) -> list[PlannedRun]:
+    """Each run with its state in the store (``statuses``: id → done/failed) and whether to run.
+
+    ``only`` (selectors, as in a suite file) limits what runs to the cells it picks; the rest
+    of the suite stays in the plan, so the report shows it as missing.
+    """
+    wanted = {run.id for run in suite.select(only)} if only else None
     planned = []
     for run in suite.runs:
         state = statuses.get(run.id, "pending")
         will_run = state == "pending" or (state == "failed" and retry_failed)
+        if wanted is not None and run.id not in wanted:
+            will_run = False
         planned.append(PlannedRun(run, state, will_run))
     return planned
 
@@ -96,6 +108,7 @@ class Runner:
         *,
         jobs: int = 1,
         retry_failed: bool = True,
+        only: list[str] | None = None,
         command: str | None = None,
         stream: TextIO | None = None,
     ) -> None:
@@ -105,6 +118,7 @@ class Runner:
         self.results_dir = Path(results_dir)
         self.jobs = jobs
         self.retry_failed = retry_failed
+        self.only = only
         self.command = command or suite.command(self.results_dir)
         self.stream = stream
         self.threads = threads_per_job(jobs)
@@ -113,10 +127,12 @@ class Runner:
         self._live_lock = threading.Lock()
 
     def run(self) -> BenchSummary:
+        if self.only:
+            self.suite.select(self.only)  # a bad selector fails before the store is touched
         with _exclusive(self.results_dir), ResultsStore(self.results_dir) as store:
             store.save_plan(SuitePlan.of(self.suite, self.command), time.time())
             statuses = store.statuses()
-            planned = plan(self.suite, statuses, self.retry_failed)
+            planned = plan(self.suite, statuses, self.retry_failed, self.only)
             to_run = [item.spec for item in planned if item.will_run]
             progress = ProgressDisplay(len(to_run), self.jobs, self.stream)
             done_before = sum(item.state == "done" for item in planned)

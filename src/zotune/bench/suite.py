@@ -125,6 +125,23 @@ class Suite:
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(run.cell for run in self.runs))
 
+    def select(self, selectors: list[str]) -> list[RunSpec]:
+        """The runs whose cell matches any selector (``zo-sgd``, ``lora``, ``zo-sgd/lora``)."""
+        known = list(dict.fromkeys(value for cell in self.cells for value in cell.values()))
+        chosen: set[str] = set()
+        for selector in selectors:
+            parts = _split_selector(selector, known)
+            if parts is None:
+                raise SuiteError(
+                    f"--only: selector {selector!r} names nothing in suite {self.name} "
+                    f"(grid values: {', '.join(known)})"
+                )
+            matched = [run for run in self.runs if _selects(parts, run.cell.values())]
+            if not matched:
+                raise SuiteError(f"--only: selector {selector!r} matches no cell of {self.name}")
+            chosen.update(run.id for run in matched)
+        return [run for run in self.runs if run.id in chosen]
+
     def command(self, results_dir: str | Path | None = None) -> str:
         """The ``zotune bench`` command that runs (or resumes) this suite."""
         words = ["zotune", "bench", self.source, *self.overrides]
