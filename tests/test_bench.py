@@ -406,40 +406,39 @@ def test_a_failed_run_is_recorded_and_retried(sst2_dir, tmp_path, capsys):
         "sweep": {"zo-sgd": {"lr": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
         "seeds": [0],
     }
-    # First: fo-adam reads from a folder that does not exist, so its worker crashes.
+    # fo-adam reads from a folder that does not exist, so its worker crashes; zo-sgd never runs.
     broken = {"fo-adam": {"task": {"data_dir": str(tmp_path / "missing")}}}
     write_suite(suite_file, overrides=broken, **common)
-    code, out, err = run_cli(
-        ["bench", str(suite_file), "--results", str(results), "--jobs", "2"], capsys
-    )
+    argv = ["bench", str(suite_file), "--results", str(results), "--only", "fo-adam"]
+    code, out, err = run_cli(argv, capsys)
     assert code == 1
-    assert "1 done, 1 failed" in out
+    assert "0 done, 1 failed" in out
     with ResultsStore(results, create=False) as store:
-        failed = [r for r in store.records() if r.status == "failed"]
-    assert len(failed) == 1 and failed[0].cell.optimizer == "fo-adam"
-    assert failed[0].error.startswith("zotune: error:") and "missing" in failed[0].error
-    assert "missing" in (results / RUNS_DIR / failed[0].id / STDERR_FILE).read_text()
+        (failed,) = store.records()
+    assert failed.status == "failed" and failed.cell.optimizer == "fo-adam"
+    assert failed.error.startswith("zotune: error:") and "missing" in failed.error
+    assert failed.error in err, "the progress line shows the error"
+    assert "missing" in (results / RUNS_DIR / failed.id / STDERR_FILE).read_text()
 
-    # A partial report marks the missing cell and lists the failure.
+    # A partial report marks the empty cells and lists the failure.
     build_report(results, plots=False)
     markdown = (results / "report" / "report.md").read_text()
-    assert "**Partial:** 1 of 2 cells" in markdown and "| fo-adam | — |" in markdown
-    assert "### Failed runs" in markdown and failed[0].id in markdown
+    assert "**Partial:** 2 of 2 cells" in markdown
+    assert "| fo-adam | — |" in markdown and "| zo-sgd | — |" in markdown
+    assert "### Failed runs" in markdown and failed.id in markdown
 
     # --no-retry-failed leaves it; the default retries it, and only it.
-    code, out, _ = run_cli(
-        ["bench", str(suite_file), "--results", str(results), "--no-retry-failed"], capsys
-    )
+    code, out, _ = run_cli([*argv, "--no-retry-failed"], capsys)
     assert code == 1 and "(0 run now" in out
     write_suite(suite_file, **common)  # the data folder fixed: same run ids
-    code, out, err = run_cli(["bench", str(suite_file), "--results", str(results)], capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert "1 done before, 1 to run" in err
+    assert "0 done before, 1 to run" in err
     with ResultsStore(results, create=False) as store:
-        records = {r.id: r for r in store.records()}
-    assert records[failed[0].id].status == "done"
-    assert records[failed[0].id].attempts == 2
-    assert {r.attempts for r in records.values() if r.id != failed[0].id} == {1}
+        (retried,) = store.records()
+        attempts = [a["status"] for a in store.attempts(failed.id)]
+    assert retried.id == failed.id and retried.status == "done"
+    assert retried.attempts == 2 and attempts == ["failed", "done"]
 
 
 def test_an_outcome_written_before_the_runner_died_is_recorded_without_rerunning(tmp_path):
