@@ -222,3 +222,21 @@ def test_merged_legs_equal_sequential_legs_in_fp32():
     for seed, scale in [(1, -1e-3), (2, 0.5), (1, -1e-3)]:
         plain_add(sampler, [IndexedParam(0, b)], seed, scale)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+def test_cached_pieces_follow_a_replaced_storage():
+    """The per-seed pieces are reused across passes, never onto a tensor's old storage."""
+    sampler = DirectionSampler("table", chunk_numel=64, table_numel=256)
+    param = torch.zeros(300, dtype=torch.float64)
+    item = [IndexedParam(0, param)]
+    sampler.add_(item, seed=7, alpha=1.0)
+    sampler.add_(item, seed=7, alpha=1.0)  # from the cache
+    z = sampler.direction(param, 7, 0)
+    torch.testing.assert_close(param, 2 * z, rtol=0, atol=0)
+    param.data = torch.zeros(300, dtype=torch.float64)  # new storage, same tensor object
+    sampler.add_(item, seed=7, alpha=1.0)
+    torch.testing.assert_close(param, z, rtol=0, atol=0)
+    assert len(sampler._plans) == 1
+    for seed in range(10):
+        sampler.add_(item, seed=seed, alpha=1e-3)
+    assert len(sampler._plans) == 4  # the last few seeds only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ def check_finite(losses: Sequence[torch.Tensor], restore: Callable[[], None]) ->
     raise NonFiniteLossError(f"non-finite loss during probing: {values}; parameters restored")
 
 
+@functools.cache
 def rounds_coarsely(dtype: torch.dtype) -> bool:
     """True for floating dtypes narrower than fp32 (fp16, bf16): their probes move by legs.
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 if TYPE_CHECKING:
     from .base import IndexedParam
@@ -53,6 +54,9 @@ DEFAULT_TABLE_NUMEL = 1 << 22
 # The table never depends on the optimizer's seed (that only moves the offsets), so every
 # run, device and process reads the same table.
 TABLE_SEED = 0x5A1_2017
+
+# Table pieces are kept for this many seeds: a step's q queries plus the previous step's.
+_PLANNED_SEEDS = 4
 
 _MASK64 = (1 << 64) - 1
 _SIGN_BIT = 62  # mix_seed is 63 bits wide: the top bit signs, the low bits give the offset
@@ -170,6 +174,7 @@ class DirectionSampler:
         self.table_numel = table_numel
         self._generators: dict[torch.device, torch.Generator] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
+        self._plans: dict[int, dict[tuple, list[tuple[bool, Tensor, Tensor]]]] = {}
 
     def kind(self, device: torch.device) -> str:
         """The distribution actually used for tensors on ``device`` (resolves ``auto``)."""
@@ -230,30 +235,51 @@ class DirectionSampler:
                 for chunk, view in self.views(param):
                     view.add_(self.draw(view, seed, item.index, chunk), alpha=alpha)
                 continue
-            key = (param.device, param.dtype)
-            lists = groups.get(key)
+            lists = groups.get((param.device, param.dtype))
             if lists is None:
-                lists = groups[key] = ([], [], [], [])
-            table = noise_table(self.table_numel, param.device, param.dtype)
-            flat = param.view(-1)
-            numel, size = flat.numel(), self.chunk_numel
-            hashes = _chunk_hashes(seed, item.index, -(-numel // size))
-            for chunk, h in enumerate(hashes):
-                start = chunk * size
-                length = min(size, numel - start)
-                views, slices = (lists[2], lists[3]) if h >> _SIGN_BIT else (lists[0], lists[1])
-                offset = h & (self.table_numel - 1)
-                head = min(length, self.table_numel - offset)
-                views.append(flat[start : start + head])
-                slices.append(table[offset : offset + head])
-                if head < length:  # the slice runs off the end of the table: wrap
-                    views.append(flat[start + head : start + length])
-                    slices.append(table[: length - head])
-        for pos_views, pos_slices, neg_views, neg_slices in groups.values():
+                lists = groups[(param.device, param.dtype)] = ([], [], [], [])
+            for negative, view, values in self._segments(seed, item):
+                lists[2 * negative].append(view)
+                lists[2 * negative + 1].append(values)
+        for pos_views, pos_values, neg_views, neg_values in groups.values():
             if pos_views:
-                torch._foreach_add_(pos_views, pos_slices, alpha=alpha)
+                torch._foreach_add_(pos_views, pos_values, alpha=alpha)
             if neg_views:
-                torch._foreach_add_(neg_views, neg_slices, alpha=-alpha)
+                torch._foreach_add_(neg_views, neg_values, alpha=-alpha)
+
+    def _segments(self, seed: int, item: IndexedParam) -> list[tuple[bool, Tensor, Tensor]]:
+        """(negative, view, table slice) pieces covering ``item``: z = ±slice on each view.
+
+        A step makes three passes with the same seed (perturb, perturb, restore + update), so
+        the pieces are kept for the last few seeds instead of being hashed and sliced again.
+        The key holds the tensor's storage address and size: a tensor whose storage was
+        replaced never meets the views of the old one (those keep the old storage alive, so
+        its address cannot be reused meanwhile).
+        """
+        param = item.param
+        key = (item.index, param.data_ptr(), param.numel(), param.dtype, param.device)
+        plans = self._plans.get(seed)
+        if plans is None:
+            plans = self._plans[seed] = {}
+            if len(self._plans) > _PLANNED_SEEDS:
+                del self._plans[next(iter(self._plans))]
+        segments = plans.get(key)
+        if segments is not None:
+            return segments
+        table = noise_table(self.table_numel, param.device, param.dtype)
+        flat, size, mask = param.view(-1), self.chunk_numel, self.table_numel - 1
+        numel, segments = flat.numel(), []
+        for chunk, h in enumerate(_chunk_hashes(seed, item.index, -(-numel // size))):
+            start, negative, offset = chunk * size, bool(h >> _SIGN_BIT), h & mask
+            length = min(size, numel - start)
+            head = min(length, self.table_numel - offset)
+            segments.append((negative, flat[start : start + head], table[offset : offset + head]))
+            if head < length:  # the slice runs off the end of the table: wrap
+                segments.append(
+                    (negative, flat[start + head : start + length], table[: length - head])
+                )
+        plans[key] = segments
+        return segments
 
     def _fill(self, out: torch.Tensor, seed: int, index: int, chunk: int) -> None:
         kind = self.kind(out.device)
