@@ -24,6 +24,11 @@ without a closure, use ``param.grad`` as ``torch.optim`` does. ``step`` returns 
 Only tensors with ``requires_grad=True`` are perturbed and updated, so freezing a tensor is
 the usual flag. LR schedulers, param groups and ``state_dict`` work as in torch; the state
 dict also carries the seed stream, so a resumed run draws the same directions.
+
+Directions (every zeroth-order optimizer and Forward-Grad): ``distribution`` is ``"auto"``
+(default: the shared noise table on CPU, Gaussian sampling on CUDA), ``"table"``,
+``"gaussian"`` or ``"rademacher"``; ``table_numel`` sets the table's size (a power of two,
+2**22 values by default). See :class:`zotune.estimators.DirectionSampler`.
 """
 
 from __future__ import annotations
@@ -268,7 +273,10 @@ class ZOSGD(ZerothOrderOptimizer):
 
     with ĝ_t the RGE estimate (two-point by default, q queries, scale ε) and λ the decoupled
     weight decay on matrices. No per-parameter state, no stored gradient: the extra memory is
-    one chunk of scratch (:data:`zotune.estimators.directions.DEFAULT_CHUNK_NUMEL`).
+    the shared noise table (16 MiB in fp32 by default, one per device and dtype) or, with
+    sampled directions, one chunk of scratch (4 MiB in fp32). A step is three in-place passes
+    (+εz, −2εz, restore-and-update; two more in fp16/bf16, see
+    :func:`zotune.estimators.base.rounds_coarsely`).
     """
 
     def __init__(
