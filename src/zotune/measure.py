@@ -13,7 +13,7 @@ Peak memory
       the C allocator keeps after ``free``. :func:`track_allocations_in_rss` makes glibc
       return large freed blocks to the OS at once, so the resident set follows the live
       tensors and "peak minus a baseline taken just before" is the memory a piece of work
-      added.
+      added; :func:`reuse_freed_memory` restores heap reuse for timing.
 
 Timers
     :func:`time_calls` runs a function ``warmup`` times untimed, then ``repeats`` times,
@@ -54,6 +54,7 @@ _RESET_HWM = "5"  # clear_refs code that resets the resident-set high-water mark
 # glibc mallopt parameter: allocations at or above this size are mmap'd, and unmapped on free.
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 128 * 1024
+_MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 
 # Peak memory -------------------------------------------------------------------------------
@@ -127,6 +128,19 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return peak_memory_bytes(device) / MB
 
 
+def _mallopt_mmap_threshold(size: int) -> bool:
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        accepted = bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return accepted
+
+
 def track_allocations_in_rss() -> bool:
     """Make the CPU resident set follow live tensors; True if the C allocator accepted it.
 
@@ -135,23 +149,19 @@ def track_allocations_in_rss() -> bool:
     after a warm-up would then already contain the warm-up's activations. Pinning the
     threshold at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, which also disables the dynamic
     adjustment) makes every tensor of that size or larger its own mapping, returned to the OS
-    on free; ``malloc_trim(0)`` releases what the heap holds now. Subprocesses get the same
-    effect from ``MALLOC_MMAP_THRESHOLD_`` in their environment (:data:`RSS_TRACKING_ENV`).
+    on free; ``malloc_trim(0)`` releases what the heap holds now.
+
+    Every such allocation then costs fresh zeroed pages from the kernel, which slows
+    allocation-heavy code: time with :func:`reuse_freed_memory` in force instead.
     """
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        accepted = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return accepted
+    return _mallopt_mmap_threshold(_MMAP_THRESHOLD_BYTES)
 
 
-# Environment that gives a fresh process the effect of track_allocations_in_rss from its start.
-RSS_TRACKING_ENV = {"MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD_BYTES)}
+def reuse_freed_memory() -> bool:
+    """Undo :func:`track_allocations_in_rss` for timing: blocks below 32 MiB come from the
+    heap again and are reused after free, as in glibc's steady state (its dynamic threshold
+    tops out at 32 MiB on 64-bit systems)."""
+    return _mallopt_mmap_threshold(_MMAP_THRESHOLD_MAX_BYTES)
 
 
 @dataclass
@@ -269,6 +279,7 @@ class TransformerShape:
 
     ``hidden`` h, ``ffn`` f, ``layers`` L, ``heads`` a, ``kv_hidden`` h_kv = h · kv_heads / a
     (grouped-query attention shrinks K and V), ``vocab`` V, ``gated`` (LLaMA-style MLP),
+    ``activation`` (the MLP's nonlinearity: ReLU's backward needs only its output),
     ``eager`` (attention materialises the a × T × T score matrix; SDPA kernels do not).
     """
 
@@ -280,6 +291,14 @@ class TransformerShape:
     vocab: int
     gated: bool
     eager: bool
+    activation: str = "gelu"
+
+    @property
+    def kept_ffn_tensors(self) -> int:
+        """c_f: ffn-wide tensors backprop keeps per layer (4 gated, 1 ReLU, else 2)."""
+        if self.gated:
+            return 4  # gate out (SiLU input), up out, SiLU out, product (down input)
+        return 1 if self.activation == "relu" else 2  # ReLU's output is also fc2's input
 
     @classmethod
     def from_config(cls, config: Any) -> TransformerShape:
@@ -290,6 +309,9 @@ class TransformerShape:
         if ffn is None:
             raise ValueError(f"config of model type {config.model_type!r} names no ffn width")
         attn = getattr(config, "_attn_implementation", None)
+        activation = getattr(config, "activation_function", None) or getattr(
+            config, "hidden_act", "gelu"
+        )
         return cls(
             hidden=hidden,
             ffn=ffn,
@@ -299,6 +321,7 @@ class TransformerShape:
             vocab=config.vocab_size,
             gated=getattr(config, "model_type", "") in GATED_MLP_TYPES,
             eager=attn == "eager",
+            activation=str(activation),
         )
 
 
@@ -312,6 +335,7 @@ def activation_bytes(
     virtual_tokens: int = 0,
     prefix_tokens: int = 0,
     logits_kept: int = 1,
+    kv_cache: bool = False,
 ) -> int:
     """Activation bytes of one forward (``mode="live"``) or kept for backprop (``"kept"``).
 
@@ -319,11 +343,13 @@ def activation_bytes(
     tokens key positions, s the activation element size, per transformer layer:
 
     kept (backprop keeps every layer's inputs for the backward pass; after Korthikanti et
-    al., 2022, whose 34·h bytes per token in fp16 this reproduces for f = 4h)::
+    al., 2022: for f = 4h and GELU it gives their 34·h bytes per token and layer in fp16
+    less the 2·h of the two dropout masks, which fine-tuning in eval mode does not make)::
 
         attention  N · (2h + h + 2h_kv + h)          norm in/out, q k v, context
                  + B · a · T · T_k · 2  (eager)     scores and softmax probabilities
-        mlp        N · (2h + c_f · f)               norm in/out; c_f = 2 (fc1 out, act out),
+        mlp        N · (2h + c_f · f)               norm in/out; c_f = 2 (act in, act out),
+                                                    1 for ReLU (its output serves both),
                                                     4 if gated (gate, up, act, product)
         total      L · (attention + mlp) + N · 3h + B · K · V · 2
 
@@ -339,6 +365,10 @@ def activation_bytes(
 
     The logits term counts the model-dtype logits plus their fp32 log-softmax copy as two
     elements of size s each (close enough at K = 1, where it is small).
+
+    ``kv_cache``: a Hugging Face forward called without ``use_cache=False`` also returns
+    every layer's keys and values, so they all stay alive to the end of the forward:
+    + L · N · 2h_kv in both modes (zotune's profile passes ``use_cache=False``).
     """
     if mode not in ("live", "kept"):
         raise ValueError(f"unknown activation mode {mode!r} (choose from live, kept)")
@@ -349,12 +379,14 @@ def activation_bytes(
     logits = 2 * batch_size * logits_kept * shape.vocab
     if mode == "kept":
         attention = n * (4 * h + 2 * hkv) + scores
-        mlp = n * (2 * h + (4 if shape.gated else 2) * f)
+        mlp = n * (2 * h + shape.kept_ffn_tensors * f)
         elements = shape.layers * (attention + mlp) + n * 3 * h + logits
     else:
         attention = n * (4 * h + 2 * hkv) + scores
         mlp = n * (2 * h + (3 if shape.gated else 2) * f)
         elements = n * h + max(attention, mlp) + logits
+    if kv_cache:
+        elements += shape.layers * n * 2 * hkv
     return elements * element_bytes
 
 
@@ -393,16 +425,16 @@ def scratch_bytes(
       such a chunk;
     * Forward-Grad: whole-model tangents, one per trainable value, for the duration of the
       forward (plus the table when directions come from it);
-    * MeZO-style reference: one whole z per tensor at a time (``torch.normal`` of the
-      parameter's size), plus the out-of-place result ``θ + s·z·ε``: two copies of the
-      largest trainable tensor.
+    * MeZO-style reference: whole-tensor temporaries, one tensor at a time. The update
+      ``θ − lr·(g·z + λ·θ)`` holds z, g·z, λ·θ and their sum at once: four copies of the
+      largest trainable tensor (the probes' ``θ + s·z·ε`` hold three).
     """
     from .estimators.directions import DEFAULT_CHUNK_NUMEL, DirectionSampler
 
     if optimizer in ("inference", *FIRST_ORDER):
         return 0
     if optimizer == "mezo-ref":
-        return 2 * largest_trainable_numel * element_bytes
+        return 4 * largest_trainable_numel * element_bytes
     sampler = DirectionSampler(distribution)
     kind = sampler.kind(torch.device(device))
     chunk = min(DEFAULT_CHUNK_NUMEL, sampler.chunk_numel, largest_trainable_numel) * element_bytes

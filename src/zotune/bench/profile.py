@@ -5,27 +5,30 @@ A *measurement* is one method (an optimizer key, ``inference`` for a no-grad for
 batch of exactly B × T tokens, scored at the last position only (``logits_to_keep=1``, as
 :class:`zotune.scoring.Scorer` does for a single-token candidate). It reports:
 
-* ``seconds_per_step``: the median of ``steps`` timed steps after ``warmup`` untimed ones;
 * memory readings (CPU: process resident set; CUDA: bytes allocated by torch): ``loaded``
   once model, tuning, optimizer and batch exist and one no-grad forward has run (that
   forward loads the lazily imported model code and initialises the kernels, which are the
-  runtime's cost, not the step's), and ``peak`` over the timed steps. The peak window opens
-  after the warm-up steps, so one-time work (building the noise table, allocating Adam's
-  state lazily) is not counted as a transient, while what it leaves resident is;
+  runtime's cost, not the step's), and ``peak`` over one step after the ``warmup`` steps
+  (so one-time work, such as building the noise table or allocating Adam's state lazily,
+  is not counted as a transient, while what it leaves resident is);
 * ``above weights = peak − loaded``: what a step adds to a model already in memory
   (gradients, optimizer state, direction scratch, activations), measured;
 * ``memory = weights + above weights``, with the weights counted exactly from the
   parameter and buffer tensors: the footprint of training (what the paper's memory table
   reports). A process's resident set also holds the interpreter and libraries (≈ 0.3–0.5
   GB for torch + transformers); counting the weights instead of reading the resident set
-  before the model keeps those, and lazily imported code, out of the figure.
+  before the model keeps those, and lazily imported code, out of the figure;
+* ``seconds_per_step``: the median of ``steps`` timed steps, after one more untimed step.
 
-Each is printed beside the analytic estimate (:func:`zotune.measure.estimate_memory`) and
-its breakdown.
+Each memory figure is printed beside the analytic estimate
+(:func:`zotune.measure.estimate_memory`) and its breakdown.
 
-On CPU the resident set of a process is only clean in a fresh one, so by default every
-measurement runs in its own subprocess (``python -m zotune.bench.profile --worker``) with
-glibc told to unmap large freed blocks (:data:`zotune.measure.RSS_TRACKING_ENV`).
+On CPU the memory step runs with glibc told to unmap large freed blocks
+(:func:`zotune.measure.track_allocations_in_rss`), so the resident set follows the live
+tensors; the timed steps run with heap reuse restored (:func:`zotune.measure.
+reuse_freed_memory`), since fresh pages for every activation would slow them. A long-lived
+process still carries what earlier work left resident, so by default every measurement
+runs in its own subprocess (``python -m zotune.bench.profile --worker``).
 
 Sequence-length sweep: the same measurement for several T (ZO-SGD, FO-SGD, FO-Adam by
 default) shows ZO's memory staying near inference while FO's grows with the activations it
@@ -214,12 +217,14 @@ def last_position_loss(model, batch, keep: bool) -> Callable[[], Any]:
 
     With ``keep`` the model computes logits for that position only (``logits_to_keep=1``),
     the same saving the scorer makes; otherwise (masked LMs) the full logits are computed
-    and the last column is read.
+    and the last column is read. ``use_cache=False``: a causal LM otherwise builds a
+    key/value cache of every layer that lives to the end of the forward (2·L·h values per
+    token, ≈ 2/3 of the no-grad working set of OPT-125m), which training never reads.
     """
     import torch.nn.functional as F
 
     input_ids, attention_mask, targets = batch
-    extra = {"logits_to_keep": 1} if keep else {}
+    extra = {"logits_to_keep": 1, "use_cache": False} if keep else {}
 
     def closure():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
@@ -305,6 +310,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
     from ..measure import (
         current_memory_bytes,
         estimate_memory,
+        reuse_freed_memory,
         time_calls,
         track_allocations_in_rss,
         track_peak,
@@ -313,8 +319,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
     from ..tuning import count_parameters
 
     device = resolve_device(spec.device)
-    if device.type == "cpu":
-        track_allocations_in_rss()
+    pinned = device.type == "cpu" and track_allocations_in_rss()
     built = build_step(spec, model)
     trainable, total = count_parameters(built.model)
     estimate = estimate_memory(
@@ -332,7 +337,11 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
         built.step()
     gc.collect()
     with track_peak(device) as window:
-        times = time_calls(built.step, repeats=spec.steps, warmup=0, device=device)
+        built.step()
+    if pinned:
+        reuse_freed_memory()
+    # One more untimed step lets the heap grow back to its steady state.
+    times = time_calls(built.step, repeats=spec.steps, warmup=1, device=device)
     attn = getattr(_base(built.model).config, "_attn_implementation", None)
     result = ProfileResult(
         spec=spec,
@@ -356,10 +365,8 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
 
 def measure_isolated(spec: ProfileSpec, *, timeout: float | None = None) -> ProfileResult:
     """Run :func:`measure` in a fresh Python process and read its result back."""
-    from ..measure import RSS_TRACKING_ENV
-
     spec.check()
-    env = {**os.environ, **RSS_TRACKING_ENV, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory(prefix="zotune-profile-") as folder:
         out = Path(folder) / "result.json"
         command = [

@@ -1,0 +1,232 @@
+"""Measurement primitives: peak-memory windows, step timers, analytic byte accounting."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from zotune import measure
+from zotune.measure import (
+    MB,
+    MemoryEstimate,
+    TransformerShape,
+    activation_bytes,
+    estimate_memory,
+    optimizer_state_bytes,
+    scratch_bytes,
+    time_calls,
+    track_peak,
+)
+from zotune.models import shape_config
+from zotune.optim import OPTIMIZERS
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux")
+
+
+# Peak memory -------------------------------------------------------------------------------
+
+
+@linux_only
+def test_cpu_peak_resets_after_a_big_tensor_is_freed():
+    assert measure.track_allocations_in_rss()
+    big = torch.ones(32 * MB // 4)  # 32 MiB, every page touched
+    big_peak = measure.peak_memory_bytes("cpu")
+    del big
+    # A high-water mark until reset (the kernel's RSS counters lag by a few pages).
+    assert measure.peak_memory_bytes("cpu") > big_peak - MB
+    assert measure.peak_memory_bytes("cpu") - measure.current_memory_bytes("cpu") > 24 * MB
+    with track_peak("cpu") as window:
+        small = torch.ones(1024)
+    assert window.reset
+    assert window.added < 8 * MB
+    assert window.peak - window.baseline == window.added
+    del small
+
+
+@linux_only
+def test_cpu_peak_window_sees_a_transient_tensor():
+    measure.track_allocations_in_rss()
+    with track_peak("cpu") as window:
+        transient = torch.ones(16 * MB // 4)
+        del transient
+    assert window.added > 12 * MB
+    assert measure.current_memory_bytes("cpu") < window.peak - 12 * MB  # it was given back
+
+
+def test_peak_memory_mb_is_the_training_loops_figure():
+    from zotune import train
+
+    assert train.peak_memory_mb is measure.peak_memory_mb
+    assert measure.peak_memory_mb(torch.device("cpu")) > 1  # the interpreter alone is more
+
+
+def test_peak_memory_falls_back_to_ru_maxrss_without_proc(monkeypatch, tmp_path):
+    monkeypatch.setattr(measure, "_STATUS", tmp_path / "missing")
+    monkeypatch.setattr(measure, "_CLEAR_REFS", tmp_path / "no" / "clear_refs")
+    assert measure.peak_memory_bytes("cpu") == measure._ru_maxrss_bytes()
+    assert measure.reset_peak_memory("cpu") is False
+    with track_peak("cpu") as window:
+        pass
+    assert not window.reset
+
+
+# Timers ------------------------------------------------------------------------------------
+
+
+def test_time_calls_runs_warmup_untimed_and_reports_the_median():
+    calls = []
+    times = time_calls(lambda: calls.append(1), repeats=5, warmup=2)
+    assert len(calls) == 7
+    assert len(times.seconds) == 5 and times.warmup == 2
+    assert min(times.seconds) <= times.median <= max(times.seconds)
+    assert times.spread >= 0
+
+
+@pytest.mark.parametrize(("repeats", "warmup"), [(0, 1), (2, -1), (True, 1)])
+def test_time_calls_rejects_bad_counts(repeats, warmup):
+    with pytest.raises(ValueError, match="invalid"):
+        time_calls(lambda: None, repeats=repeats, warmup=warmup)
+
+
+# Analytic accounting -----------------------------------------------------------------------
+
+
+def test_state_per_optimizer():
+    trainable = 1000
+    assert {name: optimizer_state_bytes(name, trainable) for name in OPTIMIZERS} == {
+        "zo-sgd": 0,
+        "zo-sgd-mmt": 1000,
+        "zo-sgd-cons": 0,
+        "zo-sgd-sign": 0,
+        "zo-adam": 2000,
+        "forward-grad": 0,
+        "fo-sgd": 0,
+        "fo-adam": 2000,
+    }
+    assert optimizer_state_bytes("fo-sgd", trainable, momentum=0.9) == 1000
+    with pytest.raises(ValueError, match="'sgd'"):
+        optimizer_state_bytes("sgd", trainable)
+
+
+@pytest.mark.parametrize("scheme", ["full", "lora"])
+def test_estimate_is_consistent_across_optimizers(tiny_model, scheme):
+    model, _ = tiny_model("tiny-llama", scheme)
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    weights = sum(p.numel() * 4 for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+    kwargs = {"batch_size": 4, "seq_len": 32, "device": "cpu"}
+    est = {name: estimate_memory(model, name, **kwargs) for name in (*OPTIMIZERS, "inference")}
+    for name, e in est.items():
+        assert e.weights == weights, name
+        assert e.total == e.weights + e.gradients + e.optimizer_state + e.scratch + e.activations
+    assert est["zo-sgd"].optimizer_state == 0 and est["zo-sgd"].gradients == 0
+    assert est["zo-adam"].optimizer_state == 2 * trainable
+    assert est["zo-sgd-mmt"].optimizer_state == trainable
+    assert est["fo-sgd"].gradients == trainable and est["fo-sgd"].optimizer_state == 0
+    assert est["fo-adam"].gradients == trainable
+    assert est["fo-adam"].optimizer_state == 2 * trainable
+    # FO keeps every layer's activations; ZO and inference hold one layer's working set.
+    assert est["fo-sgd"].activations > est["zo-sgd"].activations
+    assert est["zo-sgd"].activations == est["inference"].activations
+    assert est["forward-grad"].activations == 2 * est["zo-sgd"].activations
+    assert est["inference"].trainable == 0 and est["inference"].scratch == 0
+    assert est["zo-sgd"].as_dict()["above_weights"] == est["zo-sgd"].total - weights
+
+
+def test_scratch_is_the_noise_table_on_cpu_and_a_chunk_on_cuda():
+    from zotune.estimators.directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL
+
+    args = {"element_bytes": 4, "largest_trainable_numel": 10**8, "trainable_numel": 10**9}
+    assert scratch_bytes("zo-sgd", device="cpu", **args) == DEFAULT_TABLE_NUMEL * 4
+    assert scratch_bytes("zo-sgd", device="cuda", **args) == DEFAULT_CHUNK_NUMEL * 4
+    assert (
+        scratch_bytes("zo-adam", device="cpu", **args)
+        == (DEFAULT_TABLE_NUMEL + DEFAULT_CHUNK_NUMEL) * 4
+    )
+    assert scratch_bytes("zo-sgd", device="cpu", distribution="gaussian", **args) == (
+        DEFAULT_CHUNK_NUMEL * 4
+    )
+    assert scratch_bytes("fo-adam", device="cpu", **args) == 0
+    assert scratch_bytes("mezo-ref", device="cpu", **args) == 4 * 10**8 * 4
+    assert scratch_bytes("forward-grad", device="cuda", **args) == 10**9 * 4
+    small = {**args, "largest_trainable_numel": 100}
+    assert scratch_bytes("zo-sgd", device="cuda", **small) == 400  # never above the tensor
+
+
+def test_kept_activations_match_korthikanti_for_a_gelu_transformer():
+    """Korthikanti et al.'s 34·h bytes per token and layer in fp16 when f = 4h, less the two
+    dropout masks (2·h bytes) that eval-mode fine-tuning does not make."""
+    relu = TransformerShape.from_config(shape_config("opt-125m"))
+    assert (relu.hidden, relu.ffn, relu.layers, relu.gated) == (768, 3072, 12, False)
+    assert relu.activation == "relu" and relu.kept_ffn_tensors == 1
+    gelu = TransformerShape(**{**relu.__dict__, "activation": "gelu"})
+    one_token = activation_bytes(gelu, batch_size=1, seq_len=1, mode="kept", element_bytes=2)
+    logits = 2 * gelu.vocab * 2
+    assert one_token == gelu.layers * (34 - 2) * gelu.hidden + 3 * gelu.hidden * 2 + logits
+    # ReLU keeps one ffn-wide tensor, not two: 4h fewer elements per layer.
+    saved = one_token - activation_bytes(
+        relu, batch_size=1, seq_len=1, mode="kept", element_bytes=2
+    )
+    assert saved == relu.layers * relu.ffn * 2
+
+
+def test_kv_cache_adds_every_layers_keys_and_values():
+    shape = TransformerShape.from_config(shape_config("tiny-llama"))
+    args = {"batch_size": 3, "seq_len": 10, "mode": "live", "element_bytes": 4}
+    extra = activation_bytes(shape, kv_cache=True, **args) - activation_bytes(shape, **args)
+    assert extra == shape.layers * 30 * 2 * shape.kv_hidden * 4
+
+
+def test_fo_activations_grow_with_seq_len_and_zo_stays_small():
+    shape = TransformerShape.from_config(shape_config("tiny-llama"))
+    kept = [
+        activation_bytes(shape, batch_size=4, seq_len=t, mode="kept", element_bytes=4)
+        for t in (64, 128, 256, 512)
+    ]
+    live = [
+        activation_bytes(shape, batch_size=4, seq_len=t, mode="live", element_bytes=4)
+        for t in (64, 128, 256, 512)
+    ]
+    assert kept == sorted(kept) and kept[-1] > 6 * kept[0]
+    assert all(k > 2 * v for k, v in zip(kept, live, strict=True))
+
+
+def test_eager_attention_adds_the_quadratic_score_term():
+    sdpa = TransformerShape.from_config(shape_config("tiny-llama"))
+    eager = TransformerShape(**{**sdpa.__dict__, "eager": True})
+    args = {"batch_size": 2, "mode": "kept", "element_bytes": 4}
+    extra = [
+        activation_bytes(eager, seq_len=t, **args) - activation_bytes(sdpa, seq_len=t, **args)
+        for t in (16, 32)
+    ]
+    per_layer = 2 * 2 * sdpa.heads * 16 * 16 * 4
+    assert extra == [sdpa.layers * per_layer, sdpa.layers * per_layer * 4]
+
+
+def test_prompt_tuning_lengthens_the_sequence(tiny_model):
+    plain, _ = tiny_model("tiny-llama", "lora")
+    prompt, _ = tiny_model("tiny-llama", "prompt", prompt_tokens=10)
+    args = {"batch_size": 2, "seq_len": 20}
+    est = estimate_memory(prompt, "zo-sgd", **args)
+    assert est.notes["prompt_tokens"] == 10
+    assert est.activations > estimate_memory(plain, "zo-sgd", **args).activations
+
+
+def test_estimate_on_the_meta_device_sizes_llama_7b_without_allocating():
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape_config("llama-7b"), dtype=torch.float16)
+    est = estimate_memory(model, "fo-adam", batch_size=1, seq_len=64, device="cuda")
+    assert 6.7e9 * 2 < est.weights < 6.8e9 * 2
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert est.optimizer_state == 2 * (est.weights - buffers)
+    assert est.breakdown_mb().startswith("W 1285")
+
+
+def test_breakdown_line_sums_to_total():
+    est = MemoryEstimate("zo-sgd", 10 * MB, 10 * MB, 0, 0, 2 * MB, 3 * MB, "live")
+    assert est.breakdown_mb() == "W 10 + G 0 + S 0 + Z 2 + A 3 = 15 MB"

@@ -1,0 +1,183 @@
+"""zotune profile: per-optimizer memory/time, the sequence-length sweep, the step-cost
+benchmark, and the MeZO-style reference step it compares against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zotune.bench.mezo_reference import MezoReferenceStep
+from zotune.bench.profile import (
+    ProfileResult,
+    ProfileSpec,
+    grid,
+    load_results,
+    profile_table,
+    run_profile,
+    sweep_table,
+)
+from zotune.bench.step_cost import StepCostConfig, run_step_cost, step_cost_table
+from zotune.cli import main
+
+TINY = {"model": "random:tiny-llama", "batch_size": 2, "steps": 1, "warmup": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models run 30x slower on two threads when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the profile's worker processes
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_profile_end_to_end_in_fresh_processes(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    page = tmp_path / "profile.md"
+    argv = ["profile", "--model", "random:tiny-llama", "--optimizers", "zo-sgd,fo-adam"]
+    argv += ["--batch-size", "2", "--seq-len", "16", "--steps", "1", "--warmup", "0"]
+    argv += ["--json", str(out), "--markdown", str(page)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "[2/2] fo-adam full random:tiny-llama" in printed.err
+    assert "zo-sgd" in printed.out and "estimate breakdown" in printed.out
+    payload = json.loads(out.read_text())
+    assert payload["kind"] == "profile"
+    results = load_results(out)
+    assert [r.spec.method for r in results] == ["zo-sgd", "fo-adam"]
+    for r in results:
+        assert r.isolated and r.seconds_per_step > 0 and r.peak_bytes >= r.loaded_bytes
+        assert r.memory_bytes == r.weights_bytes + r.above_weights_bytes
+        assert r.trainable_parameters == r.total_parameters > 0
+    zo, fo = results
+    assert zo.forward_passes_per_step == 2 and fo.forward_passes_per_step == 1
+    assert fo.estimate["optimizer_state"] == 2 * fo.estimate["trainable"]
+    assert zo.estimate["optimizer_state"] == 0 and zo.estimate["gradients"] == 0
+    assert "| zo-sgd | full |" in page.read_text()
+    assert "one fresh process per measurement" in page.read_text()
+
+
+def test_seq_len_sweep_fo_grows_and_zo_stays_near_inference(capsys):
+    specs = grid(["zo-sgd", "fo-sgd", "fo-adam"], seq_lens=[16, 64], **TINY)
+    results = run_profile(specs, isolate=False)
+    by = {(r.spec.method, r.spec.seq_len): r.estimate for r in results}
+    fo_growth = by["fo-sgd", 64]["activations"] - by["fo-sgd", 16]["activations"]
+    zo_growth = by["zo-sgd", 64]["activations"] - by["zo-sgd", 16]["activations"]
+    assert fo_growth > 3 * zo_growth > 0
+    assert by["fo-adam", 64]["total"] > by["fo-sgd", 64]["total"]
+    table = sweep_table(results)
+    assert table.splitlines()[0].split()[:3] == ["T", "B×T", "zo-sgd/full"]
+    assert len(table.splitlines()) == 4  # header, rule, T = 16, T = 64
+    assert "fo-adam/full MB (est.)" in sweep_table(results, markdown=True)
+
+
+def test_profile_rejects_unknown_methods_before_running():
+    with pytest.raises(ValueError, match="'sgd'"):
+        run_profile([ProfileSpec(method="sgd", **TINY)])
+    with pytest.raises(ValueError, match="seq_len: 0"):
+        run_profile([ProfileSpec(seq_len=0, **TINY)])
+
+
+def test_result_round_trips_through_json():
+    result = run_profile([ProfileSpec(method="inference", seq_len=8, **TINY)], isolate=False)[0]
+    again = ProfileResult.from_dict(json.loads(json.dumps(result.as_dict())))
+    assert again == result
+    assert again.trainable_parameters == 0 and again.forward_passes_per_step == 1
+    assert "inference" in profile_table([again])
+
+
+def test_step_cost_runs_on_a_tiny_shape():
+    config = StepCostConfig(**TINY, seq_len=8, schemes=("full", "lora"))
+    result = run_step_cost(config, isolate=False)
+    rows = {(r.method, r.scheme): r for r in result.rows}
+    assert list(rows) == [
+        ("zo-sgd", "full"),
+        ("zo-adam", "full"),
+        ("mezo-ref", "full"),
+        ("zo-sgd", "lora"),
+        ("mezo-ref", "lora"),
+    ]
+    for row in result.rows:
+        assert row.ratio == row.seconds_per_step / (2 * row.forward_seconds)
+        assert row.memory_bytes and row.inference_memory_bytes
+    assert rows["mezo-ref", "lora"].speedup_vs_mezo == 1.0
+    assert rows["zo-sgd", "lora"].trainable_parameters < rows["zo-sgd", "full"].trainable_parameters
+    assert result.forward["lora"].spec.method == "inference"
+    payload = result.as_dict()
+    assert payload["kind"] == "step-cost" and len(payload["rows"]) == 5
+    assert "speed-up vs MeZO-style" in step_cost_table(result)
+
+
+# The MeZO-style reference step -------------------------------------------------------------
+
+
+def _quadratic():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(6, 5))
+    bias = torch.nn.Parameter(torch.randn(5))
+    frozen = torch.nn.Parameter(torch.randn(3), requires_grad=False)
+    named = [("layer.weight", weight), ("layer.bias", bias), ("frozen", frozen)]
+    target = torch.randn(6, 5)
+
+    def loss():
+        return ((weight - target) ** 2).sum() + (bias**2).sum()
+
+    return named, loss
+
+
+def _z(seed: int, params):
+    torch.manual_seed(seed)
+    return [torch.normal(mean=0, std=1, size=p.size(), dtype=p.dtype) for p in params]
+
+
+def test_mezo_reference_probes_at_plus_and_minus_eps_z_and_restores():
+    named, loss = _quadratic()
+    before = [p.detach().clone() for _, p in named]
+    seen = []
+
+    def closure():
+        seen.append([p.detach().clone() for _, p in named])
+        return loss()
+
+    step = MezoReferenceStep(named, lr=0.0, eps=1e-3, seed=3)
+    step.step(closure)
+    z = _z(step.zo_random_seed, [named[0][1], named[1][1]])
+    for i in range(2):
+        torch.testing.assert_close(seen[0][i], before[i] + 1e-3 * z[i])
+        torch.testing.assert_close(seen[1][i], before[i] - 1e-3 * z[i])
+    for (_, param), original in zip(named, before, strict=True):
+        torch.testing.assert_close(param.detach(), original, rtol=0, atol=1e-6)
+    assert torch.equal(named[2][1], before[2])  # frozen tensors are never touched
+
+
+def test_mezo_reference_moves_along_minus_lr_c_z_with_its_own_z():
+    named, loss = _quadratic()
+    before = [p.detach().clone() for _, p in named[:2]]
+    step = MezoReferenceStep(named, lr=1e-3, eps=1e-3, weight_decay=0.1, seed=5)
+    step.step(loss)
+    c = step.projected_grad
+    assert c != 0
+    z = _z(step.zo_random_seed, before)
+    weight, bias = (p.detach() for _, p in named[:2])
+    # Weights decay (MeZO's rule by name); biases do not.
+    torch.testing.assert_close(
+        weight, before[0] - 1e-3 * (c * z[0] + 0.1 * before[0]), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(bias, before[1] - 1e-3 * c * z[1], atol=1e-6, rtol=0)
+    seeds = {step.zo_random_seed}
+    step.step(loss)
+    assert step.zo_random_seed not in seeds  # a new direction each step
+
+
+def test_mezo_reference_coefficient_is_the_directional_derivative():
+    named, loss = _quadratic()
+    weight, bias = named[0][1], named[1][1]
+    step = MezoReferenceStep(named, lr=0.0, eps=1e-3, seed=7)
+    step.step(loss)
+    z = _z(step.zo_random_seed, [weight, bias])
+    loss().backward()
+    exact = float((weight.grad * z[0]).sum() + (bias.grad * z[1]).sum())
+    assert step.projected_grad == pytest.approx(exact, rel=1e-2)
