@@ -240,3 +240,18 @@ def test_cached_pieces_follow_a_replaced_storage():
     for seed in range(10):
         sampler.add_(item, seed=seed, alpha=1e-3)
     assert len(sampler._plans) == 4  # the last few seeds only
+
+
+def test_table_values_do_not_depend_on_which_tables_were_built_first():
+    from zotune.estimators import directions
+
+    first = noise_table(1 << 10, "cpu", torch.bfloat16).clone()
+    directions._TABLES.clear()
+    noise_table(1 << 10, "cpu", torch.float32)
+    assert torch.equal(noise_table(1 << 10, "cpu", torch.bfloat16), first)
+    torch.testing.assert_close(
+        noise_table(1 << 10, "cpu", torch.float32).double(),
+        noise_table(1 << 10, "cpu", torch.float64),
+        rtol=1e-7,
+        atol=0,
+    )

@@ -132,3 +132,29 @@ def test_update_starts_from_the_restored_weights(dtype):
     expected = torch.add(theta.float(), z.float(), alpha=alpha).to(dtype)
     inside = interior(theta)
     assert (param.detach()[inside] == expected[inside]).float().mean() > 0.999
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"q": 2}, {"probe": "one-sided"}, {"probe": "one-sided", "q": 3}],
+    ids=["two-point-q2", "one-sided", "one-sided-q3"],
+)
+def test_every_probe_scheme_restores_interior_entries(options):
+    theta = weights(torch.bfloat16, 5000)
+    param = theta.clone().requires_grad_()
+    opt = create_optimizer("zo-sgd", [param], lr=0.0, eps=EPS, **options)
+    for _ in range(100):
+        opt.step(lambda: torch.zeros(()))
+    inside = interior(theta)
+    assert (param.detach()[inside] == theta[inside]).float().mean() > 0.99
+
+
+def test_decay_applies_to_the_restored_weights():
+    """Restore leg, then θ ← (1 − lr·λ)θ, then the update leg (constant loss: no update)."""
+    theta = weights(torch.bfloat16, 5000).view(50, 100)
+    param = theta.clone().requires_grad_()
+    opt = create_optimizer("zo-sgd", [param], lr=0.1, eps=EPS, weight_decay=0.5)
+    opt.step(lambda: torch.zeros(()))
+    inside = interior(theta)
+    expected = theta.mul(1 - 0.1 * 0.5)
+    assert (param.detach()[inside] == expected[inside]).float().mean() > 0.99

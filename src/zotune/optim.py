@@ -248,7 +248,8 @@ class ZerothOrderOptimizer(_RuleOptimizer):
             if coarse:
                 shift(coarse, sampler, [restore])
                 if keep != 1:
-                    torch._foreach_mul_([i.param for i in coarse], keep)
+                    for item in coarse:  # _foreach_mul_ would round κ itself to fp16/bf16
+                        item.param.mul_(keep)
                 shift(coarse, sampler, update)
 
     @torch.no_grad()
