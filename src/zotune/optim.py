@@ -39,6 +39,9 @@ from typing import Any
 import torch
 
 from . import rules
+from .enhance.blocks import BLOCK_MODES, blockwise_step, partition
+from .enhance.hybrid import hybrid_step, split_hybrid
+from .enhance.sparse import MaskedDirectionSampler, check_sparsity, tensor_sparsities
 from .estimators import (
     BackpropEstimator,
     DirectionalEstimate,
@@ -86,6 +89,28 @@ def _as_params(params: Params) -> Any:
     if isinstance(params, torch.nn.Module):
         return [p for p in params.parameters() if p.requires_grad]
     return params
+
+
+def _needs_module(params: Params, option: str) -> torch.nn.Module:
+    if not isinstance(params, torch.nn.Module):
+        raise TypeError(
+            f"{option} needs the model's module tree: pass the model itself as params "
+            f"(got {type(params).__name__})"
+        )
+    return params
+
+
+def _block_groups(params: Params, block_level: str) -> Any:
+    """The model's blocks, or param groups that already carry a ``"block"`` key."""
+    if isinstance(params, torch.nn.Module):
+        return partition(params, block_level)
+    groups = list(params)
+    if groups and all(isinstance(g, dict) and "block" in g for g in groups):
+        return groups
+    raise TypeError(
+        f"block_level={block_level!r} needs the model (pass it as params) or param groups "
+        "with a 'block' key from zotune.enhance.blocks.partition"
+    )
 
 
 class _RuleOptimizer(torch.optim.Optimizer):
@@ -170,20 +195,59 @@ class ZerothOrderOptimizer(_RuleOptimizer):
         estimator: RandomGradientEstimator | ForwardGradientEstimator,
         rule: Rule,
         seed: int = 0,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
+        if block_mode not in BLOCK_MODES:
+            raise ValueError(f"Unknown block_mode: {block_mode!r} (choose from {BLOCK_MODES})")
+        check_sparsity(sparsity, sparsity_mode, mask_every)
+        if block_level is not None and hybrid_layers is not None:
+            raise ValueError(
+                f"block_level={block_level!r} and hybrid_layers={hybrid_layers!r} cannot be "
+                "combined (blocks would split the ZO part only)"
+            )
+        if block_level is not None:
+            params = _block_groups(params, block_level)
+        if hybrid_layers is not None:
+            params = split_hybrid(_needs_module(params, "hybrid_layers"), hybrid_layers)
         super().__init__(params, defaults, rule, seed)
         self.estimator = estimator
+        self.block_level = block_level
+        self.block_mode = block_mode
+        self.hybrid_layers = hybrid_layers
+        if sparsity:
+            sparsities = tensor_sparsities(
+                [e for e, _ in self._trainable()], sparsity, sparsity_mode
+            )
+            estimator.sampler = MaskedDirectionSampler(
+                estimator.sampler, sparsities, seed, mask_every
+            )
 
     @property
     def forward_passes_per_step(self) -> int:
+        """Forward passes of one step: 2q per block for block-wise ZO, + 1 for hybrid's FO part."""
+        if self.block_level is not None:
+            return self.estimator.forward_passes * len(self.param_groups)
+        if self.hybrid_layers is not None:
+            parts = {group["part"] for group in self.param_groups}
+            return self.estimator.forward_passes * ("zo" in parts) + ("fo" in parts)
         return self.estimator.forward_passes
 
-    def _estimate(self, closure) -> tuple[list, DirectionalEstimate]:
+    def _begin_step(self, closure) -> None:
         if closure is None or not callable(closure):
             raise TypeError(
                 f"{type(self).__name__}.step() needs a closure that returns the loss "
                 f"(got {closure!r}); zeroth-order optimizers evaluate it at perturbed parameters"
             )
+        if isinstance(self.estimator.sampler, MaskedDirectionSampler):
+            self.estimator.sampler.set_step(self.steps_taken)
+
+    def _estimate(self, closure) -> tuple[list, DirectionalEstimate]:
+        self._begin_step(closure)
         entries = self._trainable()
         estimate = self.estimator.estimate([e for e, _ in entries], closure, self._step_seed())
         self.steps_taken += 1
@@ -191,6 +255,12 @@ class ZerothOrderOptimizer(_RuleOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> torch.Tensor:
+        if self.hybrid_layers is not None:
+            self._begin_step(closure)
+            return hybrid_step(self, closure)
+        if self.block_level is not None:
+            self._begin_step(closure)
+            return blockwise_step(self, closure, self.block_mode)
         entries, estimate = self._estimate(closure)
         self._update(entries, estimate)
         return estimate.loss
@@ -292,6 +362,7 @@ class ZOSGD(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
         super().__init__(
             params,
@@ -299,6 +370,7 @@ class ZOSGD(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sgd(),
             seed=seed,
+            **enhancements,
         )
 
 
@@ -325,6 +397,7 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
         _check_momentum(momentum, dampening, nesterov)
         super().__init__(
@@ -339,6 +412,7 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.momentum(),
             seed=seed,
+            **enhancements,
         )
 
 
@@ -365,6 +439,7 @@ class ZOSGDSign(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
         super().__init__(
             params,
@@ -372,6 +447,7 @@ class ZOSGDSign(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sign(),
             seed=seed,
+            **enhancements,
         )
 
 
@@ -399,6 +475,7 @@ class ZOAdam(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
         betas = tuple(betas)
         _check_adam(betas, adam_eps)
@@ -408,6 +485,7 @@ class ZOAdam(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.adam(),
             seed=seed,
+            **enhancements,
         )
 
 
@@ -435,7 +513,14 @@ class ZOSGDConservative(ZOSGD):
         distribution: str = "auto",
         table_numel: int = DEFAULT_TABLE_NUMEL,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
+        for option in ("block_level", "hybrid_layers"):
+            if enhancements.get(option) is not None:
+                raise ValueError(
+                    f"zo-sgd-cons does not support {option}={enhancements[option]!r}: its "
+                    "three-candidate step compares whole-model moves (sparsity works)"
+                )
         super().__init__(
             params,
             lr,
@@ -445,6 +530,7 @@ class ZOSGDConservative(ZOSGD):
             distribution=distribution,
             table_numel=table_numel,
             seed=seed,
+            **enhancements,
         )
 
     @property
@@ -495,6 +581,7 @@ class ForwardGrad(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
+        **enhancements: Any,
     ) -> None:
         super().__init__(
             params,
@@ -504,6 +591,7 @@ class ForwardGrad(ZerothOrderOptimizer):
             ),
             rule=rules.sgd(),
             seed=seed,
+            **enhancements,
         )
 
 

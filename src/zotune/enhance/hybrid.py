@@ -1,0 +1,110 @@
+"""Hybrid ZO/FO: the shallow layers trained by ZO, the deep layers by backprop.
+
+With the transformer layers L_1 … L_n and a split k, the parameters are cut in two:
+
+* the ZO part θ_Z: embeddings and layers 1 … k (and, when k = n, the final norm and head:
+  k = n is plain ZO);
+* the FO part θ_F: layers k + 1 … n, the final norm and the head (k = 0 is plain FO).
+
+One step (loss f(θ_Z, θ_F))::
+
+    g_F = ∇_{θ_F} f(θ_Z, θ_F)                       one forward + backward, θ_Z frozen
+    ĝ_Z = RGE of θ_Z ↦ f(θ_Z, θ_F)                   2q forwards, no graph
+    θ_Z ← θ_Z − η rule(ĝ_Z),  θ_F ← θ_F − η rule(g_F)
+
+During the backprop pass the ZO part's tensors have ``requires_grad=False``, so autograd
+records nothing until the first FO-part tensor is used: the ZO part runs like inference and
+its activations are freed as it goes, the hidden state entering layer k + 1 is a leaf
+without history, and only the FO part's activations are kept for the backward. Activation
+memory therefore scales with n − k layers (plus the head) instead of n; gradients exist for
+θ_F only. Both parts use the optimizer's own update rule, so hybrid ZO-Adam is Adam on both.
+
+The paper's authors did not release their hybrid code; this follows the paper's description
+(ZO-Bench §5, "ZO and FO hybrid training").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..estimators.base import as_loss, check_finite
+from .blocks import block_names, find_layers
+
+
+def resolve_split(model: torch.nn.Module, hybrid_layers: int | float) -> tuple[int, int]:
+    """``(k, n)``: how many of the model's n layers are ZO, from an int or a fraction."""
+    _, layers = find_layers(model)
+    n = len(layers)
+    bad = ValueError(
+        f"Invalid hybrid_layers: {hybrid_layers!r} (the model has {n} layers: an int in "
+        f"[0, {n}] or a fraction in [0.0, 1.0])"
+    )
+    if isinstance(hybrid_layers, bool):
+        raise bad
+    if isinstance(hybrid_layers, int):
+        if not 0 <= hybrid_layers <= n:
+            raise bad
+        return hybrid_layers, n
+    if isinstance(hybrid_layers, float) and 0.0 <= hybrid_layers <= 1.0:
+        return round(hybrid_layers * n), n
+    raise bad
+
+
+def split_hybrid(model: torch.nn.Module, hybrid_layers: int | float) -> list[dict]:
+    """Param groups ``{"params": [...], "part": "zo" | "fo"}`` (empty parts left out)."""
+    k, n = resolve_split(model, hybrid_layers)
+    params = dict(model.named_parameters())
+    parts: dict[str, list[torch.Tensor]] = {"zo": [], "fo": []}
+    for name, block in block_names(model, "layer").items():
+        if block == "embeddings":
+            zeroth = k > 0
+        elif block == "head":
+            zeroth = k == n
+        else:
+            zeroth = int(block.split(".")[1]) < k
+        parts["zo" if zeroth else "fo"].append(params[name])
+    return [{"params": members, "part": part} for part, members in parts.items() if members]
+
+
+def hybrid_step(optimizer, closure) -> torch.Tensor:
+    """One hybrid step of a :class:`zotune.optim.ZerothOrderOptimizer` (see module doc)."""
+    entries = optimizer._trainable()
+    zeroth = [(e, g) for e, g in entries if g.get("part") == "zo"]
+    first = [(e, g) for e, g in entries if g.get("part") != "zo"]
+    loss = None
+    if first:
+        loss = _backprop_first_order_part(zeroth, first, closure)
+    if zeroth:
+        estimate = optimizer.estimator.estimate(
+            [e for e, _ in zeroth], closure, optimizer._step_seed()
+        )
+        optimizer._update(zeroth, estimate)
+        loss = estimate.loss if loss is None else loss
+    optimizer.steps_taken += 1
+    for item, group in first:
+        grad = item.param.grad
+        if grad is not None:
+            state = optimizer._state_for(item.param)
+            context = (item.param.ndim, state["step"], group)
+            optimizer._apply_rule(item.param, grad, state, context, 0)
+            item.param.grad = None
+    return loss
+
+
+def _backprop_first_order_part(zeroth, first, closure) -> torch.Tensor:
+    """g_F = ∇_{θ_F} f into ``.grad``, with the ZO part frozen; returns f(θ)."""
+    for item, _ in first:
+        item.param.grad = None
+    frozen = [item.param for item, _ in zeroth]
+    for param in frozen:
+        param.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            value = closure()
+            value.backward()
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
+    loss = as_loss(value)
+    check_finite([loss], lambda: [setattr(item.param, "grad", None) for item, _ in first])
+    return loss

@@ -1,0 +1,142 @@
+"""Sparsity-induced ZO: a seeded random mask on the perturbation, and so on the update.
+
+With a mask m ∈ {0, 1}^d the probes move θ ± ε (m ⊙ z) and the estimate is::
+
+    ĝ = [(f(θ + ε m⊙z) − f(θ − ε m⊙z)) / (2ε)] · (m ⊙ z)
+
+which lives on the kept coordinates only: the variance term grows with their number
+(ρd for density ρ) instead of d (ZO-Bench §5; Chen et al., *DeepZero*, ICLR 2024). The
+estimate is not rescaled by 1/ρ, as in the paper: E[ĝ] = ρ ∇f for the smoothed f, which a
+learning rate absorbs.
+
+Per-tensor sparsity s_i (the fraction of entries masked out):
+
+* ``uniform``: s_i = s for every trainable tensor;
+* ``magnitude``: τ is the global s-quantile of |θ| over all trainable tensors, and
+  s_i = fraction of tensor i's entries with |θ| < τ (the paper's layer-wise pruning ratios).
+  They are computed once, when the optimizer is built (from the weights it is given); the
+  quantile uses an evenly strided sample of at most 2^22 values.
+
+Each entry is kept independently with probability 1 − s_i: u < 1 − s_i with u ~ U[0, 1)
+from a local generator seeded by (mask seed, period, tensor index, chunk), where
+period = ⌊step / mask_every⌋. The mask is therefore regenerated, never stored: no memory
+beyond one chunk of scratch, identical in every pass of a step, resampled every
+``mask_every`` steps, and reproduced on resume.
+
+Departure from the research code: ZO-LLM keeps entries with ``randn < ratio``, which keeps
+Φ(ratio) of them (ratio 0.2 masks 42%, not 20%, and keeps 58%); zotune's density is exactly
+1 − s_i in expectation (tested within binomial tolerance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..estimators.base import IndexedParam
+from ..estimators.directions import DirectionSampler, mix_seed
+
+SPARSITY_MODES = ("uniform", "magnitude")
+
+_QUANTILE_SAMPLE = 1 << 22
+_MASK_SALT = 0x5BA25E  # separates the mask stream from the direction stream of the same seed
+
+
+def check_sparsity(sparsity: float, mode: str, mask_every: int) -> None:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise ValueError(f"Invalid sparsity: {sparsity!r} (must be a number in [0, 1))")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"Invalid sparsity: {sparsity} (must be in [0, 1))")
+    if mode not in SPARSITY_MODES:
+        raise ValueError(f"Unknown sparsity_mode: {mode!r} (choose from {SPARSITY_MODES})")
+    if isinstance(mask_every, bool) or not isinstance(mask_every, int) or mask_every < 1:
+        raise ValueError(f"Invalid mask_every: {mask_every!r} (must be an int >= 1)")
+
+
+@torch.no_grad()
+def tensor_sparsities(
+    params: Sequence[IndexedParam], sparsity: float, mode: str
+) -> dict[int, float]:
+    """Tensor index → fraction of its entries to mask out."""
+    if sparsity == 0:
+        return {}
+    if mode == "uniform":
+        return {item.index: float(sparsity) for item in params}
+    total = sum(item.param.numel() for item in params)
+    stride = max(1, total // _QUANTILE_SAMPLE)
+    sample = torch.cat(
+        [item.param.detach().reshape(-1)[::stride].abs().float().cpu() for item in params]
+    )
+    rank = max(1, min(sample.numel(), round(sparsity * sample.numel())))
+    threshold = float(sample.kthvalue(rank).values)
+    result = {}
+    for item in params:
+        flat = item.param.detach().reshape(-1)
+        below = sum(
+            int((flat[start : start + (1 << 20)].abs() < threshold).sum())
+            for start in range(0, flat.numel(), 1 << 20)
+        )
+        result[item.index] = below / max(flat.numel(), 1)
+    return result
+
+
+class MaskedDirectionSampler(DirectionSampler):
+    """A :class:`DirectionSampler` whose directions are m ⊙ z, m regenerated from a seed.
+
+    ``sparsities`` maps tensor indices to their masked-out fraction; other tensors are not
+    masked. Call :meth:`set_step` before a step's first pass.
+    """
+
+    def __init__(
+        self,
+        base: DirectionSampler,
+        sparsities: dict[int, float],
+        seed: int,
+        mask_every: int = 1,
+    ) -> None:
+        super().__init__(base.distribution, base.chunk_numel, base.table_numel)
+        self.keep = {index: 1.0 - s for index, s in sparsities.items() if s > 0}
+        self.mask_seed = mix_seed(seed, _MASK_SALT)
+        self.mask_every = mask_every
+        self.period = 0
+        self._mask_scratch: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set_step(self, step: int) -> None:
+        self.period = step // self.mask_every
+
+    def mask(self, numel: int, index: int, chunk: int, device: torch.device) -> torch.Tensor:
+        """The boolean mask of chunk ``chunk`` of tensor ``index`` in the current period."""
+        uniform, kept = self._mask_buffers(numel, device)
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        generator.manual_seed(mix_seed(self.mask_seed, self.period, index, chunk))
+        uniform.uniform_(generator=generator)
+        return torch.lt(uniform, self.keep.get(index, 1.0), out=kept)
+
+    @torch.no_grad()
+    def add_(self, params: Sequence[IndexedParam], seed: int, alpha: float) -> None:
+        if alpha == 0.0:
+            return
+        masked = [item for item in params if item.index in self.keep]
+        plain = [item for item in params if item.index not in self.keep]
+        if plain:
+            super().add_(plain, seed, alpha)
+        for item in masked:  # table slices cannot carry a mask: draw each chunk
+            for chunk, view in self.views(item.param):
+                view.add_(self.draw(view, seed, item.index, chunk), alpha=alpha)
+
+    def _fill(self, out: torch.Tensor, seed: int, index: int, chunk: int) -> None:
+        super()._fill(out, seed, index, chunk)
+        if index in self.keep:
+            out.mul_(self.mask(out.numel(), index, chunk, out.device).view(out.shape))
+
+    def _mask_buffers(self, numel: int, device: torch.device):
+        buffers = self._mask_scratch.get(device)
+        if buffers is None or buffers[0].numel() < numel:
+            buffers = self._mask_scratch[device] = (
+                torch.empty(numel, device=device),
+                torch.empty(numel, dtype=torch.bool, device=device),
+            )
+        return buffers[0][:numel], buffers[1][:numel]
