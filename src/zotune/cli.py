@@ -8,6 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+
+def _int_or_float(text: str) -> int | float:
+    """``"2"`` → 2 (layers), ``"0.5"`` → 0.5 (a fraction): hybrid_layers reads both."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 # Flags that are shorthands for dotted config keys (``--lr`` is ``optimizer.lr``).
 TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
     "--model": ("model.name", str),
@@ -36,6 +45,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
     "--distribution": ("optimizer.distribution", str),
     "--weight-decay": ("optimizer.weight_decay", float),
     "--momentum": ("optimizer.momentum", float),
+    "--block-level": ("optimizer.block_level", str),
+    "--hybrid-layers": ("optimizer.hybrid_layers", _int_or_float),
+    "--sparsity": ("optimizer.sparsity", float),
     "--schedule": ("optimizer.schedule", str),
     "--steps": ("train.steps", int),
     "--batch-size": ("train.batch_size", int),

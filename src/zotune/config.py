@@ -72,6 +72,13 @@ class OptimizerConfig:
     momentum: float | None = None
     betas: list[float] | None = None
     adam_eps: float | None = None
+    # Enhancements (zeroth-order optimizers; see zotune.enhance)
+    block_level: str | None = None  # layer, sublayer or linear: block-wise ZO
+    block_mode: str | None = None  # coordinate (default) or all
+    hybrid_layers: int | float | None = None  # ZO layers from the input: an int, or a fraction
+    sparsity: float | None = None  # fraction of each tensor's perturbation masked out, [0, 1)
+    sparsity_mode: str | None = None  # uniform (default) or magnitude
+    mask_every: int | None = None  # resample the sparse mask every N steps (default 1)
     schedule: str = "constant"  # constant or linear (decay to 0 over the run)
 
     def options(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_config
+from .enhance import ENHANCEMENT_OPTIONS
 from .estimators import NonFiniteLossError, mix_seed
 from .measure import peak_memory_mb
 from .optim import OPTIMIZERS, create_optimizer
@@ -243,13 +244,13 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         loss=config.task.loss,
         max_length=config.task.max_length,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
     extra = {"seed": cfg_train.seed} if "seed" in _accepted(config.optimizer.name) else {}
     options = config.optimizer.options()
     for key in options:
         if key not in _accepted(config.optimizer.name):
             raise ConfigError(f"optimizer.{key} does not apply to {config.optimizer.name}")
-    optimizer = create_optimizer(config.optimizer.name, params, **options, **extra)
+    # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
+    optimizer = create_optimizer(config.optimizer.name, model, **options, **extra)
     scheduler = _make_scheduler(optimizer, config)
 
     start_step, best_val, best_step, before = 0, -1.0, 0, None
@@ -371,7 +372,11 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
 def _accepted(name: str) -> set[str]:
     import inspect
 
-    return set(inspect.signature(OPTIMIZERS[name].__init__).parameters) - {"self", "params"}
+    signature = inspect.signature(OPTIMIZERS[name].__init__).parameters
+    named = {k for k, p in signature.items() if p.kind is not p.VAR_KEYWORD}
+    if any(p.kind is p.VAR_KEYWORD for p in signature.values()):
+        named |= set(ENHANCEMENT_OPTIONS)  # zeroth-order optimizers forward these to their base
+    return named - {"self", "params"}
 
 
 def _median(values: list[float]) -> float:
