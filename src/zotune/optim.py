@@ -29,6 +29,19 @@ Directions (every zeroth-order optimizer and Forward-Grad): ``distribution`` is 
 (default: the shared noise table on CPU, Gaussian sampling on CUDA), ``"table"``,
 ``"gaussian"`` or ``"rademacher"``; ``table_numel`` sets the table's size (a power of two,
 2**22 values by default). See :class:`zotune.estimators.DirectionSampler`.
+
+Enhancements (every zeroth-order optimizer; ZO-Bench §5; see :mod:`zotune.enhance`):
+
+* block-wise ZO: ``block_level="layer" | "sublayer" | "linear"`` with ``params`` the model
+  (or groups from :func:`zotune.enhance.partition`), ``block_mode="coordinate" | "all"``;
+  one direction per block from its own seed, 2q forward passes per block;
+* hybrid ZO/FO: ``hybrid_layers=k`` (an int number of layers from the input, or a fraction)
+  with ``params`` the model: the first k layers and the embeddings by ZO, the rest by
+  backprop with the same rule;
+* sparsity-induced ZO: ``sparsity=s`` in [0, 1), ``sparsity_mode="uniform" | "magnitude"``,
+  ``mask_every=N``: a seeded mask on the perturbation, regenerated, never stored.
+
+``forward_passes_per_step`` reports the budget (2q × blocks; 2q + 1 for hybrid).
 """
 
 from __future__ import annotations
@@ -362,7 +375,12 @@ class ZOSGD(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
         super().__init__(
             params,
@@ -370,7 +388,12 @@ class ZOSGD(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sgd(),
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
 
@@ -397,7 +420,12 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
         _check_momentum(momentum, dampening, nesterov)
         super().__init__(
@@ -412,7 +440,12 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.momentum(),
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
 
@@ -439,7 +472,12 @@ class ZOSGDSign(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
         super().__init__(
             params,
@@ -447,7 +485,12 @@ class ZOSGDSign(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.sign(),
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
 
@@ -475,7 +518,12 @@ class ZOAdam(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
         betas = tuple(betas)
         _check_adam(betas, adam_eps)
@@ -485,7 +533,12 @@ class ZOAdam(ZerothOrderOptimizer):
             estimator=_rge(eps, q, probe, distribution, table_numel),
             rule=rules.adam(),
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
 
@@ -513,13 +566,18 @@ class ZOSGDConservative(ZOSGD):
         distribution: str = "auto",
         table_numel: int = DEFAULT_TABLE_NUMEL,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
-        for option in ("block_level", "hybrid_layers"):
-            if enhancements.get(option) is not None:
+        for option, value in (("block_level", block_level), ("hybrid_layers", hybrid_layers)):
+            if value is not None:
                 raise ValueError(
-                    f"zo-sgd-cons does not support {option}={enhancements[option]!r}: its "
-                    "three-candidate step compares whole-model moves (sparsity works)"
+                    f"zo-sgd-cons does not support {option}={value!r}: its three-candidate "
+                    "step compares whole-model moves (sparsity works)"
                 )
         super().__init__(
             params,
@@ -530,7 +588,12 @@ class ZOSGDConservative(ZOSGD):
             distribution=distribution,
             table_numel=table_numel,
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
     @property
@@ -581,7 +644,12 @@ class ForwardGrad(ZerothOrderOptimizer):
         table_numel: int = DEFAULT_TABLE_NUMEL,
         weight_decay: float = 0.0,
         seed: int = 0,
-        **enhancements: Any,
+        block_level: str | None = None,
+        block_mode: str = "coordinate",
+        hybrid_layers: int | float | None = None,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
     ) -> None:
         super().__init__(
             params,
@@ -591,7 +659,12 @@ class ForwardGrad(ZerothOrderOptimizer):
             ),
             rule=rules.sgd(),
             seed=seed,
-            **enhancements,
+            block_level=block_level,
+            block_mode=block_mode,
+            hybrid_layers=hybrid_layers,
+            sparsity=sparsity,
+            sparsity_mode=sparsity_mode,
+            mask_every=mask_every,
         )
 
 

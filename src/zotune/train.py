@@ -23,7 +23,6 @@ import torch
 import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_config
-from .enhance import ENHANCEMENT_OPTIONS
 from .estimators import NonFiniteLossError, mix_seed
 from .measure import peak_memory_mb
 from .optim import OPTIMIZERS, create_optimizer
@@ -372,11 +371,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
 def _accepted(name: str) -> set[str]:
     import inspect
 
-    signature = inspect.signature(OPTIMIZERS[name].__init__).parameters
-    named = {k for k, p in signature.items() if p.kind is not p.VAR_KEYWORD}
-    if any(p.kind is p.VAR_KEYWORD for p in signature.values()):
-        named |= set(ENHANCEMENT_OPTIONS)  # zeroth-order optimizers forward these to their base
-    return named - {"self", "params"}
+    return set(inspect.signature(OPTIMIZERS[name].__init__).parameters) - {"self", "params"}
 
 
 def _median(values: list[float]) -> float:
