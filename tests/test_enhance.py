@@ -346,3 +346,19 @@ def test_train_rejects_invalid_enhancement_options(extra, match, sst2_dir, capsy
     err = capsys.readouterr().err
     assert code != 0
     assert match in err
+
+
+def test_bench_suites_sweep_enhancement_options():
+    from zotune.bench.suite import SuiteError, expand_suite
+
+    suite = {
+        "base": {"model": {"name": "random:tiny-llama"}},
+        "grid": {"optimizer": ["zo-sgd", "fo-sgd"]},
+        "sweep": {"zo-sgd": {"sparsity": [0.0, 0.2], "block_level": ["layer"]}},
+    }
+    runs = expand_suite(suite).runs
+    options = [r.config["optimizer"] for r in runs if r.config["optimizer"]["name"] == "zo-sgd"]
+    assert sorted(o["sparsity"] for o in options) == [0.0, 0.2]
+    suite["sweep"] = {"default": {"sparsity": [0.2]}}
+    with pytest.raises(SuiteError, match=r"optimizer\.sparsity does not apply to fo-sgd"):
+        expand_suite(suite)
