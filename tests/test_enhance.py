@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from zotune import cli
-from zotune.enhance import MaskedDirectionSampler, partition, split_hybrid
+from zotune.config import OptimizerConfig
+from zotune.enhance import ENHANCEMENT_OPTIONS, MaskedDirectionSampler, partition, split_hybrid
 from zotune.enhance.blocks import block_names
 from zotune.enhance.sparse import tensor_sparsities
 from zotune.estimators import DirectionSampler, IndexedParam
-from zotune.optim import create_optimizer
+from zotune.optim import OPTIMIZERS, ZEROTH_ORDER, create_optimizer
 
 SHAPES = ["tiny-llama", "tiny-opt", "tiny-mistral", "tiny-roberta"]
 
@@ -286,6 +287,16 @@ def test_param_groups_from_partition_are_accepted(tiny_model):
     model, _ = tiny_model("tiny-llama")
     opt = create_optimizer("zo-sgd", partition(model, "sublayer"), lr=1e-3, block_level="layer")
     assert opt.forward_passes_per_step == 12
+
+
+def test_every_zeroth_order_optimizer_and_the_config_take_every_enhancement_option():
+    import dataclasses
+    import inspect
+
+    config_keys = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    assert set(ENHANCEMENT_OPTIONS) <= config_keys
+    for name in ZEROTH_ORDER:
+        assert set(ENHANCEMENT_OPTIONS) <= set(inspect.signature(OPTIMIZERS[name]).parameters)
 
 
 # End to end -------------------------------------------------------------------------------------
