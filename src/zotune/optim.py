@@ -198,6 +198,12 @@ class ZerothOrderOptimizer(_RuleOptimizer):
     and applies the update in the same pass; for linear rules (SGD ± weight decay) that is a
     single axpy per chunk, so a q = 1 ZO-SGD step makes three passes over the parameters
     (+εz, −2εz, restore-and-update) where MeZO makes four.
+
+    The enhancement options (``block_level``, ``block_mode``, ``hybrid_layers``,
+    ``sparsity``, ``sparsity_mode``, ``mask_every``; see :mod:`zotune.enhance`) change how a
+    step is made, not the rule: block-wise and hybrid steps reuse :meth:`_update`, and the
+    sparse mask lives in the direction sampler, so every pass (probe, restore, update, the
+    conservative candidates) sees the same m ⊙ z.
     """
 
     def __init__(

@@ -93,8 +93,7 @@ def hybrid_step(optimizer, closure) -> torch.Tensor:
 
 def _backprop_first_order_part(zeroth, first, closure) -> torch.Tensor:
     """g_F = ∇_{θ_F} f into ``.grad``, with the ZO part frozen; returns f(θ)."""
-    for item, _ in first:
-        item.param.grad = None
+    _drop_gradients(first)
     frozen = [item.param for item, _ in zeroth]
     for param in frozen:
         param.requires_grad_(False)
@@ -106,5 +105,10 @@ def _backprop_first_order_part(zeroth, first, closure) -> torch.Tensor:
         for param in frozen:
             param.requires_grad_(True)
     loss = as_loss(value)
-    check_finite([loss], lambda: [setattr(item.param, "grad", None) for item, _ in first])
+    check_finite([loss], lambda: _drop_gradients(first))
     return loss
+
+
+def _drop_gradients(entries) -> None:
+    for item, _ in entries:
+        item.param.grad = None
