@@ -373,3 +373,35 @@ def test_bench_suites_sweep_enhancement_options():
     suite["sweep"] = {"default": {"sparsity": [0.2]}}
     with pytest.raises(SuiteError, match=r"optimizer\.sparsity does not apply to fo-sgd"):
         expand_suite(suite)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sparsity": 0.3, "mask_every": 3},
+        {"block_level": "sublayer", "block_mode": "all"},
+        {"hybrid_layers": 1},
+    ],
+    ids=["sparse", "blocks", "hybrid"],
+)
+def test_resume_continues_the_same_trajectory(options, sst2_dir, tmp_path):
+    from zotune.train import finetune
+
+    def run(folder, steps, resume=False):
+        finetune(
+            {
+                "model": {"name": "random:tiny-llama"},
+                "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 8,
+                         "num_val": 4, "num_test": 4},
+                "optimizer": {"name": "zo-adam", "lr": 1e-3, **options},
+                "train": {"steps": steps, "batch_size": 2, "eval_every": 2, "progress": False,
+                          "output_dir": str(folder), "resume": resume},
+            }
+        )
+        return torch.load(folder / "last.pt", weights_only=False)["trainable"]
+
+    expected = run(tmp_path / "straight", 4)
+    run(tmp_path / "split", 2)
+    resumed = run(tmp_path / "split", 4, resume=True)
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
