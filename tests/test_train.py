@@ -10,8 +10,9 @@ import torch
 from zotune import cli
 from zotune.config import build_config
 from zotune.demo import demo_config, equivalent_command
+from zotune.files import atomic_write
 from zotune.optim import OPTIMIZERS
-from zotune.train import _atomic_write, batch_for_step, finetune
+from zotune.train import batch_for_step, finetune
 from zotune.tuning import SCHEMES
 
 POSITIVE = ["a joy to watch", "warm and funny", "a delight", "smart , moving and true"]
@@ -139,7 +140,7 @@ def test_atomic_write_leaves_nothing_behind_on_a_crash(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        _atomic_write(target, crash)
+        atomic_write(target, crash)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -120,8 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .scoring import Scorer
-    from .tasks import load_splits
-    from .train import _build_model, load_trainable_state
+    from .train import _build_model, load_task_splits, load_trainable_state
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     _, dotted = _overrides(args, [])
@@ -132,16 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, loaded, _, _ = _build_model(config)
     if run_dir is not None:
         load_trainable_state(model, torch.load(run_dir / "best.pt", weights_only=True))
-    splits = load_splits(
-        config.task.name,
-        data_dir=config.task.data_dir,
-        num_train=config.task.num_train,
-        num_val=config.task.num_val,
-        num_test=config.task.num_test,
-        seed=config.train.seed,
-        template=config.task.template,
-        log=lambda m: print(f"zotune: {m}", file=sys.stderr),
-    )
+    splits = load_task_splits(config)
     scorer = Scorer(
         model,
         loaded.tokenizer,
@@ -270,7 +260,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         prof.write_json(args.json, payload)
         log(f"wrote {args.json}")
     if args.markdown:
-        from .bench.files import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(Path(args.markdown), markdown)
         log(f"wrote {args.markdown}")

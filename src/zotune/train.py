@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_config
 from .estimators import NonFiniteLossError, mix_seed
+from .files import atomic_write
 from .measure import peak_memory_mb
 from .optim import OPTIMIZERS, create_optimizer
 from .scoring import Scorer
@@ -83,19 +82,6 @@ def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed
         random.Random(mix_seed(seed, epoch)).shuffle(order)
         batch.append(examples[order[offset]])
     return batch
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -176,6 +162,21 @@ def _build_model(config: RunConfig):
     return model, loaded, trainable, total
 
 
+def load_task_splits(config: RunConfig):
+    """The train/val/test examples a run config asks for (sampled with the run's seed)."""
+    task = config.task
+    return load_splits(
+        task.name,
+        data_dir=task.data_dir,
+        num_train=task.num_train,
+        num_val=task.num_val,
+        num_test=task.num_test,
+        seed=config.train.seed,
+        template=task.template,
+        log=_log,
+    )
+
+
 def _make_scheduler(optimizer, config: RunConfig):
     steps = max(config.train.steps, 1)
     if config.optimizer.schedule == "constant":
@@ -225,16 +226,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         f"model {loaded.name} ({loaded.kind}), tuning {config.tuning.scheme}: "
         f"{n_trainable:,} of {n_total:,} parameters trainable"
     )
-    splits = load_splits(
-        config.task.name,
-        data_dir=config.task.data_dir,
-        num_train=config.task.num_train,
-        num_val=config.task.num_val,
-        num_test=config.task.num_test,
-        seed=cfg_train.seed,
-        template=config.task.template,
-        log=_log,
-    )
+    splits = load_task_splits(config)
     scorer = Scorer(
         model,
         loaded.tokenizer,
@@ -255,7 +247,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     start_step, best_val, best_step, before = 0, -1.0, 0, None
     best_state = trainable_state(model)
     if out is not None:
-        _atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
+        atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
         if cfg_train.resume and (out / "last.pt").exists():
             ckpt = torch.load(out / "last.pt", weights_only=False)
             load_trainable_state(model, ckpt["trainable"])
@@ -278,7 +270,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         best_val, best_step = val, step
         best_state = trainable_state(model)
         if out is not None:
-            _atomic_write(out / "best.pt", lambda p: torch.save(best_state, p))
+            atomic_write(out / "best.pt", lambda p: torch.save(best_state, p))
 
     if start_step == 0:
         val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
@@ -297,7 +289,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             "best_step": best_step,
             "test_accuracy_before": before,
         }
-        _atomic_write(out / "last.pt", lambda p: torch.save(ckpt, p))
+        atomic_write(out / "last.pt", lambda p: torch.save(ckpt, p))
 
     progress = _progress(range(start_step, cfg_train.steps), cfg_train.progress, start_step)
     skipped = consecutive_bad = 0
@@ -364,7 +356,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     metrics.write({"step": cfg_train.steps, "final": final})
     metrics.close()
     if out is not None:
-        _atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
+        atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
     return result
 
 

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import atomic_write
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from .report import Section

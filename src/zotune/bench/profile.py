@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 MB = 2**20
 EXTRA_METHODS = ("inference", "mezo-ref")
@@ -310,6 +310,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
     from ..measure import (
         current_memory_bytes,
         estimate_memory,
+        release_freed_memory,
         reuse_freed_memory,
         time_calls,
         track_allocations_in_rss,
@@ -332,10 +333,12 @@ def _measure(spec: ProfileSpec, isolated: bool, model) -> ProfileResult:
     )
     built.forward()
     gc.collect()
+    release_freed_memory()
     loaded = current_memory_bytes(device)
     for _ in range(spec.warmup):
         built.step()
     gc.collect()
+    release_freed_memory()
     with track_peak(device) as window:
         built.step()
     if pinned:

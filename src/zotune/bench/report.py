@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 from .selection import TEST_METRIC, VAL_METRIC, CellSelection, select
 from .store import ResultsStore, RunRecord, SuitePlan
 from .suite import hparams_label

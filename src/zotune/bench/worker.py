@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from ..files import atomic_write_text
 
 JOB_FILE = "job.json"
 OUTCOME_FILE = "outcome.json"
