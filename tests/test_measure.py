@@ -125,11 +125,16 @@ def test_estimate_is_consistent_across_optimizers(tiny_model, scheme):
     assert est["zo-sgd"].optimizer_state == 0 and est["zo-sgd"].gradients == 0
     assert est["zo-adam"].optimizer_state == 2 * trainable
     assert est["zo-sgd-mmt"].optimizer_state == trainable
-    assert est["fo-sgd"].gradients == trainable and est["fo-sgd"].optimizer_state == 0
-    assert est["fo-adam"].gradients == trainable
+    for name in ("fo-sgd", "fo-adam"):
+        notes = est[name].notes
+        assert notes["all_gradients"] == trainable
+        assert est[name].gradients + est[name].activations == max(
+            notes["kept_activations"] + notes["head_gradient"], trainable
+        )  # tiny-llama's head is not tied to its embedding
+    assert est["fo-sgd"].optimizer_state == 0
     assert est["fo-adam"].optimizer_state == 2 * trainable
     # FO keeps every layer's activations; ZO and inference hold one layer's working set.
-    assert est["fo-sgd"].activations > est["zo-sgd"].activations
+    assert est["fo-sgd"].notes["kept_activations"] > 2 * est["zo-sgd"].activations
     assert est["zo-sgd"].activations == est["inference"].activations
     assert est["forward-grad"].activations == 2 * est["zo-sgd"].activations
     assert est["inference"].trainable == 0 and est["inference"].scratch == 0
@@ -202,8 +207,11 @@ def test_eager_attention_adds_the_quadratic_score_term():
         activation_bytes(eager, seq_len=t, **args) - activation_bytes(sdpa, seq_len=t, **args)
         for t in (16, 32)
     ]
-    per_layer = 2 * 2 * sdpa.heads * 16 * 16 * 4
+    per_layer = 2 * sdpa.heads * 16 * 16 * 4  # B · a · T · T probabilities
     assert extra == [sdpa.layers * per_layer, sdpa.layers * per_layer * 4]
+    # A forward holds scores and probabilities at once, but one layer at a time.
+    live = {**args, "mode": "live", "seq_len": 16}
+    assert 0 < activation_bytes(eager, **live) - activation_bytes(sdpa, **live) <= 2 * per_layer
 
 
 def test_prompt_tuning_lengthens_the_sequence(tiny_model):
@@ -225,6 +233,40 @@ def test_estimate_on_the_meta_device_sizes_llama_7b_without_allocating():
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     assert est.optimizer_state == 2 * (est.weights - buffers)
     assert est.breakdown_mb().startswith("W 1285")
+
+
+def _vocab_heavy(tied: bool):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=8000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        tie_word_embeddings=tied,
+    )
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fo_peak_is_the_larger_end_of_backward(tied):
+    model = _vocab_heavy(tied)
+    head = 8000 * 64 * 4
+    short = estimate_memory(model, "fo-sgd", batch_size=1, seq_len=8)
+    assert short.notes["peak_at"] == "end of backward" and short.activations == 0
+    assert short.notes["head_gradient"] == head
+    assert short.gradients == short.notes["all_gradients"] + (2 * head if tied else 0)
+    long = estimate_memory(model, "fo-sgd", batch_size=8, seq_len=2048)
+    assert long.notes["peak_at"] == "start of backward"
+    assert long.gradients == head and long.activations == long.notes["kept_activations"]
+
+
+def test_a_frozen_head_has_no_head_gradient(tiny_model):
+    model, _ = tiny_model("tiny-llama", "lora")
+    est = estimate_memory(model, "fo-adam", batch_size=2, seq_len=8)
+    assert est.notes["head_gradient"] == 0
 
 
 def test_breakdown_line_sums_to_total():

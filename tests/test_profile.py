@@ -4,6 +4,7 @@ benchmark, and the MeZO-style reference step it compares against."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from zotune.bench.profile import (
     ProfileSpec,
     grid,
     load_results,
+    measure,
     profile_table,
     run_profile,
     sweep_table,
@@ -72,6 +74,29 @@ def test_seq_len_sweep_fo_grows_and_zo_stays_near_inference(capsys):
     assert table.splitlines()[0].split()[:3] == ["T", "B×T", "zo-sgd/full"]
     assert len(table.splitlines()) == 4  # header, rule, T = 16, T = 64
     assert "fo-adam/full MB (est.)" in sweep_table(results, markdown=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="clean CPU peaks need /proc")
+def test_measured_memory_matches_the_estimate_loosely():
+    """A vocabulary-heavy tied model: FO peaks at the end of backward (G + 2·V·h·s)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        tie_word_embeddings=True,
+    )
+    for method, batch, seq in (("fo-sgd", 2, 16), ("inference", 8, 256)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config).eval()
+        spec = ProfileSpec(method=method, batch_size=batch, seq_len=seq, steps=1, warmup=0)
+        result = measure(spec, model=model)
+        ratio = result.above_weights_bytes / result.estimate["above_weights"]
+        assert 0.7 < ratio < 1.4, (method, result.above_weights_bytes, result.estimate)
 
 
 def test_profile_rejects_unknown_methods_before_running():

@@ -128,17 +128,35 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return peak_memory_bytes(device) / MB
 
 
-def _mallopt_mmap_threshold(size: int) -> bool:
+def _libc() -> Any:
     name = ctypes.util.find_library("c")
     if sys.platform != "linux" or name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        accepted = bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _mallopt_mmap_threshold(size: int) -> bool:
+    libc = _libc()
+    if libc is None:  # not glibc
         return False
+    accepted = bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
+    libc.malloc_trim(0)
     return accepted
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap blocks back to the OS (``malloc_trim(0)``), so they stop
+    counting as resident. Blocks freed while heap reuse was on stay in the heap's free
+    lists and are handed out again before any new mapping: call this before reading a
+    baseline, or the baseline carries them and the work that reuses them looks free.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def track_allocations_in_rss() -> bool:
@@ -347,7 +365,8 @@ def activation_bytes(
     less the 2·h of the two dropout masks, which fine-tuning in eval mode does not make)::
 
         attention  N · (2h + h + 2h_kv + h)          norm in/out, q k v, context
-                 + B · a · T · T_k · 2  (eager)     scores and softmax probabilities
+                 + B · a · T · T_k      (eager)     softmax probabilities (its backward
+                                                    needs only its output)
         mlp        N · (2h + c_f · f)               norm in/out; c_f = 2 (act in, act out),
                                                     1 for ReLU (its output serves both),
                                                     4 if gated (gate, up, act, product)
@@ -375,14 +394,14 @@ def activation_bytes(
     h, f, hkv = shape.hidden, shape.ffn, shape.kv_hidden
     t = seq_len + virtual_tokens
     n = batch_size * t
-    scores = 2 * batch_size * shape.heads * t * (t + prefix_tokens) if shape.eager else 0
+    probs = batch_size * shape.heads * t * (t + prefix_tokens) if shape.eager else 0
     logits = 2 * batch_size * logits_kept * shape.vocab
     if mode == "kept":
-        attention = n * (4 * h + 2 * hkv) + scores
+        attention = n * (4 * h + 2 * hkv) + probs
         mlp = n * (2 * h + shape.kept_ffn_tensors * f)
         elements = shape.layers * (attention + mlp) + n * 3 * h + logits
     else:
-        attention = n * (4 * h + 2 * hkv) + scores
+        attention = n * (4 * h + 2 * hkv) + 2 * probs  # scores and probabilities
         mlp = n * (2 * h + (3 if shape.gated else 2) * f)
         elements = n * h + max(attention, mlp) + logits
     if kv_cache:
@@ -448,9 +467,12 @@ def scratch_bytes(
 
 @dataclass
 class MemoryEstimate:
-    """Predicted bytes at the peak of one step (see :func:`estimate_memory`).
+    """Predicted bytes alive at the peak of one step (see :func:`estimate_memory`).
 
-    ``trainable`` is informational (a subset of ``weights``); ``total`` sums the others.
+    Each component is what is alive *at the peak*: for FO that is either the start of
+    backward (all kept activations, the head's gradient) or its end (all gradients, no
+    activations); ``notes`` holds both figures. ``trainable`` is informational (a subset of
+    ``weights``); ``total`` sums the others.
     """
 
     optimizer: str
@@ -505,10 +527,24 @@ def _peft_virtual_tokens(model: torch.nn.Module) -> tuple[int, int]:
     return (0, tokens) if "PREFIX" in kind.upper() else (tokens, 0)
 
 
-def _base_config(model: torch.nn.Module) -> Any:
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
-    return base.config
+    return get_base() if callable(get_base) else model
+
+
+def _base_config(model: torch.nn.Module) -> Any:
+    return _base_model(model).config
+
+
+def _head_gradient_bytes(model: torch.nn.Module) -> tuple[int, bool]:
+    """(bytes of the LM head's gradient, 0 if it is frozen; whether it is tied to the input
+    embedding)."""
+    base = _base_model(model)
+    head = getattr(getattr(base, "get_output_embeddings", lambda: None)(), "weight", None)
+    embedding = getattr(getattr(base, "get_input_embeddings", lambda: None)(), "weight", None)
+    if head is None or not head.requires_grad:
+        return 0, False
+    return _tensor_bytes(head), embedding is head
 
 
 def estimate_memory(
@@ -528,12 +564,28 @@ def estimate_memory(
     ::
 
         weights      Σ over parameters and buffers of numel · element size
-        gradients    trainable bytes for FO-SGD / FO-Adam (``param.grad``), else 0
         state        see optimizer_state_bytes (0, 1× or 2× trainable)
         scratch      see scratch_bytes (chunk, noise table, tangents)
-        activations  see activation_bytes: "kept" for FO (all layers), "live" for ZO and
-                     inference (one layer's working set), twice "live" for Forward-Grad
-                     (every activation carries a tangent of the same size)
+        activations  see activation_bytes: "live" for ZO and inference (one layer's
+                     working set), twice "live" for Forward-Grad (every activation carries
+                     a tangent of the same size); FO below
+        gradients    0 without backprop; FO below
+
+    FO: zotune's backprop estimator clears ``.grad`` before each step, so backward
+    allocates the gradients while it releases the kept activations A (``"kept"`` mode).
+    With G all trainable gradients and G_head the LM head's (V·h·s if trainable, the first
+    gradient backward makes), the peak is the larger of its two ends::
+
+        start of backward   A + G_head
+        end of backward     G + 2·G_head   if the head is tied to the input embedding:
+                                           the embedding's dense V × h gradient is added to
+                                           the head's out of place (old, new and sum alive)
+                            G              otherwise
+
+    (Measured on CPU: an untied model peaks at G, a tied one at G + 2·V·h·s.) The familiar
+    G + A is the peak when gradients persist across steps (``zero_grad(set_to_none=False)``).
+    With a large tied vocabulary FO's memory is therefore flat in T until A + G_head
+    overtakes G + 2·G_head, then grows with the activations.
 
     ``optimizer`` is an optimizer key, ``"mezo-ref"`` (the MeZO-style reference step) or
     ``"inference"`` (one no-grad forward). Works on a model on the meta device too.
@@ -563,11 +615,19 @@ def estimate_memory(
         activations *= 2
         mode = "live, with tangents"
     numels = [p.numel() for p in trainable_params] or [0]
+    notes = {"shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix}
+    gradients = 0
+    if optimizer in FIRST_ORDER:
+        head, tied = _head_gradient_bytes(model)
+        start, end = activations + head, trainable + (2 * head if tied else 0)
+        notes.update(kept_activations=activations, all_gradients=trainable, head_gradient=head)
+        notes["peak_at"] = "start of backward" if start >= end else "end of backward"
+        gradients, activations = (head, activations) if start >= end else (end, 0)
     return MemoryEstimate(
         optimizer=optimizer,
         weights=weights,
         trainable=trainable,
-        gradients=trainable if optimizer in FIRST_ORDER else 0,
+        gradients=gradients,
         optimizer_state=optimizer_state_bytes(optimizer, trainable, momentum=momentum),
         scratch=scratch_bytes(
             optimizer,
@@ -579,5 +639,5 @@ def estimate_memory(
         ),
         activations=activations,
         activation_mode=mode,
-        notes={"shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix},
+        notes=notes,
     )

@@ -154,10 +154,12 @@ def run_step_cost(
     forward: dict[str, ProfileResult] = {}
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
-        forward[scheme] = measure(config.spec("inference", scheme), model=model)
+        spec = config.spec("inference", scheme)
+        forward[scheme] = measure(spec, model=model, reuse_heap_for_timing=isolate)
         say(f"{scheme}: forward {forward[scheme].seconds_per_step:.3f} s")
         for method in methods_for(scheme):
-            result = measure(config.spec(method, scheme), model=model)
+            spec = config.spec(method, scheme)
+            result = measure(spec, model=model, reuse_heap_for_timing=isolate)
             timed[method, scheme] = result
             say(f"{scheme}: {method} {result.seconds_per_step:.3f} s/step")
         del model
