@@ -206,3 +206,15 @@ def test_mezo_reference_coefficient_is_the_directional_derivative():
     loss().backward()
     exact = float((weight.grad * z[0]).sum() + (bias.grad * z[1]).sum())
     assert step.projected_grad == pytest.approx(exact, rel=1e-2)
+
+
+def test_estimate_only_sizes_llama_7b_without_building_it(tmp_path, capsys):
+    out = tmp_path / "estimates.json"
+    argv = ["profile", "--model", "random:llama-7b", "--dtype", "float16", "--estimate-only"]
+    argv += ["--optimizers", "zo-sgd,fo-adam", "--schemes", "full,lora", "--json", str(out)]
+    assert main(argv) == 0
+    assert "W 12,853" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    total = {(r["spec"]["method"], r["spec"]["scheme"]): r["estimate"]["total"] for r in rows}
+    assert total["fo-adam", "full"] > 3 * total["zo-sgd", "full"] > 3 * 12e9
+    assert total["zo-sgd", "lora"] < 1.1 * total["zo-sgd", "full"]

@@ -249,13 +249,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
             steps=args.steps or 3,
             **common,
         )
-        results = prof.run_profile(specs, isolate=args.isolate, log=log)
-        print(prof.describe_setup(results))
-        print(prof.profile_table(results))
-        if sweep:
-            print()
-            print(prof.sweep_table(results))
-        payload, markdown = prof.profile_payload(results), prof.render_markdown(results)
+        if args.estimate_only:
+            from .bench import estimates
+
+            rows = estimates.estimate_specs(specs)
+            print(estimates.estimate_table(rows))
+            payload = {"kind": "estimates", "rows": rows}
+            markdown = estimates.render_estimates_markdown(rows)
+        else:
+            results = prof.run_profile(specs, isolate=args.isolate, log=log)
+            print(prof.describe_setup(results))
+            print(prof.profile_table(results))
+            if sweep:
+                print()
+                print(prof.sweep_table(results))
+            payload, markdown = prof.profile_payload(results), prof.render_markdown(results)
     if args.json:
         prof.write_json(args.json, payload)
         log(f"wrote {args.json}")
@@ -344,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reference step",
     )
     profile.add_argument(
-        "--model", default="random:opt-125m", help="hub id, folder, or random:<shape>"
+        "--model",
+        default="random:opt-125m",
+        help="hub id, folder, or random:<shape> (default: random:opt-125m)",
     )
     profile.add_argument(
         "--optimizers", help="comma-separated; also inference, mezo-ref (default: all)"
@@ -369,8 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="one fresh process per memory measurement (default: on)",
     )
-    profile.add_argument(
+    mode = profile.add_mutually_exclusive_group()
+    mode.add_argument(
         "--step-cost", action="store_true", help="T_step vs 2 T_fwd, vs MeZO-style, memory"
+    )
+    mode.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="print the analytic estimates only (meta-device model: any size, no memory)",
     )
     profile.add_argument("--json", help="write the results as JSON (atomic)")
     profile.add_argument("--markdown", help="write the results as a Markdown page (atomic)")

@@ -1,0 +1,105 @@
+"""``zotune profile --estimate-only``: the analytic memory table, for models too big to run.
+
+Each spec's model is built on PyTorch's meta device (shapes and dtypes, no storage), its
+tuning scheme applied, and :func:`zotune.measure.estimate_memory` evaluated on it, so
+LLaMA-7B's table costs well under a second and no memory. ``model`` is ``random:<shape>``,
+the embedded ``smollm2-135m``, or a hub id / folder whose config can be read offline.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from .profile import ProfileSpec, _attn_for, _estimate_breakdown, _mb, _table
+
+
+def _config(model: str):
+    from transformers import AutoConfig
+
+    from ..models import EMBEDDED_MODEL, shape_config
+
+    if model.startswith("random:"):
+        return shape_config(model.removeprefix("random:"))
+    if model == EMBEDDED_MODEL:
+        return shape_config(EMBEDDED_MODEL)
+    return AutoConfig.from_pretrained(model)
+
+
+def meta_model(spec: ProfileSpec):
+    """The spec's model with its tuning scheme, on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from ..models import config_kind, resolve_dtype
+    from ..tuning import apply_tuning
+
+    config = _config(spec.model)
+    auto = AutoModelForMaskedLM if config_kind(config) == "masked" else AutoModelForCausalLM
+    attn = _attn_for(spec.method, spec.attn_implementation)
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=resolve_dtype(spec.dtype), attn_implementation=attn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return apply_tuning(model, spec.scheme).eval()
+
+
+def estimate_specs(specs: Sequence[ProfileSpec]) -> list[dict[str, Any]]:
+    """``[{"spec": …, "estimate": MemoryEstimate.as_dict()}]`` for every spec, in order."""
+    from dataclasses import asdict
+
+    from ..measure import estimate_memory
+
+    rows = []
+    for spec in specs:
+        spec.check()
+        model = meta_model(spec)
+        keeps = "logits_to_keep" in _forward_parameters(model)
+        estimate = estimate_memory(
+            model,
+            spec.method,
+            batch_size=spec.batch_size,
+            seq_len=spec.seq_len,
+            device=spec.device,
+            logits_kept=1 if keeps else spec.seq_len,
+        )
+        rows.append({"spec": asdict(spec), "estimate": estimate.as_dict()})
+    return rows
+
+
+def _forward_parameters(model) -> set[str]:
+    import inspect
+
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
+    header = ("method", "scheme", "B×T", "trainable MB", "est. MB", "estimate breakdown (MB)")
+    body = [
+        (
+            row["spec"]["method"],
+            row["spec"]["scheme"],
+            f"{row['spec']['batch_size']}×{row['spec']['seq_len']}",
+            _mb(row["estimate"]["trainable"]),
+            _mb(row["estimate"]["total"]),
+            _estimate_breakdown(row["estimate"]),
+        )
+        for row in rows
+    ]
+    return _table(header, body, markdown)
+
+
+def render_estimates_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    spec = rows[0]["spec"] if rows else {}
+    lines = [
+        "# Memory estimates",
+        "",
+        f"{spec.get('model')}, {spec.get('dtype')}, {spec.get('device')}: analytic "
+        "(`zotune.measure.estimate_memory` on a meta-device model), not measured.",
+        "",
+        estimate_table(rows, markdown=True),
+    ]
+    return "\n".join(lines) + "\n"
