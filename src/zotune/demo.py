@@ -14,12 +14,12 @@ from .config import RunConfig, build_config
 DEMO_RECIPE: dict[str, dict] = {
     "model": {"name": "smollm2-135m"},
     "task": {"name": "sst2", "num_train": 1000, "num_val": 200, "num_test": 1000},
-    "tuning": {"scheme": "lora"},
-    "optimizer": {"name": "zo-sgd", "lr": 1e-3, "eps": 1e-2},
+    "tuning": {"scheme": "full"},
+    "optimizer": {"name": "zo-sgd", "lr": 3e-5, "eps": 1e-3},
     "train": {
-        "steps": 400,
+        "steps": 250,
         "batch_size": 16,
-        "eval_every": 100,
+        "eval_every": 125,
         "eval_test_before": True,
         "output_dir": "runs/demo",
     },

@@ -84,8 +84,13 @@ def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed
     return batch
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable tensors by name; ``copy=False`` gives views for saving without a copy."""
+    return {
+        n: p.detach().clone() if copy else p.detach()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -245,7 +250,9 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     scheduler = _make_scheduler(optimizer, config)
 
     start_step, best_val, best_step, before = 0, -1.0, 0, None
-    best_state = trainable_state(model)
+    # With an output folder the best state lives only on disk: a copy in memory would double
+    # the footprint of full tuning, which ZO exists to keep at inference size.
+    best_state = None if out is not None else trainable_state(model)
     if out is not None:
         atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
         if cfg_train.resume and (out / "last.pt").exists():
@@ -255,7 +262,6 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             scheduler.load_state_dict(ckpt["scheduler"])
             start_step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
             before = ckpt.get("test_accuracy_before")
-            best_state = torch.load(out / "best.pt", weights_only=True)
             _log(f"resumed from {out / 'last.pt'} at step {start_step}")
     metrics = MetricsLog(out / "metrics.jsonl" if out else None, append=start_step > 0)
 
@@ -268,9 +274,10 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         if val <= best_val:
             return
         best_val, best_step = val, step
-        best_state = trainable_state(model)
-        if out is not None:
-            atomic_write(out / "best.pt", lambda p: torch.save(best_state, p))
+        if out is None:
+            best_state = trainable_state(model)
+        else:
+            atomic_write(out / "best.pt", lambda p: torch.save(trainable_state(model, False), p))
 
     if start_step == 0:
         val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
@@ -281,7 +288,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         if out is None:
             return
         ckpt = {
-            "trainable": trainable_state(model),
+            "trainable": trainable_state(model, copy=False),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
@@ -335,6 +342,8 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             raise NonFiniteLossError(f"non-finite loss at step {step + 1}")
     train_seconds = time.perf_counter() - train_start
 
+    if best_state is None:
+        best_state = torch.load(out / "best.pt", weights_only=True)
     load_trainable_state(model, best_state)
     test = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
     result = RunResult(
