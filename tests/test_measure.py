@@ -272,3 +272,14 @@ def test_a_frozen_head_has_no_head_gradient(tiny_model):
 def test_breakdown_line_sums_to_total():
     est = MemoryEstimate("zo-sgd", 10 * MB, 10 * MB, 0, 0, 2 * MB, 3 * MB, "live")
     assert est.breakdown_mb() == "W 10 + G 0 + S 0 + Z 2 + A 3 = 15 MB"
+
+
+def test_prefix_tuning_counts_the_key_value_cache_it_builds(tiny_model):
+    lora, _ = tiny_model("tiny-llama", "lora")
+    prefix, _ = tiny_model("tiny-llama", "prefix", prefix_tokens=5)
+    est = estimate_memory(prefix, "zo-sgd", batch_size=2, seq_len=20)
+    assert est.notes["prefix_tokens"] == 5 and est.notes["prompt_tokens"] == 0
+    shape = TransformerShape.from_config(shape_config("tiny-llama"))
+    cache = shape.layers * 2 * 20 * 2 * shape.kv_hidden * 4
+    plain = estimate_memory(lora, "zo-sgd", batch_size=2, seq_len=20).activations
+    assert est.activations >= plain + cache

@@ -387,7 +387,8 @@ def activation_bytes(
 
     ``kv_cache``: a Hugging Face forward called without ``use_cache=False`` also returns
     every layer's keys and values, so they all stay alive to the end of the forward:
-    + L · N · 2h_kv in both modes (zotune's profile passes ``use_cache=False``).
+    + L · N · 2h_kv in both modes (zotune's profile passes ``use_cache=False``; prefix
+    tuning builds the cache regardless, see :func:`estimate_memory`).
     """
     if mode not in ("live", "kept"):
         raise ValueError(f"unknown activation mode {mode!r} (choose from live, kept)")
@@ -610,6 +611,9 @@ def estimate_memory(
         virtual_tokens=prompt,
         prefix_tokens=prefix,
         logits_kept=logits_kept,
+        # peft's prefix tuning hands the prefix to the model as a key/value cache, and every
+        # layer appends its own keys and values to it, whatever use_cache says.
+        kv_cache=prefix > 0,
     )
     if optimizer == "forward-grad":
         activations *= 2
