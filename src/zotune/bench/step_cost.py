@@ -1,7 +1,8 @@
 """``zotune profile --step-cost``: what a ZO step costs beyond its two forward passes.
 
 For one model and batch (default: the OPT-125m shape, random init, fp32, B = 16, T = 64),
-in one process, after warm-up, as the median of several steps:
+in one process, after warm-up, as the median of several rounds (each round times one call
+of every method of a scheme in turn, so load changes on a shared machine hit all alike):
 
 * ``T_fwd``: one no-grad forward with logits at the scored position only, per scheme;
 * ``T_step`` of ZO-SGD (full, LoRA, prefix, prompt), ZO-Adam (full) and, for each scheme,
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +35,7 @@ from .profile import (
     _mb,
     _table,
     build_model,
+    build_step,
     describe_setup,
     measure,
     run_profile,
@@ -123,7 +127,7 @@ class StepCostRow:
 class StepCostResult:
     config: StepCostConfig
     rows: list[StepCostRow]
-    forward: dict[str, ProfileResult]  # scheme → the inference measurement
+    memory: list[ProfileResult]  # the memory measurements, inference rows first
     setup: str
     memory_method: str
 
@@ -133,9 +137,31 @@ class StepCostResult:
             "config": dataclasses.asdict(self.config),
             "setup": self.setup,
             "memory_method": self.memory_method,
-            "forward": {s: r.as_dict() for s, r in self.forward.items()},
             "rows": [row.as_dict() for row in self.rows],
+            "memory": [r.as_dict() for r in self.memory],
         }
+
+
+def _time_interleaved(config: StepCostConfig, scheme: str, model) -> dict[str, list[float]]:
+    """Seconds per call of the forward and of each method's step, taken in rounds.
+
+    Round r times one call of every method in turn, so a change in the machine's load
+    (other processes, frequency) hits every method alike instead of whichever ran then.
+    """
+    from ..measure import time_calls
+
+    methods = ("inference", *methods_for(scheme))
+    built = {m: build_step(config.spec(m, scheme), model) for m in methods}
+    for step in built.values():
+        step.forward()
+        for _ in range(config.warmup + 1):
+            step.step()
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(config.steps):
+        for method in methods:
+            times = time_calls(built[method].step, repeats=1, warmup=0, device=config.device)
+            seconds[method] += times.seconds
+    return seconds
 
 
 def run_step_cost(
@@ -147,54 +173,61 @@ def run_step_cost(
     """Time every row in this process; take memory from subprocesses when ``isolate``.
 
     Each scheme gets one model (same seed), shared by its forward and its rows, so the
-    ratio compares a step against forwards of exactly the model it perturbs.
+    ratio compares a step against forwards of exactly the model it perturbs. Without
+    ``isolate`` each row's memory is measured in this process first (its CPU figures carry
+    what earlier rows left resident) and the timings run with the same allocator settings.
     """
+    from ..measure import reuse_freed_memory
+    from ..tuning import count_parameters
+
     say = log or (lambda message: None)
-    timed: dict[tuple[str, str], ProfileResult] = {}
-    forward: dict[str, ProfileResult] = {}
+    keys = [("inference", s) for s in config.schemes]
+    keys += [(m, s) for s in config.schemes for m in methods_for(s)]
+    memory: dict[tuple[str, str], ProfileResult] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    trainable: dict[str, int] = {}
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
-        spec = config.spec("inference", scheme)
-        forward[scheme] = measure(spec, model=model, reuse_heap_for_timing=isolate)
-        say(f"{scheme}: forward {forward[scheme].seconds_per_step:.3f} s")
-        for method in methods_for(scheme):
-            spec = config.spec(method, scheme)
-            result = measure(spec, model=model, reuse_heap_for_timing=isolate)
-            timed[method, scheme] = result
-            say(f"{scheme}: {method} {result.seconds_per_step:.3f} s/step")
+        trainable[scheme] = count_parameters(model)[0]
+        if not isolate:
+            for method in ("inference", *methods_for(scheme)):
+                memory[method, scheme] = measure(config.spec(method, scheme), model=model)
+        elif config.device == "cpu":
+            reuse_freed_memory()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft and transformers warn on every forward
+            for method, times in _time_interleaved(config, scheme, model).items():
+                seconds[method, scheme] = times
+                say(f"{scheme}: {method} {statistics.median(times):.3f} s")
         del model
         gc.collect()
-    memory = {key: r.memory_bytes for key, r in timed.items()}
-    inference_memory = {s: r.memory_bytes for s, r in forward.items()}
     memory_method = "in one process (CPU figures carry earlier rows' resident memory)"
     if isolate:
         say("memory: one fresh process per row")
-        keys = [("inference", s) for s in config.schemes] + list(timed)
-        specs = [config.spec(m, s, steps=1) for m, s in keys]
-        measured = run_profile(specs, isolate=True, log=log)
-        by_key = dict(zip(keys, measured, strict=True))
-        memory = {key: by_key[key].memory_bytes for key in timed}
-        inference_memory = {s: by_key["inference", s].memory_bytes for s in config.schemes}
+        measured = run_profile([config.spec(m, s, steps=1) for m, s in keys], log=log)
+        memory = dict(zip(keys, measured, strict=True))
         memory_method = "one fresh process per row"
-    rows = []
-    for (method, scheme), result in timed.items():
-        mezo = timed.get(("mezo-ref", scheme))
-        rows.append(
-            StepCostRow(
-                method=method,
-                scheme=scheme,
-                trainable_parameters=result.trainable_parameters,
-                seconds_per_step=result.seconds_per_step,
-                step_seconds=result.step_seconds,
-                forward_seconds=forward[scheme].seconds_per_step,
-                mezo_seconds=mezo.seconds_per_step if mezo else None,
-                memory_bytes=memory[method, scheme],
-                inference_memory_bytes=inference_memory[scheme],
-                estimate=result.estimate,
-            )
+    median = {key: statistics.median(times) for key, times in seconds.items()}
+    rows = [
+        StepCostRow(
+            method=method,
+            scheme=scheme,
+            trainable_parameters=trainable[scheme],
+            seconds_per_step=median[method, scheme],
+            step_seconds=seconds[method, scheme],
+            forward_seconds=median["inference", scheme],
+            mezo_seconds=median.get(("mezo-ref", scheme)),
+            memory_bytes=memory[method, scheme].memory_bytes,
+            inference_memory_bytes=memory["inference", scheme].memory_bytes,
+            estimate=memory[method, scheme].estimate,
         )
-    setup = describe_setup(list(timed.values())).split("; memory =")[0]
-    return StepCostResult(config, rows, forward, setup, memory_method)
+        for method, scheme in keys
+        if method != "inference"
+    ]
+    ordered = [memory[key] for key in keys]
+    setup = describe_setup(ordered).split("; median of")[0]
+    setup += f"; median of {config.steps} interleaved rounds after {config.warmup + 1} warm-up"
+    return StepCostResult(config, rows, ordered, setup, memory_method)
 
 
 def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
