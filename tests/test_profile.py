@@ -104,6 +104,8 @@ def test_profile_rejects_unknown_methods_before_running():
         run_profile([ProfileSpec(method="sgd", **TINY)])
     with pytest.raises(ValueError, match="seq_len: 0"):
         run_profile([ProfileSpec(seq_len=0, **TINY)])
+    with pytest.raises(ValueError, match="threads: 0"):
+        run_profile([ProfileSpec(threads=0, **TINY)])
 
 
 def test_result_round_trips_through_json():

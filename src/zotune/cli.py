@@ -219,6 +219,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "seed": args.seed,
         "attn_implementation": args.attn_implementation,
+        "threads": args.threads,
     }
     if args.step_cost:
         from .bench.step_cost import (
@@ -373,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")
     profile.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's); 1 gives steadier CPU timings on a "
+        "busy machine",
+    )
     profile.add_argument(
         "--isolate",
         action=argparse.BooleanOptionalAction,

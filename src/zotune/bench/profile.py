@@ -97,6 +97,7 @@ class ProfileSpec:
     lr: float = 1e-6
     seed: int = 0
     attn_implementation: str | None = None
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def label(self) -> str:
         return f"{self.method} {self.scheme} {self.model} B={self.batch_size} T={self.seq_len}"
@@ -114,6 +115,8 @@ class ProfileSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"invalid {name}: {value!r} (must be an int >= 1)")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"invalid threads: {self.threads!r} (must be an int >= 1)")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"invalid warmup: {self.warmup!r} (must be an int >= 0)")
 
@@ -156,7 +159,8 @@ class ProfileResult:
     def from_dict(cls, data: dict[str, Any]) -> ProfileResult:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values["spec"] = ProfileSpec(**data["spec"])
+        spec_names = {f.name for f in dataclasses.fields(ProfileSpec)}
+        values["spec"] = ProfileSpec(**{k: v for k, v in data["spec"].items() if k in spec_names})
         return cls(**values)
 
 
@@ -323,6 +327,8 @@ def measure(
 
 
 def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> ProfileResult:
+    import torch
+
     from ..measure import (
         current_memory_bytes,
         estimate_memory,
@@ -336,6 +342,8 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
     from ..tuning import count_parameters
 
     device = resolve_device(spec.device)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
     pinned = device.type == "cpu" and track_allocations_in_rss()
     built = build_step(spec, model)
     trainable, total = count_parameters(built.model)

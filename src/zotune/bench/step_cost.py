@@ -62,6 +62,7 @@ class StepCostConfig:
     lr: float = 1e-6
     seed: int = 0
     attn_implementation: str | None = None
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def spec(self, method: str, scheme: str, **changes: Any) -> ProfileSpec:
         values = {
@@ -77,6 +78,7 @@ class StepCostConfig:
             "lr": self.lr,
             "seed": self.seed,
             "attn_implementation": self.attn_implementation,
+            "threads": self.threads,
         }
         values.update(changes)
         return ProfileSpec(**values)
@@ -181,6 +183,10 @@ def run_step_cost(
     from ..tuning import count_parameters
 
     say = log or (lambda message: None)
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     keys = [("inference", s) for s in config.schemes]
     keys += [(m, s) for s in config.schemes for m in methods_for(s)]
     memory: dict[tuple[str, str], ProfileResult] = {}
