@@ -51,8 +51,9 @@ def test_cpu_peak_window_sees_a_transient_tensor():
     with track_peak("cpu") as window:
         transient = torch.ones(16 * MB // 4)
         del transient
+    # Whether the allocator gives the pages back afterwards is glibc's choice (its mmap
+    # threshold grows after large frees), so only the window's own figure is checked.
     assert window.added > 12 * MB
-    assert measure.current_memory_bytes("cpu") < window.peak - 12 * MB  # it was given back
 
 
 def test_peak_memory_mb_is_the_training_loops_figure():
