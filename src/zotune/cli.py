@@ -119,8 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .config import load_config
-    from .scoring import Scorer
-    from .train import _build_model, load_task_splits, load_trainable_state
+    from .train import _build_model, load_task_splits, load_trainable_state, make_scorer
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     _, dotted = _overrides(args, [])
@@ -132,13 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if run_dir is not None:
         load_trainable_state(model, torch.load(run_dir / "best.pt", weights_only=True))
     splits = load_task_splits(config)
-    scorer = Scorer(
-        model,
-        loaded.tokenizer,
-        kind=loaded.kind,
-        reduction=config.task.reduction,
-        max_length=config.task.max_length,
-    )
+    scorer = make_scorer(model, loaded, config)
     split = getattr(splits, args.split)
     accuracy = scorer.accuracy(split, config.train.eval_batch_size)
     print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))

@@ -182,6 +182,18 @@ def load_task_splits(config: RunConfig):
     )
 
 
+def make_scorer(model: torch.nn.Module, loaded, config: RunConfig) -> Scorer:
+    """The scorer a run config asks for (reduction, loss, length limit)."""
+    return Scorer(
+        model,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        reduction=config.task.reduction,
+        loss=config.task.loss,
+        max_length=config.task.max_length,
+    )
+
+
 def _make_scheduler(optimizer, config: RunConfig):
     steps = max(config.train.steps, 1)
     if config.optimizer.schedule == "constant":
@@ -232,14 +244,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         f"{n_trainable:,} of {n_total:,} parameters trainable"
     )
     splits = load_task_splits(config)
-    scorer = Scorer(
-        model,
-        loaded.tokenizer,
-        kind=loaded.kind,
-        reduction=config.task.reduction,
-        loss=config.task.loss,
-        max_length=config.task.max_length,
-    )
+    scorer = make_scorer(model, loaded, config)
     extra = {"seed": cfg_train.seed} if "seed" in _accepted(config.optimizer.name) else {}
     options = config.optimizer.options()
     for key in options:
