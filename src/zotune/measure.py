@@ -50,6 +50,8 @@ MB = 2**20
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _RESET_HWM = "5"  # clear_refs code that resets the resident-set high-water mark (Linux ≥ 4.0)
+# Pages other threads touch between the reset and the read; a real reset leaves HWM ≈ RSS.
+_HWM_RESET_SLACK_KB = 1024
 
 # glibc mallopt parameter: allocations at or above this size are mmap'd, and unmapped on free.
 _M_MMAP_THRESHOLD = -3
@@ -61,14 +63,21 @@ _MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 
 
 
 def _status_kb(key: str) -> int | None:
+    return _status_values_kb(key)[0]
+
+
+def _status_values_kb(*keys: str) -> list[int | None]:
+    """Fields of /proc/self/status in KiB, read in one go (so they describe one instant)."""
     try:
         text = _STATUS.read_text()
     except OSError:
-        return None
+        return [None] * len(keys)
+    values: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return None
+        name, _, rest = line.partition(":")
+        if name in keys:
+            values[name] = int(rest.split()[0])
+    return [values.get(key) for key in keys]
 
 
 def _ru_maxrss_bytes() -> int:
@@ -107,7 +116,9 @@ def reset_peak_memory(device: torch.device | str = "cpu") -> bool:
 
     CPU: resets ``VmHWM`` to the current resident set by writing "5" to
     ``/proc/self/clear_refs``. Returns False where that is impossible: the peak then remains
-    the lifetime peak of the process, so measure in a fresh process instead.
+    the lifetime peak of the process, so measure in a fresh process instead. Some sandboxed
+    kernels accept the write and ignore it, so the reset counts only if ``VmHWM`` then sits
+    at the resident set.
     """
     if _is_cuda(device):
         torch.cuda.synchronize(device)
@@ -117,7 +128,10 @@ def reset_peak_memory(device: torch.device | str = "cpu") -> bool:
         _CLEAR_REFS.write_text(_RESET_HWM)
     except OSError:
         return False
-    return _status_kb("VmHWM") is not None
+    hwm_kb, rss_kb = _status_values_kb("VmHWM", "VmRSS")
+    if hwm_kb is None or rss_kb is None:
+        return False
+    return hwm_kb <= rss_kb + _HWM_RESET_SLACK_KB
 
 
 def peak_memory_mb(device: torch.device | str) -> float:
