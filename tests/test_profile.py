@@ -15,7 +15,6 @@ from zotune.bench.profile import (
     ProfileSpec,
     grid,
     load_results,
-    measure,
     profile_table,
     run_profile,
     sweep_table,
