@@ -18,7 +18,14 @@ from zotune.bench.report import build_report
 from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
 from zotune.bench.selection import select
 from zotune.bench.store import ResultsStore, RunRecord
-from zotune.bench.suite import Cell, SuiteError, builtin_suites, expand_suite, load_suite
+from zotune.bench.suite import (
+    Cell,
+    Resources,
+    SuiteError,
+    builtin_suites,
+    expand_suite,
+    load_suite,
+)
 from zotune.bench.worker import OUTCOME_FILE, STDERR_FILE
 from zotune.optim import OPTIMIZERS
 from zotune.tuning import SCHEMES
@@ -176,6 +183,10 @@ def test_selectors_may_name_models_with_slashes():
         ({"sweep": {"zo-sgd": {"lr": [1e-3, 0.001]}}}, "have the same config"),
         ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
         ({"seeds": [-1]}, "seeds: expected non-negative integers, got -1"),
+        ({"resources": {"default": {"gpu": 1}}}, "resources 'default': unknown key 'gpu'"),
+        ({"resources": {"lora": {"cpus": 0}}}, "cpus must be a positive number, got 0"),
+        ({"resources": {"lora": {"gpus": "one"}}}, "gpus must be a number >= 0, got 'one'"),
+        ({"resources": {"zo-sgdd": {"cpus": 1}}}, "resources: selector 'zo-sgdd' names nothing"),
     ],
 )
 def test_bad_suites_fail_with_one_line_naming_the_value(changes, message):
@@ -183,6 +194,20 @@ def test_bad_suites_fail_with_one_line_naming_the_value(changes, message):
         expand_suite(tiny_suite(**changes))
     text = str(error.value)
     assert message in text and "\n" not in text
+
+
+def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs():
+    plain = expand_suite(tiny_suite())
+    assert {r.resources for r in plain.runs} == {Resources(cpus=1, gpus=0)}
+    on_cuda = expand_suite(tiny_suite(), overrides=["model.device=cuda"])
+    assert {r.resources for r in on_cuda.runs} == {Resources(cpus=1, gpus=1)}
+    chosen = expand_suite(
+        tiny_suite(resources={"default": {"cpus": 2}, "fo-adam/lora": {"gpus": 0.5}})
+    )
+    by_cell = {(r.cell.optimizer, r.cell.scheme): r.resources for r in chosen.runs}
+    assert by_cell["zo-sgd", "full"] == Resources(cpus=2, gpus=0)
+    assert by_cell["fo-adam", "lora"] == Resources(cpus=2, gpus=0.5)
+    assert [r.id for r in chosen.runs] == [r.id for r in plain.runs], "not part of a run's id"
 
 
 def test_unknown_suite_names_the_builtins(tmp_path):

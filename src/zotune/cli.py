@@ -159,6 +159,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.store import DB_NAME, ResultsStore
     from .bench.suite import load_suite
 
+    if args.ray is not None and "=" in args.ray:
+        # `--ray key=value`: an override that followed a bare --ray (addresses have no "=").
+        args.overrides.append(args.ray)
+        args.ray = ""
+    if args.ray is not None and args.jobs != 1:
+        raise ValueError(f"--jobs {args.jobs} does not apply to --ray: runs take their resources")
     suite = load_suite(args.suite, args.overrides)
     results = Path(args.results) if args.results else Path("results") / suite.name
     if args.dry_run:
@@ -168,14 +174,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 statuses = store.statuses()
         print(describe_plan(plan(suite, statuses, args.retry_failed, args.only)))
         return 0
-    runner = Runner(
-        suite,
-        results,
-        jobs=args.jobs,
-        retry_failed=args.retry_failed,
-        only=args.only,
-        command=suite.command(results if args.results else None),
-    )
+    options = {
+        "retry_failed": args.retry_failed,
+        "only": args.only,
+        "command": suite.command(results if args.results else None),
+    }
+    if args.ray is None:
+        runner = Runner(suite, results, jobs=args.jobs, **options)
+    else:
+        from .bench.ray_backend import RayRunner
+
+        runner = RayRunner(suite, results, address=args.ray or None, **options)
     summary = runner.run()
     print(summary.line())
     print(f"tables and plots: zotune report {results}")
@@ -312,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--results", help="results folder (default: results/<suite>)")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    bench.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run each run as a Ray task with the suite's resources (needs zotune[ray]); "
+        "ADDRESS joins a cluster, none starts or joins a local Ray",
+    )
     bench.add_argument(
         "--dry-run", action="store_true", help="list the runs and which ones would run"
     )

@@ -7,7 +7,8 @@ Data flows one way::
                                          report (select on val, test once) ◀┘
 
 ``zotune bench SUITE`` runs a suite (built-in name or YAML path); ``zotune report DIR`` writes
-the tables and plots. Nothing here imports torch: the training happens in the worker process.
+the tables and plots. Nothing here imports torch: the training happens in the worker process
+(or, with ``--ray``, in a Ray task that calls the same worker function).
 """
 
 from .suite import Cell, RunSpec, Suite, SuiteError, builtin_suites, load_suite

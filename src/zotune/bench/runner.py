@@ -10,6 +10,10 @@ ends, in one transaction, so Ctrl-C or a kill loses only the runs in flight:
 
 ``jobs`` runs go at once (threads, each waiting on one subprocess); each subprocess gets
 ``usable CPUs // jobs`` torch/OpenMP threads so they do not fight over cores.
+
+:class:`Runner` keeps the bookkeeping (plan, lock, store, progress, summary, recording an
+outcome) apart from how runs execute (``_start``, ``_run_all``, ``_finish``), so another
+backend (:mod:`zotune.bench.ray_backend`) replaces only the execution.
 """
 
 from __future__ import annotations
@@ -134,16 +138,18 @@ class Runner:
             statuses = store.statuses()
             planned = plan(self.suite, statuses, self.retry_failed, self.only)
             to_run = [item.spec for item in planned if item.will_run]
-            progress = ProgressDisplay(len(to_run), self.jobs, self.stream)
             done_before = sum(item.state == "done" for item in planned)
-            threads = _plural(self.threads, "thread")
-            progress.say(
-                f"suite {self.suite.name}: {len(planned)} runs, {done_before} done before, "
-                f"{len(to_run)} to run ({self.jobs} at a time, {threads} each) "
-                f"→ {self.results_dir}"
-            )
-            with _sigterm_as_interrupt():
-                self._run_all(to_run, statuses, store, progress)
+            try:
+                with _sigterm_as_interrupt():
+                    at_once, how = self._start(to_run)
+                    progress = ProgressDisplay(len(to_run), at_once, self.stream)
+                    progress.say(
+                        f"suite {self.suite.name}: {len(planned)} runs, {done_before} done "
+                        f"before, {len(to_run)} to run ({how}) → {self.results_dir}"
+                    )
+                    self._run_all(to_run, statuses, store, progress)
+            finally:
+                self._finish()
             final = store.statuses()
             ids = [run.id for run in self.suite.runs]
             return BenchSummary(
@@ -155,6 +161,13 @@ class Runner:
                 results_dir=self.results_dir,
             )
 
+    def _start(self, to_run: list[RunSpec]) -> tuple[int, str]:
+        """Get ready to execute ``to_run``; returns how many go at once and how (for progress)."""
+        return self.jobs, f"{self.jobs} at a time, {_plural(self.threads, 'thread')} each"
+
+    def _finish(self) -> None:
+        """Release what :meth:`_start` took; called even when the runs were interrupted."""
+
     def _run_all(
         self,
         to_run: list[RunSpec],
@@ -162,6 +175,7 @@ class Runner:
         store: ResultsStore,
         progress: ProgressDisplay,
     ) -> None:
+        """Execute ``to_run``, recording each run and reporting it to ``progress`` as it ends."""
         if not to_run:
             return
         executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bench-run")
@@ -174,9 +188,7 @@ class Runner:
                 for future in finished:
                     record = future.result()
                     if record is not None:
-                        progress.run_finished(
-                            _label(record), record.status, record.duration_s, record.error
-                        )
+                        report_finished(progress, record)
         except BaseException:
             self._stop()
             executor.shutdown(wait=True, cancel_futures=True)
@@ -203,12 +215,10 @@ class Runner:
         """Run one worker process and record its outcome; None when interrupted."""
         if self._stopping.is_set():
             return None
-        run_dir = self.results_dir / RUNS_DIR / run.id
-        outcome = read_outcome(run_dir, run.id)
-        if previous is None and outcome is not None:
-            # Its runner died between the worker's last write and the store's.
-            times = outcome["started_at"], outcome["finished_at"]
-            return self._record_outcome(store, run, outcome, *times)
+        recovered = self._recover(store, run, previous)
+        if recovered is not None:
+            return recovered
+        run_dir = self.run_dir(run)
         if previous == "failed" and run_dir.exists():
             shutil.rmtree(run_dir)  # a retry starts afresh, not from the failed run's checkpoint
         resume = (run_dir / "last.pt").is_file()
@@ -247,17 +257,45 @@ class Runner:
         outcome = read_outcome(run_dir, run.id)
         if code == 0 and outcome is not None:
             return self._record_outcome(store, run, outcome, started, finished)
+        error = _failure_message(code, log_path, log_start)
+        return self._record_failure(store, run, error, started, finished)
+
+    def run_dir(self, run: RunSpec) -> Path:
+        """Where a run's files live: its log, outcome, metrics and (locally) checkpoints."""
+        return self.results_dir / RUNS_DIR / run.id
+
+    def _recover(self, store: ResultsStore, run: RunSpec, previous: str | None) -> RunRecord | None:
+        """Record the outcome a run left on disk when its runner died before recording it."""
+        outcome = read_outcome(self.run_dir(run), run.id)
+        if previous is not None or outcome is None:
+            return None
+        return self._record_outcome(
+            store, run, outcome, outcome["started_at"], outcome["finished_at"]
+        )
+
+    def _record_failure(
+        self,
+        store: ResultsStore,
+        run: RunSpec,
+        error: str,
+        started: float,
+        finished: float,
+        *,
+        host: str | None = None,
+        hardware: str | None = None,
+    ) -> RunRecord:
+        """Record a failed run; ``host``/``hardware`` default to this machine's."""
         record = RunRecord.for_run(
             self.suite.name,
             run,
             status="failed",
             metrics=None,
-            error=_failure_message(code, log_path, log_start),
+            error=error,
             started_at=started,
             finished_at=finished,
             zotune_version=zotune_version(),
-            hostname=hostname(),
-            hardware=hardware_description(),
+            hostname=host or hostname(),
+            hardware=hardware or hardware_description(),
         )
         store.record(record)
         return record
@@ -289,6 +327,10 @@ def run_suite(suite: Suite, results_dir: str | Path, **options) -> BenchSummary:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def report_finished(progress: ProgressDisplay, record: RunRecord) -> None:
+    progress.run_finished(_label(record), record.status, record.duration_s, record.error)
 
 
 def _label(record: RunRecord) -> str:

@@ -20,12 +20,18 @@ A suite file::
       zo-sgd: {lr: [1.0e-3, 1.0e-4], eps: [1.0e-3]}
       zo-sgd/lora: {lr: [1.0e-2]}        # replaces zo-sgd's lr list for LoRA; keeps its eps
     seeds: [0, 1]
+    resources:                           # what a run asks Ray for (``zotune bench --ray``)
+      default: {cpus: 2}                 # default: 1 CPU; 1 GPU when model.device is cuda
+      fo-sgd: {gpus: 1}
 
-Selectors (the keys of ``overrides`` and ``sweep``) are ``default`` or grid values joined by
-``/`` (``fo-adam``, ``lora``, ``zo-sgd/lora``, ``facebook/opt-1.3b/prefix``); a cell is
-picked when it has every named value. Matching entries apply from general to specific (fewer
-parts first, then file order), so the most specific one wins. Sweep keys are optimizer options
-(``lr``) or any dotted config key (``tuning.lora_r``); a scalar is a one-value list.
+Selectors (the keys of ``overrides``, ``sweep`` and ``resources``) are ``default`` or grid
+values joined by ``/`` (``fo-adam``, ``lora``, ``zo-sgd/lora``, ``facebook/opt-1.3b/prefix``);
+a cell is picked when it has every named value. Matching entries apply from general to
+specific (fewer parts first, then file order), so the most specific one wins. Sweep keys are
+optimizer options (``lr``) or any dotted config key (``tuning.lora_r``); a scalar is a
+one-value list. ``resources`` entries merge key by key the same way; they say where a run
+fits, not what it computes, so they are not part of its id, and the local runner ignores them
+(it divides the machine's cores by ``--jobs``).
 
 Each run's config is built with :func:`zotune.config.build_config`, so a typo anywhere fails
 before anything runs, naming the key. A run's id hashes its full resolved config (not where
@@ -49,7 +55,8 @@ import yaml
 
 from ..config import ConfigError, RunConfig, build_config, parse_override, set_dotted
 
-SUITE_KEYS = ("name", "description", "base", "grid", "overrides", "sweep", "seeds")
+SUITE_KEYS = ("name", "description", "base", "grid", "overrides", "sweep", "seeds", "resources")
+RESOURCE_KEYS = ("cpus", "gpus")
 # Grid axis → the config key it sets.
 GRID_AXES = {
     "model": "model.name",
@@ -88,6 +95,21 @@ class Cell:
         return f"{self.optimizer}/{self.scheme} on {self.task} ({self.model})"
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one run asks a Ray cluster for: CPUs (its torch threads) and GPUs (may be 0.5)."""
+
+    cpus: float = 1
+    gpus: float = 0
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+    def label(self) -> str:
+        return f"{self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
+
+
 @dataclass
 class RunSpec:
     """One run of a suite: a cell, its swept hyperparameters, a seed, the full config."""
@@ -97,6 +119,7 @@ class RunSpec:
     hparams: dict[str, Any]  # dotted config key → value, only the keys the sweep sets
     seed: int
     config: dict[str, Any]  # RunConfig.to_dict() with the placement keys at their neutral values
+    resources: Resources = Resources()
 
     def hparams_label(self) -> str:
         return hparams_label(self.hparams)
@@ -234,6 +257,9 @@ def expand_suite(
     for selector, grid in sweeps:
         _check_sweep(selector, grid)
     seeds = _seeds(data.get("seeds"), base)
+    resource_table = _selector_table(data.get("resources"), "resources", axes)
+    for selector, entry in resource_table:
+        _check_resources(selector, entry)
     command_overrides = [parse_override(item) for item in overrides or []]
 
     runs: list[RunSpec] = []
@@ -250,6 +276,7 @@ def expand_suite(
             hparams = dict(zip(grid, combination, strict=True))
             for seed in seeds:
                 run = _resolve(cell, cell_base, hparams, seed, command_overrides)
+                run.resources = _run_resources(resource_table, cell, run.config)
                 if run.id in seen:
                     raise SuiteError(
                         f"{run.cell.label()}: runs {seen[run.id].label()!r} and {run.label()!r} "
@@ -450,6 +477,28 @@ def _cell_sweep(sweeps: list[tuple[str, dict[str, Any]]], cell: Cell) -> dict[st
         for key, value in entry.items():
             grid[_sweep_key(str(key))] = _sweep_values(value)
     return grid
+
+
+def _check_resources(selector: str, entry: dict[str, Any]) -> None:
+    where = f"resources {selector!r}"
+    for key, value in entry.items():
+        if key not in RESOURCE_KEYS:
+            raise SuiteError(f"{where}: unknown key {key!r} (keys: {', '.join(RESOURCE_KEYS)})")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < 0 or (key == "cpus" and value == 0):
+            least = "a positive number" if key == "cpus" else "a number >= 0"
+            raise SuiteError(f"{where}: {key} must be {least}, got {value!r}")
+
+
+def _run_resources(
+    table: list[tuple[str, dict[str, Any]]], cell: Cell, config: dict[str, Any]
+) -> Resources:
+    """The matching ``resources`` entries merged over the default (a GPU for a CUDA run)."""
+    device = str(config["model"].get("device") or "")
+    merged: dict[str, Any] = {"cpus": 1, "gpus": 1 if device.startswith("cuda") else 0}
+    for _, entry in _matching(table, cell):
+        merged.update(entry)
+    return Resources(**merged)
 
 
 def _seeds(value: Any, base: dict[str, Any]) -> list[int]:

@@ -7,10 +7,15 @@ it. A crash writes nothing: the runner then records the run as failed with the l
 
 A separate process per run means a crash, a leak or a CUDA error in one run cannot touch the
 others, and each run's peak-memory reading is its own.
+
+:func:`execute` is the run itself, shared by both backends: this process entry point calls it
+on a job file, and a ``zotune bench --ray`` task calls it on the same job in a fresh Ray worker
+process, so a run computes and reports the same thing wherever it runs.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -29,13 +34,17 @@ STDERR_FILE = "stderr.log"
 PARENT_POLL_SECONDS = 1.0
 
 
+def make_job(config: dict[str, Any], run_id: str, threads: int, resume: bool) -> dict[str, Any]:
+    """What a worker needs to train one run: its config, id, thread count, whether to resume."""
+    return {"run_id": run_id, "config": config, "threads": threads, "resume": resume}
+
+
 def write_job(
     run_dir: Path, config: dict[str, Any], run_id: str, threads: int, resume: bool
 ) -> Path:
     """The job file the runner hands to a worker."""
     path = run_dir / JOB_FILE
-    job = {"run_id": run_id, "config": config, "threads": threads, "resume": resume}
-    atomic_write_text(path, json.dumps(job, indent=2))
+    atomic_write_text(path, json.dumps(make_job(config, run_id, threads, resume), indent=2))
     return path
 
 
@@ -61,16 +70,31 @@ def _exit_when_orphaned() -> None:
     threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
+def error_line(error: BaseException) -> str:
+    """The one line a failed run leaves as its error: ``zotune: error: Type: first line``."""
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    return f"zotune: error: {type(error).__name__}: {message}"
+
+
 def run_job(job_path: Path) -> dict[str, Any]:
-    """Train the job's run; returns the outcome that was written."""
+    """Train the run of a job file, in the file's folder; returns the outcome it wrote."""
+    return execute(json.loads(job_path.read_text()), job_path.parent)
+
+
+def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train ``job``'s run with ``run_dir`` as its output folder; returns the outcome.
+
+    The outcome is also written to ``run_dir/outcome.json`` (atomically) before returning, so
+    a runner that dies before recording it finds it there next time.
+    """
     import torch
 
     from ..config import build_config
     from ..train import finetune
     from .environment import hardware_description, hostname, zotune_version
 
-    job = json.loads(job_path.read_text())
-    run_dir = job_path.parent
+    job = copy.deepcopy(job)
     torch.set_num_threads(job["threads"])
     data = job["config"]
     data["train"].update(output_dir=str(run_dir), resume=job["resume"], progress=False)
@@ -104,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         run_job(Path(argv[0]))
     except BaseException as error:
         traceback.print_exc()
-        text = str(error).strip()
-        message = text.splitlines()[0] if text else type(error).__name__
-        print(f"zotune: error: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
+        print(error_line(error), file=sys.stderr, flush=True)
         return 130 if isinstance(error, KeyboardInterrupt) else 1
     return 0
 
