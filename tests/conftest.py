@@ -15,6 +15,26 @@ from zotune.tuning import apply_tuning
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
+POSITIVE = ["a joy to watch", "warm and funny", "a delight", "smart , moving and true"]
+NEGATIVE = ["a dull mess", "tedious and flat", "painfully boring", "nothing works here"]
+
+
+@pytest.fixture(scope="session")
+def sst2_dir(tmp_path_factory):
+    """A GLUE-format SST-2 folder: 40 train rows, 12 dev rows, an unlabelled test."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "sst2"
+    folder.mkdir()
+
+    def rows(n):
+        return [f"{(POSITIVE if i % 2 else NEGATIVE)[i % 4]} {i}\t{i % 2}" for i in range(n)]
+
+    (folder / "train.tsv").write_text("\n".join(["sentence\tlabel", *rows(40)]) + "\n")
+    (folder / "dev.tsv").write_text("\n".join(["sentence\tlabel", *rows(12)]) + "\n")
+    (folder / "test.tsv").write_text("index\tsentence\n0\tunlabelled\n")
+    return root
+
+
 @pytest.fixture
 def tiny_model():
     """Factory ``tiny_model(shape, scheme, **options) -> (tuned model, LoadedModel)``.

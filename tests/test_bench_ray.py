@@ -7,14 +7,12 @@ import sys
 
 import pytest
 
-from test_bench import run_cli, sst2_dir, tiny_suite, write_suite
+from test_bench import run_cli, tiny_suite, write_suite
 from zotune import cli
 from zotune.bench.runner import RUNS_DIR, Runner
 from zotune.bench.store import ResultsStore
 from zotune.bench.suite import load_suite
 from zotune.bench.worker import JOB_FILE, OUTCOME_FILE, STDERR_FILE
-
-__all__ = ["sst2_dir"]  # a fixture these tests share with test_bench
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,7 @@ class TrainConfig:
     resume: bool = False
     eval_test_before: bool = False  # zero-shot test accuracy, for the before/after comparison
     progress: bool = True
+    parallel: str = "data"  # under torchrun: data (shard the batch) or query (deal the q queries)
 
 
 @dataclass

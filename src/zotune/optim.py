@@ -301,7 +301,7 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                 g = sampler.scratch(view, slot=1) if last else None
                 for k, (seed, coeff) in enumerate(estimate.terms):
                     z = sampler.draw(view, seed, item.index, chunk)
-                    if k == last and estimate.offset:
+                    if seed == estimate.displaced_seed and estimate.offset:
                         # Its own rounding, before the update: lands back on θ in fp16/bf16.
                         view.add_(z, alpha=-estimate.offset)
                     if g is None:
@@ -320,7 +320,7 @@ class ZerothOrderOptimizer(_RuleOptimizer):
         own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``).
         """
         sampler = self.estimator.sampler
-        restore = (estimate.seeds[-1], -estimate.offset)
+        restore = (estimate.displaced_seed, -estimate.offset)
         buckets: dict[tuple[float, float], list[IndexedParam]] = {}
         for item, group in entries:
             lr = group["lr"]
@@ -615,7 +615,10 @@ class ZOSGDConservative(ZOSGD):
         loss_here = evaluate(closure)
         self._move_by_lr(entries, estimate, 1)  # θ + ηĝ
         loss_up = evaluate(closure)
-        best = min((loss_here, 0), (loss_down, -1), (loss_up, +1), key=lambda x: float(x[0]))
+        # Data-parallel processes each saw a shard: they pick the candidate on the batch mean.
+        candidates = torch.stack([loss_down, loss_here, loss_up])
+        down, here, up = self.estimator.sharing.average(candidates)
+        best = min((here, 0), (down, -1), (up, +1), key=lambda x: float(x[0]))
         self._move_by_lr(entries, estimate, best[1] - 1)
         return best[0]
 

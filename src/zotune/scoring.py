@@ -89,6 +89,9 @@ class Scorer:
             if value not in allowed:
                 raise ValueError(f"Unknown {what}: {value!r} (choose from {allowed})")
         self.model = model
+        # What the forward passes call: the model itself, or a wrapper of it such as
+        # DistributedDataParallel (inspection below always reads the model).
+        self.forward_module: torch.nn.Module = model
         self.tokenizer = tokenizer
         self.kind = kind
         self.reduction = reduction
@@ -217,12 +220,12 @@ class Scorer:
         positions = batch.positions.to(device)
         if self._keeps_logits:
             keep = input_ids.shape[1] - int(positions.min())
-            logits = self.model(
+            logits = self.forward_module(
                 input_ids=input_ids, attention_mask=attention, logits_to_keep=keep
             ).logits
             positions = positions - (input_ids.shape[1] - logits.shape[1])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+            logits = self.forward_module(input_ids=input_ids, attention_mask=attention).logits
             # peft prompt learning prepends virtual tokens to the outputs.
             positions = positions + (logits.shape[1] - input_ids.shape[1])
         picked = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))

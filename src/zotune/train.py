@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -21,10 +22,17 @@ import torch
 import yaml
 
 from .config import ConfigError, RunConfig, build_config, load_config
+from .distributed import (
+    broadcast_parameters,
+    init_process_group,
+    launched_by_torchrun,
+    shard_batch,
+    sharded_accuracy,
+)
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
-from .optim import OPTIMIZERS, create_optimizer
+from .optim import OPTIMIZERS, FirstOrderOptimizer, create_optimizer
 from .scoring import Scorer
 from .tasks import Example, load_splits
 
@@ -49,6 +57,8 @@ class RunResult:
     forward_passes_per_step: int
     output_dir: str | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1
+    comm_bytes_per_step: float | None = None  # what one process hands to collectives per step
 
     def summary(self) -> str:
         before = (
@@ -129,10 +139,15 @@ def _log(message: str) -> None:
     print(f"zotune: {message}", file=sys.stderr, flush=True)
 
 
-def _build_model(config: RunConfig):
+def _quiet(message: str) -> None:
+    """The log of processes other than the main one of a distributed run."""
+
+
+def _build_model(config: RunConfig, device: str | None = None):
     from .models import load_model, random_model
     from .tuning import apply_tuning, count_parameters
 
+    device = device or config.model.device
     attn = config.model.attn_implementation
     if config.optimizer.name == "forward-grad" and attn in (None, "sdpa"):
         attn = "eager"  # fused SDPA attention has no forward-mode AD
@@ -146,10 +161,10 @@ def _build_model(config: RunConfig):
         )
     else:
         loaded = load_model(
-            name, dtype=config.model.dtype, device=config.model.device, attn_implementation=attn
+            name, dtype=config.model.dtype, device=device, attn_implementation=attn
         )
-    if config.model.device != "cpu" and name is not None and name.startswith("random:"):
-        loaded.model.to(config.model.device)
+    if device != "cpu" and name is not None and name.startswith("random:"):
+        loaded.model.to(device)
     torch.manual_seed(config.train.seed)  # adapter initialisation
     tuning = config.tuning
     model = apply_tuning(
@@ -167,7 +182,7 @@ def _build_model(config: RunConfig):
     return model, loaded, trainable, total
 
 
-def load_task_splits(config: RunConfig):
+def load_task_splits(config: RunConfig, log=_log):
     """The train/val/test examples a run config asks for (sampled with the run's seed)."""
     task = config.task
     return load_splits(
@@ -178,7 +193,7 @@ def load_task_splits(config: RunConfig):
         num_test=task.num_test,
         seed=config.train.seed,
         template=task.template,
-        log=_log,
+        log=log,
     )
 
 
@@ -215,6 +230,12 @@ def _check(config: RunConfig) -> None:
         value = getattr(config.train, key)
         if value < (0 if key == "steps" else 1):
             raise ConfigError(f"train.{key}: invalid value {value}")
+    from .distributed import MODES
+
+    if config.train.parallel not in MODES:
+        raise ConfigError(
+            f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
+        )
 
 
 def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: Any) -> RunResult:
@@ -237,13 +258,22 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     cfg_train = config.train
     out = Path(cfg_train.output_dir) if cfg_train.output_dir else None
 
-    model, loaded, n_trainable, n_total = _build_model(config)
+    group = None
+    if launched_by_torchrun():
+        group = init_process_group(config.model.device)
+    main = group is None or group.is_main
+    log = _log if main else _quiet
+    # Only the main process writes files; every process reads them back on --resume.
+    writes = out if main else None
+
+    device_name = str(group.device(config.model.device)) if group else config.model.device
+    model, loaded, n_trainable, n_total = _build_model(config, device_name)
     device = next(model.parameters()).device
-    _log(
+    log(
         f"model {loaded.name} ({loaded.kind}), tuning {config.tuning.scheme}: "
         f"{n_trainable:,} of {n_total:,} parameters trainable"
     )
-    splits = load_task_splits(config)
+    splits = load_task_splits(config, log)
     scorer = make_scorer(model, loaded, config)
     extra = {"seed": cfg_train.seed} if "seed" in _accepted(config.optimizer.name) else {}
     options = config.optimizer.options()
@@ -253,26 +283,37 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
     optimizer = create_optimizer(config.optimizer.name, model, **options, **extra)
     scheduler = _make_scheduler(optimizer, config)
+    traffic = _distribute(model, optimizer, scorer, config, group, log) if group else None
+
+    def accuracy(examples: Sequence[Example]) -> float:
+        if group is None:
+            return scorer.accuracy(examples, cfg_train.eval_batch_size)
+        return sharded_accuracy(scorer, examples, cfg_train.eval_batch_size, group)
+
+    def local_batch(examples: list) -> list:
+        if group is None or (config.train.parallel == "query" and traffic.zeroth_order):
+            return examples
+        return shard_batch(examples, group)
 
     start_step, best_val, best_step, before = 0, -1.0, 0, None
     # With an output folder the best state lives only on disk: a copy in memory would double
     # the footprint of full tuning, which ZO exists to keep at inference size.
     best_state = None if out is not None else trainable_state(model)
-    if out is not None:
+    if writes is not None:
         atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
-        if cfg_train.resume and (out / "last.pt").exists():
-            ckpt = torch.load(out / "last.pt", weights_only=False)
-            load_trainable_state(model, ckpt["trainable"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            start_step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
-            before = ckpt.get("test_accuracy_before")
-            _log(f"resumed from {out / 'last.pt'} at step {start_step}")
-    metrics = MetricsLog(out / "metrics.jsonl" if out else None, append=start_step > 0)
+    if out is not None and cfg_train.resume and (out / "last.pt").exists():
+        ckpt = torch.load(out / "last.pt", weights_only=False, map_location=device)
+        load_trainable_state(model, ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
+        before = ckpt.get("test_accuracy_before")
+        log(f"resumed from {out / 'last.pt'} at step {start_step}")
+    metrics = MetricsLog(writes / "metrics.jsonl" if writes else None, append=start_step > 0)
 
     if cfg_train.eval_test_before and before is None:
-        before = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
-        _log(f"zero-shot test accuracy {before:.1%}")
+        before = accuracy(splits.test)
+        log(f"zero-shot test accuracy {before:.1%}")
 
     def keep_if_best(step: int, val: float) -> None:
         nonlocal best_val, best_step, best_state
@@ -281,16 +322,16 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         best_val, best_step = val, step
         if out is None:
             best_state = trainable_state(model)
-        else:
+        elif writes is not None:
             atomic_write(out / "best.pt", lambda p: torch.save(trainable_state(model, False), p))
 
     if start_step == 0:
-        val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
+        val = accuracy(splits.val)
         keep_if_best(0, val)
         metrics.write({"step": 0, "val_accuracy": val})
 
     def save_checkpoint(step: int) -> None:
-        if out is None:
+        if writes is None:
             return
         ckpt = {
             "trainable": trainable_state(model, copy=False),
@@ -303,13 +344,15 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         }
         atomic_write(out / "last.pt", lambda p: torch.save(ckpt, p))
 
-    progress = _progress(range(start_step, cfg_train.steps), cfg_train.progress, start_step)
+    steps = range(start_step, cfg_train.steps)
+    progress = _progress(steps, cfg_train.progress and main, start_step)
     skipped = consecutive_bad = 0
     step_times: list[float] = []
+    comm_bytes: list[int] = []
     train_start = time.perf_counter()
     for step in progress:
         examples = batch_for_step(splits.train, step, cfg_train.batch_size, cfg_train.seed)
-        batch = scorer.encode_for_loss(examples)
+        batch = scorer.encode_for_loss(local_batch(examples))
         tick = time.perf_counter()
         try:
             loss = optimizer.step(lambda batch=batch: scorer.loss(batch))
@@ -334,11 +377,14 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             "step_seconds": step_times[-1],
             "peak_memory_mb": peak_memory_mb(device),
         }
+        if traffic is not None:
+            record["comm_bytes"], record["collectives"] = traffic.take()
+            comm_bytes.append(record["comm_bytes"])
         if hasattr(progress, "set_postfix"):
             progress.set_postfix(loss=f"{float(loss):.4f}", best_val=f"{best_val:.3f}")
         done = step + 1 == cfg_train.steps
         if (step + 1) % cfg_train.eval_every == 0 or done:
-            val = scorer.accuracy(splits.val, cfg_train.eval_batch_size)
+            val = accuracy(splits.val)
             record["val_accuracy"] = val
             keep_if_best(step + 1, val)
             save_checkpoint(step + 1)
@@ -347,10 +393,19 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             raise NonFiniteLossError(f"non-finite loss at step {step + 1}")
     train_seconds = time.perf_counter() - train_start
 
-    if best_state is None:
-        best_state = torch.load(out / "best.pt", weights_only=True)
-    load_trainable_state(model, best_state)
-    test = scorer.accuracy(splits.test, cfg_train.eval_batch_size)
+    if best_state is None and writes is not None:
+        best_state = torch.load(out / "best.pt", weights_only=True, map_location=device)
+    if best_state is not None:
+        load_trainable_state(model, best_state)
+    if group is not None:
+        if out is not None:
+            broadcast_parameters(model)  # only the main process read the best checkpoint
+        per_step = statistics.fmean(comm_bytes) if comm_bytes else 0.0
+        log(
+            f"{traffic.description} over {group.world_size} processes: "
+            f"{per_step:,.0f} bytes per process per step"
+        )
+    test = accuracy(splits.test)
     result = RunResult(
         test_accuracy=test,
         best_val_accuracy=best_val,
@@ -365,13 +420,49 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         forward_passes_per_step=getattr(optimizer, "forward_passes_per_step", 1),
         output_dir=str(out) if out else None,
         history=metrics.records,
+        world_size=group.world_size if group else 1,
+        comm_bytes_per_step=statistics.fmean(comm_bytes) if comm_bytes else None,
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     metrics.write({"step": cfg_train.steps, "final": final})
     metrics.close()
-    if out is not None:
+    if writes is not None:
         atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
     return result
+
+
+@dataclass
+class _Traffic:
+    """What a distributed run communicates, read once per step."""
+
+    counter: Any
+    description: str
+    zeroth_order: bool
+
+    def take(self) -> tuple[int, int]:
+        return self.counter.take_traffic()
+
+
+def _distribute(model, optimizer, scorer, config: RunConfig, group, log) -> _Traffic:
+    """Start every process from the main one's θ and route the step's communication."""
+    from .distributed import share_probes, wrap_first_order
+
+    broadcast_parameters(model)
+    mode = config.train.parallel
+    if isinstance(optimizer, FirstOrderOptimizer):
+        if mode == "query":
+            raise ConfigError(
+                f"train.parallel: 'query' deals zeroth-order queries; {config.optimizer.name} "
+                "is first-order (use 'data', which wraps it in DistributedDataParallel)"
+            )
+        scorer.forward_module, counter = wrap_first_order(model, group)
+        description = "DistributedDataParallel gradient all-reduce"
+        traffic = _Traffic(counter, description, zeroth_order=False)
+    else:
+        counter = share_probes(optimizer, mode, group)
+        traffic = _Traffic(counter, f"{mode}-parallel ZO probe all-reduce", zeroth_order=True)
+    log(f"{traffic.description}: {group.world_size} processes, backend {group.backend}")
+    return traffic
 
 
 def _accepted(name: str) -> set[str]:

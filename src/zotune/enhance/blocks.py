@@ -164,7 +164,7 @@ def blockwise_step(optimizer, closure, mode: str) -> torch.Tensor:
             optimizer._update(members, estimate)
             continue
         # Later blocks must be probed at θ_t: put this block back before moving on.
-        shift(items, sampler, [(estimate.seeds[-1], -estimate.offset)])
+        shift(items, sampler, estimate.restore)
         pending.append((members, dataclasses.replace(estimate, offset=0.0)))
     for members, estimate in pending:
         optimizer._update(members, estimate)

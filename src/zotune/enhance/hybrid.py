@@ -72,8 +72,10 @@ def hybrid_step(optimizer, closure) -> torch.Tensor:
     zeroth = [(e, g) for e, g in entries if g.get("part") == "zo"]
     first = [(e, g) for e, g in entries if g.get("part") != "zo"]
     loss = None
+    sharing = optimizer.estimator.sharing
     if first:
-        loss = _backprop_first_order_part(zeroth, first, closure)
+        loss = sharing.average(_backprop_first_order_part(zeroth, first, closure))
+        sharing.average_gradients([e.param.grad for e, _ in first if e.param.grad is not None])
     if zeroth:
         estimate = optimizer.estimator.estimate(
             [e for e, _ in zeroth], closure, optimizer._step_seed()

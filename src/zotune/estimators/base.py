@@ -34,8 +34,9 @@ class IndexedParam:
 class DirectionalEstimate:
     """ĝ = Σ_k coeffs[k] · z(seeds[k]): a gradient estimate held as seeds plus scalars.
 
-    After probing, the parameters may still be displaced: they sit at θ + offset · z(seeds[-1]).
-    The optimizer removes that offset in the same pass that applies the update.
+    After probing, the parameters may still be displaced: they sit at θ + offset · z(s) with
+    s = ``displaced`` (by default the last seed; under query-parallel probing, the last query
+    this process probed). The optimizer removes that offset in the pass that applies the update.
     """
 
     seeds: tuple[int, ...]
@@ -43,11 +44,55 @@ class DirectionalEstimate:
     offset: float
     loss: torch.Tensor
     forward_passes: int
+    displaced: int | None = None
 
     @property
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(seed, coefficient) for each query."""
         return tuple(zip(self.seeds, self.coeffs, strict=True))
+
+    @property
+    def displaced_seed(self) -> int:
+        """The seed of the displacement the probes left (meaningful when ``offset`` ≠ 0)."""
+        return self.seeds[-1] if self.displaced is None else self.displaced
+
+    @property
+    def restore(self) -> list[tuple[int, float]]:
+        """The move that takes the parameters back to θ (empty when none is left)."""
+        return [(self.displaced_seed, -self.offset)] if self.offset else []
+
+
+class ProbeSharing:
+    """How the processes of a group share one step's probes; this base class: no sharing.
+
+    An estimator fills a ``[q, m]`` table with the values of the queries returned by
+    :meth:`queries` (rows of other queries stay zero) and hands it to :meth:`combine`, which
+    returns the full table, identical on every process; the coefficients are computed from
+    it afterwards, so every process applies the same update. :meth:`average` is for values
+    every process evaluated itself (a loss outside the probes, gradients of a first-order
+    part). :mod:`zotune.distributed` holds the data-parallel and query-parallel versions.
+    """
+
+    def queries(self, q: int) -> range:
+        """The query indices this process probes."""
+        return range(q)
+
+    def combine(self, table: torch.Tensor) -> torch.Tensor:
+        return table
+
+    def average(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def average_gradients(self, grads: Sequence[torch.Tensor]) -> None:
+        """Make in-place gradients the group's (a no-op for a single process)."""
+
+
+NO_SHARING = ProbeSharing()
+
+
+def probe_table(rows: int, columns: int) -> torch.Tensor:
+    """The zero table a step's probe values are written into (float64: differences stay exact)."""
+    return torch.zeros(rows, columns, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -78,9 +123,13 @@ def evaluate(closure: Closure) -> torch.Tensor:
     raise TypeError(f"closure must return a scalar loss (tensor or float), got {type(value)!r}")
 
 
-def check_finite(losses: Sequence[torch.Tensor], restore: Callable[[], None]) -> None:
+def check_finite(
+    losses: Sequence[torch.Tensor] | torch.Tensor, restore: Callable[[], None]
+) -> None:
     """Raise NonFiniteLossError (after restoring the parameters) if any loss is not finite."""
-    values = [float(loss) for loss in losses]
+    values = [float(loss) for loss in losses] if not isinstance(losses, torch.Tensor) else (
+        losses.flatten().tolist()
+    )
     if all(math.isfinite(v) for v in values):
         return
     restore()

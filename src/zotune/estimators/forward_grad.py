@@ -7,7 +7,16 @@ from collections.abc import Sequence
 import torch
 import torch.autograd.forward_ad as fwad
 
-from .base import Closure, DirectionalEstimate, IndexedParam, as_loss, check_finite
+from .base import (
+    NO_SHARING,
+    Closure,
+    DirectionalEstimate,
+    IndexedParam,
+    ProbeSharing,
+    as_loss,
+    check_finite,
+    probe_table,
+)
 from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
 
 EAGER_HINT = (
@@ -41,6 +50,7 @@ class ForwardGradientEstimator:
             raise ValueError(f"Invalid number of queries q: {q} (must be an int >= 1)")
         self.q = q
         self.sampler = DirectionSampler(distribution, chunk_numel, table_numel)
+        self.sharing: ProbeSharing = NO_SHARING
 
     @property
     def forward_passes(self) -> int:
@@ -51,17 +61,17 @@ class ForwardGradientEstimator:
         self, params: Sequence[IndexedParam], closure: Closure, seed: int
     ) -> DirectionalEstimate:
         seeds = tuple(mix_seed(seed, k) for k in range(self.q))
-        losses, coeffs = [], []
-        for query_seed in seeds:
-            loss, derivative = self._directional_derivative(params, closure, query_seed)
-            losses.append(loss)
-            check_finite([loss, derivative], lambda: None)
-            coeffs.append(float(derivative) / self.q)
+        table = probe_table(self.q, 2)  # row k: f(θ), ∇f(θ)·v_k
+        for k in self.sharing.queries(self.q):
+            loss, derivative = self._directional_derivative(params, closure, seeds[k])
+            table[k, 0], table[k, 1] = loss, derivative
+        table = self.sharing.combine(table)
+        check_finite(table, lambda: None)
         return DirectionalEstimate(
             seeds=seeds,
-            coeffs=tuple(coeffs),
+            coeffs=tuple((table[:, 1] / self.q).tolist()),
             offset=0.0,
-            loss=torch.stack(losses).mean(),
+            loss=table[:, 0].mean(),
             forward_passes=self.forward_passes,
         )
 

@@ -6,7 +6,17 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import Closure, DirectionalEstimate, IndexedParam, check_finite, evaluate, shift
+from .base import (
+    NO_SHARING,
+    Closure,
+    DirectionalEstimate,
+    IndexedParam,
+    ProbeSharing,
+    check_finite,
+    evaluate,
+    probe_table,
+    shift,
+)
 from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
 
 PROBES = ("two-point", "one-sided")
@@ -33,6 +43,10 @@ class RandomGradientEstimator:
     fp16/bf16, the first landing back on θ (see :func:`zotune.estimators.base.shift`).
     Directions come from :class:`DirectionSampler` (``distribution``: ``auto``, ``table``,
     ``gaussian``, ``rademacher``).
+
+    The probe values go into a ``[q, 2]`` table that ``sharing`` (:class:`ProbeSharing`)
+    combines across processes before the coefficients are taken: one collective per step for
+    data-parallel or query-parallel ZO (:mod:`zotune.distributed`).
     """
 
     def __init__(
@@ -54,6 +68,7 @@ class RandomGradientEstimator:
         self.q = q
         self.probe = probe
         self.sampler = DirectionSampler(distribution, chunk_numel, table_numel)
+        self.sharing: ProbeSharing = NO_SHARING
 
     @property
     def forward_passes(self) -> int:
@@ -69,41 +84,49 @@ class RandomGradientEstimator:
         return self._one_sided(params, closure, seeds)
 
     def _two_point(self, params, closure, seeds) -> DirectionalEstimate:
-        eps, losses, coeffs = self.eps, [], []
+        eps, q = self.eps, self.q
+        mine = self.sharing.queries(q)
+        table = probe_table(q, 2)  # row k: f(θ + εz_k), f(θ − εz_k)
         previous: list[tuple[int, float]] = []  # the move that undoes the last probe
-        for seed in seeds:
-            shift(params, self.sampler, [*previous, (seed, eps)])
-            plus = evaluate(closure)
-            shift(params, self.sampler, [(seed, -eps), (seed, -eps)])
-            minus = evaluate(closure)
-            losses += [plus, minus]
-            check_finite(losses, lambda s=seed: shift(params, self.sampler, [(s, eps)]))
-            coeffs.append(float(plus - minus) / (2 * eps * self.q))
-            previous = [(seed, eps)]
+        for k in mine:
+            shift(params, self.sampler, [*previous, (seeds[k], eps)])
+            table[k, 0] = evaluate(closure)
+            shift(params, self.sampler, [(seeds[k], -eps), (seeds[k], -eps)])
+            table[k, 1] = evaluate(closure)
+            previous = [(seeds[k], eps)]
+        table = self.sharing.combine(table)
+        check_finite(table, lambda: shift(params, self.sampler, previous))
+        coeffs = (table[:, 0] - table[:, 1]) / (2 * eps * q)
         return DirectionalEstimate(
             seeds=seeds,
-            coeffs=tuple(coeffs),
-            offset=-eps,
-            loss=torch.stack(losses).mean(),
+            coeffs=tuple(coeffs.tolist()),
+            offset=-eps if previous else 0.0,
+            loss=table.mean(),
             forward_passes=self.forward_passes,
+            displaced=previous[0][0] if previous else None,
         )
 
     def _one_sided(self, params, closure, seeds) -> DirectionalEstimate:
-        eps = self.eps
-        base = evaluate(closure)
-        check_finite([base], lambda: None)
-        coeffs = []
+        eps, q = self.eps, self.q
+        mine = self.sharing.queries(q)
+        # Row k: f(θ), f(θ + εz_k). Each row carries its own base loss, so rows probed by
+        # different processes of a query-parallel group stay self-contained.
+        table = probe_table(q, 2)
         previous: list[tuple[int, float]] = []
-        for seed in seeds:
-            shift(params, self.sampler, [*previous, (seed, eps)])
-            loss = evaluate(closure)
-            check_finite([loss], lambda s=seed: shift(params, self.sampler, [(s, -eps)]))
-            coeffs.append(float(loss - base) / (eps * self.q))
-            previous = [(seed, -eps)]
+        if len(mine):
+            table[list(mine), 0] = float(evaluate(closure))
+        for k in mine:
+            shift(params, self.sampler, [*previous, (seeds[k], eps)])
+            table[k, 1] = evaluate(closure)
+            previous = [(seeds[k], -eps)]
+        table = self.sharing.combine(table)
+        check_finite(table, lambda: shift(params, self.sampler, previous))
+        coeffs = (table[:, 1] - table[:, 0]) / (eps * q)
         return DirectionalEstimate(
             seeds=seeds,
-            coeffs=tuple(coeffs),
-            offset=eps,
-            loss=base,
+            coeffs=tuple(coeffs.tolist()),
+            offset=eps if previous else 0.0,
+            loss=table[:, 0].mean(),
             forward_passes=self.forward_passes,
+            displaced=previous[0][0] if previous else None,
         )
