@@ -231,3 +231,75 @@ def test_share_probes_rejects_first_order_and_unknown_modes():
         share_probes(create_optimizer("fo-sgd", model.parameters(), lr=0.1), "data", group)
     with pytest.raises(ValueError, match="'model'"):
         share_probes(create_optimizer("zo-sgd", model.parameters(), lr=0.1), "model", group)
+
+
+def test_traffic_benchmark_counts_zo_scalars_against_ddp_gradients():
+    from zotune.bench.traffic import measure_traffic, traffic_table
+
+    rows = measure_traffic("tiny-opt", ("lora",), steps=1)
+    by_case = {row["case"]: row for row in rows}
+    assert by_case["zo-sgd, data-parallel"]["bytes_per_step"] == 16
+    assert by_case["zo-sgd q=4, query-parallel"]["bytes_per_step"] == 64
+    ddp = by_case["fo-sgd, DDP"]
+    assert ddp["bytes_per_step"] == 4 * ddp["trainable"]  # every fp32 gradient, once
+    assert "| lora | fo-sgd, DDP |" in traffic_table(rows)
+
+
+# Models split across devices ---------------------------------------------------------------
+
+TINY_LLAMA_SPLIT = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "cpu",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
+
+
+def _zo_trajectory(model, steps=3):
+    optimizer = create_optimizer("zo-adam", model, lr=1e-3, seed=5)
+    ids = torch.randint(4, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    losses = [float(optimizer.step(lambda: model(input_ids=ids, labels=ids).loss))
+              for _ in range(steps)]
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_model_split_by_a_device_map_follows_the_unsplit_trajectory():
+    from zotune.models import place_on_devices, random_model
+
+    whole = random_model("tiny-llama").model
+    split = random_model("tiny-llama").model
+    assert place_on_devices(split, TINY_LLAMA_SPLIT) == TINY_LLAMA_SPLIT
+    assert hasattr(split.model.layers[1], "_hf_hook")  # accelerate moves activations
+    split_losses, split_params = _zo_trajectory(split)
+    whole_losses, whole_params = _zo_trajectory(whole)
+    assert split_losses == whole_losses
+    assert all(torch.equal(split_params[n], p) for n, p in whole_params.items())
+
+
+def test_finetune_takes_a_device_map(sst2_dir, tmp_path):
+    from zotune.train import finetune
+
+    split = finetune(_tiny_config(sst2_dir, tmp_path / "split",
+                                  model__device_map=TINY_LLAMA_SPLIT))
+    whole = finetune(_tiny_config(sst2_dir, tmp_path / "whole"))
+    assert split.test_accuracy == whole.test_accuracy
+    split_state = torch.load(tmp_path / "split" / "last.pt")["trainable"]
+    whole_state = torch.load(tmp_path / "whole" / "last.pt")["trainable"]
+    assert all(torch.equal(split_state[n], whole_state[n]) for n in whole_state)
+
+
+@pytest.mark.parametrize(
+    ("device_map", "message"),
+    [
+        ({**TINY_LLAMA_SPLIT, "model.layers.1": "disk"}, r"offloads 'model.layers.1' \(disk"),
+        ({**TINY_LLAMA_SPLIT, "model.layers.0": 0}, r"offloads 'model.embed_tokens'.* \(cpu"),
+        ("everywhere", "unknown device_map 'everywhere'"),
+    ],
+)
+def test_offloading_device_maps_are_refused_by_name(device_map, message):
+    from zotune.models import ModelError, place_on_devices, random_model
+
+    with pytest.raises(ModelError, match=message):
+        place_on_devices(random_model("tiny-llama").model, device_map)

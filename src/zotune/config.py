@@ -33,6 +33,9 @@ class ModelConfig:
     dtype: str = "float32"
     device: str = "cpu"
     attn_implementation: str | None = None
+    # Spread layers over devices with accelerate: "auto", "balanced", "sequential" or a
+    # {module: device} map (then `device` is not used); see zotune.models.place_on_devices.
+    device_map: str | dict[str, Any] | None = None
 
 
 @dataclass
@@ -138,6 +141,8 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
             return value
         if origin is list and isinstance(value, (list, tuple)):
             return list(value)
+        if origin is dict and isinstance(value, dict):
+            return dict(value)
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
     raise ConfigError(f"{path}: expected {expected}, got {value!r}")
 

@@ -142,8 +142,12 @@ def load_model(
     device: str = "cpu",
     attn_implementation: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a pretrained LM and its tokenizer, in eval mode.
+
+    ``device_map`` (instead of ``device``) spreads the layers over devices through
+    accelerate, as :func:`place_on_devices` describes.
 
     ``name`` is a hub id, a local model folder, or ``None`` / ``"smollm2-135m"`` for the
     embedded model. ``cache_dir`` (else ``$ZOTUNE_CACHE_DIR``, else ``~/.cache/zotune``) holds
@@ -173,9 +177,88 @@ def load_model(
         ) from error
     except ValueError as error:  # e.g. a config.json without a model type
         raise ModelError(f"could not load model {name!r}: {_first_line(error)}") from error
-    model.to(torch_device).eval()
+    if device_map is None:
+        model.to(torch_device)
+    else:
+        place_on_devices(model, device_map)
+    model.eval()
     _prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=display, kind=kind)
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def place_on_devices(
+    model: torch.nn.Module, device_map: str | dict[str, Any]
+) -> dict[str, str | int]:
+    """Spread a model's modules over devices with accelerate; returns the map it used.
+
+    ``device_map``: a strategy (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``:
+    accelerate fills the GPUs in order, then the CPU) or an explicit ``{module: device}``
+    map (``0``, ``"cuda:1"``, ``"cpu"``). Hooks move activations between devices; every
+    parameter stays on its device, where zotune perturbs, restores and updates it. As
+    directions are seeded per tensor, a split model follows the trajectory of an unsplit one
+    (for ``distribution="auto"``, which draws from the table on the CPU and Gaussian
+    elsewhere, as long as each tensor stays on the same kind of device).
+
+    Offloading is not supported: a module placed on ``"disk"``, or on ``"cpu"`` while it
+    executes on a GPU, has its weights swapped in for each forward and no resident tensor to
+    perturb in place; such maps are refused with the modules named.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ModelError(
+                f"unknown device_map {device_map!r} (choose from {DEVICE_MAP_STRATEGIES} "
+                "or give a {{module: device}} map)"
+            )
+        no_split = getattr(model, "_no_split_modules", None) or []
+        max_memory = None
+        if device_map != "sequential" and torch.cuda.device_count() > 1:
+            max_memory = get_balanced_memory(
+                model,
+                no_split_module_classes=no_split,
+                low_zero=device_map == "balanced_low_0",
+            )
+        resolved = infer_auto_device_map(
+            model, max_memory=max_memory, no_split_module_classes=no_split
+        )
+    elif isinstance(device_map, dict):
+        resolved = dict(device_map)
+    else:
+        raise ModelError(f"device_map must be a strategy name or a dict, got {device_map!r}")
+    _refuse_offload(resolved)
+    if set(resolved) == {""}:  # the whole model on one device: nothing to dispatch
+        model.to(_map_device(resolved[""]))
+        return resolved
+    # force_hooks: even a map whose modules share a device runs through accelerate's hooks,
+    # so a CPU-only machine exercises the same path as a multi-GPU one.
+    dispatch_model(model, resolved, force_hooks=True)
+    return resolved
+
+
+def _map_device(device: str | int) -> torch.device:
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+def _refuse_offload(device_map: dict[str, Any]) -> None:
+    devices = {str(device) for device in device_map.values()}
+    gpus = devices - {"cpu", "disk"}
+    offloaded = [
+        name
+        for name, device in device_map.items()
+        if str(device) == "disk" or (str(device) == "cpu" and gpus)
+    ]
+    if offloaded:
+        raise ModelError(
+            f"device_map offloads {', '.join(repr(n) for n in offloaded[:3])}"
+            f"{' …' if len(offloaded) > 3 else ''} ({'disk' if 'disk' in devices else 'cpu'} "
+            "offload): offloaded weights are swapped in per forward and cannot be perturbed "
+            "in place by zeroth-order steps; place every module on a GPU or run it on the CPU"
+        )
 
 
 def _first_line(error: Exception) -> str:

@@ -144,7 +144,7 @@ def _quiet(message: str) -> None:
 
 
 def _build_model(config: RunConfig, device: str | None = None):
-    from .models import load_model, random_model
+    from .models import load_model, place_on_devices, random_model
     from .tuning import apply_tuning, count_parameters
 
     device = device or config.model.device
@@ -152,6 +152,7 @@ def _build_model(config: RunConfig, device: str | None = None):
     if config.optimizer.name == "forward-grad" and attn in (None, "sdpa"):
         attn = "eager"  # fused SDPA attention has no forward-mode AD
     name = config.model.name
+    device_map = config.model.device_map
     if name is not None and name.startswith("random:"):
         loaded = random_model(
             name.removeprefix("random:"),
@@ -159,12 +160,18 @@ def _build_model(config: RunConfig, device: str | None = None):
             attn_implementation=attn,
             seed=config.train.seed,
         )
+        if device_map is not None:
+            place_on_devices(loaded.model, device_map)
+        elif device != "cpu":
+            loaded.model.to(device)
     else:
         loaded = load_model(
-            name, dtype=config.model.dtype, device=device, attn_implementation=attn
+            name,
+            dtype=config.model.dtype,
+            device=device,
+            attn_implementation=attn,
+            device_map=device_map,
         )
-    if device != "cpu" and name is not None and name.startswith("random:"):
-        loaded.model.to(device)
     torch.manual_seed(config.train.seed)  # adapter initialisation
     tuning = config.tuning
     model = apply_tuning(
@@ -260,6 +267,11 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
 
     group = None
     if launched_by_torchrun():
+        if config.model.device_map is not None:
+            raise ConfigError(
+                f"model.device_map={config.model.device_map!r} cannot be combined with "
+                "torchrun: each process would place the whole model on every device"
+            )
         group = init_process_group(config.model.device)
     main = group is None or group.is_main
     log = _log if main else _quiet
