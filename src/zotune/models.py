@@ -180,35 +180,42 @@ def load_model(
     if device_map is None:
         model.to(torch_device)
     else:
-        place_on_devices(model, device_map)
+        place_on_devices(model, device_map, torch_device)
     model.eval()
     _prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=display, kind=kind)
 
 
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential", "cpu_offload")
 
 
 def place_on_devices(
-    model: torch.nn.Module, device_map: str | dict[str, Any]
+    model: torch.nn.Module,
+    device_map: str | dict[str, Any],
+    execution_device: str | torch.device = "cpu",
 ) -> dict[str, str | int]:
     """Spread a model's modules over devices with accelerate; returns the map it used.
 
     ``device_map``: a strategy (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``:
-    accelerate fills the GPUs in order, then the CPU) or an explicit ``{module: device}``
-    map (``0``, ``"cuda:1"``, ``"cpu"``). Hooks move activations between devices; every
-    parameter stays on its device, where zotune perturbs, restores and updates it. As
+    accelerate fills the GPUs in order, then offloads to the CPU; ``cpu_offload``: every
+    weight in CPU memory, each module copied to ``execution_device`` for its forward) or an
+    explicit ``{module: device}`` map (``0``, ``"cuda:1"``, ``"cpu"``). Hooks move
+    activations between devices; every parameter stays on its device, where zotune perturbs,
+    restores and updates it, and offloaded weights are moved in their CPU storage
+    (:mod:`zotune.offload`: zeroth-order optimizers only). As
     directions are seeded per tensor, a split model follows the trajectory of an unsplit one
     (for ``distribution="auto"``, which draws from the table on the CPU and Gaussian
     elsewhere, as long as each tensor stays on the same kind of device).
 
-    Offloading is not supported: a module placed on ``"disk"``, or on ``"cpu"`` while it
-    executes on a GPU, has its weights swapped in for each forward and no resident tensor to
-    perturb in place; such maps are refused with the modules named.
+    Disk offload is refused with the modules named: those weights are read from a memory
+    map for every forward, with no resident tensor to move in place.
     """
-    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate import cpu_offload, dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
+    if device_map == "cpu_offload":
+        cpu_offload(model, execution_device=execution_device)
+        return {"": "cpu"}
     if isinstance(device_map, str):
         if device_map not in DEVICE_MAP_STRATEGIES:
             raise ModelError(
@@ -245,19 +252,13 @@ def _map_device(device: str | int) -> torch.device:
 
 
 def _refuse_offload(device_map: dict[str, Any]) -> None:
-    devices = {str(device) for device in device_map.values()}
-    gpus = devices - {"cpu", "disk"}
-    offloaded = [
-        name
-        for name, device in device_map.items()
-        if str(device) == "disk" or (str(device) == "cpu" and gpus)
-    ]
-    if offloaded:
+    on_disk = [name for name, device in device_map.items() if str(device) == "disk"]
+    if on_disk:
         raise ModelError(
-            f"device_map offloads {', '.join(repr(n) for n in offloaded[:3])}"
-            f"{' …' if len(offloaded) > 3 else ''} ({'disk' if 'disk' in devices else 'cpu'} "
-            "offload): offloaded weights are swapped in per forward and cannot be perturbed "
-            "in place by zeroth-order steps; place every module on a GPU or run it on the CPU"
+            f"device_map puts {', '.join(repr(n) for n in on_disk[:3])}"
+            f"{' …' if len(on_disk) > 3 else ''} on disk: disk-offloaded weights are read "
+            "from a memory map for every forward and cannot be moved in place by zeroth-order "
+            "steps; place those modules on a GPU or on the CPU"
         )
 
 

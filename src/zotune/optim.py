@@ -65,6 +65,7 @@ from .estimators import (
 )
 from .estimators.base import check_finite, evaluate, rounds_coarsely, shift
 from .estimators.directions import DEFAULT_TABLE_NUMEL
+from .offload import OffloadError, substitute_offloaded
 from .rules import Rule, TensorContext
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
@@ -104,6 +105,22 @@ def _as_params(params: Params) -> Any:
     return params
 
 
+def _resolve_offloaded(
+    param_groups: list[dict], module: torch.nn.Module | None, refusal: str | None, owner: str
+) -> None:
+    """Point the groups at the CPU storage of weights accelerate offloaded (zotune.offload)."""
+    if not any(p.device.type == "meta" for g in param_groups for p in g["params"]):
+        return
+    if refusal is not None:
+        raise OffloadError(f"{owner} cannot train offloaded (meta-device) weights: {refusal}")
+    if module is None:
+        raise OffloadError(
+            f"{owner} got parameters on the meta device: pass the model itself as params, so "
+            "that the values accelerate offloaded to CPU memory can be found"
+        )
+    substitute_offloaded(param_groups, module)
+
+
 def _needs_module(params: Params, option: str) -> torch.nn.Module:
     if not isinstance(params, torch.nn.Module):
         raise TypeError(
@@ -131,12 +148,22 @@ class _RuleOptimizer(torch.optim.Optimizer):
 
     rule: Rule
 
-    def __init__(self, params: Params, defaults: dict[str, Any], rule: Rule, seed: int) -> None:
+    def __init__(
+        self,
+        params: Params,
+        defaults: dict[str, Any],
+        rule: Rule,
+        seed: int,
+        *,
+        module: torch.nn.Module | None = None,
+        offload_refusal: str | None = None,
+    ) -> None:
         _check_lr(defaults["lr"])
         _check_weight_decay(defaults.get("weight_decay", 0.0))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"Invalid seed: {seed!r} (must be an int)")
         super().__init__(_as_params(params), defaults)
+        _resolve_offloaded(self.param_groups, module, offload_refusal, type(self).__name__)
         self.rule = rule
         self.seed = seed
         self.steps_taken = 0
@@ -229,11 +256,19 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                 f"block_level={block_level!r} and hybrid_layers={hybrid_layers!r} cannot be "
                 "combined (blocks would split the ZO part only)"
             )
+        module = params if isinstance(params, torch.nn.Module) else None
+        refusal = None
+        if isinstance(estimator, ForwardGradientEstimator):
+            refusal = "forward-mode tangents do not survive accelerate's copy to the device"
+        elif hybrid_layers is not None:
+            refusal = "the hybrid first-order part needs gradients on the weights"
         if block_level is not None:
             params = _block_groups(params, block_level)
         if hybrid_layers is not None:
             params = split_hybrid(_needs_module(params, "hybrid_layers"), hybrid_layers)
-        super().__init__(params, defaults, rule, seed)
+        super().__init__(
+            params, defaults, rule, seed, module=module, offload_refusal=refusal
+        )
         self.estimator = estimator
         self.block_level = block_level
         self.block_mode = block_mode
@@ -683,7 +718,8 @@ class FirstOrderOptimizer(_RuleOptimizer):
     forward_passes_per_step = 1
 
     def __init__(self, params: Params, defaults: dict[str, Any], *, rule: Rule) -> None:
-        super().__init__(params, defaults, rule, seed=0)
+        refusal = "backpropagation would leave the gradients on the empty meta tensors"
+        super().__init__(params, defaults, rule, seed=0, offload_refusal=refusal)
         self.estimator = BackpropEstimator()
 
     def step(self, closure=None) -> torch.Tensor | None:

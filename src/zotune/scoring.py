@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import special_token_frame
+from .offload import execution_device
 from .tasks.example import Example
 
 REDUCTIONS = ("mean", "sum")
@@ -275,7 +276,7 @@ class Scorer:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return execution_device(model)
 
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:

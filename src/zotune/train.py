@@ -32,6 +32,7 @@ from .distributed import (
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
+from .offload import execution_device, named_resident_parameters
 from .optim import OPTIMIZERS, FirstOrderOptimizer, create_optimizer
 from .scoring import Scorer
 from .tasks import Example, load_splits
@@ -98,13 +99,13 @@ def trainable_state(model: torch.nn.Module, copy: bool = True) -> dict[str, torc
     """The trainable tensors by name; ``copy=False`` gives views for saving without a copy."""
     return {
         n: p.detach().clone() if copy else p.detach()
-        for n, p in model.named_parameters()
+        for n, p in named_resident_parameters(model)
         if p.requires_grad
     }
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
+    params = dict(named_resident_parameters(model))
     missing = [n for n in state if n not in params]
     if missing:
         raise ConfigError(f"checkpoint holds tensors this model lacks, e.g. {missing[0]!r}")
@@ -161,7 +162,7 @@ def _build_model(config: RunConfig, device: str | None = None):
             seed=config.train.seed,
         )
         if device_map is not None:
-            place_on_devices(loaded.model, device_map)
+            place_on_devices(loaded.model, device_map, device)
         elif device != "cpu":
             loaded.model.to(device)
     else:
@@ -280,7 +281,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
 
     device_name = str(group.device(config.model.device)) if group else config.model.device
     model, loaded, n_trainable, n_total = _build_model(config, device_name)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     log(
         f"model {loaded.name} ({loaded.kind}), tuning {config.tuning.scheme}: "
         f"{n_trainable:,} of {n_total:,} parameters trainable"
