@@ -221,8 +221,10 @@ class Scorer:
         positions = batch.positions.to(device)
         if self._keeps_logits:
             keep = input_ids.shape[1] - int(positions.min())
+            # use_cache=False: scoring never decodes, and the cache would hold 2·L·h values
+            # per token until the forward ends.
             logits = self.forward_module(
-                input_ids=input_ids, attention_mask=attention, logits_to_keep=keep
+                input_ids=input_ids, attention_mask=attention, logits_to_keep=keep, use_cache=False
             ).logits
             positions = positions - (input_ids.shape[1] - logits.shape[1])
         else:
