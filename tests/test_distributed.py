@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from zotune.distributed import ProcessGroup, shard_batch, share_probes
+from zotune.distributed import ProcessGroup, join_local_group, shard_batch, share_probes
 from zotune.optim import create_optimizer
 
 WORLD = 2
@@ -82,16 +82,8 @@ def run_case(name, options, mode=None, group=None):
 
 
 def _join(rank: int, port: int) -> ProcessGroup:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-    )
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    return ProcessGroup(rank=rank, world_size=WORLD, local_rank=rank, backend="gloo")
+    return join_local_group(rank, WORLD, port)
 
 
 def _optimizer_worker(rank: int, port: int, out: str) -> None:

@@ -87,6 +87,19 @@ def init_process_group(device: str) -> ProcessGroup:
     )
 
 
+def join_local_group(rank: int, world_size: int, port: int) -> ProcessGroup:
+    """Join a gloo group of ``world_size`` processes on this machine, as torchrun would set
+    it up (for spawned workers: tests and benchmarks)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    return init_process_group("cpu")
+
+
 class _CountingSharing(ProbeSharing):
     """Counts the bytes this process hands to collectives (payload, not the wire protocol)."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import sys
@@ -37,23 +36,16 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, world: int, settings: dict, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
     import torch
     import torch.distributed as dist
 
-    from ..distributed import init_process_group, share_probes, wrap_first_order
+    from ..distributed import join_local_group, share_probes, wrap_first_order
     from ..models import random_model
     from ..optim import create_optimizer
     from ..tuning import apply_tuning
 
     torch.set_num_threads(settings["threads"])
-    group = init_process_group("cpu")
+    group = join_local_group(rank, world, port)
     rows = []
     for scheme in settings["schemes"]:
         for label, name, options, mode in CASES:
