@@ -46,6 +46,7 @@ class ProcessGroup:
     world_size: int
     local_rank: int
     backend: str
+    owned: bool = False  # this process initialised the group, so it must also tear it down
 
     @property
     def is_main(self) -> bool:
@@ -75,7 +76,8 @@ def init_process_group(device: str) -> ProcessGroup:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"model.device is {device!r} but this process sees no CUDA device")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
@@ -84,7 +86,15 @@ def init_process_group(device: str) -> ProcessGroup:
         world_size=dist.get_world_size(),
         local_rank=local_rank,
         backend=dist.get_backend(),
+        owned=owned,
     )
+
+
+def leave_process_group(group: ProcessGroup) -> None:
+    """Tear down a group this process initialised; gloo aborts at exit if it is left open."""
+    if group.owned and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def join_local_group(rank: int, world_size: int, port: int) -> ProcessGroup:

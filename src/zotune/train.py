@@ -26,6 +26,7 @@ from .distributed import (
     broadcast_parameters,
     init_process_group,
     launched_by_torchrun,
+    leave_process_group,
     shard_batch,
     sharded_accuracy,
 )
@@ -441,6 +442,8 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     metrics.close()
     if writes is not None:
         atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
+    if group is not None:
+        leave_process_group(group)
     return result
 
 
