@@ -192,10 +192,120 @@ def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs():
 
 
 def test_unknown_suite_names_the_builtins(tmp_path):
-    with pytest.raises(SuiteError, match="unknown suite 'cpuu' \\(built-in: cpu, paper, smoke"):
+    with pytest.raises(SuiteError, match="unknown suite 'cpuu' \\(built-in: cpu, cpu-studies"):
         load_suite("cpuu")
     with pytest.raises(SuiteError, match="suite file not found"):
         load_suite(tmp_path / "nothere.yaml")
+
+
+# Studies: variants in a list of grids ------------------------------------------------------
+
+STUDY_GRIDS = [
+    {"tuning": ["full"], "optimizer": ["zo-sgd", "fo-adam"]},
+    {
+        "tuning": ["full"],
+        "optimizer": ["zo-sgd"],
+        "variant": {
+            "dense": {},
+            "sparse": {"optimizer": {"sparsity": 0.5}},
+            "short": {"train": {"steps": 2}},
+        },
+    },
+    {"tuning": ["full"], "optimizer": ["zo-sgd"], "variant": {"again-dense": {}}},
+]
+
+
+def study_suite(**changes):
+    return tiny_suite(grid=STUDY_GRIDS, seeds=[0], **changes)
+
+
+def test_a_list_of_grids_adds_study_cells_with_their_variants():
+    suite = expand_suite(study_suite(overrides={"zo-sgd": {"train": {"steps": 3}}}))
+    cells = {(c.optimizer, c.variant) for c in suite.cells}
+    assert cells == {("zo-sgd", ""), ("fo-adam", ""), ("zo-sgd", "dense"),
+                     ("zo-sgd", "sparse"), ("zo-sgd", "short"), ("zo-sgd", "again-dense")}
+    by_variant = {
+        r.cell.variant: r
+        for r in suite.runs
+        if r.cell.optimizer == "zo-sgd" and r.hparams["optimizer.lr"] == 1e-3
+    }
+    assert by_variant["sparse"].config["optimizer"]["sparsity"] == 0.5
+    assert by_variant["short"].config["train"]["steps"] == 2, "the variant wins over overrides"
+    assert by_variant["dense"].config["train"]["steps"] == 3
+    # dense, again-dense and the main table's zo-sgd cell are one config: one run, three cells
+    assert by_variant["dense"].id == by_variant["again-dense"].id == by_variant[""].id
+    assert len(suite.run_ids) == len(suite.runs) - 4  # 2 lrs x 2 extra cells share
+    planned = plan(suite, {})
+    assert [p.spec.id for p in planned] == suite.run_ids
+
+
+def test_variant_names_are_selectors():
+    suite = expand_suite(study_suite(sweep={"zo-sgd": {"lr": [1e-3]}, "sparse": {"lr": [1e-2]},
+                                            "fo-adam": {"lr": [1e-3]}}))
+    lrs = {r.cell.variant: r.config["optimizer"]["lr"] for r in suite.runs}
+    assert lrs["sparse"] == 1e-2 and lrs["dense"] == 1e-3
+    assert {r.cell.variant for r in suite.select(["short"])} == {"short"}
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ([], "grid: expected a mapping or a non-empty list of mappings"),
+        ([{"optimizer": ["zo-sgd"], "variant": []}], "grid[0].variant: expected a mapping"),
+        ([{"optimizer": ["zo-sgd"], "variant": {"zo-sgd": {}}}], "'zo-sgd' cannot name a variant"),
+        ([{"optimizer": ["zo-sgd"], "variant": {"x": {"optimizer": {"sparsty": 0.1}}}}],
+         "grid[0].variant.x: unknown config key: optimizer.sparsty"),
+        ([{"optimizer": ["zo-sgd"], "varient": {}}], "grid[0]: unknown axis 'varient'"),
+        ([{"optimizer": ["zo-sgd"], "variant": {"x": {"optimizer": {"sparsity": 0.1}}}}],
+         "optimizer.sparsity does not apply to fo-adam"),
+    ],
+)
+def test_bad_variants_fail_with_one_line_naming_the_value(grid, message):
+    changes = {"grid": grid, "sweep": {"default": {"lr": [1e-3]}}}
+    if "fo-adam" in message:
+        changes["grid"] = [{"optimizer": ["fo-adam"], "variant": grid[0]["variant"]}]
+    with pytest.raises(SuiteError) as error:
+        expand_suite(tiny_suite(**changes))
+    text = str(error.value)
+    assert message in text and "\n" not in text
+
+
+def test_the_cpu_studies_suite_holds_the_three_enhancements_and_the_template_ablation():
+    suite = load_suite("cpu-studies")
+    variants = [c.variant for c in suite.cells]
+    for name in ("dense", "sparsity-0.2", "hybrid-k0-fo", "hybrid-k30-zo", "no-template",
+                 "block-layer", "q32-matched"):
+        assert name in variants
+    sparsity = {r.config["optimizer"]["sparsity"] for r in suite.runs}
+    assert sparsity == {None, 0.1, 0.2, 0.5, 0.8}
+    assert len(suite.run_ids) == 11, "dense, hybrid-k30-zo and template are one run"
+
+
+V1_SCHEMA_ROW = (
+    "INSERT INTO runs VALUES ('abc', 'tiny', 'm', 'sst2', 'full', 'zo-sgd', '{}', 0, '{}', "
+    "'done', '{\"test_accuracy\": 1.0}', NULL, 0.0, 1.0, 1.0, 1, '0.1.0', 'h', 'cpu')"
+)
+
+
+def test_a_store_written_before_studies_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    from zotune.bench import store as store_module
+
+    v1_schema = store_module.SCHEMA.replace(",\n    variant TEXT NOT NULL DEFAULT ''", "")
+    assert "variant" not in v1_schema
+    db = sqlite3.connect(tmp_path / store_module.DB_NAME)
+    db.executescript(v1_schema)
+    db.execute(V1_SCHEMA_ROW)
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    run = expand_suite(study_suite()).runs[-1]
+    with ResultsStore(tmp_path) as store:
+        store.record(record_for(run))
+        old, new = store.records()
+    assert old.id == "abc" and old.cell == Cell("m", "sst2", "full", "zo-sgd")
+    assert new.cell.variant == run.cell.variant == "again-dense"
 
 
 # Store -------------------------------------------------------------------------------------
@@ -502,3 +612,31 @@ def test_bad_suite_files_fail_before_anything_runs(tmp_path, capsys):
     assert code == 2
     assert "selector 'fo-sgd' names nothing in the grid" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_study_runs_its_shared_baseline_once_and_reports_each_variant(sst2_dir, tmp_path,
+                                                                       capsys):
+    suite = write_suite(
+        tmp_path / "study.yaml",
+        grid=[{"tuning": ["full"], "optimizer": ["zo-sgd"],
+               "variant": {"dense": {}, "sparse-0.5": {"optimizer": {"sparsity": 0.5}},
+                           "dense-again": {}}}],
+        sweep={"default": {"lr": [1e-3], "eps": [1e-3]}},
+        seeds=[0],
+    )
+    results = tmp_path / "results"
+    code, out, err = run_cli(
+        ["bench", str(suite), f"task.data_dir={sst2_dir}", "--results", str(results)], capsys
+    )
+    assert code == 0, err
+    assert "2 runs: 2 done" in out, "dense and dense-again share one run"
+    code, _, err = run_cli(["report", str(results), "--no-plots"], capsys)
+    assert code == 0, err
+    markdown = (results / "report" / "report.md").read_text()
+    assert "### Studies" in markdown and "### Test accuracy" not in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| dense")]
+    assert len(rows) == 2 and all("lr=0.001" in row for row in rows)
+    assert "| sparse-0.5 | zo-sgd | full |" in markdown
+    with (results / "report" / "accuracy.csv").open() as file:
+        variants = [row["variant"] for row in csv.DictReader(file)]
+    assert sorted(variants) == ["dense", "dense-again", "sparse-0.5"]

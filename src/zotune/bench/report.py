@@ -60,10 +60,11 @@ class Section:
     suite: str
     model: str
     task: str
-    selections: list[CellSelection]
+    selections: list[CellSelection]  # the main table's cells
     records: list[RunRecord]  # this section's runs in the plan, every status
     command: str
     plots: list[Path] = field(default_factory=list)
+    studies: list[CellSelection] = field(default_factory=list)  # cells with a variant
 
     @property
     def slug(self) -> str:
@@ -140,15 +141,18 @@ def _sections(
         for entry in suite_plan.runs:
             groups.setdefault((entry["model"], entry["task"]), []).append(entry)
         for (model, task), planned in groups.items():
-            section_records = [by_id[e["id"]] for e in planned if e["id"] in by_id]
+            ids = dict.fromkeys(e["id"] for e in planned)  # a shared run is one record
+            section_records = [by_id[i] for i in ids if i in by_id]
+            selections = select(section_records, planned)
             sections.append(
                 Section(
                     suite=suite_plan.name,
                     model=model,
                     task=task,
-                    selections=select(section_records, planned),
+                    selections=[s for s in selections if not s.cell.variant],
                     records=section_records,
                     command=command,
+                    studies=[s for s in selections if s.cell.variant],
                 )
             )
     return sections
@@ -162,6 +166,7 @@ def _plan_of(records: list[RunRecord], suite: str) -> list[dict[str, Any]]:
             "task": r.cell.task,
             "scheme": r.cell.scheme,
             "optimizer": r.cell.optimizer,
+            "variant": r.cell.variant,
             "hparams": r.hparams,
             "seed": r.seed,
         }
@@ -184,29 +189,81 @@ def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> s
             "",
             *context_lines(section),
             "",
-            "### Test accuracy (%)",
-            "",
-            "Test accuracy of the hyperparameters with the best mean validation accuracy "
-            "(never chosen on test); mean ± std over seeds.",
-            "",
-            accuracy_table(section).markdown(),
-            "",
-            *_partial_note(section),
-            "### Selected hyperparameters",
-            "",
-            selection_table(section).markdown(),
-            "",
-            "### Memory and time",
-            "",
-            *_memory_note(section),
-            cost_table(section).markdown(),
-            "",
+            *_main_tables(section),
+            *_study_tables(section),
             *_failed_runs(section),
             *(f"![{p.stem}]({p.relative_to(out)})" for p in section.plots),
             "",
             *_all_runs(section),
         ]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _main_tables(section: Section) -> list[str]:
+    if not section.selections:
+        return []
+    return [
+        "### Test accuracy (%)",
+        "",
+        "Test accuracy of the hyperparameters with the best mean validation accuracy "
+        "(never chosen on test); mean ± std over seeds.",
+        "",
+        accuracy_table(section).markdown(),
+        "",
+        *_partial_note(section.selections),
+        "### Selected hyperparameters",
+        "",
+        selection_table(section).markdown(),
+        "",
+        "### Memory and time",
+        "",
+        *_memory_note(section),
+        cost_table(section).markdown(),
+        "",
+    ]
+
+
+def _study_tables(section: Section) -> list[str]:
+    if not section.studies:
+        return []
+    return [
+        "### Studies",
+        "",
+        "One row per variant (a named setting the suite compares), in the suite's order; "
+        "hyperparameters chosen on validation as above. "
+        + _memory_note(section)[0],
+        "",
+        study_table(section).markdown(),
+        "",
+        *_partial_note(section.studies),
+    ]
+
+
+def study_table(section: Section) -> Table:
+    header = ["variant", "optimizer", "scheme", "chosen hyperparameters", "steps",
+              "forward passes / step", "val acc (%)", "test acc (%)", "peak memory (MB)",
+              "s/step"]
+    rows = []
+    for item in section.studies:
+        chosen = item.chosen
+        steps = {r.config["train"]["steps"] for c in item.candidates for r in c.done}
+        cells = [item.cell.variant, item.cell.optimizer, item.cell.scheme]
+        if chosen is None:
+            rows.append([*cells, MISSING, MISSING, MISSING, MISSING, MISSING, MISSING, MISSING])
+            continue
+        rows.append(
+            [
+                *cells,
+                chosen.label(),
+                ", ".join(str(n) for n in sorted(steps)),
+                _number(chosen.mean_metric("forward_passes_per_step"), "{:.0f}"),
+                f"{chosen.val_mean * 100:.1f}",
+                _accuracy_cell(item),
+                _number(chosen.mean_metric("peak_memory_mb"), "{:.0f}"),
+                _number(chosen.mean_metric("seconds_per_step"), "{:.3f}"),
+            ]
+        )
+    return Table(header, rows, align_right_from=4)
 
 
 def context_lines(section: Section) -> list[str]:
@@ -272,8 +329,7 @@ def _accuracy_cell(selection: CellSelection | None) -> str:
     return text + (PARTIAL_MARK if selection.partial else "")
 
 
-def _partial_note(section: Section) -> list[str]:
-    cells = section.selections
+def _partial_note(cells: list[CellSelection]) -> list[str]:
     empty = sum(s.chosen is None for s in cells)
     partial = sum(s.partial and s.chosen is not None for s in cells)
     if not empty and not partial:
@@ -382,7 +438,8 @@ def _all_runs(section: Section) -> list[str]:
     """Every run of the section, folded away (GitHub renders ``<details>``)."""
     if not section.records:
         return []
-    chosen = {r.id for item in section.selections if item.chosen for r in item.chosen.done}
+    cells = [*section.selections, *section.studies]
+    chosen = {r.id for item in cells if item.chosen for r in item.chosen.done}
     rows = []
     for r in section.records:
         metrics = r.metrics or {}
@@ -390,7 +447,7 @@ def _all_runs(section: Section) -> list[str]:
             [
                 f"`{r.id}`",
                 r.cell.optimizer,
-                r.cell.scheme,
+                r.cell.scheme + (f" [{r.cell.variant}]" if r.cell.variant else ""),
                 hparams_label(r.hparams),
                 str(r.seed),
                 r.status + (" (selected)" if r.id in chosen else ""),
@@ -442,7 +499,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in section.selections:
+        for item in [*section.selections, *section.studies]:
             chosen = item.chosen
             rows.append(
                 {
@@ -451,6 +508,7 @@ def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
                     "task": section.task,
                     "optimizer": item.cell.optimizer,
                     "scheme": item.cell.scheme,
+                    "variant": item.cell.variant,
                     "test_accuracy_mean": chosen.test_mean if chosen else "",
                     "test_accuracy_std": (chosen.test_std or "") if chosen else "",
                     "val_accuracy_mean": chosen.val_mean if chosen else "",
@@ -464,7 +522,7 @@ def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
 def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in section.selections:
+        for item in [*section.selections, *section.studies]:
             for candidate in item.candidates:
                 rows.append(
                     {
@@ -473,6 +531,7 @@ def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
                         "task": section.task,
                         "optimizer": item.cell.optimizer,
                         "scheme": item.cell.scheme,
+                        "variant": item.cell.variant,
                         "hyperparameters": candidate.label(),
                         "chosen": candidate is item.chosen,
                         "val_accuracy_mean": candidate.val_mean if candidate.done else "",
@@ -488,7 +547,7 @@ def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
 def _cost_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in section.selections:
+        for item in [*section.selections, *section.studies]:
             chosen = item.chosen
             if chosen is None:
                 continue
@@ -499,6 +558,7 @@ def _cost_rows(sections: list[Section]) -> list[dict[str, Any]]:
                     "task": section.task,
                     "optimizer": item.cell.optimizer,
                     "scheme": item.cell.scheme,
+                    "variant": item.cell.variant,
                     "forward_passes_per_step": chosen.mean_metric("forward_passes_per_step"),
                     "peak_memory_mb": chosen.mean_metric("peak_memory_mb"),
                     "seconds_per_step": chosen.mean_metric("seconds_per_step"),
@@ -512,7 +572,10 @@ def _run_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
         chosen_ids = {
-            r.id for item in section.selections if item.chosen for r in item.chosen.done
+            r.id
+            for item in [*section.selections, *section.studies]
+            if item.chosen
+            for r in item.chosen.done
         }
         for record in section.records:
             metrics = record.metrics or {}
@@ -524,6 +587,7 @@ def _run_rows(sections: list[Section]) -> list[dict[str, Any]]:
                     "task": record.cell.task,
                     "optimizer": record.cell.optimizer,
                     "scheme": record.cell.scheme,
+                    "variant": record.cell.variant,
                     "hyperparameters": hparams_label(record.hparams),
                     "seed": record.seed,
                     "status": record.status,

@@ -78,7 +78,11 @@ def plan(
     """
     wanted = {run.id for run in suite.select(only)} if only else None
     planned = []
+    seen: set[str] = set()
     for run in suite.runs:
+        if run.id in seen:  # a run two cells share executes once
+            continue
+        seen.add(run.id)
         state = statuses.get(run.id, "pending")
         will_run = state == "pending" or (state == "failed" and retry_failed)
         if wanted is not None and run.id not in wanted:
@@ -151,7 +155,7 @@ class Runner:
             finally:
                 self._finish()
             final = store.statuses()
-            ids = [run.id for run in self.suite.runs]
+            ids = self.suite.run_ids
             return BenchSummary(
                 total=len(ids),
                 done_before=done_before,

@@ -98,7 +98,13 @@ def select(
     by_id = {r.id: r for r in records}
     cells: dict[Cell, dict[str, Candidate]] = {}
     for entry in planned:
-        cell = Cell(entry["model"], entry["task"], entry["scheme"], entry["optimizer"])
+        cell = Cell(
+            entry["model"],
+            entry["task"],
+            entry["scheme"],
+            entry["optimizer"],
+            entry.get("variant", ""),  # plans written before studies existed have none
+        )
         key = json.dumps(entry["hparams"], sort_keys=True)
         candidates = cells.setdefault(cell, {})
         candidate = candidates.setdefault(key, Candidate(entry["hparams"], 0))
@@ -126,4 +132,5 @@ def _cell_fields(cell: Cell) -> dict[str, str]:
         "task": cell.task,
         "scheme": cell.scheme,
         "optimizer": cell.optimizer,
+        "variant": cell.variant,
     }

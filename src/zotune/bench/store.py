@@ -27,8 +27,15 @@ from typing import Any
 from .suite import Cell, RunSpec, Suite
 
 DB_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns each schema version added, with their default for rows written before it.
+MIGRATIONS = {2: ["ALTER TABLE runs ADD COLUMN variant TEXT NOT NULL DEFAULT ''"]}
 STATUSES = ("done", "failed")
+RUN_COLUMNS = (
+    "id", "suite", "model", "task", "scheme", "optimizer", "variant", "hparams", "seed",
+    "config", "status", "metrics", "error", "started_at", "finished_at", "duration_s",
+    "attempts", "zotune_version", "hostname", "hardware",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,7 +57,8 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL,
     zotune_version TEXT NOT NULL,
     hostname TEXT NOT NULL,
-    hardware TEXT NOT NULL
+    hardware TEXT NOT NULL,
+    variant TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL,
@@ -142,17 +150,23 @@ class ResultsStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: results schema version {version}, this zotune reads "
+                    f"{SCHEMA_VERSION} and older"
+                )
+            fresh = not self._db.execute(
+                "SELECT name FROM sqlite_master WHERE name = 'runs'"
+            ).fetchone()
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path}: results schema version {version}, this zotune reads "
-                    f"{SCHEMA_VERSION}"
-                )
+            if not fresh:  # a store an older zotune wrote: add what it lacks, keep its rows
+                for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -187,13 +201,18 @@ class ResultsStore:
                 "SELECT attempts FROM runs WHERE id = ?", (record.id,)
             ).fetchone()
             record.attempts = (previous["attempts"] + 1) if previous else 1
+            columns = RUN_COLUMNS
             db.execute(
-                "INSERT OR REPLACE INTO runs VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO runs ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
                 (
                     record.id,
                     record.suite,
-                    *record.cell.values(),
+                    record.cell.model,
+                    record.cell.task,
+                    record.cell.scheme,
+                    record.cell.optimizer,
+                    record.cell.variant,
                     json.dumps(record.hparams),  # the suite's order, for display
                     record.seed,
                     json.dumps(record.config, sort_keys=True),
@@ -252,7 +271,7 @@ def _record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
         id=row["id"],
         suite=row["suite"],
-        cell=Cell(row["model"], row["task"], row["scheme"], row["optimizer"]),
+        cell=Cell(row["model"], row["task"], row["scheme"], row["optimizer"], row["variant"]),
         hparams=json.loads(row["hparams"]),
         seed=row["seed"],
         config=json.loads(row["config"]),

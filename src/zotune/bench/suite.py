@@ -13,6 +13,9 @@ A suite file::
       task: [sst2]                       # task.name    (optional)
       tuning: [full, lora]               # tuning.scheme (optional)
       optimizer: [zo-sgd, fo-sgd]        # optimizer.name (optional)
+      variant:                           # optional: named partial configs, one cell each
+        dense: {}
+        sparse-0.2: {optimizer: {sparsity: 0.2}}
     overrides:                           # partial RunConfigs for the cells a selector picks
       fo-sgd: {train: {steps: 1}}
     sweep:                               # hyperparameter grids; a cell's runs = their product
@@ -24,10 +27,18 @@ A suite file::
       default: {cpus: 2}                 # default: 1 CPU; 1 GPU when model.device is cuda
       fo-sgd: {gpus: 1}
 
+``grid`` may also be a list of such mappings: the suite's cells are their union. That is how
+a study sits beside a main table: its own grid, whose ``variant`` axis names the settings it
+compares (a variant's partial config is applied last, after ``overrides``, so it wins). A cell
+is (model, task, scheme, optimizer, variant); cells of the main table have no variant. Two
+cells may hold the same run (the same resolved config, e.g. a study's dense baseline shared by
+two studies): it runs once and counts for both; the same config twice in one cell is an error.
+
 Selectors (the keys of ``overrides``, ``sweep`` and ``resources``) are ``default`` or grid
-values joined by ``/`` (``fo-adam``, ``lora``, ``zo-sgd/lora``, ``facebook/opt-1.3b/prefix``);
-a cell is picked when it has every named value. Matching entries apply from general to
-specific (fewer parts first, then file order), so the most specific one wins. Sweep keys are
+values (variant names included) joined by ``/`` (``fo-adam``, ``lora``, ``zo-sgd/lora``,
+``facebook/opt-1.3b/prefix``); a cell is picked when it has every named value. Matching
+entries apply from general to specific (fewer parts first, then file order), so the most
+specific one wins. Sweep keys are
 optimizer options (``lr``) or any dotted config key (``tuning.lora_r``); a scalar is a
 one-value list. ``resources`` entries merge key by key the same way; they say where a run
 fits, not what it computes, so they are not part of its id, and the local runner ignores them
@@ -56,6 +67,7 @@ import yaml
 from ..config import ConfigError, RunConfig, build_config, parse_override, set_dotted
 
 SUITE_KEYS = ("name", "description", "base", "grid", "overrides", "sweep", "seeds", "resources")
+VARIANT_AXIS = "variant"
 RESOURCE_KEYS = ("cpus", "gpus")
 # Grid axis → the config key it sets.
 GRID_AXES = {
@@ -81,18 +93,23 @@ class SuiteError(ConfigError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the results table: a model, a task, a tuning scheme and an optimizer."""
+    """One cell of the results: a model, a task, a tuning scheme, an optimizer and, in a study,
+    the variant (a named setting; ``""`` in the main table)."""
 
     model: str
     task: str
     scheme: str
     optimizer: str
+    variant: str = ""
 
-    def values(self) -> tuple[str, str, str, str]:
-        return (self.model, self.task, self.scheme, self.optimizer)
+    def values(self) -> tuple[str, ...]:
+        """The values a selector can name (the variant only when there is one)."""
+        axes = (self.model, self.task, self.scheme, self.optimizer)
+        return (*axes, self.variant) if self.variant else axes
 
     def label(self) -> str:
-        return f"{self.optimizer}/{self.scheme} on {self.task} ({self.model})"
+        variant = f" [{self.variant}]" if self.variant else ""
+        return f"{self.optimizer}/{self.scheme}{variant} on {self.task} ({self.model})"
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,11 @@ class RunSpec:
         return hparams_label(self.hparams)
 
     def label(self) -> str:
-        return f"{self.cell.optimizer}/{self.cell.scheme} {self.hparams_label()} seed {self.seed}"
+        variant = f" [{self.cell.variant}]" if self.cell.variant else ""
+        return (
+            f"{self.cell.optimizer}/{self.cell.scheme}{variant} {self.hparams_label()} "
+            f"seed {self.seed}"
+        )
 
     def run_config(self, **placement: Any) -> RunConfig:
         """The RunConfig to train, with e.g. ``output_dir=...`` placed into its section."""
@@ -147,6 +168,11 @@ class Suite:
     @property
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(run.cell for run in self.runs))
+
+    @property
+    def run_ids(self) -> list[str]:
+        """Each distinct run once (a run shared by two cells executes once)."""
+        return list(dict.fromkeys(run.id for run in self.runs))
 
     def select(self, selectors: list[str]) -> list[RunSpec]:
         """The runs whose cell matches any selector (``zo-sgd``, ``lora``, ``zo-sgd/lora``)."""
@@ -196,11 +222,12 @@ def run_id(config: dict[str, Any]) -> str:
 def builtin_suites() -> dict[str, str]:
     """Built-in suite name → its YAML text (package data in ``zotune/bench/suites``)."""
     folder = resources.files("zotune.bench") / "suites"
-    return {
-        entry.name.removesuffix(".yaml"): entry.read_text()
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+    entries = {
+        entry.name.removesuffix(".yaml"): entry
+        for entry in folder.iterdir()
         if entry.name.endswith(".yaml")
     }
+    return {name: entries[name].read_text() for name in sorted(entries)}
 
 
 def load_suite(name_or_path: str | Path, overrides: list[str] | None = None) -> Suite:
@@ -248,45 +275,51 @@ def expand_suite(
     description = _string(data.get("description", ""), "description")
     base = _mapping(data.get("base"), "base")
     _validated(base, "base")
-    axes = _grid_axes(_mapping(data.get("grid"), "grid"), base)
-    _check_names(axes)
-    cell_overrides = _selector_table(data.get("overrides"), "overrides", axes)
+    grids = _grids(data.get("grid"), base)
+    cells = [
+        (Cell(*values, variant=variant), partial)
+        for axes, variants in grids
+        for values in itertools.product(*axes.values())
+        for variant, partial in (variants or {"": {}}).items()
+    ]
+    all_values = [cell.values() for cell, _ in cells]
+    cell_overrides = _selector_table(data.get("overrides"), "overrides", all_values)
     for selector, partial in cell_overrides:
         _validated(_mapping(partial, f"overrides {selector!r}"), f"overrides {selector!r}")
-    sweeps = _selector_table(data.get("sweep"), "sweep", axes)
+    sweeps = _selector_table(data.get("sweep"), "sweep", all_values)
     for selector, grid in sweeps:
         _check_sweep(selector, grid)
     seeds = _seeds(data.get("seeds"), base)
-    resource_table = _selector_table(data.get("resources"), "resources", axes)
+    resource_table = _selector_table(data.get("resources"), "resources", all_values)
     for selector, entry in resource_table:
         _check_resources(selector, entry)
     command_overrides = [parse_override(item) for item in overrides or []]
 
     runs: list[RunSpec] = []
     seen: dict[str, RunSpec] = {}
-    for values in itertools.product(*axes.values()):
-        cell = Cell(*values)
+    for cell, variant_partial in cells:
         cell_base = copy.deepcopy(base)
-        for axis, value in zip(GRID_AXES, values, strict=True):
+        for axis, value in zip(GRID_AXES, cell.values(), strict=False):
             set_dotted(cell_base, GRID_AXES[axis], value)
         for _, partial in _matching(cell_overrides, cell):
             _deep_merge(cell_base, partial)
+        _deep_merge(cell_base, variant_partial)
         grid = _cell_sweep(sweeps, cell)
         for combination in itertools.product(*grid.values()):
             hparams = dict(zip(grid, combination, strict=True))
             for seed in seeds:
                 run = _resolve(cell, cell_base, hparams, seed, command_overrides)
                 run.resources = _run_resources(resource_table, cell, run.config)
-                if run.id in seen:
+                if run.id in seen and seen[run.id].cell == run.cell:
                     raise SuiteError(
                         f"{run.cell.label()}: runs {seen[run.id].label()!r} and {run.label()!r} "
                         f"have the same config (a sweep value repeats, or an override masks "
                         f"the sweep)"
                     )
-                seen[run.id] = run
+                seen.setdefault(run.id, run)
                 runs.append(run)
     if command_overrides:  # an override may change a grid axis, e.g. model.name
-        columns = zip(*(run.cell.values() for run in runs), strict=True)
+        columns = zip(*(run.cell.values()[: len(GRID_AXES)] for run in runs), strict=True)
         resolved_axes = zip(GRID_AXES, columns, strict=True)
         _check_names({axis: list(dict.fromkeys(values)) for axis, values in resolved_axes})
     _check_options(runs)
@@ -321,6 +354,7 @@ def _resolve(
         task=resolved["task"]["name"],
         scheme=resolved["tuning"]["scheme"],
         optimizer=resolved["optimizer"]["name"],
+        variant=cell.variant,
     )
     return RunSpec(run_id(resolved), resolved_cell, dict(hparams), seed, resolved)
 
@@ -346,11 +380,51 @@ def _validated(partial: dict[str, Any], where: str) -> RunConfig:
         raise SuiteError(f"{where}: {error}") from None
 
 
-def _grid_axes(grid: dict[str, Any], base: dict[str, Any]) -> dict[str, list[str]]:
+def _grids(
+    value: Any, base: dict[str, Any]
+) -> list[tuple[dict[str, list[str]], dict[str, dict[str, Any]]]]:
+    """Each grid's axes and its variants (name → partial config; empty without a variant axis)."""
+    if isinstance(value, list):
+        if not value:
+            raise SuiteError("grid: expected a mapping or a non-empty list of mappings, got []")
+        items = [(_mapping(item, f"grid[{i}]"), f"grid[{i}]") for i, item in enumerate(value)]
+    else:
+        items = [(_mapping(value, "grid"), "grid")]
+    grids = []
+    for grid, where in items:
+        axes = _grid_axes({k: v for k, v in grid.items() if k != VARIANT_AXIS}, base, where)
+        _check_names(axes)
+        grids.append((axes, _variants(grid.get(VARIANT_AXIS), where, axes)))
+    return grids
+
+
+def _variants(
+    value: Any, where: str, axes: dict[str, list[str]]
+) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    where = f"{where}.{VARIANT_AXIS}"
+    if not isinstance(value, dict) or not value:
+        raise SuiteError(f"{where}: expected a mapping of names to partial configs, got {value!r}")
+    taken = {v for values in axes.values() for v in values}
+    for name, partial in value.items():
+        if not isinstance(name, str) or not name or name in taken or name == DEFAULT_SELECTOR:
+            raise SuiteError(
+                f"{where}: {name!r} cannot name a variant (a non-empty string that is not "
+                f"{DEFAULT_SELECTOR!r} or another grid value)"
+            )
+        _validated(_mapping(partial, f"{where}.{name}"), f"{where}.{name}")
+    return value
+
+
+def _grid_axes(
+    grid: dict[str, Any], base: dict[str, Any], where: str = "grid"
+) -> dict[str, list[str]]:
     """Axis → its values; an axis the grid leaves out takes base's (or the default) value."""
     unknown = [key for key in grid if key not in GRID_AXES]
     if unknown:
-        raise SuiteError(f"grid: unknown axis {unknown[0]!r} (axes: {', '.join(GRID_AXES)})")
+        axes = ", ".join([*GRID_AXES, VARIANT_AXIS])
+        raise SuiteError(f"{where}: unknown axis {unknown[0]!r} (axes: {axes})")
     defaults = build_config(copy.deepcopy(base)).to_dict()
     axes: dict[str, list[str]] = {}
     for axis, dotted in GRID_AXES.items():
@@ -359,13 +433,13 @@ def _grid_axes(grid: dict[str, Any], base: dict[str, Any]) -> dict[str, list[str
         if isinstance(values, str):
             values = [values]
         if not isinstance(values, list) or not values:
-            raise SuiteError(f"grid.{axis}: expected a non-empty list of names, got {values!r}")
+            raise SuiteError(f"{where}.{axis}: expected a non-empty list of names, got {values!r}")
         for value in values:
             if not isinstance(value, str) or not value:
-                raise SuiteError(f"grid.{axis}: expected names, got {value!r}")
+                raise SuiteError(f"{where}.{axis}: expected names, got {value!r}")
         repeated = [v for v in values if values.count(v) > 1]
         if repeated:
-            raise SuiteError(f"grid.{axis}: {repeated[0]!r} is listed twice")
+            raise SuiteError(f"{where}.{axis}: {repeated[0]!r} is listed twice")
         axes[axis] = values
     return axes
 
@@ -380,11 +454,14 @@ def _default_value(axis: str) -> str:
 
 
 def _selector_table(
-    table: Any, where: str, axes: dict[str, list[str]]
+    table: Any, where: str, cells: list[tuple[str, ...]]
 ) -> list[tuple[str, dict[str, Any]]]:
-    """``[(selector, entry)]`` in the order they apply: general to specific, then file order."""
+    """``[(selector, entry)]`` in the order they apply: general to specific, then file order.
+
+    ``cells`` are the values of every cell of the suite.
+    """
     table = _mapping(table, where)
-    known = [value for values in axes.values() for value in values]
+    known = list(dict.fromkeys(value for values in cells for value in values))
     parsed = []
     for position, (selector, entry) in enumerate(table.items()):
         if not isinstance(selector, str):
@@ -402,7 +479,7 @@ def _selector_table(
         entry = _mapping(entry, f"{where} {selector!r}")
         parsed.append((len(parts), position, selector, parts, entry))
     for _, _, selector, parts, _ in parsed:
-        if not any(_selects(parts, values) for values in itertools.product(*axes.values())):
+        if not any(_selects(parts, values) for values in cells):
             raise SuiteError(f"{where}: selector {selector!r} matches no cell of the grid")
     return [(selector, entry) for *_, selector, parts, entry in sorted(parsed)]
 
