@@ -157,7 +157,7 @@ def test_sparse_update_touches_only_the_kept_entries():
     changed = (x.detach() != 0).float().mean().item()
     assert abs(changed - 0.3) < 0.01
     sampler = opt.estimator.sampler
-    scratch = [t for pair in sampler._mask_scratch.values() for t in pair]
+    scratch = [*sampler._mask_scratch.values(), *sampler._uniforms.values()]
     assert scratch and all(t.numel() <= sampler.chunk_numel for t in scratch)  # no stored mask
 
 
@@ -405,3 +405,18 @@ def test_resume_continues_the_same_trajectory(options, sst2_dir, tmp_path):
     resumed = run(tmp_path / "split", 4, resume=True)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_table_moves_add_exactly_the_drawn_direction(dtype):
+    # The table path adds m ⊙ z with one addcmul per piece; the draw path (non-linear rules,
+    # Forward-Grad) builds the same m ⊙ z in scratch. Chunks of 3000 over a table of 4096
+    # make some chunks wrap around the table's end.
+    sampler = MaskedDirectionSampler(
+        DirectionSampler("table", chunk_numel=3000, table_numel=4096), {0: 0.3}, seed=3
+    )
+    param = torch.zeros(20_000, dtype=dtype)
+    sampler.add_([IndexedParam(0, param)], 7, 0.5)
+    expected = sampler.direction(torch.zeros(20_000, dtype=dtype), 7, 0) * 0.5
+    assert torch.equal(param, expected)
+    assert abs((param != 0).float().mean().item() - 0.7) < 0.02
