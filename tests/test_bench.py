@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -640,3 +641,60 @@ def test_a_study_runs_its_shared_baseline_once_and_reports_each_variant(sst2_dir
     with (results / "report" / "accuracy.csv").open() as file:
         variants = [row["variant"] for row in csv.DictReader(file)]
     assert sorted(variants) == ["dense", "dense-again", "sparse-0.5"]
+
+
+def test_a_run_past_the_time_limit_is_stopped_and_recorded(sst2_dir, tmp_path, capsys):
+    suite = write_suite(
+        tmp_path / "slow.yaml",
+        grid={"tuning": ["full"], "optimizer": ["zo-sgd"]},
+        sweep={"zo-sgd": {"lr": [1e-3], "eps": [1e-3]}},
+        overrides={"zo-sgd": {"train": {"steps": 1_000_000, "eval_every": 1_000_000}}},
+        seeds=[0],
+    )
+    results = tmp_path / "results"
+    started = time.monotonic()
+    code, out, err = run_cli(
+        ["bench", str(suite), f"task.data_dir={sst2_dir}", "--results", str(results),
+         "--time-limit", "12"],
+        capsys,
+    )
+    assert code == 1 and time.monotonic() - started < 60
+    assert "1 runs: 0 done, 1 failed" in out
+    with ResultsStore(results, create=False) as store:
+        (record,) = store.records()
+    assert record.status == "failed" and record.error == "stopped after the time limit of 12 s"
+    code, _, err = run_cli(["bench", str(suite), "--time-limit", "0"], capsys)
+    assert code == 2 and "--time-limit must be a positive number of seconds, got 0.0" in err
+
+
+def test_killing_the_runner_mid_suite_loses_no_finished_run(sst2_dir, tmp_path):
+    suite = write_suite(
+        tmp_path / "three.yaml",
+        grid={"tuning": ["full"], "optimizer": ["zo-sgd"]},
+        sweep={"zo-sgd": {"lr": [1e-2, 1e-3, 1e-4], "eps": [1e-3]}},
+        seeds=[0],
+    )
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "zotune", "bench", str(suite),
+               f"task.data_dir={sst2_dir}", "--results", str(results)]
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    done: dict[str, str] = {}
+    while not done and time.monotonic() < deadline and runner.poll() is None:
+        time.sleep(0.5)
+        if (results / "results.sqlite").is_file():
+            with ResultsStore(results, create=False) as store:
+                done = store.statuses()
+    runner.send_signal(signal.SIGINT)  # the runner stops its worker and exits
+    runner.communicate(timeout=60)
+    assert done, "no run finished before the deadline"
+    with ResultsStore(results, create=False) as store:
+        after_kill = store.statuses()
+    assert 1 <= len(after_kill) < 3 and set(after_kill.values()) == {"done"}
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(after_kill)} done before, {3 - len(after_kill)} to run" in resumed.stderr
+    with ResultsStore(results, create=False) as store:
+        records = store.records()
+    assert len(records) == 3 and {r.status for r in records} == {"done"}
+    assert {r.attempts for r in records} == {1}, "no run was recorded twice"

@@ -8,6 +8,10 @@ ends, in one transaction, so Ctrl-C or a kill loses only the runs in flight:
 - a worker whose runner died stops itself (it would otherwise train on, unrecorded);
 - an outcome a worker wrote just before its runner died is picked up, not recomputed.
 
+With ``time_limit`` (``--time-limit``), a run still going after that many seconds is stopped
+(SIGTERM, then SIGKILL after a grace period) and recorded as failed, saying so; the suite
+goes on, and the next invocation retries it from scratch like any failed run.
+
 ``jobs`` runs go at once (threads, each waiting on one subprocess); each subprocess gets
 ``usable CPUs // jobs`` torch/OpenMP threads so they do not fight over cores.
 
@@ -119,9 +123,12 @@ class Runner:
         only: list[str] | None = None,
         command: str | None = None,
         stream: TextIO | None = None,
+        time_limit: float | None = None,
     ) -> None:
         if jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {jobs}")
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit}")
         self.suite = suite
         self.results_dir = Path(results_dir)
         self.jobs = jobs
@@ -130,6 +137,7 @@ class Runner:
         self.command = command or suite.command(self.results_dir)
         self.stream = stream
         self.threads = threads_per_job(jobs)
+        self.time_limit = time_limit
         self._stopping = threading.Event()
         self._live: set[subprocess.Popen] = set()
         self._live_lock = threading.Lock()
@@ -204,14 +212,7 @@ class Runner:
         self._stopping.set()
         with self._live_lock:
             live = list(self._live)
-        for process in live:
-            process.terminate()
-        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        for process in live:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _terminate(live)
 
     def _execute(
         self, run: RunSpec, previous: str | None, store: ResultsStore
@@ -251,7 +252,12 @@ class Runner:
             with self._live_lock:
                 self._live.add(process)
             try:
-                code = process.wait()
+                code = process.wait(self.time_limit)
+            except subprocess.TimeoutExpired:
+                _terminate([process])
+                finished = time.time()
+                error = f"stopped after the time limit of {self.time_limit:g} s"
+                return self._record_failure(store, run, error, started, finished)
             finally:
                 with self._live_lock:
                     self._live.discard(process)
@@ -322,6 +328,19 @@ class Runner:
         )
         store.record(record)
         return record
+
+
+def _terminate(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited after the grace period."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def run_suite(suite: Suite, results_dir: str | Path, **options) -> BenchSummary:
