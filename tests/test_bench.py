@@ -487,7 +487,9 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
     assert "| optimizer | full | lora |" in markdown
     assert any(line.startswith("| zo-sgd | ") for line in markdown.splitlines())
     assert any(line.startswith("| fo-sgd | ") for line in markdown.splitlines())
-    assert "Partial" not in markdown and "—" not in markdown.split("### Selected")[0]
+    assert "Partial" not in markdown and "—" not in markdown.split("Beside the paper")[0]
+    paper_rows = [line for line in markdown.splitlines() if "/ 91.1 |" in line]
+    assert len(paper_rows) == 1 and paper_rows[0].startswith("| fo-sgd | ")
     for fact in ("random:tiny-llama", "2 steps, batch 4", "cores", "zotune: 0.1.0",
                  "reproduce: `zotune bench smoke task.data_dir="):
         assert fact in markdown
