@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.ray = ""
     if args.ray is not None and args.jobs != 1:
         raise ValueError(f"--jobs {args.jobs} does not apply to --ray: runs take their resources")
+    if args.ray is not None and args.time_limit is not None:
+        raise ValueError("--time-limit applies to local runs; it is not implemented for --ray")
     suite = load_suite(args.suite, args.overrides)
     results = Path(args.results) if args.results else Path("results") / suite.name
     if args.dry_run:
@@ -182,7 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "command": suite.command(results if args.results else None),
     }
     if args.ray is None:
-        runner = Runner(suite, results, jobs=args.jobs, **options)
+        runner = Runner(suite, results, jobs=args.jobs, time_limit=args.time_limit, **options)
     else:
         from .bench.ray_backend import RayRunner
 
@@ -208,6 +212,45 @@ def _csv(text: str | None, kind=str) -> list | None:
     return [kind(item.strip()) for item in text.split(",") if item.strip()]
 
 
+def reproduce_command(argv: list[str]) -> str:
+    """``zotune ARGV``, behind ``taskset -c CPUS`` when this process is pinned to some CPUs."""
+    from .bench.environment import cpu_affinity
+
+    command = shlex.join(["zotune", *argv])
+    cpus = cpu_affinity()
+    return f"taskset -c {cpus} {command}" if cpus else command
+
+
+# Options that only shape a measurement: --from-json re-renders results as they were measured.
+MEASUREMENT_ONLY = ("optimizers", "schemes", "seq_lens", "steps", "threads")
+
+
+def _check_profile_options(args: argparse.Namespace) -> None:
+    """Reject combinations that cannot work before anything is measured (one-line errors)."""
+    mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
+    if args.from_json is not None:
+        if mode:
+            raise ValueError(f"--from-json re-renders saved profile results; drop {mode}")
+        given = [name for name in MEASUREMENT_ONLY if getattr(args, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} shapes a measurement; --from-json renders the file as it is")
+        if args.json:
+            raise ValueError("--json with --from-json would only copy the file it reads")
+    if args.plot is None:
+        return
+    if mode:
+        raise ValueError(f"--plot draws measured memory against sequence length; drop {mode}")
+    if args.from_json is None and len(set(_csv(args.seq_lens, int) or [])) < 2:
+        raise ValueError(
+            "--plot draws memory against sequence length: give --seq-lens with two or more "
+            "lengths (e.g. --seq-lens 32,64,128)"
+        )
+    from .bench.plots import require_matplotlib
+
+    require_matplotlib()
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Peak memory and time per step of each optimizer, or the step-cost benchmark."""
     from .bench import profile as prof
@@ -215,6 +258,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"zotune profile: {message}", file=sys.stderr, flush=True)
 
+    _check_profile_options(args)
+    command = reproduce_command(getattr(args, "argv", None) or sys.argv[1:])
+    if args.from_json is not None:
+        return _render_profile(args, command, log)
     common = {
         "model": args.model,
         "batch_size": args.batch_size,
@@ -245,6 +292,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(step_cost_table(result))
         payload, markdown = result.as_dict(), render_step_cost_markdown(result)
     else:
+        results = None
         sweep = args.seq_lens is not None
         default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.DEFAULT_OPTIMIZERS
         specs = prof.grid(
@@ -263,21 +311,74 @@ def cmd_profile(args: argparse.Namespace) -> int:
             markdown = estimates.render_estimates_markdown(rows)
         else:
             results = prof.run_profile(specs, isolate=args.isolate, log=log)
-            print(prof.describe_setup(results))
-            print(prof.profile_table(results))
-            if sweep:
-                print()
-                print(prof.sweep_table(results))
-            payload, markdown = prof.profile_payload(results), prof.render_markdown(results)
+            payload = prof.profile_payload(results, command=command, note=args.note)
+            markdown = _show_profile(args, results, command, payload["setup"])
     if args.json:
         prof.write_json(args.json, payload)
         log(f"wrote {args.json}")
     if args.markdown:
-        from .files import atomic_write_text
-
-        atomic_write_text(Path(args.markdown), markdown)
-        log(f"wrote {args.markdown}")
+        _write_markdown(args.markdown, markdown, log)
+    if args.plot and results:  # last: the measurements are saved if the plot fails
+        _write_plot(args.plot, results, log)
     return 0
+
+
+def _show_profile(args, results, command: str, setup: str) -> str:
+    """Print the tables; return the Markdown page (linking the --plot image)."""
+    from .bench import profile as prof
+
+    print(setup)
+    print(prof.profile_table(results))
+    if len({r.spec.seq_len for r in results}) > 1:
+        print()
+        print(prof.sweep_table(results))
+    plot = None
+    if args.plot and args.markdown:
+        plot = Path(os.path.relpath(Path(args.plot), Path(args.markdown).parent)).as_posix()
+    return prof.render_markdown(results, command=command, note=args.note, setup=setup, plot=plot)
+
+
+def _write_plot(path: str, results, log) -> None:
+    from .bench.plots import plot_memory_vs_seq_len
+
+    if not plot_memory_vs_seq_len(results, Path(path)):
+        raise ValueError(
+            "--plot draws memory against sequence length: the results hold one length only "
+            f"(T={results[0].spec.seq_len})"
+        )
+    log(f"wrote {path}")
+
+
+def _render_profile(args: argparse.Namespace, command: str, log) -> int:
+    """--from-json: tables, --markdown and --plot from saved results, measuring nothing."""
+    from .bench import profile as prof
+
+    payload = prof.load_payload(args.from_json)
+    results = [prof.ProfileResult.from_dict(item) for item in payload["results"]]
+    if not results:
+        raise ValueError(f"{args.from_json}: holds no profile results")
+    if args.plot and len({r.spec.seq_len for r in results}) < 2:
+        raise ValueError(
+            f"--plot draws memory against sequence length: {args.from_json} holds one "
+            f"length only (T={results[0].spec.seq_len})"
+        )
+    measured = payload.get("command")
+    command = f"{measured} && {command}" if measured else command
+    args.note = args.note or payload.get("note")
+    setup = payload.get("setup") or prof.describe_setup(results)
+    markdown = _show_profile(args, results, command, setup)
+    if args.markdown:
+        _write_markdown(args.markdown, markdown, log)
+    if args.plot:
+        _write_plot(args.plot, results, log)
+    return 0
+
+
+def _write_markdown(path: str, markdown: str, log) -> None:
+    from .files import atomic_write_text
+
+    atomic_write_text(Path(path), markdown)
+    log(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--results", help="results folder (default: results/<suite>)")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    bench.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop a run still going after this long and record it as failed",
+    )
     bench.add_argument(
         "--ray",
         nargs="?",
@@ -408,7 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the analytic estimates only (meta-device model: any size, no memory)",
     )
     profile.add_argument("--json", help="write the results as JSON (atomic)")
-    profile.add_argument("--markdown", help="write the results as a Markdown page (atomic)")
+    profile.add_argument(
+        "--markdown",
+        help="write the results as a Markdown page (atomic), headed by the command that "
+        "reproduces it",
+    )
+    profile.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="with --seq-lens: plot memory against sequence length (needs matplotlib)",
+    )
+    profile.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="measure nothing: print and render (--markdown, --plot) results saved by --json",
+    )
+    profile.add_argument(
+        "--note", help="a line for the Markdown page and JSON (e.g. what else ran on the machine)"
+    )
     profile.set_defaults(func=cmd_profile)
     return parser
 
@@ -416,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

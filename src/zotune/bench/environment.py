@@ -20,6 +20,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_affinity() -> str | None:
+    """``taskset -c`` form of the CPUs this process is pinned to (``"0"``, ``"0-3,6"``), or
+    None when it may run on every CPU the system has (or the platform cannot say)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    if not cpus or len(cpus) >= (os.cpu_count() or 0):
+        return None
+    ranges: list[list[int]] = []
+    for cpu in cpus:
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():

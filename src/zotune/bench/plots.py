@@ -1,4 +1,5 @@
-"""The report's figures: training-loss curves and accuracy against peak memory.
+"""The report's figures (training-loss curves, accuracy against peak memory) and the
+profile's (peak memory against sequence length).
 
 matplotlib is an optional dependency (the ``report`` extra); it is imported here only, with
 the Agg backend, so the report works on machines with no display.
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from ..files import atomic_write
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .profile import ProfileResult
     from .report import Section
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -26,13 +30,18 @@ def _pyplot():
         import matplotlib
     except ImportError:
         raise RuntimeError(
-            "the report's plots need matplotlib: pip install 'zotune[report]' "
-            "(or pass --no-plots)"
+            "plots need matplotlib: pip install 'zotune[report]' "
+            "(zotune report: or pass --no-plots)"
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def require_matplotlib() -> None:
+    """Fail now, with the install hint, rather than after a long measurement."""
+    _pyplot()
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -144,6 +153,64 @@ def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
     axis.set_title(f"{section.task} on {section.model}: accuracy vs memory")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    _save(figure, path)
+    return True
+
+
+def plot_memory_vs_seq_len(results: Sequence[ProfileResult], path: Path) -> bool:
+    """Measured memory (weights + what a step adds, MB) against sequence length, one line per
+    method (and scheme, when there are several), with the analytic estimate dotted beside it.
+
+    The paper's figure: ZO-SGD stays near inference while FO's activations grow with T.
+    False (nothing written) unless the results span at least two sequence lengths.
+    """
+    from .profile import MB, hardware_of
+
+    if len({r.spec.seq_len for r in results}) < 2:
+        return False
+    several_schemes = len({r.spec.scheme for r in results}) > 1
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for r in results:
+        label = f"{r.spec.method} ({r.spec.scheme})" if several_schemes else r.spec.method
+        estimate = r.estimate.get("total")
+        lines.setdefault(label, []).append(
+            (r.spec.seq_len, r.memory_bytes / MB, estimate / MB if estimate else float("nan"))
+        )
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, points) in enumerate(lines.items()):
+        points.sort()
+        seq_lens = [t for t, _, _ in points]
+        color = colors[i % len(colors)]
+        axis.plot(
+            seq_lens,
+            [m for _, m, _ in points],
+            color=color,
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle="--" if label.startswith("inference") else "-",
+            label=label,
+        )
+        axis.plot(seq_lens, [e for _, _, e in points], color=color, linestyle=":", alpha=0.6)
+    axis.plot([], [], color="gray", linestyle=":", label="analytic estimate")
+    seq_lens = sorted({r.spec.seq_len for r in results})
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(seq_lens, [str(t) for t in seq_lens])
+    axis.minorticks_off()
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("sequence length T (tokens)")
+    axis.set_ylabel("memory (MB): weights + step peak")
+    spec = results[0].spec
+    batches = "/".join(str(b) for b in sorted({r.spec.batch_size for r in results}))
+    dtypes = "/".join(sorted({r.spec.dtype for r in results}))
+    axis.set_title(
+        f"Memory vs sequence length: {spec.model}, B={batches}, {dtypes}\n"
+        f"{spec.device}: {hardware_of(results)}",
+        fontsize=9,
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     _save(figure, path)
     return True

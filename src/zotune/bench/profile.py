@@ -138,6 +138,7 @@ class ProfileResult:
     forward_passes_per_step: int
     attn_implementation: str | None
     estimate: dict[str, Any] = field(default_factory=dict)
+    hardware: str | None = None  # where it ran, read in the measuring process
 
     @property
     def above_weights_bytes(self) -> int:
@@ -340,6 +341,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
     )
     from ..models import resolve_device
     from ..tuning import count_parameters
+    from .environment import hardware_description
 
     device = resolve_device(spec.device)
     if spec.threads is not None:
@@ -384,6 +386,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         forward_passes_per_step=built.forward_passes,
         attn_implementation=attn,
         estimate=estimate.as_dict(),
+        hardware=hardware_description(str(device)),
     )
     del built
     gc.collect()
@@ -540,29 +543,57 @@ def sweep_table(results: Sequence[ProfileResult], *, markdown: bool = False) -> 
     return _table(header, rows, markdown)
 
 
-def describe_setup(results: Sequence[ProfileResult]) -> str:
-    """One line naming the model, dtype, device, machine and measurement method."""
+def hardware_of(results: Sequence[ProfileResult]) -> str:
+    """The machine the results were measured on, as their measuring process saw it.
+
+    Results read from a file written before results recorded it fall back to this machine.
+    """
     from .environment import hardware_description
 
+    recorded = next((r.hardware for r in results if r.hardware), None)
+    return recorded or hardware_description(results[0].spec.device if results else None)
+
+
+def describe_setup(results: Sequence[ProfileResult]) -> str:
+    """One line naming the model, dtype, device, machine and measurement method."""
     if not results:
         return "no measurements"
     spec = results[0].spec
     isolated = all(r.isolated for r in results)
     where = "one fresh process per measurement" if isolated else "in one process"
     what = "memory allocated by torch" if spec.device.startswith("cuda") else "resident set"
+    threads = "" if spec.threads is None else f", {spec.threads} torch thread(s)"
     return (
-        f"{spec.model}, {spec.dtype}, {spec.device} ({hardware_description(spec.device)}); "
+        f"{spec.model}, {spec.dtype}, {spec.device} ({hardware_of(results)}{threads}); "
         f"median of {spec.steps} steps after {spec.warmup} warm-up; memory = weights + "
         f"(peak {what} over the timed steps − {what} before the first step), {where}"
     )
 
 
-def render_markdown(results: Sequence[ProfileResult], *, title: str = "Memory and time") -> str:
-    """A Markdown page for docs/results/: setup line, the profile table, and the sweep table
-    when the results span several sequence lengths."""
-    parts = [f"# {title}", "", describe_setup(results), "", profile_table(results, markdown=True)]
+def render_markdown(
+    results: Sequence[ProfileResult],
+    *,
+    title: str = "Memory and time",
+    command: str | None = None,
+    note: str | None = None,
+    setup: str | None = None,
+    plot: str | None = None,
+) -> str:
+    """A Markdown page for docs/results/: the command that reproduces it, the setup line
+    (``setup``, by default :func:`describe_setup`), an optional ``note``, the profile table,
+    and the sweep table (with the ``plot`` image, a path relative to the page) when the
+    results span several sequence lengths."""
+    parts = [f"# {title}", ""]
+    if command:
+        parts += [f"reproduce: `{command}`", ""]
+    parts += [setup or describe_setup(results), ""]
+    if note:
+        parts += [note, ""]
+    parts += [profile_table(results, markdown=True)]
     if len({r.spec.seq_len for r in results}) > 1:
         parts += ["", "## Memory against sequence length", "", sweep_table(results, markdown=True)]
+        if plot:
+            parts += ["", f"![memory against sequence length]({plot})"]
     parts += [
         "",
         "Estimate breakdown: W weights, G gradients, S optimizer state, Z direction scratch "
@@ -576,20 +607,34 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
-def profile_payload(results: Sequence[ProfileResult]) -> dict[str, Any]:
-    return {
-        "kind": "profile",
-        "setup": describe_setup(results),
-        "results": [r.as_dict() for r in results],
-    }
+def profile_payload(
+    results: Sequence[ProfileResult], *, command: str | None = None, note: str | None = None
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"kind": "profile", "setup": describe_setup(results)}
+    if command:
+        payload["command"] = command
+    if note:
+        payload["note"] = note
+    payload["results"] = [r.as_dict() for r in results]
+    return payload
+
+
+def load_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``zotune profile --json`` file: ``setup``, ``results`` and, if recorded, ``command``
+    and ``note``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind != "profile":
+        raise ValueError(f"{path}: not a zotune profile result (kind {kind!r})")
+    return data
 
 
 def load_results(path: str | os.PathLike) -> list[ProfileResult]:
     """Results from a ``zotune profile --json`` file."""
-    data = json.loads(Path(path).read_text())
-    if data.get("kind") != "profile":
-        raise ValueError(f"{path}: not a zotune profile result (kind {data.get('kind')!r})")
-    return [ProfileResult.from_dict(item) for item in data["results"]]
+    return [ProfileResult.from_dict(item) for item in load_payload(path)["results"]]
 
 
 # The worker process ------------------------------------------------------------------------
