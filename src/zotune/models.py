@@ -466,6 +466,23 @@ SHAPES: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
             "eos_token_id": 2,
         },
     ),
+    # facebook/opt-13b (MeZO's memory comparison: OPT-13B on MultiRC)
+    "opt-13b": (
+        OPTConfig,
+        {
+            "architectures": ["OPTForCausalLM"],
+            "vocab_size": 50272,
+            "hidden_size": 5120,
+            "word_embed_proj_dim": 5120,
+            "ffn_dim": 20480,
+            "num_hidden_layers": 40,
+            "num_attention_heads": 40,
+            "max_position_embeddings": 2048,
+            "pad_token_id": 1,
+            "bos_token_id": 2,
+            "eos_token_id": 2,
+        },
+    ),
     # meta-llama/Llama-2-7b-hf
     "llama-7b": (
         LlamaConfig,
