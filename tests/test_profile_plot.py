@@ -140,6 +140,11 @@ def test_from_json_renders_markdown_and_plot_without_measuring(tmp_path, capsys,
         (["--from-json", "{other}", "--plot", "{png}"], "not a zotune profile result"),
         (["--from-json", "{garbled}"], "not JSON"),
         (["--from-json", "{missing}"], "No such file"),
+        (["--option", "q"], "--option 'q': expected KEY=VALUE"),
+        (["--option", "hybrid_layerz=1"], "--option hybrid_layerz: not an option of zo-sgd"),
+        (["--optimizers", "fo-adam", "--option", "eps=0.1"], "not an option of fo-adam"),
+        (["--step-cost", "--option", "q=2"], "--option applies to measured profiles"),
+        (["--from-json", "{sweep}", "--option", "q=2"], "--option shapes a measurement"),
     ],
     ids=lambda value: None if isinstance(value, list) else value.split(":")[0][:24],
 )
@@ -233,3 +238,25 @@ def test_old_results_without_hardware_still_load(tmp_path):
     write_json(tmp_path / "old.json", payload)
     assert all(r.hardware is None for r in load_results(tmp_path / "old.json"))
     assert json.loads((tmp_path / "old.json").read_text())["kind"] == "profile"
+
+
+def test_optimizer_options_make_rows_and_leave_inference_alone(tmp_path, capsys):
+    """--option crosses each value with the optimizers; the unmodelled ones have no estimate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    saved = tmp_path / "hybrid.json"
+    argv = ["profile", "--model", "random:tiny-llama", "--optimizers", "inference,zo-sgd"]
+    argv += ["--option", "hybrid_layers=0,2", "--batch-size", "2", "--seq-len", "8"]
+    argv += ["--steps", "1", "--warmup", "0", "--no-isolate", "--json", str(saved)]
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    results = load_results(saved)
+    assert [r.spec.method_label() for r in results] == [
+        "inference", "zo-sgd hybrid_layers=0", "zo-sgd hybrid_layers=2"
+    ]
+    assert [r.forward_passes_per_step for r in results] == [1, 1, 2]  # k = 0 is all backprop
+    assert results[0].estimate and not results[1].estimate
+    assert "zo-sgd hybrid_layers=2" in out and "not modelled (optimizer options)" in out

@@ -222,12 +222,29 @@ def reproduce_command(argv: list[str]) -> str:
 
 
 # Options that only shape a measurement: --from-json re-renders results as they were measured.
-MEASUREMENT_ONLY = ("optimizers", "schemes", "seq_lens", "steps", "threads")
+MEASUREMENT_ONLY = ("optimizers", "schemes", "seq_lens", "steps", "threads", "option")
+
+
+def _option_grid(items: list[str]) -> list[dict[str, Any]]:
+    """``["hybrid_layers=0,10", "q=1"]`` → every combination, values read as YAML scalars."""
+    import itertools
+
+    import yaml
+
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE[,VALUE...]")
+        axes[key.strip()] = [yaml.safe_load(v) for v in _csv(values)]
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
 def _check_profile_options(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work before anything is measured (one-line errors)."""
     mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
+    if args.option and mode:
+        raise ValueError(f"--option applies to measured profiles; drop {mode}")
     if args.from_json is not None:
         if mode:
             raise ValueError(f"--from-json re-renders saved profile results; drop {mode}")
@@ -300,6 +317,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             schemes=_csv(args.schemes) or ["full"],
             seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
             steps=args.steps or 3,
+            options=_option_grid(args.option or []),
             **common,
         )
         if args.estimate_only:
@@ -513,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimate-only",
         action="store_true",
         help="print the analytic estimates only (meta-device model: any size, no memory)",
+    )
+    profile.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUES",
+        help="an optimizer option, each comma-separated value a row (e.g. "
+        "hybrid_layers=0,10,20,30); repeatable",
     )
     profile.add_argument("--json", help="write the results as JSON (atomic)")
     profile.add_argument(

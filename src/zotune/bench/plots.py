@@ -172,7 +172,8 @@ def plot_memory_vs_seq_len(results: Sequence[ProfileResult], path: Path) -> bool
     several_schemes = len({r.spec.scheme for r in results}) > 1
     lines: dict[str, list[tuple[int, float, float]]] = {}
     for r in results:
-        label = f"{r.spec.method} ({r.spec.scheme})" if several_schemes else r.spec.method
+        method = r.spec.method_label()
+        label = f"{method} ({r.spec.scheme})" if several_schemes else method
         estimate = r.estimate.get("total")
         lines.setdefault(label, []).append(
             (r.spec.seq_len, r.memory_bytes / MB, estimate / MB if estimate else float("nan"))

@@ -57,6 +57,10 @@ from typing import Any
 
 from ..files import atomic_write_text
 
+# Optimizer options the analytic estimate accounts for; with any other (hybrid_layers,
+# block_level, sparsity, ...) a row shows its measured memory only.
+ESTIMATED_OPTIONS = {"eps", "q", "probe", "distribution", "weight_decay", "seed"}
+
 MB = 2**20
 EXTRA_METHODS = ("inference", "mezo-ref")
 DEFAULT_OPTIMIZERS = (
@@ -98,9 +102,24 @@ class ProfileSpec:
     seed: int = 0
     attn_implementation: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # Optimizer options beyond lr (``{"hybrid_layers": 10}``, ``{"q": 4}``).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def method_label(self) -> str:
+        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options."""
+        options = " ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.method} {options}" if options else self.method
 
     def label(self) -> str:
-        return f"{self.method} {self.scheme} {self.model} B={self.batch_size} T={self.seq_len}"
+        return (
+            f"{self.method_label()} {self.scheme} {self.model} "
+            f"B={self.batch_size} T={self.seq_len}"
+        )
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the analytic estimate models this step (it does not model every option)."""
+        return set(self.options) <= ESTIMATED_OPTIONS
 
     def check(self) -> None:
         from ..tuning import SCHEMES
@@ -119,6 +138,15 @@ class ProfileSpec:
             raise ValueError(f"invalid threads: {self.threads!r} (must be an int >= 1)")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"invalid warmup: {self.warmup!r} (must be an int >= 0)")
+        if self.options:
+            from ..optim import OPTIMIZERS
+
+            if self.method not in OPTIMIZERS:
+                raise ValueError(f"--option applies to optimizers, not to {self.method}")
+            accepted = inspect.signature(OPTIMIZERS[self.method].__init__).parameters
+            for key in self.options:
+                if key not in accepted or key in ("self", "params", "lr"):
+                    raise ValueError(f"--option {key}: not an option of {self.method}")
 
 
 @dataclass
@@ -291,7 +319,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
     if spec.method == "mezo-ref":
         reference = MezoReferenceStep(model.named_parameters(), lr=spec.lr, seed=spec.seed)
         return BuiltStep(model, lambda: reference.step(loss), forward, 2, reference, keep)
-    optimizer = create_optimizer(spec.method, model, lr=spec.lr)
+    optimizer = create_optimizer(spec.method, model, lr=spec.lr, **spec.options)
     passes = getattr(optimizer, "forward_passes_per_step", 1)
     return BuiltStep(model, lambda: optimizer.step(loss), forward, passes, optimizer, keep)
 
@@ -356,6 +384,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         seq_len=spec.seq_len,
         device=device,
         logits_kept=1 if built.keep else spec.seq_len,
+        distribution=spec.options.get("distribution", "auto"),
     )
     built.forward()
     gc.collect()
@@ -385,7 +414,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         total_parameters=total,
         forward_passes_per_step=built.forward_passes,
         attn_implementation=attn,
-        estimate=estimate.as_dict(),
+        estimate=estimate.as_dict() if spec.estimated else {},
         hardware=hardware_description(str(device)),
     )
     del built
@@ -445,14 +474,19 @@ def grid(
     *,
     schemes: Sequence[str] = ("full",),
     seq_lens: Sequence[int] = (64,),
+    options: Sequence[dict[str, Any]] = ({},),
     **common: Any,
 ) -> list[ProfileSpec]:
-    """Specs for every (seq_len, scheme, method), in that nesting order."""
+    """Specs for every (seq_len, scheme, method, options), in that nesting order; ``options``
+    apply to the optimizers, so ``inference`` and ``mezo-ref`` get one row each."""
+    from ..optim import OPTIMIZERS
+
     return [
-        ProfileSpec(method=method, scheme=scheme, seq_len=seq_len, **common)
+        ProfileSpec(method=method, scheme=scheme, seq_len=seq_len, options=dict(o), **common)
         for seq_len in seq_lens
         for scheme in schemes
         for method in methods
+        for o in (options if method in OPTIMIZERS else ({},))
     ]
 
 
@@ -460,6 +494,7 @@ def grid(
 
 
 def _mb(value: float | int | None) -> str:
+    """MB as the tables print them; "–" for a figure that was not measured or estimated."""
     if value is None:
         return "–"
     return f"{value / MB:,.0f}" if value >= 100 * MB else f"{value / MB:.1f}"
@@ -473,6 +508,8 @@ def _estimate_breakdown(estimate: dict[str, Any]) -> str:
         ("Z", "scratch"),
         ("A", "activations"),
     )
+    if not estimate:
+        return "not modelled (optimizer options)"
     return " + ".join(f"{k} {_mb(estimate[name])}" for k, name in parts)
 
 
@@ -508,16 +545,16 @@ def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -
         est = r.estimate
         rows.append(
             (
-                r.spec.method,
+                r.spec.method_label(),
                 r.spec.scheme,
                 f"{r.spec.batch_size}×{r.spec.seq_len}",
                 f"{r.seconds_per_step:.3f}",
                 str(r.forward_passes_per_step),
                 f"{r.trainable_parameters:,}",
                 _mb(r.memory_bytes),
-                _mb(est["total"]),
+                _mb(est.get("total")),
                 _mb(r.above_weights_bytes),
-                _mb(est["above_weights"]),
+                _mb(est.get("above_weights")),
                 _estimate_breakdown(est),
             )
         )
@@ -526,8 +563,8 @@ def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -
 
 def sweep_table(results: Sequence[ProfileResult], *, markdown: bool = False) -> str:
     """Memory against sequence length: one row per T, one column per method ("measured (est.)")."""
-    methods = list(dict.fromkeys(f"{r.spec.method}/{r.spec.scheme}" for r in results))
-    by_key = {(r.spec.seq_len, f"{r.spec.method}/{r.spec.scheme}"): r for r in results}
+    methods = list(dict.fromkeys(f"{r.spec.method_label()}/{r.spec.scheme}" for r in results))
+    by_key = {(r.spec.seq_len, f"{r.spec.method_label()}/{r.spec.scheme}"): r for r in results}
     seq_lens = sorted({r.spec.seq_len for r in results})
     header = ("T", "B×T", *(f"{m} MB (est.)" for m in methods))
     rows = []
@@ -536,7 +573,7 @@ def sweep_table(results: Sequence[ProfileResult], *, markdown: bool = False) -> 
         for m in methods:
             r = by_key.get((t, m))
             cells.append(
-                "–" if r is None else f"{_mb(r.memory_bytes)} ({_mb(r.estimate['total'])})"
+                "–" if r is None else f"{_mb(r.memory_bytes)} ({_mb(r.estimate.get('total'))})"
             )
         batch = next(r.spec.batch_size for r in results if r.spec.seq_len == t)
         rows.append((str(t), f"{batch}×{t}", *cells))
