@@ -262,7 +262,7 @@ def _study_tables(section: Section) -> list[str]:
         "### Studies",
         "",
         "One row per variant (a named setting the suite compares), in the suite's order; "
-        "hyperparameters chosen on validation as above. "
+        "each variant's hyperparameters chosen on validation accuracy, never on test. "
         + _memory_note(section)[0],
         "",
         study_table(section).markdown(),
@@ -416,7 +416,11 @@ def _memory_note(section: Section) -> list[str]:
     elif any(str(d).startswith("cuda") for d in devices):
         source = "peak CUDA memory allocated (GPU runs) or process peak RSS (CPU runs)"
     else:
-        source = "the process's peak resident set (CPU), which includes the Python runtime"
+        source = (
+            "the run's peak resident set (CPU): the Python runtime, evaluation and "
+            "checkpointing included, so the training step's own memory is better read from "
+            "`zotune profile`"
+        )
     return [
         f"Peak memory is {source}; s/step is the median step time. Both are means over "
         "the seeds of the selected hyperparameters.",
