@@ -82,11 +82,7 @@ def plan(
     """
     wanted = {run.id for run in suite.select(only)} if only else None
     planned = []
-    seen: set[str] = set()
-    for run in suite.runs:
-        if run.id in seen:  # a run two cells share executes once
-            continue
-        seen.add(run.id)
+    for run in suite.distinct_runs:  # a run two cells share executes once
         state = statuses.get(run.id, "pending")
         will_run = state == "pending" or (state == "failed" and retry_failed)
         if wanted is not None and run.id not in wanted:

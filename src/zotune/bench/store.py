@@ -201,10 +201,9 @@ class ResultsStore:
                 "SELECT attempts FROM runs WHERE id = ?", (record.id,)
             ).fetchone()
             record.attempts = (previous["attempts"] + 1) if previous else 1
-            columns = RUN_COLUMNS
             db.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})",
+                f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
                 (
                     record.id,
                     record.suite,

@@ -102,10 +102,13 @@ class Cell:
     optimizer: str
     variant: str = ""
 
+    def axes(self) -> tuple[str, str, str, str]:
+        """The values of the grid axes, in :data:`GRID_AXES` order."""
+        return (self.model, self.task, self.scheme, self.optimizer)
+
     def values(self) -> tuple[str, ...]:
         """The values a selector can name (the variant only when there is one)."""
-        axes = (self.model, self.task, self.scheme, self.optimizer)
-        return (*axes, self.variant) if self.variant else axes
+        return (*self.axes(), self.variant) if self.variant else self.axes()
 
     def label(self) -> str:
         variant = f" [{self.variant}]" if self.variant else ""
@@ -170,9 +173,16 @@ class Suite:
         return list(dict.fromkeys(run.cell for run in self.runs))
 
     @property
+    def distinct_runs(self) -> list[RunSpec]:
+        """Each run once, as its first cell holds it (a run two cells share executes once)."""
+        first: dict[str, RunSpec] = {}
+        for run in self.runs:
+            first.setdefault(run.id, run)
+        return list(first.values())
+
+    @property
     def run_ids(self) -> list[str]:
-        """Each distinct run once (a run shared by two cells executes once)."""
-        return list(dict.fromkeys(run.id for run in self.runs))
+        return [run.id for run in self.distinct_runs]
 
     def select(self, selectors: list[str]) -> list[RunSpec]:
         """The runs whose cell matches any selector (``zo-sgd``, ``lora``, ``zo-sgd/lora``)."""
@@ -296,10 +306,10 @@ def expand_suite(
     command_overrides = [parse_override(item) for item in overrides or []]
 
     runs: list[RunSpec] = []
-    seen: dict[str, RunSpec] = {}
+    seen: dict[tuple[str, Cell], RunSpec] = {}  # a config may repeat across cells, not within
     for cell, variant_partial in cells:
         cell_base = copy.deepcopy(base)
-        for axis, value in zip(GRID_AXES, cell.values(), strict=False):
+        for axis, value in zip(GRID_AXES, cell.axes(), strict=True):
             set_dotted(cell_base, GRID_AXES[axis], value)
         for _, partial in _matching(cell_overrides, cell):
             _deep_merge(cell_base, partial)
@@ -310,16 +320,16 @@ def expand_suite(
             for seed in seeds:
                 run = _resolve(cell, cell_base, hparams, seed, command_overrides)
                 run.resources = _run_resources(resource_table, cell, run.config)
-                if run.id in seen and seen[run.id].cell == run.cell:
+                twin = seen.setdefault((run.id, run.cell), run)
+                if twin is not run:
                     raise SuiteError(
-                        f"{run.cell.label()}: runs {seen[run.id].label()!r} and {run.label()!r} "
+                        f"{run.cell.label()}: runs {twin.label()!r} and {run.label()!r} "
                         f"have the same config (a sweep value repeats, or an override masks "
                         f"the sweep)"
                     )
-                seen.setdefault(run.id, run)
                 runs.append(run)
     if command_overrides:  # an override may change a grid axis, e.g. model.name
-        columns = zip(*(run.cell.values()[: len(GRID_AXES)] for run in runs), strict=True)
+        columns = zip(*(run.cell.axes() for run in runs), strict=True)
         resolved_axes = zip(GRID_AXES, columns, strict=True)
         _check_names({axis: list(dict.fromkeys(values)) for axis, values in resolved_axes})
     _check_options(runs)

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import torch
 
 from ..estimators.base import IndexedParam
-from ..estimators.directions import DirectionSampler, mix_seed, noise_table
+from ..estimators.directions import DirectionSampler, circular_slices, mix_seed, noise_table
 
 SPARSITY_MODES = ("uniform", "magnitude")
 
@@ -135,12 +135,8 @@ class MaskedDirectionSampler(DirectionSampler):
         if self.kind(device) == "table":
             table = noise_table(self.table_numel, device, torch.float32)
             threshold = self._threshold(table, keep)
-            offset, filled = key & (self.table_numel - 1), 0
-            while filled < numel:  # read circularly, like a direction
-                take = min(numel - filled, self.table_numel - offset)
-                piece = kept[filled : filled + take]
-                torch.lt(table[offset : offset + take], threshold, out=piece)
-                filled, offset = filled + take, 0
+            for start, values in circular_slices(table, key & (self.table_numel - 1), numel):
+                torch.lt(values, threshold, out=kept[start : start + values.numel()])
             return kept
         uniform = _scratch(self._uniforms, numel, device, torch.float32)
         generator = self._generators.get(device)

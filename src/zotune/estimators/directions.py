@@ -122,6 +122,16 @@ def noise_table(numel: int, device: torch.device | str, dtype: torch.dtype) -> t
     return table
 
 
+def circular_slices(table: Tensor, offset: int, numel: int) -> Iterator[tuple[int, Tensor]]:
+    """``(start, slice)`` pieces of ``numel`` values of ``table`` read from ``offset`` on,
+    wrapping at its end: ``start`` is where each piece goes in the output."""
+    filled = 0
+    while filled < numel:
+        take = min(numel - filled, table.numel() - offset)
+        yield filled, table[offset : offset + take]
+        filled, offset = filled + take, 0
+
+
 def _is_power_of_two(value: object) -> bool:
     return (
         isinstance(value, int)
@@ -305,11 +315,8 @@ class DirectionSampler:
         table = noise_table(self.table_numel, out.device, out.dtype)
         sign = -1.0 if h >> _SIGN_BIT else 1.0
         flat = out.view(-1)
-        offset, filled = h & (self.table_numel - 1), 0
-        while filled < flat.numel():
-            take = min(flat.numel() - filled, self.table_numel - offset)
-            torch.mul(table[offset : offset + take], sign, out=flat[filled : filled + take])
-            filled, offset = filled + take, 0
+        for start, values in circular_slices(table, h & (self.table_numel - 1), flat.numel()):
+            torch.mul(values, sign, out=flat[start : start + values.numel()])
 
     def _scratch_for(self, like: torch.Tensor, slot: int) -> torch.Tensor:
         key = (like.device, like.dtype, slot)
