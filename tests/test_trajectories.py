@@ -1,0 +1,135 @@
+"""Trajectories pinned to zotune 0.1: refactors must not move a single parameter.
+
+Each case trains a tiny model for 20 steps and compares the result with the values recorded
+by zotune 0.1 (``tests/data/trajectories-0.1.json``; regenerate only for an intended change
+of behaviour, with ``python tests/test_trajectories.py --record``). Small models store every
+parameter; the tiny transformer stores, per tensor, its sum, its sum of squares and three
+fixed random projections, which no behavioural change leaves equal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zotune.models import random_model
+from zotune.optim import create_optimizer
+from zotune.tuning import apply_tuning
+
+RECORD = Path(__file__).parent / "data" / "trajectories-0.1.json"
+STEPS = 20
+
+# (case id, model, optimizer key, options)
+CASES = [
+    ("mlp/zo-sgd", "mlp", "zo-sgd", {"lr": 1e-2, "weight_decay": 0.1}),
+    ("mlp/zo-sgd-gaussian-q3", "mlp", "zo-sgd", {"lr": 1e-2, "q": 3, "distribution": "gaussian"}),
+    ("mlp/zo-sgd-one-sided", "mlp", "zo-sgd", {"lr": 1e-2, "probe": "one-sided"}),
+    ("mlp/zo-sgd-rademacher", "mlp", "zo-sgd", {"lr": 1e-2, "distribution": "rademacher"}),
+    ("mlp/zo-sgd-mmt", "mlp", "zo-sgd-mmt", {"lr": 1e-2, "momentum": 0.8}),
+    (
+        "mlp/zo-sgd-mmt-nesterov",
+        "mlp",
+        "zo-sgd-mmt",
+        {"lr": 1e-2, "nesterov": True, "weight_decay": 0.1},
+    ),
+    ("mlp/zo-sgd-cons", "mlp", "zo-sgd-cons", {"lr": 1e-2}),
+    ("mlp/zo-sgd-sign", "mlp", "zo-sgd-sign", {"lr": 1e-3}),
+    ("mlp/zo-adam", "mlp", "zo-adam", {"lr": 1e-3, "betas": (0.8, 0.99), "weight_decay": 0.1}),
+    ("mlp/forward-grad", "mlp", "forward-grad", {"lr": 1e-2}),
+    ("mlp/fo-sgd", "mlp", "fo-sgd", {"lr": 1e-2, "momentum": 0.9}),
+    ("mlp/fo-adam", "mlp", "fo-adam", {"lr": 1e-3, "weight_decay": 0.1}),
+    ("llama/zo-sgd", "tiny-llama", "zo-sgd", {"lr": 1e-3}),
+    ("llama/zo-adam-lora", "tiny-llama/lora", "zo-adam", {"lr": 1e-3}),
+    ("llama/zo-sgd-block-layer", "tiny-llama", "zo-sgd", {"lr": 1e-3, "block_level": "layer"}),
+    (
+        "llama/zo-sgd-mmt-block-all",
+        "tiny-llama",
+        "zo-sgd-mmt",
+        {"lr": 1e-3, "block_level": "sublayer", "block_mode": "all"},
+    ),
+    ("llama/zo-sgd-hybrid", "tiny-llama", "zo-sgd", {"lr": 1e-3, "hybrid_layers": 1}),
+    ("llama/zo-adam-hybrid", "tiny-llama", "zo-adam", {"lr": 1e-3, "hybrid_layers": 0.5}),
+    ("llama/zo-sgd-sparse", "tiny-llama", "zo-sgd", {"lr": 1e-3, "sparsity": 0.5}),
+    (
+        "llama/zo-sgd-sign-sparse-magnitude",
+        "tiny-llama",
+        "zo-sgd-sign",
+        {"lr": 1e-4, "sparsity": 0.3, "sparsity_mode": "magnitude", "mask_every": 5},
+    ),
+    ("llama/zo-sgd-cons-sparse", "tiny-llama", "zo-sgd-cons", {"lr": 1e-3, "sparsity": 0.2}),
+    ("llama/forward-grad", "tiny-llama/eager", "forward-grad", {"lr": 1e-3}),
+    ("llama/fo-adam-lora", "tiny-llama/lora", "fo-adam", {"lr": 1e-3}),
+]
+
+
+def build(model_kind: str):
+    """The model and a fixed-batch loss closure for one case."""
+    if model_kind == "mlp":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(
+                torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+            )
+            x, y = torch.randn(32, 6), torch.randn(32, 3)
+        return model, lambda: torch.nn.functional.mse_loss(model(x), y)
+    shape, _, variant = model_kind.partition("/")
+    attn = "eager" if variant == "eager" else None
+    loaded = random_model(shape, attn_implementation=attn, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = apply_tuning(loaded.model, "lora" if variant == "lora" else "full")
+    ids = torch.randint(5, 300, (4, 12), generator=torch.Generator().manual_seed(0))
+    return model, lambda: model(input_ids=ids, labels=ids).loss
+
+
+def fingerprint(model: torch.nn.Module, full: bool) -> dict[str, list[float]]:
+    """Every value (small models) or five statistics per tensor (the transformer)."""
+    out = {}
+    for name, param in model.named_parameters():
+        flat = param.detach().double().flatten()
+        if full:
+            out[name] = flat.tolist()
+            continue
+        gen = torch.Generator().manual_seed(1234)
+        projections = torch.randn(3, flat.numel(), generator=gen, dtype=torch.float64) @ flat
+        out[name] = [flat.sum().item(), (flat * flat).sum().item(), *projections.tolist()]
+    return out
+
+
+def run_case(model_kind: str, key: str, options: dict) -> dict:
+    model, closure = build(model_kind)
+    optimizer = create_optimizer(key, model, seed=7, **options) if key.startswith(
+        ("zo", "forward")
+    ) else create_optimizer(key, model, **options)
+    losses = []
+    for _ in range(STEPS):
+        if key.startswith("fo"):
+            optimizer.zero_grad()
+        losses.append(float(optimizer.step(closure)))
+    return {"losses": losses, "params": fingerprint(model, full=model_kind == "mlp")}
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    return json.loads(RECORD.read_text())
+
+
+@pytest.mark.parametrize(("case", "model_kind", "key", "options"), CASES, ids=[c[0] for c in CASES])
+def test_trajectory_matches_zotune_0_1(case, model_kind, key, options, recorded):
+    got = run_case(model_kind, key, options)
+    want = recorded[case]
+    assert got["losses"] == pytest.approx(want["losses"], rel=1e-6, abs=1e-6)
+    assert got["params"].keys() == want["params"].keys()
+    for name, values in want["params"].items():
+        assert got["params"][name] == pytest.approx(values, rel=1e-6, abs=1e-6), name
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+    RECORD.parent.mkdir(exist_ok=True)
+    table = {case: run_case(kind, key, options) for case, kind, key, options in CASES}
+    RECORD.write_text(json.dumps(table, indent=None, separators=(",", ":")) + "\n")
+    print(f"recorded {len(table)} trajectories in {RECORD}")
