@@ -99,10 +99,13 @@ class DecoupledWeightDecay(Transform):
     """
 
     def __call__(self, u, state, ctx):
-        decay = ctx.group["weight_decay"]
-        if decay == 0 or ctx.ndim < 2:
-            return u
-        return u.add(ctx.param, alpha=decay)
+        decay = self.decay(ctx.group, ctx.ndim)
+        return u if decay == 0 else u.add(ctx.param, alpha=decay)
+
+    @staticmethod
+    def decay(group: dict[str, Any], ndim: int) -> float:
+        """λ for a tensor of rank ``ndim``: the group's weight decay on matrices, else 0."""
+        return group.get("weight_decay", 0.0) if ndim >= 2 else 0.0
 
 
 class Rule:
@@ -119,6 +122,10 @@ class Rule:
     def is_linear(self) -> bool:
         """True when u = g + λθ: the update can then be fused into the restoring pass."""
         return all(isinstance(t, DecoupledWeightDecay) for t in self.transforms)
+
+    def linear_decay(self, group: dict[str, Any], ndim: int) -> float:
+        """λ of a linear rule (u = g + λθ), which the fused update path folds into κ = 1 − lr·λ."""
+        return sum(t.decay(group, ndim) for t in self.transforms)
 
     def __call__(self, g: Tensor, state: dict[str, Tensor], ctx: TensorContext) -> Tensor:
         u = g

@@ -1,0 +1,206 @@
+"""The eight optimizers of the ZO benchmark: a public class and a registry entry each.
+
+=============== =========================== =============== ==============================
+key             class                       estimator       rule (step)
+=============== =========================== =============== ==============================
+zo-sgd          :class:`ZOSGD`              RGE             SGD
+zo-sgd-mmt      :class:`ZOSGDMomentum`      RGE             momentum
+zo-sgd-cons     :class:`ZOSGDConservative`  RGE             SGD (conservative step)
+zo-sgd-sign     :class:`ZOSGDSign`          RGE             sign
+zo-adam         :class:`ZOAdam`             RGE             Adam
+forward-grad    :class:`ForwardGrad`        forward-mode AD SGD
+fo-sgd          :class:`FOSGD`              backprop        SGD (momentum optional)
+fo-adam         :class:`FOAdam`             backprop        Adam
+=============== =========================== =============== ==============================
+
+Each class takes ``(params, lr, **options)``; the options, their defaults and their help
+are the registry entry's (``inspect.signature`` shows them). The zeroth-order ones also take
+the shared options of :class:`zotune.optim.options.ZOOptions`: the estimate (``eps``,
+``q``, ``probe``), the directions (``distribution``, ``table_numel``, ``seed``) and the
+enhancements of ZO-Bench §5 (``block_level``/``block_mode``, ``hybrid_layers``,
+``sparsity``/``sparsity_mode``/``mask_every``; see :mod:`zotune.enhance`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .. import rules
+from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
+from .options import (
+    ADAM_EPS,
+    BETAS,
+    DAMPENING,
+    NESTEROV,
+    WEIGHT_DECAY,
+    check_momentum,
+    momentum,
+)
+from .registry import OptimizerEntry, register
+
+
+def _entry_for(cls: type) -> OptimizerEntry:
+    from .registry import entry_of
+
+    for klass in cls.__mro__:
+        try:
+            return entry_of(klass)
+        except LookupError:
+            continue
+    raise LookupError(f"{cls.__name__} has no registry entry")
+
+
+class RegisteredZerothOrder(ZerothOrderOptimizer):
+    """A zeroth-order optimizer assembled from its registry entry."""
+
+    def __init__(self, params: Params, lr: float, **options: Any) -> None:
+        super().__init__(params, **_entry_for(type(self)).assemble({"lr": lr, **options}))
+
+
+class RegisteredFirstOrder(FirstOrderOptimizer):
+    """A first-order optimizer assembled from its registry entry."""
+
+    def __init__(self, params: Params, lr: float, **options: Any) -> None:
+        super().__init__(params, **_entry_for(type(self)).assemble({"lr": lr, **options}))
+
+
+def _publish(entry: OptimizerEntry) -> None:
+    """Register the entry and give its class the signature its options describe."""
+    register(entry)
+    parameters = [
+        inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("lr", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ]
+    for name, option in entry.accepted().items():
+        if name != "lr":
+            parameters.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option.default)
+            )
+    entry.cls.__signature__ = inspect.Signature(parameters)
+
+
+class ZOSGD(RegisteredZerothOrder):
+    """ZO-SGD (MeZO; Malladi et al., NeurIPS 2023)::
+
+        θ_{t+1} = θ_t − η (ĝ_t + λ θ_t)
+
+    with ĝ_t the RGE estimate (two-point by default, q queries, scale ε) and λ the decoupled
+    weight decay on matrices. No per-parameter state, no stored gradient: the extra memory is
+    the shared noise table (16 MiB in fp32 by default, one per device and dtype) or, with
+    sampled directions, one chunk of scratch (4 MiB in fp32). A step is three in-place passes
+    (+εz, −2εz, restore-and-update; two more in fp16/bf16, see
+    :func:`zotune.estimators.base.rounds_coarsely`).
+    """
+
+
+class ZOSGDMomentum(RegisteredZerothOrder):
+    """ZO-SGD-MMT (ZO-Bench, Zhang et al., ICML 2024)::
+
+        b_t = μ b_{t−1} + (1 − τ) ĝ_t,   θ_{t+1} = θ_t − η (b_t + λ θ_t)
+
+    The momentum buffer is a parameter-sized tensor per trainable tensor.
+    """
+
+
+class ZOSGDConservative(RegisteredZerothOrder):
+    """ZO-SGD-Cons (ZO-Bench; after Kim et al., 2021): a ZO-SGD step that never gets worse.
+
+    With ĝ_t the RGE estimate, evaluate three candidates and keep the best::
+
+        θ_{t+1} = argmin { f(θ_t), f(θ_t − η ĝ_t), f(θ_t + η ĝ_t) }
+
+    That costs three forward passes on top of the estimate's (2q + 3 in all for two-point).
+    The rule is plain SGD on purpose: a stateful rule (momentum, Adam) would advance its state
+    once per step even when the kept candidate is θ_t itself, so its state would describe
+    updates that never happened. ``weight_decay`` is therefore not offered, and neither are
+    block-wise and hybrid steps (:data:`zotune.optim.steps.CONFLICTS`).
+    """
+
+
+class ZOSGDSign(RegisteredZerothOrder):
+    """ZO-SGD-Sign (ZO-signSGD; Liu et al., ICLR 2019; ZO-Bench)::
+
+        θ_{t+1} = θ_t − η (sign(ĝ_t) + λ θ_t)
+
+    The sign is taken elementwise of the estimate ĝ_t = c_t z_t, i.e. sign(c_t)·sign(z_t).
+    ZO-Bench's released code instead feeds sign(c_t)·z_t into an AdamW-style update, which
+    keeps z's magnitudes and so is not a sign method; zotune implements the sign method the
+    paper defines.
+    """
+
+
+class ZOAdam(RegisteredZerothOrder):
+    """ZO-Adam (ZO-AdaMM; Chen et al., NeurIPS 2019; ZO-Bench)::
+
+        m_t = β₁ m_{t−1} + (1 − β₁) ĝ_t,   v_t = β₂ v_{t−1} + (1 − β₂) ĝ_t²
+        θ_{t+1} = θ_t − η (m̂_t / (√v̂_t + δ) + λ θ_t)
+
+    with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor.
+    ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of the estimate.
+    """
+
+
+class ForwardGrad(RegisteredZerothOrder):
+    """Forward-Grad (Baydin et al., 2022): SGD on the forward-mode estimate::
+
+        θ_{t+1} = θ_t − η ((∇f(θ_t)·v_t) v_t + λ θ_t),   v_t ~ N(0, I)
+
+    ∇f·v comes from forward-mode AD: exact, no finite-difference bias, no backward graph, but
+    the tangents are model-sized while the forward runs. Models must support forward-mode AD
+    in every op: Hugging Face models need ``attn_implementation="eager"`` (the entry's
+    ``attention``; ``zotune train`` and the profiler switch to it).
+    """
+
+
+class FOSGD(RegisteredFirstOrder):
+    """FO-SGD: θ_{t+1} = θ_t − η (∇f(θ_t) + λ θ_t), optionally with heavy-ball momentum.
+
+    Without weight decay it matches ``torch.optim.SGD`` step for step. zotune's weight decay
+    is decoupled and applied to matrices only (torch's SGD adds λθ to every gradient).
+    """
+
+
+class FOAdam(RegisteredFirstOrder):
+    """FO-Adam: Adam on backprop gradients (Kingma & Ba, 2015), decoupled weight decay.
+
+    Without weight decay it matches ``torch.optim.Adam``; with it, ``torch.optim.AdamW``
+    restricted to matrices. ``adam_eps`` is Adam's δ (``eps`` in torch).
+    """
+
+
+_publish(OptimizerEntry(
+    key="zo-sgd", summary="ZO-SGD (MeZO)", estimator="rge", cls=ZOSGD,
+    rule=lambda o: rules.sgd(), options=(WEIGHT_DECAY,),
+))
+_publish(OptimizerEntry(
+    key="zo-sgd-mmt", summary="ZO-SGD with heavy-ball momentum", estimator="rge",
+    cls=ZOSGDMomentum, rule=lambda o: rules.momentum(),
+    options=(momentum(0.9), DAMPENING, NESTEROV, WEIGHT_DECAY), check=check_momentum,
+))
+_publish(OptimizerEntry(
+    key="zo-sgd-cons", summary="conservative ZO-SGD (best of three candidates)",
+    estimator="rge", cls=ZOSGDConservative, rule=lambda o: rules.sgd(), step="conservative",
+))
+_publish(OptimizerEntry(
+    key="zo-sgd-sign", summary="ZO-signSGD", estimator="rge", cls=ZOSGDSign,
+    rule=lambda o: rules.sign(), options=(WEIGHT_DECAY,),
+))
+_publish(OptimizerEntry(
+    key="zo-adam", summary="ZO-Adam (ZO-AdaMM)", estimator="rge", cls=ZOAdam,
+    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY),
+))
+_publish(OptimizerEntry(
+    key="forward-grad", summary="Forward-Grad (forward-mode AD)", estimator="forward-grad",
+    cls=ForwardGrad, rule=lambda o: rules.sgd(), options=(WEIGHT_DECAY,),
+    unsupported=("eps", "probe"), attention="eager",
+))
+_publish(OptimizerEntry(
+    key="fo-sgd", summary="FO-SGD (backprop)", estimator="backprop", cls=FOSGD,
+    rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
+    options=(momentum(0.0), DAMPENING, NESTEROV, WEIGHT_DECAY), check=check_momentum,
+))
+_publish(OptimizerEntry(
+    key="fo-adam", summary="FO-Adam (backprop)", estimator="backprop", cls=FOAdam,
+    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY),
+))

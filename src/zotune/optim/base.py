@@ -1,0 +1,314 @@
+"""The two optimizer kinds every zotune method is assembled from.
+
+* :class:`ZerothOrderOptimizer` wires a directional estimator (RGE or forward-mode) to an
+  update rule through a step strategy (plain, block-wise, hybrid, conservative; see
+  :mod:`zotune.optim.steps`);
+* :class:`FirstOrderOptimizer` feeds backprop gradients through the same rules.
+
+Both are ``torch.optim.Optimizer`` subclasses: LR schedulers, param groups and
+``state_dict`` work as in torch; the state dict also carries the seed stream, so a resumed
+run draws the same directions. Strategies speak to an optimizer through four public
+methods: :meth:`RuleOptimizer.trainable`, :meth:`RuleOptimizer.step_seed` /
+:meth:`RuleOptimizer.finish_step`, :meth:`ZerothOrderOptimizer.apply_estimate` and
+:meth:`RuleOptimizer.apply_gradient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..enhance.sparse import MaskedDirectionSampler, tensor_sparsities
+from ..estimators import (
+    BackpropEstimator,
+    DirectionalEstimate,
+    ForwardGradientEstimator,
+    IndexedParam,
+    RandomGradientEstimator,
+    mix_seed,
+)
+from ..estimators.base import check_finite, rounds_coarsely, shift
+from ..offload import OffloadError, substitute_offloaded
+from ..rules import Rule, TensorContext
+from .options import LR, WEIGHT_DECAY
+from .steps import PlainStep, StepStrategy
+
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
+Entries = list[tuple[IndexedParam, dict[str, Any]]]
+
+SEED_STREAM_KEY = "zotune_seed_stream"
+
+
+def _as_params(params: Params) -> Any:
+    if isinstance(params, torch.nn.Module):
+        return [p for p in params.parameters() if p.requires_grad]
+    return params
+
+
+def _resolve_offloaded(
+    param_groups: list[dict], module: torch.nn.Module | None, refusal: str | None, owner: str
+) -> None:
+    """Point the groups at the CPU storage of weights accelerate offloaded (zotune.offload)."""
+    if not any(p.device.type == "meta" for g in param_groups for p in g["params"]):
+        return
+    if refusal is not None:
+        raise OffloadError(f"{owner} cannot train offloaded (meta-device) weights: {refusal}")
+    if module is None:
+        raise OffloadError(
+            f"{owner} got parameters on the meta device: pass the model itself as params, so "
+            "that the values accelerate offloaded to CPU memory can be found"
+        )
+    substitute_offloaded(param_groups, module)
+
+
+class RuleOptimizer(torch.optim.Optimizer):
+    """Shared plumbing: a rule, a seed stream, indexed trainable tensors, rule application."""
+
+    rule: Rule
+
+    def __init__(
+        self,
+        params: Params,
+        defaults: dict[str, Any],
+        rule: Rule,
+        seed: int,
+        *,
+        module: torch.nn.Module | None = None,
+        offload_refusal: str | None = None,
+    ) -> None:
+        LR.validate(defaults["lr"])
+        WEIGHT_DECAY.validate(defaults.get("weight_decay", 0.0))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"Invalid seed: {seed!r} (must be an int)")
+        super().__init__(_as_params(params), defaults)
+        _resolve_offloaded(self.param_groups, module, offload_refusal, type(self).__name__)
+        self.rule = rule
+        self.seed = seed
+        self.steps_taken = 0
+
+    def trainable(self) -> Entries:
+        """Trainable tensors with a stable global index (frozen ones keep their number)."""
+        entries, index = [], 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.requires_grad:
+                    entries.append((IndexedParam(index, param), group))
+                index += 1
+        return entries
+
+    def step_seed(self) -> int:
+        """The seed of the step being made (directions of step t come from it)."""
+        return mix_seed(self.seed, self.steps_taken)
+
+    def finish_step(self) -> None:
+        """Advance the seed stream: the next step draws new directions."""
+        self.steps_taken += 1
+
+    @torch.no_grad()
+    def apply_gradient(self, entries: Entries) -> None:
+        """θ ← θ − lr · rule(θ.grad) for every entry that has a gradient."""
+        for item, group in entries:
+            grad = item.param.grad
+            if grad is not None:
+                state = self._state_for(item.param)
+                self._apply_rule(item.param, grad, state, (item.param.ndim, state["step"], group), 0)
+
+    def _state_for(self, param: torch.Tensor) -> dict[str, Any]:
+        state = self.state[param]
+        if "step" not in state:
+            state["step"] = 0
+            for name in self.rule.state_names:
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        return state
+
+    def _apply_rule(
+        self, view: torch.Tensor, g: torch.Tensor, state: dict, ctx_args: tuple, start: int
+    ) -> None:
+        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike."""
+        ndim, step, group = ctx_args
+        sliced = {}
+        for name in self.rule.state_names:
+            full = state[name]
+            sliced[name] = (
+                full if full.shape == view.shape else full.view(-1)[start : start + view.numel()]
+            )
+        u = self.rule(g, sliced, TensorContext(view, ndim, step, group))
+        view.add_(u, alpha=-group["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state[SEED_STREAM_KEY] = {"seed": self.seed, "steps_taken": self.steps_taken}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        stream = state_dict.pop(SEED_STREAM_KEY, None)
+        super().load_state_dict(state_dict)
+        if stream is not None:
+            self.seed = int(stream["seed"])
+            self.steps_taken = int(stream["steps_taken"])
+
+
+class ZerothOrderOptimizer(RuleOptimizer):
+    """Any directional estimator (RGE, Forward-Grad) wired to any rule by a step strategy::
+
+        ZerothOrderOptimizer(params, lr, estimator=RandomGradientEstimator(eps=1e-3),
+                             rule=rules.momentum(), momentum=0.9, dampening=0.0,
+                             nesterov=False)
+
+    Hyperparameters (``lr`` and the rule's, e.g. ``momentum``) go into the param groups, where
+    the rule reads them at every step. ``step`` decides how a step is made
+    (:class:`zotune.optim.steps.PlainStep` by default); ``sparsity`` > 0 masks the
+    directions (:class:`zotune.enhance.sparse.MaskedDirectionSampler`), so every pass (probe,
+    restore, update, the conservative candidates) sees the same m ⊙ z.
+
+    The update pass regenerates each z chunk once, removes the displacement the probes left
+    and applies the update in the same pass; for linear rules (SGD ± weight decay) that is a
+    single axpy per chunk, so a q = 1 ZO-SGD step makes three passes over the parameters
+    (+εz, −2εz, restore-and-update) where MeZO makes four.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        estimator: RandomGradientEstimator | ForwardGradientEstimator,
+        rule: Rule,
+        step: StepStrategy | None = None,
+        seed: int = 0,
+        sparsity: float = 0.0,
+        sparsity_mode: str = "uniform",
+        mask_every: int = 1,
+        **hyperparameters: Any,
+    ) -> None:
+        step = step or PlainStep()
+        module = params if isinstance(params, torch.nn.Module) else None
+        refusal = step.offload_refusal
+        if isinstance(estimator, ForwardGradientEstimator):
+            refusal = "forward-mode tangents do not survive accelerate's copy to the device"
+        super().__init__(
+            step.param_groups(params),
+            {"lr": lr, **hyperparameters},
+            rule,
+            seed,
+            module=module,
+            offload_refusal=refusal,
+        )
+        self.estimator = estimator
+        self.step_strategy = step
+        if sparsity:
+            sparsities = tensor_sparsities([e for e, _ in self.trainable()], sparsity, sparsity_mode)
+            estimator.sampler = MaskedDirectionSampler(
+                estimator.sampler, sparsities, seed, mask_every
+            )
+
+    @property
+    def forward_passes_per_step(self) -> int:
+        """Forward passes of one step, as the step strategy makes it."""
+        return self.step_strategy.forward_passes(self)
+
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor:
+        if closure is None or not callable(closure):
+            raise TypeError(
+                f"{type(self).__name__}.step() needs a closure that returns the loss "
+                f"(got {closure!r}); zeroth-order optimizers evaluate it at perturbed parameters"
+            )
+        if isinstance(self.estimator.sampler, MaskedDirectionSampler):
+            self.estimator.sampler.set_step(self.steps_taken)
+        return self.step_strategy.step(self, closure)
+
+    def estimate(self, entries: Entries, closure, seed: int) -> DirectionalEstimate:
+        """The estimator's estimate for ``entries`` (they are left displaced by its offset)."""
+        return self.estimator.estimate([e for e, _ in entries], closure, seed)
+
+    @torch.no_grad()
+    def apply_estimate(self, entries: Entries, estimate: DirectionalEstimate) -> None:
+        """Remove the probes' displacement and apply θ ← θ − lr · rule(ĝ), chunk by chunk."""
+        if self.rule.is_linear:
+            self._update_linear(entries, estimate)
+            return
+        sampler = self.estimator.sampler
+        last = len(estimate.seeds) - 1
+        for item, group in entries:
+            param = item.param
+            for chunk, view in sampler.views(param):
+                start = chunk * sampler.chunk_numel
+                if start == 0:
+                    state = self._state_for(param)
+                    ctx_args = (param.ndim, state["step"], group)
+                g = sampler.scratch(view, slot=1) if last else None
+                for k, (seed, coeff) in enumerate(estimate.terms):
+                    z = sampler.draw(view, seed, item.index, chunk)
+                    if seed == estimate.displaced_seed and estimate.offset:
+                        # Its own rounding, before the update: lands back on θ in fp16/bf16.
+                        view.add_(z, alpha=-estimate.offset)
+                    if g is None:
+                        g = z.mul_(coeff)
+                    elif k == 0:
+                        torch.mul(z, coeff, out=g)
+                    else:
+                        g.add_(z, alpha=coeff)
+                self._apply_rule(view, g, state, ctx_args, start)
+
+    def _update_linear(self, entries: Entries, estimate: DirectionalEstimate) -> None:
+        """θ_new = κθ − lr Σ_k c_k z_k with κ = 1 − lr·λ (λ from the rule) and
+        θ = θ_probe − offset · z_last.
+
+        One pass per query seed. In fp32 the restore rides on the last seed's axpy
+        (θ_new = κ θ_probe − κ·offset·z_last − lr Σ c_k z_k); in fp16/bf16 it is a leg of its
+        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``).
+        """
+        sampler = self.estimator.sampler
+        restore = (estimate.displaced_seed, -estimate.offset)
+        buckets: dict[tuple[float, float], list[IndexedParam]] = {}
+        for item, group in entries:
+            lr = group["lr"]
+            decay = self.rule.linear_decay(group, item.param.ndim)
+            buckets.setdefault((lr, 1 - lr * decay), []).append(item)
+        for (lr, keep), items in buckets.items():
+            update = [(seed, -lr * coeff) for seed, coeff in estimate.terms]
+            precise = [i for i in items if not rounds_coarsely(i.param.dtype)]
+            coarse = [i for i in items if rounds_coarsely(i.param.dtype)]
+            if precise:
+                if keep != 1:
+                    torch._foreach_mul_([i.param for i in precise], keep)
+                shift(precise, sampler, [(restore[0], keep * restore[1]), *update])
+            if coarse:
+                shift(coarse, sampler, [restore])
+                if keep != 1:
+                    for item in coarse:  # _foreach_mul_ would round κ itself to fp16/bf16
+                        item.param.mul_(keep)
+                shift(coarse, sampler, update)
+
+    @torch.no_grad()
+    def move(self, entries: Entries, estimate: DirectionalEstimate, scale: float, times=1) -> None:
+        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32)."""
+        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms] * times
+        shift([e for e, _ in entries], self.estimator.sampler, moves)
+
+
+class FirstOrderOptimizer(RuleOptimizer):
+    """Backprop gradients through a zotune rule: the first-order reference."""
+
+    forward_passes_per_step = 1
+
+    def __init__(self, params: Params, lr: float, *, rule: Rule, **hyperparameters: Any) -> None:
+        refusal = "backpropagation would leave the gradients on the empty meta tensors"
+        super().__init__(
+            params, {"lr": lr, **hyperparameters}, rule, seed=0, offload_refusal=refusal
+        )
+        self.estimator = BackpropEstimator()
+
+    def step(self, closure=None) -> torch.Tensor | None:
+        entries = self.trainable()
+        estimate = self.estimator.estimate([e for e, _ in entries], closure, 0)
+        if estimate.loss is not None:
+            check_finite([estimate.loss], lambda: None)
+        self.finish_step()
+        self.apply_gradient(entries)
+        return estimate.loss

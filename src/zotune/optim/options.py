@@ -1,0 +1,284 @@
+"""Option declarations: what an optimizer takes, its default, its help, what is valid.
+
+Every option of every optimizer is declared once, as an :class:`Option`. The registry entry
+of an optimizer lists the options it takes (:mod:`zotune.optim.registry`); the constructors
+validate with them, and the config file fields, the CLI flags and the bench's suite checks
+are generated from them, so none of those can fall out of step with the optimizers.
+
+The options every zeroth-order method shares (the estimate, the directions, the step
+strategy, the sparse mask) are one frozen, validated type, :class:`ZOOptions`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..enhance.blocks import BLOCK_LEVELS, BLOCK_MODES
+from ..enhance.sparse import SPARSITY_MODES
+from ..estimators.directions import DEFAULT_TABLE_NUMEL, DISTRIBUTIONS
+from ..estimators.rge import PROBES
+
+Check = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option: ``name=default``, valid when ``check(value)`` holds.
+
+    ``problem`` completes "Invalid <name>: <value> (...)" when the check fails; ``choices``
+    replace check and problem for a fixed set of strings. ``hyperparameter`` options live in
+    the param groups (rules read them at every step, so schedulers may change them); the
+    others configure how the estimate and the step are made.
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: type = float
+    check: Check | None = None
+    problem: str = ""
+    choices: tuple[str, ...] | None = None
+    optional: bool = False  # None is a valid value (e.g. block-wise ZO off)
+    hyperparameter: bool = False
+    label: str = ""  # how errors name it, after torch.optim ("learning rate"); default: name
+    parse: Callable[[str], Any] | None = None  # command-line text → value; default: kind
+
+    def validate(self, value: Any) -> Any:
+        """The value, converted where a user means it (an int for a float), or ValueError."""
+        if value is None and self.optional:
+            return None
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"Unknown {self.name}: {value!r} (choose from {self.choices})")
+            return value
+        if self.kind is float and _is_number(value):
+            value = float(value)
+        if self.check is not None and not _safely(self.check, value):
+            label = self.label or self.name
+            raise ValueError(f"Invalid {label}: {value!r} (must be {self.problem})")
+        return value
+
+    def from_text(self, text: str) -> Any:
+        """The value a command-line flag means."""
+        if self.parse is not None:
+            return self.parse(text)
+        if self.kind is bool:
+            return _boolean(text)
+        return self.kind(text)
+
+    def describe(self) -> str:
+        """The help line with its default, as ``--help`` prints it."""
+        default = "off" if self.default is None else _plain(self.default)
+        choices = f" ({', '.join(self.choices)})" if self.choices else ""
+        return f"{self.help}{choices}; default {default}"
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def int_or_float(text: str) -> int | float:
+    """``"2"`` → 2 (layers), ``"0.5"`` → 0.5 (a fraction): hybrid_layers reads both."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """``"0.9,0.99"`` → (0.9, 0.99)."""
+    return tuple(float(part) for part in text.split(","))
+
+
+def _safely(check: Check, value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_plain(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finite_at_least(low: float) -> Check:
+    return lambda v: _is_number(v) and math.isfinite(v) and v >= low
+
+
+def finite_above(low: float) -> Check:
+    return lambda v: _is_number(v) and math.isfinite(v) and v > low
+
+
+def in_unit(upper_open: bool = True) -> Check:
+    return lambda v: _is_number(v) and (0 <= v < 1 if upper_open else 0 <= v <= 1)
+
+
+def _is_layers(value: Any) -> bool:
+    # An int number of layers, or a fraction; the model decides which ints are valid.
+    return (is_int(value) and value >= 0) or (isinstance(value, float) and 0 <= value <= 1)
+
+
+# Hyperparameters (param-group values) -------------------------------------------------------
+
+LR = Option(
+    "lr", None, "learning rate η", check=finite_at_least(0), problem="a finite number >= 0",
+    hyperparameter=True, label="learning rate",
+)
+WEIGHT_DECAY = Option(
+    "weight_decay",
+    0.0,
+    "decoupled weight decay λ on matrices (ndim >= 2)",
+    check=finite_at_least(0),
+    problem="a finite number >= 0",
+    hyperparameter=True,
+    label="weight_decay value",
+)
+DAMPENING = Option(
+    "dampening", 0.0, "momentum dampening τ", check=in_unit(False), problem="in [0, 1]",
+    hyperparameter=True, label="dampening value",
+)
+NESTEROV = Option(
+    "nesterov", False, "Nesterov momentum", kind=bool, check=lambda v: isinstance(v, bool),
+    problem="true or false", hyperparameter=True,
+)
+BETAS = Option(
+    "betas",
+    (0.9, 0.999),
+    "Adam's (β₁, β₂)",
+    kind=tuple,
+    check=lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+    problem="two values, each in [0, 1)",
+    hyperparameter=True,
+    parse=floats,
+)
+ADAM_EPS = Option(
+    "adam_eps", 1e-8, "Adam's δ in the denominator", check=finite_at_least(0),
+    problem="a finite number >= 0", hyperparameter=True, label="adam_eps value",
+)
+
+
+def momentum(default: float) -> Option:
+    """Heavy-ball μ; ZO-SGD-MMT and FO-SGD differ only in its default."""
+    return Option(
+        "momentum", default, "heavy-ball momentum μ", check=in_unit(), problem="in [0, 1)",
+        hyperparameter=True, label="momentum value",
+    )
+
+
+def check_momentum(values: Mapping[str, Any]) -> None:
+    """The cross-option rule torch.optim.SGD enforces."""
+    if values.get("nesterov") and (values["momentum"] == 0 or values.get("dampening", 0) != 0):
+        raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+
+
+# The options every zeroth-order method shares ------------------------------------------------
+
+ZO_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "eps", 1e-3, "perturbation scale ε of the estimate", check=finite_above(0),
+        problem="a finite number > 0", label="perturbation scale eps",
+    ),
+    Option(
+        "q", 1, "random directions (queries) per step", kind=int,
+        check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+        label="number of queries q",
+    ),
+    Option("probe", "two-point", "finite-difference probe", kind=str, choices=PROBES),
+    Option(
+        "distribution", "auto",
+        "directions: auto is the noise table on CPU and Gaussian sampling on CUDA",
+        kind=str, choices=DISTRIBUTIONS,
+    ),
+    Option(
+        "table_numel", DEFAULT_TABLE_NUMEL, "values in the shared noise table", kind=int,
+        check=lambda v: is_int(v) and v >= 2 and v & (v - 1) == 0,
+        problem="a power of two >= 2",
+    ),
+    Option(
+        "seed", 0, "seed of the direction stream", kind=int, check=is_int,
+        problem="an int",
+    ),
+    Option(
+        "block_level", None, "block-wise ZO: one estimate per block", kind=str,
+        choices=BLOCK_LEVELS, optional=True,
+    ),
+    Option(
+        "block_mode", "coordinate",
+        "block-wise ZO: update each block as it is estimated, or all at the end",
+        kind=str, choices=BLOCK_MODES,
+    ),
+    Option(
+        "hybrid_layers", None,
+        "hybrid ZO/FO: layers from the input trained by ZO (an int, or a fraction)",
+        kind=object, check=_is_layers, problem="an int number of layers or a fraction in [0, 1]",
+        optional=True, parse=int_or_float,
+    ),
+    Option(
+        "sparsity", 0.0, "fraction of each tensor's perturbation masked out",
+        check=in_unit(), problem="in [0, 1)",
+    ),
+    Option("sparsity_mode", "uniform", "which entries the sparse mask keeps", kind=str,
+           choices=SPARSITY_MODES),
+    Option(
+        "mask_every", 1, "resample the sparse mask every N steps", kind=int,
+        check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ZOOptions:
+    """What every zeroth-order method shares, validated when built (see :data:`ZO_OPTIONS`).
+
+    Forward-Grad takes all but ``eps`` and ``probe`` (its estimate has no finite difference).
+    """
+
+    eps: float = 1e-3
+    q: int = 1
+    probe: str = "two-point"
+    distribution: str = "auto"
+    table_numel: int = DEFAULT_TABLE_NUMEL
+    seed: int = 0
+    block_level: str | None = None
+    block_mode: str = "coordinate"
+    hybrid_layers: int | float | None = None
+    sparsity: float = 0.0
+    sparsity_mode: str = "uniform"
+    mask_every: int = 1
+
+    def __post_init__(self) -> None:
+        declared = {option.name: option for option in ZO_OPTIONS}
+        for field in fields(self):
+            value = declared[field.name].validate(getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+
+
+def _check_declarations() -> None:
+    # ZOOptions and ZO_OPTIONS describe the same options: a new one must be added to both.
+    names = [f.name for f in fields(ZOOptions)]
+    if names != [o.name for o in ZO_OPTIONS]:
+        raise AssertionError(f"ZOOptions fields {names} differ from ZO_OPTIONS")
+    for option, field in zip(ZO_OPTIONS, fields(ZOOptions), strict=True):
+        if option.default != field.default:
+            raise AssertionError(f"default of {option.name} differs between ZO_OPTIONS and ZOOptions")
+
+
+_check_declarations()

@@ -1,0 +1,255 @@
+"""The optimizer registry: one entry per optimizer, and everything else reads it.
+
+An :class:`OptimizerEntry` answers every question the rest of zotune asks about an
+optimizer: how to assemble it (estimator, rule, step strategy), which options it takes with
+their defaults and help (:mod:`zotune.optim.options`), whether it needs backprop, how many
+parameter-sized state tensors it keeps, whether its update is linear in the estimate, which
+attention implementation it needs and how many forward passes a step makes. The CLI flags,
+the config fields, the profiler's memory model and the bench's suite checks are generated
+from the entries, so adding an optimizer is a rule plus one :func:`register` call (README,
+"Adding an optimizer").
+
+Optimizers defined outside the package are found through the ``zotune.optimizers`` entry
+point group or the ``ZOTUNE_PLUGINS`` environment variable (comma-separated module names),
+which :func:`load_plugins` imports; their modules call :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ..estimators import ForwardGradientEstimator, RandomGradientEstimator
+from ..rules import Rule
+from .options import ZO_OPTIONS, Option, ZOOptions
+from .steps import make_step
+
+ESTIMATORS = ("rge", "forward-grad", "backprop")
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One optimizer, whole.
+
+    ``rule`` builds the update rule from the validated options (FO-SGD picks momentum or plain
+    SGD by ``momentum``). ``options`` are the optimizer's own; zeroth-order entries also take
+    the shared :class:`ZOOptions` fields except those in ``unsupported``. ``cls`` is the
+    public class, if the optimizer has one (a plugin needs none). ``check`` validates
+    combinations of options (after each option is valid on its own).
+    """
+
+    key: str
+    summary: str
+    estimator: str
+    rule: Callable[[Mapping[str, Any]], Rule]
+    options: tuple[Option, ...] = ()
+    step: str = "plain"  # or "conservative"
+    unsupported: tuple[str, ...] = ()
+    attention: str | None = None  # the attention implementation the model must use
+    cls: type | None = None
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"{self.key}: unknown estimator {self.estimator!r} ({ESTIMATORS})")
+        shared = {o.name for o in ZO_OPTIONS}
+        for name in self.unsupported:
+            if name not in shared:
+                raise ValueError(f"{self.key}: unsupported {name!r} is not a shared ZO option")
+
+    @property
+    def zeroth_order(self) -> bool:
+        """Backprop-free (RGE or forward-mode): takes the shared ZO options."""
+        return self.estimator != "backprop"
+
+    @property
+    def first_order(self) -> bool:
+        """Trains by backpropagation (keeps activations and gradients)."""
+        return self.estimator == "backprop"
+
+    def accepted(self) -> dict[str, Option]:
+        """Every keyword option (``lr`` first), by name."""
+        from .options import LR
+
+        taken = {LR.name: LR, **{o.name: o for o in self.options}}
+        if self.zeroth_order:
+            taken.update({o.name: o for o in ZO_OPTIONS if o.name not in self.unsupported})
+        return taken
+
+    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Options with defaults filled in and each value validated; unknown names refused."""
+        accepted = self.accepted()
+        for name in options:
+            if name not in accepted:
+                raise TypeError(
+                    f"{self.key}: got an unexpected keyword argument {name!r} "
+                    f"(options: {', '.join(accepted)})"
+                )
+        if "lr" not in options:
+            raise TypeError(f"{self.key}: missing the learning rate lr")
+        values = {
+            name: option.validate(options.get(name, option.default))
+            for name, option in accepted.items()
+        }
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        if self.check is not None:
+            self.check(values)
+        return values
+
+    def state_tensors(self, **options: Any) -> int:
+        """Parameter-sized state tensors per trainable tensor (momentum 1, Adam 2)."""
+        return len(self._rule_for(options).state_names)
+
+    def is_linear(self, **options: Any) -> bool:
+        """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path)."""
+        return self._rule_for(options).is_linear
+
+    def _rule_for(self, options: Mapping[str, Any]) -> Rule:
+        values = {o.name: options.get(o.name, o.default) for o in self.options}
+        return self.rule(values)
+
+    def forward_passes(self, **options: Any) -> int:
+        """Forward passes of one plain step of a one-block model (q and probe from options)."""
+        if self.first_order:
+            return 1
+        q = options.get("q", 1)
+        if self.estimator == "forward-grad":
+            return q
+        passes = 2 * q if options.get("probe", "two-point") == "two-point" else q + 1
+        return passes + (3 if self.step == "conservative" else 0)
+
+    def build(self, params: Any, **options: Any) -> torch.optim.Optimizer:
+        """The optimizer: its public class if it has one, else the assembled parts."""
+        if self.cls is not None:
+            return self.cls(params, **options)
+        from .base import FirstOrderOptimizer, ZerothOrderOptimizer
+
+        parts = self.assemble(options)
+        kind = FirstOrderOptimizer if self.first_order else ZerothOrderOptimizer
+        return kind(params, **parts)
+
+    def assemble(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for :class:`ZerothOrderOptimizer` or :class:`FirstOrderOptimizer`."""
+        values = self.resolve(options)
+        own = {o.name for o in self.options if o.hyperparameter} | {"lr"}
+        parts: dict[str, Any] = {name: values[name] for name in own}
+        parts["rule"] = self.rule(values)
+        if self.first_order:
+            return parts
+        zo = ZOOptions(**{name: values[name] for name in _zo_names() if name in values})
+        try:
+            step = make_step(self.step, zo.block_level, zo.block_mode, zo.hybrid_layers)
+        except ValueError as error:
+            raise ValueError(f"{self.key}: {error}") from None
+        if self.estimator == "rge":
+            estimator = RandomGradientEstimator(
+                eps=zo.eps, q=zo.q, probe=zo.probe, distribution=zo.distribution,
+                table_numel=zo.table_numel,
+            )
+        else:
+            estimator = ForwardGradientEstimator(
+                q=zo.q, distribution=zo.distribution, table_numel=zo.table_numel
+            )
+        parts.update(
+            estimator=estimator,
+            step=step,
+            seed=zo.seed,
+            sparsity=zo.sparsity,
+            sparsity_mode=zo.sparsity_mode,
+            mask_every=zo.mask_every,
+        )
+        return parts
+
+
+def _zo_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ZOOptions))
+
+
+REGISTRY: dict[str, OptimizerEntry] = {}
+
+
+def register(entry: OptimizerEntry) -> OptimizerEntry:
+    """Add an optimizer; its key must be new (``unregister`` first to replace one)."""
+    if entry.key in REGISTRY:
+        raise ValueError(f"optimizer {entry.key!r} is already registered")
+    REGISTRY[entry.key] = entry
+    return entry
+
+
+def unregister(key: str) -> None:
+    REGISTRY.pop(key, None)
+
+
+def entry(key: str) -> OptimizerEntry:
+    """The entry for ``key``, or ValueError listing the keys."""
+    load_plugins()
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise ValueError(
+            f"Unknown optimizer: {key!r} (choose from {', '.join(REGISTRY)})"
+        ) from None
+
+
+def entry_of(optimizer_class: type) -> OptimizerEntry:
+    """The entry whose public class is ``optimizer_class``."""
+    for candidate in REGISTRY.values():
+        if candidate.cls is optimizer_class:
+            return candidate
+    raise LookupError(f"{optimizer_class.__name__} is not a registered optimizer class")
+
+
+def names(*, zeroth_order: bool | None = None) -> tuple[str, ...]:
+    """Registry keys in registration order, optionally only the (non-)backprop-free ones."""
+    load_plugins()
+    return tuple(
+        k for k, e in REGISTRY.items() if zeroth_order is None or e.zeroth_order == zeroth_order
+    )
+
+
+def all_options() -> dict[str, Option]:
+    """Every option any optimizer takes, by name (the first declaration of each name)."""
+    load_plugins()
+    found: dict[str, Option] = {}
+    for candidate in REGISTRY.values():
+        for name, option in candidate.accepted().items():
+            found.setdefault(name, option)
+    return found
+
+
+def create_optimizer(name: str, params: Any, **options: Any) -> torch.optim.Optimizer:
+    """Build an optimizer by registry key, e.g. ``create_optimizer("zo-adam", model, lr=1e-4)``.
+
+    ``params`` may be an iterable of tensors, param-group dicts, or a module (its trainable
+    parameters; block-wise and hybrid ZO need the module). Options are the entry's
+    (:meth:`OptimizerEntry.accepted`); an unknown one raises TypeError naming it.
+    """
+    return entry(name).build(params, **options)
+
+
+_PLUGINS_LOADED: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import optimizer plugins: ``zotune.optimizers`` entry points and ``$ZOTUNE_PLUGINS``."""
+    wanted = [m.strip() for m in os.environ.get("ZOTUNE_PLUGINS", "").split(",") if m.strip()]
+    for module in wanted:
+        if module not in _PLUGINS_LOADED:
+            _PLUGINS_LOADED.add(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ValueError(f"ZOTUNE_PLUGINS: cannot import {module!r} ({error})") from None
+    if "entry-points" not in _PLUGINS_LOADED:
+        _PLUGINS_LOADED.add("entry-points")
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group="zotune.optimizers"):
+            point.load()
