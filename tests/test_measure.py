@@ -109,7 +109,7 @@ def test_state_per_optimizer():
         "fo-sgd": 0,
         "fo-adam": 2000,
     }
-    assert optimizer_state_bytes("fo-sgd", trainable, momentum=0.9) == 1000
+    assert optimizer_state_bytes("fo-sgd", trainable, {"momentum": 0.9}) == 1000
     with pytest.raises(ValueError, match="'sgd'"):
         optimizer_state_bytes("sgd", trainable)
 

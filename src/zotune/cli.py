@@ -11,76 +11,53 @@ from pathlib import Path
 from typing import Any
 
 
-def _int_or_float(text: str) -> int | float:
-    """``"2"`` → 2 (layers), ``"0.5"`` → 0.5 (a fraction): hybrid_layers reads both."""
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
+    """``(flag, dotted key, add_argument keywords)`` for every config key: the sections'
+    fields with their help, and every optimizer option the registry declares."""
+    import dataclasses
+    import typing
 
+    from .config import RUN_LEVEL_OPTIONS, OptimizerConfig, RunConfig
+    from .optim.registry import REGISTRY, all_options
 
-# Flags that are shorthands for dotted config keys (``--lr`` is ``optimizer.lr``).
-TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
-    "--model": ("model.name", str),
-    "--dtype": ("model.dtype", str),
-    "--device": ("model.device", str),
-    "--device-map": ("model.device_map", str),
-    "--attn-implementation": ("model.attn_implementation", str),
-    "--task": ("task.name", str),
-    "--data-dir": ("task.data_dir", str),
-    "--num-train": ("task.num_train", int),
-    "--num-val": ("task.num_val", int),
-    "--num-test": ("task.num_test", int),
-    "--loss": ("task.loss", str),
-    "--reduction": ("task.reduction", str),
-    "--max-length": ("task.max_length", int),
-    "--tuning": ("tuning.scheme", str),
-    "--parallel": ("train.parallel", str),
-    "--lora-r": ("tuning.lora_r", int),
-    "--lora-alpha": ("tuning.lora_alpha", int),
-    "--prefix-tokens": ("tuning.prefix_tokens", int),
-    "--prompt-tokens": ("tuning.prompt_tokens", int),
-    "--prompt-init-text": ("tuning.prompt_init_text", str),
-    "--optimizer": ("optimizer.name", str),
-    "--lr": ("optimizer.lr", float),
-    "--eps": ("optimizer.eps", float),
-    "--q": ("optimizer.q", int),
-    "--probe": ("optimizer.probe", str),
-    "--distribution": ("optimizer.distribution", str),
-    "--weight-decay": ("optimizer.weight_decay", float),
-    "--momentum": ("optimizer.momentum", float),
-    "--block-level": ("optimizer.block_level", str),
-    "--hybrid-layers": ("optimizer.hybrid_layers", _int_or_float),
-    "--sparsity": ("optimizer.sparsity", float),
-    "--schedule": ("optimizer.schedule", str),
-    "--steps": ("train.steps", int),
-    "--batch-size": ("train.batch_size", int),
-    "--eval-every": ("train.eval_every", int),
-    "--eval-batch-size": ("train.eval_batch_size", int),
-    "--seed": ("train.seed", int),
-    "--output-dir": ("train.output_dir", str),
-}
+    flags = []
+    for section in dataclasses.fields(RunConfig):
+        cls = typing.get_type_hints(RunConfig)[section.name]
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            if cls is OptimizerConfig and item.name == "settings":
+                continue
+            dotted = f"{section.name}.{item.name}"
+            flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+            kind = next(t for t in (*typing.get_args(hints[item.name]), hints[item.name])
+                        if t in (str, int, float, bool))
+            help_ = item.metadata.get("help", f"sets {dotted}")
+            if kind is bool:
+                flag = f"--no-{flag[2:]}" if item.default else flag
+                keywords = {"action": "store_const", "const": not item.default}
+                flags.append((flag, dotted, {**keywords, "help": help_}))
+                continue
+            shown = "unset" if item.default is None else item.default
+            keywords = {
+                "type": kind,
+                "metavar": item.name.upper(),
+                "help": f"{help_} (config {dotted}; default {shown})",
+            }
+            flags.append((flag, dotted, keywords))
+    for name, option in all_options().items():
+        if name in RUN_LEVEL_OPTIONS:
+            continue
+        takers = [k for k, e in REGISTRY.items() if name in e.accepted()]
+        where = "every optimizer" if len(takers) == len(REGISTRY) else ", ".join(takers)
+        help_ = f"{option.describe()} (config optimizer.{name}; {where})"
+        flags.append(("--" + name.replace("_", "-"), f"optimizer.{name}",
+                      {"type": option.from_text, "help": help_, "metavar": name.upper()}))
+    return flags
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, (key, kind) in TRAIN_FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, dest=key, help=f"sets {key}")
-    parser.add_argument(
-        "--no-template",
-        action="store_const",
-        const=False,
-        dest="task.template",
-        help="raw inputs without the task-aligned prompt (the paper's alignment ablation)",
-    )
-    parser.add_argument("--resume", action="store_const", const=True, dest="train.resume")
-    parser.add_argument(
-        "--eval-test-before",
-        action="store_const",
-        const=True,
-        dest="train.eval_test_before",
-        help="also measure zero-shot test accuracy before training",
-    )
-    parser.add_argument("--no-progress", action="store_const", const=False, dest="train.progress")
+    for flag, dotted, keywords in _config_flags():
+        parser.add_argument(flag, dest=dotted, default=None, **keywords)
 
 
 def _overrides(args: argparse.Namespace, positional: list[str]) -> tuple[str | None, list]:
@@ -311,7 +288,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         results = None
         sweep = args.seq_lens is not None
-        default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.DEFAULT_OPTIMIZERS
+        default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.default_methods()
         specs = prof.grid(
             _csv(args.optimizers) or default_methods,
             schemes=_csv(args.schemes) or ["full"],

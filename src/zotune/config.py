@@ -27,85 +27,148 @@ class ConfigError(ValueError):
     """A configuration key or value is not valid."""
 
 
+def key(default: Any, help: str, *, flag: str | None = None, factory=None) -> Any:
+    """A config key: its default, the help its command-line flag shows, and the flag's name
+    when it is not ``--`` + the key with dashes (``--model`` for ``model.name``)."""
+    metadata = {"help": help, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ModelConfig:
-    name: str | None = None  # HF hub id, local folder, "smollm2-135m" (default) or "random:<shape>"
-    dtype: str = "float32"
-    device: str = "cpu"
-    attn_implementation: str | None = None
+    name: str | None = key(
+        None, 'HF hub id, local folder, "smollm2-135m" (the embedded default) or random:<shape>',
+        flag="--model",
+    )
+    dtype: str = key("float32", "weights dtype: float32, bfloat16 or float16")
+    device: str = key("cpu", "device: cpu, cuda, cuda:1, ...")
+    attn_implementation: str | None = key(
+        None, "attention implementation (eager, sdpa); default: the model's, or what the "
+        "optimizer needs"
+    )
     # Spread layers over devices with accelerate: "auto", "balanced", "sequential" or a
     # {module: device} map (then `device` is not used); see zotune.models.place_on_devices.
-    device_map: str | dict[str, Any] | None = None
+    device_map: str | dict[str, Any] | None = key(
+        None, "spread layers over devices with accelerate: auto, balanced or sequential"
+    )
 
 
 @dataclass
 class TaskConfig:
-    name: str = "sst2"
-    data_dir: str | None = None
-    template: bool = True
-    num_train: int = 1000
-    num_val: int = 500
-    num_test: int = 1000
-    loss: str = "ce"  # ce: cross-entropy over candidates; lm: LM loss on the correct one
-    reduction: str = "mean"  # candidate score: mean or sum of token log-probs
-    max_length: int | None = None
+    name: str = key("sst2", "task name (zotune tasks lists them)", flag="--task")
+    data_dir: str | None = key(None, "task data folder (default: $ZOTUNE_DATA_DIR, else the hub)")
+    template: bool = key(
+        True, "raw inputs without the task-aligned prompt (the paper's alignment ablation)"
+    )
+    num_train: int = key(1000, "training examples sampled")
+    num_val: int = key(500, "validation examples (model selection)")
+    num_test: int = key(1000, "test examples")
+    loss: str = key("ce", "training loss: ce (cross-entropy over candidates) or lm (LM loss "
+                    "on the correct candidate)")
+    reduction: str = key("mean", "candidate score: mean or sum of token log-probs")
+    max_length: int | None = key(None, "truncate inputs to this many tokens")
 
 
 @dataclass
 class TuningConfig:
-    scheme: str = "full"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    prefix_tokens: int = 5
-    prompt_tokens: int = 10
-    prompt_init_text: str | None = None
+    scheme: str = key("full", "tuning scheme: full, lora, prefix or prompt", flag="--tuning")
+    lora_r: int = key(8, "LoRA rank r")
+    lora_alpha: int = key(16, "LoRA scaling α")
+    prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
+    prompt_tokens: int = key(10, "prompt-tuning virtual tokens")
+    prompt_init_text: str | None = key(None, "initialise the soft prompt from this text")
 
 
 @dataclass
 class OptimizerConfig:
-    """Unset (None) options take the optimizer class's default; set ones must apply to it."""
+    """The optimizer by registry key, its learning rate and schedule, and the options set.
 
-    name: str = "zo-sgd"
-    lr: float = 1e-6
-    eps: float | None = None
-    q: int | None = None
-    probe: str | None = None
-    distribution: str | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    betas: list[float] | None = None
-    adam_eps: float | None = None
-    # Enhancements (zeroth-order optimizers; see zotune.enhance)
-    block_level: str | None = None  # layer, sublayer or linear: block-wise ZO
-    block_mode: str | None = None  # coordinate (default) or all
-    hybrid_layers: int | float | None = None  # ZO layers from the input: an int, or a fraction
-    sparsity: float | None = None  # fraction of each tensor's perturbation masked out, [0, 1)
-    sparsity_mode: str | None = None  # uniform (default) or magnitude
-    mask_every: int | None = None  # resample the sparse mask every N steps (default 1)
-    schedule: str = "constant"  # constant or linear (decay to 0 over the run)
+    The option keys are the registry's (:func:`zotune.optim.registry.all_options`): every
+    option any optimizer declares is a key here, with the type and help it is declared with,
+    and no second list. Options left unset take the optimizer's default; a set one must be
+    an option of the chosen optimizer (checked when the optimizer is built). In files and in
+    :meth:`RunConfig.to_dict` the options sit beside ``name`` and ``lr``::
+
+        optimizer: {name: zo-adam, lr: 1.0e-4, eps: 1.0e-3, betas: [0.9, 0.99]}
+    """
+
+    name: str = key("zo-sgd", "optimizer (registry key)", flag="--optimizer")
+    lr: float = key(1e-6, "learning rate")
+    schedule: str = key("constant", "learning-rate schedule: constant or linear (to 0)")
+    settings: dict[str, Any] = key(None, "", factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # An option nobody set reads as None, like the other unset optional keys.
+        if name.startswith("__") or name == "settings":
+            raise AttributeError(name)
+        if name in self.settings:
+            return self.settings[name]
+        if name in optimizer_option_types():
+            return None
+        raise AttributeError(f"OptimizerConfig has no key {name!r}")
 
     def options(self) -> dict[str, Any]:
-        """The keyword arguments for ``create_optimizer`` (set options only)."""
-        skip = {"name", "schedule"}
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in skip and getattr(self, f.name) is not None
-        }
+        """The keyword arguments for ``create_optimizer`` (lr and the set options)."""
+        return {"lr": self.lr, **self.settings}
+
+    def create_options(self, seed: int) -> dict[str, Any]:
+        """``create_optimizer``'s keywords for a run: lr, the set options, and the run's seed
+        for the optimizers that draw directions. Checked against the registry entry before
+        anything is loaded: an option the optimizer does not take, or a bad value, is refused
+        naming the key."""
+        from .optim.registry import entry
+
+        try:
+            accepted = entry(self.name).accepted()
+        except ValueError as error:
+            raise ConfigError(f"optimizer.name: {error}") from None
+        for name in self.settings:
+            if name not in accepted:
+                raise ConfigError(f"optimizer.{name} does not apply to {self.name}")
+        options = {**self.options(), **({"seed": seed} if "seed" in accepted else {})}
+        try:
+            entry(self.name).resolve(options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"optimizer: {error}") from None
+        return options
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "schedule": self.schedule, **self.settings}
+
+
+# Optimizer options a run sets from its own keys: lr is optimizer.lr, seed is train.seed.
+RUN_LEVEL_OPTIONS = ("lr", "seed")
+
+
+def optimizer_option_types() -> dict[str, Any]:
+    """Every optimizer option's config type, from the registry's declarations."""
+    from .optim.registry import all_options
+
+    types_ = {}
+    for name, option in all_options().items():
+        if name in RUN_LEVEL_OPTIONS:
+            continue
+        kind = {tuple: list[float], object: int | float}.get(option.kind, option.kind)
+        types_[name] = kind | None
+    return types_
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16
-    eval_every: int = 100
-    eval_batch_size: int = 32
-    seed: int = 0
-    output_dir: str | None = None
-    resume: bool = False
-    eval_test_before: bool = False  # zero-shot test accuracy, for the before/after comparison
-    progress: bool = True
-    parallel: str = "data"  # under torchrun: data (shard the batch) or query (deal the q queries)
+    steps: int = key(1000, "optimizer steps")
+    batch_size: int = key(16, "examples per step")
+    eval_every: int = key(100, "validate every N steps (best checkpoint by validation)")
+    eval_batch_size: int = key(32, "examples per evaluation forward")
+    seed: int = key(0, "run seed: data sample, batch order, adapter init and ZO directions")
+    output_dir: str | None = key(None, "run folder: config, metrics, checkpoints, result")
+    resume: bool = key(False, "continue the run in --output-dir from its last checkpoint")
+    eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
+    progress: bool = key(True, "progress bars")
+    parallel: str = key(
+        "data", "under torchrun: data (shard the batch) or query (deal the q queries)"
+    )
 
 
 @dataclass
@@ -117,7 +180,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["optimizer"] = self.optimizer.as_flat_dict()
+        return data
 
 
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
@@ -175,13 +240,21 @@ def build_config(data: dict[str, Any] | None = None) -> RunConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{name}: expected a mapping, got {values!r}")
         hints = typing.get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
+        if cls is OptimizerConfig:
+            del hints["settings"]
+            hints.update(optimizer_option_types())
+        known = set(hints)
         for key in values:
             if key not in known:
                 raise ConfigError(
                     f"unknown config key: {name}.{key} (keys of {name}: {', '.join(sorted(known))})"
                 )
         kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+        if cls is OptimizerConfig:
+            fixed = {f.name for f in fields(cls)}
+            settings = {k: v for k, v in kwargs.items() if k not in fixed and v is not None}
+            kwargs = {k: v for k, v in kwargs.items() if k in fixed}
+            kwargs["settings"] = settings
         built[name] = cls(**kwargs)
     return RunConfig(**built)
 

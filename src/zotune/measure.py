@@ -283,22 +283,39 @@ def time_calls(
 
 # Analytic accounting -----------------------------------------------------------------------
 
-# Optimizer state tensors per trainable tensor (each parameter-sized, parameter dtype).
-STATE_TENSORS = {
-    "zo-sgd": 0,
-    "zo-sgd-cons": 0,
-    "zo-sgd-sign": 0,
-    "zo-sgd-mmt": 1,
-    "zo-adam": 2,
-    "forward-grad": 0,
-    "fo-sgd": 0,  # 1 with momentum > 0
-    "fo-adam": 2,
-    "mezo-ref": 0,
-    "inference": 0,
-}
-FIRST_ORDER = ("fo-sgd", "fo-adam")
-# Optimizers whose update goes through a scratch chunk of z (non-linear rules).
-_NONLINEAR_ZO = ("zo-sgd-mmt", "zo-sgd-sign", "zo-adam")
+# Methods the estimates cover besides the registry's optimizers: a forward pass alone, and
+# the MeZO-style reference step (zotune.bench.mezo_reference).
+REFERENCE_METHODS = ("inference", "mezo-ref")
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What the memory model needs to know about a method, read from its registry entry."""
+
+    state_tensors: int  # parameter-sized state tensors per trainable tensor
+    first_order: bool  # keeps activations for backprop and makes gradients
+    forward_mode: bool  # carries whole-model tangents through the forward
+    linear: bool  # update fused into the restore pass (no scratch chunk of z)
+
+
+def step_facts(method: str, options: dict[str, Any] | None = None) -> StepFacts:
+    """The facts of ``method`` (a registry key or one of :data:`REFERENCE_METHODS`) with its
+    options (FO-SGD keeps a momentum buffer only with ``momentum`` > 0)."""
+    from .optim.registry import entry, names
+
+    if method in REFERENCE_METHODS:
+        return StepFacts(0, False, False, True)
+    if method not in names():
+        choices = ", ".join((*names(), *REFERENCE_METHODS))
+        raise ValueError(f"unknown optimizer {method!r} (choose from {choices})")
+    spec = entry(method)
+    options = options or {}
+    return StepFacts(
+        state_tensors=spec.state_tensors(**options),
+        first_order=spec.first_order,
+        forward_mode=spec.estimator == "forward-grad",
+        linear=spec.is_linear(**options),
+    )
 # Models whose MLP is gated (down(act(gate(x)) * up(x))): four ffn-wide tensors, not two.
 GATED_MLP_TYPES = frozenset(
     {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo"}
@@ -424,21 +441,14 @@ def activation_bytes(
     return elements * element_bytes
 
 
-def _check_method(optimizer: str) -> None:
-    if optimizer not in STATE_TENSORS:
-        choices = ", ".join(STATE_TENSORS)
-        raise ValueError(f"unknown optimizer {optimizer!r} (choose from {choices})")
-
-
-def optimizer_state_bytes(optimizer: str, trainable_bytes: int, *, momentum: float = 0.0) -> int:
-    """Parameter-sized state: 0 for ZO-SGD (and its Cons/Sign variants, Forward-Grad,
-    inference), 1× trainable for momentum (ZO-SGD-MMT, FO-SGD with momentum > 0), 2× for Adam.
+def optimizer_state_bytes(
+    optimizer: str, trainable_bytes: int, options: dict[str, Any] | None = None
+) -> int:
+    """Parameter-sized state, as the optimizer's rule declares it: 0 for ZO-SGD (and its
+    Cons/Sign variants, Forward-Grad, inference), 1× trainable for momentum (ZO-SGD-MMT,
+    FO-SGD with momentum > 0), 2× for Adam.
     """
-    _check_method(optimizer)
-    tensors = STATE_TENSORS[optimizer]
-    if optimizer == "fo-sgd" and momentum > 0:
-        tensors = 1
-    return tensors * trainable_bytes
+    return step_facts(optimizer, options).state_tensors * trainable_bytes
 
 
 def scratch_bytes(
@@ -449,6 +459,7 @@ def scratch_bytes(
     largest_trainable_numel: int,
     trainable_numel: int,
     distribution: str = "auto",
+    options: dict[str, Any] | None = None,
 ) -> int:
     """Direction memory of a step, from :class:`zotune.estimators.directions.DirectionSampler`.
 
@@ -465,7 +476,8 @@ def scratch_bytes(
     """
     from .estimators.directions import DEFAULT_CHUNK_NUMEL, DirectionSampler
 
-    if optimizer in ("inference", *FIRST_ORDER):
+    facts = step_facts(optimizer, options)
+    if optimizer == "inference" or facts.first_order:
         return 0
     if optimizer == "mezo-ref":
         return 4 * largest_trainable_numel * element_bytes
@@ -473,10 +485,10 @@ def scratch_bytes(
     kind = sampler.kind(torch.device(device))
     chunk = min(DEFAULT_CHUNK_NUMEL, sampler.chunk_numel, largest_trainable_numel) * element_bytes
     table = sampler.table_numel * element_bytes if kind == "table" else 0
-    if optimizer == "forward-grad":
+    if facts.forward_mode:
         return trainable_numel * element_bytes + table
     if kind == "table":
-        return table + (chunk if optimizer in _NONLINEAR_ZO else 0)
+        return table + (0 if facts.linear else chunk)
     return chunk
 
 
@@ -570,8 +582,8 @@ def estimate_memory(
     seq_len: int,
     device: torch.device | str = "cpu",
     logits_kept: int = 1,
-    momentum: float = 0.0,
     distribution: str = "auto",
+    options: dict[str, Any] | None = None,
 ) -> MemoryEstimate:
     """Predicted peak bytes of one ``optimizer`` step of ``model`` (already tuned: its
     trainable tensors are those with ``requires_grad``) on a B × T batch.
@@ -603,9 +615,10 @@ def estimate_memory(
     overtakes G + 2·G_head, then grows with the activations.
 
     ``optimizer`` is an optimizer key, ``"mezo-ref"`` (the MeZO-style reference step) or
-    ``"inference"`` (one no-grad forward). Works on a model on the meta device too.
+    ``"inference"`` (one no-grad forward); ``options`` are its options (e.g. FO-SGD's
+    ``momentum``). Works on a model on the meta device too.
     """
-    _check_method(optimizer)
+    facts = step_facts(optimizer, options)
     params = list(model.parameters())
     weights = sum(_tensor_bytes(p) for p in params) + sum(_tensor_bytes(b) for b in model.buffers())
     trainable_params = [p for p in params if p.requires_grad]
@@ -615,7 +628,7 @@ def estimate_memory(
         trainable = 0
     prompt, prefix = _peft_virtual_tokens(model)
     shape = TransformerShape.from_config(_base_config(model))
-    mode = "kept" if optimizer in FIRST_ORDER else "live"
+    mode = "kept" if facts.first_order else "live"
     activations = activation_bytes(
         shape,
         batch_size=batch_size,
@@ -629,13 +642,13 @@ def estimate_memory(
         # layer appends its own keys and values to it, whatever use_cache says.
         kv_cache=prefix > 0,
     )
-    if optimizer == "forward-grad":
+    if facts.forward_mode:
         activations *= 2
         mode = "live, with tangents"
     numels = [p.numel() for p in trainable_params] or [0]
     notes = {"shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix}
     gradients = 0
-    if optimizer in FIRST_ORDER:
+    if facts.first_order:
         head, tied = _head_gradient_bytes(model)
         start, end = activations + head, trainable + (2 * head if tied else 0)
         notes.update(kept_activations=activations, all_gradients=trainable, head_gradient=head)
@@ -646,7 +659,7 @@ def estimate_memory(
         weights=weights,
         trainable=trainable,
         gradients=gradients,
-        optimizer_state=optimizer_state_bytes(optimizer, trainable, momentum=momentum),
+        optimizer_state=optimizer_state_bytes(optimizer, trainable, options),
         scratch=scratch_bytes(
             optimizer,
             device=device,
@@ -654,6 +667,7 @@ def estimate_memory(
             largest_trainable_numel=max(numels) if optimizer != "inference" else 0,
             trainable_numel=sum(numels) if optimizer != "inference" else 0,
             distribution=distribution,
+            options=options,
         ),
         activations=activations,
         activation_mode=mode,

@@ -34,7 +34,9 @@ from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
 from .offload import execution_device, named_resident_parameters
-from .optim import OPTIMIZERS, FirstOrderOptimizer, create_optimizer
+from .optim import FirstOrderOptimizer, create_optimizer
+from .optim.registry import entry as optimizer_entry
+from .optim.registry import names as optimizer_names
 from .scoring import Scorer
 from .tasks import Example, load_splits
 
@@ -150,9 +152,9 @@ def _build_model(config: RunConfig, device: str | None = None):
     from .tuning import apply_tuning, count_parameters
 
     device = device or config.model.device
-    attn = config.model.attn_implementation
-    if config.optimizer.name == "forward-grad" and attn in (None, "sdpa"):
-        attn = "eager"  # fused SDPA attention has no forward-mode AD
+    attn = optimizer_entry(config.optimizer.name).attention_implementation(
+        config.model.attn_implementation
+    )
     name = config.model.name
     device_map = config.model.device_map
     if name is not None and name.startswith("random:"):
@@ -230,10 +232,10 @@ def _make_scheduler(optimizer, config: RunConfig):
 
 
 def _check(config: RunConfig) -> None:
-    if config.optimizer.name not in OPTIMIZERS:
+    if config.optimizer.name not in optimizer_names():
         raise ConfigError(
             f"optimizer.name: unknown optimizer {config.optimizer.name!r} "
-            f"(choose from {', '.join(OPTIMIZERS)})"
+            f"(choose from {', '.join(optimizer_names())})"
         )
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
         value = getattr(config.train, key)
@@ -264,6 +266,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
             data.setdefault(section, {})[name] = value
         config = build_config(data)
     _check(config)
+    options = config.optimizer.create_options(config.train.seed)
     cfg_train = config.train
     out = Path(cfg_train.output_dir) if cfg_train.output_dir else None
 
@@ -289,13 +292,8 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     )
     splits = load_task_splits(config, log)
     scorer = make_scorer(model, loaded, config)
-    extra = {"seed": cfg_train.seed} if "seed" in _accepted(config.optimizer.name) else {}
-    options = config.optimizer.options()
-    for key in options:
-        if key not in _accepted(config.optimizer.name):
-            raise ConfigError(f"optimizer.{key} does not apply to {config.optimizer.name}")
     # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
-    optimizer = create_optimizer(config.optimizer.name, model, **options, **extra)
+    optimizer = create_optimizer(config.optimizer.name, model, **options)
     scheduler = _make_scheduler(optimizer, config)
     traffic = _distribute(model, optimizer, scorer, config, group, log) if group else None
 
@@ -479,12 +477,6 @@ def _distribute(model, optimizer, scorer, config: RunConfig, group, log) -> _Tra
         traffic = _Traffic(counter, f"{mode}-parallel ZO probe all-reduce", zeroth_order=True)
     log(f"{traffic.description}: {group.world_size} processes, backend {group.backend}")
     return traffic
-
-
-def _accepted(name: str) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(OPTIMIZERS[name].__init__).parameters) - {"self", "params"}
 
 
 def _median(values: list[float]) -> float:

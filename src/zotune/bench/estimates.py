@@ -63,6 +63,8 @@ def estimate_specs(specs: Sequence[ProfileSpec]) -> list[dict[str, Any]]:
             seq_len=spec.seq_len,
             device=spec.device,
             logits_kept=1 if keeps else spec.seq_len,
+            distribution=spec.options.get("distribution", "auto"),
+            options=spec.options,
         )
         rows.append({"spec": asdict(spec), "estimate": estimate.as_dict()})
     return rows

@@ -63,25 +63,22 @@ ESTIMATED_OPTIONS = {"eps", "q", "probe", "distribution", "weight_decay", "seed"
 
 MB = 2**20
 EXTRA_METHODS = ("inference", "mezo-ref")
-DEFAULT_OPTIMIZERS = (
-    "inference",
-    "zo-sgd",
-    "zo-sgd-mmt",
-    "zo-sgd-cons",
-    "zo-sgd-sign",
-    "zo-adam",
-    "forward-grad",
-    "fo-sgd",
-    "fo-adam",
-)
+# The sequence-length sweep compares the ZO memory floor with the first-order baselines.
 SWEEP_OPTIMIZERS = ("zo-sgd", "fo-sgd", "fo-adam")
 DEFAULT_MODEL = "random:opt-125m"
 
 
 def all_methods() -> tuple[str, ...]:
-    from ..optim import OPTIMIZERS
+    from ..optim.registry import names
 
-    return (*OPTIMIZERS, *EXTRA_METHODS)
+    return (*names(), *EXTRA_METHODS)
+
+
+def default_methods() -> tuple[str, ...]:
+    """Inference as the floor, then every registered optimizer."""
+    from ..optim.registry import names
+
+    return ("inference", *names())
 
 
 @dataclass(frozen=True)
@@ -139,13 +136,13 @@ class ProfileSpec:
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"invalid warmup: {self.warmup!r} (must be an int >= 0)")
         if self.options:
-            from ..optim import OPTIMIZERS
+            from ..optim.registry import entry, names
 
-            if self.method not in OPTIMIZERS:
+            if self.method not in names():
                 raise ValueError(f"--option applies to optimizers, not to {self.method}")
-            accepted = inspect.signature(OPTIMIZERS[self.method].__init__).parameters
+            accepted = entry(self.method).accepted()
             for key in self.options:
-                if key not in accepted or key in ("self", "params", "lr"):
+                if key not in accepted or key == "lr":
                     raise ValueError(f"--option {key}: not an option of {self.method}")
 
 
@@ -197,10 +194,9 @@ class ProfileResult:
 
 
 def _attn_for(method: str, attn: str | None) -> str | None:
-    # Forward-mode AD has no rule for fused SDPA attention (see zotune.train._build_model).
-    if method == "forward-grad" and attn in (None, "sdpa"):
-        return "eager"
-    return attn
+    from ..optim.registry import entry, names
+
+    return entry(method).attention_implementation(attn) if method in names() else attn
 
 
 def load_for_profile(
@@ -385,6 +381,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         device=device,
         logits_kept=1 if built.keep else spec.seq_len,
         distribution=spec.options.get("distribution", "auto"),
+        options=spec.options,
     )
     built.forward()
     gc.collect()
@@ -479,14 +476,14 @@ def grid(
 ) -> list[ProfileSpec]:
     """Specs for every (seq_len, scheme, method, options), in that nesting order; ``options``
     apply to the optimizers, so ``inference`` and ``mezo-ref`` get one row each."""
-    from ..optim import OPTIMIZERS
+    from ..optim.registry import names
 
     return [
         ProfileSpec(method=method, scheme=scheme, seq_len=seq_len, options=dict(o), **common)
         for seq_len in seq_lens
         for scheme in schemes
         for method in methods
-        for o in (options if method in OPTIMIZERS else ({},))
+        for o in (options if method in names() else ({},))
     ]
 
 

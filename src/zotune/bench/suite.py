@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import itertools
 import json
 import shlex
@@ -605,17 +604,18 @@ def _seeds(value: Any, base: dict[str, Any]) -> list[int]:
 def _check_names(axes: dict[str, list[str]]) -> None:
     """Every optimizer, scheme, task and random-model shape in the grid exists."""
     from ..models import SHAPES
-    from ..optim import OPTIMIZERS
+    from ..optim.registry import names
     from ..tasks import list_tasks
     from ..tuning import SCHEMES
 
-    known = {"optimizer": list(OPTIMIZERS), "tuning": list(SCHEMES), "task": list_tasks()}
+    known = {"optimizer": list(names()), "tuning": list(SCHEMES), "task": list_tasks()}
     what = {"optimizer": "optimizer", "tuning": "scheme", "task": "task"}
-    for axis, names in known.items():
+    for axis, choices in known.items():
         for value in axes[axis]:
-            if value not in names:
+            if value not in choices:
                 raise SuiteError(
-                    f"grid.{axis}: unknown {what[axis]} {value!r} (choose from {', '.join(names)})"
+                    f"grid.{axis}: unknown {what[axis]} {value!r} "
+                    f"(choose from {', '.join(choices)})"
                 )
     for model in axes["model"]:
         shape = model.removeprefix("random:")
@@ -627,16 +627,12 @@ def _check_names(axes: dict[str, list[str]]) -> None:
 
 
 def _check_options(runs: list[RunSpec]) -> None:
-    """Every optimizer option a run sets is one its optimizer takes."""
-    from ..optim import OPTIMIZERS
-
+    """Every optimizer option a run sets is one its optimizer takes, with a valid value."""
     for run in runs:
-        optimizer = run.cell.optimizer
-        accepted = set(inspect.signature(OPTIMIZERS[optimizer].__init__).parameters)
-        options = build_config(copy.deepcopy(run.config)).optimizer.options()
-        for key in options:
-            if key not in accepted:
-                raise SuiteError(
-                    f"{run.cell.label()}: optimizer.{key} does not apply to {optimizer} "
-                    f"(set it in a sweep or override for the optimizers that take it)"
-                )
+        try:
+            build_config(copy.deepcopy(run.config)).optimizer.create_options(seed=0)
+        except ConfigError as error:
+            raise SuiteError(
+                f"{run.cell.label()}: {error} (set it in a sweep or override for the "
+                "optimizers that take it)"
+            ) from None

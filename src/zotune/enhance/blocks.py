@@ -40,13 +40,9 @@ shape share their z; zotune derives each block's seed from (step seed, block num
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
-
-from ..estimators.base import shift
-from ..estimators.directions import mix_seed
 
 BLOCK_LEVELS = ("layer", "sublayer", "linear")
 BLOCK_MODES = ("coordinate", "all")
@@ -140,32 +136,3 @@ def partition(model: torch.nn.Module, level: str = "layer") -> list[dict[str, An
 
     ordered = sorted(groups.items(), key=lambda item: position(item[0]))
     return [{"params": members, "block": block} for block, members in ordered]
-
-
-def blockwise_step(optimizer, closure, mode: str) -> torch.Tensor:
-    """One block-wise step of a :class:`zotune.optim.ZerothOrderOptimizer`.
-
-    The blocks are the optimizer's param groups; block b draws its directions from
-    ``mix_seed(step seed, b)``. Returns the mean probe loss of the first block, taken
-    around θ_t in both modes.
-    """
-    by_group: dict[int, list] = {}
-    for item, group in optimizer._trainable():
-        by_group.setdefault(id(group), []).append((item, group))
-    base_seed = optimizer._step_seed()
-    optimizer.steps_taken += 1
-    sampler = optimizer.estimator.sampler
-    first_loss, pending = None, []
-    for number, members in enumerate(by_group.values()):
-        items = [item for item, _ in members]
-        estimate = optimizer.estimator.estimate(items, closure, mix_seed(base_seed, number))
-        first_loss = estimate.loss if first_loss is None else first_loss
-        if mode == "coordinate":
-            optimizer._update(members, estimate)
-            continue
-        # Later blocks must be probed at θ_t: put this block back before moving on.
-        shift(items, sampler, estimate.restore)
-        pending.append((members, dataclasses.replace(estimate, offset=0.0)))
-    for members, estimate in pending:
-        optimizer._update(members, estimate)
-    return first_loss

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import torch
 
-from ..estimators.base import as_loss, check_finite
 from .blocks import block_names, find_layers
 
 
@@ -64,53 +63,3 @@ def split_hybrid(model: torch.nn.Module, hybrid_layers: int | float) -> list[dic
             zeroth = int(block.split(".")[1]) < k
         parts["zo" if zeroth else "fo"].append(params[name])
     return [{"params": members, "part": part} for part, members in parts.items() if members]
-
-
-def hybrid_step(optimizer, closure) -> torch.Tensor:
-    """One hybrid step of a :class:`zotune.optim.ZerothOrderOptimizer` (see module doc)."""
-    entries = optimizer._trainable()
-    zeroth = [(e, g) for e, g in entries if g.get("part") == "zo"]
-    first = [(e, g) for e, g in entries if g.get("part") != "zo"]
-    loss = None
-    sharing = optimizer.estimator.sharing
-    if first:
-        loss = sharing.average(_backprop_first_order_part(zeroth, first, closure))
-        sharing.average_gradients([e.param.grad for e, _ in first if e.param.grad is not None])
-    if zeroth:
-        estimate = optimizer.estimator.estimate(
-            [e for e, _ in zeroth], closure, optimizer._step_seed()
-        )
-        optimizer._update(zeroth, estimate)
-        loss = estimate.loss if loss is None else loss
-    optimizer.steps_taken += 1
-    for item, group in first:
-        grad = item.param.grad
-        if grad is not None:
-            state = optimizer._state_for(item.param)
-            context = (item.param.ndim, state["step"], group)
-            optimizer._apply_rule(item.param, grad, state, context, 0)
-            item.param.grad = None
-    return loss
-
-
-def _backprop_first_order_part(zeroth, first, closure) -> torch.Tensor:
-    """g_F = ∇_{θ_F} f into ``.grad``, with the ZO part frozen; returns f(θ)."""
-    _drop_gradients(first)
-    frozen = [item.param for item, _ in zeroth]
-    for param in frozen:
-        param.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            value = closure()
-            value.backward()
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)
-    loss = as_loss(value)
-    check_finite([loss], lambda: _drop_gradients(first))
-    return loss
-
-
-def _drop_gradients(entries) -> None:
-    for item, _ in entries:
-        item.param.grad = None

@@ -113,7 +113,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             grad = item.param.grad
             if grad is not None:
                 state = self._state_for(item.param)
-                self._apply_rule(item.param, grad, state, (item.param.ndim, state["step"], group), 0)
+                context = (item.param.ndim, state["step"], group)
+                self._apply_rule(item.param, grad, state, context, 0)
 
     def _state_for(self, param: torch.Tensor) -> dict[str, Any]:
         state = self.state[param]
@@ -201,7 +202,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
         self.estimator = estimator
         self.step_strategy = step
         if sparsity:
-            sparsities = tensor_sparsities([e for e, _ in self.trainable()], sparsity, sparsity_mode)
+            trainable = [e for e, _ in self.trainable()]
+            sparsities = tensor_sparsities(trainable, sparsity, sparsity_mode)
             estimator.sampler = MaskedDirectionSampler(
                 estimator.sampler, sparsities, seed, mask_every
             )

@@ -278,7 +278,7 @@ def _check_declarations() -> None:
         raise AssertionError(f"ZOOptions fields {names} differ from ZO_OPTIONS")
     for option, field in zip(ZO_OPTIONS, fields(ZOOptions), strict=True):
         if option.default != field.default:
-            raise AssertionError(f"default of {option.name} differs between ZO_OPTIONS and ZOOptions")
+            raise AssertionError(f"{option.name}: ZO_OPTIONS and ZOOptions differ in default")
 
 
 _check_declarations()

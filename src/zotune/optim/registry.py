@@ -73,6 +73,14 @@ class OptimizerEntry:
         """Trains by backpropagation (keeps activations and gradients)."""
         return self.estimator == "backprop"
 
+    def attention_implementation(self, requested: str | None) -> str | None:
+        """The attention to load the model with: the entry's need wins over the default
+        (None) and over fused SDPA, which has no forward-mode AD; an explicit other choice
+        is the user's."""
+        if self.attention is not None and requested in (None, "sdpa"):
+            return self.attention
+        return requested
+
     def accepted(self) -> dict[str, Option]:
         """Every keyword option (``lr`` first), by name."""
         from .options import LR
