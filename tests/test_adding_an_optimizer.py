@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from zotune import cli, rules
-from zotune.optim import Option, OptimizerEntry, ZerothOrderOptimizer, create_optimizer
+from zotune.optim import OptimizerEntry, Option, ZerothOrderOptimizer, create_optimizer
 from zotune.optim.options import finite_above
 from zotune.optim.registry import register, unregister
 

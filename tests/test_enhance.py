@@ -265,7 +265,8 @@ def test_each_enhancement_reduces_the_loss(options, name, tiny_model):
         ("zo-sgd", {"sparsity": 0.2, "sparsity_mode": "l1"}, ValueError, "sparsity_mode: 'l1'"),
         ("zo-sgd", {"sparsity": 0.2, "mask_every": 0}, ValueError, "Invalid mask_every: 0"),
         ("zo-sgd", {"block_level": "layer", "hybrid_layers": 1}, ValueError, "cannot be combined"),
-        ("zo-sgd-cons", {"block_level": "layer"}, ValueError, "zo-sgd-cons: conservative and block-wise steps cannot be combined"),
+        ("zo-sgd-cons", {"block_level": "layer"}, ValueError,
+         "zo-sgd-cons: conservative and block-wise steps cannot be combined"),
         ("fo-sgd", {"sparsity": 0.2}, TypeError, "unexpected keyword argument 'sparsity'"),
     ],
 )
