@@ -99,8 +99,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
     import torch
 
+    from .checkpoints import BEST_FILE, load_trainable_state
     from .config import load_config
-    from .train import _build_model, load_task_splits, load_trainable_state, make_scorer
+    from .run import check_config, setup
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     _, dotted = _overrides(args, [])
@@ -108,13 +109,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = load_config(run_dir / "config.yaml", dict(dotted))
     else:
         config = load_config(None, dict(dotted))
-    model, loaded, _, _ = _build_model(config)
+    check_config(config)
+    run = setup(config, for_training=False)
     if run_dir is not None:
-        load_trainable_state(model, torch.load(run_dir / "best.pt", weights_only=True))
-    splits = load_task_splits(config)
-    scorer = make_scorer(model, loaded, config)
-    split = getattr(splits, args.split)
-    accuracy = scorer.accuracy(split, config.train.eval_batch_size)
+        load_trainable_state(run.model, torch.load(run_dir / BEST_FILE, weights_only=True))
+    accuracy = run.accuracy(getattr(run.splits, args.split))
     print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))
     return 0
 

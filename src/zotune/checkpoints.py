@@ -1,0 +1,115 @@
+"""A run's checkpoints: the best on validation and the last, in a run folder or in memory.
+
+With an output folder, ``best.pt`` holds the trainable tensors of the best validation step
+and ``last.pt`` everything a resumed run needs (trainable tensors, optimizer and scheduler
+state with the seed stream, the step, the best so far); only the main process of a
+distributed run writes them, every process reads them back. Without a folder the best state
+is a copy in memory. With a folder the best state lives only on disk: a copy in memory would
+double the footprint of full tuning, which ZO exists to keep at inference size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError
+from .files import atomic_write
+from .offload import named_resident_parameters
+
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+
+
+def trainable_state(model: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable tensors by name; ``copy=False`` gives views for saving without a copy."""
+    return {
+        n: p.detach().clone() if copy else p.detach()
+        for n, p in named_resident_parameters(model)
+        if p.requires_grad
+    }
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(named_resident_parameters(model))
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ConfigError(f"checkpoint holds tensors this model lacks, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run picks up."""
+
+    step: int
+    test_accuracy_before: float | None
+
+
+class Checkpoints:
+    """Best-on-validation and last checkpoints of one run.
+
+    ``folder`` is the run folder (None: best in memory, no last); ``writes`` is False in the
+    processes of a distributed run that only read.
+    """
+
+    def __init__(self, model: torch.nn.Module, folder: Path | None, writes: bool = True) -> None:
+        self.model = model
+        self.folder = folder
+        self.writes = writes and folder is not None
+        self.best_val = -1.0
+        self.best_step = 0
+        self._best_in_memory = None if folder is not None else trainable_state(model)
+
+    def resume(self, optimizer, scheduler, device: torch.device) -> Resumed | None:
+        """Load ``last.pt`` into the model, optimizer and scheduler, if there is one."""
+        if self.folder is None or not (self.folder / LAST_FILE).exists():
+            return None
+        path = self.folder / LAST_FILE
+        ckpt = torch.load(path, weights_only=False, map_location=device)
+        load_trainable_state(self.model, ckpt["trainable"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        self.best_val, self.best_step = ckpt["best_val"], ckpt["best_step"]
+        return Resumed(ckpt["step"], ckpt.get("test_accuracy_before"))
+
+    def consider(self, step: int, val: float) -> None:
+        """Keep the model's trainable state as the best if ``val`` beats the best so far."""
+        if val <= self.best_val:
+            return
+        self.best_val, self.best_step = val, step
+        if self.folder is None:
+            self._best_in_memory = trainable_state(self.model)
+        elif self.writes:
+            state = trainable_state(self.model, copy=False)
+            atomic_write(self.folder / BEST_FILE, lambda p: torch.save(state, p))
+
+    def save_last(self, step: int, optimizer, scheduler, before: float | None) -> None:
+        if not self.writes:
+            return
+        ckpt: dict[str, Any] = {
+            "trainable": trainable_state(self.model, copy=False),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "test_accuracy_before": before,
+        }
+        atomic_write(self.folder / LAST_FILE, lambda p: torch.save(ckpt, p))
+
+    def restore_best(self, device: torch.device) -> bool:
+        """Put the best state back into the model; False where this process has none to read
+        (a distributed run's other processes: the main one broadcasts it)."""
+        state = self._best_in_memory
+        if state is None and self.writes:
+            state = torch.load(self.folder / BEST_FILE, weights_only=True, map_location=device)
+        if state is None:
+            return False
+        load_trainable_state(self.model, state)
+        return True

@@ -1,0 +1,275 @@
+"""A training run set up from its config, as a torchtune recipe sets up: model, tokenizer,
+tuning scheme, task splits, scorer, optimizer and scheduler, placed for one process or for
+each process of a torchrun group.
+
+``setup(config)`` returns a :class:`Run` holding them; :func:`zotune.train.finetune` runs the
+loop on it, ``zotune eval`` evaluates with ``setup(config, for_training=False)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, RunConfig, build_config, load_config
+from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
+from .models import LoadedModel
+from .offload import execution_device
+from .optim import FirstOrderOptimizer, create_optimizer
+from .optim.registry import entry as optimizer_entry
+from .optim.registry import names as optimizer_names
+from .scoring import Scorer
+from .tasks import Example, load_splits
+
+
+def log_line(message: str) -> None:
+    print(f"zotune: {message}", file=sys.stderr, flush=True)
+
+
+def no_log(message: str) -> None:
+    """The log of processes other than the main one of a distributed run."""
+
+
+def resolve_config(
+    config: RunConfig | dict | str | Path | None = None, **overrides: Any
+) -> RunConfig:
+    """A RunConfig from a RunConfig, a nested dict or a YAML path, with ``section__key``
+    overrides (``task__name="copa"``), validated before anything is loaded."""
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict) or config is None:
+        config = build_config(config)
+    if overrides:
+        data = config.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            data.setdefault(section, {})[name] = value
+        config = build_config(data)
+    check_config(config)
+    return config
+
+
+def check_config(config: RunConfig) -> None:
+    """The checks that need no model: names, counts, modes, the optimizer's options."""
+    if config.optimizer.name not in optimizer_names():
+        raise ConfigError(
+            f"optimizer.name: unknown optimizer {config.optimizer.name!r} "
+            f"(choose from {', '.join(optimizer_names())})"
+        )
+    for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
+        value = getattr(config.train, key)
+        if value < (0 if key == "steps" else 1):
+            raise ConfigError(f"train.{key}: invalid value {value}")
+    from .distributed import MODES
+
+    if config.train.parallel not in MODES:
+        raise ConfigError(
+            f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
+        )
+    config.optimizer.create_options(config.train.seed)
+
+
+@dataclass
+class TunedModel:
+    """The model with its tuning scheme applied, and what it was loaded from."""
+
+    model: torch.nn.Module
+    loaded: LoadedModel
+    trainable_parameters: int
+    total_parameters: int
+
+
+def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
+    """Load the model (hub, folder, embedded, random shape), place it and apply the tuning
+    scheme, in eval mode, with the attention implementation the optimizer needs."""
+    from .models import load_model, place_on_devices, random_model
+    from .tuning import apply_tuning, count_parameters
+
+    device = device or config.model.device
+    attn = optimizer_entry(config.optimizer.name).attention_implementation(
+        config.model.attn_implementation
+    )
+    name = config.model.name
+    device_map = config.model.device_map
+    if name is not None and name.startswith("random:"):
+        loaded = random_model(
+            name.removeprefix("random:"),
+            dtype=config.model.dtype,
+            attn_implementation=attn,
+            seed=config.train.seed,
+        )
+        if device_map is not None:
+            place_on_devices(loaded.model, device_map, device)
+        elif device != "cpu":
+            loaded.model.to(device)
+    else:
+        loaded = load_model(
+            name,
+            dtype=config.model.dtype,
+            device=device,
+            attn_implementation=attn,
+            device_map=device_map,
+        )
+    torch.manual_seed(config.train.seed)  # adapter initialisation
+    tuning = config.tuning
+    model = apply_tuning(
+        loaded.model,
+        tuning.scheme,
+        tokenizer=loaded.tokenizer,
+        lora_r=tuning.lora_r,
+        lora_alpha=tuning.lora_alpha,
+        prefix_tokens=tuning.prefix_tokens,
+        prompt_tokens=tuning.prompt_tokens,
+        prompt_init_text=tuning.prompt_init_text,
+    )
+    model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
+    trainable, total = count_parameters(model)
+    return TunedModel(model, loaded, trainable, total)
+
+
+def load_task_splits(config: RunConfig, log: Callable[[str], None] = log_line):
+    """The train/val/test examples a run config asks for (sampled with the run's seed)."""
+    task = config.task
+    return load_splits(
+        task.name,
+        data_dir=task.data_dir,
+        num_train=task.num_train,
+        num_val=task.num_val,
+        num_test=task.num_test,
+        seed=config.train.seed,
+        template=task.template,
+        log=log,
+    )
+
+
+def make_scorer(model: torch.nn.Module, loaded: LoadedModel, config: RunConfig) -> Scorer:
+    """The scorer a run config asks for (reduction, loss, length limit)."""
+    return Scorer(
+        model,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        reduction=config.task.reduction,
+        loss=config.task.loss,
+        max_length=config.task.max_length,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):
+    steps = max(config.train.steps, 1)
+    if config.optimizer.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if config.optimizer.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
+    raise ConfigError(
+        f"optimizer.schedule: unknown schedule {config.optimizer.schedule!r} (constant, linear)"
+    )
+
+
+@dataclass
+class Traffic:
+    """What a distributed run communicates, read once per step."""
+
+    counter: Any
+    description: str
+    zeroth_order: bool
+
+    def take(self) -> tuple[int, int]:
+        return self.counter.take_traffic()
+
+
+@dataclass
+class Run:
+    """Everything a run trains and evaluates with. ``group`` is the torchrun process group
+    (None for one process); ``optimizer`` and ``scheduler`` are None for evaluation."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    loaded: LoadedModel
+    device: torch.device
+    trainable_parameters: int
+    total_parameters: int
+    splits: Any
+    scorer: Scorer
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    group: Any = None
+    traffic: Traffic | None = None
+    log: Callable[[str], None] = log_line
+
+    @property
+    def is_main(self) -> bool:
+        """The process that logs and writes files."""
+        return self.group is None or self.group.is_main
+
+    def accuracy(self, examples: Sequence[Example]) -> float:
+        batch_size = self.config.train.eval_batch_size
+        if self.group is None:
+            return self.scorer.accuracy(examples, batch_size)
+        return sharded_accuracy(self.scorer, examples, batch_size, self.group)
+
+    def local_batch(self, examples: list) -> list:
+        """This process's share of a step's examples (all of them for query-parallel ZO)."""
+        if self.group is None or (
+            self.config.train.parallel == "query" and self.traffic.zeroth_order
+        ):
+            return examples
+        return shard_batch(examples, self.group)
+
+
+def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) -> Run:
+    """Build a :class:`Run` for ``config`` (already resolved, see :func:`resolve_config`)."""
+    log = log_line if group is None or group.is_main else no_log
+    device_name = str(group.device(config.model.device)) if group else config.model.device
+    tuned = build_model(config, device_name)
+    log(
+        f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "
+        f"{tuned.trainable_parameters:,} of {tuned.total_parameters:,} parameters trainable"
+    )
+    run = Run(
+        config=config,
+        model=tuned.model,
+        loaded=tuned.loaded,
+        device=execution_device(tuned.model),
+        trainable_parameters=tuned.trainable_parameters,
+        total_parameters=tuned.total_parameters,
+        splits=load_task_splits(config, log),
+        scorer=make_scorer(tuned.model, tuned.loaded, config),
+        group=group,
+        log=log,
+    )
+    if not for_training:
+        return run
+    options = config.optimizer.create_options(config.train.seed)
+    # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
+    run.optimizer = create_optimizer(config.optimizer.name, run.model, **options)
+    run.scheduler = make_scheduler(run.optimizer, config)
+    if group is not None:
+        run.traffic = distribute(run)
+    return run
+
+
+def distribute(run: Run) -> Traffic:
+    """Start every process from the main one's θ and route the step's communication."""
+    from .distributed import share_probes, wrap_first_order
+
+    broadcast_parameters(run.model)
+    mode, group = run.config.train.parallel, run.group
+    if isinstance(run.optimizer, FirstOrderOptimizer):
+        if mode == "query":
+            raise ConfigError(
+                f"train.parallel: 'query' deals zeroth-order queries; "
+                f"{run.config.optimizer.name} is first-order (use 'data', which wraps it in "
+                "DistributedDataParallel)"
+            )
+        run.scorer.forward_module, counter = wrap_first_order(run.model, group)
+        traffic = Traffic(counter, "DistributedDataParallel gradient all-reduce", False)
+    else:
+        counter = share_probes(run.optimizer, mode, group)
+        traffic = Traffic(counter, f"{mode}-parallel ZO probe all-reduce", zeroth_order=True)
+    run.log(f"{traffic.description}: {group.world_size} processes, backend {group.backend}")
+    return traffic
