@@ -43,10 +43,14 @@ class TaskConfig:
     name: str = "sst2"
     data_dir: str | None = None
     template: bool = True
+    template_version: str = "reference"  # reference (ZO-Bench's strings) or zotune-0.1
     num_train: int = 1000
-    num_val: int = 500
+    num_val: int | None = None  # None: the task's own (COPA, WinoGrande, CB 100; else 500)
     num_test: int = 1000
-    loss: str = "ce"  # ce: cross-entropy over candidates; lm: LM loss on the correct one
+    data_seed: int = 0  # samples the splits (ZO-Bench's train_set_seed, 0 in its sweeps)
+    # ce: cross-entropy over candidates; lm: LM loss on the correct one; None: the task's
+    # paper loss (lm for COPA and WinoGrande, else ce)
+    loss: str | None = None
     reduction: str = "mean"  # candidate score: mean or sum of token log-probs
     max_length: int | None = None
 
@@ -57,6 +61,7 @@ class TuningConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     prefix_tokens: int = 5
+    prefix_init: str | None = None  # real (MeZO's, default for causal LMs) or random
     prompt_tokens: int = 10
     prompt_init_text: str | None = None
 

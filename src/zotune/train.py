@@ -36,7 +36,7 @@ from .measure import peak_memory_mb
 from .offload import execution_device, named_resident_parameters
 from .optim import OPTIMIZERS, FirstOrderOptimizer, create_optimizer
 from .scoring import Scorer
-from .tasks import Example, load_splits
+from .tasks import Example, get_task, load_splits
 
 # A run stops after this many non-finite losses in a row: one is a bad batch, many a diverged run.
 MAX_CONSECUTIVE_NONFINITE = 10
@@ -183,6 +183,7 @@ def _build_model(config: RunConfig, device: str | None = None):
         lora_r=tuning.lora_r,
         lora_alpha=tuning.lora_alpha,
         prefix_tokens=tuning.prefix_tokens,
+        prefix_init=tuning.prefix_init,
         prompt_tokens=tuning.prompt_tokens,
         prompt_init_text=tuning.prompt_init_text,
     )
@@ -192,7 +193,7 @@ def _build_model(config: RunConfig, device: str | None = None):
 
 
 def load_task_splits(config: RunConfig, log=_log):
-    """The train/val/test examples a run config asks for (sampled with the run's seed)."""
+    """The train/val/test examples a run config asks for (sampled with its data seed)."""
     task = config.task
     return load_splits(
         task.name,
@@ -200,8 +201,9 @@ def load_task_splits(config: RunConfig, log=_log):
         num_train=task.num_train,
         num_val=task.num_val,
         num_test=task.num_test,
-        seed=config.train.seed,
+        seed=task.data_seed,
         template=task.template,
+        template_version=task.template_version,
         log=log,
     )
 
@@ -213,7 +215,7 @@ def make_scorer(model: torch.nn.Module, loaded, config: RunConfig) -> Scorer:
         loaded.tokenizer,
         kind=loaded.kind,
         reduction=config.task.reduction,
-        loss=config.task.loss,
+        loss=config.task.loss or get_task(config.task.name).loss,
         max_length=config.task.max_length,
     )
 
