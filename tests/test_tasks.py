@@ -57,261 +57,145 @@ MULTIRC_NESTED = {
     },
 }
 
-# (id, task, raw row as a source ships it, template, contexts, continuations, label)
+COPA_EFFECT = {
+    "premise": "The man turned on the faucet.",
+    "choice1": "The toilet filled with water.",
+    "choice2": "Water flowed from the spout.",
+    "question": "effect",
+    "label": 1,
+}
+COPA_CASED = {
+    "premise": "I went to the lab.",
+    "choice1": "I'm a chemist.",
+    "choice2": "DNA samples came in.",
+    "question": "cause",
+    "label": 0,
+}
+WINO_OFFICIAL = {"sentence": WINO_SENTENCE, "option1": "Sarah", "option2": "Maria", "answer": "1"}
+WINO_SHARED = ("Sarah was a much better surgeon than Maria so",) * 2
+WINO_REFERENCE = (" Sarah always got the harder cases.", " Maria always got the harder cases.")
+RTE_ROW = {"premise": "A cat sat on the mat.", "hypothesis": "An animal sat.",
+           "label": "entailment"}
+CB_ROW = {"premise": "It rained.", "hypothesis": "the ground is wet", "label": "neutral"}
+WSC_ROW = {"text": WSC_TEXT, "label": True,
+           "target": {"span1_text": "Pete", "span1_index": 2, "span2_text": "He",
+                      "span2_index": 7}}
+WIC_ROW = {"word": "bank", "sentence1": "He sat on the river bank.",
+           "sentence2": "She went to the bank.", "label": False}
+V01 = "zotune-0.1"
+
+# (id, task, raw row as a source ships it, template: a version name, or False for none,
+#  contexts, continuations, label)
 GOLDEN = [
-    (
-        "sst2",
-        "sst2",
-        {"sentence": "a gorgeous , witty movie . ", "label": "1"},
-        True,
-        ("a gorgeous , witty movie . It was",) * 2,
-        (" terrible", " great"),
-        1,
-    ),
-    (
-        "sst2-raw",
-        "sst2",
-        {"sentence": "a gorgeous , witty movie . ", "label": 0},
-        False,
-        ("a gorgeous , witty movie .",) * 2,
-        (" terrible", " great"),
-        0,
-    ),
-    (
-        "copa-effect",
-        "copa",
-        {
-            "premise": "The man turned on the faucet.",
-            "choice1": "The toilet filled with water.",
-            "choice2": "Water flowed from the spout.",
-            "question": "effect",
-            "label": 1,
-        },
-        True,
-        ("The man turned on the faucet so",) * 2,
-        (" the toilet filled with water.", " water flowed from the spout."),
-        1,
-    ),
-    (
-        "copa-cause-keeps-I",
-        "copa",
-        {
-            "premise": "My body cast a shadow over the grass.",
-            "choice1": "The sun was rising.",
-            "choice2": "I grew hair.",
-            "question": "cause",
-            "label": 0,
-        },
-        True,
-        ("My body cast a shadow over the grass because",) * 2,
-        (" the sun was rising.", " I grew hair."),
-        0,
-    ),
-    (
-        "copa-raw",
-        "copa",
-        {
-            "premise": "The man turned on the faucet.",
-            "choice1": "The toilet filled with water.",
-            "choice2": "Water flowed from the spout.",
-            "question": "effect",
-            "label": 1,
-        },
-        False,
-        ("The man turned on the faucet",) * 2,
-        (" the toilet filled with water.", " water flowed from the spout."),
-        1,
-    ),
-    (
-        "winogrande-official",
-        "winogrande",
-        {"sentence": WINO_SENTENCE, "option1": "Sarah", "option2": "Maria", "answer": "1"},
-        True,
-        WINO_CONTEXTS,
-        (" always got the harder cases.",) * 2,
-        0,
-    ),
-    (
-        "winogrande-partial-form",
-        "winogrande",
-        WINO_PARTIAL,
-        True,
-        WINO_CONTEXTS,
-        (" always got the harder cases.",) * 2,
-        0,
-    ),
-    (
-        "winogrande-partial-attached",
-        "winogrande",
-        {
-            "context_options": ["The anger showed on Randy", "The anger showed on Nick"],
-            "continuation": "'s face.",
-            "gold": 1,
-        },
-        True,
-        ("The anger showed on Randy", "The anger showed on Nick"),
-        ("'s face.", "'s face."),
-        1,
-    ),
-    (
-        "winogrande-blank-first",
-        "winogrande",
-        {"sentence": "_ was faster than Kelly.", "option1": "Kevin", "option2": "Kelly",
-         "answer": 2},
-        True,
-        ("Kevin", "Kelly"),
-        (" was faster than Kelly.",) * 2,
-        1,
-    ),
-    (
-        "winogrande-raw",
-        "winogrande",
-        {"sentence": WINO_SENTENCE, "option1": "Sarah", "option2": "Maria", "answer": "2"},
-        False,
-        (WINO_SENTENCE,) * 2,
-        (" Sarah", " Maria"),
-        1,
-    ),
-    (
-        "winogrande-partial-raw-shared-letters",
-        "winogrande",
-        {
-            "context_options": ["Kevin beat Kelly because Kevin", "Kevin beat Kelly because Kelly"],
-            "continuation": "was faster.",
-            "gold": 0,
-        },
-        False,
-        ("Kevin beat Kelly because _ was faster.",) * 2,
-        (" Kevin", " Kelly"),
-        0,
-    ),
-    (
-        "multirc",
-        "multirc",
-        MULTIRC_NESTED,
-        True,
-        ('Tom has a dog.\nQuestion: What does Tom have?\nI found this answer "a dog". '
-         "Is that correct? Yes or No?",) * 2,
-        (" No", " Yes"),
-        1,
-    ),
-    (
-        "multirc-raw",
-        "multirc",
-        MULTIRC_NESTED,
-        False,
-        ("Tom has a dog.\nWhat does Tom have?\na dog",) * 2,
-        (" No", " Yes"),
-        1,
-    ),
-    (
-        "multirc-hub-flat",
-        "multirc",
-        {"paragraph": "Tom has a dog.", "question": "What does Tom have?", "answer": "a cat",
-         "label": 0},
-        True,
-        ('Tom has a dog.\nQuestion: What does Tom have?\nI found this answer "a cat". '
-         "Is that correct? Yes or No?",) * 2,
-        (" No", " Yes"),
-        0,
-    ),
-    (
-        "rte",
-        "rte",
-        {"premise": "A cat sat on the mat.", "hypothesis": "An animal sat.",
-         "label": "entailment"},
-        True,
-        ('A cat sat on the mat.\nDoes this mean that "An animal sat." is true? Yes or No?',) * 2,
-        (" Yes", " No"),
-        0,
-    ),
-    (
-        "rte-raw-hub-label",
-        "rte",
-        {"premise": "A cat sat on the mat.", "hypothesis": "A dog sat.", "label": 1},
-        False,
-        ("A cat sat on the mat.\nA dog sat.",) * 2,
-        (" Yes", " No"),
-        1,
-    ),
-    (
-        "cb",
-        "cb",
-        {"premise": "It rained.", "hypothesis": "the ground is wet", "label": "neutral"},
-        True,
-        ('Suppose It rained. Can we infer that "the ground is wet"? Yes, No, or Maybe?',) * 3,
-        (" Yes", " No", " Maybe"),
-        2,
-    ),
-    (
-        "cb-raw",
-        "cb",
-        {"premise": "It rained.", "hypothesis": "the ground is dry", "label": "contradiction"},
-        False,
-        ("It rained.\nthe ground is dry",) * 3,
-        (" Yes", " No", " Maybe"),
-        1,
-    ),
-    (
-        "boolq",
-        "boolq",
-        {"question": "is the sky blue", "passage": "Sky -- The sky is blue.", "label": True},
-        True,
-        ("Sky -- The sky is blue. Is the sky blue?",) * 2,
-        (" No", " Yes"),
-        1,
-    ),
-    (
-        "boolq-raw",
-        "boolq",
-        {"question": "is the sky green", "passage": "Sky -- The sky is blue.", "label": False},
-        False,
-        ("Sky -- The sky is blue.\nis the sky green",) * 2,
-        (" No", " Yes"),
-        0,
-    ),
-    (
-        "wsc",
-        "wsc",
-        {"text": WSC_TEXT, "label": True,
-         "target": {"span1_text": "Pete", "span1_index": 2, "span2_text": "He",
-                    "span2_index": 7}},
-        True,
-        (f'{WSC_TEXT}\nIn the previous sentence, does the pronoun "he" refer to Pete? '
-         "Yes or No?",) * 2,
-        (" No", " Yes"),
-        1,
-    ),
-    (
-        "wsc-raw-hub-flat",
-        "wsc",
-        {"text": WSC_TEXT, "span1_text": "Mark", "span2_text": "He", "label": 0},
-        False,
-        (f"{WSC_TEXT}\nHe\nMark",) * 2,
-        (" No", " Yes"),
-        0,
-    ),
-    (
-        "wic",
-        "wic",
-        {"word": "bank", "sentence1": "He sat on the river bank.",
-         "sentence2": "She went to the bank.", "label": False},
-        True,
-        (f"{WIC_QUESTION}\nHe sat on the river bank.\nShe went to the bank.",) * 2,
-        (" No", " Yes"),
-        0,
-    ),
-    (
-        "wic-raw",
-        "wic",
-        {"word": "bank", "sentence1": "He sat on the river bank.",
-         "sentence2": "They sat by the bank.", "label": True},
-        False,
-        ("bank\nHe sat on the river bank.\nThey sat by the bank.",) * 2,
-        (" No", " Yes"),
-        1,
-    ),
+    ("sst2", "sst2", {"sentence": "a gorgeous , witty movie . ", "label": "1"}, "reference",
+     ("a gorgeous , witty movie . It was",) * 2, (" terrible", " great"), 1),
+    ("sst2-raw", "sst2", {"sentence": "a gorgeous , witty movie . ", "label": 0}, False,
+     ("a gorgeous , witty movie .",) * 2, (" terrible", " great"), 0),
+    ("copa-effect", "copa", COPA_EFFECT, "reference",
+     ("The man turned on the faucet so",) * 2,
+     (" the toilet filled with water.", " water flowed from the spout."), 1),
+    ("copa-cause-keeps-I", "copa",
+     {"premise": "My body cast a shadow over the grass.", "choice1": "The sun was rising.",
+      "choice2": "I grew hair.", "question": "cause", "label": 0}, "reference",
+     ("My body cast a shadow over the grass because",) * 2,
+     (" the sun was rising.", " I grew hair."), 0),
+    # CopaTemplate.capitalize lower-cases the whole first word unless it is exactly "I".
+    ("copa-whole-first-word", "copa", COPA_CASED, "reference",
+     ("I went to the lab because",) * 2, (" i'm a chemist.", " dna samples came in."), 0),
+    ("copa-whole-first-word-0.1", "copa", COPA_CASED, V01,
+     ("I went to the lab because",) * 2, (" I'm a chemist.", " dNA samples came in."), 0),
+    ("copa-raw", "copa", COPA_EFFECT, False, ("The man turned on the faucet",) * 2,
+     (" the toilet filled with water.", " water flowed from the spout."), 1),
+    ("winogrande-official", "winogrande", WINO_OFFICIAL, "reference", WINO_SHARED,
+     WINO_REFERENCE, 0),
+    ("winogrande-partial-form", "winogrande", WINO_PARTIAL, "reference", WINO_SHARED,
+     WINO_REFERENCE, 0),
+    ("winogrande-official-0.1", "winogrande", WINO_OFFICIAL, V01, WINO_CONTEXTS,
+     (" always got the harder cases.",) * 2, 0),
+    ("winogrande-partial-form-0.1", "winogrande", WINO_PARTIAL, V01, WINO_CONTEXTS,
+     (" always got the harder cases.",) * 2, 0),
+    ("winogrande-partial-attached", "winogrande",
+     {"context_options": ["The anger showed on Randy", "The anger showed on Nick"],
+      "continuation": "'s face.", "gold": 1}, "reference",
+     ("The anger showed on",) * 2, (" Randy's face.", " Nick's face."), 1),
+    ("winogrande-partial-attached-0.1", "winogrande",
+     {"context_options": ["The anger showed on Randy", "The anger showed on Nick"],
+      "continuation": "'s face.", "gold": 1}, V01,
+     ("The anger showed on Randy", "The anger showed on Nick"), ("'s face.", "'s face."), 1),
+    ("winogrande-blank-first", "winogrande",
+     {"sentence": "_ was faster than Kelly.", "option1": "Kevin", "option2": "Kelly",
+      "answer": 2}, "reference",
+     ("",) * 2, ("Kevin was faster than Kelly.", "Kelly was faster than Kelly."), 1),
+    ("winogrande-raw", "winogrande", {**WINO_OFFICIAL, "answer": "2"}, False,
+     (WINO_SENTENCE,) * 2, (" Sarah", " Maria"), 1),
+    ("winogrande-partial-raw-shared-letters", "winogrande",
+     {"context_options": ["Kevin beat Kelly because Kevin", "Kevin beat Kelly because Kelly"],
+      "continuation": "was faster.", "gold": 0}, False,
+     ("Kevin beat Kelly because _ was faster.",) * 2, (" Kevin", " Kelly"), 0),
+    # The reference uses the paragraph as it comes (here with a trailing space).
+    ("multirc", "multirc", MULTIRC_NESTED, "reference",
+     ('Tom has a dog. \nQuestion: What does Tom have?\nI found this answer "a dog". '
+      "Is that correct? Yes or No?\n",) * 2, ("No", "Yes"), 1),
+    ("multirc-0.1", "multirc", MULTIRC_NESTED, V01,
+     ('Tom has a dog.\nQuestion: What does Tom have?\nI found this answer "a dog". '
+      "Is that correct? Yes or No?",) * 2, (" No", " Yes"), 1),
+    ("multirc-raw", "multirc", MULTIRC_NESTED, False,
+     ("Tom has a dog.\nWhat does Tom have?\na dog\n",) * 2, ("No", "Yes"), 1),
+    ("multirc-hub-flat", "multirc",
+     {"paragraph": "Tom has a dog.", "question": "What does Tom have?", "answer": "a cat",
+      "label": 0}, "reference",
+     ('Tom has a dog.\nQuestion: What does Tom have?\nI found this answer "a cat". '
+      "Is that correct? Yes or No?\n",) * 2, ("No", "Yes"), 0),
+    ("rte", "rte", RTE_ROW, "reference",
+     ('A cat sat on the mat.\nDoes this mean that "An animal sat." is true? Yes or No?\n',) * 2,
+     ("Yes", "No"), 0),
+    ("rte-0.1", "rte", RTE_ROW, V01,
+     ('A cat sat on the mat.\nDoes this mean that "An animal sat." is true? Yes or No?',) * 2,
+     (" Yes", " No"), 0),
+    ("rte-raw-hub-label", "rte",
+     {"premise": "A cat sat on the mat.", "hypothesis": "A dog sat.", "label": 1}, False,
+     ('A cat sat on the mat.\n"A dog sat."\n',) * 2, ("Yes", "No"), 1),
+    ("cb", "cb", CB_ROW, "reference",
+     ('Suppose It rained. Can we infer that "the ground is wet"? Yes, No, or Maybe?\n',) * 3,
+     ("Yes", "No", "Maybe"), 2),
+    ("cb-0.1", "cb", CB_ROW, V01,
+     ('Suppose It rained. Can we infer that "the ground is wet"? Yes, No, or Maybe?',) * 3,
+     (" Yes", " No", " Maybe"), 2),
+    ("cb-raw", "cb",
+     {"premise": "It rained.", "hypothesis": "the ground is dry", "label": "contradiction"},
+     False, ("It rained.\nthe ground is dry\n",) * 3, ("Yes", "No", "Maybe"), 1),
+    ("boolq", "boolq",
+     {"question": "is the sky blue", "passage": "Sky -- The sky is blue.", "label": True},
+     "reference", ("Sky -- The sky is blue. Is the sky blue?",) * 2, (" No", " Yes"), 1),
+    ("boolq-raw", "boolq",
+     {"question": "is the sky green", "passage": "Sky -- The sky is blue.", "label": False},
+     False, ("Sky -- The sky is blue.\nis the sky green",) * 2, (" No", " Yes"), 0),
+    ("wsc", "wsc", WSC_ROW, "reference",
+     (f'{WSC_TEXT}\nIn the previous sentence, does the pronoun "he" refer to Pete? '
+      "Yes or No?\n",) * 2, ("No", "Yes"), 1),
+    ("wsc-0.1", "wsc", WSC_ROW, V01,
+     (f'{WSC_TEXT}\nIn the previous sentence, does the pronoun "he" refer to Pete? '
+      "Yes or No?",) * 2, (" No", " Yes"), 1),
+    ("wsc-raw-hub-flat", "wsc",
+     {"text": WSC_TEXT, "span1_text": "Mark", "span2_text": "He", "label": 0}, False,
+     (f"{WSC_TEXT}\nHe\nMark\n",) * 2, ("No", "Yes"), 0),
+    ("wic", "wic", WIC_ROW, "reference",
+     (f"{WIC_QUESTION}\nHe sat on the river bank.\nShe went to the bank.\n",) * 2,
+     ("No", "Yes"), 0),
+    ("wic-0.1", "wic", WIC_ROW, V01,
+     (f"{WIC_QUESTION}\nHe sat on the river bank.\nShe went to the bank.",) * 2,
+     (" No", " Yes"), 0),
+    ("wic-raw", "wic",
+     {"word": "bank", "sentence1": "He sat on the river bank.",
+      "sentence2": "They sat by the bank.", "label": True}, False,
+     ("bank\nHe sat on the river bank.\nThey sat by the bank.\n",) * 2, ("No", "Yes"), 1),
 ]
+
+
+def _examples(task: str, raw: dict, template: str | bool) -> list[Example]:
+    if template is False:
+        return get_task(task).examples(raw, False)
+    return get_task(task).examples(raw, True, template)
 
 
 @pytest.mark.parametrize(
@@ -320,37 +204,81 @@ GOLDEN = [
     ids=[case[0] for case in GOLDEN],
 )
 def test_golden_prompt(task, raw, template, contexts, continuations, label):
-    example = get_task(task).examples(raw, template)[0]
-    assert example == Example(contexts, continuations, label)
+    assert _examples(task, raw, template)[0] == Example(contexts, continuations, label)
 
 
 def test_golden_table_covers_every_task_with_and_without_template():
     covered = {(case[1], case[3]) for case in GOLDEN}
-    assert covered == {(task, flag) for task in ALL_TASKS for flag in (True, False)}
+    assert covered >= {(task, flag) for task in ALL_TASKS for flag in ("reference", False)}
+    versioned = {task for task in ALL_TASKS if len(get_task(task).templates) > 1}
+    assert {task for task, flag in covered if flag == V01} == versioned
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=[case[0] for case in GOLDEN])
-def test_whitespace_convention(case):
-    """Contexts never end in whitespace; continuations start with a space (or attach)."""
-    example = get_task(case[1]).examples(case[2], case[3])[0]
-    assert all(context == context.rstrip() for context in example.contexts)
-    assert all(c.startswith(" ") or c.startswith("'") for c in example.continuations)
+def test_joined_text_has_no_space_at_either_end(case):
+    """encode_prompt strips spaces from both ends of the prompt and of prompt + answer."""
+    example = _examples(case[1], case[2], case[3])[0]
+    for context, continuation in zip(example.contexts, example.continuations, strict=True):
+        assert context == context.strip(" ") and continuation
+        assert context + continuation == (context + continuation).strip(" ")
+
+
+def test_unknown_template_version_is_refused():
+    with pytest.raises(ValueError, match=r"unknown template version 'v2' \(choose from "):
+        get_task("rte").examples(RTE_ROW, True, "v2")
+
+
+@pytest.mark.parametrize(("task", "loss", "num_val"), [
+    ("sst2", "ce", 500), ("copa", "lm", 100), ("winogrande", "lm", 100), ("multirc", "ce", 500),
+    ("rte", "ce", 500), ("cb", "ce", 100), ("boolq", "ce", 500), ("wsc", "ce", 500),
+    ("wic", "ce", 500),
+])
+def test_each_task_declares_its_paper_loss_and_val_size(task, loss, num_val):
+    """zo-bench/sweeps (SST2, Copa, WinoGrande) and MeZO large_models/mezo.sh (the rest)."""
+    assert (get_task(task).loss, get_task(task).num_val) == (loss, num_val)
 
 
 @pytest.mark.parametrize("task", ALL_TASKS)
-def test_every_task_but_aligned_winogrande_shares_one_context(task):
+def test_every_task_shares_one_context_but_partial_winogrande(task):
     """The scorer's one-forward fast path needs identical contexts across candidates."""
     raw = next(case[2] for case in GOLDEN if case[1] == task)
-    for template in (True, False):
-        example = get_task(task).examples(raw, template)[0]
+    for template in ("reference", V01, False):
+        example = _examples(task, raw, template)[0]
         shared = len(set(example.contexts)) == 1
-        assert shared == (task != "winogrande" or not template)
+        assert shared == (task != "winogrande" or template != V01)
+
+
+REFERENCE_PROMPTS = json.loads(
+    (Path(__file__).parent / "data" / "reference-prompts.json").read_text()
+)["cases"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    REFERENCE_PROMPTS,
+    ids=[f"{c['task']}-{c['template']}-{i}" for i, c in enumerate(REFERENCE_PROMPTS)],
+)
+def test_prompts_are_the_reference_templates_strings(case):
+    """Real rows through ZO-Bench's own templates.py (tests/data/reference-prompts.json says
+    which commit): every candidate's context + continuation is its verbalization."""
+    aligned = case["template"] == "reference"
+    example = get_task(case["task"]).example(case["row"], aligned)
+    assert example.contexts == (case["prompt"],) * len(case["answers"])
+    joined = [c + t for c, t in zip(example.contexts, example.continuations, strict=True)]
+    assert joined == [case["prompt"] + answer for answer in case["answers"]]
+
+
+def test_reference_prompts_cover_every_task_three_times():
+    counts = {task: 0 for task in ALL_TASKS}
+    for case in REFERENCE_PROMPTS:
+        counts[case["task"]] += case["template"] == "reference"
+    assert counts == {task: 3 for task in ALL_TASKS}
 
 
 def test_multirc_yields_one_example_per_answer_option():
     examples = get_task("multirc").examples(MULTIRC_NESTED)
     assert [ex.label for ex in examples] == [1, 0]
-    assert examples[1].contexts[0].endswith('"a cat". Is that correct? Yes or No?')
+    assert examples[1].contexts[0].endswith('"a cat". Is that correct? Yes or No?\n')
 
 
 # Registry ----------------------------------------------------------------------------------
@@ -440,7 +368,7 @@ def test_repeated_inputs_never_straddle_splits(tmp_path):
     train = ["same phrase\t0", "same phrase \t1", "dev sentence\t1", "other\t0", "more\t1"]
     (folder / "train.tsv").write_text("\n".join(train) + "\n")
     (folder / "dev.tsv").write_text("dev sentence\t1\n")
-    splits = load_splits("sst2", data_dir=root, num_train=10, num_val=10, log=quiet)
+    splits = load_splits("sst2", data_dir=root, num_train=10, num_val=1, log=quiet)
     seen = contexts_of(splits.train + splits.val)
     assert sorted(seen) == ["more It was", "other It was", "same phrase It was"]
     assert "dropped 2 examples of train.tsv" in splits.notes[1]
@@ -530,16 +458,25 @@ def test_boolq_without_train_carves_everything_from_val(tmp_path):
     ]
 
 
-def test_short_pool_is_shared_in_proportion(tmp_path):
+def test_short_pool_gives_val_its_size_and_train_the_rest(tmp_path):
+    """zo-bench/run.py takes dev from the end of the num_train + num_dev draw."""
     write_jsonl(tmp_path / "rte" / "train.jsonl", rte_rows(12, "train"))
     write_jsonl(tmp_path / "rte" / "val.jsonl", rte_rows(5, "val"))
     splits = load_splits("rte", data_dir=tmp_path, num_train=20, num_val=10, num_test=8,
                          log=quiet)
-    assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 4, 5)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (2, 10, 5)
     assert splits.notes[0].endswith(
-        "(all there are; asked 8), val = 4 and train = 8 drawn disjointly from train.jsonl "
-        "(asked 10 + 20; shared what there was in proportion)"
+        "(all there are; asked 8), val = 10 and train = 2 drawn disjointly from train.jsonl "
+        "(asked 10 + 20; val first, train the rest)"
     )
+
+
+def test_val_that_leaves_no_train_is_refused(tmp_path):
+    write_jsonl(tmp_path / "rte" / "train.jsonl", rte_rows(12, "train"))
+    write_jsonl(tmp_path / "rte" / "val.jsonl", rte_rows(5, "val"))
+    with pytest.raises(TaskDataError, match=r"rte: val takes all 12 examples left in "
+                       r"train.jsonl \(num_val=12\), none are left for train"):
+        load_splits("rte", data_dir=tmp_path, num_train=5, num_val=12, log=quiet)
 
 
 def test_data_dir_from_the_environment(tmp_path, monkeypatch):
@@ -568,19 +505,38 @@ def test_sampling_is_seeded_nested_and_local(tmp_path):
     c = draw(1)
     assert a.train != c.train and a.val != c.val and a.test != c.test
     small = draw(0, num_train=10)
-    assert small.val == a.val and small.test == a.test and small.train == a.train[:10]
+    assert small.test == a.test and small.train == a.train[:10]
+    assert small.val != a.val, "val follows train in the draw, as in zo-bench/run.py"
 
 
 def test_carve_draws_disjoint_indices():
-    carving = carve(100, None, num_train=50, num_val=20, num_test=30, key="t:0")
+    carving = carve(100, None, num_train=50, num_val=20, num_test=30, seed=0)
     drawn = carving.test + carving.val + carving.train
     assert carving.shared and len(drawn) == len(set(drawn)) == 100
-    short = carve(100, 400, num_train=1000, num_val=500, num_test=1000, key="copa:0")
-    assert (len(short.test), len(short.val), len(short.train)) == (100, 133, 267)
+    short = carve(100, 400, num_train=1000, num_val=100, num_test=1000, seed=0)
+    assert (len(short.test), len(short.val), len(short.train)) == (100, 100, 300)
     assert not short.shared and len(set(short.val + short.train)) == 400
-    assert carve(10, 10, num_train=0, num_val=0, num_test=0, key="k") == carve(
-        10, 10, num_train=0, num_val=0, num_test=0, key="k"
+    assert carve(10, 10, num_train=0, num_val=0, num_test=0, seed=0) == carve(
+        10, 10, num_train=0, num_val=0, num_test=0, seed=0
     )
+
+
+def test_carve_is_zo_bench_draw():
+    """numpy.random.seed(s); numpy.random.permutation(n) (zo-bench/tasks.py::sample_subset):
+    train is the head of the train draw, val the next num_val, test the head of dev's."""
+    import numpy as np
+
+    order = np.random.RandomState(7).permutation(50).tolist()
+    dev_order = np.random.RandomState(7).permutation(20).tolist()
+    carving = carve(20, 50, num_train=30, num_val=10, num_test=5, seed=7)
+    assert carving.train == order[:30] and carving.val == order[30:40]
+    assert carving.test == dev_order[:5]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, True])
+def test_bad_data_seed_is_refused(tmp_path, seed):
+    with pytest.raises(ValueError, match=r"data seed must be an integer in \[0, 2\*\*32\)"):
+        load_splits("rte", data_dir=tmp_path, seed=seed, log=quiet)
 
 
 # The hub -----------------------------------------------------------------------------------
@@ -805,16 +761,17 @@ def _staged_data() -> Path | None:
 STAGED = _staged_data()
 needs_staged = pytest.mark.skipif(STAGED is None, reason="staged datasets not found")
 
-# What the default 1000 / 500 / 1000 gets from the staged files (the splits.py table).
+# What the defaults (1000 train, the task's val, 1000 test) get from the staged files (the
+# splits.py table).
 STAGED_SIZES = {
     "sst2": (1000, 500, 872),
-    "copa": (267, 133, 100),
-    "winogrande": (178, 89, 1000),
+    "copa": (300, 100, 100),
+    "winogrande": (167, 100, 1000),
     "multirc": (1000, 500, 1000),
     "rte": (1000, 500, 277),
-    "cb": (167, 83, 56),
+    "cb": (150, 100, 56),
     "boolq": (1000, 500, 1000),
-    "wsc": (350, 175, 104),
+    "wsc": (25, 500, 104),
     "wic": (1000, 500, 638),
 }
 
@@ -861,12 +818,37 @@ def test_staged_sst2_test_is_all_of_dev(staged_splits):
 
 @needs_staged
 def test_staged_winogrande_partial_form_round_trips():
-    """Templated examples rebuild the staged file's own context_options and continuation."""
+    """zotune-0.1 examples rebuild the staged file's own context_options and continuation;
+    the reference joins the same text per option."""
     spec = get_task("winogrande")
     lines = (STAGED / "winogrande" / "winogrande.jsonl").read_text().splitlines()
     for line in lines:
         raw = json.loads(line)
-        example = spec.examples(raw)[0]
-        assert list(example.contexts) == raw["context_options"]
-        assert example.continuations[0].strip() == raw["continuation"].strip()
-        assert example.label == raw["gold"]
+        partial = spec.examples(raw, True, "zotune-0.1")[0]
+        assert list(partial.contexts) == raw["context_options"]
+        assert partial.continuations[0].strip() == raw["continuation"].strip()
+        assert partial.label == raw["gold"]
+        reference = spec.examples(raw)[0]
+        joined = [c + t for c, t in zip(reference.contexts, reference.continuations, strict=True)]
+        assert joined == [c + t for c, t in zip(partial.contexts, partial.continuations,
+                                                 strict=True)]
+
+
+@needs_staged
+@pytest.mark.parametrize("draw", json.loads(
+    (Path(__file__).parent / "data" / "copa-zo-bench-draw.json").read_text())["draws"],
+    ids=lambda draw: f"data_seed={draw['data_seed']}")
+def test_staged_copa_draws_zo_bench_examples(draw):
+    """The default COPA split is the paper's: the 300 / 100 / 100 examples, in order, that
+    ZO-Bench's own sampling code draws with train_set_seed = data_seed."""
+    spec = get_task("copa")
+
+    def by_idx(name: str) -> dict[int, Example]:
+        lines = (STAGED / "copa" / name).read_text().splitlines()
+        return {row["idx"]: spec.example(row) for row in map(json.loads, lines)}
+
+    train, dev = by_idx("train.jsonl"), by_idx("val.jsonl")
+    splits = load_splits("copa", data_dir=STAGED, seed=draw["data_seed"], log=quiet)
+    assert splits.train == [train[i] for i in draw["train_idx"]]
+    assert splits.val == [train[i] for i in draw["val_idx"]]
+    assert splits.test == [dev[i] for i in draw["test_idx"]]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zotune.models import with_special_tokens
+from zotune.models import random_model, with_special_tokens
 from zotune.optim import create_optimizer
 from zotune.scoring import Scorer
 from zotune.tasks.example import Example
@@ -52,14 +52,16 @@ def reference_scores(model, tokenizer, kind: str, examples) -> torch.Tensor:
     for example in examples:
         row = []
         for context, continuation in zip(example.contexts, example.continuations, strict=True):
-            target = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            # MeZO's encode_prompt: the tail of the joint encoding.
+            special = kind == "causal"
+            joint = tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
+            cut = len(tokenizer(context, add_special_tokens=special)["input_ids"])
+            context_ids, target = joint[:cut], joint[cut:]
             if kind == "causal":
-                context_ids = tokenizer(context)["input_ids"]
                 sequence = context_ids + target[:-1]
                 slots = [len(context_ids) - 1 + j for j in range(len(target))]
             else:
                 mask = tokenizer.mask_token_id
-                context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
                 sequence = with_special_tokens(tokenizer, context_ids + [mask] * len(target))
                 slots = [i for i, token in enumerate(sequence) if token == mask]
             with torch.no_grad():
@@ -163,9 +165,49 @@ def test_prompt_init_text_copies_the_texts_token_embeddings(tiny_model):
     assert torch.equal(prompt, embeddings[ids])
 
 
-def test_prompt_init_text_needs_the_tokenizer():
-    from zotune.models import random_model
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt", "tiny-mistral"])
+def test_prefix_starts_as_the_models_keys_and_values_for_random_tokens(tiny_model, shape):
+    """MeZO's prefix_init_by_real_act: the prefix is the bare model's key/value cache for
+    prefix_tokens tokens drawn with torch.randint(0, vocab_size) from the global RNG."""
+    model, loaded = tiny_model(shape, "prefix", prefix_tokens=4, seed=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        tokens = torch.randint(0, loaded.model.config.vocab_size, (1, 4))
+    base = random_model(shape, seed=3).model
+    with torch.no_grad():
+        cache = base(input_ids=tokens, use_cache=True).past_key_values
+        prefix = model.get_prompt(batch_size=1)
+    assert len(prefix.layers) == len(cache.layers) == base.config.num_hidden_layers
+    for ours, real in zip(prefix.layers, cache.layers, strict=True):
+        torch.testing.assert_close(ours.keys, real.keys, rtol=0, atol=0)
+        torch.testing.assert_close(ours.values, real.values, rtol=0, atol=0)
 
+
+def test_random_prefix_init_is_peft_s_and_not_the_activations(tiny_model):
+    real, _ = tiny_model("tiny-llama", "prefix", prefix_tokens=4, seed=3)
+    drawn, _ = tiny_model("tiny-llama", "prefix", prefix_tokens=4, seed=3, prefix_init="random")
+    with torch.no_grad():
+        a, b = real.get_prompt(batch_size=1), drawn.get_prompt(batch_size=1)
+    assert not torch.allclose(a.layers[0].keys, b.layers[0].keys)
+    weight = drawn.prompt_encoder["default"].embedding.weight
+    assert 0.8 < float(weight.detach().std()) < 1.2  # nn.Embedding's N(0, 1)
+
+
+@pytest.mark.parametrize(("shape", "init", "message"), [
+    ("tiny-roberta", "real", "prefix_init='real' needs a causal LM's key/value cache"),
+    ("tiny-llama", "zeros", r"unknown prefix_init 'zeros' \(choose from real, random\)"),
+])
+def test_bad_prefix_init_is_an_error(shape, init, message):
+    with pytest.raises(ValueError, match=message):
+        apply_tuning(random_model(shape).model, "prefix", prefix_init=init)
+
+
+def test_masked_lm_prefix_defaults_to_random(tiny_model):
+    model, _ = tiny_model("tiny-roberta", "prefix", prefix_tokens=4)
+    assert 0.8 < float(model.prompt_encoder["default"].embedding.weight.detach().std()) < 1.2
+
+
+def test_prompt_init_text_needs_the_tokenizer():
     with pytest.raises(ValueError, match="needs the model's tokenizer"):
         apply_tuning(random_model("tiny-llama").model, "prompt", prompt_init_text="Hi")
 

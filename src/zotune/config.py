@@ -62,11 +62,23 @@ class TaskConfig:
     template: bool = key(
         True, "raw inputs without the task-aligned prompt (the paper's alignment ablation)"
     )
+    template_version: str = key(
+        "reference", "prompt strings: reference (ZO-Bench's templates.py) or zotune-0.1"
+    )
     num_train: int = key(1000, "training examples sampled")
-    num_val: int = key(500, "validation examples (model selection)")
+    num_val: int | None = key(
+        None, "validation examples (model selection); unset: the task's own (COPA, "
+        "WinoGrande, CB 100; else 500)"
+    )
     num_test: int = key(1000, "test examples")
-    loss: str = key("ce", "training loss: ce (cross-entropy over candidates) or lm (LM loss "
-                    "on the correct candidate)")
+    data_seed: int = key(
+        0, "samples the splits, apart from the run seed (ZO-Bench's train_set_seed, 0 in its "
+        "sweeps)"
+    )
+    loss: str | None = key(
+        None, "training loss: ce (cross-entropy over candidates) or lm (LM loss on the "
+        "correct candidate); unset: the task's paper loss (lm for COPA and WinoGrande, else ce)"
+    )
     reduction: str = key("mean", "candidate score: mean or sum of token log-probs")
     max_length: int | None = key(None, "truncate inputs to this many tokens")
 
@@ -77,6 +89,10 @@ class TuningConfig:
     lora_r: int = key(8, "LoRA rank r")
     lora_alpha: int = key(16, "LoRA scaling α")
     prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
+    prefix_init: str | None = key(
+        None, "prefix initialisation: real (the model's own key/values for real tokens, as "
+        "MeZO; the default for causal LMs) or random"
+    )
     prompt_tokens: int = key(10, "prompt-tuning virtual tokens")
     prompt_init_text: str | None = key(None, "initialise the soft prompt from this text")
 

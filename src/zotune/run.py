@@ -24,7 +24,7 @@ from .optim import FirstOrderOptimizer, create_optimizer
 from .optim.registry import entry as optimizer_entry
 from .optim.registry import names as optimizer_names
 from .scoring import Scorer
-from .tasks import Example, load_splits
+from .tasks import Example, get_task, load_splits
 
 
 def log_line(message: str) -> None:
@@ -124,6 +124,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
         lora_r=tuning.lora_r,
         lora_alpha=tuning.lora_alpha,
         prefix_tokens=tuning.prefix_tokens,
+        prefix_init=tuning.prefix_init,
         prompt_tokens=tuning.prompt_tokens,
         prompt_init_text=tuning.prompt_init_text,
     )
@@ -133,7 +134,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
 
 
 def load_task_splits(config: RunConfig, log: Callable[[str], None] = log_line):
-    """The train/val/test examples a run config asks for (sampled with the run's seed)."""
+    """The train/val/test examples a run config asks for (sampled with its data seed)."""
     task = config.task
     return load_splits(
         task.name,
@@ -141,8 +142,9 @@ def load_task_splits(config: RunConfig, log: Callable[[str], None] = log_line):
         num_train=task.num_train,
         num_val=task.num_val,
         num_test=task.num_test,
-        seed=config.train.seed,
+        seed=task.data_seed,
         template=task.template,
+        template_version=task.template_version,
         log=log,
     )
 
@@ -154,7 +156,7 @@ def make_scorer(model: torch.nn.Module, loaded: LoadedModel, config: RunConfig) 
         loaded.tokenizer,
         kind=loaded.kind,
         reduction=config.task.reduction,
-        loss=config.task.loss,
+        loss=config.task.loss or get_task(config.task.name).loss,
         max_length=config.task.max_length,
     )
 

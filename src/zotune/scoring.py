@@ -2,11 +2,25 @@
 
 Candidate i of an example scores ``s_i = reduce_t log p(cont_i[t] | ctx_i, cont_i[<t])`` with
 ``reduce`` the mean (default, as in the paper) or the sum over the candidate's tokens; the
-prediction is ``argmax_i s_i``. Two training losses:
+prediction is ``argmax_i s_i``.
 
-* ``ce``: cross-entropy over the candidates, ``−log softmax(s)[label]`` (classification);
-* ``lm``: ``−s_label``, the language-model loss on the correct candidate only (only the
-  correct candidate is run, so it costs 1/C of ``ce``).
+Tokens: the context and the candidate are tokenized *together* and the candidate's tokens are
+the tail of the joint encoding, as in MeZO / ZO-Bench (``encode_prompt`` in
+``large_models/utils.py`` and ``zo-bench/utils.py``): with ``J = tok(ctx + cont)`` and
+``n = |J| − |tok(ctx)|``, ``cont`` is scored as ``J[−n:]`` given ``J[:−n]``. Tokenizing the
+candidate on its own would differ wherever the tokenizer merges across the boundary
+(SentencePiece adds ``▁`` before punctuation; some ``tokenizer.json`` files turn ``" Yes"``
+into ``['▁', '▁Yes']``).
+
+Two training losses:
+
+* ``ce``: cross-entropy over the candidates, ``−(1/N) Σ_n log softmax(s_n)[label_n]``
+  (``--train_as_classification``; ``s`` length-normalized as in ``zo-bench/utils.py::
+  forward_wrap_with_option_len``), averaged over the N examples;
+* ``lm``: the language-model loss on the correct candidate only, averaged per token over the
+  batch as ZO-Bench's ``CrossEntropyLoss`` over the option tokens does:
+  ``−Σ_n Σ_t log p(cont_n[t] | …) / Σ_n |cont_n|`` (only the correct candidate is run, so it
+  costs 1/C of ``ce``). ``reduction`` does not apply to it.
 
 Only the scored positions get logits. A causal LM's batch is left-padded so every scored
 position sits in the last ``K + 1`` columns, and the model is asked for those alone
@@ -17,12 +31,13 @@ relative positions between real tokens are unchanged by the padding. With prompt
 tuning the virtual tokens sit before the padding, so :func:`zotune.tuning.apply_tuning` derives
 position ids from the attention mask (as ``generate`` does).
 
-When every candidate of every example shares its context and is a single token (SST-2, the
-Yes/No tasks), the context runs once and the candidates are read off the same next-token
-distribution, which halves the forward cost of two-way tasks.
+When every candidate of every example is one token after the same context tokens (SST-2 with
+byte-level BPE: the joint tokens agree with the context's), the context runs once and the
+candidates are read off the same next-token distribution, which halves the forward cost of
+two-way tasks.
 
 Masked LMs (RoBERTa, prompt-based as in MeZO/LM-BFF) score the candidate tokens at mask
-tokens placed where the continuation goes.
+tokens placed where the continuation goes (the same joint split, without special tokens).
 """
 
 from __future__ import annotations
@@ -113,24 +128,40 @@ class Scorer:
                 self._cache[key] = ids
         return ids
 
-    def _candidate_ids(self, continuation: str) -> list[int]:
-        ids = self._ids(continuation, special=False)
-        if not ids:
-            raise ScoringError(f"candidate {continuation!r} tokenizes to nothing")
-        return ids
+    def _pair_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens, candidate tokens): the joined text tokenized once, cut where the
+        context's own tokens end.
 
-    def _context_ids(self, context: str, budget: int) -> list[int]:
-        """Context tokens, cut from the left (after any BOS) to fit ``budget``."""
-        if self.kind == "masked":
-            ids = self._ids(context, special=False)
-            return ids[-budget:] if len(ids) > budget else ids
-        ids = self._ids(context, special=True)
-        if len(ids) <= budget:
-            return ids
+        As MeZO and ZO-Bench (``large_models/utils.py`` and ``zo-bench/utils.py``,
+        ``encode_prompt``): ``option_len = len(encode(context + continuation)) −
+        len(encode(context))`` and the scored tokens are the last ``option_len`` of the joint
+        encoding. Where the tokenizer merges across the boundary (SentencePiece's ``▁`` before
+        punctuation, a byte-level merge), the candidate tokens are those of the joined text.
+        """
+        special = self.kind == "causal"  # a masked LM's frame is added by _layout
+        joint = self._ids(context + continuation, special)
+        cut = len(self._ids(context, special))
+        if len(joint) <= cut:
+            raise ScoringError(
+                f"candidate {continuation!r} adds no tokens to its context {context[-40:]!r} "
+                "under this tokenizer"
+            )
+        if self.kind == "causal" and cut == 0:
+            raise ScoringError(
+                f"candidate {continuation!r} has an empty context and the tokenizer adds no "
+                "BOS token to predict its first token from"
+            )
+        return joint[:cut], joint[cut:]
+
+    def _truncated(self, context: list[int], budget: int) -> list[int]:
+        """Context tokens cut from the left (after any BOS) to fit ``budget`` (as MeZO's
+        ``encode_prompt``: left truncation, BOS kept)."""
+        if len(context) <= budget:
+            return context
         bos = self.tokenizer.bos_token_id
-        if ids and bos is not None and ids[0] == bos:
-            return [bos, *ids[len(ids) - budget + 1 :]]
-        return ids[-budget:]
+        if self.kind == "causal" and context and bos is not None and context[0] == bos:
+            return [bos, *context[len(context) - budget + 1 :]]
+        return context[-budget:]
 
     def encode(self, examples: Sequence[Example], *, only_labelled: bool = False) -> EncodedBatch:
         """Tokenize a batch. ``only_labelled`` keeps just the correct candidates (lm loss)."""
@@ -140,20 +171,27 @@ class Scorer:
         if len(counts) != 1:
             raise ScoringError(f"examples in one batch differ in candidate count: {sorted(counts)}")
         num_candidates = counts.pop()
-        cand_ids = [[self._candidate_ids(c) for c in ex.continuations] for ex in examples]
+        pairs = [
+            [self._pair_ids(c, t) for c, t in zip(ex.contexts, ex.continuations, strict=True)]
+            for ex in examples
+        ]
+        # One forward per example when every candidate is one token after the same context
+        # tokens (the tokens agree, not only the texts).
         shared = not only_labelled and all(
-            len(set(ex.contexts)) == 1 and all(len(ids) == 1 for ids in ids_list)
-            for ex, ids_list in zip(examples, cand_ids, strict=True)
+            len({tuple(context) for context, _ in ex_pairs}) == 1
+            and all(len(tokens) == 1 for _, tokens in ex_pairs)
+            for ex_pairs in pairs
         )
         rows: list[_Row] = []
-        for ex, ids_list in zip(examples, cand_ids, strict=True):
+        for ex, ex_pairs in zip(examples, pairs, strict=True):
             if shared:
-                context = self._context_ids(ex.contexts[0], self._budget(1))
-                rows.append(_Row(context, [ids[0] for ids in ids_list], alternatives=True))
+                context = self._truncated(ex_pairs[0][0], self._budget(1))
+                rows.append(_Row(context, [tokens[0] for _, tokens in ex_pairs], alternatives=True))
                 continue
             for i in [ex.label] if only_labelled else range(num_candidates):
-                context = self._context_ids(ex.contexts[i], self._budget(len(ids_list[i])))
-                rows.append(_Row(context, ids_list[i], alternatives=False))
+                context, tokens = ex_pairs[i]
+                context = self._truncated(context, self._budget(len(tokens)))
+                rows.append(_Row(context, tokens, alternatives=False))
         return EncodedBatch(
             *self._collate(rows),
             labels=torch.tensor([ex.label for ex in examples]),
@@ -249,14 +287,19 @@ class Scorer:
         return total.view(-1, columns)
 
     def loss(self, batch: EncodedBatch) -> torch.Tensor:
-        """The training loss of a batch encoded by :meth:`encode_for_loss`."""
-        scores = self.scores(batch)
-        if self.loss_name == "lm" and batch.only_labelled:
-            return -scores[:, 0].mean()
-        labels = batch.labels.to(scores.device)
-        if self.loss_name == "lm":
-            return -scores.gather(1, labels.unsqueeze(1)).mean()
-        return F.cross_entropy(scores, labels)
+        """The training loss of a batch encoded by :meth:`encode_for_loss` (see the module
+        docstring for both losses)."""
+        labels = batch.labels.to(_device_of(self.model))
+        if self.loss_name == "ce":
+            return F.cross_entropy(self.scores(batch), labels)
+        token_lp = self.token_logprobs(batch)
+        mask = batch.target_mask.to(token_lp.device)
+        if batch.shared_context:
+            return -token_lp[:, : batch.num_candidates].gather(1, labels.unsqueeze(1)).mean()
+        if not batch.only_labelled:
+            rows = torch.arange(len(labels), device=labels.device) * batch.num_candidates + labels
+            token_lp, mask = token_lp[rows], mask[rows]
+        return -token_lp.sum() / mask.sum()
 
     def encode_for_loss(self, examples: Sequence[Example]) -> EncodedBatch:
         return self.encode(examples, only_labelled=self.loss_name == "lm")

@@ -11,6 +11,15 @@ scheme      trainable parameters
             the embeddings of ``prompt_init_text`` when given, else of random vocabulary tokens
 =========== ===================================================================================
 
+Real-activation prefix init (MeZO ``large_models/prefix.py`` and ZO-Bench
+``zo-bench/prefix_tuning.py``, ``PrefixTuning(init_by_real_act=True)``; on in MeZO's
+``mezo.sh``/``finetune.sh`` and by default in ``zo-bench/run.py``): draw ``t`` of shape
+``[1, prefix_tokens]`` with ``torch.randint(0, vocab_size)`` (the global RNG), run the bare
+model on it with a key/value cache, and set virtual token ``j`` of layer ``l`` to the cached
+``(K_l[:, j], V_l[:, j])``. Masked LMs have no cache and get the random init (MeZO's
+``prefix.py`` raises ``NotImplementedError`` for RoBERTa); asking them for ``"real"`` is an
+error.
+
 Causal LMs use peft's ``CAUSAL_LM`` task type. Masked LMs use ``FEATURE_EXTRACTION``: its
 wrapper passes the call straight through to the masked-LM model (so the output still holds
 MLM logits) and, unlike the task-less base wrapper, applies prefix and prompt tokens.
@@ -45,8 +54,10 @@ from peft import (
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from .models import model_kind
+from .offload import execution_device
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
+PREFIX_INITS = ("real", "random")
 
 
 def apply_tuning(
@@ -57,6 +68,7 @@ def apply_tuning(
     lora_r: int = 8,
     lora_alpha: int = 16,
     prefix_tokens: int = 5,
+    prefix_init: str | None = None,
     prompt_tokens: int = 10,
     prompt_init_text: str | None = None,
 ) -> torch.nn.Module:
@@ -64,9 +76,22 @@ def apply_tuning(
 
     ``full`` returns ``model`` itself; the others wrap it in a peft model (which adds adapter
     tensors and freezes the base model's). ``tokenizer`` is needed for ``prompt_init_text``.
+    ``prefix_init`` is ``"real"`` or ``"random"``; None picks real for causal LMs, random
+    for masked ones.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown tuning scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    kind = model_kind(model)
+    if prefix_init is None:
+        prefix_init = "real" if kind == "causal" else "random"
+    if prefix_init not in PREFIX_INITS:
+        raise ValueError(
+            f"unknown prefix_init {prefix_init!r} (choose from {', '.join(PREFIX_INITS)})"
+        )
+    if scheme == "prefix" and prefix_init == "real" and kind != "causal":
+        raise ValueError(
+            "prefix_init='real' needs a causal LM's key/value cache; use 'random' for masked LMs"
+        )
     for value, what in (
         (lora_r, "lora_r"),
         (prefix_tokens, "prefix_tokens"),
@@ -77,7 +102,7 @@ def apply_tuning(
     if scheme == "full":
         model.requires_grad_(True)
         return model
-    task_type = TaskType.CAUSAL_LM if model_kind(model) == "causal" else TaskType.FEATURE_EXTRACTION
+    task_type = TaskType.CAUSAL_LM if kind == "causal" else TaskType.FEATURE_EXTRACTION
     if scheme == "lora":
         config = LoraConfig(
             task_type=task_type,
@@ -88,12 +113,54 @@ def apply_tuning(
         )
         return get_peft_model(model, config)
     if scheme == "prefix":
+        # MeZO's prefix is the tokens' cache before any wrapping (large_models/prefix.py).
+        real = real_prefix_activations(model, prefix_tokens) if prefix_init == "real" else None
         config = PrefixTuningConfig(task_type=task_type, num_virtual_tokens=prefix_tokens)
         tuned = get_peft_model(model, config)
+        if real is not None:
+            _set_prefix(tuned, real)
     else:
         tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, prompt_init_text)
     _derive_positions_from_mask(tuned.get_base_model())
     return tuned
+
+
+def real_prefix_activations(
+    model: torch.nn.Module, num_tokens: int
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``(tokens, [(K_l, V_l) per layer])``: the key/value cache of ``model`` run on
+    ``num_tokens`` tokens drawn uniformly from its vocabulary (``torch.randint``, as
+    ``large_models/prefix.py`` draws them). ``K_l``, ``V_l``: [heads, num_tokens, head_dim]."""
+    device = execution_device(model)
+    tokens = torch.randint(0, model.config.vocab_size, (1, num_tokens), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(input_ids=tokens.to(device), use_cache=True)
+    finally:
+        model.train(was_training)
+    cache = getattr(output, "cache", None) or output.past_key_values
+    return tokens[0], [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+
+
+def _set_prefix(tuned, real) -> None:
+    """Write the per-layer (K, V) into peft's prefix embedding.
+
+    peft reads virtual token ``j``'s embedding row as ``[layers · 2, heads, head_dim]``, row
+    ``2l`` the keys and ``2l + 1`` the values of layer ``l`` (``PeftModel.get_prompt``).
+    """
+    _, layers = real
+    embedding = tuned.prompt_encoder[tuned.active_adapter].embedding
+    stacked = torch.stack([tensor for pair in layers for tensor in pair])  # [2L, H, n, D]
+    rows = stacked.permute(2, 0, 1, 3).reshape(stacked.shape[2], -1)
+    if rows.shape != embedding.weight.shape:
+        raise ValueError(
+            f"the model's key/value cache has shape {tuple(rows.shape)} per prefix, peft's "
+            f"prefix embedding {tuple(embedding.weight.shape)}; use prefix_init='random'"
+        )
+    with torch.no_grad():
+        embedding.weight.copy_(rows.to(embedding.weight))
 
 
 def _prompt_tuning(model, task_type, tokenizer, prompt_tokens, init_text):

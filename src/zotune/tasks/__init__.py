@@ -1,10 +1,12 @@
 """The task suite: SST-2, COPA, WinoGrande, MultiRC (the paper's four) and RTE, CB, BoolQ, WSC,
 WiC (the rest of MeZO's), each declared as data.
 
-* :mod:`.specs`: the declarations, templates (with and without task alignment) and labels;
+* :mod:`.specs`: the declarations: templates (ZO-Bench's strings by default, zotune 0.1's as
+  a named version, and without task alignment), labels, paper loss and val size;
 * :mod:`.formats`: GLUE TSV / JSONL readers and per-task row normalizers;
 * :mod:`.sources`: local data directory or Hugging Face hub → labelled pools;
-* :mod:`.splits`: seeded train / val / test sampling and the carving table.
+* :mod:`.splits`: ZO-Bench's seeded train / val / test draw (a data seed apart from the run
+  seed) and the carving table.
 
 >>> splits = load_splits("sst2", data_dir="data", num_train=16)  # doctest: +SKIP
 >>> splits.train[0].contexts[0]  # doctest: +SKIP

@@ -1,81 +1,107 @@
-r"""The task declarations: where each task's data lives, its template, candidates and labels.
+r"""The task declarations: where each task's data lives, its templates, labels and paper loss.
 
 A task is data, as in lm-evaluation-harness's YAML tasks: a dataset (local files and a hub
-id), a template (row → context), the candidates (label words) and the target (raw label →
-candidate index). A small function appears only where data cannot say it: normalizing a
-nested row (MultiRC, WSC, WinoGrande's two forms) and WinoGrande's per-option contexts.
+id), templates (row → the contexts and continuations of its candidates), the target (raw label
+→ candidate index), the training loss of the paper's runs and the size of its validation split.
+A small function appears only where data cannot say it: normalizing a nested row (MultiRC,
+WSC, WinoGrande's two forms).
 
-Whitespace convention: contexts never end in whitespace; each candidate carries its leading
-space (``" great"``), so context + candidate is the text the model reads. Text fields are
-stripped. Where every candidate shares the context and is one word, the scorer runs the
-context once for all candidates.
+Candidate ``i`` of an example is the text ``contexts[i] + continuations[i]``; the scorer
+tokenizes that joined text and scores its tail (see :mod:`zotune.scoring`).
 
-Task-aligned templates (``template=True``), after MeZO / ZO-Bench. MeZO ends its prompts with
-``\n`` and puts the answer word on the next line; here the prompt ends at the question and the
-answer word follows with a space (``"... Yes or No?" + " Yes"``), so that every answer is one
-ordinary word token (a bare ``"Yes"`` after a newline tokenizes differently across models, and
-the whitespace rule above stays uniform).
+Template versions (``version=``). ``"reference"`` (the default) writes every prompt as ZO-Bench's
+``zo-bench/templates.py`` (ZO-Bench/ZO-LLM, commit bf210fa) does, with the template its
+``run.py`` picks (``--template_ver 0``); MeZO's ``large_models/templates.py`` (princeton-nlp/MeZO,
+commit 552cb1b) holds the same strings for the tasks both have, except BoolQ (below). The
+reference builds ``encode(row)`` (the prompt) and ``verbalize(row, c)`` (prompt + answer c) and
+strips spaces, not newlines, from both ends (``zo-bench/utils.py::encode_prompt``); the context
+here is the stripped prompt and the continuation the rest of the stripped verbalization, so
+context + continuation is byte for byte the text the reference tokenizes. Fields are used as
+the reference uses them (stripped only where it strips). ``"zotune-0.1"`` keeps zotune 0.1's
+prompts, to reproduce results made with it (see the second table).
 
-========== ================================================================= ================
-task       context                                                           candidates
-========== ================================================================= ================
-sst2       ``{sentence} It was``                                             terrible, great
-copa       ``{premise without final "."} so`` (effect) / ``because`` (cause) choice1, choice2
-winogrande ``{text before _}{option}`` (one per option) → ``{text after _}`` option1, option2
-multirc    ``{paragraph}\nQuestion: {q}\nI found this answer "{a}". Is that  No, Yes
-           correct? Yes or No?``
-rte        ``{premise}\nDoes this mean that "{hypothesis}" is true? Yes or   Yes, No
-           No?``
-cb         ``Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Yes, No, Maybe
-           Maybe?``
-boolq      ``{passage} {Question}?`` (first letter capitalized, "?" added)   No, Yes
-wsc        ``{text}\nIn the previous sentence, does the pronoun "{span2      No, Yes
-           lowercased}" refer to {span1}? Yes or No?``
-wic        ``Does the word "{word}" have the same meaning in these two       No, Yes
-           sentences? Yes, No?\n{sentence1}\n{sentence2}``
-========== ================================================================= ================
+========== ================================================================ ================
+task       reference context                                                continuation
+========== ================================================================ ================
+sst2       ``{sentence} It was``                                            `` terrible``,
+                                                                            `` great``
+copa       ``{premise without final "."} so`` (effect) / ``because``        `` {choice}``
+           (cause)
+winogrande ``{text before _}``                                              `` {option}{text
+                                                                            after _}``
+multirc    ``{paragraph}\nQuestion: {q}\nI found this answer "{a}". Is that ``No``, ``Yes``
+           correct? Yes or No?\n``
+rte        ``{premise}\nDoes this mean that "{hypothesis}" is true? Yes or  ``Yes``, ``No``
+           No?\n``
+cb         ``Suppose {premise} Can we infer that "{hypothesis}"? Yes, No,   ``Yes``, ``No``,
+           or Maybe?\n``                                                    ``Maybe``
+boolq      ``{passage} {Question}?`` (first letter capitalized, "?" added)  `` No``, `` Yes``
+wsc        ``{text}\nIn the previous sentence, does the pronoun "{span2     ``No``, ``Yes``
+           lowercased}" refer to {span1}? Yes or No?\n``
+wic        ``Does the word "{word}" have the same meaning in these two      ``No``, ``Yes``
+           sentences? Yes, No?\n{sentence1}\n{sentence2}\n``
+========== ================================================================ ================
+
+COPA's choice is written with its whole first word lower-cased unless that word is exactly
+"I" (``CopaTemplate.capitalize``, capitalization "correct": ``"I'm"`` becomes ``"i'm"``).
+WinoGrande's continuation is the option and the rest of the sentence (the reference's
+candidates are ``option + text after _``). BoolQ: ZO-Bench's ``run.py`` passes
+``template_ver=0``, i.e. ``BoolQTemplate`` (answer after a space); MeZO's ``run.py`` calls
+``get_template()`` whose BoolQ default is ``BoolQTemplateV3`` (answer after ``\n``).
+
+========== ===========================================================================
+task       ``"zotune-0.1"`` (only where it differs from the reference)
+========== ===========================================================================
+copa       only the first letter of the choice lower-cased, and ``I'…`` kept
+winogrande partial scoring (Trinh & Le 2018; the GPT-3 paper; llm-foundry): each option in
+           its own context, ``{text before _}{option}``, both scoring `` {text after _}``
+multirc,   the prompt ends at the question mark and the answer follows a space
+rte, cb,   (``"... Yes or No?" + " Yes"``)
+wsc, wic
+========== ===========================================================================
 
 Candidates are listed in label order: candidate i is label i of the hub's integer encoding
 (SST-2 0 negative; RTE 0 entailment, 1 not_entailment; CB 0 entailment, 1 contradiction,
 2 neutral; BoolQ, WSC, WiC, MultiRC 0 false; COPA 0 choice1; WinoGrande answer "1" → 0), and
-the string / boolean labels of the local files map to the same indices.
-
-COPA candidates are a space + the choice with its first letter lowercased unless the first
-word is "I" (MeZO's "correct" capitalization); both candidates share the premise context.
-
-WinoGrande is scored by *partial scoring* (Trinh & Le 2018; the GPT-3 paper; llm-foundry): each
-option is put in its own context, the text before the blank + the option, and both candidates
-score the same continuation, the text after the blank. Only the words the option should predict
-are scored, so the comparison is not biased by how likely each option's name is on its own.
-(ZO-Bench instead scores option + rest as the continuation of the text before the blank.)
+the string / boolean labels of the local files map to the same indices. (ZO-Bench lists
+BoolQ's candidates as Yes, No; the order only decides exact ties.)
 
 MultiRC: every answer option of every question is one binary example (is this answer
 correct?), as in MeZO, so one paragraph yields many examples.
 
-No task alignment (``template=False``, the paper's alignment ablation): the context is the raw
-input alone, its fields joined by newlines with no prompt words, and the candidates stay the
-same label words. SST-2 and COPA match ZO-Bench's ``*TemplateEmpty`` (COPA keeps the premise
-without its final period and drops the connective). WinoGrande has no prompt words to drop;
-without alignment the option is no longer placed in the sentence: the context is the raw
-sentence, blank included, and the candidates are the two options as words.
+No task alignment (``template=False``, the paper's alignment ablation): the prompt words are
+dropped and the candidates stay the same label words. SST-2, COPA and RTE use ZO-Bench's
+``SST2TemplateEmpty``, ``CopaTemplateEmpty`` and ``RTETemplateEmpty``; the other tasks have
+no reference and join their raw fields by newlines, the answer on its own line where the
+aligned answer is. WinoGrande has no prompt words to drop; without alignment the option is no
+longer placed in the sentence: the context is the raw sentence, blank included, and the
+candidates are the two options as words.
 
-========== ===================================== ================
-task       context without alignment             candidates
-========== ===================================== ================
-sst2       ``{sentence}``                        terrible, great
-copa       ``{premise without final "."}``       choice1, choice2
-winogrande ``{sentence with _}``                 option1, option2
-multirc    ``{paragraph}\n{question}\n{answer}`` No, Yes
-rte, cb    ``{premise}\n{hypothesis}``           as above
-boolq      ``{passage}\n{question}``             No, Yes
-wsc        ``{text}\n{span2}\n{span1}``          No, Yes
-wic        ``{word}\n{sentence1}\n{sentence2}``  No, Yes
-========== ===================================== ================
+========== ============================================= ================
+task       context without alignment                     continuation
+========== ============================================= ================
+sst2       ``{sentence}``                                as aligned
+copa       ``{premise without final "."}``               as aligned
+winogrande ``{sentence with _}``                         `` {option}``
+multirc    ``{paragraph}\n{question}\n{answer}\n``       as aligned
+rte        ``{premise}\n"{hypothesis}"\n``               as aligned
+cb         ``{premise}\n{hypothesis}\n``                 as aligned
+boolq      ``{passage}\n{question}``                     as aligned
+wsc        ``{text}\n{span2}\n{span1}\n``                as aligned
+wic        ``{word}\n{sentence1}\n{sentence2}\n``        as aligned
+========== ============================================= ================
+
+Training loss (``loss``): the loss the paper's runs train each task with. ``lm`` (the LM
+loss on the gold candidate, ``--train_as_classification False``) for COPA
+(``zo-bench/sweeps/Copa_*``, MeZO ``large_models/mezo.sh``) and WinoGrande
+(``zo-bench/sweeps/WinoGrande_*``); ``ce`` (cross-entropy over the candidates,
+``--train_as_classification``) for SST-2 (``zo-bench/sweeps/SST2_opt-1.3b``) and MeZO's other
+classification tasks (``large_models/mezo.sh``: "for others, set this flag to True").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +120,14 @@ from .formats import (
 )
 
 Reader = Callable[[Path], Iterator[tuple[int, Row]]]
+# A template: one canonical row → (contexts, continuations), one pair per candidate.
+Template = Callable[[Row], tuple[tuple[str, ...], tuple[str, ...]]]
+
+REFERENCE = "reference"
+TEMPLATE_VERSIONS = (REFERENCE, "zotune-0.1")
+LOSSES = ("ce", "lm")
+# zo-bench/run.py (--num_dev) with MeZO's large_models/mezo.sh DEV=500 for most tasks.
+DEFAULT_NUM_VAL = 500
 
 
 @dataclass(frozen=True)
@@ -126,12 +160,13 @@ class HubDataset:
 class TaskSpec:
     """One task, declared as data.
 
-    ``context`` / ``raw_context`` build the shared context with / without the task-aligned
-    template; ``choices`` are the candidates (a constant tuple of label words, or a function of
-    the row). ``pairs`` replaces ``context`` where each candidate needs its own context
-    (WinoGrande). ``labels`` maps a raw label value (as any source spells it) to the index of
-    its candidate. ``fields`` are the text fields a canonical row must hold; ``normalize``
-    turns a source row into canonical rows.
+    ``templates`` maps a version name to the task-aligned template of that version; a task
+    lists ``"reference"`` and, where zotune 0.1 wrote it differently, ``"zotune-0.1"``.
+    ``raw`` is the template without alignment. ``labels`` maps a raw label value (as any
+    source spells it) to the index of its candidate. ``fields`` are the text fields a
+    canonical row must hold; ``normalize`` turns a source row into canonical rows. ``loss``
+    is the training loss of the paper's runs and ``num_val`` the size of their validation
+    split (see the module docstring).
     """
 
     name: str
@@ -141,10 +176,10 @@ class TaskSpec:
     fields: tuple[str, ...]
     label_field: str
     labels: Mapping[Any, int]
-    raw_context: Callable[[Row], str]
-    choices: tuple[str, ...] | Callable[[Row], tuple[str, ...]]
-    context: Callable[[Row], str] | None = None
-    pairs: Callable[[Row], tuple[tuple[str, ...], tuple[str, ...]]] | None = None
+    templates: Mapping[str, Template]
+    raw: Template
+    loss: str = "ce"
+    num_val: int = DEFAULT_NUM_VAL
     normalize: Callable[[Row], list[Row]] = as_is
 
     def check(self, row: Row) -> None:
@@ -164,23 +199,47 @@ class TaskSpec:
             allowed = ", ".join(repr(key) for key in self.labels)
             raise TaskDataError(f"label {value!r} is not one of {allowed}") from None
 
-    def example(self, row: Row, template: bool = True) -> Example:
-        """The :class:`Example` of one checked canonical row."""
-        label = self.label_of(row)
-        if template and self.pairs is not None:
-            contexts, continuations = self.pairs(row)
-            return Example(contexts, continuations, label)
-        build = self.context if template and self.context is not None else self.raw_context
-        context = build(row)
-        continuations = self.choices(row) if callable(self.choices) else self.choices
-        return Example((context,) * len(continuations), continuations, label)
+    def template(self, template: bool = True, version: str = REFERENCE) -> Template:
+        """The template of ``version`` (the raw one when ``template`` is False)."""
+        check_version(version)
+        if not template:
+            return self.raw
+        return self.templates.get(version, self.templates[REFERENCE])
 
-    def examples(self, raw: Row, template: bool = True) -> list[Example]:
+    def example(self, row: Row, template: bool = True, version: str = REFERENCE) -> Example:
+        """The :class:`Example` of one checked canonical row."""
+        contexts, continuations = self.template(template, version)(row)
+        return Example(contexts, continuations, self.label_of(row))
+
+    def examples(self, raw: Row, template: bool = True, version: str = REFERENCE) -> list[Example]:
         """Normalize, check and template one raw row as a source ships it."""
         rows = self.normalize(raw)
         for row in rows:
             self.check(row)
-        return [self.example(row, template) for row in rows]
+        return [self.example(row, template, version) for row in rows]
+
+
+def check_version(version: str) -> None:
+    if version not in TEMPLATE_VERSIONS:
+        raise ValueError(
+            f"unknown template version {version!r} (choose from {', '.join(TEMPLATE_VERSIONS)})"
+        )
+
+
+def answered(prompt: str, answers: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The reference's (prompt, prompt + answer) pair as (contexts, continuations).
+
+    ``zo-bench/utils.py::encode_prompt`` strips spaces (not newlines) from both ends of the
+    prompt and of each verbalization; the continuation is what the stripped verbalization
+    adds to the stripped prompt.
+    """
+    context = prompt.strip(" ")
+    continuations = []
+    for answer in answers:
+        full = (prompt + answer).strip(" ")
+        # Leading spaces strip alike from both unless the prompt is only spaces.
+        continuations.append(full[len(context) :] if context else full)
+    return (context,) * len(answers), tuple(continuations)
 
 
 def _text(row: Row, name: str) -> str:
@@ -191,93 +250,178 @@ def _text(row: Row, name: str) -> str:
 # integers; Python's True == 1 lets the integer keys cover booleans.
 _BINARY = {0: 0, 1: 1}
 _SUPERGLUE = "aps/super_glue"
+# The verbalizers of zo-bench/templates.py, in label order.
+_SST2_WORDS = ("terrible", "great")  # SST2Template.verbalizer
+_NO_YES = ("No", "Yes")  # MultiRCTemplate, WICTemplate, WSCTemplate .verbalizer
+_YES_NO = ("Yes", "No")  # RTETemplate.verbalizer
+_YES_NO_MAYBE = ("Yes", "No", "Maybe")  # CBTemplate.verbalizer
 
 
-def _sst2(row: Row) -> str:
-    return f"{_text(row, 'sentence')} It was"
+# Reference templates (zo-bench/templates.py; the class is named beside each) --------------
 
 
-def _premise_without_period(row: Row) -> str:
-    premise = _text(row, "premise")
+def _sst2(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # SST2Template: f"{text} It was" + f" {verbalizer[c]}"
+    return answered(f"{row['sentence'].strip()} It was", [f" {w}" for w in _SST2_WORDS])
+
+
+def _sst2_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # SST2TemplateEmpty: f"{text} " + verbalizer[c]
+    return answered(f"{row['sentence'].strip()} ", _SST2_WORDS)
+
+
+def _copa_premise(row: Row) -> str:
+    # CopaTemplate.get_prompt: premise.rstrip() without one final "."
+    premise = row["premise"].rstrip()
     return premise[:-1] if premise.endswith(".") else premise
 
 
-def _copa(row: Row) -> str:
+def _copa_capitalize(choice: str) -> str:
+    # CopaTemplate.capitalize, capitalization "correct": the whole first word lower-cased
+    # unless it is exactly "I".
+    words = choice.split(" ")
+    if words[0] != "I":
+        words[0] = words[0].lower()
+    return " ".join(words)
+
+
+def _copa(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # CopaTemplate: effect_conj " so ", cause_conj " because "
+    conjunction = " so " if row["question"] == "effect" else " because "
+    choices = [_copa_capitalize(row[key]) for key in ("choice1", "choice2")]
+    return answered(_copa_premise(row) + conjunction, choices)
+
+
+def _copa_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # CopaTemplateEmpty: both conjunctions " "
+    choices = [_copa_capitalize(row[key]) for key in ("choice1", "choice2")]
+    return answered(_copa_premise(row) + " ", choices)
+
+
+def _winogrande(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # WinoGrandeTemplate: the text before "_"; WinoGrandeDataset.build_sample's candidates
+    # are option + the text after "_".
+    before, after = row["sentence"].split("_")
+    return answered(before, [row["option1"] + after, row["option2"] + after])
+
+
+def _multirc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # MultiRCTemplate
+    prompt = (
+        f"{row['paragraph']}\nQuestion: {row['question']}\n"
+        f'I found this answer "{row["answer"]}". Is that correct? Yes or No?\n'
+    )
+    return answered(prompt, _NO_YES)
+
+
+def _rte(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # RTETemplate
+    prompt = f'{row["premise"]}\nDoes this mean that "{row["hypothesis"]}" is true? Yes or No?\n'
+    return answered(prompt, _YES_NO)
+
+
+def _rte_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # RTETemplateEmpty
+    return answered(f'{row["premise"]}\n"{row["hypothesis"]}"\n', _YES_NO)
+
+
+def _cb(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # CBTemplate
+    prompt = (
+        f'Suppose {row["premise"]} Can we infer that "{row["hypothesis"]}"? '
+        "Yes, No, or Maybe?\n"
+    )
+    return answered(prompt, _YES_NO_MAYBE)
+
+
+def _boolq(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # BoolQTemplate (zo-bench/run.py passes template_ver=0)
+    question = row["question"]
+    if not question.endswith("?"):
+        question = question + "?"
+    question = question[0].upper() + question[1:]
+    return answered(f"{row['passage']} {question}", [f" {w}" for w in _NO_YES])
+
+
+def _wsc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # WSCTemplate
+    prompt = (
+        f"{row['text']}\nIn the previous sentence, does the pronoun "
+        f'"{row["span2_text"].lower()}" refer to {row["span1_text"]}? Yes or No?\n'
+    )
+    return answered(prompt, _NO_YES)
+
+
+def _wic(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # WICTemplate
+    prompt = (
+        f'Does the word "{row["word"]}" have the same meaning in these two sentences? '
+        f"Yes, No?\n{row['sentence1']}\n{row['sentence2']}\n"
+    )
+    return answered(prompt, _NO_YES)
+
+
+def _lines(*names: str, answers: Sequence[str]) -> Template:
+    """No alignment without a reference: the raw fields one per line (empty ones left out),
+    then the answers on the next line."""
+
+    def raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        prompt = "\n".join(text for name in names if (text := _text(row, name)))
+        return answered(prompt + "\n", answers)
+
+    return raw
+
+
+def _winogrande_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return answered(row["sentence"].strip(), [f" {_text(row, k)}" for k in ("option1", "option2")])
+
+
+def _boolq_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    prompt = "\n".join(text for name in ("passage", "question") if (text := _text(row, name)))
+    return answered(prompt, [f" {w}" for w in _NO_YES])
+
+
+# zotune 0.1's aligned templates, where they differ from the reference ---------------------
+
+
+def _same_context(context: str, answers: Sequence[str]):
+    return (context,) * len(answers), tuple(answers)
+
+
+def _copa_v01(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def lower_first_letter(text: str) -> str:
+        first_word = text.split(" ", 1)[0]
+        if first_word == "I" or first_word.startswith("I'"):
+            return text
+        return text[:1].lower() + text[1:]
+
+    premise = _text(row, "premise")
+    premise = premise[:-1] if premise.endswith(".") else premise
     connective = "so" if row["question"] == "effect" else "because"
-    return f"{_premise_without_period(row)} {connective}"
+    answers = [" " + lower_first_letter(_text(row, key)) for key in ("choice1", "choice2")]
+    return _same_context(f"{premise} {connective}", answers)
 
 
-def _lowercase_first_letter(text: str) -> str:
-    first_word = text.split(" ", 1)[0]
-    if first_word == "I" or first_word.startswith("I'"):
-        return text
-    return text[:1].lower() + text[1:]
-
-
-def _copa_choices(row: Row) -> tuple[str, ...]:
-    return tuple(" " + _lowercase_first_letter(_text(row, key)) for key in ("choice1", "choice2"))
-
-
-def _winogrande_pairs(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _winogrande_partial(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
     before, after = row["sentence"].split("_")
     options = (_text(row, "option1"), _text(row, "option2"))
-    continuation = after.rstrip()
-    return tuple(f"{before.lstrip()}{option}" for option in options), (continuation,) * 2
+    return tuple(f"{before.lstrip()}{option}" for option in options), (after.rstrip(),) * 2
 
 
-def _winogrande_choices(row: Row) -> tuple[str, ...]:
-    return (" " + _text(row, "option1"), " " + _text(row, "option2"))
+def _question_v01(build: Callable[[Row], str], answers: Sequence[str]) -> Template:
+    """A 0.1 Yes/No prompt: the reference prompt without its final newline, answers after a
+    space, fields stripped."""
+
+    def template(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        stripped = {key: value.strip() if isinstance(value, str) else value
+                    for key, value in row.items()}
+        return _same_context(build(stripped).rstrip("\n"), [f" {a}" for a in answers])
+
+    return template
 
 
-def _multirc(row: Row) -> str:
-    return (
-        f"{_text(row, 'paragraph')}\nQuestion: {_text(row, 'question')}\n"
-        f'I found this answer "{_text(row, "answer")}". Is that correct? Yes or No?'
-    )
-
-
-def _rte(row: Row) -> str:
-    return (
-        f"{_text(row, 'premise')}\n"
-        f'Does this mean that "{_text(row, "hypothesis")}" is true? Yes or No?'
-    )
-
-
-def _cb(row: Row) -> str:
-    return (
-        f"Suppose {_text(row, 'premise')} "
-        f'Can we infer that "{_text(row, "hypothesis")}"? Yes, No, or Maybe?'
-    )
-
-
-def _boolq(row: Row) -> str:
-    question = _text(row, "question")
-    if not question.endswith("?"):
-        question += "?"
-    return f"{_text(row, 'passage')} {question[:1].upper()}{question[1:]}"
-
-
-def _wsc(row: Row) -> str:
-    return (
-        f"{_text(row, 'text')}\nIn the previous sentence, does the pronoun "
-        f'"{_text(row, "span2_text").lower()}" refer to {_text(row, "span1_text")}? Yes or No?'
-    )
-
-
-def _wic(row: Row) -> str:
-    return (
-        f'Does the word "{_text(row, "word")}" have the same meaning in these two sentences? '
-        f"Yes, No?\n{_text(row, 'sentence1')}\n{_text(row, 'sentence2')}"
-    )
-
-
-def _joined(*names: str) -> Callable[[Row], str]:
-    """The no-alignment context: the raw fields, one per line (empty ones left out)."""
-
-    def raw_context(row: Row) -> str:
-        return "\n".join(text for name in names if (text := _text(row, name)))
-
-    return raw_context
+def _prompt_of(template: Template) -> Callable[[Row], str]:
+    return lambda row: template(row)[0][0]
 
 
 def _superglue(folder: str) -> LocalFiles:
@@ -293,9 +437,10 @@ _SPECS = (
         fields=("sentence",),
         label_field="label",
         labels={"0": 0, "1": 1, **_BINARY},
-        context=_sst2,
-        raw_context=_joined("sentence"),
-        choices=(" terrible", " great"),
+        templates={REFERENCE: _sst2},
+        raw=_sst2_raw,
+        loss="ce",  # zo-bench/sweeps/SST2_opt-1.3b: --train_as_classification
+        num_val=500,  # zo-bench/sweeps/SST2_opt-1.3b: --num_dev=500
     ),
     TaskSpec(
         name="copa",
@@ -305,14 +450,15 @@ _SPECS = (
         fields=("premise", "choice1", "choice2", "question"),
         label_field="label",
         labels=_BINARY,
-        context=_copa,
-        raw_context=_premise_without_period,
-        choices=_copa_choices,
+        templates={REFERENCE: _copa, "zotune-0.1": _copa_v01},
+        raw=_copa_raw,
+        loss="lm",  # zo-bench/sweeps/Copa_*: --train_as_classification=False
+        num_val=100,  # zo-bench/sweeps/Copa_*: --num_dev=100 (MeZO large_models/mezo.sh DEV=100)
         normalize=copa_rows,
     ),
     TaskSpec(
         name="winogrande",
-        description="WinoGrande coreference: option in the context, score the rest of the sentence",
+        description="WinoGrande coreference: text before the blank, then option + the rest",
         local=LocalFiles(
             "winogrande",
             dev=("dev.jsonl", "val.jsonl", "winogrande.jsonl"),
@@ -329,9 +475,10 @@ _SPECS = (
         fields=("sentence", "option1", "option2"),
         label_field="answer",
         labels={"1": 0, "2": 1, 1: 0, 2: 1},
-        pairs=_winogrande_pairs,
-        raw_context=_joined("sentence"),
-        choices=_winogrande_choices,
+        templates={REFERENCE: _winogrande, "zotune-0.1": _winogrande_partial},
+        raw=_winogrande_raw,
+        loss="lm",  # zo-bench/sweeps/WinoGrande_*: --train_as_classification=False
+        num_val=100,  # zo-bench/sweeps/WinoGrande_*: --num_dev=100
         normalize=winogrande_rows,
     ),
     TaskSpec(
@@ -342,9 +489,9 @@ _SPECS = (
         fields=("paragraph", "question", "answer"),
         label_field="label",
         labels=_BINARY,
-        context=_multirc,
-        raw_context=_joined("paragraph", "question", "answer"),
-        choices=(" No", " Yes"),
+        templates={REFERENCE: _multirc, "zotune-0.1": _question_v01(_prompt_of(_multirc), _NO_YES)},
+        raw=_lines("paragraph", "question", "answer", answers=_NO_YES),
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=multirc_rows,
     ),
     TaskSpec(
@@ -355,9 +502,9 @@ _SPECS = (
         fields=("premise", "hypothesis"),
         label_field="label",
         labels={"entailment": 0, "not_entailment": 1, **_BINARY},
-        context=_rte,
-        raw_context=_joined("premise", "hypothesis"),
-        choices=(" Yes", " No"),
+        templates={REFERENCE: _rte, "zotune-0.1": _question_v01(_prompt_of(_rte), _YES_NO)},
+        raw=_rte_raw,
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
     ),
     TaskSpec(
         name="cb",
@@ -367,9 +514,10 @@ _SPECS = (
         fields=("premise", "hypothesis"),
         label_field="label",
         labels={"entailment": 0, "contradiction": 1, "neutral": 2, **_BINARY, 2: 2},
-        context=_cb,
-        raw_context=_joined("premise", "hypothesis"),
-        choices=(" Yes", " No", " Maybe"),
+        templates={REFERENCE: _cb, "zotune-0.1": _question_v01(_prompt_of(_cb), _YES_NO_MAYBE)},
+        raw=_lines("premise", "hypothesis", answers=_YES_NO_MAYBE),
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        num_val=100,  # MeZO large_models/mezo.sh: CB) DEV=100
     ),
     TaskSpec(
         name="boolq",
@@ -379,9 +527,9 @@ _SPECS = (
         fields=("passage", "question"),
         label_field="label",
         labels=_BINARY,
-        context=_boolq,
-        raw_context=_joined("passage", "question"),
-        choices=(" No", " Yes"),
+        templates={REFERENCE: _boolq},
+        raw=_boolq_raw,
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
     ),
     TaskSpec(
         name="wsc",
@@ -391,9 +539,9 @@ _SPECS = (
         fields=("text", "span1_text", "span2_text"),
         label_field="label",
         labels=_BINARY,
-        context=_wsc,
-        raw_context=_joined("text", "span2_text", "span1_text"),
-        choices=(" No", " Yes"),
+        templates={REFERENCE: _wsc, "zotune-0.1": _question_v01(_prompt_of(_wsc), _NO_YES)},
+        raw=_lines("text", "span2_text", "span1_text", answers=_NO_YES),
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=wsc_rows,
     ),
     TaskSpec(
@@ -404,9 +552,9 @@ _SPECS = (
         fields=("word", "sentence1", "sentence2"),
         label_field="label",
         labels=_BINARY,
-        context=_wic,
-        raw_context=_joined("word", "sentence1", "sentence2"),
-        choices=(" No", " Yes"),
+        templates={REFERENCE: _wic, "zotune-0.1": _question_v01(_prompt_of(_wic), _NO_YES)},
+        raw=_lines("word", "sentence1", "sentence2", answers=_NO_YES),
+        loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
     ),
 )
 

@@ -1,54 +1,71 @@
-"""Sampling train / val / test as the paper does, carving what the public data lacks.
+"""Sampling train / val / test as the paper's code does, carving what the public data lacks.
 
-The paper samples 1000 train, 500 val and 1000 test examples with a seed. The public test
-splits of GLUE / SuperGLUE / WinoGrande carry no labels, so, as in MeZO, the official
-validation split ("dev") becomes the test source and val is carved out of train:
+ZO-Bench samples ``num_train`` train, ``num_dev`` validation and ``num_eval`` test examples
+with ``train_set_seed`` (``zo-bench/run.py``), here ``num_train``, ``num_val``, ``num_test``
+and ``data_seed``. The public test splits of GLUE / SuperGLUE / WinoGrande carry no labels,
+so, as in MeZO, the official validation split ("dev") becomes the test source and val is
+carved out of train:
 
 ========== ========================== ========= ================== =======================
 task       labelled files (staged)    test from val, train from    train / val / test got
 ========== ========================== ========= ================== =======================
 sst2       train.tsv 67,349; dev.tsv  dev.tsv   train.tsv          1000 / 500 / 872
            872
-copa       train.jsonl 400; val 100   val.jsonl train.jsonl        267 / 133 / 100
+copa       train.jsonl 400; val 100   val.jsonl train.jsonl        300 / 100 / 100
 multirc    train 27,243; val 4,848    val.jsonl train.jsonl        1000 / 500 / 1000
            (answer options)
 rte        train 2,490; val 277       val.jsonl train.jsonl        1000 / 500 / 277
-cb         train 250; val 56          val.jsonl train.jsonl        167 / 83 / 56
-wsc        train 554; val 104         val.jsonl train.jsonl        350 / 175 / 104
+cb         train 250; val 56          val.jsonl train.jsonl        150 / 100 / 56
+wsc        train 554; val 104         val.jsonl train.jsonl        25 / 500 / 104
 wic        train 5,428; val 638       val.jsonl train.jsonl        1000 / 500 / 638
 boolq      val 3,270 (no train file)  val.jsonl rest of val.jsonl  1000 / 500 / 1000
-winogrande dev 1,267 (no train file)  dev       rest of dev        178 / 89 / 1000
+winogrande dev 1,267 (no train file)  dev       rest of dev        167 / 100 / 1000
 ========== ========================== ========= ================== =======================
 
-(The last column is what the default 1000 / 500 / 1000 gets from the staged files.)
+(The last column is what the defaults get from the staged files: 1000 train, 1000 test and
+the task's declared val size, :attr:`TaskSpec.num_val`: 100 for COPA and WinoGrande
+(``zo-bench/sweeps``), 100 for CB (MeZO ``large_models/mezo.sh``), else 500.)
 
-The rule behind the table, for any source: test = ``num_test`` examples of dev; val and train
-come from train when a train split exists (a local ``train*`` file, or the hub, which has
-BoolQ's and WinoGrande's), else from what test left of dev. Val and train are disjoint and
-never meet test: the pool that feeds them drops every example whose input (contexts and
-continuations, label aside) repeats an earlier one's or one of dev's (SST-2's train repeats
-371 phrases; WSC's train, 29 prompts that differ only in span offsets). A split that cannot be
-filled takes all there is: test first, then val and train share what is left in proportion
-to what was asked (COPA: 400 rows for 500 + 1000 asked → val 133, train 267). Every carving,
-shortfall and drop is logged on one line and kept in :attr:`Splits.notes`.
+The rule behind the table, ZO-Bench's (``zo-bench/tasks.py::Dataset.sample_train_sets`` and
+``sample_subset``; ``zo-bench/run.py::main``): with ``p(n)`` the permutation of ``range(n)``
+drawn by ``numpy.random.seed(data_seed); numpy.random.permutation(n)``,
 
-Sampling is a seeded shuffle of each pool with a local ``random.Random`` keyed by task and
-seed, never the global RNG; val is the head of the shuffled pool and train follows it, so val
-stays the same when only ``num_train`` changes and a smaller train set is a prefix of a larger
-one. MultiRC is sampled per answer option (MeZO's unit), so val and train may share a
-paragraph, never an example.
+* test = the first ``num_test`` of ``p(len(dev))``;
+* the first ``num_train + num_val`` of ``p(len(train))`` are drawn; val is the *last*
+  ``num_val`` of them and train the rest. A pool too small for both gives val its full
+  ``num_val`` and train what is left (COPA: 400 rows → val 100, train 300, the paper's
+  split); a pool too small for val alone is an error.
+
+Where no train split exists (a local ``train*`` file, or the hub, which has BoolQ's and
+WinoGrande's) val and train are drawn the same way from what test left of ``p(len(dev))``, in
+its order (ZO-Bench has no such case). Val and train are disjoint and never meet test: the
+pool that feeds them drops every example whose input (contexts and continuations, label
+aside) repeats an earlier one's or one of dev's (SST-2's train repeats 371 phrases; WSC's
+train, 29 prompts that differ only in span offsets). Where nothing is dropped and the pools are
+the hub's in the hub's order (COPA's SuperGLUE files), the draw picks the very examples
+ZO-Bench's does. Every carving, shortfall and drop is logged on one line and kept in
+:attr:`Splits.notes`.
+
+The permutation comes from a local ``numpy.random.RandomState``, never the global RNG. A
+smaller train set is a prefix of a larger one when the pool holds both (val then moves with
+``num_train``, as in ZO-Bench). The data seed is apart from the run seed (``train.seed``:
+adapter init, batch order, directions), so seeds of a run vary the optimizer with the data
+fixed, as ZO-Bench's sweeps do (``--train_set_seed=0`` throughout). MultiRC is sampled per
+answer option (MeZO's unit), so val and train may share a paragraph, never an example.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .errors import TaskDataError
 from .example import Example
 from .sources import Pool, Pools, read_pools, resolve_data_dir
-from .specs import TaskSpec, get_task
+from .specs import REFERENCE, TaskSpec, check_version, get_task
 
 
 @dataclass
@@ -79,27 +96,24 @@ def carve(
     num_train: int,
     num_val: int,
     num_test: int,
-    key: str,
+    seed: int,
 ) -> Carving:
     """Disjoint, seeded draws; see the module docstring for the rule."""
-    dev_order = _shuffled(dev_size, f"{key}:dev")
+    dev_order = permutation(dev_size, seed)
     test = dev_order[:num_test]
-    rest = dev_order[len(test) :] if train_size is None else _shuffled(train_size, f"{key}:train")
-    n_val, n_train = _share(len(rest), num_val, num_train)
-    return Carving(test, rest[:n_val], rest[n_val : n_val + n_train], train_size is None)
+    rest = dev_order[len(test) :] if train_size is None else permutation(train_size, seed)
+    # zo-bench/tasks.py::sample_train_sets draws num_train + num_dev; zo-bench/run.py::main
+    # takes dev from the end of the draw and train from the rest.
+    drawn = rest[: num_train + num_val]
+    n_val = min(num_val, len(drawn))
+    val = drawn[len(drawn) - n_val :]
+    return Carving(test, val, drawn[: len(drawn) - n_val], train_size is None)
 
 
-def _shuffled(size: int, key: str) -> list[int]:
-    order = list(range(size))
-    random.Random(key).shuffle(order)
-    return order
-
-
-def _share(available: int, num_val: int, num_train: int) -> tuple[int, int]:
-    if num_val + num_train <= available:
-        return num_val, num_train
-    n_val = round(available * num_val / (num_val + num_train))
-    return n_val, available - n_val
+def permutation(size: int, seed: int) -> list[int]:
+    """ZO-Bench's draw (zo-bench/tasks.py::sample_subset under zo-bench/utils.py::temp_seed):
+    ``numpy.random.seed(seed); numpy.random.permutation(size)``, from a local generator."""
+    return np.random.RandomState(seed).permutation(size).tolist()
 
 
 def load_splits(
@@ -107,38 +121,56 @@ def load_splits(
     *,
     data_dir: str | os.PathLike | None = None,
     num_train: int = 1000,
-    num_val: int = 500,
+    num_val: int | None = None,
     num_test: int = 1000,
     seed: int = 0,
     template: bool = True,
+    template_version: str = REFERENCE,
     log: Callable[[str], object] = print,
 ) -> Splits:
     """Sample a task's train / val / test examples.
 
     ``data_dir`` (else ``$ZOTUNE_DATA_DIR``, else the Hugging Face hub) holds one folder per
-    task; ``template=False`` drops the task-aligned prompt (see :mod:`zotune.tasks.specs`).
-    Notes on carving and shortfalls go to ``log``, one line each, and into ``Splits.notes``.
+    task; ``num_val=None`` takes the task's declared val size; ``seed`` is the data seed
+    (ZO-Bench's ``train_set_seed``); ``template=False`` drops the task-aligned prompt and
+    ``template_version`` names the aligned one (see :mod:`zotune.tasks.specs`). Notes on
+    carving and shortfalls go to ``log``, one line each, and into ``Splits.notes``.
     """
     spec = get_task(name)
+    check_version(template_version)
+    if num_val is None:
+        num_val = spec.num_val
     for what, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"data seed must be an integer in [0, 2**32), got {seed!r}")
     pools = read_pools(spec, resolve_data_dir(data_dir))
     notes: list[str] = []
-    dev = _examples(spec, pools.dev, template)
+
+    def examples(pool: Pool) -> list[Example]:
+        return [spec.example(record.row, template, template_version) for record in pool.records]
+
+    dev = examples(pools.dev)
     if pools.train is None:
         dev = train = _unique(spec, pools.dev, dev, set(), notes)
     else:
         seen = {_input(example) for example in dev}
-        train = _unique(spec, pools.train, _examples(spec, pools.train, template), seen, notes)
+        train = _unique(spec, pools.train, examples(pools.train), seen, notes)
     carving = carve(
         len(dev),
         None if pools.train is None else len(train),
         num_train=num_train,
         num_val=num_val,
         num_test=num_test,
-        key=f"{spec.name}:{seed}",
+        seed=seed,
     )
+    if num_train > 0 and not carving.train:
+        source = pools.train.name if pools.train is not None else f"the rest of {pools.dev.name}"
+        raise TaskDataError(
+            f"{spec.name}: val takes all {len(carving.val)} examples left in {source} "
+            f"(num_val={num_val}), none are left for train; ask for a smaller num_val"
+        )
     notes.insert(0, _carving_note(spec, pools, carving, num_train, num_val, num_test))
     for note in notes:
         log(note)
@@ -148,10 +180,6 @@ def load_splits(
         test=[dev[i] for i in carving.test],
         notes=notes,
     )
-
-
-def _examples(spec: TaskSpec, pool: Pool, template: bool) -> list[Example]:
-    return [spec.example(record.row, template) for record in pool.records]
 
 
 def _input(example: Example) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -195,5 +223,5 @@ def _carving_note(
         f"from {source}"
     )
     if (len(carving.val), len(carving.train)) != (num_val, num_train):
-        note += f" (asked {num_val} + {num_train}; shared what there was in proportion)"
+        note += f" (asked {num_val} + {num_train}; val first, train the rest)"
     return note
