@@ -33,7 +33,7 @@ def trainable_ids(model):
 # Block partition ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", ["layer", "sublayer", "linear"])
+@pytest.mark.parametrize("level", ["mlp-attn", "layer", "sublayer", "linear"])
 @pytest.mark.parametrize("scheme", ["full", "lora", "prefix"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_partition_covers_every_trainable_parameter_exactly_once(
@@ -58,6 +58,60 @@ def test_layer_blocks_follow_the_module_tree(shape, tiny_model):
     assert all(names[n] == "head" for n in final_norms)  # OPT registers it before its layers
     sub = {group["block"] for group in partition(model, "sublayer")}
     assert {"layer.0.attn", "layer.0.mlp", "layer.1.attn", "layer.1.mlp"} <= sub
+
+
+# ZO-LLM's mlp-attn level (zo-bench/utils.py OPT_PERTURBATION_LEVEL_TO_REGEX): per layer the
+# attention module, fc1, fc2 and both LayerNorms; each embedding; the final LayerNorm.
+OPT_MLP_ATTN = [
+    "embeddings.model.decoder.embed_tokens",
+    "embeddings.model.decoder.embed_positions",
+    *[
+        f"layer.{i}.{part}"
+        for i in range(2)
+        for part in ("attn", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm")
+    ],
+    "head.model.decoder.final_layer_norm",
+]
+LLAMA_MLP_ATTN = [
+    "embeddings.model.embed_tokens",
+    *[
+        f"layer.{i}.{part}"
+        for i in range(2)
+        for part in (
+            "attn",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        )
+    ],
+    "head.model.norm",
+    "head.lm_head",  # tiny-llama's head is untied
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected", "attention"),
+    [
+        ("tiny-opt", OPT_MLP_ATTN, ("q_proj", "k_proj", "v_proj", "out_proj")),
+        ("tiny-llama", LLAMA_MLP_ATTN, ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ],
+)
+def test_mlp_attn_is_the_default_and_zo_bench_partition(shape, expected, attention, tiny_model):
+    model, _ = tiny_model(shape)
+    groups = partition(model)
+    assert [g["block"] for g in groups] == expected
+    layer_count = model.config.num_hidden_layers
+    assert len(groups) == (5 if shape == "tiny-opt" else 6) * layer_count + 3
+    names = block_names(model, "mlp-attn")
+    attn = {n for n, block in names.items() if block == "layer.0.attn"}
+    assert {n.split(".")[-2] for n in attn} == set(attention)  # projections, never a norm
+
+
+def test_mlp_attn_blocks_of_lora_are_the_attention_modules(tiny_model):
+    model, _ = tiny_model("tiny-opt", "lora")
+    assert [g["block"] for g in partition(model)] == ["layer.0.attn", "layer.1.attn"]
 
 
 def test_lora_blocks_hold_only_adapters(tiny_model):
@@ -227,6 +281,7 @@ def test_hybrid_saves_fewer_activations_than_first_order(tiny_model):
 # Every enhancement trains -----------------------------------------------------------------------
 
 ENHANCEMENTS = [
+    {"block_level": "mlp-attn"},
     {"block_level": "layer"},
     {"block_level": "sublayer", "block_mode": "all"},
     {"hybrid_layers": 1},

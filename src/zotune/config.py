@@ -76,7 +76,7 @@ class OptimizerConfig:
     betas: list[float] | None = None
     adam_eps: float | None = None
     # Enhancements (zeroth-order optimizers; see zotune.enhance)
-    block_level: str | None = None  # layer, sublayer or linear: block-wise ZO
+    block_level: str | None = None  # mlp-attn, layer, sublayer or linear: block-wise ZO
     block_mode: str | None = None  # coordinate (default) or all
     hybrid_layers: int | float | None = None  # ZO layers from the input: an int, or a fraction
     sparsity: float | None = None  # fraction of each tensor's perturbation masked out, [0, 1)
