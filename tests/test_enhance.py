@@ -185,10 +185,40 @@ def test_mask_density_is_exact_and_stable_across_resampling(sparsity, distributi
     assert abs(overlap - density**2) < 5 * tolerance  # resampled: independent of the last one
 
 
-def test_research_codes_threshold_would_keep_phi_of_the_ratio():
-    # ZO-LLM keeps randn < 0.2: Φ(0.2) = 58%, where the user asked for 80%.
-    sampler, param = masked_sampler(0.2)
-    assert abs(kept(sampler, param).float().mean().item() - 0.8) < 0.01
+def research_code_kept_fraction(ratio: float, numel: int = 200_000) -> float:
+    """ZO-LLM's rule written out: ``z[randn < ratio] = 0`` (zo-bench/trainer.py with
+    ``fast_random_mask_like`` from zo-bench/gradient_pruning/pruning_utils.py)."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(numel, generator=gen)
+    z[torch.empty_like(z).normal_(generator=gen) < ratio] = 0
+    return (z != 0).float().mean().item()
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "table"])
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.5])
+def test_zo_llm_mode_masks_as_the_research_code_and_the_default_masks_exactly(
+    ratio, distribution
+):
+    numel = 200_000
+    research = research_code_kept_fraction(ratio, numel)
+    tolerance = 5 * math.sqrt(0.25 / numel)  # five binomial standard deviations, at worst
+    assert abs(research - (1 - ratio)) > 0.15  # the research rule is not "mask a fraction r"
+    param = torch.zeros(numel)
+    masked = tensor_sparsities([IndexedParam(0, param)], ratio, "uniform-zo-llm")
+    sampler = MaskedDirectionSampler(DirectionSampler(distribution), masked, seed=3)
+    assert abs(kept(sampler, param).float().mean().item() - research) < 2 * tolerance
+    exact, param = masked_sampler(ratio, distribution=distribution, numel=numel)
+    assert abs(kept(exact, param).float().mean().item() - (1 - ratio)) < tolerance
+
+
+def test_zo_llm_magnitude_mode_masks_phi_of_each_tensors_ratio():
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randn(4000, generator=gen) * 0.01
+    items = [IndexedParam(0, small), IndexedParam(5, torch.ones(4))]
+    exact = tensor_sparsities(items, 0.5, "magnitude")
+    research = tensor_sparsities(items, 0.5, "magnitude-zo-llm")
+    assert exact[5] == 0 and research[5] == 0.5  # ZO-LLM masks half of a tensor it keeps whole
+    assert research[0] == pytest.approx(0.5 * (1 + math.erf(exact[0] / math.sqrt(2))))
 
 
 def test_magnitude_sparsity_follows_a_global_quantile():
@@ -287,6 +317,7 @@ ENHANCEMENTS = [
     {"hybrid_layers": 1},
     {"sparsity": 0.5},
     {"sparsity": 0.5, "sparsity_mode": "magnitude", "mask_every": 5},
+    {"sparsity": 0.2, "sparsity_mode": "uniform-zo-llm"},
 ]
 
 

@@ -80,7 +80,7 @@ class OptimizerConfig:
     block_mode: str | None = None  # coordinate (default) or all
     hybrid_layers: int | float | None = None  # ZO layers from the input: an int, or a fraction
     sparsity: float | None = None  # fraction of each tensor's perturbation masked out, [0, 1)
-    sparsity_mode: str | None = None  # uniform (default) or magnitude
+    sparsity_mode: str | None = None  # uniform (default), magnitude, or either + "-zo-llm"
     mask_every: int | None = None  # resample the sparse mask every N steps (default 1)
     schedule: str = "constant"  # constant or linear (decay to 0 over the run)
 
