@@ -33,7 +33,7 @@ def trainable_ids(model):
 # Block partition ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", ["layer", "sublayer", "linear"])
+@pytest.mark.parametrize("level", ["mlp-attn", "layer", "sublayer", "linear"])
 @pytest.mark.parametrize("scheme", ["full", "lora", "prefix"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_partition_covers_every_trainable_parameter_exactly_once(
@@ -58,6 +58,60 @@ def test_layer_blocks_follow_the_module_tree(shape, tiny_model):
     assert all(names[n] == "head" for n in final_norms)  # OPT registers it before its layers
     sub = {group["block"] for group in partition(model, "sublayer")}
     assert {"layer.0.attn", "layer.0.mlp", "layer.1.attn", "layer.1.mlp"} <= sub
+
+
+# ZO-LLM's mlp-attn level (zo-bench/utils.py OPT_PERTURBATION_LEVEL_TO_REGEX): per layer the
+# attention module, fc1, fc2 and both LayerNorms; each embedding; the final LayerNorm.
+OPT_MLP_ATTN = [
+    "embeddings.model.decoder.embed_tokens",
+    "embeddings.model.decoder.embed_positions",
+    *[
+        f"layer.{i}.{part}"
+        for i in range(2)
+        for part in ("attn", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm")
+    ],
+    "head.model.decoder.final_layer_norm",
+]
+LLAMA_MLP_ATTN = [
+    "embeddings.model.embed_tokens",
+    *[
+        f"layer.{i}.{part}"
+        for i in range(2)
+        for part in (
+            "attn",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        )
+    ],
+    "head.model.norm",
+    "head.lm_head",  # tiny-llama's head is untied
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected", "attention"),
+    [
+        ("tiny-opt", OPT_MLP_ATTN, ("q_proj", "k_proj", "v_proj", "out_proj")),
+        ("tiny-llama", LLAMA_MLP_ATTN, ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ],
+)
+def test_mlp_attn_is_the_default_and_zo_bench_partition(shape, expected, attention, tiny_model):
+    model, _ = tiny_model(shape)
+    groups = partition(model)
+    assert [g["block"] for g in groups] == expected
+    layer_count = model.config.num_hidden_layers
+    assert len(groups) == (5 if shape == "tiny-opt" else 6) * layer_count + 3
+    names = block_names(model, "mlp-attn")
+    attn = {n for n, block in names.items() if block == "layer.0.attn"}
+    assert {n.split(".")[-2] for n in attn} == set(attention)  # projections, never a norm
+
+
+def test_mlp_attn_blocks_of_lora_are_the_attention_modules(tiny_model):
+    model, _ = tiny_model("tiny-opt", "lora")
+    assert [g["block"] for g in partition(model)] == ["layer.0.attn", "layer.1.attn"]
 
 
 def test_lora_blocks_hold_only_adapters(tiny_model):
@@ -131,10 +185,40 @@ def test_mask_density_is_exact_and_stable_across_resampling(sparsity, distributi
     assert abs(overlap - density**2) < 5 * tolerance  # resampled: independent of the last one
 
 
-def test_research_codes_threshold_would_keep_phi_of_the_ratio():
-    # ZO-LLM keeps randn < 0.2: Φ(0.2) = 58%, where the user asked for 80%.
-    sampler, param = masked_sampler(0.2)
-    assert abs(kept(sampler, param).float().mean().item() - 0.8) < 0.01
+def research_code_kept_fraction(ratio: float, numel: int = 200_000) -> float:
+    """ZO-LLM's rule written out: ``z[randn < ratio] = 0`` (zo-bench/trainer.py with
+    ``fast_random_mask_like`` from zo-bench/gradient_pruning/pruning_utils.py)."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(numel, generator=gen)
+    z[torch.empty_like(z).normal_(generator=gen) < ratio] = 0
+    return (z != 0).float().mean().item()
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "table"])
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.5])
+def test_zo_llm_mode_masks_as_the_research_code_and_the_default_masks_exactly(
+    ratio, distribution
+):
+    numel = 200_000
+    research = research_code_kept_fraction(ratio, numel)
+    tolerance = 5 * math.sqrt(0.25 / numel)  # five binomial standard deviations, at worst
+    assert abs(research - (1 - ratio)) > 0.15  # the research rule is not "mask a fraction r"
+    param = torch.zeros(numel)
+    masked = tensor_sparsities([IndexedParam(0, param)], ratio, "uniform-zo-llm")
+    sampler = MaskedDirectionSampler(DirectionSampler(distribution), masked, seed=3)
+    assert abs(kept(sampler, param).float().mean().item() - research) < 2 * tolerance
+    exact, param = masked_sampler(ratio, distribution=distribution, numel=numel)
+    assert abs(kept(exact, param).float().mean().item() - (1 - ratio)) < tolerance
+
+
+def test_zo_llm_magnitude_mode_masks_phi_of_each_tensors_ratio():
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randn(4000, generator=gen) * 0.01
+    items = [IndexedParam(0, small), IndexedParam(5, torch.ones(4))]
+    exact = tensor_sparsities(items, 0.5, "magnitude")
+    research = tensor_sparsities(items, 0.5, "magnitude-zo-llm")
+    assert exact[5] == 0 and research[5] == 0.5  # ZO-LLM masks half of a tensor it keeps whole
+    assert research[0] == pytest.approx(0.5 * (1 + math.erf(exact[0] / math.sqrt(2))))
 
 
 def test_magnitude_sparsity_follows_a_global_quantile():
@@ -227,11 +311,13 @@ def test_hybrid_saves_fewer_activations_than_first_order(tiny_model):
 # Every enhancement trains -----------------------------------------------------------------------
 
 ENHANCEMENTS = [
+    {"block_level": "mlp-attn"},
     {"block_level": "layer"},
     {"block_level": "sublayer", "block_mode": "all"},
     {"hybrid_layers": 1},
     {"sparsity": 0.5},
     {"sparsity": 0.5, "sparsity_mode": "magnitude", "mask_every": 5},
+    {"sparsity": 0.2, "sparsity_mode": "uniform-zo-llm"},
 ]
 
 

@@ -76,6 +76,15 @@ def test_best_checkpoint_is_chosen_on_validation(sst2_dir, tmp_path):
     assert result.best_step == -negative_step
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best, "the best checkpoint holds the trainable tensors"
+    # best.pt must hold θ at best_step: replay the same run, stopped there, and compare.
+    assert result.best_step > 0, "this seed's validation accuracy improves after step 0"
+    stopped = tmp_path / "stopped"
+    finetune(tiny_run(sst2_dir, stopped, train__steps=result.best_step, optimizer__lr=5e-3))
+    at_best = torch.load(stopped / "last.pt", weights_only=False)
+    assert at_best["step"] == result.best_step
+    assert best.keys() == at_best["trainable"].keys()
+    for name, value in best.items():
+        torch.testing.assert_close(value, at_best["trainable"][name], rtol=0, atol=0)
 
 
 def _trainable_after(path):

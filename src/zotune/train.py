@@ -95,7 +95,14 @@ def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed
 
 
 class MetricsLog:
-    """Metrics as JSON lines, flushed per line (a crash loses at most the line in flight)."""
+    """Metrics as JSON lines, flushed per line (a crash loses at most the line in flight).
+
+    A training step's ``loss`` is the loss the optimizer's step returned: for a two-point ZO
+    estimate the mean of f(θ + εz_k) and f(θ − εz_k) over its q queries (block-wise: the
+    first block's), for a one-point estimate the mean of f(θ), for Forward-Grad and the
+    first-order optimizers f(θ) before the update. MeZO and ZO-LLM log f(θ + εz) alone
+    (``zo_step`` returns ``loss1``), so their logged ZO losses sit one-sided, O(ε), off ours.
+    """
 
     def __init__(self, path: Path | None, append: bool) -> None:
         self.path = path

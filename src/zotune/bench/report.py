@@ -41,7 +41,7 @@ PARTIAL_MARK = "*"
 # ZO-Bench (Zhang et al., ICML 2024): SST-2 test accuracy (%) of OPT-1.3B for the
 # optimizers and schemes it reports there. Shown beside an SST-2 table for its shape only: the
 # paper's model, data and step budget (20k ZO steps) differ from any CPU suite's.
-PAPER_SST2_OPT13B = {
+PAPER_SST2_OPT_1_3B = {
     "fo-sgd": {"full": 91.1, "lora": 93.6, "prefix": 93.1, "prompt": 92.8},
     "zo-sgd": {"full": 90.8, "lora": 90.1, "prefix": 91.4, "prompt": 84.4},
     "zo-sgd-sign": {"full": 87.2, "lora": 91.5, "prefix": 89.5, "prompt": 72.9},
@@ -239,7 +239,7 @@ def _paper_comparison(section: Section) -> list[str]:
     if section.task != "sst2":
         return []
     rows = []
-    for optimizer, paper in PAPER_SST2_OPT13B.items():
+    for optimizer, paper in PAPER_SST2_OPT_1_3B.items():
         row = [optimizer]
         for scheme in section.schemes:
             ours = _accuracy_cell(section.selection(optimizer, scheme))

@@ -23,6 +23,13 @@ the other trainable tensors form the ``embeddings`` block when they belong to an
 norm, LM head). Registration order is no guide: OPT registers its final norm before its
 layers. Levels:
 
+* ``mlp-attn`` (the default, ZO-Bench's level): in each layer the attention module is one block
+  (its norms excepted) and every other module owning trainable tensors is its own block (OPT's
+  ``fc1``, ``fc2``, ``self_attn_layer_norm`` and ``final_layer_norm``; LLaMA's ``gate_proj``,
+  ``up_proj``, ``down_proj``, ``input_layernorm`` and ``post_attention_layernorm``); outside
+  the layers, each embedding, the final norm and an untied LM head are blocks of their own.
+  This is ZO-LLM's ``mlp-attn`` (``OPT_PERTURBATION_LEVEL_TO_REGEX`` in zo-bench/utils.py,
+  OPT only there): 5L + 3 blocks for an L-layer OPT, 6L + 3 for LLaMA with an untied head;
 * ``layer``: embeddings, each layer, head;
 * ``sublayer``: each layer split in two: ``attn`` (the tensors of children whose name holds
   "attn" or "attention", norms excepted) and ``mlp`` (the rest of the layer, norms included:
@@ -44,7 +51,7 @@ from typing import Any
 
 import torch
 
-BLOCK_LEVELS = ("layer", "sublayer", "linear")
+BLOCK_LEVELS = ("mlp-attn", "layer", "sublayer", "linear")
 BLOCK_MODES = ("coordinate", "all")
 
 # Module-path parts that mark input-side tensors besides "embed…" (GPT-2's wte/wpe, peft's
@@ -84,6 +91,17 @@ def _sublayer(name: str, prefix: str, owner: torch.nn.Module) -> str:
     return "attn" if in_attention and not _is_norm(owner) else "mlp"
 
 
+def _module_block(name: str, prefix: str, layer: int, owner: torch.nn.Module) -> str:
+    """``mlp-attn`` inside layer ``layer``: its attention module, or the owning module's path."""
+    path = name[len(prefix) :].split(".")[1:-1]  # after the layer index, before the tensor
+    if not path:
+        return f"layer.{layer}"
+    in_attention = "attn" in path[0] or "attention" in path[0]
+    if in_attention and not _is_norm(owner):
+        return f"layer.{layer}.attn"
+    return ".".join([f"layer.{layer}", *path])
+
+
 def _side(name: str, owner: torch.nn.Module) -> str:
     path = name.split(".")[:-1]
     input_side = isinstance(owner, torch.nn.Embedding) or any(
@@ -108,8 +126,12 @@ def block_names(model: torch.nn.Module, level: str) -> dict[str, str]:
         layer = _layer_of(name, prefix)
         if level == "linear":
             assignment[name] = owner_name or name
+        elif layer is None and level == "mlp-attn":
+            assignment[name] = f"{_side(name, owner)}.{owner_name or name}"
         elif layer is None:
             assignment[name] = _side(name, owner)
+        elif level == "mlp-attn":
+            assignment[name] = _module_block(name, prefix, layer, owner)
         elif level == "layer":
             assignment[name] = f"layer.{layer}"
         else:
@@ -117,7 +139,7 @@ def block_names(model: torch.nn.Module, level: str) -> dict[str, str]:
     return assignment
 
 
-def partition(model: torch.nn.Module, level: str = "layer") -> list[dict[str, Any]]:
+def partition(model: torch.nn.Module, level: str = "mlp-attn") -> list[dict[str, Any]]:
     """The trainable parameters of ``model`` as torch param groups, one per block.
 
     Each group is ``{"params": [...], "block": name}``, in the order the model registers
@@ -132,7 +154,7 @@ def partition(model: torch.nn.Module, level: str = "layer") -> list[dict[str, An
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to partition")
     def position(block: str) -> int:  # input side first, output side last
-        return {"embeddings": 0, "head": 2}.get(block, 1)
+        return {"embeddings": 0, "head": 2}.get(block.split(".")[0], 1)
 
     ordered = sorted(groups.items(), key=lambda item: position(item[0]))
     return [{"params": members, "block": block} for block, members in ordered]

@@ -16,6 +16,14 @@ Per-tensor sparsity s_i (the fraction of entries masked out):
   s_i = fraction of tensor i's entries with |θ| < τ (the paper's layer-wise pruning ratios).
   They are computed once, when the optimizer is built (from the weights it is given); the
   quantile uses an evenly strided sample of at most 2^22 values.
+* ``uniform-zo-llm``, ``magnitude-zo-llm``: the same ratios r_i, masked by the research
+  code's rule, so that the paper's sparsity axis can be reproduced. ZO-LLM zeroes the entries
+  of z where a standard normal draw is below the ratio (``fast_random_mask_like`` in
+  zo-bench/gradient_pruning/pruning_utils.py, applied as ``z[mask] = 0`` in zo-bench/trainer.py),
+  so it masks out s_i = Φ(r_i) of them, Φ the standard normal CDF: a ratio of 0.2 masks 58%
+  and keeps 42%; 0.5 masks 69%; a tensor whose ratio is 0 still loses half. (ZO-LLM's
+  ``sparse_gradient_group`` "layer" and "global" are the two ratio rules; its global
+  threshold is the quantile of a random sample of every weight, frozen ones included.)
 
 Each entry is kept with probability 1 − s_i, from a stream keyed by (mask seed, period,
 tensor index, chunk), where period = ⌊step / mask_every⌋. The mask is therefore regenerated,
@@ -32,9 +40,8 @@ direction sampler's (:mod:`zotune.estimators.directions`):
   uniforms per chunk in every pass had cost as much as sampling the directions themselves
   (the cost the table removes), which tripled a sparse step on CPU.
 
-Departure from the research code: ZO-LLM keeps entries with ``randn < ratio``, which keeps
-Φ(ratio) of them (ratio 0.2 masks 42%, not 20%, and keeps 58%); zotune's density is exactly
-1 − s_i in expectation (tested within binomial tolerance).
+The default modes mask exactly the fraction asked, s_i, in expectation (tested within
+binomial tolerance), where ZO-LLM masks Φ(r_i); the ``-zo-llm`` modes are its rule.
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ import torch
 from ..estimators.base import IndexedParam
 from ..estimators.directions import DirectionSampler, circular_slices, mix_seed, noise_table
 
-SPARSITY_MODES = ("uniform", "magnitude")
+SPARSITY_MODES = ("uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm")
+_RESEARCH_SUFFIX = "-zo-llm"
 
 _QUANTILE_SAMPLE = 1 << 22
 _MASK_SALT = 0x5BA25E  # separates the mask stream from the direction stream of the same seed
@@ -68,9 +76,21 @@ def check_sparsity(sparsity: float, mode: str, mask_every: int) -> None:
 def tensor_sparsities(
     params: Sequence[IndexedParam], sparsity: float, mode: str
 ) -> dict[int, float]:
-    """Tensor index → fraction of its entries to mask out."""
+    """Tensor index → fraction of its entries to mask out (Φ of the ratio in ``*-zo-llm``)."""
     if sparsity == 0:
         return {}
+    ratios = _ratios(params, sparsity, mode.removesuffix(_RESEARCH_SUFFIX))
+    if mode.endswith(_RESEARCH_SUFFIX):
+        return {index: normal_cdf(ratio) for index, ratio in ratios.items()}
+    return ratios
+
+
+def normal_cdf(x: float) -> float:
+    """Φ(x) = P(N(0, 1) < x): the fraction ZO-LLM's ``randn < x`` mask removes."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _ratios(params: Sequence[IndexedParam], sparsity: float, mode: str) -> dict[int, float]:
     if mode == "uniform":
         return {item.index: float(sparsity) for item in params}
     total = sum(item.param.numel() for item in params)
