@@ -180,6 +180,7 @@ class TrainConfig:
     seed: int = key(0, "run seed: data sample, batch order, adapter init and ZO directions")
     output_dir: str | None = key(None, "run folder: config, metrics, checkpoints, result")
     resume: bool = key(False, "continue the run in --output-dir from its last checkpoint")
+    overwrite: bool = key(False, "replace the run already in --output-dir")
     eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
     progress: bool = key(True, "progress bars")
     parallel: str = key(

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one) and
+folder locks (one process at a time in a run or results folder)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -24,3 +26,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class FolderLock:
+    """An exclusive advisory lock on ``folder`` (a lock file inside it), held while in the
+    ``with`` block; a second holder gets RuntimeError("<busy>") at once, never a wait."""
+
+    def __init__(self, folder: Path, lock_name: str, busy: str) -> None:
+        self.path = Path(folder) / lock_name
+        self.busy = busy
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one process per folder is up to you
+            return self
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            self._file = None
+            raise RuntimeError(self.busy) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -71,7 +71,35 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
         )
+    if config.train.resume and not config.train.output_dir:
+        raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed)
+    _check_scheme_options(config)
+
+
+# Tuning keys that only one scheme reads.
+SCHEME_OPTIONS = {
+    "lora_r": "lora",
+    "lora_alpha": "lora",
+    "prefix_tokens": "prefix",
+    "prefix_init": "prefix",
+    "prompt_tokens": "prompt",
+    "prompt_init_text": "prompt",
+}
+
+
+def _check_scheme_options(config: RunConfig) -> None:
+    """A scheme's option set for another scheme would be ignored: refuse it, naming both."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config.tuning)}
+    for key, scheme in SCHEME_OPTIONS.items():
+        value = getattr(config.tuning, key)
+        if value != defaults[key] and config.tuning.scheme != scheme:
+            raise ConfigError(
+                f"tuning.{key}={value!r} applies to {scheme} tuning, not to "
+                f"tuning.scheme={config.tuning.scheme!r}"
+            )
 
 
 @dataclass
@@ -227,6 +255,7 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     """Build a :class:`Run` for ``config`` (already resolved, see :func:`resolve_config`)."""
     log = log_line if group is None or group.is_main else no_log
     device_name = str(group.device(config.model.device)) if group else config.model.device
+    splits = load_task_splits(config, log)  # before the model: bad data fails in seconds
     tuned = build_model(config, device_name)
     log(
         f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "
@@ -239,7 +268,7 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
         device=execution_device(tuned.model),
         trainable_parameters=tuned.trainable_parameters,
         total_parameters=tuned.total_parameters,
-        splits=load_task_splits(config, log),
+        splits=splits,
         scorer=make_scorer(tuned.model, tuned.loaded, config),
         group=group,
         log=log,

@@ -9,6 +9,7 @@ at the end, on that checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import torch
 
 from .checkpoints import LAST_FILE, Checkpoints
 from .config import ConfigError, RunConfig
@@ -34,10 +35,14 @@ from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
 from .run import Run, resolve_config, setup
+from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 from .tasks import Example
 
 # A run stops after this many non-finite losses in a row: one is a bad batch, many a diverged run.
 MAX_CONSECUTIVE_NONFINITE = 10
+# A run that skipped more than this fraction of its steps is reported as failed (non-zero
+# exit), its result written: it did not train as configured.
+MAX_SKIPPED_FRACTION = 0.1
 
 
 @dataclass
@@ -59,22 +64,21 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     world_size: int = 1
     comm_bytes_per_step: float | None = None  # what one process hands to collectives per step
+    test_examples: int = 0
+    val_examples: int = 0
 
     def summary(self) -> str:
-        before = (
-            f"test accuracy before {self.test_accuracy_before:.1%}, "
-            if self.test_accuracy_before is not None
-            else ""
-        )
-        gain = (
-            f" ({(self.test_accuracy - self.test_accuracy_before) * 100:+.1f} points)"
-            if self.test_accuracy_before is not None
-            else ""
-        )
+        before = ""
+        if self.test_accuracy_before is not None:
+            gain = (self.test_accuracy - self.test_accuracy_before) * 100
+            before = f", {self.test_accuracy_before:.1%} before training, {gain:+.1f} points"
+        skipped = f", {self.skipped_steps} steps skipped" if self.skipped_steps else ""
         return (
-            f"{before}after {self.test_accuracy:.1%}{gain}; best val {self.best_val_accuracy:.1%} "
-            f"at step {self.best_step}; {self.seconds_per_step:.3f} s/step, "
-            f"peak memory {self.peak_memory_mb:.0f} MB"
+            f"test accuracy {self.test_accuracy:.1%} ({self.test_examples} examples{before}) "
+            f"with the best validation checkpoint: validation accuracy "
+            f"{self.best_val_accuracy:.1%} ({self.val_examples} examples) at step "
+            f"{self.best_step}; {self.seconds_per_step:.3f} s/step, peak memory "
+            f"{self.peak_memory_mb:.0f} MB{skipped}"
         )
 
 
@@ -130,6 +134,10 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     written with ``__`` (``finetune(task__name="copa", optimizer__lr=1e-4)``).
     """
     config = resolve_config(config, **overrides)
+    out = config.train.output_dir
+    folder = RunFolder(Path(out)) if out else None
+    if folder is not None:
+        folder.check(config)
     group = None
     if launched_by_torchrun():
         if config.model.device_map is not None:
@@ -138,8 +146,10 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
                 "torchrun: each process would place the whole model on every device"
             )
         group = init_process_group(config.model.device)
-    run = setup(config, group=group)
-    result = train(run)
+    locked = folder is not None and (group is None or group.is_main)
+    with folder.lock() if locked else contextlib.nullcontext():
+        run = setup(config, group=group)
+        result = train(run)
     if group is not None:
         leave_process_group(group)
     return result
@@ -153,14 +163,17 @@ def train(run: Run) -> RunResult:
     # Only the main process writes files; every process reads them back on --resume.
     writes = out if run.is_main else None
     checkpoints = Checkpoints(run.model, out, writes=run.is_main)
-    if writes is not None:
-        atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
+    folder = RunFolder(out) if writes is not None else None
     start_step, before = 0, None
     resumed = checkpoints.resume(optimizer, scheduler, run.device) if cfg_train.resume else None
+    if folder is not None:
+        folder.start(config)
     if resumed is not None:
         start_step, before = resumed.step, resumed.test_accuracy_before
         log(f"resumed from {out / LAST_FILE} at step {start_step}")
-    metrics = MetricsLog(writes / "metrics.jsonl" if writes else None, append=start_step > 0)
+        if folder is not None:
+            folder.truncate_metrics(start_step)
+    metrics = MetricsLog(writes / METRICS_FILE if writes else None, append=start_step > 0)
 
     if cfg_train.eval_test_before and before is None:
         before = run.accuracy(run.splits.test)
@@ -179,43 +192,47 @@ def train(run: Run) -> RunResult:
     for step in progress:
         examples = batch_for_step(run.splits.train, step, cfg_train.batch_size, cfg_train.seed)
         batch = scorer.encode_for_loss(run.local_batch(examples))
+        record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
         try:
-            loss = optimizer.step(lambda batch=batch: scorer.loss(batch))
+            loss = _step(run, lambda batch=batch: scorer.loss(batch), step)
         except NonFiniteLossError as error:
             skipped += 1
             consecutive_bad += 1
-            metrics.write({"step": step + 1, "skipped": str(error)})
+            record["skipped"] = str(error)
             if consecutive_bad >= MAX_CONSECUTIVE_NONFINITE:
+                metrics.write(record)
                 raise NonFiniteLossError(
                     f"{consecutive_bad} non-finite losses in a row at step {step + 1}: the run "
                     f"diverged (lower optimizer.lr, currently {config.optimizer.lr})"
                 ) from error
             scheduler.step()
-            continue
-        consecutive_bad = 0
-        step_times.append(time.perf_counter() - tick)
-        scheduler.step()
-        record = {
-            "step": step + 1,
-            "loss": float(loss),
-            "lr": optimizer.param_groups[0]["lr"],
-            "step_seconds": step_times[-1],
-            "peak_memory_mb": peak_memory_mb(run.device),
-        }
-        if run.traffic is not None:
-            record["comm_bytes"], record["collectives"] = run.traffic.take()
-            comm_bytes.append(record["comm_bytes"])
-        if hasattr(progress, "set_postfix"):
-            progress.set_postfix(loss=f"{float(loss):.4f}", best_val=f"{checkpoints.best_val:.3f}")
+        else:
+            consecutive_bad = 0
+            step_times.append(time.perf_counter() - tick)
+            scheduler.step()
+            record.update(
+                loss=float(loss),
+                lr=optimizer.param_groups[0]["lr"],
+                step_seconds=step_times[-1],
+                peak_memory_mb=peak_memory_mb(run.device),
+            )
+            if run.traffic is not None:
+                record["comm_bytes"], record["collectives"] = run.traffic.take()
+                comm_bytes.append(record["comm_bytes"])
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(
+                    loss=f"{float(loss):.4f}", best_val=f"{checkpoints.best_val:.3f}"
+                )
         done = step + 1 == cfg_train.steps
         if (step + 1) % cfg_train.eval_every == 0 or done:
+            _check_weights_finite(run, step + 1, checkpoints, metrics, record)
             val = run.accuracy(run.splits.val)
             record["val_accuracy"] = val
             checkpoints.consider(step + 1, val)
             checkpoints.save_last(step + 1, optimizer, scheduler, before)
         metrics.write(record)
-        if not math.isfinite(float(loss)):
+        if "loss" in record and not math.isfinite(record["loss"]):
             raise NonFiniteLossError(f"non-finite loss at step {step + 1}")
     train_seconds = time.perf_counter() - train_start
 
@@ -245,13 +262,57 @@ def train(run: Run) -> RunResult:
         history=metrics.records,
         world_size=run.group.world_size if run.group else 1,
         comm_bytes_per_step=statistics.fmean(comm_bytes) if comm_bytes else None,
+        test_examples=len(run.splits.test),
+        val_examples=len(run.splits.val),
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     metrics.write({"step": cfg_train.steps, "final": final})
     metrics.close()
     if writes is not None:
-        atomic_write(out / "result.json", lambda p: p.write_text(json.dumps(final, indent=2)))
+        atomic_write(out / RESULT_FILE, lambda p: p.write_text(json.dumps(final, indent=2)))
+    steps_run = cfg_train.steps - start_step
+    if steps_run and skipped > MAX_SKIPPED_FRACTION * steps_run:
+        raise NonFiniteLossError(
+            f"{skipped} of {steps_run} steps were skipped for non-finite losses (more than "
+            f"{MAX_SKIPPED_FRACTION:.0%}): the run did not train as configured (lower "
+            f"optimizer.lr, currently {config.optimizer.lr:g})"
+        )
     return result
+
+
+class DivergedError(FloatingPointError):
+    """The trainable weights hold non-finite values: the run diverged."""
+
+
+def _step(run: Run, closure, step: int):
+    """One optimizer step; an update that overflows the weights' dtype is named as such."""
+    try:
+        return run.optimizer.step(closure)
+    except RuntimeError as error:
+        if "overflow" not in str(error):
+            raise
+        raise DivergedError(
+            f"step {step + 1}: the update overflowed the {run.config.model.dtype} weights "
+            f"(optimizer.lr={run.config.optimizer.lr:g}); lower the learning rate or train in "
+            "float32 or bfloat16"
+        ) from None
+
+
+def _check_weights_finite(run: Run, step: int, checkpoints, metrics, record) -> None:
+    """A model with a non-finite trainable value is never evaluated as a candidate."""
+    with torch.no_grad():
+        finite = all(
+            bool(torch.isfinite(p).all()) for p in run.model.parameters() if p.requires_grad
+        )
+    if finite:
+        return
+    record["diverged"] = "non-finite trainable weights"
+    metrics.write(record)
+    raise DivergedError(
+        f"step {step}: the trainable weights hold non-finite values, so the run diverged "
+        f"(best validation {checkpoints.best_val:.1%} at step {checkpoints.best_step}); lower "
+        f"optimizer.lr, currently {run.config.optimizer.lr:g}"
+    )
 
 
 def _median(values: list[float]) -> float:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..files import FolderLock
 from .environment import hardware_description, hostname, usable_cpus, zotune_version
 from .progress import ProgressDisplay
 from .store import ResultsStore, RunRecord, SuitePlan
@@ -376,31 +377,9 @@ def _failure_message(code: int, log_path: Path, start: int) -> str:
     return last or f"the worker exited with code {code} and no output"
 
 
-class _exclusive:
+def _exclusive(results_dir: Path) -> FolderLock:
     """An exclusive lock on a results folder: two runners there would do the same runs twice."""
-
-    def __init__(self, results_dir: Path) -> None:
-        self.path = results_dir / LOCK_FILE
-        self._file: TextIO | None = None
-
-    def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one runner per folder is up to you
-            return
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise RuntimeError(
-                f"another zotune bench is running in {self.path.parent}"
-            ) from None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
+    return FolderLock(results_dir, LOCK_FILE, f"another zotune bench is running in {results_dir}")
 
 
 class _sigterm_as_interrupt:

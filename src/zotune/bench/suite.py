@@ -81,6 +81,7 @@ DEFAULT_SELECTOR = "default"
 PLACEMENT_KEYS = (
     ("train", "output_dir", None),
     ("train", "resume", False),
+    ("train", "overwrite", False),
     ("train", "progress", False),
     ("task", "data_dir", None),
 )

@@ -97,7 +97,11 @@ def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     job = copy.deepcopy(job)
     torch.set_num_threads(job["threads"])
     data = job["config"]
-    data["train"].update(output_dir=str(run_dir), resume=job["resume"], progress=False)
+    # The run folder is the bench's: a run killed before its first checkpoint starts over.
+    data["train"].update(
+        output_dir=str(run_dir), resume=job["resume"], overwrite=not job["resume"],
+        progress=False,
+    )
     config = build_config(data)
     started = time.time()
     result = finetune(config)

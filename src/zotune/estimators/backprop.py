@@ -13,9 +13,10 @@ class BackpropEstimator:
     """ĝ = ∇f(θ) by reverse-mode AD, so the FO baselines share the ZO update rules.
 
     With a closure, the gradients are cleared, the closure's loss is computed with grad
-    enabled and backpropagated here (zotune closures return the loss and never call
-    ``backward`` themselves). Without one, ``param.grad`` is used as the caller left it,
-    as with ``torch.optim``.
+    enabled and backpropagated here (zotune closures return the loss). A standard
+    ``torch.optim`` closure that calls ``backward`` itself works too: gradients present
+    after it returns are its own, and are not computed twice. Without a closure,
+    ``param.grad`` is used as the caller left it, as with ``torch.optim``.
     """
 
     forward_passes = 1
@@ -29,6 +30,8 @@ class BackpropEstimator:
             item.param.grad = None
         with torch.enable_grad():
             loss = closure()
+            if isinstance(loss, torch.Tensor) and any(i.param.grad is not None for i in params):
+                return BackpropEstimate(loss=loss.detach())
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 raise ValueError(
                     "the closure's loss does not require grad: first-order optimizers need a "

@@ -112,6 +112,10 @@ def as_loss(value: torch.Tensor) -> torch.Tensor:
 def evaluate(closure: Closure) -> torch.Tensor:
     """Call a loss closure and return its value as a detached 0-d float tensor."""
     value = closure()
+    if isinstance(value, bool) or (
+        isinstance(value, torch.Tensor) and value.dtype == torch.bool
+    ):
+        raise TypeError("closure must return a scalar loss, got a boolean")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(

@@ -88,12 +88,18 @@ class RandomGradientEstimator:
         mine = self.sharing.queries(q)
         table = probe_table(q, 2)  # row k: f(θ + εz_k), f(θ − εz_k)
         previous: list[tuple[int, float]] = []  # the move that undoes the last probe
-        for k in mine:
-            shift(params, self.sampler, [*previous, (seeds[k], eps)])
-            table[k, 0] = evaluate(closure)
-            shift(params, self.sampler, [(seeds[k], -eps), (seeds[k], -eps)])
-            table[k, 1] = evaluate(closure)
-            previous = [(seeds[k], eps)]
+        undo: list[tuple[int, float]] = []  # the move back to θ from where θ is now
+        try:
+            for k in mine:
+                shift(params, self.sampler, [*previous, (seeds[k], eps)])
+                undo = [(seeds[k], -eps)]
+                table[k, 0] = evaluate(closure)
+                shift(params, self.sampler, [(seeds[k], -eps), (seeds[k], -eps)])
+                undo = previous = [(seeds[k], eps)]
+                table[k, 1] = evaluate(closure)
+        except BaseException:
+            shift(params, self.sampler, undo)  # a failing closure must not leave θ moved
+            raise
         table = self.sharing.combine(table)
         check_finite(table, lambda: shift(params, self.sampler, previous))
         coeffs = (table[:, 0] - table[:, 1]) / (2 * eps * q)
@@ -115,10 +121,14 @@ class RandomGradientEstimator:
         previous: list[tuple[int, float]] = []
         if len(mine):
             table[list(mine), 0] = float(evaluate(closure))
-        for k in mine:
-            shift(params, self.sampler, [*previous, (seeds[k], eps)])
-            table[k, 1] = evaluate(closure)
-            previous = [(seeds[k], -eps)]
+        try:
+            for k in mine:
+                shift(params, self.sampler, [*previous, (seeds[k], eps)])
+                previous = [(seeds[k], -eps)]
+                table[k, 1] = evaluate(closure)
+        except BaseException:
+            shift(params, self.sampler, previous)  # a failing closure must not leave θ moved
+            raise
         table = self.sharing.combine(table)
         check_finite(table, lambda: shift(params, self.sampler, previous))
         coeffs = (table[:, 1] - table[:, 0]) / (eps * q)
