@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark suite: only its missing (and, by default, failed) runs."""
     from .bench.runner import Runner, describe_plan, plan
-    from .bench.store import DB_NAME, ResultsStore
+    from .bench.store import ResultsStore, store_exists
     from .bench.suite import load_suite
 
     if args.ray is not None and "=" in args.ray:
@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else Path("results") / suite.name
     if args.dry_run:
         statuses = {}
-        if (results / DB_NAME).is_file():
+        if store_exists(results):
             with ResultsStore(results, create=False) as store:
                 statuses = store.statuses()
         print(describe_plan(plan(suite, statuses, args.retry_failed, args.only)))
