@@ -120,8 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
-    import torch
-
+    from .checkpoints import load_trainable_checkpoint
     from .config import load_config
     from .train import _build_model, load_task_splits, load_trainable_state, make_scorer
 
@@ -133,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = load_config(None, dict(dotted))
     model, loaded, _, _ = _build_model(config)
     if run_dir is not None:
-        load_trainable_state(model, torch.load(run_dir / "best.pt", weights_only=True))
+        load_trainable_state(model, load_trainable_checkpoint(run_dir / "best.pt"))
     splits = load_task_splits(config)
     scorer = make_scorer(model, loaded, config)
     split = getattr(splits, args.split)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from .checkpoints import load_resume_checkpoint, load_trainable_checkpoint
 from .config import ConfigError, RunConfig, build_config, load_config
 from .distributed import (
     broadcast_parameters,
@@ -235,6 +236,14 @@ def _check(config: RunConfig) -> None:
             f"optimizer.name: unknown optimizer {config.optimizer.name!r} "
             f"(choose from {', '.join(OPTIMIZERS)})"
         )
+    from .models import resolve_device
+
+    if config.model.device_map is None:
+        resolve_device(config.model.device)  # CUDA asked for on a machine without it
+    for key in ("num_train", "num_val", "num_test"):
+        value = getattr(config.task, key)
+        if value < 1:
+            raise ConfigError(f"task.{key}: must be at least 1, got {value}")
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size"):
         value = getattr(config.train, key)
         if value < (0 if key == "steps" else 1):
@@ -316,7 +325,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     if writes is not None:
         atomic_write(out / "config.yaml", lambda p: p.write_text(yaml.safe_dump(config.to_dict())))
     if out is not None and cfg_train.resume and (out / "last.pt").exists():
-        ckpt = torch.load(out / "last.pt", weights_only=False, map_location=device)
+        ckpt = load_resume_checkpoint(out / "last.pt", map_location=device)
         load_trainable_state(model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -408,7 +417,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     train_seconds = time.perf_counter() - train_start
 
     if best_state is None and writes is not None:
-        best_state = torch.load(out / "best.pt", weights_only=True, map_location=device)
+        best_state = load_trainable_checkpoint(out / "best.pt", map_location=device)
     if best_state is not None:
         load_trainable_state(model, best_state)
     if group is not None:

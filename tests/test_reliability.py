@@ -1,0 +1,117 @@
+"""Bad input and damaged files a user can meet, each answered by one clear line (issue 17's
+cases; docs/reliability.md lists them with the test that holds each)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from zotune import cli
+from zotune import train as train_module
+
+TINY = ["--model=random:tiny-llama", "--num-train=16", "--num-val=6", "--num-test=8",
+        "--batch-size=4", "--eval-every=1", "--no-progress"]
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(err):
+    """The ``zotune: error:`` line of a failed command (there must be exactly one)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("zotune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# Damaged checkpoints (issue 17, item 15) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(sst2_dir, tmp_path_factory):
+    """A finished two-step run's output folder (last.pt, best.pt)."""
+    out = tmp_path_factory.mktemp("run") / "R"
+    code = cli.main(["train", *TINY, f"--data-dir={sst2_dir}", "--steps=2", "--output-dir",
+                     str(out)])
+    assert code == 0
+    return out
+
+
+def empty(path):
+    path.write_bytes(b"")
+
+
+def truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path):
+    path.write_bytes(b"not a checkpoint at all\n" * 10)
+
+
+def without_keys(path):
+    torch.save({"step": 2}, path)
+
+
+def empty_mapping(path):
+    torch.save({}, path)
+
+
+def not_tensors(path):
+    torch.save({"model.embed_tokens.weight": [1, 2, 3]}, path)
+
+
+@pytest.mark.parametrize("damage", [empty, truncated, garbage, without_keys, empty_mapping,
+                                    not_tensors])
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_damaged_checkpoint_is_named_in_one_line(name, damage, finished_run, sst2_dir,
+                                                    tmp_path, capsys):
+    out = tmp_path / "R"
+    shutil.copytree(finished_run, out)
+    damage(out / name)
+    if name == "last.pt":
+        argv = ["train", *TINY, f"--data-dir={sst2_dir}", "--steps=4", "--output-dir", out,
+                "--resume"]
+    else:
+        argv = ["eval", out]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert str(out / name) in one_error_line(err)
+
+
+# Settings refused before anything loads (issue 17, item 15) --------------------------------
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Fail the test if the run gets as far as building its model."""
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(train_module, "_build_model", build_model)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device=cuda"], "device 'cuda' requested but CUDA is not available"),
+        (["--device=cuda:0"], "device 'cuda:0' requested but CUDA is not available"),
+        (["--device=gpu"], "unknown device 'gpu'"),
+        (["--num-train=0"], "task.num_train: must be at least 1, got 0"),
+        (["--num-val=0"], "task.num_val: must be at least 1, got 0"),
+        (["--num-test=-3"], "task.num_test: must be at least 1, got -3"),
+    ],
+)
+def test_settings_that_cannot_run_are_refused_before_loading(flags, message, nothing_loads,
+                                                              sst2_dir, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(["train", *TINY, f"--data-dir={sst2_dir}", "--steps=1", *flags],
+                           capsys)
+    assert code == 2
+    assert message in one_error_line(err)
