@@ -115,3 +115,48 @@ def test_settings_that_cannot_run_are_refused_before_loading(flags, message, not
                            capsys)
     assert code == 2
     assert message in one_error_line(err)
+
+
+# TSV columns by header name (issue 17, item 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "rows"),
+    [
+        (["idx\tsentence\tlabel", "7\tgreat fun\t1", "8\tdull\t0"],
+         [("great fun", "1"), ("dull", "0")]),
+        (["label\tsentence", "1\tgreat fun"], [("great fun", "1")]),
+        (["text\tlabel", "great fun\t1"], [("great fun", "1")]),
+        (["Sentence \t Label", "great fun\t1"], [("great fun", "1")]),
+        (["great fun\t1", "dull\t0"], [("great fun", "1"), ("dull", "0")]),
+    ],
+    ids=["index-first", "label-first", "renamed", "spaced-capitals", "no-header"],
+)
+def test_tsv_columns_are_read_by_header_name(lines, rows, tmp_path):
+    from zotune.tasks.formats import read_glue_tsv
+
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    assert [(row["sentence"], row["label"]) for _, row in read_glue_tsv(path)] == rows
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["idx\tsentence\tgold", "7\tgreat\t1"], "train.tsv: the header lacks a 'label' column"),
+        (["idx\tcomment\tlabel", "7\tgreat\t1"],
+         "train.tsv: the header lacks a 'sentence' (or 'text') column"),
+        (["7\tgreat fun\t1"], "train.tsv: no header, and 3 columns"),
+        (["sentence\tlabel", "great fun"],
+         "train.tsv line 2: expected text<TAB>label in 2 columns, found 1"),
+    ],
+)
+def test_a_tsv_without_the_expected_columns_is_refused(lines, message, tmp_path):
+    from zotune.tasks import TaskDataError
+    from zotune.tasks.formats import read_glue_tsv
+
+    path = tmp_path / "train.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TaskDataError, match="^" + str(tmp_path).replace("\\", "\\\\")) as error:
+        list(read_glue_tsv(path))
+    assert message in str(error.value) and "\n" not in str(error.value)
