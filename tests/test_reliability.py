@@ -160,3 +160,62 @@ def test_a_tsv_without_the_expected_columns_is_refused(lines, message, tmp_path)
     with pytest.raises(TaskDataError, match="^" + str(tmp_path).replace("\\", "\\\\")) as error:
         list(read_glue_tsv(path))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+# Numbers YAML 1.1 reads as strings (issue 17, item 17) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("optimizer: {lr: 1e-4}", "optimizer.lr", 1e-4),
+        ("optimizer: {eps: 1E-3}", "optimizer.eps", 1e-3),
+        ("optimizer: {sparsity: 5e-1}", "optimizer.sparsity", 0.5),
+        ("optimizer: {hybrid_layers: 5e-1}", "optimizer.hybrid_layers", 0.5),
+        ("optimizer: {lr: +1e-4}", "optimizer.lr", 1e-4),
+    ],
+)
+def test_a_config_file_number_in_exponent_form_is_a_number(text, key, value, tmp_path):
+    from zotune.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text + "\n")
+    section, name = key.split(".")
+    read = getattr(getattr(load_config(path), section), name)
+    assert read == value and isinstance(read, float)
+    override = getattr(getattr(load_config(None, [f"{key}={text.split(': ')[-1][:-1]}"]),
+                               section), name)
+    assert override == value
+
+
+def test_a_suite_sweep_in_exponent_form_is_a_number():
+    from zotune.bench.suite import expand_suite
+
+    suite = expand_suite({
+        "base": {"model": {"name": "random:tiny-llama"}},
+        "grid": {"tuning": ["full"], "optimizer": ["zo-sgd"]},
+        "sweep": {"zo-sgd": {"lr": ["1e-5"]}},
+    })
+    (run,) = suite.runs
+    assert run.config["optimizer"]["lr"] == 1e-5 and run.hparams["optimizer.lr"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optimizer: {lr: fast}", "optimizer.lr: expected float, got 'fast'"),
+        ("train: {steps: 1e3}", "train.steps: expected int, got '1e3'"),
+        ("model: {name: 1e-4}", None),
+    ],
+)
+def test_text_that_is_no_number_stays_refused_and_text_fields_stay_text(text, message,
+                                                                        tmp_path):
+    from zotune.config import ConfigError, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text + "\n")
+    if message is None:
+        assert load_config(path).model.name == "1e-4"
+        return
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.") + "$"):
+        load_config(path)
