@@ -219,3 +219,41 @@ def test_text_that_is_no_number_stays_refused_and_text_fields_stay_text(text, me
         return
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.") + "$"):
         load_config(path)
+
+
+# Overrides after flags (issue 17, item 18) -------------------------------------------------
+
+
+def test_bench_takes_overrides_after_its_flags(tmp_path, capsys):
+    def planned(argv):
+        code, out, err = run_cli(["bench", "smoke", *argv], capsys)
+        assert code == 0, err
+        return [line.split()[0] for line in out.splitlines()[:-1]]
+
+    results = ["--results", tmp_path / "D"]
+    before = planned(["train.steps=3", *results, "--dry-run"])
+    after = planned([*results, "--dry-run", "train.steps=3"])
+    between = planned(["--dry-run", "train.steps=3", *results])
+    assert before == after == between and before != planned([*results, "--dry-run"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optimizer.lr=1e-3", "--steps=1", "optimizer.bogus=1"],
+         "unknown config key: optimizer.bogus"),
+        (["train.steps=1", "--no-progress", "task.num_train=0", "--lr=1e-3"],
+         "task.num_train: must be at least 1"),
+    ],
+)
+def test_train_takes_overrides_after_its_flags(argv, message, nothing_loads, capsys):
+    code, _, err = run_cli(["train", "--model=random:tiny-llama", *argv], capsys)
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+def test_an_unknown_flag_after_overrides_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "smoke", "train.steps=3", "--resluts", "D"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --resluts D" in capsys.readouterr().err

@@ -561,9 +561,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each command collects its ``key=value`` overrides, wherever they stand among its flags.
+OVERRIDE_LISTS = {"train": "items", "bench": "overrides"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, with a command's ``key=value`` items accepted after its flags too.
+
+    argparse fills a ``nargs="*"`` positional from one run of arguments only; the ones after a
+    flag come back unrecognized, and are overrides when the command takes them.
+    """
+    args, extras = parser.parse_known_args(argv)
+    dest = OVERRIDE_LISTS.get(args.command)
+    stray = [item for item in extras if dest is None or item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        getattr(args, dest).extend(extras)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
