@@ -257,3 +257,40 @@ def test_an_unknown_flag_after_overrides_is_still_refused(capsys):
         cli.main(["bench", "smoke", "train.steps=3", "--resluts", "D"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --resluts D" in capsys.readouterr().err
+
+
+# Profile settings checked before measuring (issue 17, item 11) -----------------------------
+
+
+@pytest.fixture
+def nothing_measured(monkeypatch):
+    """Fail the test if ``zotune profile`` starts measuring."""
+    from zotune.bench import profile, step_cost
+
+    def measure(*args, **kwargs):
+        raise AssertionError("the profile started measuring before checking its settings")
+
+    monkeypatch.setattr(profile, "run_profile", measure)
+    monkeypatch.setattr(step_cost, "run_step_cost", measure)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seq-len=100000"],
+         "--seq-len 100000 is longer than random:tiny-llama's 512 positions"),
+        (["--seq-len=513", "--step-cost"],
+         "--seq-len 513 is longer than random:tiny-llama's 512 positions"),
+        (["--seq-lens=64,100000"],
+         "--seq-lens 100000 is longer than random:tiny-llama's 512 positions"),
+        (["--seq-len=0"], "--seq-len must be at least 1, got 0"),
+        (["--steps=0"], "--steps must be at least 1, got 0"),
+        (["--steps=0", "--step-cost"], "--steps must be at least 1, got 0"),
+        (["--warmup=-1"], "--warmup must be at least 0, got -1"),
+    ],
+)
+def test_profile_settings_that_cannot_run_are_refused_first(argv, message, nothing_measured,
+                                                            capsys):
+    code, _, err = run_cli(["profile", "--model=random:tiny-llama", *argv], capsys)
+    assert code == 2
+    assert message in one_error_line(err)

@@ -242,6 +242,8 @@ def _option_grid(items: list[str]) -> list[dict[str, Any]]:
 def _check_profile_options(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work before anything is measured (one-line errors)."""
     mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
+    if args.from_json is None:
+        _check_profile_sizes(args)
     if args.option and mode:
         raise ValueError(f"--option applies to measured profiles; drop {mode}")
     if args.from_json is not None:
@@ -265,6 +267,40 @@ def _check_profile_options(args: argparse.Namespace) -> None:
     from .bench.plots import require_matplotlib
 
     require_matplotlib()
+
+
+def _check_profile_sizes(args: argparse.Namespace) -> None:
+    """Counts that must be positive, and lengths the model has positions for (a longer one
+    would run until killed on positions it does not have)."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--seq-len", args.seq_len, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    flag, lengths = ("--seq-lens", _csv(args.seq_lens, int)) if args.seq_lens else (
+        "--seq-len", [args.seq_len])
+    limit = _position_limit(args.model)
+    too_long = [length for length in lengths if limit is not None and length > limit]
+    if too_long:
+        raise ValueError(
+            f"{flag} {max(too_long)} is longer than {args.model}'s {limit} positions"
+        )
+    if min(lengths) < 1:
+        raise ValueError(f"{flag} must be at least 1, got {min(lengths)}")
+
+
+def _position_limit(model: str) -> int | None:
+    """The longest input ``model`` takes, when its config is at hand (a shape or a folder)."""
+    from .models import EMBEDDED_MODEL, max_sequence_length, shape_config
+
+    if model.startswith("random:") or model == EMBEDDED_MODEL:
+        config = shape_config(model.removeprefix("random:"))
+    elif Path(model, "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    else:
+        return None  # a hub id: its config is read when the model loads
+    return max_sequence_length(config)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
