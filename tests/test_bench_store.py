@@ -14,7 +14,6 @@ from zotune import cli
 from zotune.bench.runner import RUNS_DIR, Runner
 from zotune.bench.store import (
     DB_NAME,
-    PLANS_DIR,
     RECORD_FILE,
     RECORD_FILES,
     ResultsStore,
@@ -143,7 +142,6 @@ def test_rows_without_a_record_file_are_written_out(tmp_path):
     before = store_with_records(tmp_path, count=2)
     for run_id in before:
         (tmp_path / RUNS_DIR / run_id / RECORD_FILE).unlink()
-    (tmp_path / PLANS_DIR).mkdir(exist_ok=True)
     with ResultsStore(tmp_path):
         pass
     (tmp_path / DB_NAME).unlink()
