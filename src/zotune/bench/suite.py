@@ -366,7 +366,7 @@ def _resolve(
         optimizer=resolved["optimizer"]["name"],
         variant=cell.variant,
     )
-    # A value the config read from text ("1e-5", as YAML 1.1 reads it) is shown as it was read.
+    # A sweep value given as text ("1e-5": YAML 1.1 reads it so) is shown as the number it is.
     typed = {
         key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
         if isinstance(value, str) else value
