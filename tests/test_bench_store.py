@@ -167,12 +167,14 @@ def test_a_damaged_outcome_file_is_named_and_the_run_runs_again(
     assert json.loads(outcome.read_text())["run_id"] == run.id, "written anew"
 
 
-@pytest.mark.parametrize("content", ["", "{\"id\": ", "[]"])
+@pytest.mark.parametrize(
+    "content", ["", "{\"id\": ", "[]", "{}", "{\"id\": \"RUN\", \"attempts\": []}"]
+)
 def test_a_damaged_record_file_is_named_and_rewritten_from_the_database(content, tmp_path,
                                                                        capsys):
     before = store_with_records(tmp_path, count=2)
     damaged = tmp_path / RUNS_DIR / next(iter(before)) / RECORD_FILE
-    damaged.write_text(content)
+    damaged.write_text(content.replace("RUN", damaged.parent.name))
     with ResultsStore(tmp_path, create=False) as store:
         assert {r.id: r for r in store.records()} == before
     warning = capsys.readouterr().err.strip()

@@ -69,6 +69,13 @@ RUN_COLUMNS = (
     "attempts", "zotune_version", "hostname", "hardware",
 )
 ATTEMPT_COLUMNS = ("started_at", "finished_at", "status", "error")
+# What a run's record file and a suite's plan file hold; one lacking any of these is damaged.
+RECORD_KEYS = (
+    "id", "suite", "model", "task", "scheme", "optimizer", "hparams", "seed", "status",
+    "metrics", "error", "started_at", "finished_at", "zotune_version", "hostname", "hardware",
+    "attempts", "config",
+)
+PLAN_KEYS = ("name", "source", "command", "runs", "updated_at")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -262,14 +269,14 @@ class ResultsStore:
         """Read in record files the database lacks or has older; write out rows they lack."""
         files: dict[str, dict[str, Any]] = {}
         for path in _record_paths(self.results_dir):
-            payload = _read_json(path)
-            if payload is not None and payload.get("id") == path.parent.name:
+            payload = _read_json(path, RECORD_KEYS)
+            if payload is not None and payload["id"] == path.parent.name:
                 files[payload["id"]] = payload
             elif payload is not None:
-                _warn(f"{path}: holds the record of run {payload.get('id')!r}; ignored")
+                _warn(f"{path}: holds the record of run {payload['id']!r}; ignored")
         plans = {}
         for path in _plan_paths(self.results_dir):
-            payload = _read_json(path)
+            payload = _read_json(path, PLAN_KEYS)
             if payload is not None:
                 plans[payload["name"]] = payload
         with self._transaction() as db:
@@ -454,15 +461,20 @@ def _plan_paths(results_dir: Path) -> Iterator[Path]:
     return (results_dir / PLANS_DIR).glob("*.json")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any] | None:
     """A record file's contents, or None (saying so, naming the file) when it is damaged."""
     try:
         payload = json.loads(path.read_text())
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+        missing = [key for key in keys if key not in payload]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        if "attempts" in keys and not (isinstance(payload["attempts"], list)
+                                       and payload["attempts"]):
+            raise ValueError("no attempts")
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        _warn(f"{path}: damaged ({type(error).__name__}: {error}); ignored")
-        return None
-    if not isinstance(payload, dict):
-        _warn(f"{path}: damaged (not a JSON object); ignored")
+        _warn(f"{path}: damaged ({error}); ignored")
         return None
     return payload
 
