@@ -6,10 +6,15 @@ state with the seed stream, the step, the best so far); only the main process of
 distributed run writes them, every process reads them back. Without a folder the best state
 is a copy in memory. With a folder the best state lives only on disk: a copy in memory would
 double the footprint of full tuning, which ZO exists to keep at inference size.
+
+A checkpoint that is empty, truncated, not a torch file, or lacks what zotune writes into it
+is refused with one line naming the file, rather than an ``EOFError``, a ``KeyError`` or a
+zip-reader error that does not say which file it was reading.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,70 @@ from .offload import named_resident_parameters
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
+
+# What ``last.pt`` holds (written by Checkpoints.save_last).
+RESUME_KEYS = ("trainable", "optimizer", "scheduler", "step", "best_val", "best_step")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or is not what zotune wrote."""
+
+
+def load_resume_checkpoint(path: Path, map_location: Any = None) -> dict[str, Any]:
+    """``last.pt``: the trainable state, optimizer and scheduler state and the step counters."""
+    checkpoint = _load(
+        path, weights_only=False, map_location=map_location, hint="; delete it to start over"
+    )
+    _require_keys(path, checkpoint, RESUME_KEYS)
+    _require_tensors(path, checkpoint["trainable"], "its trainable state")
+    return checkpoint
+
+
+def load_trainable_checkpoint(path: Path, map_location: Any = None) -> dict[str, torch.Tensor]:
+    """``best.pt``: the trainable tensors by name."""
+    state = _load(path, weights_only=True, map_location=map_location, hint="")
+    _require_tensors(path, state, "it")
+    return state
+
+
+def _load(path: Path, *, weights_only: bool, map_location: Any, hint: str) -> Any:
+    """``torch.load``, its failures as one line: the file, its size, torch's first sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: damaged checkpoint (an empty file){hint}")
+    try:
+        return torch.load(path, weights_only=weights_only, map_location=map_location)
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
+        text = str(error).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else "no message"
+        raise CheckpointError(
+            f"{path}: damaged checkpoint ({size} bytes; {type(error).__name__}: {reason}){hint}"
+        ) from None
+
+
+def _require_keys(path: Path, checkpoint: Any, keys: Iterable[str]) -> None:
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{path}: not a zotune checkpoint (holds a {type(checkpoint)})")
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a zotune checkpoint (lacks {', '.join(map(repr, missing))})"
+        )
+
+
+def _require_tensors(path: Path, state: Any, what: str) -> None:
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path}: damaged checkpoint ({what} holds no tensors)")
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: damaged checkpoint ({what} holds a {type(value).__name__} "
+                f"for {name!r}, not a tensor)"
+            )
+
 
 
 def trainable_state(model: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
@@ -70,8 +139,7 @@ class Checkpoints:
         """Load ``last.pt`` into the model, optimizer and scheduler, if there is one."""
         if self.folder is None or not (self.folder / LAST_FILE).exists():
             return None
-        path = self.folder / LAST_FILE
-        ckpt = torch.load(path, weights_only=False, map_location=device)
+        ckpt = load_resume_checkpoint(self.folder / LAST_FILE, map_location=device)
         load_trainable_state(self.model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -108,7 +176,7 @@ class Checkpoints:
         (a distributed run's other processes: the main one broadcasts it)."""
         state = self._best_in_memory
         if state is None and self.writes:
-            state = torch.load(self.folder / BEST_FILE, weights_only=True, map_location=device)
+            state = load_trainable_checkpoint(self.folder / BEST_FILE, map_location=device)
         if state is None:
             return False
         load_trainable_state(self.model, state)

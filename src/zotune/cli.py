@@ -97,9 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
-    import torch
-
-    from .checkpoints import BEST_FILE, load_trainable_state
+    from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
     from .config import load_config
     from .run import check_config, setup
 
@@ -112,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_config(config)
     run = setup(config, for_training=False)
     if run_dir is not None:
-        load_trainable_state(run.model, torch.load(run_dir / BEST_FILE, weights_only=True))
+        load_trainable_state(run.model, load_trainable_checkpoint(run_dir / BEST_FILE))
     accuracy = run.accuracy(getattr(run.splits, args.split))
     print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))
     return 0
@@ -136,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark suite: only its missing (and, by default, failed) runs."""
     from .bench.runner import Runner, describe_plan, plan
-    from .bench.store import DB_NAME, ResultsStore
+    from .bench.store import ResultsStore, store_exists
     from .bench.suite import load_suite
 
     if args.ray is not None and "=" in args.ray:
@@ -151,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else Path("results") / suite.name
     if args.dry_run:
         statuses = {}
-        if (results / DB_NAME).is_file():
+        if store_exists(results):
             with ResultsStore(results, create=False) as store:
                 statuses = store.statuses()
         print(describe_plan(plan(suite, statuses, args.retry_failed, args.only)))
@@ -219,6 +217,8 @@ def _option_grid(items: list[str]) -> list[dict[str, Any]]:
 def _check_profile_options(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work before anything is measured (one-line errors)."""
     mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
+    if args.from_json is None:
+        _check_profile_sizes(args)
     if args.option and mode:
         raise ValueError(f"--option applies to measured profiles; drop {mode}")
     if args.from_json is not None:
@@ -242,6 +242,40 @@ def _check_profile_options(args: argparse.Namespace) -> None:
     from .bench.plots import require_matplotlib
 
     require_matplotlib()
+
+
+def _check_profile_sizes(args: argparse.Namespace) -> None:
+    """Counts that must be positive, and lengths the model has positions for (a longer one
+    would run until killed on positions it does not have)."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--seq-len", args.seq_len, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    flag, lengths = ("--seq-lens", _csv(args.seq_lens, int)) if args.seq_lens else (
+        "--seq-len", [args.seq_len])
+    limit = _position_limit(args.model)
+    too_long = [length for length in lengths if limit is not None and length > limit]
+    if too_long:
+        raise ValueError(
+            f"{flag} {max(too_long)} is longer than {args.model}'s {limit} positions"
+        )
+    if min(lengths) < 1:
+        raise ValueError(f"{flag} must be at least 1, got {min(lengths)}")
+
+
+def _position_limit(model: str) -> int | None:
+    """The longest input ``model`` takes, when its config is at hand (a shape or a folder)."""
+    from .models import EMBEDDED_MODEL, max_sequence_length, shape_config
+
+    if model.startswith("random:") or model == EMBEDDED_MODEL:
+        config = shape_config(model.removeprefix("random:"))
+    elif Path(model, "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    else:
+        return None  # a hub id: its config is read when the model loads
+    return max_sequence_length(config)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -538,9 +572,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each command collects its ``key=value`` overrides, wherever they stand among its flags.
+OVERRIDE_LISTS = {"train": "items", "bench": "overrides"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, with a command's ``key=value`` items accepted after its flags too.
+
+    argparse fills a ``nargs="*"`` positional from one run of arguments only; the ones after a
+    flag come back unrecognized, and are overrides when the command takes them.
+    """
+    args, extras = parser.parse_known_args(argv)
+    dest = OVERRIDE_LISTS.get(args.command)
+    stray = [item for item in extras if dest is None or item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        getattr(args, dest).extend(extras)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)

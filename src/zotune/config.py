@@ -209,6 +209,8 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if type(None) in options:
             return None
         raise ConfigError(f"{path}: null is not allowed")
+    if isinstance(value, str) and float in options and str not in options:
+        value = _number_or_text(value)  # YAML 1.1 reads 1e-4 as text; a float field means 1e-4
     for option in options:
         if option is type(None):
             continue

@@ -556,11 +556,12 @@ def random_model(
             config, dtype=torch_dtype, attn_implementation=attn_implementation
         )
     model.eval()
-    tokenizer = byte_tokenizer(kind, model_max_length=_max_length(config))
+    tokenizer = byte_tokenizer(kind, model_max_length=max_sequence_length(config))
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"random:{shape}", kind=kind)
 
 
-def _max_length(config: PretrainedConfig) -> int:
+def max_sequence_length(config: PretrainedConfig) -> int:
+    """The most tokens one input may hold: the model's positions."""
     limit = config.max_position_embeddings
     return limit - 2 if config.model_type == "roberta" else limit
 

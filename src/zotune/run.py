@@ -71,6 +71,14 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
         )
+    from .models import resolve_device
+
+    if config.model.device_map is None:
+        resolve_device(config.model.device)  # CUDA asked for on a machine without it
+    for key in ("num_train", "num_val", "num_test"):
+        value = getattr(config.task, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"task.{key}: must be at least 1, got {value}")
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed)

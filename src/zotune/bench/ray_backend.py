@@ -27,7 +27,6 @@ plan, the resume rules, the lock, the progress lines and the records are its own
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from typing import Any
 from .environment import hardware_description, hostname
 from .progress import ProgressDisplay
 from .runner import Runner, report_finished
-from .store import ResultsStore, RunRecord
+from .store import ResultsStore, RunRecord, clear_run_files
 from .suite import Resources, RunSpec
 from .worker import STDERR_FILE, error_line, execute, make_job, read_outcome
 
@@ -191,9 +190,8 @@ class RayRunner(Runner):
         except self._ray.exceptions.RayError as error:  # the task's worker died, or Ray failed
             return self._record_failure(store, run, _ray_error(error), submitted, time.time())
         run_dir = self.run_dir(run)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an earlier attempt's files, checkpoints included
-        run_dir.mkdir(parents=True)
+        clear_run_files(run_dir)  # an earlier attempt's files, checkpoints included
+        run_dir.mkdir(parents=True, exist_ok=True)
         for name, data in result["files"].items():
             (run_dir / name).write_bytes(data)
         outcome = read_outcome(run_dir, run.id)

@@ -23,7 +23,6 @@ backend (:mod:`zotune.bench.ray_backend`) replaces only the execution.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,11 +36,10 @@ from typing import TextIO
 from ..files import FolderLock
 from .environment import hardware_description, hostname, usable_cpus, zotune_version
 from .progress import ProgressDisplay
-from .store import ResultsStore, RunRecord, SuitePlan
+from .store import RUNS_DIR, ResultsStore, RunRecord, SuitePlan, clear_run_files
 from .suite import RunSpec, Suite
 from .worker import STDERR_FILE, read_outcome, write_job
 
-RUNS_DIR = "runs"
 LOCK_FILE = ".runner.lock"
 # Seconds a worker gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 10.0
@@ -221,8 +219,8 @@ class Runner:
         if recovered is not None:
             return recovered
         run_dir = self.run_dir(run)
-        if previous == "failed" and run_dir.exists():
-            shutil.rmtree(run_dir)  # a retry starts afresh, not from the failed run's checkpoint
+        if previous == "failed":
+            clear_run_files(run_dir)  # a retry starts afresh, not from the failed checkpoint
         resume = (run_dir / "last.pt").is_file()
         run_dir.mkdir(parents=True, exist_ok=True)
         job = write_job(run_dir, run.config, run.id, self.threads, resume)
@@ -273,8 +271,10 @@ class Runner:
 
     def _recover(self, store: ResultsStore, run: RunSpec, previous: str | None) -> RunRecord | None:
         """Record the outcome a run left on disk when its runner died before recording it."""
+        if previous is not None:
+            return None
         outcome = read_outcome(self.run_dir(run), run.id)
-        if previous is not None or outcome is None:
+        if outcome is None:
             return None
         return self._record_outcome(
             store, run, outcome, outcome["started_at"], outcome["finished_at"]

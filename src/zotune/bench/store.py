@@ -1,22 +1,36 @@
-"""The results store: one SQLite file per results folder, one row per run.
+"""The results store: one record file per run, indexed by a SQLite database.
 
-``RESULTS_DIR/results.sqlite`` holds
+The record of a results folder, what git should carry (the folder's ``.gitignore``, written
+by the store, keeps out the rest):
 
-- ``runs``: the latest outcome of every run id (cell, hyperparameters, seed, full config,
-  status done/failed, metrics JSON, error line, timings, zotune version, host, hardware);
-- ``attempts``: every attempt at a run, failed ones included (how often a cell had to be
-  retried, and why);
-- ``suites``: each suite's plan (its run ids and cells) and the command that runs it, so the
-  report knows which cells are missing, not only which ones ran.
+- ``runs/<id>/record.json``: a run's latest outcome (cell, hyperparameters, seed, full
+  config, status done/failed, metrics, error line, timings, zotune version, host, hardware)
+  and every attempt at it, failed ones included;
+- ``runs/<id>/metrics.jsonl``: its training curve (the report's loss plot);
+- ``suites/<name>.json``: each suite's plan (its run ids and cells) and the command that runs
+  it, so the report knows which cells are missing, not only which ones ran.
 
-A write is one transaction across the tables: a runner killed mid-write leaves the previous
-state, never a half-written row. WAL journaling lets the report read while a runner writes.
+Everything else is local: checkpoints (``last.pt``, ``best.pt``: a run cut off here resumes
+from them, one cut off on another machine starts over), logs, the runner's lock, and
+``results.sqlite``, a cache of the record files (tables ``runs``, ``attempts``, ``suites``)
+for queries and the report. Opening a store reconciles the two: record files the database
+lacks (a fresh clone, a folder copied from elsewhere) are read in, rows without a record file
+(a store written before the files existed, a crash between the two writes) are written out,
+and a damaged database (truncated, a bad header, bad pages) is rebuilt from the record files,
+saying so in one line.
+
+A write is one transaction across the tables, then the record file, written atomically: a
+runner killed mid-write leaves the previous state or the whole new one, never half a record.
+WAL journaling lets the report read while a runner writes.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +38,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from .suite import Cell, RunSpec, Suite
 
 DB_NAME = "results.sqlite"
+RUNS_DIR = "runs"
+RECORD_FILE = "record.json"
+METRICS_FILE = "metrics.jsonl"
+# A run's files that are its record; the rest of its folder is local (see the docstring).
+RECORD_FILES = (RECORD_FILE, METRICS_FILE)
+PLANS_DIR = "suites"
+UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]")
+# What git carries of a results folder: the record files, the report, nothing else of a run.
+GITIGNORE = f"""\
+# Written by zotune: the record is runs/*/{{{RECORD_FILE},{METRICS_FILE}}} and {PLANS_DIR}/*.json;
+# the database is a cache rebuilt from them, checkpoints and logs stay on their machine.
+/{DB_NAME}*
+/.runner.lock
+/{RUNS_DIR}/*/*
+!/{RUNS_DIR}/*/{RECORD_FILE}
+!/{RUNS_DIR}/*/{METRICS_FILE}
+"""
 SCHEMA_VERSION = 2
 # Columns each schema version added, with their default for rows written before it.
 MIGRATIONS = {2: ["ALTER TABLE runs ADD COLUMN variant TEXT NOT NULL DEFAULT ''"]}
@@ -36,6 +68,14 @@ RUN_COLUMNS = (
     "config", "status", "metrics", "error", "started_at", "finished_at", "duration_s",
     "attempts", "zotune_version", "hostname", "hardware",
 )
+ATTEMPT_COLUMNS = ("started_at", "finished_at", "status", "error")
+# What a run's record file and a suite's plan file hold; one lacking any of these is damaged.
+RECORD_KEYS = (
+    "id", "suite", "model", "task", "scheme", "optimizer", "hparams", "seed", "status",
+    "metrics", "error", "started_at", "finished_at", "zotune_version", "hostname", "hardware",
+    "attempts", "config",
+)
+PLAN_KEYS = ("name", "source", "command", "runs", "updated_at")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -131,24 +171,70 @@ class SuitePlan:
         ]
         return cls(suite.name, suite.source, command, runs)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuitePlan:
+        return cls(data["name"], data["source"], data["command"], data["runs"])
+
+
+def store_exists(results_dir: str | Path) -> bool:
+    """Whether ``results_dir`` holds a store: a database, or record files to rebuild one from."""
+    results_dir = Path(results_dir)
+    return (results_dir / DB_NAME).is_file() or any(_record_paths(results_dir)) or any(
+        _plan_paths(results_dir)
+    )
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Delete a run's files but its record, before a retry starts it afresh."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name == RECORD_FILE:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
 
 class ResultsStore:
-    """The SQLite results database of one results folder (safe to share between threads)."""
+    """The results of one results folder: its record files and their SQLite index (safe to
+    share between threads; see the module docstring)."""
 
     def __init__(self, results_dir: str | Path, *, create: bool = True) -> None:
         self.results_dir = Path(results_dir)
         self.path = self.results_dir / DB_NAME
-        if not create and not self.path.is_file():
-            raise FileNotFoundError(f"no results database at {self.path}")
+        if not create and not store_exists(self.results_dir):
+            raise FileNotFoundError(f"no results database or run records in {self.results_dir}")
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        gitignore = self.results_dir / ".gitignore"
+        if not gitignore.exists():
+            atomic_write_text(gitignore, GITIGNORE)
+        self._lock = threading.Lock()
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            self._rebuild(error)
+        self._reconcile()
+
+    def _open(self) -> None:
         # isolation_level=None: transactions are explicit (see _transaction), not implicit.
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30
         )
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._create_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _create_schema(self) -> None:
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -167,6 +253,49 @@ class ResultsStore:
                     for statement in MIGRATIONS[step]:
                         self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _rebuild(self, error: sqlite3.DatabaseError) -> None:
+        """Replace a damaged database with an empty one; :meth:`_reconcile` refills it."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        records = sum(1 for _ in _record_paths(self.results_dir))
+        _warn(
+            f"{self.path} was damaged ({error}); rebuilt it from the {records} run records in "
+            f"{self.results_dir / RUNS_DIR}"
+        )
+        self._open()
+
+    def _reconcile(self) -> None:
+        """Read in record files the database lacks or has older; write out rows they lack."""
+        files: dict[str, dict[str, Any]] = {}
+        for path in _record_paths(self.results_dir):
+            payload = _read_json(path, RECORD_KEYS)
+            if payload is not None and payload["id"] == path.parent.name:
+                files[payload["id"]] = payload
+            elif payload is not None:
+                _warn(f"{path}: holds the record of run {payload['id']!r}; ignored")
+        plans = {}
+        for path in _plan_paths(self.results_dir):
+            payload = _read_json(path, PLAN_KEYS)
+            if payload is not None:
+                plans[payload["name"]] = payload
+        with self._transaction() as db:
+            counts = dict(db.execute("SELECT id, attempts FROM runs").fetchall())
+            for payload in sorted(files.values(), key=lambda p: (p["finished_at"], p["id"])):
+                if len(payload["attempts"]) > counts.get(payload["id"], 0):
+                    self._insert(db, _record_of(payload), payload["attempts"])
+            updated = dict(db.execute("SELECT name, updated_at FROM suites").fetchall())
+            for payload in plans.values():
+                if payload["updated_at"] > updated.get(payload["name"], float("-inf")):
+                    _insert_plan(db, SuitePlan.from_dict(payload), payload["updated_at"])
+        for record in self.records():
+            known = files.get(record.id)
+            if known is None or len(known["attempts"]) < record.attempts:
+                self._write_record_file(record, self.attempts(record.id))
+        for row in self._db.execute("SELECT * FROM suites").fetchall():
+            known = plans.get(row["name"])
+            if known is None or known["updated_at"] < row["updated_at"]:
+                self._write_plan_file(_plan_of(row), row["updated_at"])
 
     def close(self) -> None:
         self._db.close()
@@ -201,33 +330,48 @@ class ResultsStore:
                 "SELECT attempts FROM runs WHERE id = ?", (record.id,)
             ).fetchone()
             record.attempts = (previous["attempts"] + 1) if previous else 1
-            db.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
-                (
-                    record.id,
-                    record.suite,
-                    record.cell.model,
-                    record.cell.task,
-                    record.cell.scheme,
-                    record.cell.optimizer,
-                    record.cell.variant,
-                    json.dumps(record.hparams),  # the suite's order, for display
-                    record.seed,
-                    json.dumps(record.config, sort_keys=True),
-                    record.status,
-                    json.dumps(record.metrics) if record.metrics is not None else None,
-                    record.error,
-                    record.started_at,
-                    record.finished_at,
-                    record.duration_s,
-                    record.attempts,
-                    record.zotune_version,
-                    record.hostname,
-                    record.hardware,
-                ),
-            )
+            self._insert(db, record, [])
             self._log_attempt(db, record)
+            attempts = _attempts(db, record.id)
+        self._write_record_file(record, attempts)
+
+    def _insert(
+        self, db: sqlite3.Connection, record: RunRecord, attempts: list[dict[str, Any]]
+    ) -> None:
+        """Write ``record`` as its run's row; ``attempts``, when given, replace its attempt log."""
+        db.execute(
+            f"INSERT OR REPLACE INTO runs ({', '.join(RUN_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+            (
+                record.id,
+                record.suite,
+                record.cell.model,
+                record.cell.task,
+                record.cell.scheme,
+                record.cell.optimizer,
+                record.cell.variant,
+                json.dumps(record.hparams),  # the suite's order, for display
+                record.seed,
+                json.dumps(record.config, sort_keys=True),
+                record.status,
+                json.dumps(record.metrics) if record.metrics is not None else None,
+                record.error,
+                record.started_at,
+                record.finished_at,
+                record.duration_s,
+                record.attempts,
+                record.zotune_version,
+                record.hostname,
+                record.hardware,
+            ),
+        )
+        if attempts:
+            db.execute("DELETE FROM attempts WHERE run_id = ?", (record.id,))
+            for attempt in attempts:
+                db.execute(
+                    "INSERT INTO attempts VALUES (?, ?, ?, ?, ?)",
+                    (record.id, *(attempt[key] for key in ATTEMPT_COLUMNS)),
+                )
 
     def _log_attempt(self, db: sqlite3.Connection, record: RunRecord) -> None:
         db.execute(
@@ -235,19 +379,44 @@ class ResultsStore:
             (record.id, record.started_at, record.finished_at, record.status, record.error),
         )
 
+    def _write_record_file(self, record: RunRecord, attempts: list[dict[str, Any]]) -> None:
+        payload = {
+            "id": record.id,
+            "suite": record.suite,
+            **asdict(record.cell),
+            "hparams": record.hparams,
+            "seed": record.seed,
+            "status": record.status,
+            "metrics": record.metrics,
+            "error": record.error,
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+            "zotune_version": record.zotune_version,
+            "hostname": record.hostname,
+            "hardware": record.hardware,
+            "attempts": attempts,
+            "config": record.config,
+        }
+        path = self.results_dir / RUNS_DIR / record.id / RECORD_FILE
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
     def save_plan(self, plan: SuitePlan, now: float) -> None:
+        """Remember ``plan``; an unchanged plan keeps its file as it is (no diff for git)."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?)",
-                (plan.name, plan.source, plan.command, json.dumps(plan.runs), now),
-            )
+            row = db.execute("SELECT * FROM suites WHERE name = ?", (plan.name,)).fetchone()
+            if row is not None and asdict(_plan_of(row)) == json.loads(json.dumps(asdict(plan))):
+                return
+            _insert_plan(db, plan, now)
+        self._write_plan_file(plan, now)
+
+    def _write_plan_file(self, plan: SuitePlan, updated_at: float) -> None:
+        payload = {**asdict(plan), "updated_at": updated_at}
+        path = self.results_dir / PLANS_DIR / (UNSAFE_IN_FILE_NAMES.sub("_", plan.name) + ".json")
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
     def plans(self) -> list[SuitePlan]:
         rows = self._db.execute("SELECT * FROM suites ORDER BY updated_at").fetchall()
-        return [
-            SuitePlan(row["name"], row["source"], row["command"], json.loads(row["plan"]))
-            for row in rows
-        ]
+        return [_plan_of(row) for row in rows]
 
     def statuses(self) -> dict[str, str]:
         """Run id → ``done`` or ``failed``; runs never finished are absent."""
@@ -260,10 +429,82 @@ class ResultsStore:
         return [_record(row) for row in self._db.execute(query + " ORDER BY rowid", args)]
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at", (run_id,)
-        )
-        return [dict(row) for row in rows]
+        return _attempts(self._db, run_id, with_id=True)
+
+
+def _attempts(
+    db: sqlite3.Connection, run_id: str, with_id: bool = False
+) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT * FROM attempts WHERE run_id = ? ORDER BY started_at, rowid", (run_id,)
+    )
+    keys = ("run_id", *ATTEMPT_COLUMNS) if with_id else ATTEMPT_COLUMNS
+    return [{key: row[key] for key in keys} for row in rows]
+
+
+def _insert_plan(db: sqlite3.Connection, plan: SuitePlan, updated_at: float) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?)",
+        (plan.name, plan.source, plan.command, json.dumps(plan.runs), updated_at),
+    )
+
+
+def _plan_of(row: sqlite3.Row) -> SuitePlan:
+    return SuitePlan(row["name"], row["source"], row["command"], json.loads(row["plan"]))
+
+
+def _record_paths(results_dir: Path) -> Iterator[Path]:
+    return (results_dir / RUNS_DIR).glob(f"*/{RECORD_FILE}")
+
+
+def _plan_paths(results_dir: Path) -> Iterator[Path]:
+    return (results_dir / PLANS_DIR).glob("*.json")
+
+
+def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """A record file's contents, or None (saying so, naming the file) when it is damaged."""
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+        missing = [key for key in keys if key not in payload]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        if "attempts" in keys and not (isinstance(payload["attempts"], list)
+                                       and payload["attempts"]):
+            raise ValueError("no attempts")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        _warn(f"{path}: damaged ({error}); ignored")
+        return None
+    return payload
+
+
+def _warn(message: str) -> None:
+    print(f"zotune: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _record_of(payload: dict[str, Any]) -> RunRecord:
+    cell = Cell(
+        payload["model"], payload["task"], payload["scheme"], payload["optimizer"],
+        payload.get("variant", ""),
+    )
+    return RunRecord(
+        id=payload["id"],
+        suite=payload["suite"],
+        cell=cell,
+        hparams=payload["hparams"],
+        seed=payload["seed"],
+        config=payload["config"],
+        status=payload["status"],
+        metrics=payload["metrics"],
+        error=payload["error"],
+        started_at=payload["started_at"],
+        finished_at=payload["finished_at"],
+        zotune_version=payload["zotune_version"],
+        hostname=payload["hostname"],
+        hardware=payload["hardware"],
+        attempts=len(payload["attempts"]),
+    )
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

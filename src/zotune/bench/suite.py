@@ -366,7 +366,13 @@ def _resolve(
         optimizer=resolved["optimizer"]["name"],
         variant=cell.variant,
     )
-    return RunSpec(run_id(resolved), resolved_cell, dict(hparams), seed, resolved)
+    # A sweep value given as text ("1e-5": YAML 1.1 reads it so) is shown as the number it is.
+    typed = {
+        key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+        if isinstance(value, str) else value
+        for key, value in hparams.items()
+    }
+    return RunSpec(run_id(resolved), resolved_cell, typed, seed, resolved)
 
 
 def _string(value: Any, key: str) -> str:

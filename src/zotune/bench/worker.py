@@ -30,6 +30,10 @@ from ..files import atomic_write_text
 JOB_FILE = "job.json"
 OUTCOME_FILE = "outcome.json"
 STDERR_FILE = "stderr.log"
+# What an outcome file holds; one lacking any of these is damaged.
+OUTCOME_KEYS = frozenset(
+    {"run_id", "metrics", "started_at", "finished_at", "zotune_version", "hostname", "hardware"}
+)
 # How often an orphaned worker notices that its runner is gone.
 PARENT_POLL_SECONDS = 1.0
 
@@ -49,11 +53,22 @@ def write_job(
 
 
 def read_outcome(run_dir: Path, run_id: str) -> dict[str, Any] | None:
-    """The worker's outcome for ``run_id``, or None when it wrote none (it crashed)."""
+    """The worker's outcome for ``run_id``, or None when it wrote none (it crashed).
+
+    A damaged outcome file counts as none, saying so in one line that names it: the run then
+    runs (or resumes) again, and its worker writes the file anew.
+    """
     path = run_dir / OUTCOME_FILE
     if not path.is_file():
         return None
-    outcome = json.loads(path.read_text())
+    try:
+        outcome = json.loads(path.read_text())
+        if not isinstance(outcome, dict) or not outcome.keys() >= OUTCOME_KEYS:
+            raise ValueError(f"not an outcome (needs {', '.join(sorted(OUTCOME_KEYS))})")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        print(f"zotune: warning: {path}: damaged ({error}); running the run again",
+              file=sys.stderr, flush=True)
+        return None
     return outcome if outcome.get("run_id") == run_id else None
 
 

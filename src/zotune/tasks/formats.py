@@ -31,6 +31,7 @@ Row = dict[str, Any]
 # A continuation that starts with one of these attaches to the blank without a space ("_'s").
 _ATTACHED = ".,;:!?'’)"
 _SST2_LABELS = ("0", "1")
+_SST2_TEXT_COLUMNS = ("sentence", "text")
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
@@ -53,26 +54,55 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
 
 
 def read_glue_tsv(path: Path) -> Iterator[tuple[int, Row]]:
-    """GLUE single-sentence TSV: text in the first column, label (0/1) in the last.
+    """GLUE single-sentence TSV: the text and label (0/1) columns, found by the header's names.
 
-    The header is recognised by its label column not being 0/1, not by its names: one shipped
-    copy of SST-2 renamed ``sentence`` to ``text``, and a file may have no header at all.
+    The text column is ``sentence`` or ``text`` (one shipped copy of SST-2 renamed it), the
+    label column ``label``; names are matched without case or surrounding spaces, and other
+    columns (an index) are ignored. A first line whose last column is not 0/1 is the header;
+    a file without one must have exactly two columns, text then label. A header that lacks
+    either name is refused, naming the file and the column.
     """
+    columns: tuple[int, int] | None = None  # (text, label) positions
+    width = 0
     with path.open(encoding="utf-8") as lines:
-        first = True
         for number, line in _numbered(path, lines):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            columns = line.split("\t")
-            if len(columns) < 2:
+            cells = line.split("\t")
+            if columns is None:
+                if cells[-1].strip() not in _SST2_LABELS:
+                    columns, width = _tsv_columns(path, cells), len(cells)
+                    continue
+                if len(cells) != 2:
+                    raise TaskDataError(
+                        f"{path}: no header, and {len(cells)} columns: give the file a header "
+                        "naming its sentence and label columns (or two columns: text, label)"
+                    )
+                columns, width = (0, 1), 2
+            if len(cells) != width:
                 raise TaskDataError(
-                    f"{path} line {number}: expected text<TAB>label, found no tab in {line!r:.60}"
+                    f"{path} line {number}: expected text<TAB>label in {width} columns, found "
+                    f"{len(cells)} in {line!r:.60}"
                 )
-            label = columns[-1].strip()
-            is_header, first = first and label not in _SST2_LABELS, False
-            if not is_header:
-                yield number, {"sentence": columns[0], "label": label}
+            text, label = columns
+            yield number, {"sentence": cells[text], "label": cells[label].strip()}
+
+
+def _tsv_columns(path: Path, header: list[str]) -> tuple[int, int]:
+    """The positions of the text and label columns named in a TSV header."""
+    names = [name.strip().lower() for name in header]
+    text = next((names.index(n) for n in _SST2_TEXT_COLUMNS if n in names), None)
+    if text is None:
+        raise TaskDataError(
+            f"{path}: the header lacks a 'sentence' (or 'text') column (it has "
+            f"{', '.join(map(repr, header))})"
+        )
+    if "label" not in names:
+        raise TaskDataError(
+            f"{path}: the header lacks a 'label' column (it has {', '.join(map(repr, header))})"
+        )
+    return text, names.index("label")
 
 
 def _numbered(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str]]:
