@@ -129,21 +129,27 @@ class OptimizerConfig:
         """The keyword arguments for ``create_optimizer`` (lr and the set options)."""
         return {"lr": self.lr, **self.settings}
 
-    def create_options(self, seed: int) -> dict[str, Any]:
-        """``create_optimizer``'s keywords for a run: lr, the set options, and the run's seed
-        for the optimizers that draw directions. Checked against the registry entry before
-        anything is loaded: an option the optimizer does not take, or a bad value, is refused
-        naming the key."""
+    def create_options(self, seed: int, scheme: str = "full") -> dict[str, Any]:
+        """``create_optimizer``'s keywords for a run: lr, the run defaults of the optimizer for
+        this tuning scheme (:meth:`zotune.optim.registry.OptimizerEntry.run_defaults`), the set
+        options, and the run's seed for the optimizers that draw directions. Checked against
+        the registry entry before anything is loaded: an option the optimizer does not take,
+        or a bad value, is refused naming the key."""
         from .optim.registry import entry
 
         try:
-            accepted = entry(self.name).accepted()
+            spec = entry(self.name)
         except ValueError as error:
             raise ConfigError(f"optimizer.name: {error}") from None
+        accepted = spec.accepted()
         for name in self.settings:
             if name not in accepted:
                 raise ConfigError(f"optimizer.{name} does not apply to {self.name}")
-        options = {**self.options(), **({"seed": seed} if "seed" in accepted else {})}
+        options = {
+            **spec.run_defaults(scheme),
+            **self.options(),
+            **({"seed": seed} if "seed" in accepted else {}),
+        }
         try:
             entry(self.name).resolve(options)
         except (TypeError, ValueError) as error:
@@ -195,6 +201,21 @@ class RunConfig:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def with_run_defaults(self) -> RunConfig:
+        """The config with the optimizer's run defaults for its tuning scheme written in
+        (:meth:`zotune.optim.registry.OptimizerEntry.run_defaults`: ε by scheme, FO gradient
+        clipping), so that config.yaml and a run's id say what the run used."""
+        from dataclasses import replace as replaced
+
+        from .optim.registry import entry
+
+        try:
+            spec = entry(self.optimizer.name)
+        except ValueError:
+            return self  # an unknown optimizer is reported by the checks, naming it
+        settings = {**spec.run_defaults(self.tuning.scheme), **self.optimizer.settings}
+        return replaced(self, optimizer=replaced(self.optimizer, settings=settings))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -50,6 +50,7 @@ def resolve_config(
             section, _, name = key.partition("__")
             data.setdefault(section, {})[name] = value
         config = build_config(data)
+    config = config.with_run_defaults()
     check_config(config)
     return config
 
@@ -81,7 +82,7 @@ def check_config(config: RunConfig) -> None:
             raise ConfigError(f"task.{key}: must be at least 1, got {value}")
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
-    config.optimizer.create_options(config.train.seed)
+    config.optimizer.create_options(config.train.seed, config.tuning.scheme)
     _check_scheme_options(config)
 
 
@@ -240,6 +241,11 @@ class Run:
     log: Callable[[str], None] = log_line
 
     @property
+    def first_order(self) -> bool:
+        """Steps by backprop: they run in train mode (dropout on), as the paper's FO runs."""
+        return optimizer_entry(self.config.optimizer.name).first_order
+
+    @property
     def is_main(self) -> bool:
         """The process that logs and writes files."""
         return self.group is None or self.group.is_main
@@ -283,7 +289,7 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     )
     if not for_training:
         return run
-    options = config.optimizer.create_options(config.train.seed)
+    options = config.optimizer.create_options(config.train.seed, config.tuning.scheme)
     # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
     run.optimizer = create_optimizer(config.optimizer.name, run.model, **options)
     run.scheduler = make_scheduler(run.optimizer, config)

@@ -285,8 +285,15 @@ class DivergedError(FloatingPointError):
 
 
 def _step(run: Run, closure, step: int):
-    """One optimizer step; an update that overflows the weights' dtype is named as such."""
+    """One optimizer step; an update that overflows the weights' dtype is named as such.
+
+    First-order steps run in train mode (dropout on), as HF's ``training_step`` runs the
+    paper's FO baselines; zeroth-order probes stay in eval mode (MeZO's ``zo_forward``): a
+    ZO difference needs the same function at θ ± εz.
+    """
     try:
+        if run.first_order:
+            run.model.train()
         return run.optimizer.step(closure)
     except RuntimeError as error:
         if "overflow" not in str(error):
@@ -296,6 +303,8 @@ def _step(run: Run, closure, step: int):
             f"(optimizer.lr={run.config.optimizer.lr:g}); lower the learning rate or train in "
             "float32 or bfloat16"
         ) from None
+    finally:
+        run.model.eval()
 
 
 def _check_weights_finite(run: Run, step: int, checkpoints, metrics, record) -> None:

@@ -350,7 +350,7 @@ def _resolve(
     for key, value in command_overrides:
         set_dotted(data, key, value)
     try:
-        config = build_config(data)
+        config = build_config(data).with_run_defaults()
     except ConfigError as error:
         raise SuiteError(f"{cell.label()}: {error}") from None
     resolved = config.to_dict()
@@ -637,7 +637,8 @@ def _check_options(runs: list[RunSpec]) -> None:
     """Every optimizer option a run sets is one its optimizer takes, with a valid value."""
     for run in runs:
         try:
-            build_config(copy.deepcopy(run.config)).optimizer.create_options(seed=0)
+            config = build_config(copy.deepcopy(run.config))
+            config.optimizer.create_options(seed=0, scheme=config.tuning.scheme)
         except ConfigError as error:
             raise SuiteError(
                 f"{run.cell.label()}: {error} (set it in a sweep or override for the "

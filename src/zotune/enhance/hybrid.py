@@ -6,6 +6,13 @@ With the transformer layers L_1 … L_n and a split k, the parameters are cut in
   k = n is plain ZO);
 * the FO part θ_F: layers k + 1 … n, the final norm and the head (k = 0 is plain FO).
 
+A head tied to the input embedding (OPT, SmolLM2, …) is one tensor, and it goes with the
+embeddings (the ZO part when k > 0): in the FO part it would require grad at the model's
+input, so autograd would record every layer's activations and the hybrid would cost what FO
+costs (``tests/test_enhance.py`` checks the placement on tied and untied models). The FO part
+may have its own learning rate (``fo_lr``): one η for both parts makes the k = 0 row FO-SGD
+at a ZO learning rate.
+
 One step (loss f(θ_Z, θ_F))::
 
     g_F = ∇_{θ_F} f(θ_Z, θ_F)                       one forward + backward, θ_Z frozen
@@ -49,8 +56,11 @@ def resolve_split(model: torch.nn.Module, hybrid_layers: int | float) -> tuple[i
     raise bad
 
 
-def split_hybrid(model: torch.nn.Module, hybrid_layers: int | float) -> list[dict]:
-    """Param groups ``{"params": [...], "part": "zo" | "fo"}`` (empty parts left out)."""
+def split_hybrid(
+    model: torch.nn.Module, hybrid_layers: int | float, fo_lr: float | None = None
+) -> list[dict]:
+    """Param groups ``{"params": [...], "part": "zo" | "fo"}`` (empty parts left out); the
+    FO group carries ``"lr": fo_lr`` when it is given."""
     k, n = resolve_split(model, hybrid_layers)
     params = dict(model.named_parameters())
     parts: dict[str, list[torch.Tensor]] = {"zo": [], "fo": []}
@@ -62,4 +72,8 @@ def split_hybrid(model: torch.nn.Module, hybrid_layers: int | float) -> list[dic
         else:
             zeroth = int(block.split(".")[1]) < k
         parts["zo" if zeroth else "fo"].append(params[name])
-    return [{"params": members, "part": part} for part, members in parts.items() if members]
+    groups = [{"params": members, "part": part} for part, members in parts.items() if members]
+    for group in groups:
+        if group["part"] == "fo" and fo_lr is not None:
+            group["lr"] = fo_lr
+    return groups

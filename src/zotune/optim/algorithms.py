@@ -32,6 +32,7 @@ from .options import (
     ADAM_EPS,
     BETAS,
     DAMPENING,
+    MAX_GRAD_NORM,
     NESTEROV,
     WEIGHT_DECAY,
     check_momentum,
@@ -158,6 +159,13 @@ class FOSGD(RegisteredFirstOrder):
 
     Without weight decay it matches ``torch.optim.SGD`` step for step. zotune's weight decay
     is decoupled and applied to matrices only (torch's SGD adds λθ to every gradient).
+
+    As the paper's FO baseline (``zotune train``, the bench): steps in train mode (dropout
+    on; ZO probes stay in eval mode, as MeZO's), gradients clipped at norm 1.0, constant LR.
+    Remaining differences from ZO-LLM's FO-SGD runs (docs/results/fidelity.md): its full
+    and prompt "SGD" sweeps ran HF's default AdamW (zo-bench/sweeps/SST2_opt-1.3b/sgd/
+    sgd_cls_ft.yml passes no ``--optimizer``) under fp16 mixed precision; zotune runs SGD in
+    the model's dtype.
     """
 
 
@@ -165,7 +173,9 @@ class FOAdam(RegisteredFirstOrder):
     """FO-Adam: Adam on backprop gradients (Kingma & Ba, 2015), decoupled weight decay.
 
     Without weight decay it matches ``torch.optim.Adam``; with it, ``torch.optim.AdamW``
-    restricted to matrices. ``adam_eps`` is Adam's δ (``eps`` in torch).
+    restricted to matrices. ``adam_eps`` is Adam's δ (``eps`` in torch). As the paper's FO
+    baseline it steps in train mode with gradients clipped at norm 1.0 (see :class:`FOSGD`);
+    ZO-LLM built ``torch.optim.Adam(params, lr)``, so its swept weight decay never applied.
     """
 
 
@@ -198,9 +208,10 @@ _publish(OptimizerEntry(
 _publish(OptimizerEntry(
     key="fo-sgd", summary="FO-SGD (backprop)", estimator="backprop", cls=FOSGD,
     rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
-    options=(momentum(0.0), DAMPENING, NESTEROV, WEIGHT_DECAY), check=check_momentum,
+    options=(momentum(0.0), DAMPENING, NESTEROV, WEIGHT_DECAY, MAX_GRAD_NORM),
+    check=check_momentum,
 ))
 _publish(OptimizerEntry(
     key="fo-adam", summary="FO-Adam (backprop)", estimator="backprop", cls=FOAdam,
-    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY),
+    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY, MAX_GRAD_NORM),
 ))

@@ -299,18 +299,30 @@ class FirstOrderOptimizer(RuleOptimizer):
 
     forward_passes_per_step = 1
 
-    def __init__(self, params: Params, lr: float, *, rule: Rule, **hyperparameters: Any) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        rule: Rule,
+        max_grad_norm: float | None = None,
+        **hyperparameters: Any,
+    ) -> None:
         refusal = "backpropagation would leave the gradients on the empty meta tensors"
         super().__init__(
             params, {"lr": lr, **hyperparameters}, rule, seed=0, offload_refusal=refusal
         )
         self.estimator = BackpropEstimator()
+        self.max_grad_norm = max_grad_norm
 
     def step(self, closure=None) -> torch.Tensor | None:
         entries = self.trainable()
         estimate = self.estimator.estimate([e for e, _ in entries], closure, 0)
         if estimate.loss is not None:
             check_finite([estimate.loss], lambda: None)
+        if self.max_grad_norm is not None:
+            grads = [e.param for e, _ in entries if e.param.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm)
         self.finish_step()
         self.apply_gradient(entries)
         return estimate.loss

@@ -175,6 +175,14 @@ ADAM_EPS = Option(
 )
 
 
+MAX_GRAD_NORM = Option(
+    "max_grad_norm", None,
+    "clip the gradient's global L2 norm to this before the update (HF Trainer's "
+    "max_grad_norm; zotune train sets 1.0, the Trainer default the paper's FO runs used)",
+    check=finite_above(0), problem="a finite number > 0", optional=True,
+)
+
+
 def momentum(default: float) -> Option:
     """Heavy-ball μ; ZO-SGD-MMT and FO-SGD differ only in its default."""
     return Option(
@@ -232,6 +240,10 @@ ZO_OPTIONS: tuple[Option, ...] = (
         optional=True, parse=int_or_float,
     ),
     Option(
+        "fo_lr", None, "hybrid ZO/FO: learning rate of the FO part (default: lr)",
+        check=finite_at_least(0), problem="a finite number >= 0", optional=True,
+    ),
+    Option(
         "sparsity", 0.0, "fraction of each tensor's perturbation masked out",
         check=in_unit(), problem="in [0, 1)",
     ),
@@ -260,6 +272,7 @@ class ZOOptions:
     block_level: str | None = None
     block_mode: str = "coordinate"
     hybrid_layers: int | float | None = None
+    fo_lr: float | None = None
     sparsity: float = 0.0
     sparsity_mode: str = "uniform"
     mask_every: int = 1

@@ -30,6 +30,8 @@ from .options import ZO_OPTIONS, Option, ZOOptions
 from .steps import make_step
 
 ESTIMATORS = ("rge", "forward-grad", "backprop")
+# The perturbation scale a run uses per tuning scheme (see OptimizerEntry.run_defaults).
+EPS_BY_SCHEME = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,26 @@ class OptimizerEntry:
             self.check(values)
         return values
 
+    def run_defaults(self, scheme: str) -> dict[str, Any]:
+        """Defaults ``zotune train`` and the bench use where they differ from the library's
+        (``create_optimizer`` keeps torch.optim's habits: one ε, no gradient clipping).
+
+        * ε by tuning scheme, as ZO-Bench's sweeps and MeZO recommend: 1e-3 full (MeZO's
+          default), 1e-2 LoRA (MeZO README, large_models: "LoRA … EPS 1e-2"), 1e-1 prefix
+          (ZO-LLM zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/zo_sgd_cls_prefix.yml; MeZO README),
+          1e-3 prompt (the middle of zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/
+          zo_sgd_cls_prompt.yml's 1e-2…1e-4; MeZO has no prompt tuning);
+        * gradient clipping at norm 1.0 for first-order steps: HF Trainer's default
+          ``max_grad_norm``, which ZO-LLM's FO runs kept (zo-bench/trainer.py).
+        """
+        accepted = self.accepted()
+        defaults: dict[str, Any] = {}
+        if "eps" in accepted:
+            defaults["eps"] = EPS_BY_SCHEME.get(scheme, accepted["eps"].default)
+        if "max_grad_norm" in accepted:
+            defaults["max_grad_norm"] = 1.0
+        return defaults
+
     def state_tensors(self, **options: Any) -> int:
         """Parameter-sized state tensors per trainable tensor (momentum 1, Adam 2)."""
         return len(self._rule_for(options).state_names)
@@ -150,10 +172,12 @@ class OptimizerEntry:
         parts: dict[str, Any] = {name: values[name] for name in own}
         parts["rule"] = self.rule(values)
         if self.first_order:
-            return parts
+            return {**parts, "max_grad_norm": values.get("max_grad_norm")}
         zo = ZOOptions(**{name: values[name] for name in _zo_names() if name in values})
         try:
-            step = make_step(self.step, zo.block_level, zo.block_mode, zo.hybrid_layers)
+            step = make_step(
+                self.step, zo.block_level, zo.block_mode, zo.hybrid_layers, zo.fo_lr
+            )
         except ValueError as error:
             raise ValueError(f"{self.key}: {error}") from None
         if self.estimator == "rge":

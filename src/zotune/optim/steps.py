@@ -173,11 +173,12 @@ class HybridStep(StepStrategy):
     name = "hybrid"
     offload_refusal = "the hybrid first-order part needs gradients on the weights"
 
-    def __init__(self, layers: int | float) -> None:
+    def __init__(self, layers: int | float, fo_lr: float | None = None) -> None:
         self.layers = layers
+        self.fo_lr = fo_lr
 
     def param_groups(self, params: Any) -> Any:
-        return split_hybrid(_needs_module(params, "hybrid_layers"), self.layers)
+        return split_hybrid(_needs_module(params, "hybrid_layers"), self.layers, self.fo_lr)
 
     def forward_passes(self, optimizer) -> int:
         parts = {group["part"] for group in optimizer.param_groups}
@@ -226,7 +227,11 @@ def _drop_gradients(entries) -> None:
 
 
 def make_step(
-    base: str, block_level: str | None, block_mode: str, hybrid_layers: int | float | None
+    base: str,
+    block_level: str | None,
+    block_mode: str,
+    hybrid_layers: int | float | None,
+    fo_lr: float | None = None,
 ) -> StepStrategy:
     """The strategy for an optimizer whose own step is ``base`` ("plain" or "conservative")
     with the enhancement options set; a combination in :data:`CONFLICTS` is refused."""
@@ -242,6 +247,8 @@ def make_step(
                 raise ValueError(f"{first} and {second} steps cannot be combined: {reason}")
     if block_level is not None:
         return BlockwiseStep(block_level, block_mode)
+    if fo_lr is not None and hybrid_layers is None:
+        raise ValueError("fo_lr is the learning rate of a hybrid step's FO part: set hybrid_layers")
     if hybrid_layers is not None:
-        return HybridStep(hybrid_layers)
+        return HybridStep(hybrid_layers, fo_lr)
     return ConservativeStep() if base == "conservative" else PlainStep()

@@ -1,0 +1,122 @@
+"""The paper's settings around the update rules (issue 13, items 1, 6 and 7): run defaults
+per tuning scheme, first-order steps as HF's Trainer made them, and hybrid ZO/FO's split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zotune.config import build_config
+from zotune.enhance import split_hybrid
+from zotune.models import random_model
+from zotune.optim import create_optimizer
+from zotune.run import resolve_config, setup
+from zotune.train import _step
+
+
+def config_for(sst2_dir, **sections):
+    data = {
+        "model": {"name": "random:tiny-llama"},
+        "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 16, "num_val": 6,
+                 "num_test": 6},
+        "train": {"steps": 1, "batch_size": 4, "progress": False},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("scheme", "optimizer", "settings", "expected"),
+    [
+        ("full", "zo-sgd", {}, {"eps": 1e-3}),
+        ("lora", "zo-sgd", {}, {"eps": 1e-2}),
+        ("prefix", "zo-adam", {}, {"eps": 1e-1}),
+        ("prompt", "zo-sgd-sign", {}, {"eps": 1e-3}),
+        ("lora", "zo-sgd", {"eps": 1e-4}, {"eps": 1e-4}),  # a set value wins
+        ("full", "forward-grad", {}, {}),  # no finite difference, no ε
+        ("full", "fo-adam", {}, {"max_grad_norm": 1.0}),
+        ("lora", "fo-sgd", {"max_grad_norm": 5.0}, {"max_grad_norm": 5.0}),
+    ],
+)
+def test_a_run_takes_the_papers_defaults_for_its_scheme(
+    scheme, optimizer, settings, expected, sst2_dir
+):
+    config = resolve_config(
+        config_for(sst2_dir, tuning={"scheme": scheme},
+                   optimizer={"name": optimizer, "lr": 1e-3, **settings})
+    )
+    assert config.optimizer.settings == expected
+    assert config.to_dict()["optimizer"] == {
+        "name": optimizer, "lr": 1e-3, "schedule": "constant", **expected
+    }
+
+
+def test_the_library_keeps_torch_defaults():
+    x = torch.zeros(3, requires_grad=True)
+    assert create_optimizer("fo-sgd", [x], lr=0.1).max_grad_norm is None
+    assert create_optimizer("zo-sgd", [x], lr=0.1).estimator.eps == 1e-3
+
+
+@pytest.mark.parametrize("name", ["fo-sgd", "fo-adam"])
+def test_first_order_steps_clip_the_gradient_norm_like_torch(name):
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 4, generator=gen), torch.randn(8, generator=gen)
+    ours_x = torch.ones(4, requires_grad=True)
+    ref_x = torch.ones(4, requires_grad=True)
+    ours = create_optimizer(name, [ours_x], lr=0.1, max_grad_norm=0.5)
+    ref = create_optimizer(name, [ref_x], lr=0.1)
+    for _ in range(3):
+        ours.step(lambda: ((a @ ours_x - b) ** 2).sum())
+        ref.zero_grad()
+        ((a @ ref_x - b) ** 2).sum().backward()
+        norm = torch.nn.utils.clip_grad_norm_([ref_x], 0.5)
+        assert norm > 0.5, "the test must exercise the clipping"
+        ref.step()
+    torch.testing.assert_close(ours_x, ref_x, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("optimizer", "training"), [("fo-adam", True), ("zo-sgd", False)])
+def test_first_order_steps_run_in_train_mode_and_zo_probes_in_eval_mode(
+    optimizer, training, sst2_dir
+):
+    run = setup(resolve_config(config_for(sst2_dir, optimizer={"name": optimizer, "lr": 1e-3})))
+    seen = []
+    batch = run.scorer.encode_for_loss(run.splits.train[:4])
+
+    def closure():
+        seen.append(run.model.training)
+        return run.scorer.loss(batch)
+
+    _step(run, closure, 0)
+    assert set(seen) == {training}
+    assert not run.model.training, "evaluation always sees eval mode"
+
+
+# Hybrid ZO/FO (item 7) ------------------------------------------------------------------------
+
+
+def test_hybrid_fo_part_has_its_own_learning_rate():
+    model = random_model("tiny-llama").model
+    optimizer = create_optimizer("zo-sgd", model, lr=1e-6, hybrid_layers=1, fo_lr=1e-3)
+    lrs = {group["part"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"zo": 1e-6, "fo": 1e-3}
+    with pytest.raises(ValueError, match="fo_lr is the learning rate of a hybrid step"):
+        create_optimizer("zo-sgd", model, lr=1e-6, fo_lr=1e-3)
+
+
+@pytest.mark.parametrize(("shape", "tied"), [("tiny-opt", True), ("tiny-llama", False)])
+def test_hybrid_places_the_head_as_documented_for_tied_and_untied_models(shape, tied):
+    model = random_model(shape).model
+    head = model.get_output_embeddings().weight
+    assert (head is model.get_input_embeddings().weight) == tied
+    groups = {g["part"]: {id(p) for p in g["params"]} for g in split_hybrid(model, 1)}
+    # Tied: one tensor, with the embeddings in the ZO part (FO would record every layer).
+    # Untied: the head is the FO part's, as the docstring says.
+    assert (id(head) in groups["zo"]) == tied
+    assert (id(head) in groups["fo"]) == (not tied)
+
+
+def test_build_config_keeps_what_the_user_wrote():
+    config = build_config({"optimizer": {"name": "zo-sgd", "lr": 1e-3}})
+    assert config.optimizer.settings == {}, "run defaults are resolved for a run, not here"
