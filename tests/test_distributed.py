@@ -226,7 +226,7 @@ def test_share_probes_rejects_first_order_and_unknown_modes():
 
 
 def test_traffic_benchmark_counts_zo_scalars_against_ddp_gradients():
-    from zotune.bench.traffic import measure_traffic, traffic_table
+    from zotune.profiling.traffic import measure_traffic, traffic_table
 
     rows = measure_traffic("tiny-opt", ("lora",), steps=1)
     by_case = {row["case"]: row for row in rows}

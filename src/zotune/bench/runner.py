@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .environment import hardware_description, hostname, usable_cpus, zotune_version
+from ..environment import hardware_description, hostname, usable_cpus, zotune_version
 from .progress import ProgressDisplay
 from .store import ResultsStore, RunRecord, SuitePlan
 from .suite import RunSpec, Suite
