@@ -159,24 +159,14 @@ def test_estimate_on_the_meta_device_sizes_llama_7b_without_allocating():
     assert est.breakdown_mb().startswith("W 1285")
 
 
-def _vocab_heavy(tied: bool):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=8000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        tie_word_embeddings=tied,
-    )
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
 @pytest.mark.parametrize("tied", [True, False])
-def test_fo_peak_is_the_larger_end_of_backward(tied):
-    model = _vocab_heavy(tied)
+def test_fo_peak_is_the_larger_end_of_backward(tied, tiny_config):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(vocab_size=8000, hidden_size=64, intermediate_size=128,
+                         num_key_value_heads=4, tie_word_embeddings=tied)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
     head = 8000 * 64 * 4
     short = estimate_memory(model, "fo-sgd", batch_size=1, seq_len=8)
     assert short.notes["peak_at"] == "end of backward" and short.activations == 0

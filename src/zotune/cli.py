@@ -120,6 +120,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, list_tasks
 
+    if args.markdown:
+        from .tasks.catalog import tasks_markdown
+
+        print(tasks_markdown(), end="")
+        return 0
     for name in list_tasks():
         print(f"{name:12s} {get_task(name).description}")
     return 0
@@ -211,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     tasks = commands.add_parser("tasks", help="list the tasks")
+    tasks.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print every task's template, candidates and data files as Markdown tables",
+    )
     tasks.set_defaults(func=cmd_tasks)
 
     demo = commands.add_parser("demo", help="fine-tune the embedded model on SST-2 (CPU)")

@@ -8,12 +8,9 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..figures import MARKERS, pyplot, save_figure, series_colors
-
-if TYPE_CHECKING:
-    from .report import Section
+from .section import Section
 
 # Curves are smoothed over about this fraction of their length: ZO losses are noisy.
 SMOOTHING_FRACTION = 0.04

@@ -339,11 +339,6 @@ def _terminate(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def run_suite(suite: Suite, results_dir: str | Path, **options) -> BenchSummary:
-    """Run ``suite``'s pending runs into ``results_dir`` (options: see :class:`Runner`)."""
-    return Runner(suite, results_dir, **options).run()
-
-
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 

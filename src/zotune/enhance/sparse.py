@@ -44,8 +44,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ..estimators.base import IndexedParam
-from ..estimators.directions import DirectionSampler, circular_slices, mix_seed, noise_table
+from ..estimators.directions import (
+    DirectionSampler,
+    IndexedParam,
+    circular_slices,
+    mix_seed,
+    noise_table,
+)
 
 SPARSITY_MODES = ("uniform", "magnitude")
 

@@ -23,13 +23,11 @@ DEFAULT_MODEL = "random:opt-125m"
 
 
 @dataclass(frozen=True)
-class ProfileSpec:
-    """One measurement. ``model`` is a hub id, a local folder, ``smollm2-135m`` or
-    ``random:<shape>`` (see :data:`zotune.models.SHAPES`)."""
+class Settings:
+    """What the measurements of one command share. ``model`` is a hub id, a local folder,
+    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.SHAPES`)."""
 
-    method: str = "zo-sgd"
     model: str = DEFAULT_MODEL
-    scheme: str = "full"
     batch_size: int = 16
     seq_len: int = 64
     dtype: str = "float32"
@@ -40,6 +38,18 @@ class ProfileSpec:
     seed: int = 0
     attn_implementation: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    def settings(self) -> dict[str, Any]:
+        """These settings as keywords, for a :class:`ProfileSpec` or another settings type."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+
+
+@dataclass(frozen=True)
+class ProfileSpec(Settings):
+    """One measurement: ``method`` on the settings' model with tuning ``scheme``."""
+
+    method: str = "zo-sgd"
+    scheme: str = "full"
     # Optimizer options beyond lr (``{"hybrid_layers": 10}``, ``{"q": 4}``).
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -32,7 +32,7 @@ from ..tables import table
 from .build import build_model, build_step
 from .measurement import measure, run_profile
 from .render import describe_setup, mb
-from .spec import DEFAULT_MODEL, ProfileResult, ProfileSpec
+from .spec import ProfileResult, ProfileSpec, Settings
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
 
@@ -43,28 +43,13 @@ def methods_for(scheme: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class StepCostConfig:
-    model: str = DEFAULT_MODEL
-    batch_size: int = 16
-    seq_len: int = 64
-    dtype: str = "float32"
-    device: str = "cpu"
+class StepCostConfig(Settings):
     steps: int = 5
-    warmup: int = 1
     schemes: tuple[str, ...] = SCHEMES
-    lr: float = 1e-6
-    seed: int = 0
-    attn_implementation: str | None = None
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def spec(self, method: str, scheme: str, **changes: Any) -> ProfileSpec:
         """The measurement of ``method`` on ``scheme`` with this config's settings."""
-        shared = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(ProfileSpec)
-            if hasattr(self, f.name)
-        }
-        return ProfileSpec(**{**shared, "method": method, "scheme": scheme, **changes})
+        return ProfileSpec(**{**self.settings(), "method": method, "scheme": scheme, **changes})
 
 
 @dataclass

@@ -16,24 +16,8 @@ answer word follows with a space (``"... Yes or No?" + " Yes"``), so that every 
 ordinary word token (a bare ``"Yes"`` after a newline tokenizes differently across models, and
 the whitespace rule above stays uniform).
 
-========== ================================================================= ================
-task       context                                                           candidates
-========== ================================================================= ================
-sst2       ``{sentence} It was``                                             terrible, great
-copa       ``{premise without final "."} so`` (effect) / ``because`` (cause) choice1, choice2
-winogrande ``{text before _}{option}`` (one per option) → ``{text after _}`` option1, option2
-multirc    ``{paragraph}\nQuestion: {q}\nI found this answer "{a}". Is that  No, Yes
-           correct? Yes or No?``
-rte        ``{premise}\nDoes this mean that "{hypothesis}" is true? Yes or   Yes, No
-           No?``
-cb         ``Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Yes, No, Maybe
-           Maybe?``
-boolq      ``{passage} {Question}?`` (first letter capitalized, "?" added)   No, Yes
-wsc        ``{text}\nIn the previous sentence, does the pronoun "{span2      No, Yes
-           lowercased}" refer to {span1}? Yes or No?``
-wic        ``Does the word "{word}" have the same meaning in these two       No, Yes
-           sentences? Yes, No?\n{sentence1}\n{sentence2}``
-========== ================================================================= ================
+``zotune tasks --markdown`` prints every task's context and candidates, rendered from the
+specs below (COPA's connective is "so" for an effect question, "because" for a cause).
 
 Candidates are listed in label order: candidate i is label i of the hub's integer encoding
 (SST-2 0 negative; RTE 0 entailment, 1 not_entailment; CB 0 entailment, 1 contradiction,
@@ -59,18 +43,7 @@ without its final period and drops the connective). WinoGrande has no prompt wor
 without alignment the option is no longer placed in the sentence: the context is the raw
 sentence, blank included, and the candidates are the two options as words.
 
-========== ===================================== ================
-task       context without alignment             candidates
-========== ===================================== ================
-sst2       ``{sentence}``                        terrible, great
-copa       ``{premise without final "."}``       choice1, choice2
-winogrande ``{sentence with _}``                 option1, option2
-multirc    ``{paragraph}\n{question}\n{answer}`` No, Yes
-rte, cb    ``{premise}\n{hypothesis}``           as above
-boolq      ``{passage}\n{question}``             No, Yes
-wsc        ``{text}\n{span2}\n{span1}``          No, Yes
-wic        ``{word}\n{sentence1}\n{sentence2}``  No, Yes
-========== ===================================== ================
+The raw contexts are in the second table of ``zotune tasks --markdown``.
 """
 
 from __future__ import annotations

@@ -2,27 +2,11 @@
 
 The paper samples 1000 train, 500 val and 1000 test examples with a seed. The public test
 splits of GLUE / SuperGLUE / WinoGrande carry no labels, so, as in MeZO, the official
-validation split ("dev") becomes the test source and val is carved out of train:
+validation split ("dev") becomes the test source and val is carved out of train. Which
+files each task reads is listed by ``zotune tasks --markdown``; what a load got from them is
+logged and kept in :attr:`Splits.notes`.
 
-========== ========================== ========= ================== =======================
-task       labelled files (staged)    test from val, train from    train / val / test got
-========== ========================== ========= ================== =======================
-sst2       train.tsv 67,349; dev.tsv  dev.tsv   train.tsv          1000 / 500 / 872
-           872
-copa       train.jsonl 400; val 100   val.jsonl train.jsonl        267 / 133 / 100
-multirc    train 27,243; val 4,848    val.jsonl train.jsonl        1000 / 500 / 1000
-           (answer options)
-rte        train 2,490; val 277       val.jsonl train.jsonl        1000 / 500 / 277
-cb         train 250; val 56          val.jsonl train.jsonl        167 / 83 / 56
-wsc        train 554; val 104         val.jsonl train.jsonl        350 / 175 / 104
-wic        train 5,428; val 638       val.jsonl train.jsonl        1000 / 500 / 638
-boolq      val 3,270 (no train file)  val.jsonl rest of val.jsonl  1000 / 500 / 1000
-winogrande dev 1,267 (no train file)  dev       rest of dev        178 / 89 / 1000
-========== ========================== ========= ================== =======================
-
-(The last column is what the default 1000 / 500 / 1000 gets from the staged files.)
-
-The rule behind the table, for any source: test = ``num_test`` examples of dev; val and train
+The rule, for any source: test = ``num_test`` examples of dev; val and train
 come from train when a train split exists (a local ``train*`` file, or the hub, which has
 BoolQ's and WinoGrande's), else from what test left of dev. Val and train are disjoint and
 never meet test: the pool that feeds them drops every example whose input (contexts and
