@@ -12,7 +12,7 @@ number, so the projected gradient is non-zero and the update is not skipped):
 
 * ``gaussian``: :class:`zotune.optim.ZOSGD` with ``distribution="gaussian"`` (sampled chunks);
 * ``table``: the same with ``distribution="table"`` (the CPU default, ``auto``);
-* ``mezo``: :class:`zotune.bench.mezo_reference.MezoReferenceStep`, MeZO's own step (global
+* ``mezo``: :class:`zotune.profiling.mezo_reference.MezoReferenceStep`, MeZO's own step (global
   ``torch.manual_seed`` per pass, whole-tensor ``torch.normal``, out-of-place moves, update
   regenerating z).
 
@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import torch
 
-from zotune.bench.mezo_reference import MezoReferenceStep
 from zotune.estimators.directions import noise_table
 from zotune.optim import ZOSGD
+from zotune.profiling.mezo_reference import MezoReferenceStep
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -105,18 +105,13 @@ def test_profile_estimates_its_memory(zo_clip, capsys):
     assert "zo-clip" in out
 
 
-def test_a_bench_suite_runs_it(zo_clip, sst2_dir, tmp_path, capsys):
-    suite = {
-        "name": "clip",
-        "base": {
-            "model": {"name": "random:tiny-llama"},
-            "task": {"name": "sst2", "num_train": 16, "num_val": 6, "num_test": 6},
-            "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "eval_batch_size": 8},
-        },
-        "grid": {"tuning": ["full"], "optimizer": ["zo-clip"]},
-        "sweep": {"zo-clip": {"lr": [1e-3], "clip": [0.5]}},
-        "seeds": [0],
-    }
+def test_a_bench_suite_runs_it(zo_clip, sst2_dir, tmp_path, capsys, tiny_suite):
+    suite = tiny_suite(
+        name="clip",
+        grid={"tuning": ["full"], "optimizer": ["zo-clip"]},
+        sweep={"zo-clip": {"lr": [1e-3], "clip": [0.5]}},
+        seeds=[0],
+    )
     path = tmp_path / "clip.yaml"
     path.write_text(yaml.safe_dump(suite))
     results = tmp_path / "results"

@@ -265,12 +265,12 @@ def test_an_unknown_flag_after_overrides_is_still_refused(capsys):
 @pytest.fixture
 def nothing_measured(monkeypatch):
     """Fail the test if ``zotune profile`` starts measuring."""
-    from zotune.bench import profile, step_cost
+    from zotune.profiling import measurement, step_cost
 
     def measure(*args, **kwargs):
         raise AssertionError("the profile started measuring before checking its settings")
 
-    monkeypatch.setattr(profile, "run_profile", measure)
+    monkeypatch.setattr(measurement, "run_profile", measure)
     monkeypatch.setattr(step_cost, "run_step_cost", measure)
 
 

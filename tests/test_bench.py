@@ -12,7 +12,6 @@ import textwrap
 import time
 
 import pytest
-import yaml
 
 from zotune import cli
 from zotune.bench.report import build_report
@@ -30,24 +29,6 @@ from zotune.bench.suite import (
 from zotune.bench.worker import OUTCOME_FILE, STDERR_FILE
 from zotune.optim import OPTIMIZERS
 from zotune.tuning import SCHEMES
-
-
-def tiny_suite(**changes):
-    """A one-model, one-task suite dict on the tiny random LLaMA."""
-    suite = {
-        "name": "tiny",
-        "base": {
-            "model": {"name": "random:tiny-llama"},
-            "task": {"name": "sst2", "num_train": 16, "num_val": 6, "num_test": 6},
-            "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "eval_batch_size": 8},
-        },
-        "grid": {"tuning": ["full", "lora"], "optimizer": ["zo-sgd", "fo-adam"]},
-        "sweep": {"zo-sgd": {"lr": [1e-3, 1e-4], "eps": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
-        "seeds": [0, 1],
-    }
-    suite.update(changes)
-    return suite
-
 
 # Suites ------------------------------------------------------------------------------------
 
@@ -83,7 +64,7 @@ def test_builtin_suites_have_the_papers_grid_shape():
     assert len(smoke.cells) == 4 and len(smoke.runs) == 4
 
 
-def test_expansion_is_the_product_of_grid_sweep_and_seeds():
+def test_expansion_is_the_product_of_grid_sweep_and_seeds(tiny_suite):
     suite = expand_suite(tiny_suite())
     # zo-sgd: 2 schemes × 2 lrs × 2 seeds; fo-adam: 2 schemes × 1 lr × 2 seeds
     assert len(suite.cells) == 4
@@ -96,7 +77,7 @@ def test_expansion_is_the_product_of_grid_sweep_and_seeds():
     assert all(r.config["optimizer"]["eps"] == 1e-3 for r in zo)
 
 
-def test_run_ids_are_stable_distinct_and_ignore_placement(tmp_path):
+def test_run_ids_are_stable_distinct_and_ignore_placement(tmp_path, tiny_suite):
     first, again = expand_suite(tiny_suite()), expand_suite(tiny_suite())
     ids = [r.id for r in first.runs]
     assert ids == [r.id for r in again.runs]
@@ -108,7 +89,7 @@ def test_run_ids_are_stable_distinct_and_ignore_placement(tmp_path):
     assert not set(ids) & {r.id for r in changed.runs}
 
 
-def test_overrides_and_sweeps_apply_from_general_to_specific():
+def test_overrides_and_sweeps_apply_from_general_to_specific(tiny_suite):
     suite = expand_suite(
         tiny_suite(
             overrides={
@@ -140,7 +121,7 @@ def test_overrides_and_sweeps_apply_from_general_to_specific():
     assert {r.config["optimizer"]["lr"] for r in fo_full} == {1e-2}
 
 
-def test_selectors_may_name_models_with_slashes():
+def test_selectors_may_name_models_with_slashes(tiny_suite):
     suite = expand_suite(
         tiny_suite(
             grid={"model": ["random:tiny-llama", "random:tiny-opt"], "tuning": ["full"],
@@ -181,14 +162,14 @@ def test_selectors_may_name_models_with_slashes():
         ({"resources": {"zo-sgdd": {"cpus": 1}}}, "resources: selector 'zo-sgdd' names nothing"),
     ],
 )
-def test_bad_suites_fail_with_one_line_naming_the_value(changes, message):
+def test_bad_suites_fail_with_one_line_naming_the_value(changes, message, tiny_suite):
     with pytest.raises(SuiteError) as error:
         expand_suite(tiny_suite(**changes))
     text = str(error.value)
     assert message in text and "\n" not in text
 
 
-def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs():
+def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs(tiny_suite):
     plain = expand_suite(tiny_suite())
     assert {r.resources for r in plain.runs} == {Resources(cpus=1, gpus=0)}
     on_cuda = expand_suite(tiny_suite(), overrides=["model.device=cuda"])
@@ -226,11 +207,13 @@ STUDY_GRIDS = [
 ]
 
 
-def study_suite(**changes):
-    return tiny_suite(grid=STUDY_GRIDS, seeds=[0], **changes)
+@pytest.fixture
+def study_suite(tiny_suite):
+    """Factory ``study_suite(**changes)``: :data:`STUDY_GRIDS` on the tiny suite, one seed."""
+    return lambda **changes: tiny_suite(grid=STUDY_GRIDS, seeds=[0], **changes)
 
 
-def test_a_list_of_grids_adds_study_cells_with_their_variants():
+def test_a_list_of_grids_adds_study_cells_with_their_variants(study_suite):
     suite = expand_suite(study_suite(overrides={"zo-sgd": {"train": {"steps": 3}}}))
     cells = {(c.optimizer, c.variant) for c in suite.cells}
     assert cells == {("zo-sgd", ""), ("fo-adam", ""), ("zo-sgd", "dense"),
@@ -250,7 +233,7 @@ def test_a_list_of_grids_adds_study_cells_with_their_variants():
     assert [p.spec.id for p in planned] == suite.run_ids
 
 
-def test_variant_names_are_selectors():
+def test_variant_names_are_selectors(study_suite):
     suite = expand_suite(study_suite(sweep={"zo-sgd": {"lr": [1e-3]}, "sparse": {"lr": [1e-2]},
                                             "fo-adam": {"lr": [1e-3]}}))
     lrs = {r.cell.variant: r.config["optimizer"]["lr"] for r in suite.runs}
@@ -271,7 +254,7 @@ def test_variant_names_are_selectors():
          "optimizer.sparsity does not apply to fo-adam"),
     ],
 )
-def test_bad_variants_fail_with_one_line_naming_the_value(grid, message):
+def test_bad_variants_fail_with_one_line_naming_the_value(grid, message, tiny_suite):
     changes = {"grid": grid, "sweep": {"default": {"lr": [1e-3]}}}
     if "fo-adam" in message:
         changes["grid"] = [{"optimizer": ["fo-adam"], "variant": grid[0]["variant"]}]
@@ -298,7 +281,7 @@ V1_SCHEMA_ROW = (
 )
 
 
-def test_a_store_written_before_studies_is_upgraded_in_place(tmp_path):
+def test_a_store_written_before_studies_is_upgraded_in_place(tmp_path, study_suite):
     import sqlite3
 
     from zotune.bench import store as store_module
@@ -339,7 +322,7 @@ def record_for(run, status="done", val=0.5, test=0.5, **metrics):
     )
 
 
-def test_store_round_trips_records_and_counts_attempts(tmp_path):
+def test_store_round_trips_records_and_counts_attempts(tmp_path, tiny_suite):
     run = expand_suite(tiny_suite()).runs[0]
     with ResultsStore(tmp_path) as store:
         store.record(record_for(run, status="failed"))
@@ -384,7 +367,7 @@ def test_a_crash_mid_write_leaves_no_half_written_row(tmp_path):
 # Selection ---------------------------------------------------------------------------------
 
 
-def test_selection_chooses_on_validation_never_on_test():
+def test_selection_chooses_on_validation_never_on_test(tiny_suite):
     suite = expand_suite(tiny_suite())
     zo_full = [r for r in suite.runs if r.cell == Cell("random:tiny-llama", "sst2", "full",
                                                            "zo-sgd")]
@@ -401,7 +384,7 @@ def test_selection_chooses_on_validation_never_on_test():
     assert not selection.partial
 
 
-def test_selection_prefers_settings_whose_every_seed_finished():
+def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
     records = []
@@ -519,22 +502,10 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
     assert str(report / "report.md") in out
 
 
-def write_suite(path, **changes):
-    path.write_text(yaml.safe_dump(tiny_suite(**changes)))
-    return path
-
-
-def test_a_failed_run_is_recorded_and_retried(sst2_dir, tmp_path, capsys):
+def test_a_failed_run_is_recorded_and_retried(tmp_path, capsys, write_suite, two_run_suite):
     suite_file = tmp_path / "tiny.yaml"
     results = tmp_path / "results"
-    base = tiny_suite()["base"]
-    base["task"]["data_dir"] = str(sst2_dir)
-    common = {
-        "base": base,
-        "grid": {"tuning": ["full"], "optimizer": ["zo-sgd", "fo-adam"]},
-        "sweep": {"zo-sgd": {"lr": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
-        "seeds": [0],
-    }
+    common = two_run_suite()
     # fo-adam reads from a folder that does not exist, so its worker crashes; zo-sgd never runs.
     broken = {"fo-adam": {"task": {"data_dir": str(tmp_path / "missing")}}}
     write_suite(suite_file, overrides=broken, **common)
@@ -570,7 +541,9 @@ def test_a_failed_run_is_recorded_and_retried(sst2_dir, tmp_path, capsys):
     assert retried.attempts == 2 and attempts == ["failed", "done"]
 
 
-def test_an_outcome_written_before_the_runner_died_is_recorded_without_rerunning(tmp_path):
+def test_an_outcome_written_before_the_runner_died_is_recorded_without_rerunning(
+    tmp_path, tiny_suite
+):
     suite = expand_suite(tiny_suite(seeds=[0], grid={"tuning": ["full"],
                                                      "optimizer": ["zo-sgd"]},
                                     sweep={"zo-sgd": {"lr": [1e-3]}}))
@@ -586,7 +559,7 @@ def test_an_outcome_written_before_the_runner_died_is_recorded_without_rerunning
     assert not (run_dir / STDERR_FILE).exists(), "no worker was started"
 
 
-def test_dry_run_plan_marks_pending_and_failed(tmp_path):
+def test_dry_run_plan_marks_pending_and_failed(tmp_path, tiny_suite):
     suite = expand_suite(tiny_suite())
     first, second = suite.runs[:2]
     statuses = {first.id: "done", second.id: "failed"}
@@ -599,7 +572,7 @@ def test_dry_run_plan_marks_pending_and_failed(tmp_path):
     assert listing.endswith(f"{len(suite.runs)} runs, {len(suite.runs) - 1} to run")
 
 
-def test_only_runs_the_cells_a_selector_picks():
+def test_only_runs_the_cells_a_selector_picks(tiny_suite):
     suite = expand_suite(tiny_suite())
     picked = [p.spec for p in plan(suite, {}, True, ["zo-sgd/lora", "fo-adam"]) if p.will_run]
     assert {(r.cell.optimizer, r.cell.scheme) for r in picked} == {
@@ -628,7 +601,7 @@ def test_bad_suite_files_fail_before_anything_runs(tmp_path, capsys):
 
 
 def test_a_study_runs_its_shared_baseline_once_and_reports_each_variant(sst2_dir, tmp_path,
-                                                                       capsys):
+                                                                       capsys, write_suite):
     suite = write_suite(
         tmp_path / "study.yaml",
         grid=[{"tuning": ["full"], "optimizer": ["zo-sgd"],
@@ -655,7 +628,7 @@ def test_a_study_runs_its_shared_baseline_once_and_reports_each_variant(sst2_dir
     assert sorted(variants) == ["dense", "dense-again", "sparse-0.5"]
 
 
-def test_a_run_past_the_time_limit_is_stopped_and_recorded(sst2_dir, tmp_path, capsys):
+def test_a_run_past_the_time_limit_is_stopped_and_recorded(sst2_dir, tmp_path, capsys, write_suite):
     suite = write_suite(
         tmp_path / "slow.yaml",
         grid={"tuning": ["full"], "optimizer": ["zo-sgd"]},
@@ -679,7 +652,7 @@ def test_a_run_past_the_time_limit_is_stopped_and_recorded(sst2_dir, tmp_path, c
     assert code == 2 and "--time-limit must be a positive number of seconds, got 0.0" in err
 
 
-def test_killing_the_runner_mid_suite_loses_no_finished_run(sst2_dir, tmp_path):
+def test_killing_the_runner_mid_suite_loses_no_finished_run(sst2_dir, tmp_path, write_suite):
     suite = write_suite(
         tmp_path / "three.yaml",
         grid={"tuning": ["full"], "optimizer": ["zo-sgd"]},

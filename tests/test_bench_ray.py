@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from test_bench import run_cli, tiny_suite, write_suite
+from test_bench import run_cli
 from zotune import cli
 from zotune.bench.runner import RUNS_DIR, Runner
 from zotune.bench.store import ResultsStore
@@ -24,24 +24,11 @@ def ray():
     ray.shutdown()
 
 
-def two_runs(sst2_dir, **changes):
-    """zo-sgd and fo-adam on full fine-tuning, one step, one seed: two runs."""
-    base = tiny_suite()["base"]
-    base["task"]["data_dir"] = str(sst2_dir)
-    suite = {
-        "base": base,
-        "grid": {"tuning": ["full"], "optimizer": ["zo-sgd", "fo-adam"]},
-        "sweep": {"zo-sgd": {"lr": [1e-3]}, "fo-adam": {"lr": [1e-3]}},
-        "seeds": [0],
-    }
-    return {**suite, **changes}
-
-
 @pytest.fixture(scope="module")
-def ray_results(ray, sst2_dir, tmp_path_factory):
+def ray_results(ray, tmp_path_factory, write_suite, two_run_suite):
     """The two runs through `zotune bench --ray`, and zo-sgd's run through the local runner."""
     folder = tmp_path_factory.mktemp("ray")
-    suite_file = write_suite(folder / "tiny.yaml", **two_runs(sst2_dir))
+    suite_file = write_suite(folder / "tiny.yaml", **two_run_suite())
     code = cli.main(["bench", str(suite_file), "--results", str(folder / "ray"), "--ray"])
     Runner(load_suite(suite_file), folder / "local", jobs=2, only=["zo-sgd"]).run()
     return suite_file, folder / "ray", folder / "local", code
@@ -90,9 +77,11 @@ def test_running_again_submits_nothing(ray, ray_results, monkeypatch, capsys):
         assert {r.attempts for r in store.records()} == {1}
 
 
-def test_a_failed_ray_run_is_recorded_with_its_error_and_log(ray, sst2_dir, tmp_path, capsys):
+def test_a_failed_ray_run_is_recorded_with_its_error_and_log(
+    ray, tmp_path, capsys, write_suite, two_run_suite
+):
     broken = {"fo-adam": {"task": {"data_dir": str(tmp_path / "missing")}}}
-    suite_file = write_suite(tmp_path / "tiny.yaml", **two_runs(sst2_dir, overrides=broken))
+    suite_file = write_suite(tmp_path / "tiny.yaml", **two_run_suite(overrides=broken))
     argv = ["bench", str(suite_file), "--results", str(tmp_path / "r"), "--only", "fo-adam",
             "--ray"]
     code, out, err = run_cli(argv, capsys)
@@ -107,9 +96,9 @@ def test_a_failed_ray_run_is_recorded_with_its_error_and_log(ray, sst2_dir, tmp_
 
 
 def test_an_interrupted_driver_cancels_its_tasks_and_records_nothing(
-    ray, sst2_dir, tmp_path, monkeypatch, capsys
+    ray, tmp_path, monkeypatch, capsys, write_suite, two_run_suite
 ):
-    suite_file = write_suite(tmp_path / "tiny.yaml", **two_runs(sst2_dir))
+    suite_file = write_suite(tmp_path / "tiny.yaml", **two_run_suite())
     cancelled = []
     real_cancel = ray.cancel
 

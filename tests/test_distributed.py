@@ -140,19 +140,10 @@ def test_query_parallel_matches_one_process_with_all_queries(optimizer_runs, cas
     assert sent == 16 * QUERY_CASES[case][1]["q"]
 
 
-def _tiny_config(data_dir, out, **changes):
-    config = {
-        "model": {"name": "random:tiny-llama"},
-        "task": {"name": "sst2", "data_dir": str(data_dir), "num_train": 16, "num_val": 6,
-                 "num_test": 7},
-        "optimizer": {"name": "zo-sgd", "lr": 1e-3},
-        "train": {"steps": 3, "batch_size": 4, "eval_every": 3, "eval_batch_size": 4,
-                  "progress": False, "output_dir": str(out)},
-    }
-    for key, value in changes.items():
-        section, name = key.split("__")
-        config.setdefault(section, {})[name] = value
-    return config
+# The tiny run of conftest, one step longer, evaluated once, on an odd number of test examples
+# (the processes' shards of it differ in size).
+DISTRIBUTED_RUN = {"task__num_test": 7, "train__steps": 3, "train__eval_every": 3,
+                   "train__eval_batch_size": 4}
 
 
 TRAIN_CASES = {
@@ -163,16 +154,20 @@ TRAIN_CASES = {
 }
 
 
-def test_finetune_under_two_processes_follows_the_single_process_run(sst2_dir, tmp_path):
+def test_finetune_under_two_processes_follows_the_single_process_run(
+    sst2_dir, tmp_path, tiny_run_config
+):
     from zotune.train import finetune
 
     configs = [
-        _tiny_config(sst2_dir, tmp_path / "dist" / name, **changes)
+        tiny_run_config(sst2_dir, tmp_path / "dist" / name, **DISTRIBUTED_RUN, **changes)
         for name, changes in TRAIN_CASES.items()
     ]
     results = _spawn(_train_worker, tmp_path, configs)
     for (name, changes), rank0, rank1 in zip(TRAIN_CASES.items(), *results, strict=True):
-        single = finetune(_tiny_config(sst2_dir, tmp_path / "single" / name, **changes))
+        single = finetune(
+            tiny_run_config(sst2_dir, tmp_path / "single" / name, **DISTRIBUTED_RUN, **changes)
+        )
         assert rank0["world_size"] == 2
         assert rank0["test_accuracy"] == rank1["test_accuracy"]
         assert rank0["test_accuracy"] == pytest.approx(single.test_accuracy), name
@@ -226,7 +221,7 @@ def test_share_probes_rejects_first_order_and_unknown_modes():
 
 
 def test_traffic_benchmark_counts_zo_scalars_against_ddp_gradients():
-    from zotune.bench.traffic import measure_traffic, traffic_table
+    from zotune.profiling.traffic import measure_traffic, traffic_table
 
     rows = measure_traffic("tiny-opt", ("lora",), steps=1)
     by_case = {row["case"]: row for row in rows}
@@ -270,12 +265,12 @@ def test_a_model_split_by_a_device_map_follows_the_unsplit_trajectory():
     assert all(torch.equal(split_params[n], p) for n, p in whole_params.items())
 
 
-def test_finetune_takes_a_device_map(sst2_dir, tmp_path):
+def test_finetune_takes_a_device_map(sst2_dir, tmp_path, tiny_run_config):
     from zotune.train import finetune
 
-    split = finetune(_tiny_config(sst2_dir, tmp_path / "split",
-                                  model__device_map=TINY_LLAMA_SPLIT))
-    whole = finetune(_tiny_config(sst2_dir, tmp_path / "whole"))
+    split = finetune(tiny_run_config(sst2_dir, tmp_path / "split", **DISTRIBUTED_RUN,
+                                     model__device_map=TINY_LLAMA_SPLIT))
+    whole = finetune(tiny_run_config(sst2_dir, tmp_path / "whole", **DISTRIBUTED_RUN))
     assert split.test_accuracy == whole.test_accuracy
     split_state = torch.load(tmp_path / "split" / "last.pt")["trainable"]
     whole_state = torch.load(tmp_path / "whole" / "last.pt")["trainable"]
@@ -339,12 +334,12 @@ def test_offloaded_weights_are_refused_where_only_resident_ones_work(optimizer, 
         create_optimizer("zo-sgd", model.parameters(), lr=1e-3)
 
 
-def test_finetune_trains_cpu_offloaded_weights(sst2_dir, tmp_path):
+def test_finetune_trains_cpu_offloaded_weights(sst2_dir, tmp_path, tiny_run_config):
     from zotune.train import finetune
 
-    offloaded = finetune(_tiny_config(sst2_dir, tmp_path / "off",
-                                      model__device_map="cpu_offload"))
-    whole = finetune(_tiny_config(sst2_dir, tmp_path / "whole"))
+    offloaded = finetune(tiny_run_config(sst2_dir, tmp_path / "off", **DISTRIBUTED_RUN,
+                                         model__device_map="cpu_offload"))
+    whole = finetune(tiny_run_config(sst2_dir, tmp_path / "whole", **DISTRIBUTED_RUN))
     assert offloaded.test_accuracy == whole.test_accuracy
     off_state = torch.load(tmp_path / "off" / "last.pt")["trainable"]
     whole_state = torch.load(tmp_path / "whole" / "last.pt")["trainable"]

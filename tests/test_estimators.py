@@ -70,24 +70,22 @@ def test_single_estimate_is_unbiased_in_expectation_per_coordinate(distribution)
     assert ((samples.mean(0) - true).abs() < 4 * stderr).all()
 
 
-def tiny_llama(attn_implementation: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.fixture
+def tiny_llama(tiny_config):
+    """Factory ``tiny_llama(attn_implementation)``: a seeded tiny LLaMA of 64 tokens."""
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
-    return model.eval()
+    def build(attn_implementation: str):
+        from transformers import LlamaForCausalLM
+
+        config = tiny_config(vocab_size=64, max_position_embeddings=32)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
+        return model.eval()
+
+    return build
 
 
-def test_forward_grad_directional_derivative_matches_autograd_on_a_causal_lm():
+def test_forward_grad_directional_derivative_matches_autograd_on_a_causal_lm(tiny_llama):
     model = tiny_llama("eager")
     ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
     loss = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
@@ -108,7 +106,7 @@ def test_forward_grad_directional_derivative_matches_autograd_on_a_causal_lm():
         assert torch.autograd.forward_ad.unpack_dual(p).tangent is None
 
 
-def test_forward_grad_on_fused_attention_names_the_fix():
+def test_forward_grad_on_fused_attention_names_the_fix(tiny_llama):
     model = tiny_llama("sdpa")
     ids = torch.randint(0, 64, (1, 6))
     opt = ForwardGrad(model, lr=1e-3)

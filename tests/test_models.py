@@ -26,9 +26,12 @@ from zotune.models import (
     EOS_ID,
     SHAPES,
     ModelError,
+    accepts_logits_to_keep,
+    base_model,
     byte_tokenizer,
     config_kind,
     load_model,
+    position_limit,
     random_model,
     shape_config,
     with_special_tokens,
@@ -296,3 +299,25 @@ def test_embedded_model_scores_sst2_and_loads_from_the_cache(
     assert time.perf_counter() - start < 10
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    ("shape", "limit"),
+    [("tiny-llama", 512), ("tiny-opt", 512), ("tiny-roberta", 514 - 2)],
+)
+def test_position_limit_leaves_out_robertas_reserved_positions(shape, limit):
+    assert position_limit(shape_config(shape)) == limit
+
+
+def test_position_limit_of_a_config_without_one_is_none():
+    assert position_limit(object()) is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "scheme", "keeps"),
+    [("tiny-llama", "full", True), ("tiny-llama", "lora", True), ("tiny-roberta", "lora", False)],
+)
+def test_base_model_unwraps_peft_and_logits_to_keep_reads_it(tiny_model, shape, scheme, keeps):
+    model, loaded = tiny_model(shape, scheme)
+    assert base_model(model) is loaded.model
+    assert accepts_logits_to_keep(model) is keeps

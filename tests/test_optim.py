@@ -186,6 +186,14 @@ def test_frozen_tensors_never_change(info):
     assert torch.equal(model[0].weight, frozen)
 
 
+def step_both(ours, ours_loss, ref, ref_loss) -> None:
+    """One step of our optimizer and one of the torch reference, each on its own copy."""
+    ours.step(ours_loss)
+    ref.zero_grad()
+    ref_loss().backward()
+    ref.step()
+
+
 def test_fo_sgd_matches_torch_sgd():
     for momentum, nesterov in [(0.0, False), (0.9, False), (0.9, True)]:
         ours_model, ours_loss = mlp_problem()
@@ -193,10 +201,7 @@ def test_fo_sgd_matches_torch_sgd():
         ours = FOSGD(ours_model.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov)
         ref = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov)
         for _ in range(10):
-            ours.step(ours_loss)
-            ref.zero_grad()
-            ref_loss().backward()
-            ref.step()
+            step_both(ours, ours_loss, ref, ref_loss)
             for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
@@ -215,10 +220,7 @@ def test_fo_adam_matches_torch_adam_and_adamw():
         ]
         ref = torch.optim.AdamW(groups, lr=0.01)
         for _ in range(10):
-            ours.step(ours_loss)
-            ref.zero_grad()
-            ref_loss().backward()
-            ref.step()
+            step_both(ours, ours_loss, ref, ref_loss)
         for a, b in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

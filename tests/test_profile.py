@@ -9,18 +9,13 @@ import sys
 import pytest
 import torch
 
-from zotune.bench.mezo_reference import MezoReferenceStep
-from zotune.bench.profile import (
-    ProfileResult,
-    ProfileSpec,
-    grid,
-    load_results,
-    profile_table,
-    run_profile,
-    sweep_table,
-)
-from zotune.bench.step_cost import StepCostConfig, run_step_cost, step_cost_table
 from zotune.cli import main
+from zotune.profiling.measurement import run_profile
+from zotune.profiling.mezo_reference import MezoReferenceStep
+from zotune.profiling.render import profile_table, sweep_table
+from zotune.profiling.results import load_results
+from zotune.profiling.spec import ProfileResult, ProfileSpec, grid
+from zotune.profiling.step_cost import StepCostConfig, run_step_cost, step_cost_table
 
 TINY = {"model": "random:tiny-llama", "batch_size": 2, "steps": 1, "warmup": 0}
 
@@ -78,7 +73,8 @@ def test_seq_len_sweep_fo_grows_and_zo_stays_near_inference(capsys):
 _MEASURE_TIED_LLAMA = """
 import json, sys, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
-from zotune.bench.profile import ProfileSpec, measure
+from zotune.profiling.measurement import measure
+from zotune.profiling.spec import ProfileSpec
 method, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 config = LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=512,
                      num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=True)

@@ -11,18 +11,12 @@ import struct
 import pytest
 import torch
 
-from zotune.bench import environment
-from zotune.bench.plots import plot_memory_vs_seq_len
-from zotune.bench.profile import (
-    MB,
-    ProfileResult,
-    ProfileSpec,
-    load_payload,
-    load_results,
-    profile_payload,
-    write_json,
-)
+from zotune import environment
 from zotune.cli import main
+from zotune.measure import MB
+from zotune.profiling.plot import plot_memory_vs_seq_len
+from zotune.profiling.results import load_payload, load_results, profile_payload, write_json
+from zotune.profiling.spec import ProfileResult, ProfileSpec
 
 pytest.importorskip("matplotlib")
 
@@ -221,7 +215,7 @@ def test_profile_sweep_writes_json_markdown_and_plot_then_re_renders(tmp_path, c
     ],
 )
 def test_reproduce_command_names_the_cpus_the_run_was_pinned_to(monkeypatch, cpus, count, expected):
-    from zotune.cli import reproduce_command
+    from zotune.profiling.command import reproduce_command
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cpus, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: count)

@@ -8,29 +8,11 @@ import pytest
 import torch
 
 from zotune import cli
-from zotune.config import build_config
 from zotune.demo import demo_config, equivalent_command
 from zotune.files import atomic_write
 from zotune.optim import OPTIMIZERS
 from zotune.train import batch_for_step, finetune
 from zotune.tuning import SCHEMES
-
-
-def tiny_run(data_dir, tmp_path=None, **overrides):
-    config = {
-        "model": {"name": "random:tiny-llama"},
-        "task": {"name": "sst2", "data_dir": str(data_dir), "num_train": 16, "num_val": 6,
-                 "num_test": 8},
-        "optimizer": {"name": "zo-sgd", "lr": 1e-3},
-        "train": {"steps": 2, "batch_size": 4, "eval_every": 1, "eval_batch_size": 8,
-                  "progress": False},
-    }
-    if tmp_path is not None:
-        config["train"]["output_dir"] = str(tmp_path)
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        config.setdefault(section, {})[name] = value
-    return build_config(config)
 
 
 def run_cli(argv, capsys):
@@ -67,8 +49,9 @@ def test_every_optimizer_and_scheme_trains_from_the_command_line(
     assert {"step", "loss", "lr", "step_seconds", "peak_memory_mb"} <= set(records[1])
 
 
-def test_best_checkpoint_is_chosen_on_validation(sst2_dir, tmp_path):
-    config = tiny_run(sst2_dir, tmp_path, train__steps=6, optimizer__lr=2e-2, train__seed=2)
+def test_best_checkpoint_is_chosen_on_validation(sst2_dir, tmp_path, tiny_run_config):
+    config = tiny_run_config(sst2_dir, tmp_path, train__steps=6, optimizer__lr=2e-2,
+                             train__seed=2)
     result = finetune(config)
     vals = [(r["val_accuracy"], -r["step"]) for r in result.history if "val_accuracy" in r]
     best_val, negative_step = max(vals)
@@ -79,8 +62,8 @@ def test_best_checkpoint_is_chosen_on_validation(sst2_dir, tmp_path):
     # best.pt must hold θ at best_step: replay the same run, stopped there, and compare.
     assert result.best_step > 0, "this seed's validation accuracy improves after step 0"
     stopped = tmp_path / "stopped"
-    finetune(tiny_run(sst2_dir, stopped, train__steps=result.best_step, optimizer__lr=2e-2,
-                      train__seed=2))
+    finetune(tiny_run_config(sst2_dir, stopped, train__steps=result.best_step,
+                             optimizer__lr=2e-2, train__seed=2))
     at_best = torch.load(stopped / "last.pt", weights_only=False)
     assert at_best["step"] == result.best_step
     assert best.keys() == at_best["trainable"].keys()
@@ -93,20 +76,20 @@ def _trainable_after(path):
 
 
 @pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "fo-adam"])
-def test_resume_continues_the_same_trajectory(optimizer, sst2_dir, tmp_path):
+def test_resume_continues_the_same_trajectory(optimizer, sst2_dir, tmp_path, tiny_run_config):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    finetune(tiny_run(sst2_dir, straight, train__steps=4, optimizer__name=optimizer))
-    finetune(tiny_run(sst2_dir, split, train__steps=2, optimizer__name=optimizer))
-    finetune(tiny_run(sst2_dir, split, train__steps=4, optimizer__name=optimizer,
-                      train__resume=True))
+    finetune(tiny_run_config(sst2_dir, straight, train__steps=4, optimizer__name=optimizer))
+    finetune(tiny_run_config(sst2_dir, split, train__steps=2, optimizer__name=optimizer))
+    finetune(tiny_run_config(sst2_dir, split, train__steps=4, optimizer__name=optimizer,
+                             train__resume=True))
     expected, resumed = _trainable_after(straight), _trainable_after(split)
     assert expected.keys() == resumed.keys()
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
 
 
-def test_zero_shot_accuracy_is_measured_before_training(sst2_dir):
-    result = finetune(tiny_run(sst2_dir, train__eval_test_before=True))
+def test_zero_shot_accuracy_is_measured_before_training(sst2_dir, tiny_run_config):
+    result = finetune(tiny_run_config(sst2_dir, train__eval_test_before=True))
     assert result.test_accuracy_before is not None
     assert "before training" in result.summary()
 
@@ -177,8 +160,8 @@ def test_missing_data_dir_is_named(tmp_path, capsys):
     assert code == 2 and "nowhere" in err
 
 
-def test_eval_reports_a_runs_best_checkpoint(sst2_dir, tmp_path, capsys):
-    finetune(tiny_run(sst2_dir, tmp_path))
+def test_eval_reports_a_runs_best_checkpoint(sst2_dir, tmp_path, capsys, tiny_run_config):
+    finetune(tiny_run_config(sst2_dir, tmp_path))
     code, out, err = run_cli(["eval", str(tmp_path), "--split=val"], capsys)
     assert code == 0, err
     report = json.loads(out)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +117,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, list_tasks
 
+    if args.markdown:
+        from .tasks.catalog import tasks_markdown
+
+        print(tasks_markdown(), end="")
+        return 0
     for name in list_tasks():
         print(f"{name:12s} {get_task(name).description}")
     return 0
@@ -180,233 +183,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(text: str | None, kind=str) -> list | None:
-    if text is None:
-        return None
-    return [kind(item.strip()) for item in text.split(",") if item.strip()]
-
-
-def reproduce_command(argv: list[str]) -> str:
-    """``zotune ARGV``, behind ``taskset -c CPUS`` when this process is pinned to some CPUs."""
-    from .bench.environment import cpu_affinity
-
-    command = shlex.join(["zotune", *argv])
-    cpus = cpu_affinity()
-    return f"taskset -c {cpus} {command}" if cpus else command
-
-
-# Options that only shape a measurement: --from-json re-renders results as they were measured.
-MEASUREMENT_ONLY = ("optimizers", "schemes", "seq_lens", "steps", "threads", "option")
-
-
-def _option_grid(items: list[str]) -> list[dict[str, Any]]:
-    """``["hybrid_layers=0,10", "q=1"]`` → every combination, values read as YAML scalars."""
-    import itertools
-
-    import yaml
-
-    axes: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
-            raise ValueError(f"--option {item!r}: expected KEY=VALUE[,VALUE...]")
-        axes[key.strip()] = [yaml.safe_load(v) for v in _csv(values)]
-    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
-
-
-def _check_profile_options(args: argparse.Namespace) -> None:
-    """Reject combinations that cannot work before anything is measured (one-line errors)."""
-    mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
-    if args.from_json is None:
-        _check_profile_sizes(args)
-    if args.option and mode:
-        raise ValueError(f"--option applies to measured profiles; drop {mode}")
-    if args.from_json is not None:
-        if mode:
-            raise ValueError(f"--from-json re-renders saved profile results; drop {mode}")
-        given = [name for name in MEASUREMENT_ONLY if getattr(args, name) is not None]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise ValueError(f"{flag} shapes a measurement; --from-json renders the file as it is")
-        if args.json:
-            raise ValueError("--json with --from-json would only copy the file it reads")
-    if args.plot is None:
-        return
-    if mode:
-        raise ValueError(f"--plot draws measured memory against sequence length; drop {mode}")
-    if args.from_json is None and len(set(_csv(args.seq_lens, int) or [])) < 2:
-        raise ValueError(
-            "--plot draws memory against sequence length: give --seq-lens with two or more "
-            "lengths (e.g. --seq-lens 32,64,128)"
-        )
-    from .bench.plots import require_matplotlib
-
-    require_matplotlib()
-
-
-def _check_profile_sizes(args: argparse.Namespace) -> None:
-    """Counts that must be positive, and lengths the model has positions for (a longer one
-    would run until killed on positions it does not have)."""
-    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                               ("--seq-len", args.seq_len, 1)):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be at least {least}, got {value}")
-    flag, lengths = ("--seq-lens", _csv(args.seq_lens, int)) if args.seq_lens else (
-        "--seq-len", [args.seq_len])
-    limit = _position_limit(args.model)
-    too_long = [length for length in lengths if limit is not None and length > limit]
-    if too_long:
-        raise ValueError(
-            f"{flag} {max(too_long)} is longer than {args.model}'s {limit} positions"
-        )
-    if min(lengths) < 1:
-        raise ValueError(f"{flag} must be at least 1, got {min(lengths)}")
-
-
-def _position_limit(model: str) -> int | None:
-    """The longest input ``model`` takes, when its config is at hand (a shape or a folder)."""
-    from .models import EMBEDDED_MODEL, max_sequence_length, shape_config
-
-    if model.startswith("random:") or model == EMBEDDED_MODEL:
-        config = shape_config(model.removeprefix("random:"))
-    elif Path(model, "config.json").is_file():
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model)
-    else:
-        return None  # a hub id: its config is read when the model loads
-    return max_sequence_length(config)
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
-    """Peak memory and time per step of each optimizer, or the step-cost benchmark."""
-    from .bench import profile as prof
+    """Peak memory and time per step of each optimizer: see :mod:`zotune.profiling.command`."""
+    from .profiling.command import run
 
-    def log(message: str) -> None:
-        print(f"zotune profile: {message}", file=sys.stderr, flush=True)
-
-    _check_profile_options(args)
-    command = reproduce_command(getattr(args, "argv", None) or sys.argv[1:])
-    if args.from_json is not None:
-        return _render_profile(args, command, log)
-    common = {
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
-        "device": args.device,
-        "warmup": args.warmup,
-        "seed": args.seed,
-        "attn_implementation": args.attn_implementation,
-        "threads": args.threads,
-    }
-    if args.step_cost:
-        from .bench.step_cost import (
-            SCHEMES,
-            StepCostConfig,
-            render_step_cost_markdown,
-            run_step_cost,
-            step_cost_table,
-        )
-
-        config = StepCostConfig(
-            **common,
-            seq_len=args.seq_len,
-            steps=args.steps or 5,
-            schemes=tuple(_csv(args.schemes) or SCHEMES),
-        )
-        result = run_step_cost(config, isolate=args.isolate, log=log)
-        print(result.setup + f"; memory measured {result.memory_method}")
-        print(step_cost_table(result))
-        payload, markdown = result.as_dict(), render_step_cost_markdown(result)
-    else:
-        results = None
-        sweep = args.seq_lens is not None
-        default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.default_methods()
-        specs = prof.grid(
-            _csv(args.optimizers) or default_methods,
-            schemes=_csv(args.schemes) or ["full"],
-            seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
-            steps=args.steps or 3,
-            options=_option_grid(args.option or []),
-            **common,
-        )
-        if args.estimate_only:
-            from .bench import estimates
-
-            rows = estimates.estimate_specs(specs)
-            print(estimates.estimate_table(rows))
-            payload = {"kind": "estimates", "rows": rows}
-            markdown = estimates.render_estimates_markdown(rows)
-        else:
-            results = prof.run_profile(specs, isolate=args.isolate, log=log)
-            payload = prof.profile_payload(results, command=command, note=args.note)
-            markdown = _show_profile(args, results, command, payload["setup"])
-    if args.json:
-        prof.write_json(args.json, payload)
-        log(f"wrote {args.json}")
-    if args.markdown:
-        _write_markdown(args.markdown, markdown, log)
-    if args.plot and results:  # last: the measurements are saved if the plot fails
-        _write_plot(args.plot, results, log)
-    return 0
-
-
-def _show_profile(args, results, command: str, setup: str) -> str:
-    """Print the tables; return the Markdown page (linking the --plot image)."""
-    from .bench import profile as prof
-
-    print(setup)
-    print(prof.profile_table(results))
-    if len({r.spec.seq_len for r in results}) > 1:
-        print()
-        print(prof.sweep_table(results))
-    plot = None
-    if args.plot and args.markdown:
-        plot = Path(os.path.relpath(Path(args.plot), Path(args.markdown).parent)).as_posix()
-    return prof.render_markdown(results, command=command, note=args.note, setup=setup, plot=plot)
-
-
-def _write_plot(path: str, results, log) -> None:
-    from .bench.plots import plot_memory_vs_seq_len
-
-    if not plot_memory_vs_seq_len(results, Path(path)):
-        raise ValueError(
-            "--plot draws memory against sequence length: the results hold one length only "
-            f"(T={results[0].spec.seq_len})"
-        )
-    log(f"wrote {path}")
-
-
-def _render_profile(args: argparse.Namespace, command: str, log) -> int:
-    """--from-json: tables, --markdown and --plot from saved results, measuring nothing."""
-    from .bench import profile as prof
-
-    payload = prof.load_payload(args.from_json)
-    results = [prof.ProfileResult.from_dict(item) for item in payload["results"]]
-    if not results:
-        raise ValueError(f"{args.from_json}: holds no profile results")
-    if args.plot and len({r.spec.seq_len for r in results}) < 2:
-        raise ValueError(
-            f"--plot draws memory against sequence length: {args.from_json} holds one "
-            f"length only (T={results[0].spec.seq_len})"
-        )
-    measured = payload.get("command")
-    command = f"{measured} && {command}" if measured else command
-    args.note = args.note or payload.get("note")
-    setup = payload.get("setup") or prof.describe_setup(results)
-    markdown = _show_profile(args, results, command, setup)
-    if args.markdown:
-        _write_markdown(args.markdown, markdown, log)
-    if args.plot:
-        _write_plot(args.plot, results, log)
-    return 0
-
-
-def _write_markdown(path: str, markdown: str, log) -> None:
-    from .files import atomic_write_text
-
-    atomic_write_text(Path(path), markdown)
-    log(f"wrote {path}")
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     tasks = commands.add_parser("tasks", help="list the tasks")
+    tasks.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print every task's template, candidates and data files as Markdown tables",
+    )
     tasks.set_defaults(func=cmd_tasks)
 
     demo = commands.add_parser("demo", help="fine-tune the embedded model on SST-2 (CPU)")
@@ -491,83 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
     report.set_defaults(func=cmd_report)
 
+    from .profiling import command as profile_command
+
     profile = commands.add_parser(
-        "profile",
-        help="peak memory and time per step of each optimizer (or --step-cost)",
-        description="zotune profile: per optimizer and scheme, peak memory and median time "
-        "per step on a synthetic B x T batch, beside the analytic estimate; --seq-lens sweeps "
-        "the sequence length; --step-cost times ZO steps against forwards and a MeZO-style "
-        "reference step",
+        "profile", help=profile_command.HELP, description=profile_command.DESCRIPTION
     )
-    profile.add_argument(
-        "--model",
-        default="random:opt-125m",
-        help="hub id, folder, or random:<shape> (default: random:opt-125m)",
-    )
-    profile.add_argument(
-        "--optimizers", help="comma-separated; also inference, mezo-ref (default: all)"
-    )
-    profile.add_argument("--schemes", help="comma-separated tuning schemes (default: full)")
-    profile.add_argument("--batch-size", type=int, default=16)
-    profile.add_argument("--seq-len", type=int, default=64)
-    profile.add_argument(
-        "--seq-lens",
-        help="comma-separated: memory against sequence length (zo-sgd, fo-sgd, "
-        "fo-adam unless --optimizers)",
-    )
-    profile.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    profile.add_argument("--device", default="cpu")
-    profile.add_argument("--attn-implementation", default=None)
-    profile.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")
-    profile.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    profile.add_argument("--seed", type=int, default=0)
-    profile.add_argument(
-        "--threads",
-        type=int,
-        help="torch intra-op threads (default: torch's); 1 gives steadier CPU timings on a "
-        "busy machine",
-    )
-    profile.add_argument(
-        "--isolate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="one fresh process per memory measurement (default: on)",
-    )
-    mode = profile.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--step-cost", action="store_true", help="T_step vs 2 T_fwd, vs MeZO-style, memory"
-    )
-    mode.add_argument(
-        "--estimate-only",
-        action="store_true",
-        help="print the analytic estimates only (meta-device model: any size, no memory)",
-    )
-    profile.add_argument(
-        "--option",
-        action="append",
-        metavar="KEY=VALUES",
-        help="an optimizer option, each comma-separated value a row (e.g. "
-        "hybrid_layers=0,10,20,30); repeatable",
-    )
-    profile.add_argument("--json", help="write the results as JSON (atomic)")
-    profile.add_argument(
-        "--markdown",
-        help="write the results as a Markdown page (atomic), headed by the command that "
-        "reproduces it",
-    )
-    profile.add_argument(
-        "--plot",
-        metavar="PNG",
-        help="with --seq-lens: plot memory against sequence length (needs matplotlib)",
-    )
-    profile.add_argument(
-        "--from-json",
-        metavar="FILE",
-        help="measure nothing: print and render (--markdown, --plot) results saved by --json",
-    )
-    profile.add_argument(
-        "--note", help="a line for the Markdown page and JSON (e.g. what else ran on the machine)"
-    )
+    profile_command.add_arguments(profile)
     profile.set_defaults(func=cmd_profile)
     return parser
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
 import shutil
 import tempfile
@@ -66,6 +67,34 @@ class LoadedModel:
     kind: str
 
 
+# What a (possibly peft-wrapped) model is -------------------------------------------------
+
+# RoBERTa numbers positions from padding_idx + 1 = 2, so two of its position embeddings are
+# never a token's (transformers' create_position_ids_from_input_ids).
+ROBERTA_RESERVED_POSITIONS = 2
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (``get_base_model()``); else ``model``."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model can compute logits at its last positions only (causal HF models take
+    ``logits_to_keep``; masked LMs do not)."""
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input a config's position embeddings allow: ``max_position_embeddings``,
+    less RoBERTa's reserved positions; None if the config names no limit."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", "") == "roberta":
+        return limit - ROBERTA_RESERVED_POSITIONS
+    return limit
+
+
 # Causal or masked --------------------------------------------------------------------------
 
 
@@ -91,8 +120,7 @@ def config_kind(config: PretrainedConfig) -> str:
 
 def model_kind(model: torch.nn.Module) -> str:
     """``"causal"`` or ``"masked"`` for a (possibly peft-wrapped) transformers model."""
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = base_model(model)
     class_name = type(base).__name__
     if class_name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values():
         return "masked"
@@ -556,14 +584,8 @@ def random_model(
             config, dtype=torch_dtype, attn_implementation=attn_implementation
         )
     model.eval()
-    tokenizer = byte_tokenizer(kind, model_max_length=max_sequence_length(config))
+    tokenizer = byte_tokenizer(kind, model_max_length=position_limit(config))
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"random:{shape}", kind=kind)
-
-
-def max_sequence_length(config: PretrainedConfig) -> int:
-    """The most tokens one input may hold: the model's positions."""
-    limit = config.max_position_embeddings
-    return limit - 2 if config.model_type == "roberta" else limit
 
 
 # The byte-level tokenizer of random models ----------------------------------------------------

@@ -42,14 +42,13 @@ tokens placed where the continuation goes (the same joint split, without special
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .models import special_token_frame
+from .models import accepts_logits_to_keep, base_model, position_limit, special_token_frame
 from .offload import execution_device
 from .tasks.example import Example
 
@@ -113,7 +112,7 @@ class Scorer:
         self.reduction = reduction
         self.loss_name = loss
         self.max_length = max_length or _model_max_length(model, tokenizer)
-        self._keeps_logits = kind == "causal" and _accepts_logits_to_keep(model)
+        self._keeps_logits = kind == "causal" and accepts_logits_to_keep(model)
         self._special_frame = special_token_frame(tokenizer) if kind == "masked" else ([], [])
         self._cache: dict[str, list[int]] = {}
 
@@ -324,15 +323,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return execution_device(model)
 
 
-def _base_model(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
-
-
 def _virtual_tokens(model: torch.nn.Module) -> int:
     """Positions taken by peft prompt/prefix tuning's virtual tokens (0 without them)."""
     peft_config = getattr(model, "active_peft_config", None)
@@ -342,11 +332,8 @@ def _virtual_tokens(model: torch.nn.Module) -> int:
 
 
 def _model_max_length(model: torch.nn.Module, tokenizer) -> int:
-    config = getattr(_base_model(model), "config", None)
-    limit = getattr(config, "max_position_embeddings", None) or 2048
-    if getattr(config, "model_type", "") == "roberta":
-        limit -= 2  # RoBERTa's position ids start after the padding index
-    limit -= _virtual_tokens(model)
+    config = getattr(base_model(model), "config", None)
+    limit = (position_limit(config) or 2048) - _virtual_tokens(model)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < limit:
         limit = tok_limit - _virtual_tokens(model)

@@ -1,8 +1,6 @@
-"""The report's figures (training-loss curves, accuracy against peak memory) and the
-profile's (peak memory against sequence length).
+"""The report's figures: training-loss curves and accuracy against peak memory.
 
-matplotlib is an optional dependency (the ``report`` extra); it is imported here only, with
-the Agg backend, so the report works on machines with no display.
+matplotlib comes through :mod:`zotune.figures` (an optional dependency).
 """
 
 from __future__ import annotations
@@ -10,44 +8,12 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from ..files import atomic_write
+from ..figures import MARKERS, pyplot, save_figure, series_colors
+from .section import Section
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from .profile import ProfileResult
-    from .report import Section
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # Curves are smoothed over about this fraction of their length: ZO losses are noisy.
 SMOOTHING_FRACTION = 0.04
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError(
-            "plots need matplotlib: pip install 'zotune[report]' "
-            "(zotune report: or pass --no-plots)"
-        ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def require_matplotlib() -> None:
-    """Fail now, with the install hint, rather than after a long measurement."""
-    _pyplot()
-
-
-def _save(figure: Any, path: Path) -> None:
-    plt = _pyplot()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
-    plt.close(figure)
 
 
 def read_losses(metrics_path: Path) -> dict[int, float]:
@@ -100,7 +66,7 @@ def plot_loss_curves(section: Section, results_dir: Path, path: Path) -> bool:
         panels.append((scheme, lines))
     if not any(lines for _, lines in panels):
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(
         1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False, sharey=True
     )
@@ -115,7 +81,7 @@ def plot_loss_curves(section: Section, results_dir: Path, path: Path) -> bool:
     axes[0][0].set_ylabel("training loss (smoothed)")
     figure.suptitle(f"{section.task} on {section.model}: training loss of the selected runs")
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return True
 
 
@@ -132,9 +98,9 @@ def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
         points.append((item.cell.optimizer, item.cell.scheme, memory, chosen.test_mean * 100))
     if not points:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = series_colors()
     optimizers, schemes = section.optimizers, section.schemes
     for optimizer, scheme, memory, accuracy in points:
         axis.scatter(
@@ -154,64 +120,5 @@ def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    _save(figure, path)
-    return True
-
-
-def plot_memory_vs_seq_len(results: Sequence[ProfileResult], path: Path) -> bool:
-    """Measured memory (weights + what a step adds, MB) against sequence length, one line per
-    method (and scheme, when there are several), with the analytic estimate dotted beside it.
-
-    The paper's figure: ZO-SGD stays near inference while FO's activations grow with T.
-    False (nothing written) unless the results span at least two sequence lengths.
-    """
-    from .profile import MB, hardware_of
-
-    if len({r.spec.seq_len for r in results}) < 2:
-        return False
-    several_schemes = len({r.spec.scheme for r in results}) > 1
-    lines: dict[str, list[tuple[int, float, float]]] = {}
-    for r in results:
-        method = r.spec.method_label()
-        label = f"{method} ({r.spec.scheme})" if several_schemes else method
-        estimate = r.estimate.get("total")
-        lines.setdefault(label, []).append(
-            (r.spec.seq_len, r.memory_bytes / MB, estimate / MB if estimate else float("nan"))
-        )
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, points) in enumerate(lines.items()):
-        points.sort()
-        seq_lens = [t for t, _, _ in points]
-        color = colors[i % len(colors)]
-        axis.plot(
-            seq_lens,
-            [m for _, m, _ in points],
-            color=color,
-            marker=MARKERS[i % len(MARKERS)],
-            linestyle="--" if label.startswith("inference") else "-",
-            label=label,
-        )
-        axis.plot(seq_lens, [e for _, _, e in points], color=color, linestyle=":", alpha=0.6)
-    axis.plot([], [], color="gray", linestyle=":", label="analytic estimate")
-    seq_lens = sorted({r.spec.seq_len for r in results})
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(seq_lens, [str(t) for t in seq_lens])
-    axis.minorticks_off()
-    axis.set_ylim(bottom=0)
-    axis.set_xlabel("sequence length T (tokens)")
-    axis.set_ylabel("memory (MB): weights + step peak")
-    spec = results[0].spec
-    batches = "/".join(str(b) for b in sorted({r.spec.batch_size for r in results}))
-    dtypes = "/".join(sorted({r.spec.dtype for r in results}))
-    axis.set_title(
-        f"Memory vs sequence length: {spec.model}, B={batches}, {dtypes}\n"
-        f"{spec.device}: {hardware_of(results)}",
-        fontsize=9,
-    )
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     return True

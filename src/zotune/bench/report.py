@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..tables import markdown_table
+from .section import Section
 from .selection import TEST_METRIC, VAL_METRIC, CellSelection, select
 from .store import ResultsStore, RunRecord, SuitePlan
 from .suite import hparams_label
@@ -56,43 +57,7 @@ class Table:
     align_right_from: int = 1  # columns from this index on hold numbers
 
     def markdown(self) -> str:
-        rule = [
-            "---:" if i >= self.align_right_from else "---" for i in range(len(self.header))
-        ]
-        lines = [self.header, rule, *self.rows]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-
-
-@dataclass
-class Section:
-    """The tables of one (suite, model, task)."""
-
-    suite: str
-    model: str
-    task: str
-    selections: list[CellSelection]  # the main table's cells
-    records: list[RunRecord]  # this section's runs in the plan, every status
-    command: str
-    plots: list[Path] = field(default_factory=list)
-    studies: list[CellSelection] = field(default_factory=list)  # cells with a variant
-
-    @property
-    def slug(self) -> str:
-        return _slug(f"{self.suite}_{self.task}_{self.model}")
-
-    @property
-    def schemes(self) -> list[str]:
-        return list(dict.fromkeys(s.cell.scheme for s in self.selections))
-
-    @property
-    def optimizers(self) -> list[str]:
-        return list(dict.fromkeys(s.cell.optimizer for s in self.selections))
-
-    def selection(self, optimizer: str, scheme: str) -> CellSelection | None:
-        for item in self.selections:
-            if item.cell.optimizer == optimizer and item.cell.scheme == scheme:
-                return item
-        return None
+        return markdown_table(self.header, self.rows, right_from=self.align_right_from)
 
 
 def build_report(
@@ -474,7 +439,7 @@ def _all_runs(section: Section) -> list[str]:
     """Every run of the section, folded away (GitHub renders ``<details>``)."""
     if not section.records:
         return []
-    cells = [*section.selections, *section.studies]
+    cells = section.every_selection
     chosen = {r.id for item in cells if item.chosen for r in item.chosen.done}
     rows = []
     for r in section.records:
@@ -519,10 +484,6 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
-
-
 def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     if rows:
@@ -532,19 +493,27 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _cell_columns(section: Section, item: CellSelection) -> dict[str, Any]:
+    """The columns that name a cell in every CSV: suite, model, task, optimizer, scheme,
+    variant."""
+    return {
+        "suite": section.suite,
+        "model": section.model,
+        "task": section.task,
+        "optimizer": item.cell.optimizer,
+        "scheme": item.cell.scheme,
+        "variant": item.cell.variant,
+    }
+
+
 def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in [*section.selections, *section.studies]:
+        for item in section.every_selection:
             chosen = item.chosen
             rows.append(
                 {
-                    "suite": section.suite,
-                    "model": section.model,
-                    "task": section.task,
-                    "optimizer": item.cell.optimizer,
-                    "scheme": item.cell.scheme,
-                    "variant": item.cell.variant,
+                    **_cell_columns(section, item),
                     "test_accuracy_mean": chosen.test_mean if chosen else "",
                     "test_accuracy_std": (chosen.test_std or "") if chosen else "",
                     "val_accuracy_mean": chosen.val_mean if chosen else "",
@@ -558,16 +527,11 @@ def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
 def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in [*section.selections, *section.studies]:
+        for item in section.every_selection:
             for candidate in item.candidates:
                 rows.append(
                     {
-                        "suite": section.suite,
-                        "model": section.model,
-                        "task": section.task,
-                        "optimizer": item.cell.optimizer,
-                        "scheme": item.cell.scheme,
-                        "variant": item.cell.variant,
+                        **_cell_columns(section, item),
                         "hyperparameters": candidate.label(),
                         "chosen": candidate is item.chosen,
                         "val_accuracy_mean": candidate.val_mean if candidate.done else "",
@@ -583,18 +547,13 @@ def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:
 def _cost_rows(sections: list[Section]) -> list[dict[str, Any]]:
     rows = []
     for section in sections:
-        for item in [*section.selections, *section.studies]:
+        for item in section.every_selection:
             chosen = item.chosen
             if chosen is None:
                 continue
             rows.append(
                 {
-                    "suite": section.suite,
-                    "model": section.model,
-                    "task": section.task,
-                    "optimizer": item.cell.optimizer,
-                    "scheme": item.cell.scheme,
-                    "variant": item.cell.variant,
+                    **_cell_columns(section, item),
                     "forward_passes_per_step": chosen.mean_metric("forward_passes_per_step"),
                     "peak_memory_mb": chosen.mean_metric("peak_memory_mb"),
                     "seconds_per_step": chosen.mean_metric("seconds_per_step"),
@@ -609,7 +568,7 @@ def _run_rows(sections: list[Section]) -> list[dict[str, Any]]:
     for section in sections:
         chosen_ids = {
             r.id
-            for item in [*section.selections, *section.studies]
+            for item in section.every_selection
             if item.chosen
             for r in item.chosen.done
         }

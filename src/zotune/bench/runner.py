@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..environment import hardware_description, hostname, usable_cpus, zotune_version
 from ..files import FolderLock
-from .environment import hardware_description, hostname, usable_cpus, zotune_version
 from .progress import ProgressDisplay
 from .store import RUNS_DIR, ResultsStore, RunRecord, SuitePlan, clear_run_files
 from .suite import RunSpec, Suite
@@ -338,11 +338,6 @@ def _terminate(processes: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def run_suite(suite: Suite, results_dir: str | Path, **options) -> BenchSummary:
-    """Run ``suite``'s pending runs into ``results_dir`` (options: see :class:`Runner`)."""
-    return Runner(suite, results_dir, **options).run()
 
 
 def _plural(count: int, noun: str) -> str:

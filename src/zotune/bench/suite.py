@@ -151,14 +151,6 @@ class RunSpec:
             f"seed {self.seed}"
         )
 
-    def run_config(self, **placement: Any) -> RunConfig:
-        """The RunConfig to train, with e.g. ``output_dir=...`` placed into its section."""
-        data = copy.deepcopy(self.config)
-        for section, key, _ in PLACEMENT_KEYS:
-            if key in placement:
-                data[section][key] = placement[key]
-        return build_config(data)
-
 
 @dataclass
 class Suite:

@@ -106,8 +106,8 @@ def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     import torch
 
     from ..config import build_config
+    from ..environment import hardware_description, hostname, zotune_version
     from ..train import finetune
-    from .environment import hardware_description, hostname, zotune_version
 
     job = copy.deepcopy(job)
     torch.set_num_threads(job["threads"])

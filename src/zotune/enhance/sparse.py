@@ -51,8 +51,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ..estimators.base import IndexedParam
-from ..estimators.directions import DirectionSampler, circular_slices, mix_seed, noise_table
+from ..estimators.directions import (
+    DirectionSampler,
+    IndexedParam,
+    circular_slices,
+    mix_seed,
+    noise_table,
+)
 
 SPARSITY_MODES = ("uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm")
 _RESEARCH_SUFFIX = "-zo-llm"

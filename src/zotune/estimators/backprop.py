@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import BackpropEstimate, Closure, IndexedParam
+from .base import BackpropEstimate, Closure
+from .directions import IndexedParam
 
 
 class BackpropEstimator:

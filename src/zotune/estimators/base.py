@@ -9,25 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .directions import DirectionSampler
+from .directions import DirectionSampler, IndexedParam
 
 Closure = Callable[[], "torch.Tensor | float"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A probe loss was NaN or infinite; the parameters were restored before raising."""
-
-
-@dataclass(frozen=True)
-class IndexedParam:
-    """A trainable tensor and its position in the optimizer's flattened parameter list.
-
-    The index (not the tensor's identity) seeds its directions, so a resumed or re-created
-    optimizer regenerates the same z for the same tensor.
-    """
-
-    index: int
-    param: torch.Tensor
 
 
 @dataclass(frozen=True)

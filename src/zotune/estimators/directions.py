@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .base import IndexedParam
 
 DISTRIBUTIONS = ("auto", "gaussian", "rademacher", "table")
 
@@ -139,6 +136,18 @@ def _is_power_of_two(value: object) -> bool:
         and value > 1
         and not (value & (value - 1))
     )
+
+
+@dataclass(frozen=True)
+class IndexedParam:
+    """A trainable tensor and its position in the optimizer's flattened parameter list.
+
+    The index (not the tensor's identity) seeds its directions, so a resumed or re-created
+    optimizer regenerates the same z for the same tensor.
+    """
+
+    index: int
+    param: torch.Tensor
 
 
 class DirectionSampler:

@@ -11,13 +11,18 @@ from .base import (
     NO_SHARING,
     Closure,
     DirectionalEstimate,
-    IndexedParam,
     ProbeSharing,
     as_loss,
     check_finite,
     probe_table,
 )
-from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
+from .directions import (
+    DEFAULT_CHUNK_NUMEL,
+    DEFAULT_TABLE_NUMEL,
+    DirectionSampler,
+    IndexedParam,
+    mix_seed,
+)
 
 EAGER_HINT = (
     "Forward-Grad needs forward-mode AD through every operation of the model, and one has "

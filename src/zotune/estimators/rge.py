@@ -10,14 +10,19 @@ from .base import (
     NO_SHARING,
     Closure,
     DirectionalEstimate,
-    IndexedParam,
     ProbeSharing,
     check_finite,
     evaluate,
     probe_table,
     shift,
 )
-from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, mix_seed
+from .directions import (
+    DEFAULT_CHUNK_NUMEL,
+    DEFAULT_TABLE_NUMEL,
+    DirectionSampler,
+    IndexedParam,
+    mix_seed,
+)
 
 PROBES = ("two-point", "one-sided")
 

@@ -6,7 +6,8 @@ WiC (the rest of MeZO's), each declared as data.
 * :mod:`.formats`: GLUE TSV / JSONL readers and per-task row normalizers;
 * :mod:`.sources`: local data directory or Hugging Face hub → labelled pools;
 * :mod:`.splits`: ZO-Bench's seeded train / val / test draw (a data seed apart from the run
-  seed) and the carving table.
+  seed) and the carving rule;
+* :mod:`.catalog`: the templates and data files as Markdown (``zotune tasks --markdown``).
 
 >>> splits = load_splits("sst2", data_dir="data", num_train=16)  # doctest: +SKIP
 >>> splits.train[0].contexts[0]  # doctest: +SKIP

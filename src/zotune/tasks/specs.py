@@ -18,29 +18,10 @@ strips spaces, not newlines, from both ends (``zo-bench/utils.py::encode_prompt`
 here is the stripped prompt and the continuation the rest of the stripped verbalization, so
 context + continuation is byte for byte the text the reference tokenizes. Fields are used as
 the reference uses them (stripped only where it strips). ``"zotune-0.1"`` keeps zotune 0.1's
-prompts, to reproduce results made with it (see the second table).
+prompts, to reproduce results made with it.
 
-========== ================================================================ ================
-task       reference context                                                continuation
-========== ================================================================ ================
-sst2       ``{sentence} It was``                                            `` terrible``,
-                                                                            `` great``
-copa       ``{premise without final "."} so`` (effect) / ``because``        `` {choice}``
-           (cause)
-winogrande ``{text before _}``                                              `` {option}{text
-                                                                            after _}``
-multirc    ``{paragraph}\nQuestion: {q}\nI found this answer "{a}". Is that ``No``, ``Yes``
-           correct? Yes or No?\n``
-rte        ``{premise}\nDoes this mean that "{hypothesis}" is true? Yes or  ``Yes``, ``No``
-           No?\n``
-cb         ``Suppose {premise} Can we infer that "{hypothesis}"? Yes, No,   ``Yes``, ``No``,
-           or Maybe?\n``                                                    ``Maybe``
-boolq      ``{passage} {Question}?`` (first letter capitalized, "?" added)  `` No``, `` Yes``
-wsc        ``{text}\nIn the previous sentence, does the pronoun "{span2     ``No``, ``Yes``
-           lowercased}" refer to {span1}? Yes or No?\n``
-wic        ``Does the word "{word}" have the same meaning in these two      ``No``, ``Yes``
-           sentences? Yes, No?\n{sentence1}\n{sentence2}\n``
-========== ================================================================ ================
+``zotune tasks --markdown`` prints every task's context and candidates, rendered from the
+specs below (COPA's connective is "so" for an effect question, "because" for a cause).
 
 COPA's choice is written with its whole first word lower-cased unless that word is exactly
 "I" (``CopaTemplate.capitalize``, capitalization "correct": ``"I'm"`` becomes ``"i'm"``).
@@ -49,16 +30,10 @@ candidates are ``option + text after _``). BoolQ: ZO-Bench's ``run.py`` passes
 ``template_ver=0``, i.e. ``BoolQTemplate`` (answer after a space); MeZO's ``run.py`` calls
 ``get_template()`` whose BoolQ default is ``BoolQTemplateV3`` (answer after ``\n``).
 
-========== ===========================================================================
-task       ``"zotune-0.1"`` (only where it differs from the reference)
-========== ===========================================================================
-copa       only the first letter of the choice lower-cased, and ``I'…`` kept
-winogrande partial scoring (Trinh & Le 2018; the GPT-3 paper; llm-foundry): each option in
-           its own context, ``{text before _}{option}``, both scoring `` {text after _}``
-multirc,   the prompt ends at the question mark and the answer follows a space
-rte, cb,   (``"... Yes or No?" + " Yes"``)
-wsc, wic
-========== ===========================================================================
+``"zotune-0.1"`` differs from the reference for COPA (only the first letter of the choice
+lower-cased, ``I'…`` kept), WinoGrande (partial scoring: each option in its own context,
+both scoring the text after the blank) and MultiRC, RTE, CB, WSC, WiC (the prompt ends at the
+question mark and the answer follows a space).
 
 Candidates are listed in label order: candidate i is label i of the hub's integer encoding
 (SST-2 0 negative; RTE 0 entailment, 1 not_entailment; CB 0 entailment, 1 contradiction,
@@ -77,19 +52,7 @@ aligned answer is. WinoGrande has no prompt words to drop; without alignment the
 longer placed in the sentence: the context is the raw sentence, blank included, and the
 candidates are the two options as words.
 
-========== ============================================= ================
-task       context without alignment                     continuation
-========== ============================================= ================
-sst2       ``{sentence}``                                as aligned
-copa       ``{premise without final "."}``               as aligned
-winogrande ``{sentence with _}``                         `` {option}``
-multirc    ``{paragraph}\n{question}\n{answer}\n``       as aligned
-rte        ``{premise}\n"{hypothesis}"\n``               as aligned
-cb         ``{premise}\n{hypothesis}\n``                 as aligned
-boolq      ``{passage}\n{question}``                     as aligned
-wsc        ``{text}\n{span2}\n{span1}\n``                as aligned
-wic        ``{word}\n{sentence1}\n{sentence2}\n``        as aligned
-========== ============================================= ================
+The raw contexts are in the second table of ``zotune tasks --markdown``.
 
 Training loss (``loss``): the loss the paper's runs train each task with. ``lm`` (the LM
 loss on the gold candidate, ``--train_as_classification False``) for COPA

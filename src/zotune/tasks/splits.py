@@ -4,29 +4,14 @@ ZO-Bench samples ``num_train`` train, ``num_dev`` validation and ``num_eval`` te
 with ``train_set_seed`` (``zo-bench/run.py``), here ``num_train``, ``num_val``, ``num_test``
 and ``data_seed``. The public test splits of GLUE / SuperGLUE / WinoGrande carry no labels,
 so, as in MeZO, the official validation split ("dev") becomes the test source and val is
-carved out of train:
+carved out of train.
 
-========== ========================== ========= ================== =======================
-task       labelled files (staged)    test from val, train from    train / val / test got
-========== ========================== ========= ================== =======================
-sst2       train.tsv 67,349; dev.tsv  dev.tsv   train.tsv          1000 / 500 / 872
-           872
-copa       train.jsonl 400; val 100   val.jsonl train.jsonl        300 / 100 / 100
-multirc    train 27,243; val 4,848    val.jsonl train.jsonl        1000 / 500 / 1000
-           (answer options)
-rte        train 2,490; val 277       val.jsonl train.jsonl        1000 / 500 / 277
-cb         train 250; val 56          val.jsonl train.jsonl        150 / 100 / 56
-wsc        train 554; val 104         val.jsonl train.jsonl        25 / 500 / 104
-wic        train 5,428; val 638       val.jsonl train.jsonl        1000 / 500 / 638
-boolq      val 3,270 (no train file)  val.jsonl rest of val.jsonl  1000 / 500 / 1000
-winogrande dev 1,267 (no train file)  dev       rest of dev        167 / 100 / 1000
-========== ========================== ========= ================== =======================
+``zotune tasks --markdown`` lists the files each task reads; what a load got from them is
+logged and kept in :attr:`Splits.notes`. The defaults get 1000 train, 1000 test and the task's
+declared val size, :attr:`TaskSpec.num_val`: 100 for COPA and WinoGrande (``zo-bench/sweeps``),
+100 for CB (MeZO ``large_models/mezo.sh``), else 500.
 
-(The last column is what the defaults get from the staged files: 1000 train, 1000 test and
-the task's declared val size, :attr:`TaskSpec.num_val`: 100 for COPA and WinoGrande
-(``zo-bench/sweeps``), 100 for CB (MeZO ``large_models/mezo.sh``), else 500.)
-
-The rule behind the table, ZO-Bench's (``zo-bench/tasks.py::Dataset.sample_train_sets`` and
+The rule, ZO-Bench's (``zo-bench/tasks.py::Dataset.sample_train_sets`` and
 ``sample_subset``; ``zo-bench/run.py::main``): with ``p(n)`` the permutation of ``range(n)``
 drawn by ``numpy.random.seed(data_seed); numpy.random.permutation(n)``,
 

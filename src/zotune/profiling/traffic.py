@@ -1,6 +1,6 @@
 """Bytes each process communicates per step: data-/query-parallel ZO against DDP.
 
-    python -m zotune.bench.traffic [--shape opt-125m] [--schemes full lora] [--steps 3]
+    python -m zotune.profiling.traffic [--shape opt-125m] [--schemes full lora] [--steps 3]
 
 Starts ``--world`` gloo processes on this machine (CPU), builds the random-initialised model
 shape in each, and trains a few steps of every case on a synthetic token batch while
@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..tables import markdown_table
 
 # (label, optimizer, options, parallel mode)
 CASES = [
@@ -122,17 +124,21 @@ def measure_traffic(
 
 
 def traffic_table(rows: list[dict]) -> str:
-    lines = [
-        "| scheme | case | trainable | bytes / process / step | collectives / step | s / step |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['scheme']} | {row['case']} | {row['trainable']:,} | "
-            f"{row['bytes_per_step']:,.0f} | {row['collectives_per_step']:g} | "
-            f"{row['seconds_per_step']:.3f} |"
+    """A Markdown table of :func:`measure_traffic`'s rows."""
+    header = ("scheme", "case", "trainable", "bytes / process / step", "collectives / step",
+              "s / step")
+    body = [
+        (
+            row["scheme"],
+            row["case"],
+            f"{row['trainable']:,}",
+            f"{row['bytes_per_step']:,.0f}",
+            f"{row['collectives_per_step']:g}",
+            f"{row['seconds_per_step']:.3f}",
         )
-    return "\n".join(lines)
+        for row in rows
+    ]
+    return markdown_table(header, body, right_from=2)
 
 
 def main(argv: list[str] | None = None) -> int:

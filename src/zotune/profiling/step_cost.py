@@ -6,13 +6,13 @@ of every method of a scheme in turn, so load changes on a shared machine hit all
 
 * ``T_fwd``: one no-grad forward with logits at the scored position only, per scheme;
 * ``T_step`` of ZO-SGD (full, LoRA, prefix, prompt), ZO-Adam (full) and, for each scheme,
-  the MeZO-style reference step (:mod:`zotune.bench.mezo_reference`);
+  the MeZO-style reference step (:mod:`zotune.profiling.mezo_reference`);
 * ``ratio = T_step / (2 · T_fwd)``, with the T_fwd of the same model and scheme: 1 would
   mean the step costs exactly its two forwards; the excess is the perturb/restore/update
   passes and the direction sampling;
 * ``speed-up = T_step(MeZO-style, same scheme) / T_step``;
 * ``memory / inference``: the step's memory over that of a no-grad forward of the same
-  model and scheme, both as :class:`zotune.bench.profile.ProfileResult.memory_bytes`
+  model and scheme, both as :class:`zotune.profiling.spec.ProfileResult.memory_bytes`
   (weights + peak added by the step). On CPU the memory figures come from one fresh
   subprocess per row (``isolate=True``, the default), because a process that has already
   run other rows keeps their noise table and libraries resident.
@@ -28,18 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .profile import (
-    DEFAULT_MODEL,
-    ProfileResult,
-    ProfileSpec,
-    _mb,
-    _table,
-    build_model,
-    build_step,
-    describe_setup,
-    measure,
-    run_profile,
-)
+from ..tables import table
+from .build import build_model, build_step
+from .measurement import measure, run_profile
+from .render import describe_setup, mb
+from .spec import ProfileResult, ProfileSpec, Settings
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
 
@@ -50,38 +43,13 @@ def methods_for(scheme: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class StepCostConfig:
-    model: str = DEFAULT_MODEL
-    batch_size: int = 16
-    seq_len: int = 64
-    dtype: str = "float32"
-    device: str = "cpu"
+class StepCostConfig(Settings):
     steps: int = 5
-    warmup: int = 1
     schemes: tuple[str, ...] = SCHEMES
-    lr: float = 1e-6
-    seed: int = 0
-    attn_implementation: str | None = None
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
     def spec(self, method: str, scheme: str, **changes: Any) -> ProfileSpec:
-        values = {
-            "method": method,
-            "model": self.model,
-            "scheme": scheme,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "dtype": self.dtype,
-            "device": self.device,
-            "steps": self.steps,
-            "warmup": self.warmup,
-            "lr": self.lr,
-            "seed": self.seed,
-            "attn_implementation": self.attn_implementation,
-            "threads": self.threads,
-        }
-        values.update(changes)
-        return ProfileSpec(**values)
+        """The measurement of ``method`` on ``scheme`` with this config's settings."""
+        return ProfileSpec(**{**self.settings(), "method": method, "scheme": scheme, **changes})
 
 
 @dataclass
@@ -260,16 +228,16 @@ def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
                 f"{row.forward_seconds:.3f}",
                 f"{row.ratio:.2f}",
                 "–" if speedup is None else f"{speedup:.2f}×",
-                _mb(row.memory_bytes),
+                mb(row.memory_bytes),
                 "–" if ratio is None else f"{ratio:.2f}",
             )
         )
-    return _table(header, rows, markdown)
+    return table(header, rows, markdown=markdown)
 
 
 def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost") -> str:
     forward_memory = {row.scheme: row.inference_memory_bytes for row in result.rows}
-    forwards = ", ".join(f"{s}: {_mb(m)} MB" for s, m in forward_memory.items())
+    forwards = ", ".join(f"{s}: {mb(m)} MB" for s, m in forward_memory.items())
     lines = [
         f"# {title}",
         "",
@@ -279,7 +247,7 @@ def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost
         "",
         f"Inference memory (weights + forward peak) per scheme: {forwards}.",
         "T_step/(2·T_fwd): 1.00 would be a step that costs exactly its two forward passes. "
-        "MeZO-style: `zotune.bench.mezo_reference` (global reseed, whole-tensor "
+        "MeZO-style: `zotune.profiling.mezo_reference` (global reseed, whole-tensor "
         "`torch.normal`, out-of-place moves, four passes).",
     ]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Where a run ran: hostname, CPU model and core count, GPU name, zotune version.
 
-Stored with every result row so a table can say which machine produced it.
+Stored with every benchmark row and profile result so a table can say which machine
+produced it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,6 @@ def hostname() -> str:
 
 
 def zotune_version() -> str:
-    from .. import __version__
+    from . import __version__
 
     return __version__

@@ -1,7 +1,7 @@
 """``zotune profile --estimate-only``: the analytic memory table, for models too big to run.
 
 Each spec's model is built on PyTorch's meta device (shapes and dtypes, no storage), its
-tuning scheme applied, and :func:`zotune.measure.estimate_memory` evaluated on it, so
+tuning scheme applied, and :func:`zotune.profiling.memory_model.estimate_memory` evaluated on it, so
 LLaMA-7B's table costs well under a second and no memory. ``model`` is ``random:<shape>``,
 the embedded ``smollm2-135m``, or a hub id / folder whose config can be read offline.
 """
@@ -12,7 +12,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .profile import ProfileSpec, _attn_for, _estimate_breakdown, _mb, _table
+from ..tables import table
+from .build import attention_for
+from .render import estimate_breakdown, mb
+from .spec import ProfileSpec
 
 
 def _config(model: str):
@@ -37,7 +40,7 @@ def meta_model(spec: ProfileSpec):
 
     config = _config(spec.model)
     auto = AutoModelForMaskedLM if config_kind(config) == "masked" else AutoModelForCausalLM
-    attn = _attn_for(spec.method, spec.attn_implementation)
+    attn = attention_for(spec.method, spec.attn_implementation)
     with torch.device("meta"):
         model = auto.from_config(config, dtype=resolve_dtype(spec.dtype), attn_implementation=attn)
     with warnings.catch_warnings():
@@ -45,37 +48,34 @@ def meta_model(spec: ProfileSpec):
         return apply_tuning(model, spec.scheme).eval()
 
 
+def estimate_for(spec: ProfileSpec, model, *, device=None):
+    """:func:`zotune.profiling.memory_model.estimate_memory` of the spec's step on ``model``
+    (built for the spec), on ``device`` (default: the spec's)."""
+    from ..models import accepts_logits_to_keep
+    from .memory_model import estimate_memory
+
+    return estimate_memory(
+        model,
+        spec.method,
+        batch_size=spec.batch_size,
+        seq_len=spec.seq_len,
+        device=spec.device if device is None else device,
+        logits_kept=1 if accepts_logits_to_keep(model) else spec.seq_len,
+        distribution=spec.options.get("distribution", "auto"),
+        options=spec.options,
+    )
+
+
 def estimate_specs(specs: Sequence[ProfileSpec]) -> list[dict[str, Any]]:
     """``[{"spec": …, "estimate": MemoryEstimate.as_dict()}]`` for every spec, in order."""
     from dataclasses import asdict
 
-    from ..measure import estimate_memory
-
     rows = []
     for spec in specs:
         spec.check()
-        model = meta_model(spec)
-        keeps = "logits_to_keep" in _forward_parameters(model)
-        estimate = estimate_memory(
-            model,
-            spec.method,
-            batch_size=spec.batch_size,
-            seq_len=spec.seq_len,
-            device=spec.device,
-            logits_kept=1 if keeps else spec.seq_len,
-            distribution=spec.options.get("distribution", "auto"),
-            options=spec.options,
-        )
+        estimate = estimate_for(spec, meta_model(spec))
         rows.append({"spec": asdict(spec), "estimate": estimate.as_dict()})
     return rows
-
-
-def _forward_parameters(model) -> set[str]:
-    import inspect
-
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
-    return set(inspect.signature(base.forward).parameters)
 
 
 def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
@@ -85,13 +85,13 @@ def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) ->
             row["spec"]["method"],
             row["spec"]["scheme"],
             f"{row['spec']['batch_size']}×{row['spec']['seq_len']}",
-            _mb(row["estimate"]["trainable"]),
-            _mb(row["estimate"]["total"]),
-            _estimate_breakdown(row["estimate"]),
+            mb(row["estimate"]["trainable"]),
+            mb(row["estimate"]["total"]),
+            estimate_breakdown(row["estimate"]),
         )
         for row in rows
     ]
-    return _table(header, body, markdown)
+    return table(header, body, markdown=markdown)
 
 
 def render_estimates_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -100,7 +100,8 @@ def render_estimates_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "# Memory estimates",
         "",
         f"{spec.get('model')}, {spec.get('dtype')}, {spec.get('device')}: analytic "
-        "(`zotune.measure.estimate_memory` on a meta-device model), not measured.",
+        "(`zotune.profiling.memory_model.estimate_memory` on a meta-device model), "
+        "not measured.",
         "",
         estimate_table(rows, markdown=True),
     ]

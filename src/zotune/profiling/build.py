@@ -1,0 +1,135 @@
+"""The work a measurement times: the spec's model, a synthetic batch, and one step.
+
+The batch is exactly B × T tokens, scored at the last position only (``logits_to_keep=1``,
+as :class:`zotune.scoring.Scorer` does for a single-token candidate).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..models import accepts_logits_to_keep, base_model
+from .spec import ProfileSpec
+
+
+def attention_for(method: str, attn: str | None) -> str | None:
+    """The attention implementation ``method`` needs (its registry entry says; forward-grad
+    needs eager), else ``attn``."""
+    from ..optim.registry import entry, names
+
+    return entry(method).attention_implementation(attn) if method in names() else attn
+
+
+def load_for_profile(
+    model: str, *, dtype: str, device: str, attn_implementation: str | None, seed: int
+):
+    """``random:<shape>`` → :func:`zotune.models.random_model`; else :func:`load_model`."""
+    from ..models import load_model, random_model
+
+    if model.startswith("random:"):
+        return random_model(
+            model.removeprefix("random:"),
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            seed=seed,
+            device=device,
+        )
+    return load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+
+
+
+def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int, device):
+    """Token ids [B, T] (no padding), an all-ones mask and one target per row, seeded.
+
+    Ids avoid the first five (the special tokens of zotune's byte tokenizer).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    low = 5 if vocab_size > 5 else 0
+    ids = torch.randint(low, vocab_size, (batch_size, seq_len + 1), generator=generator)
+    return (
+        ids[:, :-1].contiguous().to(device),
+        torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+        ids[:, -1].contiguous().to(device),
+    )
+
+
+def last_position_loss(model, batch, keep: bool) -> Callable[[], Any]:
+    """The closure: cross-entropy of the last position's next-token logits.
+
+    With ``keep`` the model computes logits for that position only (``logits_to_keep=1``),
+    the same saving the scorer makes; otherwise (masked LMs) the full logits are computed
+    and the last column is read. ``use_cache=False``: a causal LM otherwise builds a
+    key/value cache of every layer that lives to the end of the forward (2·L·h values per
+    token, ≈ 2/3 of the no-grad working set of OPT-125m), which training never reads.
+    """
+    import torch.nn.functional as F
+
+    input_ids, attention_mask, targets = batch
+    extra = {"logits_to_keep": 1, "use_cache": False} if keep else {}
+
+    def closure():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        return F.cross_entropy(logits[:, -1].float(), targets)
+
+    return closure
+
+
+@dataclass
+class BuiltStep:
+    """``step()`` makes one step; ``forward()`` one no-grad forward of the same loss."""
+
+    model: Any
+    step: Callable[[], Any]
+    forward: Callable[[], Any]
+    forward_passes: int
+    optimizer: Any
+    keep: bool
+
+
+def build_model(spec: ProfileSpec):
+    """The spec's model with its tuning scheme applied, in eval mode."""
+    import torch
+
+    from ..tuning import apply_tuning
+
+    attn = attention_for(spec.method, spec.attn_implementation)
+    loaded = load_for_profile(
+        spec.model, dtype=spec.dtype, device=spec.device, attn_implementation=attn, seed=spec.seed
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # adapter initialisation
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = apply_tuning(loaded.model, spec.scheme, tokenizer=loaded.tokenizer)
+    model.eval()
+    return model
+
+
+def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
+    """A zero-argument callable that makes one step of ``spec.method`` on its batch."""
+    import torch
+
+    from ..optim import create_optimizer
+    from .mezo_reference import MezoReferenceStep
+
+    model = build_model(spec) if model is None else model
+    device = next(model.parameters()).device
+    batch = synthetic_batch(
+        base_model(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
+    )
+    keep = accepts_logits_to_keep(model)
+    loss = last_position_loss(model, batch, keep)
+    forward = torch.no_grad()(loss)
+    if spec.method == "inference":
+        return BuiltStep(model, forward, forward, 1, None, keep)
+    if spec.method == "mezo-ref":
+        reference = MezoReferenceStep(model.named_parameters(), lr=spec.lr, seed=spec.seed)
+        return BuiltStep(model, lambda: reference.step(loss), forward, 2, reference, keep)
+    optimizer = create_optimizer(spec.method, model, lr=spec.lr, **spec.options)
+    passes = getattr(optimizer, "forward_passes_per_step", 1)
+    return BuiltStep(model, lambda: optimizer.step(loss), forward, passes, optimizer, keep)

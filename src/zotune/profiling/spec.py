@@ -1,0 +1,163 @@
+"""What ``zotune profile`` measures (:class:`ProfileSpec`) and what it found
+(:class:`ProfileResult`), and the grid of specs a command line asks for.
+
+A *measurement* is one method (an optimizer key, ``inference`` for a no-grad forward, or
+``mezo-ref`` for the MeZO-style reference step) on one model, tuning scheme and synthetic
+batch of exactly B × T tokens; :mod:`zotune.profiling.measurement` says how it is taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .methods import all_methods
+
+# Optimizer options the analytic estimate accounts for; with any other (hybrid_layers,
+# block_level, sparsity, ...) a row shows its measured memory only.
+ESTIMATED_OPTIONS = {"eps", "q", "probe", "distribution", "weight_decay", "seed"}
+
+DEFAULT_MODEL = "random:opt-125m"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the measurements of one command share. ``model`` is a hub id, a local folder,
+    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.SHAPES`)."""
+
+    model: str = DEFAULT_MODEL
+    batch_size: int = 16
+    seq_len: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    steps: int = 3
+    warmup: int = 1
+    lr: float = 1e-6
+    seed: int = 0
+    attn_implementation: str | None = None
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    def settings(self) -> dict[str, Any]:
+        """These settings as keywords, for a :class:`ProfileSpec` or another settings type."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+
+
+@dataclass(frozen=True)
+class ProfileSpec(Settings):
+    """One measurement: ``method`` on the settings' model with tuning ``scheme``."""
+
+    method: str = "zo-sgd"
+    scheme: str = "full"
+    # Optimizer options beyond lr (``{"hybrid_layers": 10}``, ``{"q": 4}``).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def method_label(self) -> str:
+        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options."""
+        options = " ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.method} {options}" if options else self.method
+
+    def label(self) -> str:
+        return (
+            f"{self.method_label()} {self.scheme} {self.model} "
+            f"B={self.batch_size} T={self.seq_len}"
+        )
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the analytic estimate models this step (it does not model every option)."""
+        return set(self.options) <= ESTIMATED_OPTIONS
+
+    def check(self) -> None:
+        from ..tuning import SCHEMES
+
+        if self.method not in all_methods():
+            raise ValueError(
+                f"unknown method {self.method!r} (choose from {', '.join(all_methods())})"
+            )
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown tuning scheme {self.scheme!r} (choose from {SCHEMES})")
+        for name in ("batch_size", "seq_len", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid {name}: {value!r} (must be an int >= 1)")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"invalid threads: {self.threads!r} (must be an int >= 1)")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"invalid warmup: {self.warmup!r} (must be an int >= 0)")
+        if self.options:
+            from ..optim.registry import entry, names
+
+            if self.method not in names():
+                raise ValueError(f"--option applies to optimizers, not to {self.method}")
+            accepted = entry(self.method).accepted()
+            for key in self.options:
+                if key not in accepted or key == "lr":
+                    raise ValueError(f"--option {key}: not an option of {self.method}")
+
+
+@dataclass
+class ProfileResult:
+    """What one measurement found; bytes are as :mod:`zotune.measure` defines them."""
+
+    spec: ProfileSpec
+    seconds_per_step: float
+    step_seconds: list[float]
+    weights_bytes: int
+    loaded_bytes: int
+    peak_bytes: int
+    peak_reset: bool
+    isolated: bool
+    trainable_parameters: int
+    total_parameters: int
+    forward_passes_per_step: int
+    attn_implementation: str | None
+    estimate: dict[str, Any] = field(default_factory=dict)
+    hardware: str | None = None  # where it ran, read in the measuring process
+
+    @property
+    def above_weights_bytes(self) -> int:
+        """Peak during the timed steps minus the memory once the model was loaded and warm."""
+        return max(0, self.peak_bytes - self.loaded_bytes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Weights (counted) plus what the step adds on top of them (measured)."""
+        return self.weights_bytes + self.above_weights_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["memory_bytes"] = self.memory_bytes
+        data["above_weights_bytes"] = self.above_weights_bytes
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        spec_names = {f.name for f in dataclasses.fields(ProfileSpec)}
+        values["spec"] = ProfileSpec(**{k: v for k, v in data["spec"].items() if k in spec_names})
+        return cls(**values)
+
+
+
+def grid(
+    methods: Sequence[str],
+    *,
+    schemes: Sequence[str] = ("full",),
+    seq_lens: Sequence[int] = (64,),
+    options: Sequence[dict[str, Any]] = ({},),
+    **common: Any,
+) -> list[ProfileSpec]:
+    """Specs for every (seq_len, scheme, method, options), in that nesting order; ``options``
+    apply to the optimizers, so ``inference`` and ``mezo-ref`` get one row each."""
+    from ..optim.registry import names
+
+    return [
+        ProfileSpec(method=method, scheme=scheme, seq_len=seq_len, options=dict(o), **common)
+        for seq_len in seq_lens
+        for scheme in schemes
+        for method in methods
+        for o in (options if method in names() else ({},))
+    ]
