@@ -153,18 +153,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
             device_map=device_map,
         )
     torch.manual_seed(config.train.seed)  # adapter initialisation
-    tuning = config.tuning
-    model = apply_tuning(
-        loaded.model,
-        tuning.scheme,
-        tokenizer=loaded.tokenizer,
-        lora_r=tuning.lora_r,
-        lora_alpha=tuning.lora_alpha,
-        prefix_tokens=tuning.prefix_tokens,
-        prefix_init=tuning.prefix_init,
-        prompt_tokens=tuning.prompt_tokens,
-        prompt_init_text=tuning.prompt_init_text,
-    )
+    model = apply_tuning(loaded.model, config.tuning, tokenizer=loaded.tokenizer)
     model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
     trainable, total = count_parameters(model)
     return TunedModel(model, loaded, trainable, total)

@@ -41,6 +41,7 @@ skipped), the way ``generate`` does.
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 import torch
 from peft import (
@@ -53,6 +54,7 @@ from peft import (
 )
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+from .config import TuningConfig
 from .models import model_kind
 from .offload import execution_device
 
@@ -62,23 +64,28 @@ PREFIX_INITS = ("real", "random")
 
 def apply_tuning(
     model: torch.nn.Module,
-    scheme: str,
+    tuning: TuningConfig | str,
     *,
     tokenizer=None,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    prefix_tokens: int = 5,
-    prefix_init: str | None = None,
-    prompt_tokens: int = 10,
-    prompt_init_text: str | None = None,
+    **options: Any,
 ) -> torch.nn.Module:
-    """The model ready for ``scheme``: exactly its trainable tensors have ``requires_grad``.
+    """The model ready for its tuning scheme: exactly its trainable tensors have
+    ``requires_grad``.
 
-    ``full`` returns ``model`` itself; the others wrap it in a peft model (which adds adapter
-    tensors and freezes the base model's). ``tokenizer`` is needed for ``prompt_init_text``.
-    ``prefix_init`` is ``"real"`` or ``"random"``; None picks real for causal LMs, random
-    for masked ones.
+    ``tuning`` is a run config's tuning section, or a scheme name with that section's keys
+    as keywords (``apply_tuning(model, "lora", lora_r=4)``). ``full`` returns ``model``
+    itself; the others wrap it in a peft model (which adds adapter tensors and freezes the
+    base model's). ``tokenizer`` is needed for ``prompt_init_text``. ``prefix_init`` is
+    ``"real"`` or ``"random"``; None picks real for causal LMs, random for masked ones.
     """
+    if isinstance(tuning, str):
+        tuning = TuningConfig(scheme=tuning, **options)
+    elif options:
+        raise TypeError(f"apply_tuning got a tuning section and keywords {sorted(options)}")
+    scheme, prefix_init = tuning.scheme, tuning.prefix_init
+    lora_r, lora_alpha = tuning.lora_r, tuning.lora_alpha
+    prefix_tokens, prompt_tokens = tuning.prefix_tokens, tuning.prompt_tokens
+    prompt_init_text = tuning.prompt_init_text
     if scheme not in SCHEMES:
         raise ValueError(f"unknown tuning scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
     kind = model_kind(model)

@@ -483,45 +483,28 @@ def _warn(message: str) -> None:
     print(f"zotune: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _record_of(payload: dict[str, Any]) -> RunRecord:
+# RunRecord's fields that a record file and a database row both hold under their own names.
+_PLAIN_FIELDS = (
+    "id", "suite", "hparams", "seed", "config", "status", "metrics", "error", "started_at",
+    "finished_at", "zotune_version", "hostname", "hardware",
+)
+
+
+def _record_from(values: dict[str, Any], attempts: int) -> RunRecord:
+    """A RunRecord from a record file's payload or a decoded database row."""
     cell = Cell(
-        payload["model"], payload["task"], payload["scheme"], payload["optimizer"],
-        payload.get("variant", ""),
+        values["model"], values["task"], values["scheme"], values["optimizer"],
+        values.get("variant", ""),
     )
-    return RunRecord(
-        id=payload["id"],
-        suite=payload["suite"],
-        cell=cell,
-        hparams=payload["hparams"],
-        seed=payload["seed"],
-        config=payload["config"],
-        status=payload["status"],
-        metrics=payload["metrics"],
-        error=payload["error"],
-        started_at=payload["started_at"],
-        finished_at=payload["finished_at"],
-        zotune_version=payload["zotune_version"],
-        hostname=payload["hostname"],
-        hardware=payload["hardware"],
-        attempts=len(payload["attempts"]),
-    )
+    return RunRecord(cell=cell, attempts=attempts, **{k: values[k] for k in _PLAIN_FIELDS})
+
+
+def _record_of(payload: dict[str, Any]) -> RunRecord:
+    return _record_from(payload, attempts=len(payload["attempts"]))
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        suite=row["suite"],
-        cell=Cell(row["model"], row["task"], row["scheme"], row["optimizer"], row["variant"]),
-        hparams=json.loads(row["hparams"]),
-        seed=row["seed"],
-        config=json.loads(row["config"]),
-        status=row["status"],
-        metrics=json.loads(row["metrics"]) if row["metrics"] is not None else None,
-        error=row["error"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        zotune_version=row["zotune_version"],
-        hostname=row["hostname"],
-        hardware=row["hardware"],
-        attempts=row["attempts"],
-    )
+    values = dict(row)
+    for key in ("hparams", "config", "metrics"):
+        values[key] = json.loads(row[key]) if row[key] is not None else None
+    return _record_from(values, attempts=row["attempts"])
