@@ -30,6 +30,12 @@ Directions (every zeroth-order optimizer and Forward-Grad): ``distribution`` is 
 ``"gaussian"`` or ``"rademacher"``; ``table_numel`` sets the table's size (a power of two,
 2**22 values by default). See :class:`zotune.estimators.DirectionSampler`.
 
+Half precision (every zeroth-order optimizer and Forward-Grad): the update of an fp16/bf16
+tensor is computed chunk-wise in fp32 and stochastically rounded (unbiased, bits seeded by the
+step), so updates far below one ulp are kept in expectation; ``stochastic_rounding=False``
+rounds to nearest instead. The probes keep their exact-restore legs. See
+:mod:`zotune.stochastic_rounding`.
+
 Enhancements (every zeroth-order optimizer; ZO-Bench §5; see :mod:`zotune.enhance`):
 
 * block-wise ZO: ``block_level="layer" | "sublayer" | "linear"`` with ``params`` the model
@@ -67,6 +73,7 @@ from .estimators.base import check_finite, evaluate, rounds_coarsely, shift
 from .estimators.directions import DEFAULT_TABLE_NUMEL
 from .offload import OffloadError, substitute_offloaded
 from .rules import Rule, TensorContext
+from .stochastic_rounding import add_rounded_, apply_update_, rounding_seed, rounds_stochastically
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
 
@@ -188,9 +195,16 @@ class _RuleOptimizer(torch.optim.Optimizer):
         return state
 
     def _apply_rule(
-        self, view: torch.Tensor, g: torch.Tensor, state: dict, ctx_args: tuple, start: int
+        self,
+        view: torch.Tensor,
+        g: torch.Tensor,
+        state: dict,
+        ctx_args: tuple,
+        start: int,
+        rounding: tuple[int, int, int] | None = None,
     ) -> None:
-        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike."""
+        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike;
+        stochastically rounded with the bits of ``rounding`` = (seed, index, chunk) if given."""
         ndim, step, group = ctx_args
         sliced = {}
         for name in self.rule.state_names:
@@ -199,7 +213,10 @@ class _RuleOptimizer(torch.optim.Optimizer):
                 full if full.shape == view.shape else full.view(-1)[start : start + view.numel()]
             )
         u = self.rule(g, sliced, TensorContext(view, ndim, step, group))
-        view.add_(u, alpha=-group["lr"])
+        if rounding is None:
+            view.add_(u, alpha=-group["lr"])
+        else:
+            add_rounded_(view, u, -group["lr"], *rounding)
 
     def _step_seed(self) -> int:
         return mix_seed(self.seed, self.steps_taken)
@@ -247,7 +264,10 @@ class ZerothOrderOptimizer(_RuleOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
+        if not isinstance(stochastic_rounding, bool):
+            raise TypeError(f"Invalid stochastic_rounding: {stochastic_rounding!r} (a bool)")
         if block_mode not in BLOCK_MODES:
             raise ValueError(f"Unknown block_mode: {block_mode!r} (choose from {BLOCK_MODES})")
         check_sparsity(sparsity, sparsity_mode, mask_every)
@@ -270,6 +290,7 @@ class ZerothOrderOptimizer(_RuleOptimizer):
             params, defaults, rule, seed, module=module, offload_refusal=refusal
         )
         self.estimator = estimator
+        self.stochastic_rounding = stochastic_rounding
         self.block_level = block_level
         self.block_mode = block_mode
         self.hybrid_layers = hybrid_layers
@@ -326,8 +347,10 @@ class ZerothOrderOptimizer(_RuleOptimizer):
             return
         sampler = self.estimator.sampler
         last = len(estimate.seeds) - 1
+        seed = self._rounding_seed(estimate)
         for item, group in entries:
             param = item.param
+            rounded = seed is not None and rounds_stochastically(param.dtype)
             for chunk, view in sampler.views(param):
                 start = chunk * sampler.chunk_numel
                 if start == 0:
@@ -345,14 +368,16 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                         torch.mul(z, coeff, out=g)
                     else:
                         g.add_(z, alpha=coeff)
-                self._apply_rule(view, g, state, ctx_args, start)
+                rounding = (seed, item.index, chunk) if rounded else None
+                self._apply_rule(view, g, state, ctx_args, start, rounding)
 
     def _update_linear(self, entries, estimate: DirectionalEstimate) -> None:
         """θ_new = κθ − lr Σ_k c_k z_k with κ = 1 − lr·λ and θ = θ_probe − offset · z_last.
 
         One pass per query seed. In fp32 the restore rides on the last seed's axpy
         (θ_new = κ θ_probe − κ·offset·z_last − lr Σ c_k z_k); in fp16/bf16 it is a leg of its
-        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``).
+        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``),
+        and κθ − lr Σ c_k z_k is rounded once, stochastically unless that is switched off.
         """
         sampler = self.estimator.sampler
         restore = (estimate.displaced_seed, -estimate.offset)
@@ -371,16 +396,29 @@ class ZerothOrderOptimizer(_RuleOptimizer):
                 shift(precise, sampler, [(restore[0], keep * restore[1]), *update])
             if coarse:
                 shift(coarse, sampler, [restore])
-                if keep != 1:
-                    for item in coarse:  # _foreach_mul_ would round κ itself to fp16/bf16
-                        item.param.mul_(keep)
-                shift(coarse, sampler, update)
+                apply_update_(coarse, sampler, update, self._rounding_seed(estimate), keep)
 
     @torch.no_grad()
-    def _move(self, entries, estimate: DirectionalEstimate, scale: float, times: int = 1) -> None:
-        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32)."""
-        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms] * times
-        shift([e for e, _ in entries], self.estimator.sampler, moves)
+    def _move(
+        self, entries, estimate: DirectionalEstimate, scale: float, times: int = 1, leg: int = 0
+    ) -> None:
+        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32); fp16/bf16
+        tensors under stochastic rounding take it as one rounding with the bits of ``leg``."""
+        seed = self._rounding_seed(estimate, leg)
+        items = [e for e, _ in entries]
+        rounded = [seed is not None and rounds_stochastically(i.param.dtype) for i in items]
+        coarse = [i for i, r in zip(items, rounded, strict=True) if r]
+        exact = [i for i, r in zip(items, rounded, strict=True) if not r]
+        moves = [(s, scale * coeff) for s, coeff in estimate.terms]
+        shift(exact, self.estimator.sampler, moves * times)
+        if coarse:
+            apply_update_(coarse, self.estimator.sampler, [(s, times * a) for s, a in moves], seed)
+
+    def _rounding_seed(self, estimate: DirectionalEstimate, leg: int = 0) -> int | None:
+        """The seed of the stochastic rounding of an update of ``estimate`` (None: off)."""
+        if not self.stochastic_rounding:
+            return None
+        return rounding_seed(estimate.seeds[0], leg)
 
 
 def _rge(
@@ -422,6 +460,7 @@ class ZOSGD(ZerothOrderOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -435,6 +474,7 @@ class ZOSGD(ZerothOrderOptimizer):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -467,6 +507,7 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         _check_momentum(momentum, dampening, nesterov)
         super().__init__(
@@ -487,6 +528,7 @@ class ZOSGDMomentum(ZerothOrderOptimizer):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -519,6 +561,7 @@ class ZOSGDSign(ZerothOrderOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -532,6 +575,7 @@ class ZOSGDSign(ZerothOrderOptimizer):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -565,6 +609,7 @@ class ZOAdam(ZerothOrderOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         betas = tuple(betas)
         _check_adam(betas, adam_eps)
@@ -580,6 +625,7 @@ class ZOAdam(ZerothOrderOptimizer):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
@@ -613,6 +659,7 @@ class ZOSGDConservative(ZOSGD):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         for option, value in (("block_level", block_level), ("hybrid_layers", hybrid_layers)):
             if value is not None:
@@ -635,6 +682,7 @@ class ZOSGDConservative(ZOSGD):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
     @property
@@ -646,26 +694,27 @@ class ZOSGDConservative(ZOSGD):
         entries, estimate = self._estimate(closure)
         self._update(entries, estimate)  # θ − ηĝ (also removes the probes' offset)
         loss_down = evaluate(closure)
-        self._move_by_lr(entries, estimate, 1)  # θ
+        self._move_by_lr(entries, estimate, 1, leg=1)  # θ
         loss_here = evaluate(closure)
-        self._move_by_lr(entries, estimate, 1)  # θ + ηĝ
+        self._move_by_lr(entries, estimate, 1, leg=2)  # θ + ηĝ
         loss_up = evaluate(closure)
         # Data-parallel processes each saw a shard: they pick the candidate on the batch mean.
         candidates = torch.stack([loss_down, loss_here, loss_up])
         down, here, up = self.estimator.sharing.average(candidates)
         best = min((here, 0), (down, -1), (up, +1), key=lambda x: float(x[0]))
-        self._move_by_lr(entries, estimate, best[1] - 1)
+        self._move_by_lr(entries, estimate, best[1] - 1, leg=3)
         return best[0]
 
-    def _move_by_lr(self, entries, estimate, multiple: int) -> None:
-        """θ ← θ + multiple · η ĝ, each param group with its own η, in legs of ±η ĝ."""
+    def _move_by_lr(self, entries, estimate, multiple: int, leg: int) -> None:
+        """θ ← θ + multiple · η ĝ, each param group with its own η, in legs of ±η ĝ
+        (fp16/bf16 under stochastic rounding: one rounding with the bits of ``leg``)."""
         if multiple == 0:
             return
         sign = 1.0 if multiple > 0 else -1.0
         for group in self.param_groups:
             members = [(e, g) for e, g in entries if g is group]
             if members:
-                self._move(members, estimate, sign * group["lr"], times=abs(multiple))
+                self._move(members, estimate, sign * group["lr"], abs(multiple), leg)
 
 
 class ForwardGrad(ZerothOrderOptimizer):
@@ -694,6 +743,7 @@ class ForwardGrad(ZerothOrderOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -709,6 +759,7 @@ class ForwardGrad(ZerothOrderOptimizer):
             sparsity=sparsity,
             sparsity_mode=sparsity_mode,
             mask_every=mask_every,
+            stochastic_rounding=stochastic_rounding,
         )
 
 
