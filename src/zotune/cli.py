@@ -23,6 +23,7 @@ def _int_or_float(text: str) -> int | float:
 TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
     "--model": ("model.name", str),
     "--dtype": ("model.dtype", str),
+    "--autocast": ("model.autocast", str),
     "--device": ("model.device", str),
     "--device-map": ("model.device_map", str),
     "--attn-implementation": ("model.attn_implementation", str),
@@ -71,6 +72,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         const=False,
         dest="task.template",
         help="raw inputs without the task-aligned prompt (the paper's alignment ablation)",
+    )
+    parser.add_argument(
+        "--no-stochastic-rounding",
+        action="store_const",
+        const=False,
+        dest="optimizer.stochastic_rounding",
+        help="round fp16/bf16 ZO updates to nearest (they are stochastically rounded by default)",
     )
     parser.add_argument("--resume", action="store_const", const=True, dest="train.resume")
     parser.add_argument(
@@ -240,6 +248,19 @@ def _option_grid(items: list[str]) -> list[dict[str, Any]]:
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
+PRECISIONS = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
+
+
+def _precision(text: str) -> tuple[str, str | None]:
+    """``"bfloat16"`` → (bfloat16, None); ``"autocast-bfloat16"`` → (float32, bfloat16)."""
+    if text not in PRECISIONS:
+        choices = ", ".join(PRECISIONS)
+        raise ValueError(f"--dtype: unknown precision {text!r} (choose from {choices})")
+    if text.startswith("autocast-"):
+        return "float32", text.removeprefix("autocast-")
+    return text, None
+
+
 def _check_profile_options(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work before anything is measured (one-line errors)."""
     mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
@@ -279,10 +300,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     command = reproduce_command(getattr(args, "argv", None) or sys.argv[1:])
     if args.from_json is not None:
         return _render_profile(args, command, log)
+    precisions = [_precision(item) for item in _csv(args.dtype)]
     common = {
         "model": args.model,
         "batch_size": args.batch_size,
-        "dtype": args.dtype,
         "device": args.device,
         "warmup": args.warmup,
         "seed": args.seed,
@@ -298,8 +319,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
             step_cost_table,
         )
 
+        if len(precisions) != 1 or precisions[0][1] is not None:
+            raise ValueError("--step-cost measures one weight dtype: give --dtype one of "
+                             "float32, bfloat16, float16")
         config = StepCostConfig(
             **common,
+            dtype=precisions[0][0],
             seq_len=args.seq_len,
             steps=args.steps or 5,
             schemes=tuple(_csv(args.schemes) or SCHEMES),
@@ -312,14 +337,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
         results = None
         sweep = args.seq_lens is not None
         default_methods = prof.SWEEP_OPTIMIZERS if sweep else prof.DEFAULT_OPTIMIZERS
-        specs = prof.grid(
-            _csv(args.optimizers) or default_methods,
-            schemes=_csv(args.schemes) or ["full"],
-            seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
-            steps=args.steps or 3,
-            options=_option_grid(args.option or []),
-            **common,
-        )
+        specs = [
+            spec
+            for dtype, autocast in precisions
+            for spec in prof.grid(
+                _csv(args.optimizers) or default_methods,
+                schemes=_csv(args.schemes) or ["full"],
+                seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
+                steps=args.steps or 3,
+                options=_option_grid(args.option or []),
+                dtype=dtype,
+                autocast=autocast,
+                **common,
+            )
+        ]
         if args.estimate_only:
             from .bench import estimates
 
@@ -505,7 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: memory against sequence length (zo-sgd, fo-sgd, "
         "fo-adam unless --optimizers)",
     )
-    profile.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    profile.add_argument(
+        "--dtype",
+        default="float32",
+        help="comma-separated precisions, rows side by side: float32, bfloat16, float16 "
+        "(the weights' dtype), autocast-bfloat16, autocast-float16 (fp32 weights, "
+        "half-precision compute); default float32",
+    )
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--attn-implementation", default=None)
     profile.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")

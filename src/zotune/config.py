@@ -31,6 +31,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str | None = None  # HF hub id, local folder, "smollm2-135m" (default) or "random:<shape>"
     dtype: str = "float32"
+    # Half-precision compute over fp32 weights: "bfloat16" or "float16" (see
+    # zotune.mixed_precision); None computes in the weights' dtype.
+    autocast: str | None = None
     device: str = "cpu"
     attn_implementation: str | None = None
     # Spread layers over devices with accelerate: "auto", "balanced", "sequential" or a
@@ -82,6 +85,8 @@ class OptimizerConfig:
     sparsity: float | None = None  # fraction of each tensor's perturbation masked out, [0, 1)
     sparsity_mode: str | None = None  # uniform (default) or magnitude
     mask_every: int | None = None  # resample the sparse mask every N steps (default 1)
+    # fp16/bf16 weights: stochastically rounded ZO updates (default on; false: to nearest)
+    stochastic_rounding: bool | None = None
     schedule: str = "constant"  # constant or linear (decay to 0 over the run)
 
     def options(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .distributed import (
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
+from .mixed_precision import check_autocast, compute_context, under_autocast
 from .offload import execution_device, named_resident_parameters
 from .optim import OPTIMIZERS, FirstOrderOptimizer, create_optimizer
 from .scoring import Scorer
@@ -241,6 +242,7 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"train.{key}: invalid value {value}")
     from .distributed import MODES
 
+    check_autocast(config.model.autocast, config.model.dtype)
     if config.train.parallel not in MODES:
         raise ConfigError(
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
@@ -300,9 +302,10 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     traffic = _distribute(model, optimizer, scorer, config, group, log) if group else None
 
     def accuracy(examples: Sequence[Example]) -> float:
-        if group is None:
-            return scorer.accuracy(examples, cfg_train.eval_batch_size)
-        return sharded_accuracy(scorer, examples, cfg_train.eval_batch_size, group)
+        with compute_context(config.model.autocast, device):
+            if group is None:
+                return scorer.accuracy(examples, cfg_train.eval_batch_size)
+            return sharded_accuracy(scorer, examples, cfg_train.eval_batch_size, group)
 
     def local_batch(examples: list) -> list:
         if group is None or (config.train.parallel == "query" and traffic.zeroth_order):
@@ -359,6 +362,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         atomic_write(out / "last.pt", lambda p: torch.save(ckpt, p))
 
     steps = range(start_step, cfg_train.steps)
+    autocast = config.model.autocast
     progress = _progress(steps, cfg_train.progress and main, start_step)
     skipped = consecutive_bad = 0
     step_times: list[float] = []
@@ -369,7 +373,8 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         batch = scorer.encode_for_loss(local_batch(examples))
         tick = time.perf_counter()
         try:
-            loss = optimizer.step(lambda batch=batch: scorer.loss(batch))
+            closure = under_autocast(lambda batch=batch: scorer.loss(batch), autocast, device)
+            loss = optimizer.step(closure)
         except NonFiniteLossError as error:
             skipped += 1
             consecutive_bad += 1

@@ -95,6 +95,7 @@ class ProfileSpec:
     batch_size: int = 16
     seq_len: int = 64
     dtype: str = "float32"
+    autocast: str | None = None  # half-precision compute over fp32 weights (mixed_precision)
     device: str = "cpu"
     steps: int = 3
     warmup: int = 1
@@ -106,9 +107,15 @@ class ProfileSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def method_label(self) -> str:
-        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options."""
+        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options, ``zo-sgd [bfloat16]`` in
+        another precision than fp32."""
         options = " ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.method} {options}" if options else self.method
+        label = f"{self.method} {options}" if options else self.method
+        return label if self.precision() == "float32" else f"{label} [{self.precision()}]"
+
+    def precision(self) -> str:
+        """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``."""
+        return self.dtype if self.autocast is None else f"autocast-{self.autocast}"
 
     def label(self) -> str:
         return (
@@ -134,6 +141,9 @@ class ProfileSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"invalid {name}: {value!r} (must be an int >= 1)")
+        from ..mixed_precision import check_autocast
+
+        check_autocast(self.autocast, self.dtype)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"invalid threads: {self.threads!r} (must be an int >= 1)")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
@@ -303,6 +313,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
     """A zero-argument callable that makes one step of ``spec.method`` on its batch."""
     import torch
 
+    from ..mixed_precision import under_autocast
     from ..optim import create_optimizer
     from .mezo_reference import MezoReferenceStep
 
@@ -312,7 +323,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
         _base(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
     )
     keep = keeps_logits(model)
-    loss = last_position_loss(model, batch, keep)
+    loss = under_autocast(last_position_loss(model, batch, keep), spec.autocast, device)
     forward = torch.no_grad()(loss)
     if spec.method == "inference":
         return BuiltStep(model, forward, forward, 1, None, keep)
@@ -600,8 +611,10 @@ def describe_setup(results: Sequence[ProfileResult]) -> str:
     where = "one fresh process per measurement" if isolated else "in one process"
     what = "memory allocated by torch" if spec.device.startswith("cuda") else "resident set"
     threads = "" if spec.threads is None else f", {spec.threads} torch thread(s)"
+    precisions = list(dict.fromkeys(r.spec.precision() for r in results))
+    precision = precisions[0] if len(precisions) == 1 else "/".join(precisions) + " (per row)"
     return (
-        f"{spec.model}, {spec.dtype}, {spec.device} ({hardware_of(results)}{threads}); "
+        f"{spec.model}, {precision}, {spec.device} ({hardware_of(results)}{threads}); "
         f"median of {spec.steps} steps after {spec.warmup} warm-up; memory = weights + "
         f"(peak {what} over the timed steps − {what} before the first step), {where}"
     )
