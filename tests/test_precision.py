@@ -110,8 +110,13 @@ def test_thousand_probe_cycles_stay_put_in_low_precision(dtype, name, max_drift,
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_update_starts_from_the_restored_weights(dtype):
-    """θ_new = rnd(θ − lr·c·z): one rounding from the original θ, for interior entries."""
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_update_starts_from_the_restored_weights(dtype, stochastic):
+    """θ_new = rnd(θ − lr·c·z): one rounding from the original θ, for interior entries.
+
+    Round-to-nearest gives torch's ``add_``; stochastic rounding one of the two neighbours of
+    the fp32 value θ − lr·c·z (tests/test_stochastic_rounding.py checks the probabilities).
+    """
     theta = weights(dtype)
     param = theta.clone().requires_grad_()
     target = torch.linspace(-1, 1, len(theta))
@@ -123,14 +128,22 @@ def test_update_starts_from_the_restored_weights(dtype):
         return value
 
     lr = 1e-5  # lr·c ≈ 1e-3: an update the size of a probe
-    opt = create_optimizer("zo-sgd", [param], lr=lr, eps=EPS, seed=3)
+    opt = create_optimizer(
+        "zo-sgd", [param], lr=lr, eps=EPS, seed=3, stochastic_rounding=stochastic
+    )
     opt.step(loss)
     coeff = float(losses[0] - losses[1]) / (2 * EPS)
     z = opt.estimator.sampler.direction(theta, mix_seed(mix_seed(3, 0), 0), 0)
+    inside = interior(theta)
+    if stochastic:
+        exact = theta.float() + (-lr * coeff) * z.float()
+        distance = (param.detach().float() - exact).abs()
+        neighbour = distance < ulp(param.detach())
+        assert neighbour[inside].float().mean() > 0.999  # the rest: ties of the restore leg
+        return
     # torch's fp16/bf16 add_ rounds alpha to the tensor's dtype, then adds in fp32 once.
     alpha = float(torch.tensor(-lr * coeff).to(dtype))
     expected = torch.add(theta.float(), z.float(), alpha=alpha).to(dtype)
-    inside = interior(theta)
     assert (param.detach()[inside] == expected[inside]).float().mean() > 0.999
 
 
@@ -150,10 +163,15 @@ def test_every_probe_scheme_restores_interior_entries(options):
 
 
 def test_decay_applies_to_the_restored_weights():
-    """Restore leg, then θ ← (1 − lr·λ)θ, then the update leg (constant loss: no update)."""
+    """Restore leg, then θ ← (1 − lr·λ)θ, then the update leg (constant loss: no update).
+
+    Round to nearest; the stochastically rounded decay is in tests/test_stochastic_rounding.py.
+    """
     theta = weights(torch.bfloat16, 5000).view(50, 100)
     param = theta.clone().requires_grad_()
-    opt = create_optimizer("zo-sgd", [param], lr=0.1, eps=EPS, weight_decay=0.5)
+    opt = create_optimizer(
+        "zo-sgd", [param], lr=0.1, eps=EPS, weight_decay=0.5, stochastic_rounding=False
+    )
     opt.step(lambda: torch.zeros(()))
     inside = interior(theta)
     expected = theta.mul(1 - 0.1 * 0.5)

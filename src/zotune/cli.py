@@ -48,8 +48,13 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
         takers = [k for k, e in REGISTRY.items() if name in e.accepted()]
         where = "every optimizer" if len(takers) == len(REGISTRY) else ", ".join(takers)
         help_ = f"{option.describe()} (config optimizer.{name}; {where})"
-        flags.append(("--" + name.replace("_", "-"), f"optimizer.{name}",
-                      {"type": option.from_text, "help": help_, "metavar": name.upper()}))
+        flag = "--" + name.replace("_", "-")
+        if option.kind is bool:  # a switch: --nesterov, --no-stochastic-rounding
+            flag = f"--no-{flag[2:]}" if option.default else flag
+            keywords = {"action": "store_const", "const": not option.default, "help": help_}
+        else:
+            keywords = {"type": option.from_text, "help": help_, "metavar": name.upper()}
+        flags.append((flag, f"optimizer.{name}", keywords))
     return flags
 
 

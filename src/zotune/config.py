@@ -42,7 +42,14 @@ class ModelConfig:
         None, 'HF hub id, local folder, "smollm2-135m" (the embedded default) or random:<shape>',
         flag="--model",
     )
-    dtype: str = key("float32", "weights dtype: float32, bfloat16 or float16")
+    dtype: str = key(
+        "float32", "weights dtype: float32, bfloat16 or float16 (half-precision weights take "
+        "stochastically rounded ZO updates; see zotune.stochastic_rounding)"
+    )
+    autocast: str | None = key(
+        None, "half-precision compute over fp32 weights: bfloat16 or float16 (see "
+        "zotune.mixed_precision)"
+    )
     device: str = key("cpu", "device: cpu, cuda, cuda:1, ...")
     attn_implementation: str | None = key(
         None, "attention implementation (eager, sdpa); default: the model's, or what the "

@@ -18,6 +18,7 @@ import torch
 
 from .config import ConfigError, RunConfig, build_config, load_config
 from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
+from .mixed_precision import compute_context, under_autocast
 from .models import LoadedModel
 from .offload import execution_device
 from .optim import FirstOrderOptimizer, create_optimizer
@@ -72,8 +73,10 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
         )
+    from .mixed_precision import check_autocast
     from .models import resolve_device
 
+    check_autocast(config.model.autocast, config.model.dtype)
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
     for key in ("num_train", "num_val", "num_test"):
@@ -241,9 +244,16 @@ class Run:
 
     def accuracy(self, examples: Sequence[Example]) -> float:
         batch_size = self.config.train.eval_batch_size
-        if self.group is None:
-            return self.scorer.accuracy(examples, batch_size)
-        return sharded_accuracy(self.scorer, examples, batch_size, self.group)
+        with compute_context(self.config.model.autocast, self.device):
+            if self.group is None:
+                return self.scorer.accuracy(examples, batch_size)
+            return sharded_accuracy(self.scorer, examples, batch_size, self.group)
+
+    def loss_closure(self, batch) -> Callable[[], torch.Tensor]:
+        """The step's loss closure, under autocast when the run computes in half precision."""
+        return under_autocast(
+            lambda: self.scorer.loss(batch), self.config.model.autocast, self.device
+        )
 
     def local_batch(self, examples: list) -> list:
         """This process's share of a step's examples (all of them for query-parallel ZO)."""

@@ -195,7 +195,7 @@ def train(run: Run) -> RunResult:
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
         try:
-            loss = _step(run, lambda batch=batch: scorer.loss(batch), step)
+            loss = _step(run, run.loss_closure(batch), step)
         except NonFiniteLossError as error:
             skipped += 1
             consecutive_bad += 1

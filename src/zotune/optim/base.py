@@ -32,6 +32,12 @@ from ..estimators import (
 from ..estimators.base import check_finite, rounds_coarsely, shift
 from ..offload import OffloadError, substitute_offloaded
 from ..rules import Rule, TensorContext
+from ..stochastic_rounding import (
+    add_rounded_,
+    apply_update_,
+    rounding_seed,
+    rounds_stochastically,
+)
 from .options import LR, WEIGHT_DECAY
 from .steps import PlainStep, StepStrategy
 
@@ -126,9 +132,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         return state
 
     def _apply_rule(
-        self, view: torch.Tensor, g: torch.Tensor, state: dict, ctx_args: tuple, start: int
+        self,
+        view: torch.Tensor,
+        g: torch.Tensor,
+        state: dict,
+        ctx_args: tuple,
+        start: int,
+        rounding: tuple[int, int, int] | None = None,
     ) -> None:
-        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike."""
+        """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike;
+        stochastically rounded with the bits of ``rounding`` = (seed, index, chunk) if given."""
         ndim, step, group = ctx_args
         sliced = {}
         for name in self.rule.state_names:
@@ -137,7 +150,10 @@ class RuleOptimizer(torch.optim.Optimizer):
                 full if full.shape == view.shape else full.view(-1)[start : start + view.numel()]
             )
         u = self.rule(g, sliced, TensorContext(view, ndim, step, group))
-        view.add_(u, alpha=-group["lr"])
+        if rounding is None:
+            view.add_(u, alpha=-group["lr"])
+        else:
+            add_rounded_(view, u, -group["lr"], *rounding)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -170,6 +186,11 @@ class ZerothOrderOptimizer(RuleOptimizer):
     and applies the update in the same pass; for linear rules (SGD ± weight decay) that is a
     single axpy per chunk, so a q = 1 ZO-SGD step makes three passes over the parameters
     (+εz, −2εz, restore-and-update) where MeZO makes four.
+
+    Half precision: the update of an fp16/bf16 tensor is computed chunk-wise in fp32 and
+    stochastically rounded (unbiased, bits seeded by the step), so updates far below one ulp
+    are kept in expectation; ``stochastic_rounding=False`` rounds to nearest instead. The
+    probes keep their exact-restore legs. See :mod:`zotune.stochastic_rounding`.
     """
 
     def __init__(
@@ -184,8 +205,11 @@ class ZerothOrderOptimizer(RuleOptimizer):
         sparsity: float = 0.0,
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
+        stochastic_rounding: bool = True,
         **hyperparameters: Any,
     ) -> None:
+        if not isinstance(stochastic_rounding, bool):
+            raise TypeError(f"Invalid stochastic_rounding: {stochastic_rounding!r} (a bool)")
         step = step or PlainStep()
         module = params if isinstance(params, torch.nn.Module) else None
         refusal = step.offload_refusal
@@ -201,6 +225,7 @@ class ZerothOrderOptimizer(RuleOptimizer):
         )
         self.estimator = estimator
         self.step_strategy = step
+        self.stochastic_rounding = stochastic_rounding
         if sparsity:
             trainable = [e for e, _ in self.trainable()]
             sparsities = tensor_sparsities(trainable, sparsity, sparsity_mode)
@@ -236,8 +261,10 @@ class ZerothOrderOptimizer(RuleOptimizer):
             return
         sampler = self.estimator.sampler
         last = len(estimate.seeds) - 1
+        seed = self.rounding_seed(estimate)
         for item, group in entries:
             param = item.param
+            rounded = seed is not None and rounds_stochastically(param.dtype)
             for chunk, view in sampler.views(param):
                 start = chunk * sampler.chunk_numel
                 if start == 0:
@@ -255,7 +282,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
                         torch.mul(z, coeff, out=g)
                     else:
                         g.add_(z, alpha=coeff)
-                self._apply_rule(view, g, state, ctx_args, start)
+                rounding = (seed, item.index, chunk) if rounded else None
+                self._apply_rule(view, g, state, ctx_args, start, rounding)
 
     def _update_linear(self, entries: Entries, estimate: DirectionalEstimate) -> None:
         """θ_new = κθ − lr Σ_k c_k z_k with κ = 1 − lr·λ (λ from the rule) and
@@ -263,7 +291,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
 
         One pass per query seed. In fp32 the restore rides on the last seed's axpy
         (θ_new = κ θ_probe − κ·offset·z_last − lr Σ c_k z_k); in fp16/bf16 it is a leg of its
-        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``).
+        own, so the update starts from the restored θ (see ``estimators.base.rounds_coarsely``),
+        and κθ − lr Σ c_k z_k is rounded once, stochastically unless that is switched off.
         """
         sampler = self.estimator.sampler
         restore = (estimate.displaced_seed, -estimate.offset)
@@ -282,16 +311,29 @@ class ZerothOrderOptimizer(RuleOptimizer):
                 shift(precise, sampler, [(restore[0], keep * restore[1]), *update])
             if coarse:
                 shift(coarse, sampler, [restore])
-                if keep != 1:
-                    for item in coarse:  # _foreach_mul_ would round κ itself to fp16/bf16
-                        item.param.mul_(keep)
-                shift(coarse, sampler, update)
+                apply_update_(coarse, sampler, update, self.rounding_seed(estimate), keep)
 
     @torch.no_grad()
-    def move(self, entries: Entries, estimate: DirectionalEstimate, scale: float, times=1) -> None:
-        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32)."""
-        moves = [(seed, scale * coeff) for seed, coeff in estimate.terms] * times
-        shift([e for e, _ in entries], self.estimator.sampler, moves)
+    def move(
+        self, entries: Entries, estimate: DirectionalEstimate, scale: float, times=1, leg=0
+    ) -> None:
+        """θ ← θ + times · scale · ĝ, as ``times`` legs (one pass per seed in fp32); fp16/bf16
+        tensors under stochastic rounding take it as one rounding with the bits of ``leg``."""
+        seed = self.rounding_seed(estimate, leg)
+        items = [e for e, _ in entries]
+        rounded = [seed is not None and rounds_stochastically(i.param.dtype) for i in items]
+        coarse = [i for i, r in zip(items, rounded, strict=True) if r]
+        exact = [i for i, r in zip(items, rounded, strict=True) if not r]
+        moves = [(s, scale * coeff) for s, coeff in estimate.terms]
+        shift(exact, self.estimator.sampler, moves * times)
+        if coarse:
+            apply_update_(coarse, self.estimator.sampler, [(s, times * a) for s, a in moves], seed)
+
+    def rounding_seed(self, estimate: DirectionalEstimate, leg: int = 0) -> int | None:
+        """The seed of the stochastic rounding of an update of ``estimate`` (None: off)."""
+        if not self.stochastic_rounding:
+            return None
+        return rounding_seed(estimate.seeds[0], leg)
 
 
 class FirstOrderOptimizer(RuleOptimizer):

@@ -253,6 +253,11 @@ ZO_OPTIONS: tuple[Option, ...] = (
         "mask_every", 1, "resample the sparse mask every N steps", kind=int,
         check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
     ),
+    Option(
+        "stochastic_rounding", True,
+        "fp16/bf16 weights: stochastically rounded updates (off: to nearest)", kind=bool,
+        check=lambda v: isinstance(v, bool), problem="true or false",
+    ),
 )
 
 
@@ -276,6 +281,7 @@ class ZOOptions:
     sparsity: float = 0.0
     sparsity_mode: str = "uniform"
     mask_every: int = 1
+    stochastic_rounding: bool = True
 
     def __post_init__(self) -> None:
         declared = {option.name: option for option in ZO_OPTIONS}

@@ -196,6 +196,7 @@ class OptimizerEntry:
             sparsity=zo.sparsity,
             sparsity_mode=zo.sparsity_mode,
             mask_every=zo.mask_every,
+            stochastic_rounding=zo.stochastic_rounding,
         )
         return parts
 

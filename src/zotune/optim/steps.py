@@ -91,27 +91,28 @@ class ConservativeStep(StepStrategy):
         optimizer.finish_step()
         optimizer.apply_estimate(entries, estimate)  # θ − ηĝ (also removes the probes' offset)
         loss_down = evaluate(closure)
-        self._move_by_lr(optimizer, entries, estimate, 1)  # θ
+        self._move_by_lr(optimizer, entries, estimate, 1, leg=1)  # θ
         loss_here = evaluate(closure)
-        self._move_by_lr(optimizer, entries, estimate, 1)  # θ + ηĝ
+        self._move_by_lr(optimizer, entries, estimate, 1, leg=2)  # θ + ηĝ
         loss_up = evaluate(closure)
         # Data-parallel processes each saw a shard: they pick the candidate on the batch mean.
         candidates = torch.stack([loss_down, loss_here, loss_up])
         down, here, up = optimizer.estimator.sharing.average(candidates)
         best = min((here, 0), (down, -1), (up, +1), key=lambda x: float(x[0]))
-        self._move_by_lr(optimizer, entries, estimate, best[1] - 1)
+        self._move_by_lr(optimizer, entries, estimate, best[1] - 1, leg=3)
         return best[0]
 
     @staticmethod
-    def _move_by_lr(optimizer, entries, estimate, multiple: int) -> None:
-        """θ ← θ + multiple · η ĝ, each param group with its own η, in legs of ±η ĝ."""
+    def _move_by_lr(optimizer, entries, estimate, multiple: int, leg: int) -> None:
+        """θ ← θ + multiple · η ĝ, each param group with its own η, in legs of ±η ĝ
+        (fp16/bf16 under stochastic rounding: one rounding with the bits of ``leg``)."""
         if multiple == 0:
             return
         sign = 1.0 if multiple > 0 else -1.0
         for group in optimizer.param_groups:
             members = [(e, g) for e, g in entries if g is group]
             if members:
-                optimizer.move(members, estimate, sign * group["lr"], times=abs(multiple))
+                optimizer.move(members, estimate, sign * group["lr"], abs(multiple), leg)
 
 
 class BlockwiseStep(StepStrategy):

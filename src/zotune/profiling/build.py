@@ -114,6 +114,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
     """A zero-argument callable that makes one step of ``spec.method`` on its batch."""
     import torch
 
+    from ..mixed_precision import under_autocast
     from ..optim import create_optimizer
     from .mezo_reference import MezoReferenceStep
 
@@ -123,7 +124,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
         base_model(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
     )
     keep = accepts_logits_to_keep(model)
-    loss = last_position_loss(model, batch, keep)
+    loss = under_autocast(last_position_loss(model, batch, keep), spec.autocast, device)
     forward = torch.no_grad()(loss)
     if spec.method == "inference":
         return BuiltStep(model, forward, forward, 1, None, keep)

@@ -44,7 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated: memory against sequence length (zo-sgd, fo-sgd, "
         "fo-adam unless --optimizers)",
     )
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="comma-separated precisions, rows side by side: float32, bfloat16, float16 "
+        "(the weights' dtype), autocast-bfloat16, autocast-float16 (fp32 weights, "
+        "half-precision compute); default float32",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attn-implementation", default=None)
     parser.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")
@@ -133,6 +139,19 @@ def _option_grid(items: list[str]) -> list[dict[str, Any]]:
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
+PRECISIONS = ("float32", "bfloat16", "float16", "autocast-bfloat16", "autocast-float16")
+
+
+def parse_precision(text: str) -> tuple[str, str | None]:
+    """``"bfloat16"`` → (bfloat16, None); ``"autocast-bfloat16"`` → (float32, bfloat16)."""
+    if text not in PRECISIONS:
+        choices = ", ".join(PRECISIONS)
+        raise ValueError(f"--dtype: unknown precision {text!r} (choose from {choices})")
+    if text.startswith("autocast-"):
+        return "float32", text.removeprefix("autocast-")
+    return text, None
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Reject combinations that cannot work before anything is measured (one-line errors)."""
     mode = "--step-cost" if args.step_cost else "--estimate-only" if args.estimate_only else None
@@ -203,10 +222,10 @@ def run(args: argparse.Namespace) -> int:
     command = reproduce_command(getattr(args, "argv", None) or sys.argv[1:])
     if args.from_json is not None:
         return _render_saved(args, command)
+    precisions = [parse_precision(item) for item in _csv(args.dtype)]
     common = {
         "model": args.model,
         "batch_size": args.batch_size,
-        "dtype": args.dtype,
         "device": args.device,
         "warmup": args.warmup,
         "seed": args.seed,
@@ -215,11 +234,14 @@ def run(args: argparse.Namespace) -> int:
     }
     results = None
     if args.step_cost:
-        payload, markdown = _step_cost(args, common)
+        if len(precisions) != 1 or precisions[0][1] is not None:
+            raise ValueError("--step-cost measures one weight dtype: give --dtype one of "
+                             "float32, bfloat16, float16")
+        payload, markdown = _step_cost(args, {**common, "dtype": precisions[0][0]})
     elif args.estimate_only:
         from . import estimates
 
-        rows = estimates.estimate_specs(_specs(args, common))
+        rows = estimates.estimate_specs(_specs(args, common, precisions))
         print(estimates.estimate_table(rows))
         payload = {"kind": "estimates", "rows": rows}
         markdown = estimates.render_estimates_markdown(rows)
@@ -227,7 +249,9 @@ def run(args: argparse.Namespace) -> int:
         from .measurement import run_profile
         from .results import profile_payload
 
-        results = run_profile(_specs(args, common), isolate=args.isolate, log=_log)
+        results = run_profile(
+            _specs(args, common, precisions), isolate=args.isolate, log=_log
+        )
         payload = profile_payload(results, command=command, note=args.note)
         markdown = _show_profile(args, results, command, payload["setup"])
     if args.json:
@@ -243,20 +267,29 @@ def _log(message: str) -> None:
     print(f"zotune profile: {message}", file=sys.stderr, flush=True)
 
 
-def _specs(args: argparse.Namespace, common: dict[str, Any]) -> list:
-    """The grid of measurements the flags ask for (a sweep when --seq-lens is given)."""
+def _specs(
+    args: argparse.Namespace, common: dict[str, Any], precisions: list[tuple[str, str | None]]
+) -> list:
+    """The grid of measurements the flags ask for (a sweep when --seq-lens is given), each
+    precision's rows after the previous one's."""
     from .methods import SWEEP_OPTIMIZERS, default_methods
     from .spec import grid
 
     sweep = args.seq_lens is not None
-    return grid(
-        _csv(args.optimizers) or (SWEEP_OPTIMIZERS if sweep else default_methods()),
-        schemes=_csv(args.schemes) or ["full"],
-        seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
-        steps=args.steps or 3,
-        options=_option_grid(args.option or []),
-        **common,
-    )
+    return [
+        spec
+        for dtype, autocast in precisions
+        for spec in grid(
+            _csv(args.optimizers) or (SWEEP_OPTIMIZERS if sweep else default_methods()),
+            schemes=_csv(args.schemes) or ["full"],
+            seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
+            steps=args.steps or 3,
+            options=_option_grid(args.option or []),
+            dtype=dtype,
+            autocast=autocast,
+            **common,
+        )
+    ]
 
 
 def _step_cost(args: argparse.Namespace, common: dict[str, Any]) -> tuple[dict, str]:

@@ -100,8 +100,10 @@ def describe_setup(results: Sequence[ProfileResult]) -> str:
     where = "one fresh process per measurement" if isolated else "in one process"
     what = "memory allocated by torch" if spec.device.startswith("cuda") else "resident set"
     threads = "" if spec.threads is None else f", {spec.threads} torch thread(s)"
+    precisions = list(dict.fromkeys(r.spec.precision() for r in results))
+    precision = precisions[0] if len(precisions) == 1 else "/".join(precisions) + " (per row)"
     return (
-        f"{spec.model}, {spec.dtype}, {spec.device} ({hardware_of(results)}{threads}); "
+        f"{spec.model}, {precision}, {spec.device} ({hardware_of(results)}{threads}); "
         f"median of {spec.steps} steps after {spec.warmup} warm-up; memory = weights + "
         f"(peak {what} over the timed steps − {what} before the first step), {where}"
     )

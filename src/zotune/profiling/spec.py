@@ -38,6 +38,11 @@ class Settings:
     seed: int = 0
     attn_implementation: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    autocast: str | None = None  # half-precision compute over fp32 weights (mixed_precision)
+
+    def precision(self) -> str:
+        """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``."""
+        return self.dtype if self.autocast is None else f"autocast-{self.autocast}"
 
     def settings(self) -> dict[str, Any]:
         """These settings as keywords, for a :class:`ProfileSpec` or another settings type."""
@@ -54,9 +59,11 @@ class ProfileSpec(Settings):
     options: dict[str, Any] = field(default_factory=dict)
 
     def method_label(self) -> str:
-        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options."""
+        """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options, ``zo-sgd [bfloat16]`` in
+        another precision than fp32."""
         options = " ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.method} {options}" if options else self.method
+        label = f"{self.method} {options}" if options else self.method
+        return label if self.precision() == "float32" else f"{label} [{self.precision()}]"
 
     def label(self) -> str:
         return (
@@ -70,8 +77,10 @@ class ProfileSpec(Settings):
         return set(self.options) <= ESTIMATED_OPTIONS
 
     def check(self) -> None:
+        from ..mixed_precision import check_autocast
         from ..tuning import SCHEMES
 
+        check_autocast(self.autocast, self.dtype)
         if self.method not in all_methods():
             raise ValueError(
                 f"unknown method {self.method!r} (choose from {', '.join(all_methods())})"
