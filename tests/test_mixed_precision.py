@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zotune.profiling.command import parse_precision
 from zotune.mixed_precision import (
     AutocastError,
     check_autocast,
     compute_context,
     under_autocast,
 )
+from zotune.profiling.command import parse_precision
 
 
 @pytest.mark.parametrize(
