@@ -305,7 +305,7 @@ def test_a_store_written_before_studies_is_upgraded_in_place(tmp_path, study_sui
 # Store -------------------------------------------------------------------------------------
 
 
-def record_for(run, status="done", val=0.5, test=0.5, **metrics):
+def record_for(run, status="done", val=0.5, test=0.5, error="zotune: error: boom", **metrics):
     return RunRecord.for_run(
         "tiny",
         run,
@@ -313,7 +313,7 @@ def record_for(run, status="done", val=0.5, test=0.5, **metrics):
         metrics={"best_val_accuracy": val, "test_accuracy": test, **metrics}
         if status == "done"
         else None,
-        error=None if status == "done" else "zotune: error: boom",
+        error=None if status == "done" else error,
         started_at=100.0,
         finished_at=112.5,
         zotune_version="0.1.0",
@@ -405,6 +405,36 @@ def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
     assert chosen.chosen.hparams["optimizer.lr"] == 1e-4
     assert chosen.partial, "a seed of the cell failed"
     assert selections["fo-adam/lora"].chosen is None, "never ran"
+
+
+@pytest.mark.parametrize(
+    ("error", "diverged"),
+    [
+        ("step 3: the trainable weights hold non-finite values, so the run diverged", 1),
+        ("step 1: the update overflowed the float16 weights (optimizer.lr=60000)", 1),
+        ("2 of 4 steps were skipped for non-finite losses (more than 10%)", 1),
+        ("CUDA out of memory", 0),
+    ],
+)
+def test_the_report_counts_diverged_runs_and_skipped_steps(error, diverged, tiny_suite):
+    from zotune.bench.report import selection_table
+    from zotune.bench.section import Section
+
+    suite = expand_suite(tiny_suite())
+    runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = [
+        record_for(run, status="failed", error=error) if run.hparams["optimizer.lr"] == 1e-3
+        else record_for(run, skipped_steps=2)
+        for run in runs
+    ]
+    (selection,) = select(records)
+    assert selection.diverged_runs == diverged * 2  # both seeds of lr 1e-3
+    assert selection.skipped_steps == 4
+    assert selection.chosen.hparams["optimizer.lr"] == 1e-4, "a diverged setting is never chosen"
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    table = selection_table(section)
+    assert table.header[-2:] == ["diverged runs", "skipped steps"]
+    assert table.rows[0][-2:] == [str(diverged * 2), "4"]
 
 
 # Runner and report, end to end -------------------------------------------------------------

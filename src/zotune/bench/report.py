@@ -348,15 +348,18 @@ def selection_table(section: Section) -> Table:
         "seeds",
         "settings tried",
         "best step",
+        "diverged runs",
+        "skipped steps",
     ]
     rows = []
     for item in section.selections:
         chosen = item.chosen
         tried = sum(bool(c.done) for c in item.candidates)
+        health = [str(item.diverged_runs), str(item.skipped_steps)]
         if chosen is None:
             rows.append(
                 [item.cell.optimizer, item.cell.scheme, MISSING, MISSING, MISSING,
-                 f"0/{item.expected_runs}", f"0/{len(item.candidates)}", MISSING]
+                 f"0/{item.expected_runs}", f"0/{len(item.candidates)}", MISSING, *health]
             )
             continue
         rows.append(
@@ -369,6 +372,7 @@ def selection_table(section: Section) -> Table:
                 f"{len(chosen.done)}/{chosen.expected_seeds}",
                 f"{tried}/{len(item.candidates)}",
                 _number(chosen.mean_metric("best_step"), "{:.0f}"),
+                *health,
             ]
         )
     return Table(header, rows, align_right_from=3)

@@ -80,6 +80,31 @@ class CellSelection:
         """Some of the cell's runs have not finished (missing or failed)."""
         return self.done_runs < self.expected_runs
 
+    @property
+    def diverged_runs(self) -> int:
+        """Failed runs that stopped because training diverged (non-finite losses or weights,
+        an overflowing update, too many skipped steps); they are never selected."""
+        return sum(
+            diverged(r) for candidate in self.candidates for r in candidate.failed
+        )
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps the cell's finished runs skipped for a non-finite loss."""
+        return sum(
+            int(r.metrics.get("skipped_steps") or 0)
+            for candidate in self.candidates
+            for r in candidate.done
+        )
+
+
+# What the training loop's errors say when a run diverged (zotune.train).
+DIVERGED_MARKERS = ("diverged", "non-finite", "overflowed")
+
+
+def diverged(record: RunRecord) -> bool:
+    return any(marker in (record.error or "") for marker in DIVERGED_MARKERS)
+
 
 def select(
     records: list[RunRecord], planned: list[dict[str, Any]] | None = None
