@@ -137,16 +137,17 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     name = config.model.name
     device_map = config.model.device_map
     if name is not None and name.startswith("random:"):
+        # Built on its device (a 13B shape never passes through CPU memory) unless accelerate
+        # places it.
         loaded = random_model(
             name.removeprefix("random:"),
             dtype=config.model.dtype,
             attn_implementation=attn,
             seed=config.train.seed,
+            device="cpu" if device_map is not None else device,
         )
         if device_map is not None:
             place_on_devices(loaded.model, device_map, device)
-        elif device != "cpu":
-            loaded.model.to(device)
     else:
         loaded = load_model(
             name,

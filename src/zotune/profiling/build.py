@@ -23,24 +23,6 @@ def attention_for(method: str, attn: str | None) -> str | None:
     return entry(method).attention_implementation(attn) if method in names() else attn
 
 
-def load_for_profile(
-    model: str, *, dtype: str, device: str, attn_implementation: str | None, seed: int
-):
-    """``random:<shape>`` → :func:`zotune.models.random_model`; else :func:`load_model`."""
-    from ..models import load_model, random_model
-
-    if model.startswith("random:"):
-        return random_model(
-            model.removeprefix("random:"),
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            seed=seed,
-            device=device,
-        )
-    return load_model(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
-
-
-
 def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int, device):
     """Token ids [B, T] (no padding), an all-ones mask and one target per row, seeded.
 
@@ -92,22 +74,29 @@ class BuiltStep:
 
 
 def build_model(spec: ProfileSpec):
-    """The spec's model with its tuning scheme applied, in eval mode."""
+    """The spec's model with its tuning scheme applied, in eval mode: a training run's
+    :func:`zotune.run.build_model` (the same loading, placement, attention and tuning), with
+    the global RNG left as it was."""
     import torch
 
-    from ..tuning import apply_tuning
+    from ..config import build_config
+    from ..optim.registry import names
+    from ..run import build_model as build_run_model
 
-    attn = attention_for(spec.method, spec.attn_implementation)
-    loaded = load_for_profile(
-        spec.model, dtype=spec.dtype, device=spec.device, attn_implementation=attn, seed=spec.seed
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)  # adapter initialisation
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = apply_tuning(loaded.model, spec.scheme, tokenizer=loaded.tokenizer)
-    model.eval()
-    return model
+    config = build_config({
+        "model": {
+            "name": spec.model, "dtype": spec.dtype, "device": spec.device,
+            "attn_implementation": spec.attn_implementation,
+        },
+        "tuning": {"scheme": spec.scheme},
+        # The optimizer decides the attention (forward-grad needs eager); the reference
+        # methods (inference, mezo-ref) need none.
+        "optimizer": {"name": spec.method if spec.method in names() else "zo-sgd"},
+        "train": {"seed": spec.seed},
+    })
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_run_model(config).model
 
 
 def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
