@@ -45,6 +45,9 @@ class Option:
     hyperparameter: bool = False
     label: str = ""  # how errors name it, after torch.optim ("learning rate"); default: name
     parse: Callable[[str], Any] | None = None  # command-line text → value; default: kind
+    # False: the analytic memory model (zotune.profiling.memory_model) does not account for
+    # what this option does to a step's memory, so the profiler shows measured memory only.
+    modelled: bool = True
 
     def validate(self, value: Any) -> Any:
         """The value, converted where a user means it (an int for a float), or ValueError."""
@@ -218,7 +221,7 @@ ZO_OPTIONS: tuple[Option, ...] = (
     Option(
         "table_numel", DEFAULT_TABLE_NUMEL, "values in the shared noise table", kind=int,
         check=lambda v: is_int(v) and v >= 2 and v & (v - 1) == 0,
-        problem="a power of two >= 2",
+        problem="a power of two >= 2", modelled=False,
     ),
     Option(
         "seed", 0, "seed of the direction stream", kind=int, check=is_int,
@@ -226,18 +229,18 @@ ZO_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "block_level", None, "block-wise ZO: one estimate per block", kind=str,
-        choices=BLOCK_LEVELS, optional=True,
+        choices=BLOCK_LEVELS, optional=True, modelled=False,
     ),
     Option(
         "block_mode", "coordinate",
         "block-wise ZO: update each block as it is estimated, or all at the end",
-        kind=str, choices=BLOCK_MODES,
+        kind=str, choices=BLOCK_MODES, modelled=False,
     ),
     Option(
         "hybrid_layers", None,
         "hybrid ZO/FO: layers from the input trained by ZO (an int, or a fraction)",
         kind=object, check=_is_layers, problem="an int number of layers or a fraction in [0, 1]",
-        optional=True, parse=int_or_float,
+        optional=True, parse=int_or_float, modelled=False,
     ),
     Option(
         "fo_lr", None, "hybrid ZO/FO: learning rate of the FO part (default: lr)",
@@ -245,18 +248,18 @@ ZO_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "sparsity", 0.0, "fraction of each tensor's perturbation masked out",
-        check=in_unit(), problem="in [0, 1)",
+        check=in_unit(), problem="in [0, 1)", modelled=False,
     ),
     Option("sparsity_mode", "uniform", "which entries the sparse mask keeps", kind=str,
-           choices=SPARSITY_MODES),
+           choices=SPARSITY_MODES, modelled=False),
     Option(
         "mask_every", 1, "resample the sparse mask every N steps", kind=int,
-        check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+        check=lambda v: is_int(v) and v >= 1, problem="an int >= 1", modelled=False,
     ),
     Option(
         "stochastic_rounding", True,
         "fp16/bf16 weights: stochastically rounded updates (off: to nearest)", kind=bool,
-        check=lambda v: isinstance(v, bool), problem="true or false",
+        check=lambda v: isinstance(v, bool), problem="true or false", modelled=False,
     ),
 )
 

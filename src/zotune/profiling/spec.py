@@ -15,10 +15,6 @@ from typing import Any
 
 from .methods import all_methods
 
-# Optimizer options the analytic estimate accounts for; with any other (hybrid_layers,
-# block_level, sparsity, ...) a row shows its measured memory only.
-ESTIMATED_OPTIONS = {"eps", "q", "probe", "distribution", "weight_decay", "seed"}
-
 DEFAULT_MODEL = "random:opt-125m"
 
 
@@ -74,7 +70,10 @@ class ProfileSpec(Settings):
     @property
     def estimated(self) -> bool:
         """Whether the analytic estimate models this step (it does not model every option)."""
-        return set(self.options) <= ESTIMATED_OPTIONS
+        from ..optim.registry import all_options
+
+        declared = all_options()
+        return all(declared[key].modelled for key in self.options if key in declared)
 
     def check(self) -> None:
         from ..mixed_precision import check_autocast
