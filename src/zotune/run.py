@@ -18,13 +18,15 @@ import torch
 
 from .config import ConfigError, RunConfig, build_config, load_config
 from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
+from .evaluation import Score, evaluate
 from .models import LoadedModel
+from .objectives import check_objective
 from .offload import execution_device
 from .optim import FirstOrderOptimizer, create_optimizer
 from .optim.registry import entry as optimizer_entry
 from .optim.registry import names as optimizer_names
 from .scoring import Scorer
-from .tasks import Example, get_task, load_splits
+from .tasks import Example, TaskSpec, get_task, load_splits
 
 
 def log_line(message: str) -> None:
@@ -84,6 +86,16 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed, config.tuning.scheme)
     _check_scheme_options(config)
+    spec = get_task(config.task.name)
+    entry = optimizer_entry(config.optimizer.name)
+    problem = check_objective(
+        config.train.objective,
+        metric=spec.metric,
+        optimizer=config.optimizer.name,
+        gradient_free=not entry.first_order and entry.estimator != "forward-grad",
+    )
+    if problem:
+        raise ConfigError(problem)
 
 
 # Tuning keys that only one scheme reads.
@@ -250,11 +262,31 @@ class Run:
         """The process that logs and writes files."""
         return self.group is None or self.group.is_main
 
+    @property
+    def task(self) -> TaskSpec:
+        return get_task(self.config.task.name)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.config.task.max_new_tokens or self.task.max_new_tokens
+
     def accuracy(self, examples: Sequence[Example]) -> float:
+        """The task's main metric on ``examples``: accuracy, or F1 for generation tasks."""
+        return self.score(examples).value
+
+    def score(self, examples: Sequence[Example]) -> Score:
+        """The task's metric on ``examples`` (with EM beside F1 for generation tasks)."""
         batch_size = self.config.train.eval_batch_size
-        if self.group is None:
-            return self.scorer.accuracy(examples, batch_size)
-        return sharded_accuracy(self.scorer, examples, batch_size, self.group)
+        metric = self.task.metric
+        if self.group is not None and metric == "accuracy":
+            return Score("accuracy", sharded_accuracy(self.scorer, examples, batch_size, self.group))
+        return evaluate(
+            self.scorer,
+            examples,
+            metric=metric,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=batch_size,
+        )
 
     def local_batch(self, examples: list) -> list:
         """This process's share of a step's examples (all of them for query-parallel ZO)."""
