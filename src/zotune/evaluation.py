@@ -23,7 +23,8 @@ class Score:
     extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{self.name}": self.value, **{f"{prefix}{k}": v for k, v in self.extra.items()}}
+        extra = {f"{prefix}{name}": value for name, value in self.extra.items()}
+        return {f"{prefix}{self.name}": self.value, **extra}
 
 
 def answers(

@@ -30,7 +30,7 @@ METRIC_OBJECTIVES = {"accuracy": ("accuracy",), "f1": ("squad_f1", "drop_f1")}
 
 
 def check_objective(objective: str, *, metric: str, optimizer: str, gradient_free: bool) -> str:
-    """None, or the one-line reason ``objective`` cannot train this task with this optimizer."""
+    """The one-line reason ``objective`` cannot train this task with this optimizer, or ""."""
     if objective not in OBJECTIVES:
         return f"train.objective: unknown objective {objective!r} (choose from {OBJECTIVES})"
     if objective == "loss":

@@ -279,7 +279,8 @@ class Run:
         batch_size = self.config.train.eval_batch_size
         metric = self.task.metric
         if self.group is not None and metric == "accuracy":
-            return Score("accuracy", sharded_accuracy(self.scorer, examples, batch_size, self.group))
+            value = sharded_accuracy(self.scorer, examples, batch_size, self.group)
+            return Score("accuracy", value)
         return evaluate(
             self.scorer,
             examples,

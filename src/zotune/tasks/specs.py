@@ -431,7 +431,9 @@ def _drop_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return answered(prompt + "\n", [f"{row['answers'][0]}\n"])
 
 
-def verbalized(prompt: str, verbalizations: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def verbalized(
+    prompt: str, verbalizations: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(contexts, continuations) from an encode / verbalize pair whose verbalization is not
     the prompt + the answer: each stripped of spaces at both ends, the continuation being
     what the verbalization adds after the prompt (MeZO's ``option_len``)."""
