@@ -117,6 +117,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, list_tasks
 
+    if args.check:
+        from .tasks.check import check_task_file
+
+        print(check_task_file(args.check))
+        return 0
     if args.markdown:
         from .tasks.catalog import tasks_markdown
 
@@ -217,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown",
         action="store_true",
         help="print every task's template, candidates and data files as Markdown tables",
+    )
+    tasks.add_argument(
+        "--check",
+        metavar="TASK.yaml",
+        help="validate a task file and its data; print three rendered examples",
     )
     tasks.set_defaults(func=cmd_tasks)
 

@@ -700,7 +700,12 @@ def list_tasks() -> list[str]:
 
 
 def get_task(name: str) -> TaskSpec:
-    """The spec of a task; ``"SST-2"`` and ``"sst2"`` name the same one."""
+    """The spec of a task; ``"SST-2"`` and ``"sst2"`` name the same one, and a ``.yaml``
+    path a task file (:mod:`zotune.tasks.taskfile`)."""
+    from .taskfile import is_task_file, load_task_file
+
+    if is_task_file(name):
+        return load_task_file(name)
     spec = TASKS.get(name.lower().replace("-", ""))
     if spec is None:
         raise ValueError(f"Unknown task {name!r} (choose from {', '.join(TASKS)})")
