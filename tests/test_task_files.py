@@ -164,5 +164,5 @@ def test_each_mistake_is_one_line_naming_file_and_key_or_line(tmp_path, case, ca
 
 
 def test_a_missing_task_file_is_named(tmp_path):
-    with pytest.raises(TaskDataError, match="nope.yaml: no such task file"):
+    with pytest.raises(TaskDataError, match=r"nope\.yaml: no such task file"):
         get_task(str(tmp_path / "nope.yaml"))

@@ -23,7 +23,8 @@ def placeholder_row(spec: TaskSpec) -> dict[str, object]:
     if spec.name == "winogrande":  # its templates split the sentence at the blank
         row["sentence"] = "{text before the blank} _ {text after it}"
     if spec.name == "record":  # the candidates are the passage's entities
-        row.update(query="{query: @placeholder}", entities=["{entity 1}", "{entity 2}"], correct=[0])
+        row.update(query="{query: @placeholder}", entities=["{entity 1}", "{entity 2}"])
+        row["correct"] = [0]
     return row
 
 
