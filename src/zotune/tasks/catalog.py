@@ -23,7 +23,7 @@ def placeholder_row(spec: TaskSpec) -> dict[str, object]:
     if spec.name == "winogrande":  # its templates split the sentence at the blank
         row["sentence"] = "{text before the blank} _ {text after it}"
     if spec.name == "record":  # the candidates are the passage's entities
-        row.update(query="{query: @placeholder}", entities=["{entity 1}", "{entity 2}"])
+        row.update(query="{query}, @placeholder in it", entities=["{entity 1}", "{entity 2}"])
         row["correct"] = [0]
     return row
 

@@ -416,7 +416,8 @@ def _squad(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _squad_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    prompt = "\n".join(text for name in ("context", "question") if (text := _text(row, name)))
+    names = ("title", "context", "question")
+    prompt = "\n".join(text for name in names if (text := _text(row, name)))
     return answered(prompt + "\n", [f"{row['answers'][0]}\n"])
 
 
