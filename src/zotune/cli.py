@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
+    """The task's metric (accuracy; F1 and EM for generation tasks) of a model (zero-shot,
+    or in context with --demos, calibrated with --calibrate) or of a run's best checkpoint."""
     from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
     from .config import load_config
     from .run import check_config, setup
@@ -106,11 +107,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         config = load_config(None, dict(dotted))
     check_config(config)
+    if config.task.demos and args.split == "train":
+        raise ValueError("--demos are drawn from the train split: evaluate val or test")
     run = setup(config, for_training=False)
     if run_dir is not None:
         load_trainable_state(run.model, load_trainable_checkpoint(run_dir / BEST_FILE))
-    accuracy = run.accuracy(getattr(run.splits, args.split))
-    print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))
+    score = run.score(getattr(run.splits, args.split))
+    print(json.dumps({"task": config.task.name, "split": args.split, **score.as_dict()}))
     return 0
 
 

@@ -86,6 +86,13 @@ class TaskConfig:
     max_new_tokens: int | None = key(
         None, "generation tasks: most answer tokens decoded; unset: the task's (50, MeZO's)"
     )
+    demos: int = key(
+        0, "in-context demonstrations from the training split before every evaluated "
+        "example (MeZO's ICL baseline; 32 in its paper)"
+    )
+    calibrate: bool = key(
+        False, "surface-form calibration of the candidate scores at evaluation (MeZO's --sfc)"
+    )
 
 
 @dataclass

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .baselines import calibrated_predictions
 from .generation import greedy_answers
 from .metrics import answer_scores, metric_name
 from .scoring import Scorer, ScoringError
@@ -48,12 +49,16 @@ def per_example(
     metric: str,
     max_new_tokens: int,
     batch_size: int,
+    calibrate: bool = False,
 ) -> list[tuple[float, float]]:
     """(main metric, EM) of each example: (F1, EM) of its answer, or (correct, correct)."""
     if not examples:
         raise ScoringError("cannot score an empty split")
     if metric == "accuracy":
-        predictions = scorer.predict(examples, batch_size)
+        if calibrate:
+            predictions = calibrated_predictions(scorer, examples, batch_size)
+        else:
+            predictions = scorer.predict(examples, batch_size)
         hits = [float(ex.is_correct(int(p))) for ex, p in zip(examples, predictions, strict=True)]
         return [(hit, hit) for hit in hits]
     decoded = answers(scorer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -70,9 +75,15 @@ def evaluate(
     metric: str,
     max_new_tokens: int,
     batch_size: int,
+    calibrate: bool = False,
 ) -> Score:
     scores = per_example(
-        scorer, examples, metric=metric, max_new_tokens=max_new_tokens, batch_size=batch_size
+        scorer,
+        examples,
+        metric=metric,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        calibrate=calibrate,
     )
     main = statistics.fmean(s[0] for s in scores)
     if metric == "accuracy":

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .baselines import check_calibration, with_demonstrations
 from .config import ConfigError, RunConfig, build_config, load_config
 from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
 from .evaluation import Score, evaluate
@@ -82,6 +83,11 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.task, key)
         if value is not None and value < 1:
             raise ConfigError(f"task.{key}: must be at least 1, got {value}")
+    if config.task.demos < 0 or config.task.demos > config.task.num_train:
+        raise ConfigError(
+            f"task.demos: {config.task.demos} demonstrations are drawn from the training split "
+            f"(task.num_train={config.task.num_train}); ask for 0 to {config.task.num_train}"
+        )
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed, config.tuning.scheme)
@@ -278,7 +284,12 @@ class Run:
         """The task's metric on ``examples`` (with EM beside F1 for generation tasks)."""
         batch_size = self.config.train.eval_batch_size
         metric = self.task.metric
-        if self.group is not None and metric == "accuracy":
+        task = self.config.task
+        if task.demos:
+            examples = with_demonstrations(examples, self.splits.train[: task.demos])
+        if task.calibrate:
+            check_calibration(examples, task.name)
+        elif self.group is not None and metric == "accuracy":
             value = sharded_accuracy(self.scorer, examples, batch_size, self.group)
             return Score("accuracy", value)
         return evaluate(
@@ -287,6 +298,7 @@ class Run:
             metric=metric,
             max_new_tokens=self.max_new_tokens,
             batch_size=batch_size,
+            calibrate=task.calibrate,
         )
 
     def local_batch(self, examples: list) -> list:

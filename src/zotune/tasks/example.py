@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class Example:
     label: int
     answers: tuple[str, ...] = ()
     correct: tuple[int, ...] = ()
+    # The surface-form calibration prompt (contexts, continuations) without the input, where
+    # the task has one (MeZO's encode_sfc / verbalize_sfc); not part of the example's identity.
+    calibration: tuple[tuple[str, ...], tuple[str, ...]] | None = field(
+        default=None, compare=False
+    )
 
     def __post_init__(self) -> None:
         if len(self.contexts) != len(self.continuations):

@@ -170,6 +170,7 @@ class TaskSpec:
     group_field: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     source: str | None = None
+    calibration: Template | None = None
 
     @property
     def generation(self) -> bool:
@@ -227,8 +228,11 @@ class TaskSpec:
         contexts, continuations = self.template(template, version)(row)
         answers = self.answers_of(row) if self.generation else ()
         correct = tuple(row[self.correct_field]) if self.correct_field else ()
+        calibration = self.calibration(row) if self.calibration and template else None
         try:
-            return Example(contexts, continuations, self.label_of(row), answers, correct)
+            return Example(
+                contexts, continuations, self.label_of(row), answers, correct, calibration
+            )
         except ValueError as err:
             raise TaskDataError(str(err)) from None
 
@@ -402,6 +406,34 @@ def _boolq_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return answered(prompt, [f" {w}" for w in _NO_YES])
 
 
+# Surface-form calibration prompts: MeZO's encode_sfc / verbalize_sfc
+# (large_models/templates.py, the class named beside each): the prompt without the input. -----
+
+
+def _words_only(words: Sequence[str]) -> Template:
+    # MultiRC, RTE, CB, WiC, WSC: encode_sfc "" and verbalize_sfc the verbalizer word; BoolQ:
+    # "" and the candidate.
+    return lambda row: answered("", words)
+
+
+def _sst2_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # SST2Template: encode_sfc " It was", verbalize_sfc " It was {verbalizer[c]}"
+    return answered(" It was", [f" {w}" for w in _SST2_WORDS])
+
+
+def _copa_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # CopaTemplate: encode_sfc conjunction.strip(), verbalize_sfc + " " + capitalize(choice)
+    conjunction = "so" if row["question"] == "effect" else "because"
+    choices = [" " + _copa_capitalize(row[key]) for key in ("choice1", "choice2")]
+    return answered(conjunction, choices)
+
+
+def _record_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # ReCoRDTemplateGPT3: encode_sfc "-", verbalize_sfc "- {query, @placeholder → entity}"
+    fulls = [f"- {row['query'].replace('@placeholder', e)}" for e in row["entities"]]
+    return verbalized("-", fulls)
+
+
 # Generation and ReCoRD (MeZO's large_models/templates.py; ZO-Bench has none of them) ------
 
 
@@ -523,6 +555,7 @@ _SPECS = (
         raw=_sst2_raw,
         loss="ce",  # zo-bench/sweeps/SST2_opt-1.3b: --train_as_classification
         num_val=500,  # zo-bench/sweeps/SST2_opt-1.3b: --num_dev=500
+        calibration=_sst2_sfc,
     ),
     TaskSpec(
         name="copa",
@@ -537,6 +570,7 @@ _SPECS = (
         loss="lm",  # zo-bench/sweeps/Copa_*: --train_as_classification=False
         num_val=100,  # zo-bench/sweeps/Copa_*: --num_dev=100 (MeZO large_models/mezo.sh DEV=100)
         normalize=copa_rows,
+        calibration=_copa_sfc,
     ),
     TaskSpec(
         name="winogrande",
@@ -575,6 +609,7 @@ _SPECS = (
         raw=_lines("paragraph", "question", "answer", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=multirc_rows,
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="rte",
@@ -587,6 +622,7 @@ _SPECS = (
         templates={REFERENCE: _rte, "zotune-0.1": _question_v01(_prompt_of(_rte), _YES_NO)},
         raw=_rte_raw,
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_YES_NO),
     ),
     TaskSpec(
         name="cb",
@@ -600,6 +636,7 @@ _SPECS = (
         raw=_lines("premise", "hypothesis", answers=_YES_NO_MAYBE),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         num_val=100,  # MeZO large_models/mezo.sh: CB) DEV=100
+        calibration=_words_only(_YES_NO_MAYBE),
     ),
     TaskSpec(
         name="boolq",
@@ -612,6 +649,7 @@ _SPECS = (
         templates={REFERENCE: _boolq},
         raw=_boolq_raw,
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="wsc",
@@ -625,6 +663,7 @@ _SPECS = (
         raw=_lines("text", "span2_text", "span1_text", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=wsc_rows,
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="wic",
@@ -637,6 +676,7 @@ _SPECS = (
         templates={REFERENCE: _wic, "zotune-0.1": _question_v01(_prompt_of(_wic), _NO_YES)},
         raw=_lines("word", "sentence1", "sentence2", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_NO_YES),
     ),
 )
 
@@ -689,6 +729,7 @@ _GENERATION_SPECS = (
         loss="lm",  # MeZO large_models/mezo.sh: ReCoRD --train_as_classification False
         normalize=record_rows,
         correct_field="correct",
+        calibration=_record_sfc,
     ),
 )
 
