@@ -230,6 +230,8 @@ def _carving_note(
 ) -> str:
     dev, train = pools.dev, pools.train
     missing = "test has no labels" + ("" if train is not None else " and there is no train split")
+    if spec.group_field is not None and train is None:
+        missing = f"only {dev.name} is here (no train split)"
     source = train.name if train is not None else f"the rest of {dev.name}"
     note = f"{spec.name}: {missing}; test = {len(carving.test)} examples of {dev.name}"
     if spec.group_field is not None and train is None:
