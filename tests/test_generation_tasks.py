@@ -156,8 +156,9 @@ def test_record_counts_every_spelling_of_the_answer_and_mixes_candidate_counts(t
 # Decoding ----------------------------------------------------------------------------------
 
 
-def test_greedy_answers_batched_equal_one_at_a_time(tiny_model):
-    model, loaded = tiny_model()
+@pytest.mark.parametrize("scheme", ["full", "lora", "prefix", "prompt"])
+def test_greedy_answers_batched_equal_one_at_a_time(tiny_model, scheme):
+    model, loaded = tiny_model(scheme=scheme)
     prompts = ["Question: what?\nAnswer:", "Q\nA:", "a much longer prompt than the others"]
     batched = greedy_answers(model, loaded.tokenizer, prompts, max_new_tokens=6,
                              max_length=128, batch_size=3)

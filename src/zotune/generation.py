@@ -40,6 +40,11 @@ def prompt_ids(tokenizer, prompt: str, budget: int) -> list[int]:
     return ids[-budget:]
 
 
+def _prompt_learning(model: torch.nn.Module) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def answer_text(text: str) -> str:
     """The answer in decoded text: up to its first newline, stripped."""
     return text.split("\n", 1)[0].strip()
@@ -64,6 +69,10 @@ def greedy_answers(
             f"max_new_tokens={max_new_tokens} leaves no room for a prompt within "
             f"max_length={max_length}"
         )
+    if _prompt_learning(model):
+        # peft's prompt / prefix tuning ignores position ids in generate, so left padding
+        # would shift the positions of a padded row: such models decode one prompt at a time.
+        batch_size = 1
     device = execution_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stops = stop_token_ids(tokenizer)
@@ -86,8 +95,7 @@ def greedy_answers(
             pad_token_id=pad,
             use_cache=True,
         )
-        # peft's prompt learning returns only the new tokens for some models; both cases end
-        # with them, after the prompt columns when the prompt is returned.
-        new = output[:, width:] if output.shape[1] > max_new_tokens else output
+        # A decoder-only generate returns the prompt columns, then the new tokens.
+        new = output[:, width:]
         answers.extend(answer_text(tokenizer.decode(t, skip_special_tokens=True)) for t in new)
     return answers
