@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Accuracy of a model (zero-shot) or of a run's best checkpoint on a split."""
+    """The task's metric (accuracy; F1 and EM for generation tasks) of a model (zero-shot,
+    or in context with --demos, calibrated with --calibrate) or of a run's best checkpoint."""
     from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
     from .config import load_config
     from .run import check_config, setup
@@ -111,17 +112,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         config = load_config(None, dict(dotted))
     check_config(config)
+    if config.task.demos and args.split == "train":
+        raise ValueError("--demos are drawn from the train split: evaluate val or test")
     run = setup(config, for_training=False)
     if run_dir is not None:
         load_trainable_state(run.model, load_trainable_checkpoint(run_dir / BEST_FILE))
-    accuracy = run.accuracy(getattr(run.splits, args.split))
-    print(json.dumps({"task": config.task.name, "split": args.split, "accuracy": accuracy}))
+    score = run.score(getattr(run.splits, args.split))
+    print(json.dumps({"task": config.task.name, "split": args.split, **score.as_dict()}))
     return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, list_tasks
 
+    if args.check:
+        from .tasks.check import check_task_file
+
+        print(check_task_file(args.check))
+        return 0
     if args.markdown:
         from .tasks.catalog import tasks_markdown
 
@@ -222,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown",
         action="store_true",
         help="print every task's template, candidates and data files as Markdown tables",
+    )
+    tasks.add_argument(
+        "--check",
+        metavar="TASK.yaml",
+        help="validate a task file and its data; print three rendered examples",
     )
     tasks.set_defaults(func=cmd_tasks)
 

@@ -64,7 +64,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = key("sst2", "task name (zotune tasks lists them)", flag="--task")
+    name: str = key(
+        "sst2", "task name (zotune tasks lists them) or a task file (.yaml)", flag="--task"
+    )
     data_dir: str | None = key(None, "task data folder (default: $ZOTUNE_DATA_DIR, else the hub)")
     template: bool = key(
         True, "raw inputs without the task-aligned prompt (the paper's alignment ablation)"
@@ -88,6 +90,16 @@ class TaskConfig:
     )
     reduction: str = key("mean", "candidate score: mean or sum of token log-probs")
     max_length: int | None = key(None, "truncate inputs to this many tokens")
+    max_new_tokens: int | None = key(
+        None, "generation tasks: most answer tokens decoded; unset: the task's (50, MeZO's)"
+    )
+    demos: int = key(
+        0, "in-context demonstrations from the training split before every evaluated "
+        "example (MeZO's ICL baseline; 32 in its paper)"
+    )
+    calibrate: bool = key(
+        False, "surface-form calibration of the candidate scores at evaluation (MeZO's --sfc)"
+    )
 
 
 @dataclass
@@ -198,6 +210,10 @@ class TrainConfig:
     progress: bool = key(True, "progress bars")
     parallel: str = key(
         "data", "under torchrun: data (shard the batch) or query (deal the q queries)"
+    )
+    objective: str = key(
+        "loss", "what a ZO step climbs: loss (the task loss), or the metric itself on the "
+        "batch, accuracy or f1 (−metric is the objective; ZO optimizers only)"
     )
 
 

@@ -16,16 +16,19 @@ from typing import Any
 
 import torch
 
+from .baselines import check_calibration, with_demonstrations
 from .config import ConfigError, RunConfig, build_config, load_config
 from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
+from .evaluation import Score, evaluate
 from .mixed_precision import compute_context, under_autocast
 from .models import LoadedModel
+from .objectives import check_objective, closure_for
 from .offload import execution_device
 from .optim import FirstOrderOptimizer, create_optimizer
 from .optim.registry import entry as optimizer_entry
 from .optim.registry import names as optimizer_names
 from .scoring import Scorer
-from .tasks import Example, get_task, load_splits
+from .tasks import Example, TaskSpec, get_task, load_splits
 
 
 def log_line(message: str) -> None:
@@ -83,10 +86,25 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.task, key)
         if value is not None and value < 1:
             raise ConfigError(f"task.{key}: must be at least 1, got {value}")
+    if config.task.demos < 0 or config.task.demos > config.task.num_train:
+        raise ConfigError(
+            f"task.demos: {config.task.demos} demonstrations are drawn from the training split "
+            f"(task.num_train={config.task.num_train}); ask for 0 to {config.task.num_train}"
+        )
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed, config.tuning.scheme)
     _check_scheme_options(config)
+    spec = get_task(config.task.name)
+    entry = optimizer_entry(config.optimizer.name)
+    problem = check_objective(
+        config.train.objective,
+        metric=spec.metric,
+        optimizer=config.optimizer.name,
+        gradient_free=not entry.first_order and entry.estimator != "forward-grad",
+    )
+    if problem:
+        raise ConfigError(problem)
 
 
 # Tuning keys that only one scheme reads.
@@ -243,18 +261,54 @@ class Run:
         """The process that logs and writes files."""
         return self.group is None or self.group.is_main
 
-    def accuracy(self, examples: Sequence[Example]) -> float:
-        batch_size = self.config.train.eval_batch_size
-        with compute_context(self.config.model.autocast, self.device):
-            if self.group is None:
-                return self.scorer.accuracy(examples, batch_size)
-            return sharded_accuracy(self.scorer, examples, batch_size, self.group)
+    @property
+    def task(self) -> TaskSpec:
+        return get_task(self.config.task.name)
 
-    def loss_closure(self, batch) -> Callable[[], torch.Tensor]:
-        """The step's loss closure, under autocast when the run computes in half precision."""
-        return under_autocast(
-            lambda: self.scorer.loss(batch), self.config.model.autocast, self.device
+    @property
+    def max_new_tokens(self) -> int:
+        return self.config.task.max_new_tokens or self.task.max_new_tokens
+
+    def accuracy(self, examples: Sequence[Example]) -> float:
+        """The task's main metric on ``examples``: accuracy, or F1 for generation tasks."""
+        return self.score(examples).value
+
+    def score(self, examples: Sequence[Example]) -> Score:
+        """The task's metric on ``examples`` (with EM beside F1 for generation tasks)."""
+        batch_size = self.config.train.eval_batch_size
+        metric = self.task.metric
+        task = self.config.task
+        if task.demos:
+            examples = with_demonstrations(examples, self.splits.train[: task.demos])
+        with compute_context(self.config.model.autocast, self.device):
+            if task.calibrate:
+                check_calibration(examples, task.name)
+            elif self.group is not None and metric == "accuracy":
+                value = sharded_accuracy(self.scorer, examples, batch_size, self.group)
+                return Score("accuracy", value)
+            return evaluate(
+                self.scorer,
+                examples,
+                metric=metric,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=batch_size,
+                calibrate=task.calibrate,
+            )
+
+    def step_closure(self, examples: list) -> Callable[[], torch.Tensor]:
+        """The step's closure on this process's share of ``examples``: the task loss, or
+        −metric with ``train.objective``, under autocast when the run computes in half
+        precision."""
+        train = self.config.train
+        closure = closure_for(
+            train.objective,
+            self.scorer,
+            self.local_batch(examples),
+            metric=self.task.metric,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=train.eval_batch_size,
         )
+        return under_autocast(closure, self.config.model.autocast, self.device)
 
     def local_batch(self, examples: list) -> list:
         """This process's share of a step's examples (all of them for query-parallel ZO)."""

@@ -167,9 +167,10 @@ class Scorer:
         if not examples:
             raise ScoringError("cannot score an empty batch")
         counts = {ex.num_candidates for ex in examples}
-        if len(counts) != 1:
+        if len(counts) != 1 and not only_labelled:
             raise ScoringError(f"examples in one batch differ in candidate count: {sorted(counts)}")
-        num_candidates = counts.pop()
+        # Only-labelled rows are one per example, whatever its candidate count (ReCoRD).
+        num_candidates = counts.pop() if len(counts) == 1 else 1
         pairs = [
             [self._pair_ids(c, t) for c, t in zip(ex.contexts, ex.continuations, strict=True)]
             for ex in examples
@@ -305,18 +306,25 @@ class Scorer:
 
     @torch.no_grad()
     def predict(self, examples: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
-        predictions = []
-        for start in range(0, len(examples), batch_size):
-            batch = self.encode(examples[start : start + batch_size])
-            predictions.append(self.scores(batch).argmax(-1).cpu())
-        return torch.cat(predictions)
+        """The argmax candidate of each example; examples are batched with others of their
+        candidate count (ReCoRD's vary), the result in the examples' order."""
+        predictions = torch.zeros(len(examples), dtype=torch.long)
+        by_count: dict[int, list[int]] = {}
+        for index, example in enumerate(examples):
+            by_count.setdefault(example.num_candidates, []).append(index)
+        for indices in by_count.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = self.encode([examples[i] for i in chunk])
+                predictions[chunk] = self.scores(batch).argmax(-1).cpu()
+        return predictions
 
     def accuracy(self, examples: Sequence[Example], batch_size: int = 16) -> float:
         if not examples:
             raise ScoringError("cannot measure accuracy on an empty split")
         predictions = self.predict(examples, batch_size)
-        labels = torch.tensor([ex.label for ex in examples])
-        return float((predictions == labels).float().mean())
+        hits = [ex.is_correct(int(p)) for ex, p in zip(examples, predictions, strict=True)]
+        return sum(hits) / len(hits)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

@@ -47,7 +47,11 @@ MAX_SKIPPED_FRACTION = 0.1
 
 @dataclass
 class RunResult:
-    """What a run measured. Accuracies are fractions in [0, 1]."""
+    """What a run measured. Accuracies are fractions in [0, 1].
+
+    The ``*_accuracy`` fields hold the task's main metric, named by ``metric``: accuracy, or
+    F1 for generation tasks (SQuAD, DROP), whose exact match is ``test_em``.
+    """
 
     test_accuracy: float
     best_val_accuracy: float
@@ -66,6 +70,8 @@ class RunResult:
     comm_bytes_per_step: float | None = None  # what one process hands to collectives per step
     test_examples: int = 0
     val_examples: int = 0
+    metric: str = "accuracy"
+    test_em: float | None = None
 
     def summary(self) -> str:
         before = ""
@@ -73,9 +79,11 @@ class RunResult:
             gain = (self.test_accuracy - self.test_accuracy_before) * 100
             before = f", {self.test_accuracy_before:.1%} before training, {gain:+.1f} points"
         skipped = f", {self.skipped_steps} steps skipped" if self.skipped_steps else ""
+        name = "F1" if self.metric == "f1" else self.metric
+        em = f", EM {self.test_em:.1%}" if self.test_em is not None else ""
         return (
-            f"test accuracy {self.test_accuracy:.1%} ({self.test_examples} examples{before}) "
-            f"with the best validation checkpoint: validation accuracy "
+            f"test {name} {self.test_accuracy:.1%}{em} ({self.test_examples} examples{before}) "
+            f"with the best validation checkpoint: validation {name} "
             f"{self.best_val_accuracy:.1%} ({self.val_examples} examples) at step "
             f"{self.best_step}; {self.seconds_per_step:.3f} s/step, peak memory "
             f"{self.peak_memory_mb:.0f} MB{skipped}"
@@ -158,7 +166,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
 def train(run: Run) -> RunResult:
     """The loop on a set-up run: validate, step, keep the best, test it once at the end."""
     config, cfg_train, log = run.config, run.config.train, run.log
-    optimizer, scheduler, scorer = run.optimizer, run.scheduler, run.scorer
+    optimizer, scheduler = run.optimizer, run.scheduler
     out = Path(cfg_train.output_dir) if cfg_train.output_dir else None
     # Only the main process writes files; every process reads them back on --resume.
     writes = out if run.is_main else None
@@ -177,11 +185,11 @@ def train(run: Run) -> RunResult:
 
     if cfg_train.eval_test_before and before is None:
         before = run.accuracy(run.splits.test)
-        log(f"zero-shot test accuracy {before:.1%}")
+        log(f"zero-shot test {run.task.metric} {before:.1%}")
     if start_step == 0:
-        val = run.accuracy(run.splits.val)
-        checkpoints.consider(0, val)
-        metrics.write({"step": 0, "val_accuracy": val})
+        score = run.score(run.splits.val)
+        checkpoints.consider(0, score.value)
+        metrics.write({"step": 0, **score.as_dict("val_")})
 
     steps = range(start_step, cfg_train.steps)
     progress = _progress(steps, cfg_train.progress and run.is_main, start_step)
@@ -191,11 +199,11 @@ def train(run: Run) -> RunResult:
     train_start = time.perf_counter()
     for step in progress:
         examples = batch_for_step(run.splits.train, step, cfg_train.batch_size, cfg_train.seed)
-        batch = scorer.encode_for_loss(run.local_batch(examples))
+        closure = run.step_closure(examples)
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
         try:
-            loss = _step(run, run.loss_closure(batch), step)
+            loss = _step(run, closure, step)
         except NonFiniteLossError as error:
             skipped += 1
             consecutive_bad += 1
@@ -227,9 +235,9 @@ def train(run: Run) -> RunResult:
         done = step + 1 == cfg_train.steps
         if (step + 1) % cfg_train.eval_every == 0 or done:
             _check_weights_finite(run, step + 1, checkpoints, metrics, record)
-            val = run.accuracy(run.splits.val)
-            record["val_accuracy"] = val
-            checkpoints.consider(step + 1, val)
+            score = run.score(run.splits.val)
+            record.update(score.as_dict("val_"))
+            checkpoints.consider(step + 1, score.value)
             checkpoints.save_last(step + 1, optimizer, scheduler, before)
         metrics.write(record)
         if "loss" in record and not math.isfinite(record["loss"]):
@@ -245,9 +253,9 @@ def train(run: Run) -> RunResult:
             f"{run.traffic.description} over {run.group.world_size} processes: "
             f"{per_step:,.0f} bytes per process per step"
         )
-    test = run.accuracy(run.splits.test)
+    test = run.score(run.splits.test)
     result = RunResult(
-        test_accuracy=test,
+        test_accuracy=test.value,
         best_val_accuracy=checkpoints.best_val,
         best_step=checkpoints.best_step,
         test_accuracy_before=before,
@@ -264,6 +272,8 @@ def train(run: Run) -> RunResult:
         comm_bytes_per_step=statistics.fmean(comm_bytes) if comm_bytes else None,
         test_examples=len(run.splits.test),
         val_examples=len(run.splits.val),
+        metric=test.name,
+        test_em=test.extra.get("em"),
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     metrics.write({"step": cfg_train.steps, "final": final})

@@ -177,10 +177,11 @@ def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> s
 def _main_tables(section: Section) -> list[str]:
     if not section.selections:
         return []
+    metric = section_metric(section)
     return [
-        "### Test accuracy (%)",
+        f"### Test {metric} (%)",
         "",
-        "Test accuracy of the hyperparameters with the best mean validation accuracy "
+        f"Test {metric} of the hyperparameters with the best mean validation {metric} "
         "(never chosen on test); mean ± std over seeds.",
         "",
         accuracy_table(section).markdown(),
@@ -304,6 +305,14 @@ def _data_sizes(config: dict[str, Any]) -> str:
 
 def _distinct(values: Iterable[str]) -> str:
     return "; ".join(dict.fromkeys(v for v in values if v))
+
+
+def section_metric(section: Section) -> str:
+    """What the section's runs measured: accuracy, or F1 for generation tasks (SQuAD, DROP),
+    whose runs record ``metric: f1`` and keep F1 where the others keep accuracy."""
+    names = {record.metrics.get("metric", "accuracy") for record in section.records
+             if record.metrics}
+    return "F1" if names == {"f1"} else "accuracy"
 
 
 def accuracy_table(section: Section) -> Table:

@@ -38,7 +38,12 @@ class Section:
 
     @property
     def optimizers(self) -> list[str]:
-        return list(dict.fromkeys(s.cell.optimizer for s in self.selections))
+        """The rows: the baselines (zero-shot, icl) first, as the paper's tables, then the
+        optimizers in suite order."""
+        from .suite import BASELINES
+
+        rows = list(dict.fromkeys(s.cell.optimizer for s in self.selections))
+        return [r for r in BASELINES if r in rows] + [r for r in rows if r not in BASELINES]
 
     def selection(self, optimizer: str, scheme: str) -> CellSelection | None:
         for item in self.selections:

@@ -91,6 +91,14 @@ class SuiteError(ConfigError):
     """A suite file or one of its values is not valid."""
 
 
+# Rows of the optimizer axis that evaluate the model without training it (MeZO's
+# large_models/run.py --trainer none), each with the demonstrations it puts in context:
+# zero-shot none, icl 32 (MeZO large_models/README.md: "For ICL, we use 32 demonstrations")
+# unless the suite sets task.demos. The report puts them above the fine-tuned rows.
+BASELINES = {"zero-shot": 0, "icl": 32}
+# What a baseline row's config names as its optimizer: it is built, never stepped.
+BASELINE_OPTIMIZER = "zo-sgd"
+
 @dataclass(frozen=True)
 class Cell:
     """One cell of the results: a model, a task, a tuning scheme, an optimizer and, in a study,
@@ -307,6 +315,9 @@ def expand_suite(
             _deep_merge(cell_base, partial)
         _deep_merge(cell_base, variant_partial)
         grid = _cell_sweep(sweeps, cell)
+        if cell.optimizer in BASELINES:
+            _as_baseline(cell_base, cell.optimizer)
+            grid = {}  # nothing trains, so no hyperparameter has an effect
         for combination in itertools.product(*grid.values()):
             hparams = dict(zip(grid, combination, strict=True))
             for seed in seeds:
@@ -326,6 +337,15 @@ def expand_suite(
         _check_names({axis: list(dict.fromkeys(values)) for axis, values in resolved_axes})
     _check_options(runs)
     return Suite(name, description, source, runs, list(overrides or []))
+
+
+def _as_baseline(cell_base: dict[str, Any], row: str) -> None:
+    """A baseline row's config: evaluated without a step (the optimizer is never stepped);
+    ``icl`` puts ``task.demos`` demonstrations in context, 32 unless the suite sets them."""
+    set_dotted(cell_base, "optimizer.name", BASELINE_OPTIMIZER)
+    set_dotted(cell_base, "train.steps", 0)
+    demos = (cell_base.get("task") or {}).get("demos")
+    set_dotted(cell_base, "task.demos", demos or BASELINES[row])
 
 
 def _resolve(
@@ -355,7 +375,7 @@ def _resolve(
         model=resolved["model"]["name"],
         task=resolved["task"]["name"],
         scheme=resolved["tuning"]["scheme"],
-        optimizer=resolved["optimizer"]["name"],
+        optimizer=cell.optimizer if cell.optimizer in BASELINES else resolved["optimizer"]["name"],
         variant=cell.variant,
     )
     # A sweep value given as text ("1e-5": YAML 1.1 reads it so) is shown as the number it is.
@@ -605,9 +625,14 @@ def _check_names(axes: dict[str, list[str]]) -> None:
     from ..models import SHAPES
     from ..optim.registry import names
     from ..tasks import list_tasks
+    from ..tasks.taskfile import is_task_file
     from ..tuning import SCHEMES
 
-    known = {"optimizer": list(names()), "tuning": list(SCHEMES), "task": list_tasks()}
+    known = {
+        "optimizer": [*BASELINES, *names()],
+        "tuning": list(SCHEMES),
+        "task": [*list_tasks(), *(t for t in axes["task"] if is_task_file(t))],
+    }
     what = {"optimizer": "optimizer", "tuning": "scheme", "task": "task"}
     for axis, choices in known.items():
         for value in axes[axis]:

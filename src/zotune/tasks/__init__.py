@@ -1,8 +1,11 @@
 """The task suite: SST-2, COPA, WinoGrande, MultiRC (the paper's four) and RTE, CB, BoolQ, WSC,
-WiC (the rest of MeZO's), each declared as data.
+WiC (the rest of MeZO's), then MeZO's generation tasks SQuAD and DROP (scored by F1) and
+ReCoRD, each declared as data; and the user's own, from a YAML task file.
 
 * :mod:`.specs`: the declarations: templates (ZO-Bench's strings by default, zotune 0.1's as
   a named version, and without task alignment), labels, paper loss and val size;
+* :mod:`.taskfile`: a task file → the same TaskSpec (``zotune train --task task.yaml``);
+  :mod:`.check`: ``zotune tasks --check``;
 * :mod:`.formats`: GLUE TSV / JSONL readers and per-task row normalizers;
 * :mod:`.sources`: local data directory or Hugging Face hub → labelled pools;
 * :mod:`.splits`: ZO-Bench's seeded train / val / test draw (a data seed apart from the run

@@ -16,9 +16,15 @@ def placeholder_row(spec: TaskSpec) -> dict[str, object]:
     """A canonical row of ``spec`` whose text fields hold ``{name}`` and whose label is the
     first one the spec knows."""
     row: dict[str, object] = {name: "{" + name + "}" for name in spec.fields}
-    row[spec.label_field] = next(iter(spec.labels))
+    if spec.generation:
+        row[spec.answers_field] = ["{answer}"]
+    else:
+        row[spec.label_field] = 0 if spec.labels is None else next(iter(spec.labels))
     if spec.name == "winogrande":  # its templates split the sentence at the blank
         row["sentence"] = "{text before the blank} _ {text after it}"
+    if spec.name == "record":  # the candidates are the passage's entities
+        row.update(query="{query}, @placeholder in it", entities=["{entity 1}", "{entity 2}"])
+        row["correct"] = [0]
     return row
 
 
@@ -35,6 +41,8 @@ def _cells(spec: TaskSpec, template: bool) -> tuple[str, str]:
 
 
 def _files(spec: TaskSpec) -> str:
+    if spec.local is None:
+        return "none: the hub"
     train = ", ".join(spec.local.train) if spec.local.train else "none: carved from dev"
     return f"{spec.local.folder}/ dev: {', '.join(spec.local.dev)}; train: {train}"
 
@@ -46,7 +54,8 @@ def tasks_markdown() -> str:
     for name, spec in TASKS.items():
         aligned.append((name, *_cells(spec, template=True)))
         context, candidates = _cells(spec, template=False)
-        hub = spec.hub.path + (f" ({spec.hub.config})" if spec.hub.config else "")
+        hub = "" if spec.hub is None else spec.hub.path
+        hub += f" ({spec.hub.config})" if spec.hub is not None and spec.hub.config else ""
         raw.append((name, context, candidates, _files(spec), hub))
     return "\n".join(
         [

@@ -206,3 +206,83 @@ def _field(container: Row, key: str, name: str) -> Any:
     if not isinstance(container, dict) or key not in container:
         raise TaskDataError(f"missing field {name!r}")
     return container[key]
+
+
+def read_squad_json(path: Path) -> Iterator[tuple[str, Row]]:
+    """SQuAD v1.1's nested JSON (data → paragraphs → qas), one flat row per question,
+    located by its question id: ``{title, context, question, answers: [texts], id}``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TaskDataError(f"{path}: not SQuAD JSON ({err})") from None
+    articles = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(articles, list):
+        raise TaskDataError(f"{path}: missing field 'data' (SQuAD's list of articles)")
+    for article in articles:
+        for paragraph in _field(article, "paragraphs", "paragraphs"):
+            for qa in _field(paragraph, "qas", "paragraphs[].qas"):
+                yield f"question {qa.get('id')}", {
+                    "title": _field(article, "title", "title"),
+                    "context": _field(paragraph, "context", "paragraphs[].context"),
+                    "question": _field(qa, "question", "qas[].question"),
+                    "answers": [a.get("text") for a in _field(qa, "answers", "qas[].answers")],
+                    "id": qa.get("id"),
+                }
+
+
+def squad_rows(raw: Row) -> list[Row]:
+    """The hub's SQuAD (``answers: {text: [...], answer_start: [...]}``) → a list of texts."""
+    answers = raw.get("answers")
+    if isinstance(answers, dict):
+        raw = {**raw, "answers": list(_field(answers, "text", "answers.text"))}
+    return [raw]
+
+
+def drop_rows(raw: Row) -> list[Row]:
+    """The hub's DROP (ucinlp/drop) → ``{passage, question, answers}``: the gold answers are
+    ``answers_spans.spans``, as MeZO's ``large_models/tasks.py::DROPDataset.build_sample``
+    takes them."""
+    if "answers" in raw:
+        return [raw]
+    spans = _field(_field(raw, "answers_spans", "answers_spans"), "spans", "answers_spans.spans")
+    return [{**raw, "answers": list(spans)}]
+
+
+def record_rows(raw: Row) -> list[Row]:
+    """ReCoRD in either form → one row per query: ``{passage, query, entities, answers,
+    label, correct}``, the candidates being the entities (MeZO's
+    ``large_models/tasks.py::ReCoRDDataset``: ``candidates=entities``,
+    ``correct_candidate=answers``, trained on ``answers[0]``).
+
+    The hub (super_glue/record) ships flat rows; SuperGLUE's JSONL nests ``passage{text,
+    entities[{start, end}]}`` and ``qas[{query, answers[{text}]}]``, turned into the hub's
+    form as its loader does: the entities are the distinct passage spans (``end`` inclusive)
+    and the answers the distinct answer texts, each sorted.
+    """
+    passage = raw.get("passage")
+    if isinstance(passage, dict):
+        text = _field(passage, "text", "passage.text")
+        entities = sorted(
+            {text[e["start"] : e["end"] + 1] for e in _field(passage, "entities", "entities")}
+        )
+        return [
+            _record_row(
+                {
+                    "passage": text,
+                    "query": _field(qa, "query", "qas[].query"),
+                    "entities": entities,
+                    "answers": sorted({a["text"] for a in qa.get("answers", [])}),
+                }
+            )
+            for qa in _field(raw, "qas", "qas")
+        ]
+    return [_record_row(raw)]
+
+
+def _record_row(row: Row) -> Row:
+    entities = list(_field(row, "entities", "entities"))
+    answers = list(_field(row, "answers", "answers"))
+    correct = [entities.index(answer) for answer in answers if answer in entities]
+    if not answers or not correct or answers[0] not in entities:
+        raise TaskDataError(f"answers {answers!r:.60} are not among the entities")
+    return {**row, "entities": entities, "label": entities.index(answers[0]), "correct": correct}

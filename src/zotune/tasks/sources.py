@@ -57,7 +57,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 
 
 def read_pools(spec: TaskSpec, data_dir: Path | None) -> Pools:
-    if data_dir is None:
+    """The task's pools: a task file's own files, the data directory's, else the hub's."""
+    if spec.local is not None and Path(spec.local.folder).is_absolute():
+        return _read_local(spec, Path(spec.local.folder))
+    if spec.hub is None and spec.local is not None:
+        if data_dir is None:
+            raise TaskDataError(
+                f"{spec.name}: no hub dataset; pass --data-dir or set {DATA_DIR_ENV}"
+            )
+        return _read_local(spec, data_dir)
+    if data_dir is None or spec.local is None:
         return _read_hub(spec)
     return _read_local(spec, data_dir)
 
@@ -65,6 +74,8 @@ def read_pools(spec: TaskSpec, data_dir: Path | None) -> Pools:
 def _read_local(spec: TaskSpec, data_dir: Path) -> Pools:
     folder = data_dir / spec.local.folder
     if not folder.is_dir():
+        if spec.hub is not None and spec.local.hub_fallback:
+            return _read_hub(spec)
         raise TaskDataError(f"{spec.name}: no folder {folder} in the data directory")
     dev_path = _first_existing(folder, spec.local.dev)
     if dev_path is None:
@@ -85,7 +96,9 @@ def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
 def _read_file(spec: TaskSpec, path: Path) -> Pool:
     records: list[Record] = []
     for number, raw in spec.local.reader(path):
-        records.extend(_records(spec, raw, f"{path} line {number}"))
+        # A line number, or a reader's own location of the row (a SQuAD question id).
+        where = f"{path} line {number}" if isinstance(number, int) else f"{path} {number}"
+        records.extend(_records(spec, raw, where))
     return Pool(path.name, records)
 
 

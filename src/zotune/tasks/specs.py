@@ -75,9 +75,13 @@ from .formats import (
     Row,
     as_is,
     copa_rows,
+    drop_rows,
     multirc_rows,
     read_glue_tsv,
     read_jsonl,
+    read_squad_json,
+    record_rows,
+    squad_rows,
     winogrande_rows,
     wsc_rows,
 )
@@ -91,6 +95,9 @@ TEMPLATE_VERSIONS = (REFERENCE, "zotune-0.1")
 LOSSES = ("ce", "lm")
 # zo-bench/run.py (--num_dev) with MeZO's large_models/mezo.sh DEV=500 for most tasks.
 DEFAULT_NUM_VAL = 500
+# MeZO large_models/run.py: max_new_tokens = 50 (generation tasks' answer budget).
+DEFAULT_MAX_NEW_TOKENS = 50
+METRICS = ("accuracy", "squad_f1", "drop_f1")
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ class LocalFiles:
     dev: tuple[str, ...]
     train: tuple[str, ...]
     reader: Reader = read_jsonl
+    # Read the hub when the data directory has no folder for the task (DROP, ReCoRD: local
+    # files are a test's fixture, the data itself comes from the hub).
+    hub_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,29 +131,50 @@ class HubDataset:
 
 @dataclass(frozen=True, eq=False)
 class TaskSpec:
-    """One task, declared as data.
+    """One task, declared as data (built-in here, or read from a task file by
+    :mod:`zotune.tasks.taskfile`).
 
     ``templates`` maps a version name to the task-aligned template of that version; a task
     lists ``"reference"`` and, where zotune 0.1 wrote it differently, ``"zotune-0.1"``.
     ``raw`` is the template without alignment. ``labels`` maps a raw label value (as any
-    source spells it) to the index of its candidate. ``fields`` are the text fields a
-    canonical row must hold; ``normalize`` turns a source row into canonical rows. ``loss``
-    is the training loss of the paper's runs and ``num_val`` the size of their validation
-    split (see the module docstring).
+    source spells it) to the index of its candidate; None means the label field holds the
+    index itself (ReCoRD). ``fields`` are the text fields a canonical row must hold;
+    ``normalize`` turns a source row into canonical rows. ``loss`` is the training loss of
+    the paper's runs and ``num_val`` the size of their validation split (see the module
+    docstring).
+
+    Generation tasks set ``answers_field`` (the row's gold answers, a list or one string):
+    their examples are decoded greedily (at most ``max_new_tokens``) and scored by
+    ``metric`` (``squad_f1``: SQuAD's normalisation; ``drop_f1``: DROP's, numbers and
+    spans). ``correct_field`` lists every right candidate where several are (ReCoRD).
+    ``group_field`` keeps rows that share its value in one split when splits are carved
+    from one file (SQuAD: the article). ``local`` or ``hub`` may be None where the task has
+    no such source; ``source`` is the task file a spec was read from.
     """
 
     name: str
     description: str
-    local: LocalFiles
-    hub: HubDataset
+    local: LocalFiles | None
+    hub: HubDataset | None
     fields: tuple[str, ...]
     label_field: str
-    labels: Mapping[Any, int]
+    labels: Mapping[Any, int] | None
     templates: Mapping[str, Template]
     raw: Template
     loss: str = "ce"
     num_val: int = DEFAULT_NUM_VAL
     normalize: Callable[[Row], list[Row]] = as_is
+    answers_field: str | None = None
+    correct_field: str | None = None
+    metric: str = "accuracy"
+    group_field: str | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    source: str | None = None
+    calibration: Template | None = None
+
+    @property
+    def generation(self) -> bool:
+        return self.answers_field is not None
 
     def check(self, row: Row) -> None:
         """Raise :class:`TaskDataError` unless ``row`` has every field the template reads."""
@@ -153,9 +184,32 @@ class TaskSpec:
         for name in self.fields:
             if not isinstance(row[name], str):
                 raise TaskDataError(f"field {name!r} should be text, got {row[name]!r:.60}")
+        if self.generation:
+            self.answers_of(row)
+
+    def answers_of(self, row: Row) -> tuple[str, ...]:
+        """The gold answers of a generation row (at least one, each text)."""
+        value = row[self.answers_field]
+        answers = (value,) if isinstance(value, str) else value
+        if (
+            not isinstance(answers, (list, tuple))
+            or not answers
+            or not all(isinstance(a, str) and a.strip() for a in answers)
+        ):
+            raise TaskDataError(
+                f"field {self.answers_field!r} should hold one or more non-empty answers, "
+                f"got {value!r:.60}"
+            )
+        return tuple(answers)
 
     def label_of(self, row: Row) -> int:
+        if self.generation:
+            return 0
         value = row[self.label_field]
+        if self.labels is None:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            raise TaskDataError(f"label {value!r} is not a candidate index")
         try:
             return self.labels[value]
         except (KeyError, TypeError):
@@ -172,7 +226,15 @@ class TaskSpec:
     def example(self, row: Row, template: bool = True, version: str = REFERENCE) -> Example:
         """The :class:`Example` of one checked canonical row."""
         contexts, continuations = self.template(template, version)(row)
-        return Example(contexts, continuations, self.label_of(row))
+        answers = self.answers_of(row) if self.generation else ()
+        correct = tuple(row[self.correct_field]) if self.correct_field else ()
+        calibration = self.calibration(row) if self.calibration and template else None
+        try:
+            return Example(
+                contexts, continuations, self.label_of(row), answers, correct, calibration
+            )
+        except ValueError as err:
+            raise TaskDataError(str(err)) from None
 
     def examples(self, raw: Row, template: bool = True, version: str = REFERENCE) -> list[Example]:
         """Normalize, check and template one raw row as a source ships it."""
@@ -344,6 +406,95 @@ def _boolq_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return answered(prompt, [f" {w}" for w in _NO_YES])
 
 
+# Surface-form calibration prompts: MeZO's encode_sfc / verbalize_sfc
+# (large_models/templates.py, the class named beside each): the prompt without the input. -----
+
+
+def _words_only(words: Sequence[str]) -> Template:
+    # MultiRC, RTE, CB, WiC, WSC: encode_sfc "" and verbalize_sfc the verbalizer word; BoolQ:
+    # "" and the candidate.
+    return lambda row: answered("", words)
+
+
+def _sst2_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # SST2Template: encode_sfc " It was", verbalize_sfc " It was {verbalizer[c]}"
+    return answered(" It was", [f" {w}" for w in _SST2_WORDS])
+
+
+def _copa_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # CopaTemplate: encode_sfc conjunction.strip(), verbalize_sfc + " " + capitalize(choice)
+    conjunction = "so" if row["question"] == "effect" else "because"
+    choices = [" " + _copa_capitalize(row[key]) for key in ("choice1", "choice2")]
+    return answered(conjunction, choices)
+
+
+def _record_sfc(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # ReCoRDTemplateGPT3: encode_sfc "-", verbalize_sfc "- {query, @placeholder → entity}"
+    fulls = [f"- {row['query'].replace('@placeholder', e)}" for e in row["entities"]]
+    return verbalized("-", fulls)
+
+
+# Generation and ReCoRD (MeZO's large_models/templates.py; ZO-Bench has none of them) ------
+
+
+def _squad(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # SQuADv2Template (MeZO's SQuAD template): encode ends "Answer:", verbalize adds
+    # " {answers[0]}\n" (the first gold answer, with the newline the decoding stops at).
+    prompt = (
+        f"Title: {row['title']}\nContext: {row['context']}\n"
+        f"Question: {row['question'].strip()}\nAnswer:"
+    )
+    return answered(prompt, [f" {row['answers'][0]}\n"])
+
+
+def _squad_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = ("title", "context", "question")
+    prompt = "\n".join(text for name in names if (text := _text(row, name)))
+    return answered(prompt + "\n", [f"{row['answers'][0]}\n"])
+
+
+def _drop(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # DROPTemplate: "Passage: {context}\nQuestion: {question}\nAnswer:" + " {answers[0]}\n"
+    prompt = f"Passage: {row['passage']}\nQuestion: {row['question'].strip()}\nAnswer:"
+    return answered(prompt, [f" {row['answers'][0]}\n"])
+
+
+def _drop_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    prompt = "\n".join(text for name in ("passage", "question") if (text := _text(row, name)))
+    return answered(prompt + "\n", [f"{row['answers'][0]}\n"])
+
+
+def verbalized(
+    prompt: str, verbalizations: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(contexts, continuations) from an encode / verbalize pair whose verbalization is not
+    the prompt + the answer: each stripped of spaces at both ends, the continuation being
+    what the verbalization adds after the prompt (MeZO's ``option_len``)."""
+    context = prompt.strip(" ")
+    continuations = []
+    for full in verbalizations:
+        full = full.strip(" ")
+        if not full.startswith(context):
+            raise TaskDataError(f"verbalization {full[:40]!r} does not extend its prompt")
+        continuations.append(full[len(context) :])
+    return (context,) * len(verbalizations), tuple(continuations)
+
+
+def _record(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # ReCoRDTemplateGPT3 (what MeZO's ReCoRDDataset.get_template returns): "@highlight\n"
+    # becomes "- "; encode "{passage}\n-", verbalize "{passage}\n- {query, @placeholder →
+    # the entity}".
+    passage = row["passage"].replace("@highlight\n", "- ")
+    fulls = [f"{passage}\n- {row['query'].replace('@placeholder', e)}" for e in row["entities"]]
+    return verbalized(f"{passage}\n-", fulls)
+
+
+def _record_raw(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    passage = row["passage"].replace("@highlight\n", "")
+    fulls = [f"{passage}\n{row['query'].replace('@placeholder', e)}" for e in row["entities"]]
+    return verbalized(f"{passage}\n", fulls)
+
+
 # zotune 0.1's aligned templates, where they differ from the reference ---------------------
 
 
@@ -404,6 +555,7 @@ _SPECS = (
         raw=_sst2_raw,
         loss="ce",  # zo-bench/sweeps/SST2_opt-1.3b: --train_as_classification
         num_val=500,  # zo-bench/sweeps/SST2_opt-1.3b: --num_dev=500
+        calibration=_sst2_sfc,
     ),
     TaskSpec(
         name="copa",
@@ -418,6 +570,7 @@ _SPECS = (
         loss="lm",  # zo-bench/sweeps/Copa_*: --train_as_classification=False
         num_val=100,  # zo-bench/sweeps/Copa_*: --num_dev=100 (MeZO large_models/mezo.sh DEV=100)
         normalize=copa_rows,
+        calibration=_copa_sfc,
     ),
     TaskSpec(
         name="winogrande",
@@ -456,6 +609,7 @@ _SPECS = (
         raw=_lines("paragraph", "question", "answer", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=multirc_rows,
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="rte",
@@ -468,6 +622,7 @@ _SPECS = (
         templates={REFERENCE: _rte, "zotune-0.1": _question_v01(_prompt_of(_rte), _YES_NO)},
         raw=_rte_raw,
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_YES_NO),
     ),
     TaskSpec(
         name="cb",
@@ -481,6 +636,7 @@ _SPECS = (
         raw=_lines("premise", "hypothesis", answers=_YES_NO_MAYBE),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         num_val=100,  # MeZO large_models/mezo.sh: CB) DEV=100
+        calibration=_words_only(_YES_NO_MAYBE),
     ),
     TaskSpec(
         name="boolq",
@@ -493,6 +649,7 @@ _SPECS = (
         templates={REFERENCE: _boolq},
         raw=_boolq_raw,
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="wsc",
@@ -506,6 +663,7 @@ _SPECS = (
         raw=_lines("text", "span2_text", "span1_text", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
         normalize=wsc_rows,
+        calibration=_words_only(_NO_YES),
     ),
     TaskSpec(
         name="wic",
@@ -518,10 +676,64 @@ _SPECS = (
         templates={REFERENCE: _wic, "zotune-0.1": _question_v01(_prompt_of(_wic), _NO_YES)},
         raw=_lines("word", "sentence1", "sentence2", answers=_NO_YES),
         loss="ce",  # MeZO large_models/mezo.sh: --train_as_classification
+        calibration=_words_only(_NO_YES),
     ),
 )
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
+_GENERATION_SPECS = (
+    TaskSpec(
+        name="squad",
+        description="SQuAD v1.1 reading comprehension: generate the answer span, F1 / EM",
+        # Only the official dev set is offline: train / val / test are carved from it by
+        # article (group_field), so no paragraph is in two splits.
+        local=LocalFiles("squad", dev=("dev-v1.1.json",), train=(), reader=read_squad_json),
+        hub=HubDataset("rajpurkar/squad", None),
+        fields=("title", "context", "question"),
+        label_field="answers",
+        labels=None,
+        templates={REFERENCE: _squad},
+        raw=_squad_raw,
+        loss="lm",  # MeZO large_models/mezo.sh: SQuAD --train_as_classification False
+        normalize=squad_rows,
+        answers_field="answers",
+        metric="squad_f1",  # MeZO large_models/tasks.py: SQuADDataset.metric_name = "f1"
+        group_field="title",
+    ),
+    TaskSpec(
+        name="drop",
+        description="DROP discrete reasoning over paragraphs: generate the answer, DROP's F1",
+        local=LocalFiles(
+            "drop", dev=("validation.jsonl",), train=("train.jsonl",), hub_fallback=True
+        ),
+        hub=HubDataset("ucinlp/drop", None),
+        fields=("passage", "question"),
+        label_field="answers",
+        labels=None,
+        templates={REFERENCE: _drop},
+        raw=_drop_raw,
+        loss="lm",  # MeZO large_models/mezo.sh: DROP --train_as_classification False
+        normalize=drop_rows,
+        answers_field="answers",
+        metric="drop_f1",  # MeZO large_models/tasks.py: DROPDataset.metric_name = "f1"
+    ),
+    TaskSpec(
+        name="record",
+        description="ReCoRD cloze over news (SuperGLUE): which entity fills @placeholder",
+        local=LocalFiles("record", dev=("val.jsonl",), train=("train.jsonl",), hub_fallback=True),
+        hub=HubDataset(_SUPERGLUE, "record"),
+        fields=("passage", "query"),
+        label_field="label",
+        labels=None,
+        templates={REFERENCE: _record},
+        raw=_record_raw,
+        loss="lm",  # MeZO large_models/mezo.sh: ReCoRD --train_as_classification False
+        normalize=record_rows,
+        correct_field="correct",
+        calibration=_record_sfc,
+    ),
+)
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (*_SPECS, *_GENERATION_SPECS)}
 
 
 def list_tasks() -> list[str]:
@@ -530,7 +742,12 @@ def list_tasks() -> list[str]:
 
 
 def get_task(name: str) -> TaskSpec:
-    """The spec of a task; ``"SST-2"`` and ``"sst2"`` name the same one."""
+    """The spec of a task; ``"SST-2"`` and ``"sst2"`` name the same one, and a ``.yaml``
+    path a task file (:mod:`zotune.tasks.taskfile`)."""
+    from .taskfile import is_task_file, load_task_file
+
+    if is_task_file(name):
+        return load_task_file(name)
     spec = TASKS.get(name.lower().replace("-", ""))
     if spec is None:
         raise ValueError(f"Unknown task {name!r} (choose from {', '.join(TASKS)})")

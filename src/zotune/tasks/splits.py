@@ -95,6 +95,35 @@ def carve(
     return Carving(test, val, drawn[: len(drawn) - n_val], train_size is None)
 
 
+def carve_by_group(
+    groups: list, *, num_train: int, num_val: int, num_test: int, seed: int
+) -> Carving:
+    """Test, val and train from one pool so that no group (SQuAD: an article, hence no
+    paragraph) is in two splits.
+
+    The groups, in first-appearance order, are permuted with ``seed``; test takes whole
+    groups in that order until it holds ``num_test`` examples, val the next ones until it
+    holds ``num_val``, train the rest. Each split then keeps the first ``num_*`` of its
+    examples in the seeded permutation of their count (ZO-Bench's draw within a split).
+    """
+    names = list(dict.fromkeys(groups))
+    members: dict = {name: [] for name in names}
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    order = [names[i] for i in permutation(len(names), seed)]
+    pools: list[list[int]] = [[], [], []]
+    stage = 0
+    for name in order:
+        while stage < 2 and len(pools[stage]) >= (num_test, num_val)[stage]:
+            stage += 1
+        pools[stage].extend(members[name])
+    test, val, train = (
+        [pool[i] for i in permutation(len(pool), seed)[:wanted]]
+        for pool, wanted in zip(pools, (num_test, num_val, num_train), strict=True)
+    )
+    return Carving(test, val, train, shared=True)
+
+
 def permutation(size: int, seed: int) -> list[int]:
     """ZO-Bench's draw (zo-bench/tasks.py::sample_subset under zo-bench/utils.py::temp_seed):
     ``numpy.random.seed(seed); numpy.random.permutation(size)``, from a local generator."""
@@ -137,19 +166,20 @@ def load_splits(
         return [spec.example(record.row, template, template_version) for record in pool.records]
 
     dev = examples(pools.dev)
+    counts = {"num_train": num_train, "num_val": num_val, "num_test": num_test, "seed": seed}
     if pools.train is None:
-        dev = train = _unique(spec, pools.dev, dev, set(), notes)
+        kept = _unique(spec, pools.dev, dev, set(), notes)
+        dev = train = [dev[i] for i in kept]
+        if spec.group_field is not None:
+            groups = [pools.dev.records[i].row[spec.group_field] for i in kept]
+            carving = carve_by_group(groups, **counts)
+        else:
+            carving = carve(len(dev), None, **counts)
     else:
         seen = {_input(example) for example in dev}
-        train = _unique(spec, pools.train, examples(pools.train), seen, notes)
-    carving = carve(
-        len(dev),
-        None if pools.train is None else len(train),
-        num_train=num_train,
-        num_val=num_val,
-        num_test=num_test,
-        seed=seed,
-    )
+        train_all = examples(pools.train)
+        train = [train_all[i] for i in _unique(spec, pools.train, train_all, seen, notes)]
+        carving = carve(len(dev), len(train), **counts)
     if num_train > 0 and not carving.train:
         source = pools.train.name if pools.train is not None else f"the rest of {pools.dev.name}"
         raise TaskDataError(
@@ -177,15 +207,16 @@ def _unique(
     examples: list[Example],
     seen: set[tuple[tuple[str, ...], tuple[str, ...]]],
     notes: list[str],
-) -> list[Example]:
-    """``examples`` minus those whose input (what the model reads) is in ``seen`` or repeats
-    an earlier one's; the first of a repeated input is kept, whatever its label."""
+) -> list[int]:
+    """The indices of ``examples`` minus those whose input (what the model reads) is in
+    ``seen`` or repeats an earlier one's; the first of a repeated input is kept, whatever its
+    label."""
     kept = []
-    for example in examples:
+    for index, example in enumerate(examples):
         key = _input(example)
         if key not in seen:
             seen.add(key)
-            kept.append(example)
+            kept.append(index)
     if len(kept) < len(examples):
         notes.append(
             f"{spec.name}: dropped {len(examples) - len(kept)} examples of {pool.name} whose "
@@ -199,8 +230,12 @@ def _carving_note(
 ) -> str:
     dev, train = pools.dev, pools.train
     missing = "test has no labels" + ("" if train is not None else " and there is no train split")
+    if spec.group_field is not None and train is None:
+        missing = f"only {dev.name} is here (no train split)"
     source = train.name if train is not None else f"the rest of {dev.name}"
     note = f"{spec.name}: {missing}; test = {len(carving.test)} examples of {dev.name}"
+    if spec.group_field is not None and train is None:
+        note += f" (whole {spec.group_field}s: no {spec.group_field} is in two splits)"
     if len(carving.test) < num_test:
         note += f" (all there are; asked {num_test})"
     note += (

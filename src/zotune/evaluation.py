@@ -1,0 +1,91 @@
+"""A split's score under its task's metric: accuracy of the ranked candidates, or F1 and EM
+of greedy answers (:mod:`zotune.generation`, :mod:`zotune.metrics`)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .baselines import calibrated_predictions
+from .generation import greedy_answers
+from .metrics import answer_scores, metric_name
+from .scoring import Scorer, ScoringError
+from .tasks.example import Example
+
+
+@dataclass(frozen=True)
+class Score:
+    """``value`` is the task's main metric (``name``: accuracy or f1), a fraction in [0, 1];
+    ``extra`` holds the others (``em`` for generation tasks)."""
+
+    name: str
+    value: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        extra = {f"{prefix}{name}": value for name, value in self.extra.items()}
+        return {f"{prefix}{self.name}": self.value, **extra}
+
+
+def answers(
+    scorer: Scorer, examples: Sequence[Example], *, max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """The greedy answers of generation examples (their first context is the prompt)."""
+    return greedy_answers(
+        scorer.model,
+        scorer.tokenizer,
+        [example.contexts[0] for example in examples],
+        max_new_tokens=max_new_tokens,
+        max_length=scorer.max_length,
+        batch_size=batch_size,
+    )
+
+
+def per_example(
+    scorer: Scorer,
+    examples: Sequence[Example],
+    *,
+    metric: str,
+    max_new_tokens: int,
+    batch_size: int,
+    calibrate: bool = False,
+) -> list[tuple[float, float]]:
+    """(main metric, EM) of each example: (F1, EM) of its answer, or (correct, correct)."""
+    if not examples:
+        raise ScoringError("cannot score an empty split")
+    if metric == "accuracy":
+        if calibrate:
+            predictions = calibrated_predictions(scorer, examples, batch_size)
+        else:
+            predictions = scorer.predict(examples, batch_size)
+        hits = [float(ex.is_correct(int(p))) for ex, p in zip(examples, predictions, strict=True)]
+        return [(hit, hit) for hit in hits]
+    decoded = answers(scorer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [
+        answer_scores(metric, text, ex.answers)
+        for ex, text in zip(examples, decoded, strict=True)
+    ]
+
+
+def evaluate(
+    scorer: Scorer,
+    examples: Sequence[Example],
+    *,
+    metric: str,
+    max_new_tokens: int,
+    batch_size: int,
+    calibrate: bool = False,
+) -> Score:
+    scores = per_example(
+        scorer,
+        examples,
+        metric=metric,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        calibrate=calibrate,
+    )
+    main = statistics.fmean(s[0] for s in scores)
+    if metric == "accuracy":
+        return Score("accuracy", main)
+    return Score(metric_name(metric), main, {"em": statistics.fmean(s[1] for s in scores)})
