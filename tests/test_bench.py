@@ -57,7 +57,7 @@ def test_builtin_suites_have_the_papers_grid_shape():
     assert full == {1e-4, 1e-5, 1e-6, 1e-7, 1e-8} and lora == {1e-3, 1e-4, 1e-5, 1e-6}
     eps = {(r.cell.optimizer, r.cell.scheme): set() for r in paper.runs}
     for run in paper.runs:
-        eps[run.cell.optimizer, run.cell.scheme].add(run.config["optimizer"]["eps"])
+        eps[run.cell.optimizer, run.cell.scheme].add(run.config["optimizer"].get("eps"))
     assert eps["zo-sgd", "prefix"] == eps["zo-sgd-sign", "prefix"] == {1e-1}
     assert eps["zo-sgd", "lora"] == {1e-2, 1e-3, 1e-4} and eps["fo-adam", "lora"] == {None}
     smoke = load_suite("smoke")
