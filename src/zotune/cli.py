@@ -1,4 +1,4 @@
-"""``zotune`` command line: train, eval, tasks, demo, bench, report, profile."""
+"""``zotune`` command line: train, eval, export, tasks, demo, bench, report, profile."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's best checkpoint as a transformers model or a peft adapter folder."""
+    from .export import export_run
+
+    out = export_run(
+        args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite
+    )
+    print(out)
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import get_task, list_tasks
 
@@ -211,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     _add_train_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser(
+        "export",
+        help="a run's best checkpoint as a model transformers or peft loads",
+        description="zotune export RUN_DIR --out DIR: full and head tuning write a "
+        "save_pretrained model folder, LoRA/prefix/prompt a peft adapter folder; both with "
+        "the tokenizer and a model card (README.md)",
+    )
+    export.add_argument("run_dir", help="a `zotune train --output-dir` folder")
+    export.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    export.add_argument(
+        "--merge", action="store_true", help="LoRA: write the merged whole model, not the adapter"
+    )
+    export.add_argument(
+        "--dtype", help="convert the weights (float32, bfloat16, float16; default: the run's)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=cmd_export)
 
     tasks = commands.add_parser("tasks", help="list the tasks")
     tasks.add_argument(

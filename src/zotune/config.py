@@ -85,7 +85,10 @@ class TaskConfig:
 
 @dataclass
 class TuningConfig:
-    scheme: str = key("full", "tuning scheme: full, lora, prefix or prompt", flag="--tuning")
+    scheme: str = key(
+        "full", "tuning scheme: full, lora, prefix, prompt or head (the output head only)",
+        flag="--tuning",
+    )
     lora_r: int = key(8, "LoRA rank r")
     lora_alpha: int = key(16, "LoRA scaling α")
     prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
@@ -189,6 +192,10 @@ class TrainConfig:
     overwrite: bool = key(False, "replace the run already in --output-dir")
     eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
     progress: bool = key(True, "progress bars")
+    save_model: str | None = key(
+        None, "at the end, export the fine-tuned model into this new folder (zotune export)",
+        flag="--save-model",
+    )
     parallel: str = key(
         "data", "under torchrun: data (shard the batch) or query (deal the q queries)"
     )

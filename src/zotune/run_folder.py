@@ -36,6 +36,7 @@ MAY_CHANGE_ON_RESUME = {
     "train.resume",
     "train.overwrite",
     "train.progress",
+    "train.save_model",
     "train.eval_test_before",
     "task.data_dir",
 }

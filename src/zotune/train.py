@@ -138,6 +138,11 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     folder = RunFolder(Path(out)) if out else None
     if folder is not None:
         folder.check(config)
+    if config.train.save_model:
+        from .export import check_destination, check_request
+
+        check_destination(config.train.save_model)
+        check_request(config, merge=False, dtype=None)
     group = None
     if launched_by_torchrun():
         if config.model.device_map is not None:
@@ -150,6 +155,13 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     with folder.lock() if locked else contextlib.nullcontext():
         run = setup(config, group=group)
         result = train(run)
+        if config.train.save_model and run.is_main:
+            from .export import save_model
+
+            final = {k: v for k, v in result.__dict__.items() if k != "history"}
+            out = save_model(run.model, run.loaded.tokenizer, config, config.train.save_model,
+                             result=final)
+            run.log(f"model exported to {out}")
     if group is not None:
         leave_process_group(group)
     return result
