@@ -184,6 +184,10 @@ def optimizer_option_types() -> dict[str, Any]:
 class TrainConfig:
     steps: int = key(1000, "optimizer steps")
     batch_size: int = key(16, "examples per step")
+    micro_batch_size: int | None = key(
+        None, "evaluate each step's loss in parts of this many examples: ZO gets the same "
+        "estimate with one part's activations, FO accumulates gradients"
+    )
     eval_every: int = key(100, "validate every N steps (best checkpoint by validation)")
     eval_batch_size: int = key(32, "examples per evaluation forward")
     seed: int = key(0, "run seed: data sample, batch order, adapter init and ZO directions")

@@ -76,6 +76,9 @@ def check_config(config: RunConfig) -> None:
 
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
+    micro = config.train.micro_batch_size
+    if micro is not None and micro < 1:
+        raise ConfigError(f"train.micro_batch_size: must be at least 1, got {micro}")
     for key in ("num_train", "num_val", "num_test"):
         value = getattr(config.task, key)
         if value is not None and value < 1:

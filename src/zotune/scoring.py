@@ -300,6 +300,18 @@ class Scorer:
             token_lp, mask = token_lp[rows], mask[rows]
         return -token_lp.sum() / mask.sum()
 
+    def loss_weight(self, batch: EncodedBatch) -> int:
+        """What :meth:`loss` averages over: the examples (``ce``; ``lm`` with shared
+        contexts, one token per candidate) or the correct candidates' tokens (``lm``). A
+        batch's loss is the weighted mean of its parts' losses with these weights."""
+        if self.loss_name == "ce" or batch.shared_context:
+            return len(batch.labels)
+        mask = batch.target_mask
+        if not batch.only_labelled:
+            rows = torch.arange(len(batch.labels)) * batch.num_candidates + batch.labels
+            mask = mask[rows]
+        return int(mask.sum())
+
     def encode_for_loss(self, examples: Sequence[Example]) -> EncodedBatch:
         return self.encode(examples, only_labelled=self.loss_name == "lm")
 

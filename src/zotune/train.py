@@ -34,6 +34,7 @@ from .distributed import (
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
+from .micro_batches import batch_loss
 from .run import Run, resolve_config, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 from .tasks import Example
@@ -203,11 +204,11 @@ def train(run: Run) -> RunResult:
     train_start = time.perf_counter()
     for step in progress:
         examples = batch_for_step(run.splits.train, step, cfg_train.batch_size, cfg_train.seed)
-        batch = scorer.encode_for_loss(run.local_batch(examples))
+        closure = batch_loss(scorer, run.local_batch(examples), cfg_train.micro_batch_size)
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
         try:
-            loss = _step(run, lambda batch=batch: scorer.loss(batch), step)
+            loss = _step(run, closure, step)
         except NonFiniteLossError as error:
             skipped += 1
             consecutive_bad += 1
