@@ -34,7 +34,8 @@ def one_step(tiny_model, examples, optimizer, loss, micro, **options):
     if optimizer.startswith("fo"):
         model.train()
     value = opt.step(batch_loss(scorer, examples, micro))
-    update = torch.cat([(p.detach() - s).flatten() for p, s in zip(model.parameters(), start)])
+    after = model.parameters()
+    update = torch.cat([(p.detach() - s).flatten() for p, s in zip(after, start, strict=True)])
     return update, float(value)
 
 
@@ -83,7 +84,7 @@ def test_bad_micro_batch_sizes_are_refused(examples, size):
 
 
 def test_config_refuses_a_zero_micro_batch():
-    with pytest.raises(ConfigError, match="train.micro_batch_size: must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match=r"train\.micro_batch_size: must be at least 1, got 0"):
         resolve_config({"train": {"micro_batch_size": 0}})
 
 
