@@ -58,6 +58,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dotted, default=None, **keywords)
 
 
+def _add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", dest="train.progress", action="store_const", const=False, default=None,
+        help="no progress bars (as --no-progress; bars are off anyway when stderr is not a "
+        "terminal)",
+    )
+
+
 def _overrides(args: argparse.Namespace, positional: list[str]) -> tuple[str | None, list]:
     """Split ``[CONFIG.yaml] [key=value ...]`` and merge the flag shorthands after them."""
     config_path = None
@@ -215,12 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("items", nargs="*", help="a YAML config and/or section.key=value overrides")
     _add_train_flags(train)
+    _add_quiet_flag(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="accuracy of a model or a run's best checkpoint")
     evaluate.add_argument("run_dir", nargs="?", help="a `zotune train --output-dir` folder")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     _add_train_flags(evaluate)
+    _add_quiet_flag(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     export = commands.add_parser(

@@ -195,7 +195,10 @@ class TrainConfig:
     resume: bool = key(False, "continue the run in --output-dir from its last checkpoint")
     overwrite: bool = key(False, "replace the run already in --output-dir")
     eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
-    progress: bool = key(True, "progress bars")
+    progress: bool = key(True, "progress bars (shown only when stderr is a terminal)")
+    report_to: str = key(
+        "none", "also send the metrics to: none, tensorboard or wandb (metrics.jsonl stays)"
+    )
     save_model: str | None = key(
         None, "at the end, export the fine-tuned model into this new folder (zotune export)",
         flag="--save-model",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .offload import execution_device
 from .optim import FirstOrderOptimizer, create_optimizer
 from .optim.registry import entry as optimizer_entry
 from .optim.registry import names as optimizer_names
+from .progress import bar, bars_wanted
 from .scoring import Scorer
 from .tasks import Example, get_task, load_splits
 
@@ -76,6 +78,9 @@ def check_config(config: RunConfig) -> None:
 
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
+    from .reporting import check_reporter
+
+    check_reporter(config.train.report_to)
     micro = config.train.micro_batch_size
     if micro is not None and micro < 1:
         raise ConfigError(f"train.micro_batch_size: must be at least 1, got {micro}")
@@ -242,6 +247,7 @@ class Run:
     group: Any = None
     traffic: Traffic | None = None
     log: Callable[[str], None] = log_line
+    progress: bool = False  # draw bars (main process, stderr a terminal, train.progress)
 
     @property
     def first_order(self) -> bool:
@@ -256,7 +262,8 @@ class Run:
     def accuracy(self, examples: Sequence[Example]) -> float:
         batch_size = self.config.train.eval_batch_size
         if self.group is None:
-            return self.scorer.accuracy(examples, batch_size)
+            batches = partial(bar, enabled=self.progress, desc="eval", unit="batch", leave=False)
+            return self.scorer.accuracy(examples, batch_size, progress=batches)
         return sharded_accuracy(self.scorer, examples, batch_size, self.group)
 
     def local_batch(self, examples: list) -> list:
@@ -289,6 +296,7 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
         scorer=make_scorer(tuned.model, tuned.loaded, config),
         group=group,
         log=log,
+        progress=bars_wanted(config.train.progress) and (group is None or group.is_main),
     )
     if not for_training:
         return run

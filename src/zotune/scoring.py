@@ -316,17 +316,21 @@ class Scorer:
         return self.encode(examples, only_labelled=self.loss_name == "lm")
 
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
+    def predict(
+        self, examples: Sequence[Example], batch_size: int = 16, progress=None
+    ) -> torch.Tensor:
+        """The argmax candidate of each example; ``progress`` wraps the batch starts (a bar)."""
         predictions = []
-        for start in range(0, len(examples), batch_size):
+        starts = range(0, len(examples), batch_size)
+        for start in progress(starts) if progress is not None else starts:
             batch = self.encode(examples[start : start + batch_size])
             predictions.append(self.scores(batch).argmax(-1).cpu())
         return torch.cat(predictions)
 
-    def accuracy(self, examples: Sequence[Example], batch_size: int = 16) -> float:
+    def accuracy(self, examples: Sequence[Example], batch_size: int = 16, progress=None) -> float:
         if not examples:
             raise ScoringError("cannot measure accuracy on an empty split")
-        predictions = self.predict(examples, batch_size)
+        predictions = self.predict(examples, batch_size, progress)
         labels = torch.tensor([ex.label for ex in examples])
         return float((predictions == labels).float().mean())
 

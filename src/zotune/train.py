@@ -14,7 +14,6 @@ import json
 import math
 import random
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
 from .micro_batches import batch_loss
+from .progress import bar
+from .reporting import open_reporter
 from .run import Run, resolve_config, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 from .tasks import Example
@@ -109,8 +110,9 @@ class MetricsLog:
     (``zo_step`` returns ``loss1``), so their logged ZO losses sit one-sided, O(ε), off ours.
     """
 
-    def __init__(self, path: Path | None, append: bool) -> None:
+    def __init__(self, path: Path | None, append: bool, reporter: Any = None) -> None:
         self.path = path
+        self.reporter = reporter  # zotune.reporting: TensorBoard, wandb
         self.records: list[dict[str, Any]] = []
         self._file = None
         if path is not None:
@@ -122,8 +124,12 @@ class MetricsLog:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self.reporter is not None and "final" not in record:
+            self.reporter.log(record)
 
     def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
         if self._file is not None:
             self._file.close()
 
@@ -186,7 +192,10 @@ def train(run: Run) -> RunResult:
         log(f"resumed from {out / LAST_FILE} at step {start_step}")
         if folder is not None:
             folder.truncate_metrics(start_step)
-    metrics = MetricsLog(writes / METRICS_FILE if writes else None, append=start_step > 0)
+    reporter = open_reporter(cfg_train.report_to, writes, config.to_dict()) if run.is_main else None
+    metrics = MetricsLog(
+        writes / METRICS_FILE if writes else None, append=start_step > 0, reporter=reporter
+    )
 
     if cfg_train.eval_test_before and before is None:
         before = run.accuracy(run.splits.test)
@@ -197,7 +206,8 @@ def train(run: Run) -> RunResult:
         metrics.write({"step": 0, "val_accuracy": val})
 
     steps = range(start_step, cfg_train.steps)
-    progress = _progress(steps, cfg_train.progress and run.is_main, start_step)
+    progress = bar(steps, enabled=run.progress, desc="train", unit="step",
+                   total=steps.stop, initial=start_step)
     skipped = consecutive_bad = 0
     step_times: list[float] = []
     comm_bytes: list[int] = []
@@ -342,13 +352,3 @@ def _median(values: list[float]) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
-
-
-def _progress(steps: range, enabled: bool, initial: int):
-    if not enabled:
-        return steps
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        steps, initial=initial, total=steps.stop, desc="train", unit="step", file=sys.stderr
-    )
