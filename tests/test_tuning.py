@@ -81,7 +81,8 @@ def reference_scores(model, tokenizer, kind: str, examples) -> torch.Tensor:
 
 
 def test_unknown_scheme_lists_the_valid_ones(tiny_model):
-    with pytest.raises(ValueError, match=r"'adapter' \(choose from full, lora, prefix, prompt\)"):
+    choices = r"'adapter' \(choose from full, lora, prefix, prompt, head\)"
+    with pytest.raises(ValueError, match=choices):
         tiny_model("tiny-llama", "adapter")
 
 
@@ -102,6 +103,8 @@ def expected_trainable(config, scheme: str, *, r=8, prefix=5, prompt=10) -> int:
         return prefix * layers * 2 * kv_width
     if scheme == "prompt":  # one input embedding per virtual token
         return prompt * hidden
+    if scheme == "head":  # the output projection (no bias in LLaMA or OPT)
+        return config.vocab_size * hidden
     raise AssertionError(scheme)
 
 
@@ -119,6 +122,11 @@ def test_trainable_parameter_counts_follow_the_formula(tiny_model, shape, scheme
         assert trainable == total == base
         return
     assert trainable == expected_trainable(loaded.model.config, scheme)
+    if scheme == "head":  # the head's own copy where it was tied is counted in the base
+        assert total == base
+        for name, param in model.named_parameters():
+            assert param.requires_grad == name.startswith("lm_head"), name
+        return
     assert total == base + trainable
     adapter_tag = "lora_" if scheme == "lora" else "prompt_encoder"
     for name, param in model.named_parameters():

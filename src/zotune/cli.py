@@ -1,4 +1,4 @@
-"""``zotune`` command line: train, eval, tasks, demo, bench, report, profile."""
+"""``zotune`` command line: train, eval, export, tasks, demo, bench, report, profile."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dotted, default=None, **keywords)
 
 
+def _add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", dest="train.progress", action="store_const", const=False, default=None,
+        help="no progress bars (as --no-progress; bars are off anyway when stderr is not a "
+        "terminal)",
+    )
+
+
 def _overrides(args: argparse.Namespace, positional: list[str]) -> tuple[str | None, list]:
     """Split ``[CONFIG.yaml] [key=value ...]`` and merge the flag shorthands after them."""
     config_path = None
@@ -119,6 +127,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_trainable_state(run.model, load_trainable_checkpoint(run_dir / BEST_FILE))
     score = run.score(getattr(run.splits, args.split))
     print(json.dumps({"task": config.task.name, "split": args.split, **score.as_dict()}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's best checkpoint as a transformers model or a peft adapter folder."""
+    from .export import export_run
+
+    out = export_run(
+        args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite
+    )
+    print(out)
     return 0
 
 
@@ -217,13 +236,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("items", nargs="*", help="a YAML config and/or section.key=value overrides")
     _add_train_flags(train)
+    _add_quiet_flag(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="accuracy of a model or a run's best checkpoint")
     evaluate.add_argument("run_dir", nargs="?", help="a `zotune train --output-dir` folder")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     _add_train_flags(evaluate)
+    _add_quiet_flag(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser(
+        "export",
+        help="a run's best checkpoint as a model transformers or peft loads",
+        description="zotune export RUN_DIR --out DIR: full and head tuning write a "
+        "save_pretrained model folder, LoRA/prefix/prompt a peft adapter folder; both with "
+        "the tokenizer and a model card (README.md)",
+    )
+    export.add_argument("run_dir", help="a `zotune train --output-dir` folder")
+    export.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    export.add_argument(
+        "--merge", action="store_true", help="LoRA: write the merged whole model, not the adapter"
+    )
+    export.add_argument(
+        "--dtype", help="convert the weights (float32, bfloat16, float16; default: the run's)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=cmd_export)
 
     tasks = commands.add_parser("tasks", help="list the tasks")
     tasks.add_argument(

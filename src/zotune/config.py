@@ -104,7 +104,10 @@ class TaskConfig:
 
 @dataclass
 class TuningConfig:
-    scheme: str = key("full", "tuning scheme: full, lora, prefix or prompt", flag="--tuning")
+    scheme: str = key(
+        "full", "tuning scheme: full, lora, prefix, prompt or head (the output head only)",
+        flag="--tuning",
+    )
     lora_r: int = key(8, "LoRA rank r")
     lora_alpha: int = key(16, "LoRA scaling α")
     prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
@@ -200,6 +203,10 @@ def optimizer_option_types() -> dict[str, Any]:
 class TrainConfig:
     steps: int = key(1000, "optimizer steps")
     batch_size: int = key(16, "examples per step")
+    micro_batch_size: int | None = key(
+        None, "evaluate each step's loss in parts of this many examples: ZO gets the same "
+        "estimate with one part's activations, FO accumulates gradients"
+    )
     eval_every: int = key(100, "validate every N steps (best checkpoint by validation)")
     eval_batch_size: int = key(32, "examples per evaluation forward")
     seed: int = key(0, "run seed: data sample, batch order, adapter init and ZO directions")
@@ -207,7 +214,14 @@ class TrainConfig:
     resume: bool = key(False, "continue the run in --output-dir from its last checkpoint")
     overwrite: bool = key(False, "replace the run already in --output-dir")
     eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
-    progress: bool = key(True, "progress bars")
+    progress: bool = key(True, "progress bars (shown only when stderr is a terminal)")
+    report_to: str = key(
+        "none", "also send the metrics to: none, tensorboard or wandb (metrics.jsonl stays)"
+    )
+    save_model: str | None = key(
+        None, "at the end, export the fine-tuned model into this new folder (zotune export)",
+        flag="--save-model",
+    )
     parallel: str = key(
         "data", "under torchrun: data (shard the batch) or query (deal the q queries)"
     )

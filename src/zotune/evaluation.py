@@ -50,6 +50,7 @@ def per_example(
     max_new_tokens: int,
     batch_size: int,
     calibrate: bool = False,
+    progress=None,
 ) -> list[tuple[float, float]]:
     """(main metric, EM) of each example: (F1, EM) of its answer, or (correct, correct)."""
     if not examples:
@@ -58,7 +59,7 @@ def per_example(
         if calibrate:
             predictions = calibrated_predictions(scorer, examples, batch_size)
         else:
-            predictions = scorer.predict(examples, batch_size)
+            predictions = scorer.predict(examples, batch_size, progress)
         hits = [float(ex.is_correct(int(p))) for ex, p in zip(examples, predictions, strict=True)]
         return [(hit, hit) for hit in hits]
     decoded = answers(scorer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -76,6 +77,7 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     calibrate: bool = False,
+    progress=None,
 ) -> Score:
     scores = per_example(
         scorer,
@@ -84,6 +86,7 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         calibrate=calibrate,
+        progress=progress,
     )
     main = statistics.fmean(s[0] for s in scores)
     if metric == "accuracy":

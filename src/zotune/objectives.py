@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .evaluation import per_example
+from .micro_batches import batch_loss
 from .scoring import Scorer
 from .tasks.example import Example
 
@@ -56,11 +57,13 @@ def closure_for(
     metric: str,
     max_new_tokens: int,
     batch_size: int,
+    micro_batch_size: int | None = None,
 ) -> Callable[[], torch.Tensor]:
-    """The step's closure: the task loss of the encoded batch, or −metric on ``examples``."""
+    """The step's closure: the task loss of the batch (over micro-batches when
+    ``micro_batch_size`` is smaller, see :mod:`zotune.micro_batches`), or −metric on
+    ``examples``."""
     if objective == "loss":
-        batch = scorer.encode_for_loss(examples)
-        return lambda: scorer.loss(batch)
+        return batch_loss(scorer, examples, micro_batch_size)
 
     def negative_metric() -> torch.Tensor:
         scores = per_example(

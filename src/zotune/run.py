@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .offload import execution_device
 from .optim import FirstOrderOptimizer, create_optimizer
 from .optim.registry import entry as optimizer_entry
 from .optim.registry import names as optimizer_names
+from .progress import bar, bars_wanted
 from .scoring import Scorer
 from .tasks import Example, TaskSpec, get_task, load_splits
 
@@ -82,6 +84,12 @@ def check_config(config: RunConfig) -> None:
     check_autocast(config.model.autocast, config.model.dtype)
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
+    from .reporting import check_reporter
+
+    check_reporter(config.train.report_to)
+    micro = config.train.micro_batch_size
+    if micro is not None and micro < 1:
+        raise ConfigError(f"train.micro_batch_size: must be at least 1, got {micro}")
     for key in ("num_train", "num_val", "num_test"):
         value = getattr(config.task, key)
         if value is not None and value < 1:
@@ -250,6 +258,7 @@ class Run:
     group: Any = None
     traffic: Traffic | None = None
     log: Callable[[str], None] = log_line
+    progress: bool = False  # draw bars (main process, stderr a terminal, train.progress)
 
     @property
     def first_order(self) -> bool:
@@ -293,6 +302,9 @@ class Run:
                 max_new_tokens=self.max_new_tokens,
                 batch_size=batch_size,
                 calibrate=task.calibrate,
+                progress=partial(
+                    bar, enabled=self.progress, desc="eval", unit="batch", leave=False
+                ),
             )
 
     def step_closure(self, examples: list) -> Callable[[], torch.Tensor]:
@@ -307,6 +319,7 @@ class Run:
             metric=self.task.metric,
             max_new_tokens=self.max_new_tokens,
             batch_size=train.eval_batch_size,
+            micro_batch_size=train.micro_batch_size,
         )
         return under_autocast(closure, self.config.model.autocast, self.device)
 
@@ -340,6 +353,7 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
         scorer=make_scorer(tuned.model, tuned.loaded, config),
         group=group,
         log=log,
+        progress=bars_wanted(config.train.progress) and (group is None or group.is_main),
     )
     if not for_training:
         return run

@@ -36,6 +36,8 @@ MAY_CHANGE_ON_RESUME = {
     "train.resume",
     "train.overwrite",
     "train.progress",
+    "train.save_model",
+    "train.report_to",
     "train.eval_test_before",
     "task.data_dir",
 }

@@ -301,28 +301,46 @@ class Scorer:
             token_lp, mask = token_lp[rows], mask[rows]
         return -token_lp.sum() / mask.sum()
 
+    def loss_weight(self, batch: EncodedBatch) -> int:
+        """What :meth:`loss` averages over: the examples (``ce``; ``lm`` with shared
+        contexts, one token per candidate) or the correct candidates' tokens (``lm``). A
+        batch's loss is the weighted mean of its parts' losses with these weights."""
+        if self.loss_name == "ce" or batch.shared_context:
+            return len(batch.labels)
+        mask = batch.target_mask
+        if not batch.only_labelled:
+            rows = torch.arange(len(batch.labels)) * batch.num_candidates + batch.labels
+            mask = mask[rows]
+        return int(mask.sum())
+
     def encode_for_loss(self, examples: Sequence[Example]) -> EncodedBatch:
         return self.encode(examples, only_labelled=self.loss_name == "lm")
 
     @torch.no_grad()
-    def predict(self, examples: Sequence[Example], batch_size: int = 16) -> torch.Tensor:
+    def predict(
+        self, examples: Sequence[Example], batch_size: int = 16, progress=None
+    ) -> torch.Tensor:
         """The argmax candidate of each example; examples are batched with others of their
-        candidate count (ReCoRD's vary), the result in the examples' order."""
+        candidate count (ReCoRD's vary), the result in the examples' order. ``progress``
+        wraps the batch starts (a bar)."""
         predictions = torch.zeros(len(examples), dtype=torch.long)
         by_count: dict[int, list[int]] = {}
         for index, example in enumerate(examples):
             by_count.setdefault(example.num_candidates, []).append(index)
-        for indices in by_count.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                batch = self.encode([examples[i] for i in chunk])
-                predictions[chunk] = self.scores(batch).argmax(-1).cpu()
+        chunks = [
+            indices[start : start + batch_size]
+            for indices in by_count.values()
+            for start in range(0, len(indices), batch_size)
+        ]
+        for chunk in progress(chunks) if progress is not None else chunks:
+            batch = self.encode([examples[i] for i in chunk])
+            predictions[chunk] = self.scores(batch).argmax(-1).cpu()
         return predictions
 
-    def accuracy(self, examples: Sequence[Example], batch_size: int = 16) -> float:
+    def accuracy(self, examples: Sequence[Example], batch_size: int = 16, progress=None) -> float:
         if not examples:
             raise ScoringError("cannot measure accuracy on an empty split")
-        predictions = self.predict(examples, batch_size)
+        predictions = self.predict(examples, batch_size, progress)
         hits = [ex.is_correct(int(p)) for ex, p in zip(examples, predictions, strict=True)]
         return sum(hits) / len(hits)
 

@@ -14,7 +14,6 @@ import json
 import math
 import random
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from .distributed import (
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
+from .progress import bar
+from .reporting import open_reporter
 from .run import Run, resolve_config, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 from .tasks import Example
@@ -116,8 +117,9 @@ class MetricsLog:
     (``zo_step`` returns ``loss1``), so their logged ZO losses sit one-sided, O(ε), off ours.
     """
 
-    def __init__(self, path: Path | None, append: bool) -> None:
+    def __init__(self, path: Path | None, append: bool, reporter: Any = None) -> None:
         self.path = path
+        self.reporter = reporter  # zotune.reporting: TensorBoard, wandb
         self.records: list[dict[str, Any]] = []
         self._file = None
         if path is not None:
@@ -129,8 +131,12 @@ class MetricsLog:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self.reporter is not None and "final" not in record:
+            self.reporter.log(record)
 
     def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
         if self._file is not None:
             self._file.close()
 
@@ -146,6 +152,11 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     folder = RunFolder(Path(out)) if out else None
     if folder is not None:
         folder.check(config)
+    if config.train.save_model:
+        from .export import check_destination, check_request
+
+        check_destination(config.train.save_model)
+        check_request(config, merge=False, dtype=None)
     group = None
     if launched_by_torchrun():
         if config.model.device_map is not None:
@@ -158,6 +169,13 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     with folder.lock() if locked else contextlib.nullcontext():
         run = setup(config, group=group)
         result = train(run)
+        if config.train.save_model and run.is_main:
+            from .export import save_model
+
+            final = {k: v for k, v in result.__dict__.items() if k != "history"}
+            out = save_model(run.model, run.loaded.tokenizer, config, config.train.save_model,
+                             result=final)
+            run.log(f"model exported to {out}")
     if group is not None:
         leave_process_group(group)
     return result
@@ -181,7 +199,10 @@ def train(run: Run) -> RunResult:
         log(f"resumed from {out / LAST_FILE} at step {start_step}")
         if folder is not None:
             folder.truncate_metrics(start_step)
-    metrics = MetricsLog(writes / METRICS_FILE if writes else None, append=start_step > 0)
+    reporter = open_reporter(cfg_train.report_to, writes, config.to_dict()) if run.is_main else None
+    metrics = MetricsLog(
+        writes / METRICS_FILE if writes else None, append=start_step > 0, reporter=reporter
+    )
 
     if cfg_train.eval_test_before and before is None:
         before = run.accuracy(run.splits.test)
@@ -192,7 +213,8 @@ def train(run: Run) -> RunResult:
         metrics.write({"step": 0, **score.as_dict("val_")})
 
     steps = range(start_step, cfg_train.steps)
-    progress = _progress(steps, cfg_train.progress and run.is_main, start_step)
+    progress = bar(steps, enabled=run.progress, desc="train", unit="step",
+                   total=steps.stop, initial=start_step)
     skipped = consecutive_bad = 0
     step_times: list[float] = []
     comm_bytes: list[int] = []
@@ -339,13 +361,3 @@ def _median(values: list[float]) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
-
-
-def _progress(steps: range, enabled: bool, initial: int):
-    if not enabled:
-        return steps
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        steps, initial=initial, total=steps.stop, desc="train", unit="step", file=sys.stderr
-    )

@@ -9,6 +9,10 @@ scheme      trainable parameters
 ``prefix``  ``prefix_tokens`` learned key/value pairs prepended in every attention layer
 ``prompt``  ``prompt_tokens`` learned input embeddings prepended to the input; initialised from
             the embeddings of ``prompt_init_text`` when given, else of random vocabulary tokens
+``head``    the output head only (linear probing): its weight, and bias where it has one. A head
+            tied to the input embeddings is untied first (a copy of its own, the config's
+            ``tie_word_embeddings`` off), as MeZO's ``--head_tuning --untie_emb``
+            (``large_models/run.py``); training the tied tensor would move the inputs too
 =========== ===================================================================================
 
 Real-activation prefix init (MeZO ``large_models/prefix.py`` and ZO-Bench
@@ -58,7 +62,7 @@ from .config import TuningConfig
 from .models import model_kind
 from .offload import execution_device
 
-SCHEMES = ("full", "lora", "prefix", "prompt")
+SCHEMES = ("full", "lora", "prefix", "prompt", "head")
 PREFIX_INITS = ("real", "random")
 
 
@@ -109,6 +113,8 @@ def apply_tuning(
     if scheme == "full":
         model.requires_grad_(True)
         return model
+    if scheme == "head":
+        return _head_only(model)
     task_type = TaskType.CAUSAL_LM if kind == "causal" else TaskType.FEATURE_EXTRACTION
     if scheme == "lora":
         config = LoraConfig(
@@ -128,8 +134,34 @@ def apply_tuning(
             _set_prefix(tuned, real)
     else:
         tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, prompt_init_text)
-    _derive_positions_from_mask(tuned.get_base_model())
+    derive_positions_from_mask(tuned.get_base_model())
     return tuned
+
+
+def _head_only(model: torch.nn.Module) -> torch.nn.Module:
+    """Freeze everything but the output head, untying it from the input embeddings first."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output head to tune (tuning 'head')")
+    untie_output_embeddings(model)
+    model.requires_grad_(False)
+    head.requires_grad_(True)
+    return model
+
+
+def untie_output_embeddings(model: torch.nn.Module) -> bool:
+    """Give the output head a weight of its own if it shares the input embeddings'; returns
+    whether it did. The config says so too (``tie_word_embeddings=False``), so that a saved
+    model loads back untied."""
+    head, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or inputs is None or head.weight is not inputs.weight:
+        return False
+    head.weight = torch.nn.Parameter(inputs.weight.detach().clone())
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    # transformers 5 keeps the tied names apart from the config; save_pretrained reads them.
+    model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return True
 
 
 def real_prefix_activations(
@@ -196,7 +228,7 @@ def _prompt_tuning(model, task_type, tokenizer, prompt_tokens, init_text):
         return get_peft_model(model, config)
 
 
-def _derive_positions_from_mask(model: torch.nn.Module) -> None:
+def derive_positions_from_mask(model: torch.nn.Module) -> None:
     """Make ``model`` number its tokens by the attention mask when the caller gives no positions.
 
     Column ``t`` of a row gets ``start + (number of unmasked columns up to t) − 1``; ``start`` is

@@ -31,7 +31,7 @@ from .steps import make_step
 
 ESTIMATORS = ("rge", "forward-grad", "backprop")
 # The perturbation scale a run uses per tuning scheme (see OptimizerEntry.run_defaults).
-EPS_BY_SCHEME = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-3}
+EPS_BY_SCHEME = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-3, "head": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ class OptimizerEntry:
           default), 1e-2 LoRA (MeZO README, large_models: "LoRA … EPS 1e-2"), 1e-1 prefix
           (ZO-LLM zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/zo_sgd_cls_prefix.yml; MeZO README),
           1e-3 prompt (the middle of zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/
-          zo_sgd_cls_prompt.yml's 1e-2…1e-4; MeZO has no prompt tuning);
+          zo_sgd_cls_prompt.yml's 1e-2…1e-4; MeZO has no prompt tuning), 1e-3 head (MeZO
+          large_models/run.py's zo_eps default; its --head_tuning runs set no other);
         * gradient clipping at norm 1.0 for first-order steps: HF Trainer's default
           ``max_grad_norm``, which ZO-LLM's FO runs kept (zo-bench/trainer.py).
         """

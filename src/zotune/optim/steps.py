@@ -213,7 +213,8 @@ def _backprop_first_order_part(zeroth, first, closure) -> torch.Tensor:
     try:
         with torch.enable_grad():
             value = closure()
-            value.backward()
+            if value.requires_grad:  # else the closure backpropagated itself (micro-batches)
+                value.backward()
     finally:
         for param in frozen:
             param.requires_grad_(True)

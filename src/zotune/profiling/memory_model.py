@@ -199,6 +199,7 @@ def estimate_memory(
     logits_kept: int = 1,
     distribution: str = "auto",
     options: dict[str, Any] | None = None,
+    micro_batch_size: int | None = None,
 ) -> MemoryEstimate:
     """Predicted peak bytes of one ``optimizer`` step of ``model`` (already tuned: its
     trainable tensors are those with ``requires_grad``) on a B × T batch.
@@ -229,6 +230,11 @@ def estimate_memory(
     With a large tied vocabulary FO's memory is therefore flat in T until A + G_head
     overtakes G + 2·G_head, then grows with the activations.
 
+    Micro-batches (``micro_batch_size`` < ``batch_size``, :mod:`zotune.micro_batches`): the
+    activations are those of one micro-batch. A FO step accumulates the gradients of every
+    micro-batch, so they persist while the next one's activations are kept: the peak is
+    G + A_micro (+ G_head when tied), the larger of that and the one-batch ends.
+
     ``optimizer`` is an optimizer key, ``"mezo-ref"`` (the MeZO-style reference step) or
     ``"inference"`` (one no-grad forward); ``options`` are its options (e.g. FO-SGD's
     ``momentum``). Works on a model on the meta device too.
@@ -244,9 +250,10 @@ def estimate_memory(
     prompt, prefix = _peft_virtual_tokens(model)
     shape = TransformerShape.from_config(base_model(model).config)
     mode = "kept" if facts.first_order else "live"
+    micro = batch_size if micro_batch_size is None else min(micro_batch_size, batch_size)
     activations = activation_bytes(
         shape,
-        batch_size=batch_size,
+        batch_size=micro,
         seq_len=seq_len,
         mode=mode,
         element_bytes=element_bytes,
@@ -261,14 +268,19 @@ def estimate_memory(
         activations *= 2
         mode = "live, with tangents"
     numels = [p.numel() for p in trainable_params] or [0]
-    notes = {"shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix}
+    notes = {
+        "shape": asdict(shape), "prompt_tokens": prompt, "prefix_tokens": prefix,
+        "micro_batch_size": micro,
+    }
     gradients = 0
     if facts.first_order:
         head, tied = _head_gradient_bytes(model)
         start, end = activations + head, trainable + (2 * head if tied else 0)
+        if micro < batch_size:  # accumulated gradients live through the next micro-batch
+            start += trainable
         notes.update(kept_activations=activations, all_gradients=trainable, head_gradient=head)
         notes["peak_at"] = "start of backward" if start >= end else "end of backward"
-        gradients, activations = (head, activations) if start >= end else (end, 0)
+        gradients, activations = (start - activations, activations) if start >= end else (end, 0)
     return MemoryEstimate(
         optimizer=optimizer,
         weights=weights,

@@ -1,0 +1,287 @@
+"""A run's fine-tuned model as a folder other tools load: ``zotune export RUN_DIR --out DIR``
+(and ``zotune train --save-model DIR`` at the end of a run).
+
+* full and head tuning: the whole model (``save_pretrained``: config, safetensors) and the
+  tokenizer; loads with ``AutoModelForCausalLM.from_pretrained(DIR)``;
+* LoRA, prefix, prompt: the peft adapter (``adapter_config.json``,
+  ``adapter_model.safetensors``) and the tokenizer; loads with
+  ``PeftModel.from_pretrained(base, DIR)``. ``--merge`` (LoRA only) writes the merged whole
+  model instead.
+
+Every folder carries a model card (``README.md``): task, base model, optimizer and its
+settings, zotune's version and the run's validation and test accuracy (from ``result.json``).
+
+The adapter's ``base_model_name_or_path`` is where the run loaded its base: the hub id, the
+model folder, or for the embedded model its de-quantized cache folder (its weights are the
+4-bit GGUF's, not the hub's full-precision ones). A run on a random shape has no base on
+disk, so its base model is written beside the adapter, into ``DIR/base_model``.
+
+Random shapes' byte-level tokenizer (:func:`zotune.models.byte_tokenizer`) saves as a
+``tokenizer.json``; ``AutoTokenizer.from_pretrained(DIR)`` reads it back as a plain fast
+tokenizer with the same ids (the ``ByteTokenizer`` class only adds a helper zotune's scorer
+does not need).
+
+Prefix and prompt models: zotune numbers a left-padded row's positions from its attention
+mask, virtual tokens first (:mod:`zotune.tuning`); plain peft numbers the columns, so on
+padded rows (a batch, or one example's candidates of different lengths) its scores differ
+slightly from the run's. ``zotune.tuning.derive_positions_from_mask(model.get_base_model())``
+on the loaded peft model (or passing those ``position_ids``) gives the run's scores.
+
+An existing non-empty ``--out`` is never written into: the export is refused unless
+``--overwrite``, which replaces it. The folder is assembled beside ``--out`` and renamed into
+place, so a failed export leaves no half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import __version__
+from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
+from .config import RunConfig, load_config
+from .models import DTYPES, EMBEDDED_MODEL, base_model, embedded_model_folder
+from .run_folder import CONFIG_FILE, RESULT_FILE
+
+CARD_FILE = "README.md"
+BASE_FOLDER = "base_model"
+ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
+
+
+class ExportError(ValueError):
+    """A model cannot be exported as asked; the message names what is wrong."""
+
+
+def check_destination(out: str | Path, overwrite: bool = False) -> Path:
+    """``out`` as a Path, refused if it is a non-empty folder (or a file) and not
+    ``overwrite``. Reads only: call it before any expensive work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(
+            f"--out {out} is not empty: choose another folder, or --overwrite to replace it"
+        )
+    return out
+
+
+def check_request(config: RunConfig, merge: bool, dtype: str | None) -> None:
+    """Refuse an export option that does not apply to the run (before loading anything)."""
+    if merge and config.tuning.scheme != "lora":
+        raise ExportError(
+            f"--merge applies to LoRA runs; this run's tuning is {config.tuning.scheme!r}"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    merge: bool = False,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export the best checkpoint of the run in ``run_dir`` into ``out``; returns ``out``."""
+    from .run import build_model
+
+    run_dir = Path(run_dir)
+    out = check_destination(out, overwrite)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ExportError(f"{run_dir} holds no run (no {CONFIG_FILE})")
+    config = load_config(run_dir / CONFIG_FILE)
+    check_request(config, merge, dtype)
+    state = load_trainable_checkpoint(run_dir / BEST_FILE)
+    result = read_result(run_dir)
+    tuned = build_model(config, "cpu")
+    load_trainable_state(tuned.model, state)
+    return save_model(
+        tuned.model, tuned.loaded.tokenizer, config, out,
+        result=result, merge=merge, dtype=dtype, overwrite=overwrite,
+    )
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``result.json`` (None if the run did not finish)."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path}: damaged result file ({error.msg})") from None
+
+
+def save_model(
+    model: torch.nn.Module,
+    tokenizer,
+    config: RunConfig,
+    out: str | Path,
+    *,
+    result: dict[str, Any] | None = None,
+    merge: bool = False,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (tuned as ``config`` says, holding the weights to export) into
+    ``out``, with its tokenizer and model card. ``merge`` folds LoRA into the weights (the
+    model is changed in place); ``dtype`` converts the weights (default: the run's)."""
+    out = check_destination(out, overwrite)
+    check_request(config, merge, dtype)
+    scheme = config.tuning.scheme
+    run_dtype = config.model.dtype
+    if dtype is not None and dtype != run_dtype:
+        model.to(DTYPES[dtype])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        if merge:
+            model = model.merge_and_unload()
+        adapter = scheme in ADAPTER_SCHEMES and not merge
+        base = _base_reference(config)
+        if adapter:
+            _save_adapter(model, staging, base, config, dtype)
+        else:
+            base_model(model).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        card = model_card(config, result, adapter=adapter, merged=merge, dtype=dtype, base=base)
+        (staging / CARD_FILE).write_text(card)
+        if out.exists():
+            shutil.rmtree(out)  # empty, or --overwrite asked for it (check_destination)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _base_reference(config: RunConfig) -> str:
+    """Where the base model can be loaded from (see the module docstring)."""
+    name = config.model.name
+    if name is None or name == EMBEDDED_MODEL:
+        return str(embedded_model_folder())
+    if name.startswith("random:"):
+        return BASE_FOLDER
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def _save_adapter(
+    model: torch.nn.Module, folder: Path, base: str, config: RunConfig, dtype: str | None
+) -> None:
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = base
+        # A text-initialised soft prompt names a temporary tokenizer folder; the trained
+        # prompt is in the adapter weights, so loading needs no tokenizer for it.
+        if getattr(peft_config, "tokenizer_name_or_path", None):
+            peft_config.tokenizer_name_or_path = None
+    # The embeddings are frozen in every adapter scheme; "auto" would look the base up online.
+    model.save_pretrained(folder, save_embedding_layers=False)
+    if base == BASE_FOLDER:
+        # The frozen base of a random shape is its seeded initialisation (run.build_model);
+        # LoRA changed its modules in place, so it is rebuilt rather than unwrapped.
+        from .models import random_model
+
+        rebuilt = random_model(
+            config.model.name.removeprefix("random:"),
+            dtype=dtype or config.model.dtype,
+            seed=config.train.seed,
+        )
+        rebuilt.model.save_pretrained(folder / BASE_FOLDER)
+
+
+def model_card(
+    config: RunConfig,
+    result: dict[str, Any] | None,
+    *,
+    adapter: bool,
+    merged: bool,
+    dtype: str | None,
+    base: str,
+) -> str:
+    """The README.md of an exported model: what it is, how it was trained, what it scored."""
+    scheme, task = config.tuning.scheme, config.task.name
+    name = config.model.name or EMBEDDED_MODEL
+    library = "peft" if adapter else "transformers"
+    front = {"library_name": library, "tags": ["zotune", "zeroth-order", task]}
+    if not name.startswith("random:"):
+        front["base_model"] = name
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {name} fine-tuned on {task} with zotune",
+        "",
+        f"Fine-tuned from `{name}` on the `{task}` task by zotune {__version__} with the "
+        f"`{config.optimizer.name}` optimizer ({scheme} tuning"
+        + (", LoRA merged into the weights)." if merged else ")."),
+        "",
+    ]
+    run_dtype = config.model.dtype
+    if dtype is not None and dtype != run_dtype:
+        direction = (
+            "upcast: the values are the run's, no precision is gained"
+            if DTYPES[dtype].itemsize > DTYPES[run_dtype].itemsize
+            else "rounded: scores may differ from the run's"
+        )
+        lines += [f"Weights exported in {dtype} from a {run_dtype} run ({direction}).", ""]
+    else:
+        lines += [f"Weights in {run_dtype}, as trained.", ""]
+    lines += [*_figures(result), "", *_loading(adapter, scheme, base), ""]
+    settings = yaml.safe_dump(config.to_dict(), sort_keys=False).strip()
+    lines += ["## Settings", "", "```yaml", settings, "```", ""]
+    return "\n".join(lines)
+
+
+def _figures(result: dict[str, Any] | None) -> list[str]:
+    if result is None:
+        return ["The run did not finish: no validation or test figures."]
+    before = result.get("test_accuracy_before")
+    rows = [
+        "| measure | value |",
+        "|---|---|",
+        f"| validation accuracy (best, step {result['best_step']}, "
+        f"{result.get('val_examples', '?')} examples) | {result['best_val_accuracy']:.4f} |",
+        f"| test accuracy ({result.get('test_examples', '?')} examples, the best validation "
+        f"checkpoint) | {result['test_accuracy']:.4f} |",
+    ]
+    if before is not None:
+        rows.append(f"| test accuracy before training | {before:.4f} |")
+    rows.append(f"| steps | {result['steps']} |")
+    return rows
+
+
+def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
+    if not adapter:
+        code = [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")',
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+        ]
+        note = "(A masked LM loads with `AutoModelForMaskedLM`.)"
+    else:
+        where = '"THIS_FOLDER/base_model"' if base == BASE_FOLDER else repr(base)
+        code = [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"base = AutoModelForCausalLM.from_pretrained({where})",
+            'model = PeftModel.from_pretrained(base, "THIS_FOLDER")',
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+        ]
+        note = "(A masked LM's base loads with `AutoModelForMaskedLM`.)"
+        if scheme in ("prefix", "prompt"):
+            code.insert(4, "# the run numbered positions by the attention mask (left padding):")
+            code.insert(5, "from zotune.tuning import derive_positions_from_mask")
+            code.insert(6, "derive_positions_from_mask(model.get_base_model())")
+    return ["## How to load", "", "```python", *code, "```", "", note]
+
+
+__all__ = ["ExportError", "check_destination", "export_run", "model_card", "save_model"]
