@@ -185,7 +185,8 @@ def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs(tiny_suite):
 
 
 def test_unknown_suite_names_the_builtins(tmp_path):
-    with pytest.raises(SuiteError, match="unknown suite 'cpuu' \\(built-in: cpu, cpu-studies"):
+    builtin = r"unknown suite 'cpuu' \(built-in: cpu, cpu-settings, cpu-studies"
+    with pytest.raises(SuiteError, match=builtin):
         load_suite("cpuu")
     with pytest.raises(SuiteError, match="suite file not found"):
         load_suite(tmp_path / "nothere.yaml")

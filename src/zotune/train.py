@@ -33,6 +33,7 @@ from .distributed import (
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
 from .measure import peak_memory_mb
+from .offload import named_resident_parameters
 from .progress import bar
 from .reporting import open_reporter
 from .run import Run, resolve_config, setup
@@ -341,9 +342,11 @@ def _step(run: Run, closure, step: int):
 
 def _check_weights_finite(run: Run, step: int, checkpoints, metrics, record) -> None:
     """A model with a non-finite trainable value is never evaluated as a candidate."""
-    with torch.no_grad():
+    with torch.no_grad():  # resident values: offloaded weights are meta tensors in the model
         finite = all(
-            bool(torch.isfinite(p).all()) for p in run.model.parameters() if p.requires_grad
+            bool(torch.isfinite(p).all())
+            for _, p in named_resident_parameters(run.model)
+            if p.requires_grad
         )
     if finite:
         return
