@@ -206,3 +206,36 @@ def test_cli_export_and_train_save_model(one_run, tmp_path, sst2_dir, capsys):
         "--steps", "1", "--no-progress", "--save-model", str(saved),
     ])
     assert code == 2 and "is not empty" in capsys.readouterr().err
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_export_blocks() -> tuple[list[str], str]:
+    """The command lines and the Python block of the README's "Export" section."""
+    section = README.read_text().split("### Export", 1)[1].split("\n## ", 1)[0]
+    shell, python = section.split("```\n", 2)[1], section.split("```python\n", 1)[1]
+    commands = [line.split("#")[0].split() for line in shell.splitlines() if line.strip()]
+    return commands, python.split("```", 1)[0]
+
+
+def test_the_readme_export_example_runs_as_written(tmp_path, sst2_dir, tiny_run_config,
+                                                   monkeypatch, capsys):
+    """The README's runs (full, LoRA, a bf16 run) trained on a tiny model in runs/, then its
+    export commands and its loading code, as written, in a fresh process."""
+    monkeypatch.chdir(tmp_path)
+    for name, scheme, dtype in (("full-run", "full", "float32"), ("lora-run", "lora", "float32"),
+                                ("bf16-run", "full", "bfloat16")):
+        finetune(tiny_run_config(sst2_dir, tmp_path / "runs" / name, tuning__scheme=scheme,
+                                 model__dtype=dtype, train__steps=1))
+    commands, python = readme_export_blocks()
+    assert [c[:2] for c in commands] == [["zotune", "export"]] * 4
+    for command in commands:
+        assert main(command[1:]) == 0, capsys.readouterr().err
+    base = tmp_path / "models" / "sst2-lora" / "base_model"
+    script = f"BASE = {str(base)!r}\n{python}\nprint(type(adapted).__name__)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env=env, check=False, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith("PeftModelForCausalLM")
