@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import time
 import pytest
 
 from zotune import cli
-from zotune.bench.report import build_report
+from zotune.bench.intervals import wilson_interval
+from zotune.bench.report import accuracy_table, build_report
+from zotune.bench.section import Section
 from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
 from zotune.bench.selection import select
 from zotune.bench.store import ResultsStore, RunRecord
@@ -386,6 +389,45 @@ def test_selection_chooses_on_validation_never_on_test(tiny_suite):
     assert not selection.partial
 
 
+@pytest.mark.parametrize(
+    ("proportion", "n", "low", "high"),
+    [
+        (0.5, 100, 0.4038, 0.5962),  # Brown, Cai & DasGupta (2001), Table 1
+        (0.0, 10, 0.0, 0.2775),  # stays inside [0, 1] where the normal interval collapses
+        (1.0, 10, 0.7225, 1.0),
+        (0.719, 872, 0.6883, 0.7478),  # a cell of the SST-2 table
+    ],
+)
+def test_wilson_interval_matches_published_values(proportion, n, low, high):
+    assert wilson_interval(proportion, n) == pytest.approx((low, high), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("proportion", "n", "message"),
+    [(0.5, 0, "at least one test example"), (1.2, 10, "lies in [0, 1]")],
+)
+def test_wilson_interval_refuses_what_is_not_a_proportion(proportion, n, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        wilson_interval(proportion, n)
+
+
+def test_a_cell_shows_its_seed_spread_and_its_test_set_interval(tiny_suite):
+    suite = expand_suite(tiny_suite())
+    runs = [r for r in suite.runs if r.cell == Cell("random:tiny-llama", "sst2", "full",
+                                                        "zo-sgd")]
+    records = [record_for(r, val=0.7, test=0.5 + 0.02 * r.seed, test_examples=100)
+               for r in runs]
+    (selection,) = select(records)
+    assert selection.chosen.test_interval == pytest.approx(wilson_interval(0.51, 100))
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    cell = accuracy_table(section).rows[0][1]
+    low, high = wilson_interval(0.51, 100)
+    assert cell == f"51.0 ± 1.4 ({low * 100:.1f}–{high * 100:.1f})"
+    without_counts = [record_for(r, val=0.7, test=0.5) for r in runs]
+    (selection,) = select(without_counts)
+    assert selection.chosen.test_interval is None, "older records name no test size"
+
+
 def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
@@ -420,7 +462,6 @@ def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
 )
 def test_the_report_counts_diverged_runs_and_skipped_steps(error, diverged, tiny_suite):
     from zotune.bench.report import selection_table
-    from zotune.bench.section import Section
 
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]

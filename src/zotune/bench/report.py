@@ -31,7 +31,7 @@ from typing import Any
 from ..files import atomic_write_text
 from ..tables import markdown_table
 from .section import Section
-from .selection import TEST_METRIC, VAL_METRIC, CellSelection, select
+from .selection import TEST_METRIC, VAL_METRIC, Candidate, CellSelection, select
 from .store import ResultsStore, RunRecord, SuitePlan
 from .suite import hparams_label
 
@@ -182,7 +182,10 @@ def _main_tables(section: Section) -> list[str]:
         f"### Test {metric} (%)",
         "",
         f"Test {metric} of the hyperparameters with the best mean validation {metric} "
-        "(never chosen on test); mean ± std over seeds.",
+        "(never chosen on test); mean ± std over seeds, then in parentheses the 95% "
+        "interval over the test examples (Wilson; `zotune.bench.intervals`), which the "
+        "seeds share: two cells whose intervals overlap widely are not told apart by "
+        "this test set.",
         "",
         accuracy_table(section).markdown(),
         "",
@@ -208,7 +211,7 @@ def _paper_comparison(section: Section) -> list[str]:
     for optimizer, paper in PAPER_SST2_OPT_1_3B.items():
         row = [optimizer]
         for scheme in section.schemes:
-            ours = _accuracy_cell(section.selection(optimizer, scheme))
+            ours = _accuracy_cell(section.selection(optimizer, scheme), section)
             row.append(f"{ours} / {paper[scheme]:.1f}" if scheme in paper else f"{ours} / —")
         rows.append(row)
     return [
@@ -228,7 +231,8 @@ def _study_tables(section: Section) -> list[str]:
         "### Studies",
         "",
         "One row per variant (a named setting the suite compares), in the suite's order; "
-        "each variant's hyperparameters chosen on validation accuracy, never on test. "
+        "each variant's hyperparameters chosen on validation accuracy, never on test. Test "
+        "accuracy is the mean ± std over seeds and the 95% interval over the test examples. "
         + _memory_note(section)[0],
         "",
         study_table(section).markdown(),
@@ -256,7 +260,7 @@ def study_table(section: Section) -> Table:
                 ", ".join(str(n) for n in sorted(steps)),
                 _number(chosen.mean_metric("forward_passes_per_step"), "{:.0f}"),
                 f"{chosen.val_mean * 100:.1f}",
-                _accuracy_cell(item),
+                _accuracy_cell(item, section),
                 _number(chosen.mean_metric("peak_memory_mb"), "{:.0f}"),
                 _number(chosen.mean_metric("seconds_per_step"), "{:.3f}"),
             ]
@@ -320,18 +324,23 @@ def accuracy_table(section: Section) -> Table:
     for optimizer in section.optimizers:
         row = [optimizer]
         for scheme in section.schemes:
-            row.append(_accuracy_cell(section.selection(optimizer, scheme)))
+            row.append(_accuracy_cell(section.selection(optimizer, scheme), section))
         rows.append(row)
     return Table(["optimizer", *section.schemes], rows)
 
 
-def _accuracy_cell(selection: CellSelection | None) -> str:
+def _accuracy_cell(selection: CellSelection | None, section: Section) -> str:
+    """``"66.6 ± 1.2 (63.4–69.6)"``: mean over seeds ± their std, then the 95% interval over
+    the test examples. F1 is not a proportion, so F1 cells carry no binomial interval."""
     if selection is None or selection.chosen is None:
         return MISSING
     chosen = selection.chosen
     text = f"{chosen.test_mean * 100:.1f}"
     if chosen.test_std is not None:
         text += f" ± {chosen.test_std * 100:.1f}"
+    interval = chosen.test_interval if section_metric(section) == "accuracy" else None
+    if interval is not None:
+        text += f" ({interval[0] * 100:.1f}–{interval[1] * 100:.1f})"
     return text + (PARTIAL_MARK if selection.partial else "")
 
 
@@ -377,7 +386,7 @@ def selection_table(section: Section) -> Table:
                 item.cell.scheme,
                 chosen.label(),
                 f"{chosen.val_mean * 100:.1f}",
-                _accuracy_cell(item),
+                _accuracy_cell(item, section),
                 f"{len(chosen.done)}/{chosen.expected_seeds}",
                 f"{tried}/{len(item.candidates)}",
                 _number(chosen.mean_metric("best_step"), "{:.0f}"),
@@ -529,12 +538,19 @@ def _accuracy_rows(sections: list[Section]) -> list[dict[str, Any]]:
                     **_cell_columns(section, item),
                     "test_accuracy_mean": chosen.test_mean if chosen else "",
                     "test_accuracy_std": (chosen.test_std or "") if chosen else "",
+                    **_interval_columns(chosen),
                     "val_accuracy_mean": chosen.val_mean if chosen else "",
                     "seeds": len(chosen.done) if chosen else 0,
                     "partial": item.partial,
                 }
             )
     return rows
+
+
+def _interval_columns(chosen: Candidate | None) -> dict[str, Any]:
+    interval = chosen.test_interval if chosen else None
+    low, high = interval if interval else ("", "")
+    return {"test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high}
 
 
 def _selection_rows(sections: list[Section]) -> list[dict[str, Any]]:

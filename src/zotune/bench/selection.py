@@ -19,6 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from .intervals import wilson_interval
 from .store import RunRecord
 from .suite import Cell, hparams_label
 
@@ -52,6 +53,15 @@ class Candidate:
         """Sample standard deviation over seeds; None with fewer than two."""
         values = [r.metrics[TEST_METRIC] for r in self.done]
         return statistics.stdev(values) if len(values) >= 2 else None
+
+    @property
+    def test_interval(self) -> tuple[float, float] | None:
+        """95% Wilson interval of the mean test accuracy over the test examples
+        (:mod:`zotune.bench.intervals`); None where a run did not record how many it had."""
+        counts = [r.metrics.get("test_examples") for r in self.done]
+        if not counts or not all(counts):
+            return None
+        return wilson_interval(min(1.0, max(0.0, self.test_mean)), min(counts))
 
     def mean_metric(self, name: str) -> float | None:
         values = [r.metrics[name] for r in self.done if r.metrics.get(name) is not None]
