@@ -17,8 +17,8 @@ import pytest
 from zotune import cli
 from zotune.bench.intervals import wilson_interval
 from zotune.bench.report import accuracy_table, build_report
-from zotune.bench.section import Section
 from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
+from zotune.bench.section import Section
 from zotune.bench.selection import select
 from zotune.bench.store import ResultsStore, RunRecord
 from zotune.bench.suite import (
