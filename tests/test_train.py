@@ -88,6 +88,22 @@ def test_resume_continues_the_same_trajectory(optimizer, sst2_dir, tmp_path, tin
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stopped_at", [2, 4])  # mid-training; after training, before the test
+def test_a_resumed_run_reports_the_whole_runs_step_times(stopped_at, sst2_dir, tmp_path,
+                                                        tiny_run_config):
+    """A run killed after its last step resumes only to be tested: its s/step, training time,
+    history and peak memory are those of all its steps, not of the zero it ran after resuming."""
+    finetune(tiny_run_config(sst2_dir, tmp_path, train__steps=stopped_at))
+    first = torch.load(tmp_path / "last.pt", weights_only=False)
+    result = finetune(tiny_run_config(sst2_dir, tmp_path, train__steps=4, train__resume=True))
+    times = [r["step_seconds"] for r in result.history if "step_seconds" in r]
+    assert len(times) == 4, "every step's record, the ones before the resume included"
+    assert result.seconds_per_step == sorted(times)[len(times) // 2] > 0
+    assert result.train_seconds >= first["train_seconds"] > 0
+    assert result.peak_memory_mb >= max(r["peak_memory_mb"] for r in result.history
+                                        if "peak_memory_mb" in r)
+
+
 def test_zero_shot_accuracy_is_measured_before_training(sst2_dir, tiny_run_config):
     result = finetune(tiny_run_config(sst2_dir, train__eval_test_before=True))
     assert result.test_accuracy_before is not None

@@ -118,6 +118,7 @@ class Resumed:
 
     step: int
     test_accuracy_before: float | None
+    train_seconds: float  # the training loop's wall time before the interruption
 
 
 class Checkpoints:
@@ -144,7 +145,9 @@ class Checkpoints:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         self.best_val, self.best_step = ckpt["best_val"], ckpt["best_step"]
-        return Resumed(ckpt["step"], ckpt.get("test_accuracy_before"))
+        # Checkpoints written before zotune kept the elapsed time hold none.
+        return Resumed(ckpt["step"], ckpt.get("test_accuracy_before"),
+                       ckpt.get("train_seconds", 0.0))
 
     def consider(self, step: int, val: float) -> None:
         """Keep the model's trainable state as the best if ``val`` beats the best so far."""
@@ -157,7 +160,8 @@ class Checkpoints:
             state = trainable_state(self.model, copy=False)
             atomic_write(self.folder / BEST_FILE, lambda p: torch.save(state, p))
 
-    def save_last(self, step: int, optimizer, scheduler, before: float | None) -> None:
+    def save_last(self, step: int, optimizer, scheduler, before: float | None,
+                  train_seconds: float) -> None:
         if not self.writes:
             return
         ckpt: dict[str, Any] = {
@@ -168,6 +172,7 @@ class Checkpoints:
             "best_val": self.best_val,
             "best_step": self.best_step,
             "test_accuracy_before": before,
+            "train_seconds": train_seconds,
         }
         atomic_write(self.folder / LAST_FILE, lambda p: torch.save(ckpt, p))
 

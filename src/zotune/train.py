@@ -125,6 +125,9 @@ class MetricsLog:
         self._file = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if append and path.is_file():
+                # A resumed run's history, s/step and peak memory cover its earlier steps too.
+                self.records = [json.loads(line) for line in path.read_text().splitlines()]
             self._file = path.open("a" if append else "w")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -191,12 +194,13 @@ def train(run: Run) -> RunResult:
     writes = out if run.is_main else None
     checkpoints = Checkpoints(run.model, out, writes=run.is_main)
     folder = RunFolder(out) if writes is not None else None
-    start_step, before = 0, None
+    start_step, before, earlier_seconds = 0, None, 0.0
     resumed = checkpoints.resume(optimizer, scheduler, run.device) if cfg_train.resume else None
     if folder is not None:
         folder.start(config)
     if resumed is not None:
         start_step, before = resumed.step, resumed.test_accuracy_before
+        earlier_seconds = resumed.train_seconds
         log(f"resumed from {out / LAST_FILE} at step {start_step}")
         if folder is not None:
             folder.truncate_metrics(start_step)
@@ -216,10 +220,14 @@ def train(run: Run) -> RunResult:
     steps = range(start_step, cfg_train.steps)
     progress = bar(steps, enabled=run.progress, desc="train", unit="step",
                    total=steps.stop, initial=start_step)
-    skipped = consecutive_bad = 0
-    step_times: list[float] = []
-    comm_bytes: list[int] = []
-    train_start = time.perf_counter()
+    earlier = metrics.records  # a resumed run's steps before the interruption
+    skipped = sum("skipped" in r for r in earlier)
+    consecutive_bad = 0
+    step_times: list[float] = [r["step_seconds"] for r in earlier if "step_seconds" in r]
+    comm_bytes: list[int] = [r["comm_bytes"] for r in earlier if "comm_bytes" in r]
+    earlier_peak = max((r["peak_memory_mb"] for r in earlier if "peak_memory_mb" in r),
+                       default=0.0)
+    train_start = time.perf_counter() - earlier_seconds
     for step in progress:
         examples = batch_for_step(run.splits.train, step, cfg_train.batch_size, cfg_train.seed)
         closure = run.step_closure(examples)
@@ -261,7 +269,8 @@ def train(run: Run) -> RunResult:
             score = run.score(run.splits.val)
             record.update(score.as_dict("val_"))
             checkpoints.consider(step + 1, score.value)
-            checkpoints.save_last(step + 1, optimizer, scheduler, before)
+            checkpoints.save_last(step + 1, optimizer, scheduler, before,
+                                  train_seconds=time.perf_counter() - train_start)
         metrics.write(record)
         if "loss" in record and not math.isfinite(record["loss"]):
             raise NonFiniteLossError(f"non-finite loss at step {step + 1}")
@@ -285,7 +294,7 @@ def train(run: Run) -> RunResult:
         steps=cfg_train.steps,
         train_seconds=train_seconds,
         seconds_per_step=_median(step_times),
-        peak_memory_mb=peak_memory_mb(run.device),
+        peak_memory_mb=max(peak_memory_mb(run.device), earlier_peak),
         skipped_steps=skipped,
         trainable_parameters=run.trainable_parameters,
         forward_passes_per_step=getattr(optimizer, "forward_passes_per_step", 1),
