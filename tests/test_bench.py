@@ -187,8 +187,26 @@ def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs(tiny_suite):
     assert [r.id for r in chosen.runs] == [r.id for r in plain.runs], "not part of a run's id"
 
 
+def test_the_copa_winogrande_suite_is_the_papers_second_table():
+    suite = load_suite("cpu-copa-winogrande")
+    cells = {(c.task, c.scheme, c.optimizer) for c in suite.cells}
+    lora = {"zero-shot", "zo-sgd", "zo-adam", "forward-grad", "fo-sgd"}
+    assert cells == {(t, "lora", o) for t in ("copa", "winogrande") for o in lora} | {
+        (t, "full", o) for t in ("copa", "winogrande") for o in ("zo-sgd", "fo-sgd")}
+    for run in suite.runs:
+        task = run.config["task"]
+        assert task["num_val"] == 100, "ZO-Bench's --num_dev=100"
+        assert task["loss"] is None, "each task's own paper loss (LM on the gold option)"
+    lrs = {(r.cell.task, r.cell.optimizer, r.cell.scheme): set() for r in suite.runs}
+    for run in suite.runs:
+        lrs[run.cell.task, run.cell.optimizer, run.cell.scheme].add(run.config["optimizer"]["lr"])
+    # zo-bench/sweeps/{Copa,WinoGrande}_llama-7b/zo_sgd/zo_sgd_*_lora.yml
+    assert lrs["copa", "zo-sgd", "lora"] == {5e-3, 1e-4}
+    assert lrs["winogrande", "zo-sgd", "lora"] == {1e-3, 1e-4}
+
+
 def test_unknown_suite_names_the_builtins(tmp_path):
-    builtin = r"unknown suite 'cpuu' \(built-in: cpu, cpu-settings, cpu-studies"
+    builtin = r"unknown suite 'cpuu' \(built-in: cpu, cpu-copa-winogrande, cpu-settings"
     with pytest.raises(SuiteError, match=builtin):
         load_suite("cpuu")
     with pytest.raises(SuiteError, match="suite file not found"):
