@@ -160,6 +160,8 @@ def test_selectors_may_name_models_with_slashes(tiny_suite):
         ({"sweep": {"zo-sgd": {"lr": [1e-3, 0.001]}}}, "have the same config"),
         ({"seeds": [0, 0]}, "seeds: a seed is listed twice"),
         ({"seeds": [-1]}, "seeds: expected non-negative integers, got -1"),
+        ({"seeds": {"lora": [1, 1]}}, "seeds 'lora': a seed is listed twice"),
+        ({"seeds": {"zo-sgdd": [0]}}, "seeds: selector 'zo-sgdd' names nothing"),
         ({"resources": {"default": {"gpu": 1}}}, "resources 'default': unknown key 'gpu'"),
         ({"resources": {"lora": {"cpus": 0}}}, "cpus must be a positive number, got 0"),
         ({"resources": {"lora": {"gpus": "one"}}}, "gpus must be a number >= 0, got 'one'"),
@@ -254,6 +256,20 @@ def test_a_list_of_grids_adds_study_cells_with_their_variants(study_suite):
     assert len(suite.run_ids) == len(suite.runs) - 4  # 2 lrs x 2 extra cells share
     planned = plan(suite, {})
     assert [p.spec.id for p in planned] == suite.run_ids
+
+
+def test_seeds_per_cell_let_a_close_study_run_three_seeds(tiny_suite):
+    suite = expand_suite(tiny_suite(grid=STUDY_GRIDS, seeds={"default": [0], "sparse": [0, 1, 2],
+                                                             "fo-adam": [4]}))
+    seeds: dict[tuple[str, str, str], set[int]] = {}
+    for run in suite.runs:
+        key = (run.cell.optimizer, run.cell.scheme, run.cell.variant)
+        seeds.setdefault(key, set()).add(run.seed)
+    assert seeds["zo-sgd", "full", "sparse"] == {0, 1, 2}
+    assert seeds["zo-sgd", "full", "dense"] == {0}
+    assert seeds["fo-adam", "full", ""] == {4}
+    no_default = expand_suite(tiny_suite(grid=STUDY_GRIDS, seeds={"sparse": [1, 2]}))
+    assert {r.seed for r in no_default.runs if r.cell.variant == "dense"} == {0}, "base's seed"
 
 
 def test_variant_names_are_selectors(study_suite):

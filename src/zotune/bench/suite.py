@@ -22,10 +22,14 @@ A suite file::
       default: {lr: [1.0e-3]}
       zo-sgd: {lr: [1.0e-3, 1.0e-4], eps: [1.0e-3]}
       zo-sgd/lora: {lr: [1.0e-2]}        # replaces zo-sgd's lr list for LoRA; keeps its eps
-    seeds: [0, 1]
+    seeds: [0, 1]                        # or per cell: {default: [0], zo-sgd/lora: [0, 1, 2]}
     resources:                           # what a run asks Ray for (``zotune bench --ray``)
       default: {cpus: 2}                 # default: 1 CPU; 1 GPU when model.device is cuda
       fo-sgd: {gpus: 1}
+
+``seeds`` is a list for every cell, or a selector table of lists (the most specific match
+wins; cells no entry matches run ``base``'s ``train.seed``): a study whose differences are
+within a few points runs three seeds while the rest of the suite runs one.
 
 ``grid`` may also be a list of such mappings: the suite's cells are their union. That is how
 a study sits beside a main table: its own grid, whose ``variant`` axis names the settings it
@@ -299,7 +303,7 @@ def expand_suite(
     sweeps = _selector_table(data.get("sweep"), "sweep", all_values)
     for selector, grid in sweeps:
         _check_sweep(selector, grid)
-    seeds = _seeds(data.get("seeds"), base)
+    seed_table = _seed_table(data.get("seeds"), base, all_values)
     resource_table = _selector_table(data.get("resources"), "resources", all_values)
     for selector, entry in resource_table:
         _check_resources(selector, entry)
@@ -320,7 +324,7 @@ def expand_suite(
             grid = {}  # nothing trains, so no hyperparameter has an effect
         for combination in itertools.product(*grid.values()):
             hparams = dict(zip(grid, combination, strict=True))
-            for seed in seeds:
+            for seed in _matching(seed_table, cell)[-1][1]:
                 run = _resolve(cell, cell_base, hparams, seed, command_overrides)
                 run.resources = _run_resources(resource_table, cell, run.config)
                 twin = seen.setdefault((run.id, run.cell), run)
@@ -606,17 +610,29 @@ def _run_resources(
     return Resources(**merged)
 
 
-def _seeds(value: Any, base: dict[str, Any]) -> list[int]:
-    if value is None:
-        return [build_config(copy.deepcopy(base)).train.seed]
+def _seed_table(
+    value: Any, base: dict[str, Any], cells: list[tuple[str, ...]]
+) -> list[tuple[str, list[int]]]:
+    """``[(selector, seeds)]`` in the order they apply, ``default`` first."""
+    default = [build_config(copy.deepcopy(base)).train.seed]
+    if not isinstance(value, dict):
+        return [(DEFAULT_SELECTOR, default if value is None else _seeds(value, "seeds"))]
+    table = _selector_table({k: {"seeds": v} for k, v in value.items()}, "seeds", cells)
+    entries = [(sel, _seeds(entry["seeds"], f"seeds {sel!r}")) for sel, entry in table]
+    if not entries or entries[0][0] != DEFAULT_SELECTOR:
+        entries.insert(0, (DEFAULT_SELECTOR, default))
+    return entries
+
+
+def _seeds(value: Any, where: str) -> list[int]:
     seeds = value if isinstance(value, list) else [value]
     if not seeds:
-        raise SuiteError("seeds: expected a non-empty list of integers, got []")
+        raise SuiteError(f"{where}: expected a non-empty list of integers, got []")
     for seed in seeds:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise SuiteError(f"seeds: expected non-negative integers, got {seed!r}")
+            raise SuiteError(f"{where}: expected non-negative integers, got {seed!r}")
     if len(set(seeds)) != len(seeds):
-        raise SuiteError(f"seeds: a seed is listed twice in {seeds}")
+        raise SuiteError(f"{where}: a seed is listed twice in {seeds}")
     return seeds
 
 
