@@ -34,6 +34,33 @@ def test_state_per_optimizer():
         optimizer_state_bytes("sgd", trainable)
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "dtype", "per_value"),
+    [
+        ("zo-adam", torch.bfloat16, 8),
+        ("zo-adam", torch.float16, 8),
+        ("zo-adam", torch.float32, 8),
+        ("zo-sgd-mmt", torch.bfloat16, 4),
+        ("fo-adam", torch.float16, 8),
+        ("zo-sgd", torch.bfloat16, 0),
+    ],
+)
+def test_state_of_half_weights_is_fp32(optimizer, dtype, per_value):
+    """State bytes per trainable value: fp16/bf16 weights keep fp32 state (2 × 4 bytes for
+    Adam, four times the weights' 2 bytes)."""
+    values = 1000
+    trainable = values * torch.empty((), dtype=dtype).element_size()
+    assert optimizer_state_bytes(optimizer, trainable, weight_dtype=dtype) == per_value * values
+
+
+def test_estimate_counts_fp32_state_for_bf16_weights(tiny_model):
+    model, _ = tiny_model("tiny-llama")
+    model.to(torch.bfloat16)
+    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    estimate = estimate_memory(model, "zo-adam", batch_size=2, seq_len=8)
+    assert estimate.optimizer_state == 2 * 4 * values
+
+
 @pytest.mark.parametrize("scheme", ["full", "lora"])
 def test_estimate_is_consistent_across_optimizers(tiny_model, scheme):
     model, _ = tiny_model("tiny-llama", scheme)
