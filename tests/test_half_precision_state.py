@@ -1,8 +1,8 @@
 """Stateful rules on fp16/bf16 weights keep their state in fp32 (issue 18).
 
-Kept in the weights' dtype, Adam's second moment v = ĝ² overflows fp16 (ĝ > 256 gives
-v = inf) or underflows it, and δ = 1e-8 rounds to 0 in fp16, so √v̂ + δ can be 0 and the
-first update is inf/NaN; a bf16 momentum buffer keeps 8 bits of every ĝ it accumulates. The
+Kept in the weights' dtype, Adam's second moment v ≈ (1 − β₂)ĝ² overflows fp16 or flushes
+to zero, and δ = 1e-8 rounds to 0 in fp16, so √v̂ + δ can be 0 and the first update is
+inf/NaN; a bf16 momentum buffer keeps 8 significant bits of its sum. The
 state is fp32, the update computed in fp32 and written back to the half weight with the
 run's rounding (stochastic by default).
 """
@@ -21,10 +21,11 @@ from zotune.optim import create_optimizer
 HALF = [torch.float16, torch.bfloat16]
 STEPS = 5
 
-# (optimizer key, options, lr): every rule with state, ZO and FO.
+# (optimizer key, options, lr): every rule with state, ZO and FO. ε = 1e-2 keeps the noise
+# of half-precision forward passes small against the loss differences the ZO estimates take.
 STATEFUL = [
-    ("zo-adam", {}, 1e-3),
-    ("zo-sgd-mmt", {}, 1e-2),
+    ("zo-adam", {"eps": 1e-2}, 1e-3),
+    ("zo-sgd-mmt", {"eps": 1e-2}, 1e-2),
     ("fo-adam", {}, 1e-3),
     ("fo-sgd", {"momentum": 0.9}, 1e-2),
 ]
@@ -32,13 +33,18 @@ STATEFUL_IDS = [name for name, _, _ in STATEFUL]
 STATE_NAMES = {"zo-adam": {"exp_avg", "exp_avg_sq"}, "fo-adam": {"exp_avg", "exp_avg_sq"},
                "zo-sgd-mmt": {"momentum_buffer"}, "fo-sgd": {"momentum_buffer"}}
 
+# Largest ‖Δθ_half − Δθ_fp32‖ / ‖Δθ_fp32‖ allowed (see the test's docstring).
+TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.4}
 
-def train(name: str, options: dict, lr: float, dtype: torch.dtype, steps: int = STEPS):
-    """``steps`` steps of ``name`` on the tiny LLaMA in ``dtype``, one fixed batch: (start
-    weights, end weights, losses, optimizer)."""
-    model = random_model("tiny-llama", seed=0).model.to(dtype)
+
+def train(name: str, options: dict, lr: float, dtype: torch.dtype, steps: int = STEPS,
+          seed: int = 0):
+    """``steps`` steps of ``name`` on the tiny LLaMA in ``dtype``, one fixed batch, model,
+    batch and directions drawn from ``seed``: (start weights, end weights, losses,
+    optimizer)."""
+    model = random_model("tiny-llama", seed=seed).model.to(dtype)
     ids = torch.randint(0, model.config.vocab_size, (2, 8),
-                        generator=torch.Generator().manual_seed(5))
+                        generator=torch.Generator().manual_seed(5 + seed))
 
     def loss():
         return model(input_ids=ids, labels=ids).loss
@@ -49,7 +55,7 @@ def train(name: str, options: dict, lr: float, dtype: torch.dtype, steps: int = 
         return value
 
     first_order = name.startswith("fo-")
-    seeded = {} if first_order else {"seed": 11}
+    seeded = {} if first_order else {"seed": 11 + seed}
     opt = create_optimizer(name, model, lr=lr, **seeded, **options)
     start = [p.detach().clone() for p in model.parameters()]
     losses = [float(opt.step(backward if first_order else loss)) for _ in range(steps)]
@@ -68,12 +74,15 @@ def test_half_weights_keep_fp32_state_and_follow_the_fp32_run(name, options, lr,
     run's do.
 
     Tolerance: the half run differs from the fp32 one by the rounding of its start weights,
-    its forward passes in half precision, its directions (the noise table rounded to the
-    dtype) and the stochastic rounding of each update (a zero-mean error of at most one ulp
-    per step). Measured over the eight cases, ‖Δθ_half − Δθ_fp32‖ / ‖Δθ_fp32‖ is 0.004–0.03
-    in fp16 and 0.03–0.2 in bf16; 0.35 leaves room for other seeds, and a trajectory that
-    lost its updates (relative error ≈ 1) or went NaN cannot pass. The old code failed
-    here with NaN (fp16 Adam) or half-precision state (the other cases).
+    its forward passes in half precision (they move the ZO coefficients), its directions (the
+    noise table rounded to the dtype) and the stochastic rounding of each update (zero mean,
+    under one ulp per step; it dominates on bf16's norm gains, whose ulp 2⁻⁷ exceeds the
+    step). Measured r = ‖Δθ_half − Δθ_fp32‖ / ‖Δθ_fp32‖ over ``train(..., seed=s)`` for
+    s = 0–5: fp16 0.001–0.03,
+    bf16 0.16–0.22 for ZO-Adam, 0.01–0.09 for ZO-SGD-MMT and 0.05–0.07 for the FO rules. The
+    bounds, 0.1 and 0.4, are about twice the largest; a run that lost its updates (r ≈ 1)
+    or went NaN cannot pass. The old code failed here with NaN (fp16 Adam) or
+    half-precision state (every case).
     """
     start, end, losses, opt = train(name, options, lr, dtype)
     assert all(math.isfinite(value) for value in losses)
@@ -88,7 +97,7 @@ def test_half_weights_keep_fp32_state_and_follow_the_fp32_run(name, options, lr,
 
     reference = displacement(*train(name, options, lr, torch.float32)[:2])
     ours = displacement(start, end)
-    assert (ours - reference).norm() / reference.norm() < 0.35
+    assert (ours - reference).norm() / reference.norm() < TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["fp16", "bf16"])
