@@ -44,6 +44,8 @@ def test_state_per_optimizer():
         ("fo-adam", torch.float16, 8),
         ("zo-sgd", torch.bfloat16, 0),
     ],
+    ids=["zo-adam-bf16", "zo-adam-fp16", "zo-adam-fp32", "mmt-bf16", "fo-adam-fp16",
+         "zo-sgd-bf16"],
 )
 def test_state_of_half_weights_is_fp32(optimizer, dtype, per_value):
     """State bytes per trainable value: fp16/bf16 weights keep fp32 state (2 × 4 bytes for
