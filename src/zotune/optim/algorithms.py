@@ -140,10 +140,9 @@ class ZOAdam(RegisteredZerothOrder):
         θ_{t+1} = θ_t − η (m̂_t / (√v̂_t + δ) + λ θ_t)
 
     with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor, in
-    fp32 for fp16/bf16 weights: 2 × 4 bytes per trainable value, four times bf16 weights'
-    2 (in fp16, v overflows or flushes to zero and δ = 1e-8 rounds to 0; see
-    :mod:`zotune.rules`). ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of
-    the estimate.
+    fp32 for fp16/bf16 weights: 2 × 4 bytes per trainable value against the weights' 2 (in
+    fp16, v overflows or flushes to zero and δ = 1e-8 rounds to 0; see :mod:`zotune.rules`).
+    ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of the estimate.
     """
 
 

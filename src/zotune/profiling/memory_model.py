@@ -19,6 +19,7 @@ import torch
 
 from ..measure import MB
 from ..models import base_model
+from ..rules import state_dtype
 from .activations import TransformerShape, activation_bytes
 from .methods import REFERENCE_METHODS, all_methods
 
@@ -70,8 +71,6 @@ def optimizer_state_bytes(
 
         state = tensors × (trainable_bytes / weight element size) × state element size
     """
-    from ..rules import state_dtype
-
     tensors = step_facts(optimizer, options).state_tensors
     values = trainable_bytes // _element_size(weight_dtype)
     return tensors * values * _element_size(state_dtype(weight_dtype))
