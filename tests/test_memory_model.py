@@ -34,6 +34,35 @@ def test_state_per_optimizer():
         optimizer_state_bytes("sgd", trainable)
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "dtype", "per_value"),
+    [
+        ("zo-adam", torch.bfloat16, 8),
+        ("zo-adam", torch.float16, 8),
+        ("zo-adam", torch.float32, 8),
+        ("zo-sgd-mmt", torch.bfloat16, 4),
+        ("fo-adam", torch.float16, 8),
+        ("zo-sgd", torch.bfloat16, 0),
+    ],
+    ids=["zo-adam-bf16", "zo-adam-fp16", "zo-adam-fp32", "mmt-bf16", "fo-adam-fp16",
+         "zo-sgd-bf16"],
+)
+def test_state_of_half_weights_is_fp32(optimizer, dtype, per_value):
+    """State bytes per trainable value: fp16/bf16 weights keep fp32 state (2 × 4 bytes for
+    Adam, four times the weights' 2 bytes)."""
+    values = 1000
+    trainable = values * torch.empty((), dtype=dtype).element_size()
+    assert optimizer_state_bytes(optimizer, trainable, weight_dtype=dtype) == per_value * values
+
+
+def test_estimate_counts_fp32_state_for_bf16_weights(tiny_model):
+    model, _ = tiny_model("tiny-llama")
+    model.to(torch.bfloat16)
+    values = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    estimate = estimate_memory(model, "zo-adam", batch_size=2, seq_len=8)
+    assert estimate.optimizer_state == 2 * 4 * values
+
+
 @pytest.mark.parametrize("scheme", ["full", "lora"])
 def test_estimate_is_consistent_across_optimizers(tiny_model, scheme):
     model, _ = tiny_model("tiny-llama", scheme)
@@ -155,7 +184,8 @@ def test_estimate_on_the_meta_device_sizes_llama_7b_without_allocating():
     est = estimate_memory(model, "fo-adam", batch_size=1, seq_len=64, device="cuda")
     assert 6.7e9 * 2 < est.weights < 6.8e9 * 2
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    assert est.optimizer_state == 2 * (est.weights - buffers)
+    # Adam's m and v are fp32 for fp16 weights: 2 × 4 bytes per 2-byte trainable value.
+    assert est.optimizer_state == 2 * 4 * (est.weights - buffers) // 2
     assert est.breakdown_mb().startswith("W 1285")
 
 

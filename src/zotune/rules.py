@@ -5,6 +5,18 @@ a tensor (zotune feeds ZO estimates chunk by chunk) and serve ZO, Forward-Grad a
 estimates alike, which keeps the comparisons between them fair. After optax, a rule is a
 chain of transforms, each with its own per-tensor state; hyperparameters are read from the
 optimizer's param group at every step, so schedulers and users can change them mid-run.
+
+State precision. A rule's state tensors (momentum buffer, Adam's m and v) have the dtype
+:func:`state_dtype` gives: the parameter's own, except float32 for fp16/bf16 parameters, as
+mixed-precision training keeps its optimizer state. In fp16, Adam's v ≈ (1 − β₂)g²
+overflows (fp16's largest value is 65504) or flushes to zero for small g, and δ = 1e-8 rounds
+to 0 (fp16's smallest subnormal is 2⁻²⁴ ≈ 6e-8), so √v̂ + δ can be 0 and the update inf or
+NaN, from the first step. In bf16 a momentum buffer keeps 8 significant bits of the sum.
+The optimizer therefore hands a stateful rule g in fp32 and writes the fp32 update back to
+the half weight with its rounding (see :class:`zotune.optim.base.RuleOptimizer`). The price
+is memory: Adam's state for bf16 or fp16 weights costs 2 × 4 bytes per trainable value (four
+times the weights' 2 bytes), momentum 4 bytes;
+:func:`zotune.profiling.memory_model.optimizer_state_bytes` counts them.
 """
 
 from __future__ import annotations
@@ -15,6 +27,14 @@ from typing import Any
 import torch
 
 Tensor = torch.Tensor
+
+
+def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a rule's state for a parameter of ``param_dtype``: float32 for floating
+    dtypes narrower than fp32 (fp16, bf16), the parameter's own otherwise."""
+    if param_dtype.is_floating_point and torch.finfo(param_dtype).bits < 32:
+        return torch.float32
+    return param_dtype
 
 
 @dataclass(frozen=True)
@@ -28,7 +48,8 @@ class TensorContext:
 
 
 class Transform:
-    """One stage of a rule. ``state_names`` lists its tensor state (shaped like the param).
+    """One stage of a rule. ``state_names`` lists its tensor state (shaped like the param, of
+    dtype :func:`state_dtype`; the input ``u`` of a rule with state has that dtype too).
 
     A transform must not modify its input ``u`` in place: it may be another stage's state.
     """

@@ -230,9 +230,12 @@ class DirectionSampler:
         self._fill(z, seed, index, chunk)
         return z
 
-    def scratch(self, like: torch.Tensor, slot: int) -> torch.Tensor:
-        """An uninitialised scratch buffer shaped like ``like`` (reused across calls)."""
-        return self._scratch_for(like, slot)
+    def scratch(
+        self, like: torch.Tensor, slot: int, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """An uninitialised scratch buffer shaped like ``like``, of ``like``'s dtype unless
+        ``dtype`` is given (reused across calls)."""
+        return self._scratch_for(like, slot, dtype)
 
     def direction(self, param: torch.Tensor, seed: int, index: int) -> torch.Tensor:
         """The whole direction for ``param`` as a new tensor (Forward-Grad needs it whole)."""
@@ -327,11 +330,14 @@ class DirectionSampler:
         for start, values in circular_slices(table, h & (self.table_numel - 1), flat.numel()):
             torch.mul(values, sign, out=flat[start : start + values.numel()])
 
-    def _scratch_for(self, like: torch.Tensor, slot: int) -> torch.Tensor:
-        key = (like.device, like.dtype, slot)
+    def _scratch_for(
+        self, like: torch.Tensor, slot: int, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        dtype = dtype or like.dtype
+        key = (like.device, dtype, slot)
         buffer = self._scratch.get(key)
         if buffer is None or buffer.numel() < like.numel():
             buffer = self._scratch[key] = torch.empty(
-                like.numel(), dtype=like.dtype, device=like.device
+                like.numel(), dtype=dtype, device=like.device
             )
         return buffer[: like.numel()].view(like.shape)

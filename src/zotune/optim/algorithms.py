@@ -100,7 +100,9 @@ class ZOSGDMomentum(RegisteredZerothOrder):
 
         b_t = μ b_{t−1} + (1 − τ) ĝ_t,   θ_{t+1} = θ_t − η (b_t + λ θ_t)
 
-    The momentum buffer is a parameter-sized tensor per trainable tensor.
+    The momentum buffer is a parameter-sized tensor per trainable tensor, in fp32 for
+    fp16/bf16 weights (4 bytes per trainable value; the update b_t + λθ_t is computed in fp32
+    and rounded once into the weight; see :mod:`zotune.rules`).
     """
 
 
@@ -137,7 +139,9 @@ class ZOAdam(RegisteredZerothOrder):
         m_t = β₁ m_{t−1} + (1 − β₁) ĝ_t,   v_t = β₂ v_{t−1} + (1 − β₂) ĝ_t²
         θ_{t+1} = θ_t − η (m̂_t / (√v̂_t + δ) + λ θ_t)
 
-    with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor.
+    with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor, in
+    fp32 for fp16/bf16 weights: 2 × 4 bytes per trainable value against the weights' 2 (in
+    fp16, v overflows or flushes to zero and δ = 1e-8 rounds to 0; see :mod:`zotune.rules`).
     ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of the estimate.
     """
 
@@ -165,7 +169,7 @@ class FOSGD(RegisteredFirstOrder):
     Remaining differences from ZO-LLM's FO-SGD runs (docs/results/fidelity.md): its full
     and prompt "SGD" sweeps ran HF's default AdamW (zo-bench/sweeps/SST2_opt-1.3b/sgd/
     sgd_cls_ft.yml passes no ``--optimizer``) under fp16 mixed precision; zotune runs SGD in
-    the model's dtype.
+    the model's dtype, with the momentum buffer in fp32 for fp16/bf16 weights.
     """
 
 
@@ -176,6 +180,8 @@ class FOAdam(RegisteredFirstOrder):
     restricted to matrices. ``adam_eps`` is Adam's δ (``eps`` in torch). As the paper's FO
     baseline it steps in train mode with gradients clipped at norm 1.0 (see :class:`FOSGD`);
     ZO-LLM built ``torch.optim.Adam(params, lr)``, so its swept weight decay never applied.
+    For fp16/bf16 weights m and v are fp32 (2 × 4 bytes per trainable value) and the update
+    is computed in fp32 from the widened gradient, then rounded to the weights' dtype.
     """
 
 

@@ -31,7 +31,7 @@ from ..estimators import (
 )
 from ..estimators.base import check_finite, rounds_coarsely, shift
 from ..offload import OffloadError, substitute_offloaded
-from ..rules import Rule, TensorContext
+from ..rules import Rule, TensorContext, state_dtype
 from ..stochastic_rounding import (
     add_rounded_,
     apply_update_,
@@ -70,7 +70,14 @@ def _resolve_offloaded(
 
 
 class RuleOptimizer(torch.optim.Optimizer):
-    """Shared plumbing: a rule, a seed stream, indexed trainable tensors, rule application."""
+    """Shared plumbing: a rule, a seed stream, indexed trainable tensors, rule application.
+
+    The rule's state tensors have dtype :func:`zotune.rules.state_dtype`: float32 for fp16/bf16
+    parameters (the rule then gets g in fp32 and its fp32 update is rounded once into the half
+    weight), the parameter's dtype otherwise; ``load_state_dict`` keeps them so (torch would
+    cast them to the parameter's dtype). Adam on bf16 weights thus holds 2 × 4 bytes of state
+    per trainable value. Stateless rules (SGD, sign) compute in the parameter's dtype.
+    """
 
     rule: Rule
 
@@ -127,9 +134,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         if "step" not in state:
             state["step"] = 0
             for name in self.rule.state_names:
-                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state[name] = torch.zeros_like(
+                    param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format
+                )
         state["step"] += 1
         return state
+
+    def rule_dtype(self, param_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the rule computes in for a parameter of ``param_dtype``: its state's
+        (fp32 for fp16/bf16) if it has state, the parameter's if it has none."""
+        return state_dtype(param_dtype) if self.rule.state_names else param_dtype
 
     def _apply_rule(
         self,
@@ -141,8 +155,12 @@ class RuleOptimizer(torch.optim.Optimizer):
         rounding: tuple[int, int, int] | None = None,
     ) -> None:
         """θ_slice ← θ_slice − lr · rule(g_slice), with the rule's state sliced alike;
-        stochastically rounded with the bits of ``rounding`` = (seed, index, chunk) if given."""
+        stochastically rounded with the bits of ``rounding`` = (seed, index, chunk) if given.
+
+        ``g`` is widened to the rule's dtype (:meth:`rule_dtype`) first; a wider update is
+        added to the narrower slice with one rounding."""
         ndim, step, group = ctx_args
+        g = g.to(self.rule_dtype(view.dtype))
         sliced = {}
         for name in self.rule.state_names:
             full = state[name]
@@ -164,9 +182,25 @@ class RuleOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         stream = state_dict.pop(SEED_STREAM_KEY, None)
         super().load_state_dict(state_dict)
+        self._reload_wide_state(state_dict)
         if stream is not None:
             self.seed = int(stream["seed"])
             self.steps_taken = int(stream["steps_taken"])
+
+    def _reload_wide_state(self, state_dict: dict[str, Any]) -> None:
+        """Take the rule state of fp16/bf16 parameters from ``state_dict`` again, as copies
+        in :func:`zotune.rules.state_dtype`: torch's loader has cast it to the parameter's
+        dtype, which would lose bits (or overflow) and stop a resumed run from matching."""
+        saved_ids = (i for group in state_dict["param_groups"] for i in group["params"])
+        params = (p for group in self.param_groups for p in group["params"])
+        for saved_id, param in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id, {})
+            wide = state_dtype(param.dtype)
+            for name in self.rule.state_names:
+                if wide != param.dtype and name in saved:
+                    self.state[param][name] = saved[name].to(
+                        device=param.device, dtype=wide, copy=True
+                    )
 
 
 class ZerothOrderOptimizer(RuleOptimizer):
@@ -190,7 +224,9 @@ class ZerothOrderOptimizer(RuleOptimizer):
     Half precision: the update of an fp16/bf16 tensor is computed chunk-wise in fp32 and
     stochastically rounded (unbiased, bits seeded by the step), so updates far below one ulp
     are kept in expectation; ``stochastic_rounding=False`` rounds to nearest instead. The
-    probes keep their exact-restore legs. See :mod:`zotune.stochastic_rounding`.
+    probes keep their exact-restore legs. See :mod:`zotune.stochastic_rounding`. A rule with
+    state (momentum, Adam) keeps it in fp32 and gets ĝ = Σ c_k z_k summed in fp32 from the
+    half-precision z_k the probes used (see :class:`RuleOptimizer`).
     """
 
     def __init__(
@@ -265,12 +301,14 @@ class ZerothOrderOptimizer(RuleOptimizer):
         for item, group in entries:
             param = item.param
             rounded = seed is not None and rounds_stochastically(param.dtype)
+            compute = self.rule_dtype(param.dtype)
+            widened = compute != param.dtype
             for chunk, view in sampler.views(param):
                 start = chunk * sampler.chunk_numel
                 if start == 0:
                     state = self._state_for(param)
                     ctx_args = (param.ndim, state["step"], group)
-                g = sampler.scratch(view, slot=1) if last else None
+                g = sampler.scratch(view, slot=1, dtype=compute) if last or widened else None
                 for k, (seed, coeff) in enumerate(estimate.terms):
                     z = sampler.draw(view, seed, item.index, chunk)
                     if seed == estimate.displaced_seed and estimate.offset:
@@ -278,6 +316,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
                         view.add_(z, alpha=-estimate.offset)
                     if g is None:
                         g = z.mul_(coeff)
+                    elif k == 0 and widened:
+                        g.copy_(z).mul_(coeff)  # mul(out=g) would multiply in z's dtype
                     elif k == 0:
                         torch.mul(z, coeff, out=g)
                     else:

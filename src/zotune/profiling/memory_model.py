@@ -19,6 +19,7 @@ import torch
 
 from ..measure import MB
 from ..models import base_model
+from ..rules import state_dtype
 from .activations import TransformerShape, activation_bytes
 from .methods import REFERENCE_METHODS, all_methods
 
@@ -54,13 +55,29 @@ def step_facts(method: str, options: dict[str, Any] | None = None) -> StepFacts:
 
 
 def optimizer_state_bytes(
-    optimizer: str, trainable_bytes: int, options: dict[str, Any] | None = None
+    optimizer: str,
+    trainable_bytes: int,
+    options: dict[str, Any] | None = None,
+    *,
+    weight_dtype: torch.dtype = torch.float32,
 ) -> int:
     """Parameter-sized state, as the optimizer's rule declares it: 0 for ZO-SGD (and its
-    Cons/Sign variants, Forward-Grad, inference), 1× trainable for momentum (ZO-SGD-MMT,
-    FO-SGD with momentum > 0), 2× for Adam.
+    Cons/Sign variants, Forward-Grad, inference), one tensor per trainable tensor for
+    momentum (ZO-SGD-MMT, FO-SGD with momentum > 0), two for Adam.
+
+    ``trainable_bytes`` are those of trainable weights of ``weight_dtype``. The state has
+    dtype :func:`zotune.rules.state_dtype`: the weights' own, but fp32 for fp16/bf16 weights,
+    so Adam on bf16 weights costs 2 × 4 bytes per trainable value, four times the weights::
+
+        state = tensors × (trainable_bytes / weight element size) × state element size
     """
-    return step_facts(optimizer, options).state_tensors * trainable_bytes
+    tensors = step_facts(optimizer, options).state_tensors
+    values = trainable_bytes // _element_size(weight_dtype)
+    return tensors * values * _element_size(state_dtype(weight_dtype))
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def scratch_bytes(
@@ -207,7 +224,8 @@ def estimate_memory(
     ::
 
         weights      Σ over parameters and buffers of numel · element size
-        state        see optimizer_state_bytes (0, 1× or 2× trainable)
+        state        see optimizer_state_bytes (0, 1 or 2 state tensors per trainable
+                     value, fp32 for fp16/bf16 weights)
         scratch      see scratch_bytes (chunk, noise table, tangents)
         activations  see activation_bytes: "live" for ZO and inference (one layer's
                      working set), twice "live" for Forward-Grad (every activation carries
@@ -244,6 +262,9 @@ def estimate_memory(
     weights = sum(_tensor_bytes(p) for p in params) + sum(_tensor_bytes(b) for b in model.buffers())
     trainable_params = [p for p in params if p.requires_grad]
     trainable = sum(_tensor_bytes(p) for p in trainable_params)
+    trainable_by_dtype: dict[torch.dtype, int] = {}
+    for p in trainable_params:
+        trainable_by_dtype[p.dtype] = trainable_by_dtype.get(p.dtype, 0) + _tensor_bytes(p)
     element_bytes = params[0].element_size() if params else 4
     if optimizer == "inference":
         trainable = 0
@@ -286,7 +307,10 @@ def estimate_memory(
         weights=weights,
         trainable=trainable,
         gradients=gradients,
-        optimizer_state=optimizer_state_bytes(optimizer, trainable, options),
+        optimizer_state=sum(
+            optimizer_state_bytes(optimizer, size, options, weight_dtype=dtype)
+            for dtype, size in trainable_by_dtype.items()
+        ),
         scratch=scratch_bytes(
             optimizer,
             device=device,
