@@ -106,6 +106,9 @@ def merge_profiles(paths: list[Path]) -> dict[str, Any]:
     if notes:
         merged["note"] = "; ".join(notes)
     merged["results"] = [row for p in payloads for row in p["results"]]
+    failed = [row for p in payloads for row in p.get("failed", [])]
+    if failed:
+        merged["failed"] = failed
     return merged
 
 
@@ -129,8 +132,9 @@ def label(row: dict[str, Any]) -> str:
 
 
 def profile_grid(payload: dict[str, Any]) -> list[str]:
-    """The paper's layout: one row per method, one column per scheme, 'MiB / s per step'."""
-    rows = payload["results"]
+    """The paper's layout: one row per method, one column per scheme, 'MiB / s per step'
+    ("failed" where the measurement failed)."""
+    rows = payload["results"] + payload.get("failed", [])
     schemes = list(dict.fromkeys(r["spec"]["scheme"] for r in rows))
     methods = list(dict.fromkeys(r["spec"]["method"] for r in rows))
     cells = {(r["spec"]["method"], r["spec"]["scheme"]): r for r in rows}
@@ -142,10 +146,10 @@ def profile_grid(payload: dict[str, Any]) -> list[str]:
         values = []
         for scheme in schemes:
             row = cells.get((method, scheme))
-            values.append(
-                "–" if row is None
-                else f"{mib(row['memory_bytes'])} MiB / {row['seconds_per_step']:.3f} s"
-            )
+            if row is None or "error" in row:
+                values.append("–" if row is None else "failed")
+            else:
+                values.append(f"{mib(row['memory_bytes'])} MiB / {row['seconds_per_step']:.3f} s")
         lines.append(f"| {method} | " + " | ".join(values) + " |")
     return lines
 
@@ -237,6 +241,8 @@ def readme(out: Path, status: list[dict[str, str]], work: Path, mode: str) -> st
         lines += ["", f"## {title}", ""]
         payload = load(out / file)
         lines += headline(payload) if payload else [f"No results (`{file}` was not written)."]
+        failed = (payload or {}).get("failed", [])
+        lines += [f"- failed: {f['label']}: {f['error']}" for f in failed]
         for page in sorted(work.glob(PAGES[part])):
             lines += ["", demote(page.read_text().strip())]
     return "\n".join(lines) + "\n"

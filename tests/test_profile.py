@@ -4,6 +4,7 @@ benchmark, and the MeZO-style reference step it compares against."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -290,3 +291,58 @@ def test_offload_is_refused_where_it_cannot_work_before_anything_runs(method, sc
 def test_offload_applies_to_measured_profiles_only(mode, capsys):
     assert main(["profile", "--offload", mode]) == 2
     assert f"--offload applies to measured profiles; drop {mode}" in capsys.readouterr().err
+
+
+# A failing measurement (--keep-going) ------------------------------------------------------
+
+
+def _failing_for(method: str, real):
+    """``measure`` that raises for ``method`` after poisoning the weights it was given, as a
+    half-precision step that turns them non-finite does."""
+
+    def fake(spec, **kwargs):
+        if spec.method == method:
+            for param in (kwargs.get("model") or torch.nn.Linear(1, 1)).parameters():
+                param.data.fill_(float("nan"))
+            raise ValueError(f"non-finite loss ({method})\nsecond line")
+        return real(spec, **kwargs)
+
+    return fake
+
+
+def test_keep_going_reports_a_failing_measurement_and_keeps_the_others(
+    tmp_path, capsys, monkeypatch
+):
+    import zotune.profiling.measurement as measurement
+
+    monkeypatch.setattr(measurement, "measure", _failing_for("fo-adam", measurement.measure))
+    out, page = tmp_path / "profile.json", tmp_path / "profile.md"
+    argv = ["profile", "--model", "random:tiny-llama", "--optimizers", "zo-sgd,fo-adam,fo-sgd"]
+    argv += ["--batch-size", "2", "--seq-len", "8", "--steps", "1", "--warmup", "0"]
+    argv += ["--no-isolate", "--json", str(out), "--markdown", str(page)]
+    assert main(argv) == 2
+    assert "zotune: error: non-finite loss (fo-adam)" in capsys.readouterr().err
+    assert main([*argv, "--keep-going"]) == 1
+    assert "[2/3] fo-adam full random:tiny-llama B=2 T=8: FAILED" in capsys.readouterr().err
+    payload = json.loads(out.read_text())
+    assert [r["spec"]["method"] for r in payload["results"]] == ["zo-sgd", "fo-sgd"]
+    assert [(f["spec"]["method"], f["error"]) for f in payload["failed"]] == [
+        ("fo-adam", "ValueError: non-finite loss (fo-adam)")
+    ]
+    assert "## Failed measurements" in page.read_text()
+
+
+def test_step_cost_times_the_other_rows_on_fresh_weights_after_a_failure(monkeypatch):
+    import zotune.profiling.step_cost as step_cost
+
+    monkeypatch.setattr(step_cost, "measure", _failing_for("zo-adam", step_cost.measure))
+    config = StepCostConfig(**{**TINY, "steps": 2}, seq_len=8, schemes=("full",))
+    failures = []
+    result = run_step_cost(config, isolate=False, failures=failures)
+    assert [(r.method, r.scheme) for r in result.rows] == [("zo-sgd", "full"), ("mezo-ref", "full")]
+    assert all(math.isfinite(r.seconds_per_step) and r.seconds_per_step > 0 for r in result.rows)
+    assert [(spec.method, error) for spec, error in failures] == [
+        ("zo-adam", "ValueError: non-finite loss (zo-adam)")
+    ]
+    with pytest.raises(ValueError, match="non-finite loss"):
+        run_step_cost(config, isolate=False)
