@@ -24,14 +24,17 @@
 #
 # Each part runs under its own `timeout`, bounded by what the whole run has left (about 465 s
 # in all: later parts keep a reserve), and the run goes on past a part that fails or times
-# out; README.md's status table says which did. Within a part, a measurement that fails (fp16
-# Adam and Forward-Grad turn non-finite on the CPU's rehearsal) is listed and skipped
-# (`--keep-going`). A part's JSON is written when it ends, so a run
-# cut short keeps the parts before it. The run needs what the GPU image has (python3 with
-# torch, transformers, peft, accelerate, tokenizers, safetensors, pyyaml, numpy); zotune runs
-# from this checkout's src/ and its versions are checked first. Wheels for anything missing
-# can travel in .whl/ (named in the device tool's `carry`); they are installed into a temporary
-# folder, never from an index. PYTHON overrides the interpreter (default python3).
+# out; README.md's status table says which did. Within a part, a measurement that fails is
+# listed and skipped (`--keep-going`): in fp16 on a CPU, random:tiny-opt's ZO-Adam and FO-Adam
+# (full) and Forward-Grad (every scheme) turn non-finite at their first step (fp16 Adam
+# moments underflow), and the GPU may show the same. A part's JSON is written when it ends and
+# README.md after every part, so a run cut short keeps the parts before it.
+#
+# The run needs what the GPU image has (python3 with torch, transformers, peft, accelerate,
+# tokenizers, safetensors, pyyaml, numpy); zotune runs from this checkout's src/ and the
+# versions are checked first (part 0). Wheels for anything missing can travel in .whl/ (named
+# in the device tool's `carry`); they are installed into a temporary folder, never from an
+# index. PYTHON overrides the interpreter (default python3).
 #
 # It writes 7 files into OUT (the device tool brings back at most 8):
 #   README.md          status of each part, the headline figures, then each part's page

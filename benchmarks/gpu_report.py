@@ -27,11 +27,13 @@ PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "pyyaml",
     "numpy", "tqdm", "datasets", "gguf",
 )
-# The modules the four parts import (zotune.offload and accelerate for part 4).
+# The modules the four parts import; part 4 alone needs accelerate, so without it the others
+# still run.
 MODULES = (
     "zotune.cli", "zotune.profiling.command", "zotune.profiling.measurement",
-    "zotune.profiling.step_cost", "zotune.offload", "accelerate",
+    "zotune.profiling.step_cost", "zotune.offload",
 )
+PART4_MODULE = "accelerate"
 MIB_PER_GIB = 1024
 MEZO_OPT13B_GB = 26  # MeZO (Malladi et al., 2023): ZO-SGD on OPT-13B, MultiRC, one A100
 STEP_RATIO_TARGET = 1.05  # issue 16: a ZO-SGD step ≤ 1.05 × two forward passes
@@ -90,6 +92,10 @@ def environment(repo: Path, require_cuda: bool) -> tuple[dict[str, Any], list[st
             importlib.import_module(module)
         except Exception as error:  # report every import that fails, not only the first
             problems.append(f"import {module}: {type(error).__name__}: {error}")
+    try:
+        importlib.import_module(PART4_MODULE)
+    except Exception as error:
+        info["part4_cannot_run"] = f"import {PART4_MODULE}: {type(error).__name__}: {error}"
     from zotune.environment import hardware_description
 
     info["hardware"] = hardware_description("cuda" if info["cuda_available"] else "cpu")
