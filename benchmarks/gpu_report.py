@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info, indent=2))
         for problem in problems:
             print(f"gpu_report: {problem}", file=sys.stderr)
-        return 1 if problems else 0
+        return 2 if problems else 0  # 1 is a part with some measurements failed
     if args.command == "merge-profile":
         args.out.write_text(json.dumps(merge_profiles(args.profiles), indent=2) + "\n")
         print(f"gpu_report: merged {len(args.profiles)} profiles into {args.out}")
