@@ -97,3 +97,21 @@ def test_readme_names_the_part_that_wrote_nothing(report, tmp_path):
     assert "| 3 | 13B memory | timed out | 90 | 90 |" in text
     assert "No results (`part3-memory.json` was not written)." in text
     assert text.startswith("# GPU figures")
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_gpu_mode_without_cuda_stops_after_the_environment_check(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the real run would start")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), str(out)], env=env, capture_output=True,
+        text=True, timeout=200, check=False,
+    )
+    assert done.returncode == 1
+    assert {p.name for p in out.iterdir()} == {"README.md", "gpu.log", "environment.json"}
+    assert "| 0 | environment | failed (exit 2) |" in (out / "README.md").read_text()
+    assert "CUDA is not available to torch" in done.stdout + done.stderr
