@@ -4,6 +4,7 @@ benchmark, and the MeZO-style reference step it compares against."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -235,3 +236,113 @@ def test_estimate_only_sizes_llama_7b_without_building_it(tmp_path, capsys):
     total = {(r["spec"]["method"], r["spec"]["scheme"]): r["estimate"]["total"] for r in rows}
     assert total["fo-adam", "full"] > 3 * total["zo-sgd", "full"] > 3 * 12e9
     assert total["zo-sgd", "lora"] < 1.1 * total["zo-sgd", "full"]
+
+
+# Offloaded weights (--offload) ---------------------------------------------------------------
+
+
+def test_offload_rows_follow_their_resident_ones_and_move_cpu_storage(tmp_path, capsys):
+    pytest.importorskip("accelerate")
+    out, page = tmp_path / "offload.json", tmp_path / "offload.md"
+    argv = ["profile", "--model", "random:tiny-opt", "--optimizers", "inference,zo-sgd"]
+    argv += ["--offload", "--batch-size", "1", "--seq-len", "8", "--steps", "1", "--warmup", "0"]
+    argv += ["--no-isolate", "--json", str(out), "--markdown", str(page)]
+    assert main(argv) == 0
+    results = load_results(out)
+    assert [(r.spec.method, r.spec.offload) for r in results] == [
+        ("inference", False), ("inference", True), ("zo-sgd", False), ("zo-sgd", True)
+    ]
+    for r in results:
+        assert r.seconds_per_step > 0 and r.forward_passes_per_step == (2 if r.spec.method ==
+                                                                         "zo-sgd" else 1)
+        assert bool(r.estimate) != r.spec.offload  # the memory model counts resident weights
+    assert "zo-sgd [cpu-offload] | full |" in page.read_text()
+    assert "not modelled (CPU offload)" in capsys.readouterr().out
+
+
+def test_an_offloaded_model_takes_its_batch_on_the_execution_device():
+    pytest.importorskip("accelerate")
+    from zotune.profiling.build import build_step
+
+    built = build_step(ProfileSpec(method="zo-sgd", offload=True, seq_len=8, **TINY))
+    assert {p.device.type for p in built.model.parameters()} == {"meta"}
+    before = [p.clone() for p in built.optimizer.param_groups[0]["params"]]
+    built.step()
+    after = built.optimizer.param_groups[0]["params"]
+    assert all(p.device.type == "cpu" for p in after)  # the CPU storage, moved in place
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("method", "scheme", "message"),
+    [
+        ("fo-sgd", "full", "fo-sgd cannot run on offloaded weights"),
+        ("forward-grad", "full", "forward-grad cannot run on offloaded weights"),
+        ("mezo-ref", "full", "mezo-ref cannot run on offloaded weights"),
+        ("zo-sgd", "lora", "--offload measures full fine-tuning .* not lora"),
+    ],
+)
+def test_offload_is_refused_where_it_cannot_work_before_anything_runs(method, scheme, message):
+    with pytest.raises(ValueError, match=message):
+        run_profile([ProfileSpec(method=method, scheme=scheme, offload=True, **TINY)])
+
+
+@pytest.mark.parametrize("mode", ["--step-cost", "--estimate-only"])
+def test_offload_applies_to_measured_profiles_only(mode, capsys):
+    assert main(["profile", "--offload", mode]) == 2
+    assert f"--offload applies to measured profiles; drop {mode}" in capsys.readouterr().err
+
+
+# A failing measurement (--keep-going) ------------------------------------------------------
+
+
+def _failing_for(method: str, real):
+    """``measure`` that raises for ``method`` after poisoning the weights it was given, as a
+    half-precision step that turns them non-finite does."""
+
+    def fake(spec, **kwargs):
+        if spec.method == method:
+            for param in (kwargs.get("model") or torch.nn.Linear(1, 1)).parameters():
+                param.data.fill_(float("nan"))
+            raise ValueError(f"non-finite loss ({method})\nsecond line")
+        return real(spec, **kwargs)
+
+    return fake
+
+
+def test_keep_going_reports_a_failing_measurement_and_keeps_the_others(
+    tmp_path, capsys, monkeypatch
+):
+    import zotune.profiling.measurement as measurement
+
+    monkeypatch.setattr(measurement, "measure", _failing_for("fo-adam", measurement.measure))
+    out, page = tmp_path / "profile.json", tmp_path / "profile.md"
+    argv = ["profile", "--model", "random:tiny-llama", "--optimizers", "zo-sgd,fo-adam,fo-sgd"]
+    argv += ["--batch-size", "2", "--seq-len", "8", "--steps", "1", "--warmup", "0"]
+    argv += ["--no-isolate", "--json", str(out), "--markdown", str(page)]
+    assert main(argv) == 2
+    assert "zotune: error: non-finite loss (fo-adam)" in capsys.readouterr().err
+    assert main([*argv, "--keep-going"]) == 1
+    assert "[2/3] fo-adam full random:tiny-llama B=2 T=8: FAILED" in capsys.readouterr().err
+    payload = json.loads(out.read_text())
+    assert [r["spec"]["method"] for r in payload["results"]] == ["zo-sgd", "fo-sgd"]
+    assert [(f["spec"]["method"], f["error"]) for f in payload["failed"]] == [
+        ("fo-adam", "ValueError: non-finite loss (fo-adam)")
+    ]
+    assert "## Failed measurements" in page.read_text()
+
+
+def test_step_cost_times_the_other_rows_on_fresh_weights_after_a_failure(monkeypatch):
+    import zotune.profiling.step_cost as step_cost
+
+    monkeypatch.setattr(step_cost, "measure", _failing_for("zo-adam", step_cost.measure))
+    config = StepCostConfig(**{**TINY, "steps": 2}, seq_len=8, schemes=("full",))
+    failures = []
+    result = run_step_cost(config, isolate=False, failures=failures)
+    assert [(r.method, r.scheme) for r in result.rows] == [("zo-sgd", "full"), ("mezo-ref", "full")]
+    assert all(math.isfinite(r.seconds_per_step) and r.seconds_per_step > 0 for r in result.rows)
+    assert [(spec.method, error) for spec, error in failures] == [
+        ("zo-adam", "ValueError: non-finite loss (zo-adam)")
+    ]
+    with pytest.raises(ValueError, match="non-finite loss"):
+        run_step_cost(config, isolate=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import accepts_logits_to_keep, base_model
+from ..offload import execution_device
 from .spec import ProfileSpec
 
 
@@ -76,10 +77,17 @@ class BuiltStep:
 def build_model(spec: ProfileSpec):
     """The spec's model with its tuning scheme applied, in eval mode: a training run's
     :func:`zotune.run.build_model` (the same loading, placement, attention and tuning), with
-    the global RNG left as it was."""
+    the global RNG left as it was.
+
+    With ``spec.offload`` the model is built on ``spec.device`` (a random OPT-13B
+    initialises in seconds on a GPU, in minutes on a CPU), moved to CPU memory and placed
+    as ``model.device_map="cpu_offload"`` places it: every weight in CPU memory, copied to
+    ``spec.device`` for each module's forward. It must fit on the device once, to be built.
+    """
     import torch
 
     from ..config import build_config
+    from ..models import place_on_devices
     from ..optim.registry import names
     from ..run import build_model as build_run_model
 
@@ -96,7 +104,11 @@ def build_model(spec: ProfileSpec):
     })
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_run_model(config).model
+        model = build_run_model(config).model
+    if spec.offload:
+        model.to("cpu")  # one module-wise move keeps tied weights tied
+        place_on_devices(model, "cpu_offload", spec.device)
+    return model
 
 
 def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
@@ -108,7 +120,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
     from .mezo_reference import MezoReferenceStep
 
     model = build_model(spec) if model is None else model
-    device = next(model.parameters()).device
+    device = execution_device(model)
     batch = synthetic_batch(
         base_model(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
     )

@@ -10,6 +10,7 @@ saved results without measuring.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -84,6 +85,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an optimizer option, each comma-separated value a row (e.g. "
         "hybrid_layers=0,10,20,30); repeatable",
     )
+    parser.add_argument(
+        "--offload",
+        action="store_true",
+        default=None,
+        help="also measure each method with its weights offloaded to CPU memory "
+        "(accelerate's cpu_offload, copied to --device for each forward), each row after its "
+        "resident one; full scheme, inference and the random-gradient ZO optimizers",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        default=None,
+        help="a measurement that fails (e.g. a half-precision optimizer whose loss turns "
+        "non-finite) is reported and skipped, the others go on; exit status 1 if any failed",
+    )
     parser.add_argument("--json", help="write the results as JSON (atomic)")
     parser.add_argument(
         "--markdown",
@@ -121,7 +137,9 @@ def reproduce_command(argv: list[str]) -> str:
 
 
 # Options that only shape a measurement: --from-json re-renders results as they were measured.
-MEASUREMENT_ONLY = ("optimizers", "schemes", "seq_lens", "steps", "threads", "option")
+MEASUREMENT_ONLY = (
+    "optimizers", "schemes", "seq_lens", "steps", "threads", "option", "offload", "keep_going"
+)
 
 
 def _option_grid(items: list[str]) -> list[dict[str, Any]]:
@@ -159,6 +177,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
         _check_sizes(args)
     if args.option and mode:
         raise ValueError(f"--option applies to measured profiles; drop {mode}")
+    if args.offload and mode:
+        raise ValueError(f"--offload applies to measured profiles; drop {mode}")
+    if args.offload and args.from_json is None:
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise ValueError("--offload places the weights with accelerate: pip install accelerate")
     if args.from_json is not None:
         if mode:
             raise ValueError(f"--from-json re-renders saved profile results; drop {mode}")
@@ -233,11 +258,12 @@ def run(args: argparse.Namespace) -> int:
         "threads": args.threads,
     }
     results = None
+    failures: list | None = [] if args.keep_going else None
     if args.step_cost:
         if len(precisions) != 1 or precisions[0][1] is not None:
             raise ValueError("--step-cost measures one weight dtype: give --dtype one of "
                              "float32, bfloat16, float16")
-        payload, markdown = _step_cost(args, {**common, "dtype": precisions[0][0]})
+        payload, markdown = _step_cost(args, {**common, "dtype": precisions[0][0]}, failures)
     elif args.estimate_only:
         from . import estimates
 
@@ -250,17 +276,27 @@ def run(args: argparse.Namespace) -> int:
         from .results import profile_payload
 
         results = run_profile(
-            _specs(args, common, precisions), isolate=args.isolate, log=_log
+            _specs(args, common, precisions), isolate=args.isolate, log=_log, failures=failures
         )
         payload = profile_payload(results, command=command, note=args.note)
         markdown = _show_profile(args, results, command, payload["setup"])
+    if failures:
+        payload["failed"] = [
+            {"label": spec.label(), "spec": dataclasses.asdict(spec), "error": error}
+            for spec, error in failures
+        ]
+        markdown += "\n## Failed measurements\n\n" + "".join(
+            f"- {spec.label()}: {error}\n" for spec, error in failures
+        )
+        _log(f"{len(failures)} measurement(s) failed: " + "; ".join(
+            spec.label() for spec, _ in failures))
     if args.json:
         from .results import write_json
 
         write_json(args.json, payload)
         _log(f"wrote {args.json}")
     _write_pages(args, markdown, results)
-    return 0
+    return 1 if failures else 0
 
 
 def _log(message: str) -> None:
@@ -285,6 +321,7 @@ def _specs(
             seq_lens=_csv(args.seq_lens, int) or [args.seq_len],
             steps=args.steps or 3,
             options=_option_grid(args.option or []),
+            offloads=(False, True) if args.offload else (False,),
             dtype=dtype,
             autocast=autocast,
             **common,
@@ -292,7 +329,9 @@ def _specs(
     ]
 
 
-def _step_cost(args: argparse.Namespace, common: dict[str, Any]) -> tuple[dict, str]:
+def _step_cost(
+    args: argparse.Namespace, common: dict[str, Any], failures: list | None
+) -> tuple[dict, str]:
     """--step-cost: run it, print its table; return its JSON payload and Markdown page."""
     from .step_cost import (
         SCHEMES,
@@ -308,7 +347,7 @@ def _step_cost(args: argparse.Namespace, common: dict[str, Any]) -> tuple[dict, 
         steps=args.steps or 5,
         schemes=tuple(_csv(args.schemes) or SCHEMES),
     )
-    result = run_step_cost(config, isolate=args.isolate, log=_log)
+    result = run_step_cost(config, isolate=args.isolate, log=_log, failures=failures)
     print(result.setup + f"; memory measured {result.memory_method}")
     print(step_cost_table(result))
     return result.as_dict(), render_step_cost_markdown(result)

@@ -174,14 +174,29 @@ def run_profile(
     *,
     isolate: bool = True,
     log: Callable[[str], None] | None = None,
+    failures: list[tuple[ProfileSpec, str]] | None = None,
 ) -> list[ProfileResult]:
-    """Measure every spec, in order, each in its own process when ``isolate``."""
+    """Measure every spec, in order, each in its own process when ``isolate``.
+
+    ``failures``: a list to collect ``(spec, first line of the error)`` of each measurement
+    that raises, the others going on (a half-precision optimizer that diverges costs its
+    row, not the table); without it the first error ends the run.
+    """
     for spec in specs:
         spec.check()
     results = []
     for i, spec in enumerate(specs, 1):
         start = time.perf_counter()
-        result = measure_isolated(spec) if isolate else measure(spec)
+        try:
+            result = measure_isolated(spec) if isolate else measure(spec)
+        except Exception as error:
+            if failures is None:
+                raise
+            failures.append((spec, first_line(error)))
+            if log is not None:
+                log(f"[{i}/{len(specs)}] {spec.label()}: FAILED: {failures[-1][1]}")
+            release_device_memory(spec.device)
+            continue
         results.append(result)
         if log is not None:
             log(
@@ -189,3 +204,18 @@ def run_profile(
                 f"{result.memory_bytes / MB:.0f} MB ({time.perf_counter() - start:.0f}s)"
             )
     return results
+
+
+def first_line(error: BaseException) -> str:
+    """``"ValueError: non-finite loss …"``: what a failed measurement reports."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def release_device_memory(device: str) -> None:
+    """Free what a failed in-process measurement left (its frames are gone by now)."""
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -18,10 +18,10 @@ def mb(value: float | int | None) -> str:
     return f"{value / MB:,.0f}" if value >= 100 * MB else f"{value / MB:.1f}"
 
 
-def estimate_breakdown(estimate: dict[str, Any]) -> str:
+def estimate_breakdown(estimate: dict[str, Any], unmodelled: str = "optimizer options") -> str:
     """``"W 478 + G 0 + S 0 + Z 16.0 + A 61.2"`` in MB, or why there is no estimate."""
     if not estimate:
-        return "not modelled (optimizer options)"
+        return f"not modelled ({unmodelled})"
     return breakdown(estimate, mb)
 
 
@@ -55,7 +55,7 @@ def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -
                 mb(est.get("total")),
                 mb(r.above_weights_bytes),
                 mb(est.get("above_weights")),
-                estimate_breakdown(est),
+                estimate_breakdown(est, "CPU offload" if r.spec.offload else "optimizer options"),
             )
         )
     return table(header, rows, markdown=markdown)
@@ -137,4 +137,11 @@ def render_markdown(
         "",
         f"Estimate breakdown: {BREAKDOWN_LEGEND}; see `zotune.profiling.memory_model`.",
     ]
+    if any(r.spec.offload for r in results):
+        parts += [
+            "",
+            "[cpu-offload] rows: the weights (counted in memory) are held in CPU memory and "
+            "copied to the device module by module for each forward; above weights is what "
+            "the device holds at the step's peak (that copy, activations, direction scratch).",
+        ]
     return "\n".join(parts) + "\n"

@@ -53,13 +53,18 @@ class ProfileSpec(Settings):
     scheme: str = "full"
     # Optimizer options beyond lr (``{"hybrid_layers": 10}``, ``{"q": 4}``).
     options: dict[str, Any] = field(default_factory=dict)
+    # Weights held in CPU memory by accelerate's cpu_offload, copied to ``device`` for each
+    # module's forward (zotune.offload: zeroth-order steps move them in place).
+    offload: bool = False
 
     def method_label(self) -> str:
         """``zo-sgd``, or ``zo-sgd hybrid_layers=10`` with options, ``zo-sgd [bfloat16]`` in
-        another precision than fp32."""
+        another precision than fp32, ``zo-sgd [cpu-offload]`` with offloaded weights."""
         options = " ".join(f"{k}={v}" for k, v in self.options.items())
         label = f"{self.method} {options}" if options else self.method
-        return label if self.precision() == "float32" else f"{label} [{self.precision()}]"
+        tags = [self.precision()] if self.precision() != "float32" else []
+        tags += ["cpu-offload"] if self.offload else []
+        return f"{label} [{', '.join(tags)}]" if tags else label
 
     def label(self) -> str:
         return (
@@ -73,7 +78,8 @@ class ProfileSpec(Settings):
         from ..optim.registry import all_options
 
         declared = all_options()
-        return all(declared[key].modelled for key in self.options if key in declared)
+        modelled = all(declared[key].modelled for key in self.options if key in declared)
+        return modelled and not self.offload  # the model counts every weight on the device
 
     def check(self) -> None:
         from ..mixed_precision import check_autocast
@@ -103,6 +109,27 @@ class ProfileSpec(Settings):
             for key in self.options:
                 if key not in accepted or key == "lr":
                     raise ValueError(f"--option {key}: not an option of {self.method}")
+        if self.offload:
+            self._check_offload()
+
+    def _check_offload(self) -> None:
+        """Offloaded weights are meta tensors in the model: only forwards (inference) and
+        random-gradient estimates, which move the CPU storage in place, can use them."""
+        from ..optim.registry import entry, names
+
+        movable = self.method == "inference" or (
+            self.method in names() and entry(self.method).estimator == "rge"
+        )
+        if not movable:
+            raise ValueError(
+                f"--offload: {self.method} cannot run on offloaded weights (inference and the "
+                "random-gradient ZO optimizers can)"
+            )
+        if self.scheme != "full":
+            raise ValueError(
+                f"--offload measures full fine-tuning (the offloaded weights are the trained "
+                f"ones), not {self.scheme}"
+            )
 
 
 @dataclass
@@ -156,16 +183,22 @@ def grid(
     schemes: Sequence[str] = ("full",),
     seq_lens: Sequence[int] = (64,),
     options: Sequence[dict[str, Any]] = ({},),
+    offloads: Sequence[bool] = (False,),
     **common: Any,
 ) -> list[ProfileSpec]:
-    """Specs for every (seq_len, scheme, method, options), in that nesting order; ``options``
-    apply to the optimizers, so ``inference`` and ``mezo-ref`` get one row each."""
+    """Specs for every (seq_len, scheme, method, options, offload), in that nesting order;
+    ``options`` apply to the optimizers, so ``inference`` and ``mezo-ref`` get one row each;
+    ``offloads=(False, True)`` puts each row with offloaded weights after its resident one."""
     from ..optim.registry import names
 
     return [
-        ProfileSpec(method=method, scheme=scheme, seq_len=seq_len, options=dict(o), **common)
+        ProfileSpec(
+            method=method, scheme=scheme, seq_len=seq_len, options=dict(o), offload=offload,
+            **common,
+        )
         for seq_len in seq_lens
         for scheme in schemes
         for method in methods
         for o in (options if method in names() else ({},))
+        for offload in offloads
     ]

@@ -112,25 +112,35 @@ class StepCostResult:
         }
 
 
-def _time_interleaved(config: StepCostConfig, scheme: str, model) -> dict[str, list[float]]:
+def _time_interleaved(
+    config: StepCostConfig, scheme: str, model, methods: tuple[str, ...], failed: Callable
+) -> dict[str, list[float]] | None:
     """Seconds per call of the forward and of each method's step, taken in rounds.
 
     Round r times one call of every method in turn, so a change in the machine's load
     (other processes, frequency) hits every method alike instead of whichever ran then.
+    A method that raises is passed to ``failed(method, error)``, which re-raises or returns;
+    then the rounds stop and None is returned: its steps may have left the shared weights
+    non-finite, so the others are timed again on a fresh model.
     """
     from ..measure import time_calls
 
-    methods = ("inference", *methods_for(scheme))
-    built = {m: build_step(config.spec(m, scheme), model) for m in methods}
-    for step in built.values():
-        step.forward()
-        for _ in range(config.warmup + 1):
-            step.step()
+    built = {}
     seconds: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(config.steps):
+    method = methods[0]
+    try:
         for method in methods:
-            times = time_calls(built[method].step, repeats=1, warmup=0, device=config.device)
-            seconds[method] += times.seconds
+            built[method] = build_step(config.spec(method, scheme), model)
+            built[method].forward()
+            for _ in range(config.warmup + 1):
+                built[method].step()
+        for _ in range(config.steps):
+            for method in methods:
+                times = time_calls(built[method].step, repeats=1, warmup=0, device=config.device)
+                seconds[method] += times.seconds
+    except Exception as error:
+        failed(method, error)
+        return None
     return seconds
 
 
@@ -139,6 +149,7 @@ def run_step_cost(
     *,
     isolate: bool = True,
     log: Callable[[str], None] | None = None,
+    failures: list[tuple[ProfileSpec, str]] | None = None,
 ) -> StepCostResult:
     """Time every row in this process; take memory from subprocesses when ``isolate``.
 
@@ -146,15 +157,29 @@ def run_step_cost(
     ratio compares a step against forwards of exactly the model it perturbs. Without
     ``isolate`` each row's memory is measured in this process first (its CPU figures carry
     what earlier rows left resident) and the timings run with the same allocator settings.
+
+    ``failures``: a list to collect ``(spec, first line of the error)`` of each method that
+    raises on a scheme, whose row is then left out (every row of the scheme, if its forward
+    fails) while the others go on; without it the first error ends the run.
     """
     from ..measure import reuse_freed_memory
     from ..tuning import count_parameters
+    from .measurement import first_line
 
     say = log or (lambda message: None)
     if config.threads is not None:
         import torch
 
         torch.set_num_threads(config.threads)
+    broken: set[tuple[str, str]] = set()
+
+    def failed(method: str, scheme: str, error: Exception) -> None:
+        if failures is None:
+            raise error
+        failures.append((config.spec(method, scheme), first_line(error)))
+        broken.add((method, scheme))
+        say(f"{scheme}: {method} FAILED: {failures[-1][1]}")
+
     keys = [("inference", s) for s in config.schemes]
     keys += [(m, s) for s in config.schemes for m in methods_for(s)]
     memory: dict[tuple[str, str], ProfileResult] = {}
@@ -163,14 +188,29 @@ def run_step_cost(
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
         trainable[scheme] = count_parameters(model)[0]
+        methods = ("inference", *methods_for(scheme))
         if not isolate:
-            for method in ("inference", *methods_for(scheme)):
-                memory[method, scheme] = measure(config.spec(method, scheme), model=model)
+            for method in methods:
+                try:
+                    memory[method, scheme] = measure(config.spec(method, scheme), model=model)
+                except Exception as error:
+                    failed(method, scheme, error)
+                    # Its steps may have left the shared weights non-finite.
+                    model = build_model(config.spec("inference", scheme))
         elif config.device == "cpu":
             reuse_freed_memory()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft and transformers warn on every forward
-            for method, times in _time_interleaved(config, scheme, model).items():
+            timed = None
+            while remaining := tuple(m for m in methods if (m, scheme) not in broken):
+                timed = _time_interleaved(
+                    config, scheme, model, remaining,
+                    lambda method, error, scheme=scheme: failed(method, scheme, error),
+                )
+                if timed is not None:
+                    break
+                model = build_model(config.spec("inference", scheme))
+            for method, times in (timed or {}).items():
                 seconds[method, scheme] = times
                 say(f"{scheme}: {method} {statistics.median(times):.3f} s")
         del model
@@ -178,10 +218,22 @@ def run_step_cost(
     memory_method = "in one process (CPU figures carry earlier rows' resident memory)"
     if isolate:
         say("memory: one fresh process per row")
-        measured = run_profile([config.spec(m, s, steps=1) for m, s in keys], log=log)
-        memory = dict(zip(keys, measured, strict=True))
+        measured_keys = [key for key in keys if key not in broken]
+        specs = [config.spec(m, s, steps=1) for m, s in measured_keys]
+        memory_failures: list[tuple[ProfileSpec, str]] = []
+        measured = run_profile(
+            specs, log=log, failures=None if failures is None else memory_failures
+        )
+        failed_specs = {id(spec) for spec, _ in memory_failures}
+        done = [key for key, spec in zip(measured_keys, specs, strict=True)
+                if id(spec) not in failed_specs]
+        memory = dict(zip(done, measured, strict=True))
+        for spec, error in memory_failures:
+            failures.append((config.spec(spec.method, spec.scheme), error))
+            broken.add((spec.method, spec.scheme))
         memory_method = "one fresh process per row"
-    median = {key: statistics.median(times) for key, times in seconds.items()}
+    usable = {key for key in keys if key in seconds and key in memory}
+    median = {key: statistics.median(seconds[key]) for key in usable}
     rows = [
         StepCostRow(
             method=method,
@@ -196,9 +248,10 @@ def run_step_cost(
             estimate=memory[method, scheme].estimate,
         )
         for method, scheme in keys
-        if method != "inference"
+        if method != "inference" and (method, scheme) in usable
+        and ("inference", scheme) in usable
     ]
-    ordered = [memory[key] for key in keys]
+    ordered = [memory[key] for key in keys if key in usable]
     setup = describe_setup(ordered).split("; median of")[0]
     setup += f"; median of {config.steps} interleaved rounds after {config.warmup + 1} warm-up"
     return StepCostResult(config, rows, ordered, setup, memory_method)
