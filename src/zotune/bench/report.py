@@ -182,10 +182,11 @@ def _main_tables(section: Section) -> list[str]:
         f"### Test {metric} (%)",
         "",
         f"Test {metric} of the hyperparameters with the best mean validation {metric} "
-        "(never chosen on test); mean ± std over seeds, then in parentheses the 95% "
-        "interval over the test examples (Wilson; `zotune.bench.intervals`), which the "
-        "seeds share: two cells whose intervals overlap widely are not told apart by "
-        "this test set.",
+        "(never chosen on test); mean ± std over seeds"
+        + (", then in parentheses the 95% interval over the test examples (Wilson; "
+           "`zotune.bench.intervals`), which the seeds share: two cells whose intervals "
+           "overlap widely are not told apart by this test set." if metric == "accuracy"
+           else "."),
         "",
         accuracy_table(section).markdown(),
         "",
@@ -227,12 +228,14 @@ def _paper_comparison(section: Section) -> list[str]:
 def _study_tables(section: Section) -> list[str]:
     if not section.studies:
         return []
+    metric = section_metric(section)
     return [
         "### Studies",
         "",
         "One row per variant (a named setting the suite compares), in the suite's order; "
-        "each variant's hyperparameters chosen on validation accuracy, never on test. Test "
-        "accuracy is the mean ± std over seeds and the 95% interval over the test examples. "
+        f"each variant's hyperparameters chosen on validation {metric}, never on test. Test "
+        f"{metric} is the mean ± std over seeds"
+        + (" and the 95% interval over the test examples. " if metric == "accuracy" else ". ")
         + _memory_note(section)[0],
         "",
         study_table(section).markdown(),
@@ -242,9 +245,10 @@ def _study_tables(section: Section) -> list[str]:
 
 
 def study_table(section: Section) -> Table:
+    short = _short_metric(section)
     header = ["variant", "optimizer", "scheme", "chosen hyperparameters", "steps",
-              "forward passes / step", "val acc (%)", "test acc (%)", "peak memory (MB)",
-              "s/step"]
+              "forward passes / step", f"val {short} (%)", f"test {short} (%)",
+              "peak memory (MB)", "s/step"]
     rows = []
     for item in section.studies:
         chosen = item.chosen
@@ -319,6 +323,11 @@ def section_metric(section: Section) -> str:
     return "F1" if names == {"f1"} else "accuracy"
 
 
+def _short_metric(section: Section) -> str:
+    """The column label of the section's metric: ``acc`` or ``F1``."""
+    return "acc" if section_metric(section) == "accuracy" else section_metric(section)
+
+
 def accuracy_table(section: Section) -> Table:
     rows = []
     for optimizer in section.optimizers:
@@ -361,8 +370,8 @@ def selection_table(section: Section) -> Table:
         "optimizer",
         "scheme",
         "chosen hyperparameters",
-        "val acc (%)",
-        "test acc (%)",
+        f"val {_short_metric(section)} (%)",
+        f"test {_short_metric(section)} (%)",
         "seeds",
         "settings tried",
         "best step",
