@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,9 +20,10 @@ from zotune.bench.store import (
     ResultsStore,
     RunRecord,
 )
-from zotune.bench.suite import expand_suite
+from zotune.bench.suite import config_defaults, expand_suite, run_id
 from zotune.bench.worker import OUTCOME_FILE
 
+DATA = Path(__file__).parent / "data"
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
 
 
@@ -180,3 +182,59 @@ def test_a_damaged_record_file_is_named_and_rewritten_from_the_database(content,
     warning = capsys.readouterr().err.strip()
     assert len(warning.splitlines()) == 1 and f"{damaged}: damaged" in warning
     assert json.loads(damaged.read_text())["id"] == damaged.parent.name
+
+
+# Run ids across zotune versions ------------------------------------------------------------
+
+
+def test_a_key_at_its_default_leaves_the_run_id_as_it_was(tmp_path):
+    """A release that adds a config key (whose default keeps the old behaviour) must not change
+    the ids of runs stored before it: the id hashes what a config sets apart from defaults."""
+    (run,) = expand_suite(tiny_suite([1e-3], tmp_path)).runs
+    older = json.loads(json.dumps(run.config))
+    for section, key in [("train", "objective"), ("task", "demos"), ("train", "report_to")]:
+        del older[section][key]  # keys zotune 0.1 did not have
+    assert run_id(older) == run.id
+    changed = json.loads(json.dumps(run.config))
+    changed["train"]["objective"] = "accuracy"
+    assert run_id(changed) != run.id, "a key set away from its default is part of the id"
+
+
+def test_the_defaults_that_run_ids_rest_on_are_pinned():
+    """Changing a default would give a stored run's id to a run that behaves differently: make
+    such a change a new key or value instead, or re-run the stores (then update this file)."""
+    pinned = json.loads((DATA / "config-defaults.json").read_text())
+    assert config_defaults() == pinned
+
+
+def test_a_store_keyed_by_an_older_zotune_is_rekeyed_and_resumes(sst2_dir, tmp_path, capsys):
+    suite_data = tiny_suite([1e-3, 1e-4], sst2_dir)
+    (path := tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite_data))
+    results = tmp_path / "results"
+    code, _, err = run_cli(["bench", path, "--results", results, "--only", "zo-sgd"], capsys)
+    assert code == 0, err
+    with ResultsStore(results, create=False) as store:
+        before = {r.id: r for r in store.records()}
+    # What an older zotune left: its own ids (here: made up) in the folders, records and plan.
+    renamed = {}
+    for new_id in before:
+        old_id = f"old{new_id[3:]}"
+        (results / RUNS_DIR / new_id).rename(results / RUNS_DIR / old_id)
+        record_path = results / RUNS_DIR / old_id / RECORD_FILE
+        payload = json.loads(record_path.read_text())
+        payload["id"] = old_id
+        record_path.write_text(json.dumps(payload))
+        renamed[old_id] = new_id
+    plan_path = next((results / "suites").glob("*.json"))
+    plan_path.write_text(plan_path.read_text().replace(*next(iter(
+        (f'"{new}"', f'"{old}"') for old, new in renamed.items()))))
+    for suffix in ("", "-wal", "-shm"):
+        (results / f"{DB_NAME}{suffix}").unlink(missing_ok=True)
+    with ResultsStore(results, create=False) as store:
+        after = {r.id: r for r in store.records()}
+        plan_ids = {entry["id"] for entry in store.plans()[0].runs}
+    assert after.keys() == before.keys() and plan_ids == set(before)
+    assert f"re-keyed {len(renamed)} runs" in capsys.readouterr().err
+    assert not any((results / RUNS_DIR / old).exists() for old in renamed)
+    code, _, err = run_cli(["bench", path, "--results", results], capsys)
+    assert code == 0 and "2 done before, 0 to run" in err

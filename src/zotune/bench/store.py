@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from .suite import Cell, RunSpec, Suite
+from .suite import Cell, RunSpec, Suite, run_id
 
 DB_NAME = "results.sqlite"
 RUNS_DIR = "runs"
@@ -216,6 +216,19 @@ class ResultsStore:
         except sqlite3.DatabaseError as error:
             self._rebuild(error)
         self._reconcile()
+        renamed = _rekey(self.results_dir)
+        if renamed:
+            # The index still holds the old ids: rebuild it from the re-keyed files.
+            self._db.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._open()
+            self._reconcile()
+            _warn(
+                f"{self.results_dir}: re-keyed {len(renamed)} "
+                f"run{'s' if len(renamed) != 1 else ''} to this zotune's run ids "
+                f"(their configs are unchanged; an older zotune hashed them differently)"
+            )
 
     def _open(self) -> None:
         # isolation_level=None: transactions are explicit (see _transaction), not implicit.
@@ -451,6 +464,44 @@ def _insert_plan(db: sqlite3.Connection, plan: SuitePlan, updated_at: float) -> 
 
 def _plan_of(row: sqlite3.Row) -> SuitePlan:
     return SuitePlan(row["name"], row["source"], row["command"], json.loads(row["plan"]))
+
+
+def _rekey(results_dir: Path) -> dict[str, str]:
+    """Move each record whose folder is named by an id an older zotune computed to the id
+    :func:`run_id` gives its config now, and rename it in the plans; ``{old: new}``.
+
+    A run in progress under its old id (checkpoints, no record yet) is left where it is and
+    starts over under the new one.
+    """
+    renamed: dict[str, str] = {}
+    for path in sorted(_record_paths(results_dir)):
+        payload = _read_json(path, RECORD_KEYS)
+        if payload is None or payload["id"] != path.parent.name:
+            continue  # damaged or misfiled: _reconcile names it
+        new = run_id(payload["config"])
+        if new == payload["id"]:
+            continue
+        target = path.parent.parent / new
+        if (target / RECORD_FILE).exists():
+            _warn(f"{path}: its run id is now {new}, which already has a record; left as it is")
+            continue
+        if target.exists():
+            shutil.rmtree(target)  # an unfinished attempt under the new id; the record wins
+        path.parent.rename(target)
+        renamed[payload["id"]] = new
+        atomic_write_text(target / RECORD_FILE, json.dumps({**payload, "id": new}, indent=2)
+                          + "\n")
+    if renamed:
+        for plan_path in _plan_paths(results_dir):
+            payload = _read_json(plan_path, PLAN_KEYS)
+            if payload is None:
+                continue
+            runs = [{**entry, "id": renamed.get(entry["id"], entry["id"])}
+                    for entry in payload["runs"]]
+            if runs != payload["runs"]:
+                atomic_write_text(plan_path, json.dumps({**payload, "runs": runs}, indent=2)
+                                  + "\n")
+    return renamed
 
 
 def _record_paths(results_dir: Path) -> Iterator[Path]:

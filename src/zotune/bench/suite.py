@@ -56,6 +56,7 @@ its outputs or data live), so the same suite run again maps to the same rows.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -225,12 +226,40 @@ def hparams_label(hparams: dict[str, Any]) -> str:
 
 
 def run_id(config: dict[str, Any]) -> str:
-    """12 hex digits of the SHA-256 of the canonical JSON of the config (placement removed)."""
-    data = copy.deepcopy(config)
+    """12 hex digits of the SHA-256 of the canonical JSON of what the config sets apart from
+    zotune's defaults (placement removed).
+
+    Leaving keys at their defaults out keeps an id stable when a release adds a config key
+    (whose default must keep the behaviour from before it existed), so a store made by an
+    older zotune resumes in a newer one. What would break that is changing a default's value:
+    ``tests/data/config-defaults.json`` pins them (:func:`config_defaults`).
+    """
+    defaults = config_defaults()
+    data = {}
+    for section, values in config.items():
+        known = defaults.get(section, {})
+        data[section] = {
+            key: value for key, value in values.items()
+            if key not in known or not _same_value(value, known[key])
+        }
     for section, key, _ in PLACEMENT_KEYS:
-        data[section].pop(key, None)
+        data.get(section, {}).pop(key, None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _defaults_json() -> str:
+    return json.dumps(build_config({}).to_dict())
+
+
+def config_defaults() -> dict[str, dict[str, Any]]:
+    """Every config key's default, by section: what a run id leaves out."""
+    return json.loads(_defaults_json())
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and value == default
 
 
 def builtin_suites() -> dict[str, str]:
