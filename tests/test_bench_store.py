@@ -142,8 +142,8 @@ def test_a_damaged_database_is_rebuilt_from_the_record_files(damage, tmp_path, c
 
 def test_rows_without_a_record_file_are_written_out(tmp_path):
     before = store_with_records(tmp_path, count=2)
-    for run_id in before:
-        (tmp_path / RUNS_DIR / run_id / RECORD_FILE).unlink()
+    for stored_id in before:
+        (tmp_path / RUNS_DIR / stored_id / RECORD_FILE).unlink()
     with ResultsStore(tmp_path):
         pass
     (tmp_path / DB_NAME).unlink()
