@@ -189,6 +189,13 @@ def test_resources_default_to_one_cpu_and_a_gpu_for_cuda_runs(tiny_suite):
     assert [r.id for r in chosen.runs] == [r.id for r in plain.runs], "not part of a run's id"
 
 
+def test_the_cpu_table_runs_in_bf16_and_fo_full_in_mixed_precision():
+    precision = {(r.cell.optimizer, r.cell.scheme): (r.config["model"]["dtype"],
+                 r.config["model"]["autocast"]) for r in load_suite("cpu").runs}
+    assert precision["zo-sgd", "full"] == precision["fo-sgd", "lora"] == ("bfloat16", None)
+    assert precision["fo-adam", "full"] == precision["fo-sgd", "full"] == ("float32", "bfloat16")
+
+
 def test_the_copa_winogrande_suite_is_the_papers_second_table():
     suite = load_suite("cpu-copa-winogrande")
     cells = {(c.task, c.scheme, c.optimizer) for c in suite.cells}
@@ -311,7 +318,18 @@ def test_the_cpu_studies_suite_holds_the_three_enhancements_and_the_template_abl
         assert name in variants
     sparsity = {r.config["optimizer"].get("sparsity") for r in suite.runs}
     assert sparsity == {None, 0.1, 0.2, 0.5, 0.8}
-    assert len(suite.run_ids) == 11, "dense, hybrid-k30-zo and template are one run"
+    # dense and template are one config; hybrid rows run in fp32 under bf16 autocast
+    assert len(suite.run_ids) == 25
+    seeds = {}
+    for run in suite.runs:
+        seeds.setdefault(run.cell.variant, set()).add(run.seed)
+    close = ("dense", "sparsity-0.2", "template", "no-template", "block-layer", "q32-matched")
+    assert all(seeds[name] == {0, 1, 2} for name in close), "close studies run three seeds"
+    assert seeds["sparsity-0.8"] == {0}
+    settings = {(r.cell.variant, r.seed): r.id for r in load_suite("cpu-settings").runs}
+    ids = {(r.cell.variant, r.seed): r.id for r in suite.runs}
+    assert ids["dense", 1] == settings["bf16-sr", 1], "the baseline is the settings study's run"
+    assert ids["hybrid-k30-zo", 0] == settings["autocast-bf16", 0]
 
 
 V1_SCHEMA_ROW = (
