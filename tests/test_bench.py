@@ -319,11 +319,12 @@ def test_the_cpu_studies_suite_holds_the_three_enhancements_and_the_template_abl
     sparsity = {r.config["optimizer"].get("sparsity") for r in suite.runs}
     assert sparsity == {None, 0.1, 0.2, 0.5, 0.8}
     # dense and template are one config; hybrid rows run in fp32 under bf16 autocast
-    assert len(suite.run_ids) == 25
+    assert len(suite.run_ids) == 31
     seeds = {}
     for run in suite.runs:
         seeds.setdefault(run.cell.variant, set()).add(run.seed)
-    close = ("dense", "sparsity-0.2", "template", "no-template", "block-layer", "q32-matched")
+    close = ("dense", "sparsity-0.2", "template", "no-template", "fo-template",
+             "fo-no-template", "block-layer", "q32-matched")
     assert all(seeds[name] == {0, 1, 2} for name in close), "close studies run three seeds"
     assert seeds["sparsity-0.8"] == {0}
     settings = {(r.cell.variant, r.seed): r.id for r in load_suite("cpu-settings").runs}
