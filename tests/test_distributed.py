@@ -291,9 +291,11 @@ def test_unsupported_device_maps_are_refused_by_name(device_map, message):
         place_on_devices(random_model("tiny-llama").model, device_map)
 
 
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])  # tiny-opt ties its embeddings
 @pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "zo-sgd-cons"])
-def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer):
-    """Offloaded weights are meta tensors; ZO steps move their CPU storage instead."""
+def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer, shape):
+    """Offloaded weights are meta tensors; ZO steps move their CPU storage instead. Tied
+    weights (one CPU tensor behind two meta parameters) are one trainable tensor, as resident."""
     from zotune.models import place_on_devices, random_model
     from zotune.offload import named_resident_parameters
 
@@ -304,11 +306,11 @@ def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer):
                   for _ in range(3)]
         return losses, {n: p.detach().clone() for n, p in named_resident_parameters(model)}
 
-    offloaded = random_model("tiny-llama").model
+    offloaded = random_model(shape).model
     place_on_devices(offloaded, "cpu_offload")
     assert {p.device.type for p in offloaded.parameters()} == {"meta"}
     (moved_losses, moved), (losses, params) = trajectory(offloaded), trajectory(
-        random_model("tiny-llama").model
+        random_model(shape).model
     )
     assert moved_losses == losses
     assert all(torch.equal(moved[n], p) for n, p in params.items())

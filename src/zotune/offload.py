@@ -46,42 +46,63 @@ def offloaded_storage(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return storage
 
 
+def _storage_by_identity(model: torch.nn.Module) -> dict[int, torch.Tensor]:
+    """``{id(meta parameter): the CPU tensor holding its value}``, each tensor marked
+    trainable as its parameter is."""
+    storage = offloaded_storage(model)
+    held = {}
+    for name, param in model.named_parameters():
+        if name in storage:
+            storage[name].requires_grad_(param.requires_grad)
+            held[id(param)] = storage[name]
+    return held
+
+
 def named_resident_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``named_parameters()`` with each offloaded parameter replaced by the tensor holding its
-    value, marked trainable as the parameter is."""
-    storage = offloaded_storage(model)
-    resident = []
+    value. Tied weights (an input embedding shared with the LM head) come out of accelerate's
+    offload as two meta parameters over one CPU tensor: that tensor is listed once, under its
+    first name, as ``named_parameters()`` lists a tied resident weight once."""
+    held = _storage_by_identity(model)
+    resident, seen = [], set()
     for name, param in model.named_parameters():
-        held = storage.get(name)
-        if held is not None:
-            held.requires_grad_(param.requires_grad)
-            param = held
-        resident.append((name, param))
+        value = held.get(id(param), param)
+        if _memory_of(value) not in seen:
+            seen.add(_memory_of(value))
+            resident.append((name, value))
     return resident
 
 
+def _memory_of(tensor: torch.Tensor) -> tuple:
+    """What identifies a tensor's values: two views of one CPU storage (accelerate's two
+    entries for a tied weight) are the same values; meta tensors have no memory to compare."""
+    if tensor.device.type == "meta":
+        return ("object", id(tensor))
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tuple(tensor.stride()))
+
+
 def substitute_offloaded(param_groups: list[dict], model: torch.nn.Module) -> int:
-    """Replace the meta parameters of ``param_groups`` by their offloaded storage in place;
-    returns how many were replaced. Raises if a meta parameter has no storage."""
-    by_identity = {
-        id(param): held
-        for (_, param), (_, held) in zip(
-            model.named_parameters(), named_resident_parameters(model), strict=True
-        )
-        if held is not param
-    }
-    replaced = 0
+    """Replace the meta parameters of ``param_groups`` by their offloaded storage in place,
+    each storage tensor once (tied weights: see :func:`named_resident_parameters`); returns
+    how many were replaced. Raises if a meta parameter has no storage."""
+    held = _storage_by_identity(model)
+    replaced, seen = 0, set()
     for group in param_groups:
         params = []
         for param in group["params"]:
-            held = by_identity.get(id(param))
-            if held is None and param.device.type == "meta":
+            value = held.get(id(param))
+            if value is None and param.device.type == "meta":
                 raise OffloadError(
                     "a parameter is on the meta device without offloaded storage "
                     f"(shape {tuple(param.shape)}); was the model loaded with empty weights?"
                 )
-            replaced += held is not None
-            params.append(param if held is None else held)
+            value = param if value is None else value
+            if _memory_of(value) in seen:
+                continue  # the second meta parameter of a tied weight
+            seen.add(_memory_of(value))
+            replaced += value is not param
+            params.append(value)
         group["params"] = params
     return replaced
 
