@@ -520,6 +520,22 @@ def test_tables_name_the_sections_metric(metric, label, interval, tiny_suite):
     assert ("(" in accuracy_table(section).rows[0][1]) == interval
 
 
+def test_a_partial_sections_budget_says_it_covers_the_runs_recorded_so_far(tiny_suite):
+    """Only FO runs finished: "100 steps (every optimizer)" would be wrong for the ZO cells."""
+    from zotune.bench.report import context_lines
+
+    suite = expand_suite(tiny_suite())
+    planned = [{"id": r.id, **r.cell.__dict__, "hparams": r.hparams, "seed": r.seed}
+               for r in suite.runs]
+    records = [record_for(r) for r in suite.runs if r.cell.optimizer == "fo-adam"]
+    whole = [record_for(r) for r in suite.runs]
+    for recorded, label in [(records, "step budget (runs recorded so far):"),
+                            (whole, "step budget:")]:
+        selections = select(recorded, planned)
+        section = Section("tiny", "random:tiny-llama", "sst2", selections, recorded, "zotune")
+        assert any(line.startswith(f"- {label}") for line in context_lines(section))
+
+
 @pytest.mark.parametrize(
     ("error", "diverged"),
     [

@@ -278,12 +278,17 @@ def context_lines(section: Section) -> list[str]:
     done = [r for r in section.records if r.status == "done"]
     return [
         f"- model: `{section.model}`; task: `{section.task}`",
-        f"- step budget: {_step_budget(section)}",
+        f"- step budget{_of_finished(section)}: {_step_budget(section)}",
         f"- data: {_distinct(_data_sizes(c) for c in configs)}",
         f"- hardware: {_distinct(r.hardware for r in done) or 'no finished run'}",
         f"- zotune: {_distinct(r.zotune_version for r in done) or 'no finished run'}",
         f"- reproduce: `{section.command}`",
     ]
+
+
+def _of_finished(section: Section) -> str:
+    """Said of a partial section, whose recorded runs may not show every optimizer's budget."""
+    return " (runs recorded so far)" if any(s.partial for s in section.every_selection) else ""
 
 
 def _step_budget(section: Section) -> str:
