@@ -234,7 +234,7 @@ def run_id(config: dict[str, Any]) -> str:
     older zotune resumes in a newer one. What would break that is changing a default's value:
     ``tests/data/config-defaults.json`` pins them (:func:`config_defaults`).
     """
-    defaults = config_defaults()
+    defaults = _defaults()  # read, never changed: no copy per run id
     data = {}
     for section, values in config.items():
         known = defaults.get(section, {})
@@ -249,13 +249,13 @@ def run_id(config: dict[str, Any]) -> str:
 
 
 @functools.cache
-def _defaults_json() -> str:
-    return json.dumps(build_config({}).to_dict())
+def _defaults() -> dict[str, dict[str, Any]]:
+    return build_config({}).to_dict()
 
 
 def config_defaults() -> dict[str, dict[str, Any]]:
     """Every config key's default, by section: what a run id leaves out."""
-    return json.loads(_defaults_json())
+    return copy.deepcopy(_defaults())
 
 
 def _same_value(value: Any, default: Any) -> bool:
