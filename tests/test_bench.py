@@ -504,16 +504,24 @@ def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
     assert selections["fo-adam/lora"].chosen is None, "never ran"
 
 
-@pytest.mark.parametrize(("metric", "label", "interval"), [("accuracy", "acc", True),
-                                                           ("f1", "F1", False)])
-def test_tables_name_the_sections_metric(metric, label, interval, tiny_suite):
-    """A generation task's section (SQuAD: F1) says F1 where others say accuracy, and carries
-    no binomial interval, since F1 is not a proportion of examples."""
+@pytest.mark.parametrize(
+    ("metric", "label", "scores", "interval"),
+    [
+        ("accuracy", "acc", None, True),
+        ("f1", "F1", None, False),
+        ("f1", "F1", [0.2, 0.6, 0.4, 0.4], True),
+    ],
+)
+def test_tables_name_the_sections_metric(metric, label, scores, interval, tiny_suite):
+    """A generation task's section (SQuAD: F1) says F1 where others say accuracy. F1 is not
+    a proportion of examples, so its interval is the bootstrap of the per-example scores,
+    and a record without them shows none."""
     from zotune.bench.report import selection_table
 
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
-    records = [record_for(r, val=0.3, test=0.4, metric=metric, test_examples=50) for r in runs]
+    records = [record_for(r, val=0.3, test=0.4, metric=metric, test_examples=50,
+                          test_scores=scores) for r in runs]
     (selection,) = select(records)
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     assert selection_table(section).header[3:5] == [f"val {label} (%)", f"test {label} (%)"]

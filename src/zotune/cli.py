@@ -215,6 +215,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .bench.compare import compare
+
+    result = compare(
+        args.results_dir, args.a, args.b, suite=args.suite, task=args.task, model=args.model
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """Peak memory and time per step of each optimizer: see :mod:`zotune.profiling.command`."""
     from .profiling.command import run
@@ -333,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
     report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser(
+        "compare",
+        help="whether two cells (or runs) of a results folder differ on their test examples",
+        description="Paired bootstrap of the difference between two cells' test scores on "
+        "the same test examples. A cell is OPTIMIZER/SCHEME or OPTIMIZER/SCHEME/VARIANT, "
+        "at the hyperparameters the report chose on validation; a run id names one run.",
+    )
+    compare.add_argument("results_dir", help="a `zotune bench` results folder")
+    compare.add_argument("a", help="OPTIMIZER/SCHEME[/VARIANT] or a run id")
+    compare.add_argument("b", help="OPTIMIZER/SCHEME[/VARIANT] or a run id")
+    compare.add_argument("--suite", help="the suite, where the store holds several")
+    compare.add_argument("--task", help="the task, where a suite has several")
+    compare.add_argument("--model", help="the model, where a suite has several")
+    compare.set_defaults(func=cmd_compare)
 
     from .profiling import command as profile_command
 

@@ -17,11 +17,15 @@ from .tasks.example import Example
 @dataclass(frozen=True)
 class Score:
     """``value`` is the task's main metric (``name``: accuracy or f1), a fraction in [0, 1];
-    ``extra`` holds the others (``em`` for generation tasks)."""
+    ``extra`` holds the others (``em`` for generation tasks). ``per_example`` is the main
+    metric of each example (1 or 0 for accuracy, the answer's F1), whose mean is ``value``:
+    it lets two runs scored on the same examples be compared pair by pair; empty where the
+    score was reduced before it reached this process (sharded evaluation)."""
 
     name: str
     value: float
     extra: dict[str, float] = field(default_factory=dict)
+    per_example: tuple[float, ...] = ()
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         extra = {f"{prefix}{name}": value for name, value in self.extra.items()}
@@ -88,7 +92,9 @@ def evaluate(
         calibrate=calibrate,
         progress=progress,
     )
-    main = statistics.fmean(s[0] for s in scores)
+    each = tuple(s[0] for s in scores)
+    main = statistics.fmean(each)
     if metric == "accuracy":
-        return Score("accuracy", main)
-    return Score(metric_name(metric), main, {"em": statistics.fmean(s[1] for s in scores)})
+        return Score("accuracy", main, per_example=each)
+    em = statistics.fmean(s[1] for s in scores)
+    return Score(metric_name(metric), main, {"em": em}, per_example=each)

@@ -45,6 +45,9 @@ MAX_CONSECUTIVE_NONFINITE = 10
 # A run that skipped more than this fraction of its steps is reported as failed (non-zero
 # exit), its result written: it did not train as configured.
 MAX_SKIPPED_FRACTION = 0.1
+# Per-example scores are kept to this many decimals: F1 over a few answer tokens needs no more,
+# and the records stay small.
+SCORE_DIGITS = 4
 
 
 @dataclass
@@ -74,6 +77,9 @@ class RunResult:
     val_examples: int = 0
     metric: str = "accuracy"
     test_em: float | None = None
+    # Each test example's main metric, in the split's order (see ``Score.per_example``);
+    # None where evaluation was sharded across processes.
+    test_scores: list[float] | None = None
 
     def summary(self) -> str:
         before = ""
@@ -306,6 +312,7 @@ def train(run: Run) -> RunResult:
         val_examples=len(run.splits.val),
         metric=test.name,
         test_em=test.extra.get("em"),
+        test_scores=[round(x, SCORE_DIGITS) for x in test.per_example] or None,
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     metrics.write({"step": cfg_train.steps, "final": final})

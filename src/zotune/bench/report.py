@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..tables import markdown_table
-from .section import Section
-from .selection import TEST_METRIC, VAL_METRIC, Candidate, CellSelection, select
-from .store import ResultsStore, RunRecord, SuitePlan
+from .section import Section, build_sections
+from .selection import TEST_METRIC, VAL_METRIC, Candidate, CellSelection
+from .store import ResultsStore
 from .suite import hparams_label
 
 REPORT_DIR = "report"
@@ -71,7 +70,7 @@ def build_report(
         plans = store.plans()
     if not plans and not records:
         raise ValueError(f"no runs recorded in {results_dir}")
-    sections = _sections(records, plans, results_dir)
+    sections = build_sections(records, plans, results_dir)
     planned_ids = {r.id for section in sections for r in section.records}
     unplanned = sum(r.id not in planned_ids for r in records)
     written: list[Path] = []
@@ -97,57 +96,6 @@ def build_report(
         atomic_write_text(out / name, text)
         written.append(out / name)
     return written
-
-
-def _sections(
-    records: list[RunRecord], plans: list[SuitePlan], results_dir: Path
-) -> list[Section]:
-    if not plans:  # a store written without a plan: its rows are the plan
-        names = dict.fromkeys(r.suite for r in records)
-        plans = [
-            SuitePlan(name, name, f"zotune bench {shlex.quote(name)}", _plan_of(records, name))
-            for name in names
-        ]
-    by_id = {r.id: r for r in records}
-    sections = []
-    for suite_plan in plans:
-        command = f"{suite_plan.command} && zotune report {shlex.quote(str(results_dir))}"
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for entry in suite_plan.runs:
-            groups.setdefault((entry["model"], entry["task"]), []).append(entry)
-        for (model, task), planned in groups.items():
-            ids = dict.fromkeys(e["id"] for e in planned)  # a shared run is one record
-            section_records = [by_id[i] for i in ids if i in by_id]
-            selections = select(section_records, planned)
-            sections.append(
-                Section(
-                    suite=suite_plan.name,
-                    model=model,
-                    task=task,
-                    selections=[s for s in selections if not s.cell.variant],
-                    records=section_records,
-                    command=command,
-                    studies=[s for s in selections if s.cell.variant],
-                )
-            )
-    return sections
-
-
-def _plan_of(records: list[RunRecord], suite: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r.id,
-            "model": r.cell.model,
-            "task": r.cell.task,
-            "scheme": r.cell.scheme,
-            "optimizer": r.cell.optimizer,
-            "variant": r.cell.variant,
-            "hparams": r.hparams,
-            "seed": r.seed,
-        }
-        for r in records
-        if r.suite == suite
-    ]
 
 
 def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> str:
@@ -183,10 +131,11 @@ def _main_tables(section: Section) -> list[str]:
         "",
         f"Test {metric} of the hyperparameters with the best mean validation {metric} "
         "(never chosen on test); mean ± std over seeds"
-        + (", then in parentheses the 95% interval over the test examples (Wilson; "
-           "`zotune.bench.intervals`), which the seeds share: two cells whose intervals "
-           "overlap widely are not told apart by this test set." if metric == "accuracy"
-           else "."),
+        + ", then in parentheses the 95% interval over the test examples ("
+        + ("Wilson" if metric == "accuracy" else "bootstrap of the per-example F1")
+        + "; `zotune.bench.intervals`), which the seeds share: two cells whose intervals "
+        "overlap widely are not told apart by this test set (`zotune compare` tests a pair "
+        "on the same examples).",
         "",
         accuracy_table(section).markdown(),
         "",
@@ -235,7 +184,7 @@ def _study_tables(section: Section) -> list[str]:
         "One row per variant (a named setting the suite compares), in the suite's order; "
         f"each variant's hyperparameters chosen on validation {metric}, never on test. Test "
         f"{metric} is the mean ± std over seeds"
-        + (" and the 95% interval over the test examples. " if metric == "accuracy" else ". ")
+        + " and the 95% interval over the test examples. "
         + _memory_note(section)[0],
         "",
         study_table(section).markdown(),
@@ -345,14 +294,14 @@ def accuracy_table(section: Section) -> Table:
 
 def _accuracy_cell(selection: CellSelection | None, section: Section) -> str:
     """``"66.6 ± 1.2 (63.4–69.6)"``: mean over seeds ± their std, then the 95% interval over
-    the test examples. F1 is not a proportion, so F1 cells carry no binomial interval."""
+    the test examples (absent where the runs did not record what it needs)."""
     if selection is None or selection.chosen is None:
         return MISSING
     chosen = selection.chosen
     text = f"{chosen.test_mean * 100:.1f}"
     if chosen.test_std is not None:
         text += f" ± {chosen.test_std * 100:.1f}"
-    interval = chosen.test_interval if section_metric(section) == "accuracy" else None
+    interval = chosen.test_interval
     if interval is not None:
         text += f" ({interval[0] * 100:.1f}–{interval[1] * 100:.1f})"
     return text + (PARTIAL_MARK if selection.partial else "")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .selection import CellSelection
-from .store import RunRecord
+from .selection import CellSelection, select
+from .store import RunRecord, SuitePlan
 
 
 @dataclass
@@ -55,3 +57,57 @@ class Section:
 def slug(text: str) -> str:
     """``text`` as a file-name part: runs of anything but letters, digits and dots become -."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def build_sections(
+    records: list[RunRecord], plans: list[SuitePlan], results_dir: Path
+) -> list[Section]:
+    """The sections of a store's records: one per (suite, model, task) of each plan, each
+    cell's hyperparameters chosen (:func:`zotune.bench.selection.select`). A store with no
+    plan is its own plan."""
+    if not plans:  # a store written without a plan: its rows are the plan
+        names = dict.fromkeys(r.suite for r in records)
+        plans = [
+            SuitePlan(name, name, f"zotune bench {shlex.quote(name)}", _plan_of(records, name))
+            for name in names
+        ]
+    by_id = {r.id: r for r in records}
+    sections = []
+    for suite_plan in plans:
+        command = f"{suite_plan.command} && zotune report {shlex.quote(str(results_dir))}"
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in suite_plan.runs:
+            groups.setdefault((entry["model"], entry["task"]), []).append(entry)
+        for (model, task), planned in groups.items():
+            ids = dict.fromkeys(e["id"] for e in planned)  # a shared run is one record
+            section_records = [by_id[i] for i in ids if i in by_id]
+            selections = select(section_records, planned)
+            sections.append(
+                Section(
+                    suite=suite_plan.name,
+                    model=model,
+                    task=task,
+                    selections=[s for s in selections if not s.cell.variant],
+                    records=section_records,
+                    command=command,
+                    studies=[s for s in selections if s.cell.variant],
+                )
+            )
+    return sections
+
+
+def _plan_of(records: list[RunRecord], suite: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.id,
+            "model": r.cell.model,
+            "task": r.cell.task,
+            "scheme": r.cell.scheme,
+            "optimizer": r.cell.optimizer,
+            "variant": r.cell.variant,
+            "hparams": r.hparams,
+            "seed": r.seed,
+        }
+        for r in records
+        if r.suite == suite
+    ]

@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from .intervals import wilson_interval
+from .intervals import bootstrap_interval, wilson_interval
 from .store import RunRecord
 from .suite import Cell, hparams_label
 
@@ -55,13 +55,27 @@ class Candidate:
         return statistics.stdev(values) if len(values) >= 2 else None
 
     @property
-    def test_interval(self) -> tuple[float, float] | None:
-        """95% Wilson interval of the mean test accuracy over the test examples
-        (:mod:`zotune.bench.intervals`); None where a run did not record how many it had."""
-        counts = [r.metrics.get("test_examples") for r in self.done]
-        if not counts or not all(counts):
+    def test_scores(self) -> list[float] | None:
+        """Each test example's score, averaged over the seeds; None unless every finished run
+        recorded its per-example scores on the same number of examples."""
+        per_run = [r.metrics.get("test_scores") for r in self.done]
+        if not per_run or not all(per_run) or len({len(s) for s in per_run}) != 1:
             return None
-        return wilson_interval(min(1.0, max(0.0, self.test_mean)), min(counts))
+        return [statistics.fmean(column) for column in zip(*per_run, strict=True)]
+
+    @property
+    def test_interval(self) -> tuple[float, float] | None:
+        """95% interval of the mean test score over the test examples
+        (:mod:`zotune.bench.intervals`): Wilson's for accuracy, the bootstrap of the
+        per-example scores for F1; None where the runs did not record what it needs."""
+        if self.done and all(r.metrics.get("metric", "accuracy") == "accuracy"
+                             for r in self.done):
+            counts = [r.metrics.get("test_examples") for r in self.done]
+            if not all(counts):
+                return None
+            return wilson_interval(min(1.0, max(0.0, self.test_mean)), min(counts))
+        scores = self.test_scores
+        return bootstrap_interval(scores) if scores else None
 
     def mean_metric(self, name: str) -> float | None:
         values = [r.metrics[name] for r in self.done if r.metrics.get(name) is not None]

@@ -1,0 +1,184 @@
+"""Per-example test scores, their bootstrap intervals, and ``zotune compare``: two cells of a
+store told apart pair by pair on the same test examples."""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+
+import pytest
+
+from zotune import cli
+from zotune.bench.compare import compare
+from zotune.bench.intervals import bootstrap_interval, paired_difference, wilson_interval
+from zotune.bench.store import ResultsStore, RunRecord, SuitePlan
+from zotune.bench.suite import expand_suite
+from zotune.train import finetune
+
+
+def outcomes(n: int, accuracy: float, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [float(rng.random() < accuracy) for _ in range(n)]
+
+
+# Intervals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "accuracy"), [(100, 0.5), (200, 0.76), (872, 0.69)])
+def test_the_bootstrap_of_hits_agrees_with_wilson(n, accuracy):
+    """On 0/1 scores both intervals estimate the same binomial spread."""
+    scores = outcomes(n, accuracy, seed=n)
+    low, high = bootstrap_interval(scores)
+    wilson = wilson_interval(statistics.fmean(scores), n)
+    assert (low, high) == pytest.approx(wilson, abs=0.015)
+
+
+def test_a_bootstrap_interval_is_reproducible_and_covers_the_mean():
+    scores = [0.0, 0.25, 0.5, 1.0, 0.75] * 20
+    assert bootstrap_interval(scores) == bootstrap_interval(scores)
+    low, high = bootstrap_interval(scores)
+    assert low < statistics.fmean(scores) < high
+    assert bootstrap_interval([0.3] * 10) == pytest.approx((0.3, 0.3))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: bootstrap_interval([]), "at least one test example"),
+        (lambda: bootstrap_interval([1.0], confidence=1.0), "confidence lies in (0, 1)"),
+        (lambda: bootstrap_interval([1.0], resamples=0), "at least one resample"),
+        (lambda: paired_difference([1.0, 0.0], [1.0]), "2 scores against 1"),
+    ],
+)
+def test_intervals_refuse_what_they_cannot_estimate(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_pairing_separates_runs_that_separate_intervals_cannot():
+    """B gets right every example A gets right, and 10 of 200 more: the runs' own intervals
+    overlap almost entirely, the paired one excludes 0."""
+    a = outcomes(200, 0.7, seed=1)
+    wrong = [i for i, hit in enumerate(a) if not hit][:10]
+    b = [1.0 if i in wrong else hit for i, hit in enumerate(a)]
+    difference, low, high = paired_difference(b, a)
+    assert difference == pytest.approx(0.05)
+    assert 0 < low < high
+    _, a_high = wilson_interval(statistics.fmean(a), 200)
+    b_low, _ = wilson_interval(statistics.fmean(b), 200)
+    assert b_low < a_high, "separately, the two intervals overlap"
+
+
+# Runs record their per-example scores --------------------------------------------------------
+
+
+def test_a_run_records_each_test_examples_score(sst2_dir, tmp_path, tiny_run_config):
+    result = finetune(tiny_run_config(sst2_dir, tmp_path))
+    assert len(result.test_scores) == result.test_examples == 8
+    assert set(result.test_scores) <= {0.0, 1.0}
+    assert statistics.fmean(result.test_scores) == pytest.approx(result.test_accuracy)
+
+
+# zotune compare ----------------------------------------------------------------------------
+
+
+def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, data_seed=0):
+    """A store of the tiny suite's finished runs, each with the per-example test scores
+    ``scores_of(run)`` (None: a record made before zotune kept them)."""
+    suite_dict = tiny_suite()
+    suite_dict["base"]["task"]["data_seed"] = data_seed
+    suite = expand_suite(suite_dict)
+    folder = tmp_path / "store"
+    with ResultsStore(folder) as store:
+        store.save_plan(SuitePlan.of(suite, "zotune bench tiny"), now=1.0)
+        for run in suite.runs:
+            scores = scores_of(run)
+            val = 0.6 if run.hparams.get("optimizer.lr") == 1e-3 else 0.5
+            metrics = {"best_val_accuracy": val, "test_examples": test_examples,
+                       "metric": "accuracy"}
+            if scores is not None:
+                metrics.update(test_accuracy=statistics.fmean(scores), test_scores=scores)
+            else:
+                metrics["test_accuracy"] = 0.5
+            store.record(RunRecord.for_run(
+                "tiny", run, status="done",
+                metrics=metrics, error=None, started_at=1.0, finished_at=2.0,
+                zotune_version="0.2.0", hostname="host", hardware="a CPU"))
+    return folder
+
+
+def by_optimizer(better: float, worse: float):
+    def scores_of(run):
+        base = outcomes(200, 0.6, seed=7)  # the same hard and easy examples for every run
+        if run.cell.optimizer == "fo-adam":
+            flips = int(better * 200)
+            wrong = [i for i, hit in enumerate(base) if not hit][:flips]
+            return [1.0 if i in wrong else hit for i, hit in enumerate(base)]
+        rng = random.Random(run.seed)
+        return [hit if rng.random() > worse else 1.0 - hit for hit in base]
+    return scores_of
+
+
+def test_compare_separates_a_better_cell_on_the_same_examples(tmp_path, tiny_suite):
+    folder = store_with_scores(tmp_path, tiny_suite, by_optimizer(better=0.1, worse=0.0))
+    result = compare(folder, "fo-adam/full", "zo-sgd/full")
+    assert result.difference == pytest.approx(0.1)
+    assert result.separated and result.low > 0
+    lines = result.lines()
+    assert "lr=0.001" in lines[1] and "2 seeds" in lines[1]
+    assert "separated: fo-adam/full is higher" in lines[2]
+
+
+def test_compare_does_not_separate_cells_that_differ_by_noise(tmp_path, tiny_suite):
+    folder = store_with_scores(tmp_path, tiny_suite, by_optimizer(better=0.0, worse=0.05))
+    result = compare(folder, "zo-sgd/lora", "fo-adam/lora")
+    assert not result.separated
+    assert "not separated on this test set" in result.lines()[2]
+
+
+def test_compare_names_a_single_run_by_its_id(tmp_path, tiny_suite):
+    folder = store_with_scores(tmp_path, tiny_suite, by_optimizer(better=0.1, worse=0.0))
+    run = next(r for r in expand_suite(tiny_suite()).runs if r.cell.optimizer == "zo-sgd")
+    result = compare(folder, run.id, "fo-adam/full")
+    assert result.a.description.startswith("run, ") and result.difference < 0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "scores_of", "changes", "message"),
+    [
+        ("zo-sgd/prompt", "fo-adam/full", by_optimizer(0.1, 0.0), {},
+         "no cell or run 'zo-sgd/prompt' in this store; its cells: fo-adam/full, "
+         "fo-adam/lora, zo-sgd/full, zo-sgd/lora"),
+        ("zo-sgd/full", "fo-adam/full", lambda run: None, {},
+         "zo-sgd/full: its records hold no per-example test scores"),
+        ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"suite": "other"},
+         "no cell or run 'zo-sgd/full' in this store; its cells: none"),
+    ],
+)
+def test_compare_refuses_what_it_cannot_pair(tmp_path, tiny_suite, a, b, scores_of, changes,
+                                             message):
+    folder = store_with_scores(tmp_path, tiny_suite, scores_of)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare(folder, a, b, **changes)
+
+
+def test_compare_refuses_runs_tested_on_different_examples(tmp_path, tiny_suite):
+    one = store_with_scores(tmp_path / "one", tiny_suite, by_optimizer(0.1, 0.0))
+    other = store_with_scores(tmp_path / "two", tiny_suite, by_optimizer(0.1, 0.0),
+                              data_seed=1)
+    with ResultsStore(one) as store, ResultsStore(other, create=False) as moved:
+        zo = next(r for r in moved.records() if r.cell.optimizer == "zo-sgd")
+        store.record(zo)
+    with pytest.raises(ValueError, match="not tested on the same examples"):
+        compare(one, zo.id, "fo-adam/full")
+
+
+def test_the_compare_command_prints_three_lines_or_one_error(tmp_path, tiny_suite, capsys):
+    folder = store_with_scores(tmp_path, tiny_suite, by_optimizer(better=0.1, worse=0.0))
+    assert cli.main(["compare", str(folder), "fo-adam/full", "zo-sgd/full"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line[:3] for line in out] == ["A  ", "B  ", "A −"]
+    assert cli.main(["compare", str(folder), "fo-adam/full", "nothing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zotune: error: no cell or run 'nothing'")
