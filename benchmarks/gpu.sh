@@ -25,9 +25,9 @@
 # Each part runs under its own `timeout`, bounded by what the whole run has left (about 465 s
 # in all: later parts keep a reserve), and the run goes on past a part that fails or times
 # out; README.md's status table says which did. Within a part, a measurement that fails is
-# listed and skipped (`--keep-going`): in fp16 on a CPU, random:tiny-opt's ZO-Adam and FO-Adam
-# (full) and Forward-Grad (every scheme) turn non-finite at their first step (fp16 Adam
-# moments underflow), and the GPU may show the same. A part's JSON is written when it ends and
+# listed and skipped (`--keep-going`); on a CPU, random:tiny-opt in fp16 measures all 36
+# (Adam's moments are kept in fp32, and Forward-Grad runs LayerNorm in fp32 under fp16, whose
+# JVP overflowed at the init scale). A part's JSON is written when it ends and
 # README.md after every part, so a run cut short keeps the parts before it.
 #
 # The run needs what the GPU image has (python3 with torch, transformers, peft, accelerate,

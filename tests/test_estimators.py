@@ -106,6 +106,33 @@ def test_forward_grad_directional_derivative_matches_autograd_on_a_causal_lm(tin
         assert torch.autograd.forward_ad.unpack_dual(p).tangent is None
 
 
+@pytest.mark.parametrize("scheme", ["full", "lora"])
+def test_forward_grad_in_fp16_matches_fp32_on_a_layernorm_model(scheme, tiny_config):
+    """OPT at its init scale (std 0.02) feeds LayerNorm rows whose rstd³ passes fp16's
+    65,504; PyTorch's LayerNorm JVP computes it in the input's dtype, so every tangent after
+    the first LayerNorm was NaN, fp32 LoRA adapters over an fp16 base included. The estimate
+    must be finite and the fp32 one's, within fp16 rounding."""
+    from transformers import OPTForCausalLM
+
+    from zotune.tuning import apply_tuning
+
+    ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    derivatives = {}
+    for dtype in (torch.float32, torch.float16):
+        torch.manual_seed(0)
+        base = OPTForCausalLM._from_config(tiny_config("tiny-opt"), attn_implementation="eager")
+        model = apply_tuning(base.to(dtype).eval(), scheme)
+        params = [IndexedParam(i, p) for i, p in enumerate(model.parameters())
+                  if p.requires_grad]
+        with torch.no_grad():
+            estimate = ForwardGradientEstimator().estimate(
+                params, lambda m=model: m(input_ids=ids, labels=ids).loss, seed=3
+            )
+        derivatives[dtype] = estimate.coeffs[0]
+    assert math.isfinite(derivatives[torch.float16])
+    assert derivatives[torch.float16] == pytest.approx(derivatives[torch.float32], rel=0.05)
+
+
 def test_forward_grad_on_fused_attention_names_the_fix(tiny_llama):
     model = tiny_llama("sdpa")
     ids = torch.randint(0, 64, (1, 6))

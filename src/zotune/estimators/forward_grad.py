@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.autograd.forward_ad as fwad
+from torch.overrides import TorchFunctionMode
 
 from .base import (
     NO_SHARING,
@@ -29,6 +30,28 @@ EAGER_HINT = (
     "none ({error}). For Hugging Face models load them with attn_implementation='eager' "
     "(fused SDPA attention has no forward-mode AD)."
 )
+
+
+class Fp32LayerNorm(TorchFunctionMode):
+    """Runs fp16 ``layer_norm`` in fp32 and casts its output (and tangent) back to fp16.
+
+    PyTorch's LayerNorm JVP forms rstd³ = (var + ε)^(−3/2) in the input's dtype. In fp16
+    that passes 65,504 once a row's standard deviation falls below about 0.025, which is
+    where OPT's and RoBERTa's hidden states sit at their initialisation scale (std 0.02): the
+    tangent turns NaN at the first LayerNorm, and Forward-Grad's every estimate with it. In
+    fp32 the same rows are harmless, and the output's tangent fits fp16 again. bf16 has
+    fp32's range, so it is left alone, as is every other operation. The mode is entered for
+    every forward, whatever the trained parameters' dtype: fp32 adapters (LoRA, prefix) sit
+    on an fp16 base whose LayerNorms carry their tangents.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.layer_norm or args[0].dtype != torch.float16:
+            return func(*args, **kwargs)
+        upcast = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+        extra = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return func(*upcast, **extra).to(torch.float16)
 
 
 class ForwardGradientEstimator:
@@ -86,7 +109,8 @@ class ForwardGradientEstimator:
                 tangent = self.sampler.direction(item.param, seed, item.index)
                 item.param.copy_(fwad.make_dual(item.param.detach(), tangent))
             try:
-                value = closure()
+                with Fp32LayerNorm():
+                    value = closure()
             except NotImplementedError as error:
                 raise RuntimeError(EAGER_HINT.format(error=str(error).splitlines()[0])) from error
             if not isinstance(value, torch.Tensor):
