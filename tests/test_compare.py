@@ -3,6 +3,7 @@ store told apart pair by pair on the same test examples."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import statistics
@@ -10,10 +11,11 @@ import statistics
 import pytest
 
 from zotune import cli
+from zotune.bench import findings
 from zotune.bench.compare import compare
 from zotune.bench.intervals import bootstrap_interval, paired_difference, wilson_interval
 from zotune.bench.store import ResultsStore, RunRecord, SuitePlan
-from zotune.bench.suite import expand_suite
+from zotune.bench.suite import expand_suite, load_suite
 from zotune.train import finetune
 
 
@@ -48,7 +50,7 @@ def test_a_bootstrap_interval_is_reproducible_and_covers_the_mean():
         (lambda: bootstrap_interval([]), "at least one test example"),
         (lambda: bootstrap_interval([1.0], confidence=1.0), "confidence lies in (0, 1)"),
         (lambda: bootstrap_interval([1.0], resamples=0), "at least one resample"),
-        (lambda: paired_difference([1.0, 0.0], [1.0]), "2 scores against 1"),
+        (lambda: paired_difference([1.0, 0.0], [1.0]), "2 against 1 scores"),
     ],
 )
 def test_intervals_refuse_what_they_cannot_estimate(call, message):
@@ -83,16 +85,20 @@ def test_a_run_records_each_test_examples_score(sst2_dir, tmp_path, tiny_run_con
 # zotune compare ----------------------------------------------------------------------------
 
 
-def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, data_seed=0):
-    """A store of the tiny suite's finished runs, each with the per-example test scores
-    ``scores_of(run)`` (None: a record made before zotune kept them)."""
+def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, data_seed=0,
+                      only=None):
+    """A store of the tiny suite's finished runs (``only`` those the predicate keeps) at
+    ``tmp_path/tiny``, each with the per-example test scores ``scores_of(run)`` (None: a
+    record made before zotune kept them)."""
     suite_dict = tiny_suite()
     suite_dict["base"]["task"]["data_seed"] = data_seed
     suite = expand_suite(suite_dict)
-    folder = tmp_path / "store"
+    folder = tmp_path / "tiny"
     with ResultsStore(folder) as store:
         store.save_plan(SuitePlan.of(suite, "zotune bench tiny"), now=1.0)
         for run in suite.runs:
+            if only is not None and not only(run):
+                continue
             scores = scores_of(run)
             val = 0.6 if run.hparams.get("optimizer.lr") == 1e-3 else 0.5
             metrics = {"best_val_accuracy": val, "test_examples": test_examples,
@@ -182,3 +188,80 @@ def test_the_compare_command_prints_three_lines_or_one_error(tmp_path, tiny_suit
     assert cli.main(["compare", str(folder), "fo-adam/full", "nothing"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("zotune: error: no cell or run 'nothing'")
+
+
+# The paper's findings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("finding", findings.FINDINGS, ids=lambda f: f.suite + ": " + f.claim[:30])
+def test_every_finding_names_cells_its_suite_runs(finding):
+    from zotune.bench.compare import cell_name
+    from zotune.bench.selection import select
+
+    suite = load_suite(finding.suite)
+    planned = [{"id": r.id, **r.cell.__dict__, "hparams": r.hparams, "seed": r.seed}
+               for r in suite.runs]
+    cells = {(item.cell.task, cell_name(item)) for item in select([], planned)}
+    for contrast in finding.contrasts:
+        for _, name in contrast.terms:
+            assert (contrast.task, name) in cells
+
+
+TINY_FINDINGS = (
+    findings.Finding("FO beats ZO", "tiny", (findings.difference("fo-adam/full", "zo-sgd/full"),
+                                             findings.difference("fo-adam/lora", "zo-sgd/lora"))),
+    findings.Finding("ZO beats FO", "tiny", (findings.difference("zo-sgd/full", "fo-adam/full"),)),
+    findings.Finding("ZO keeps FO's accuracy", "tiny",
+                     (findings.difference("zo-sgd/full", "fo-adam/full"),), margin=0.2),
+)
+
+
+@pytest.mark.parametrize(
+    ("better", "worse", "only", "verdicts", "method"),
+    [
+        (0.1, 0.0, None, [["yes", "yes"], ["reversed"], ["yes"]], "paired bootstrap"),
+        (0.0, 0.05, None, [["not separated", "not separated"], ["not separated"], ["yes"]],
+         "paired bootstrap"),
+        (0.1, 0.0, lambda run: run.cell.scheme == "full",
+         [["yes", "queued"], ["reversed"], ["yes"]], "paired bootstrap"),
+    ],
+)
+def test_findings_give_each_contrast_its_verdict(tmp_path, tiny_suite, better, worse, only,
+                                                 verdicts, method):
+    store_with_scores(tmp_path, tiny_suite, by_optimizer(better, worse), only=only)
+    checked = findings.check(tmp_path, TINY_FINDINGS)
+    assert [[e.verdict for e in estimates] for _, estimates in checked] == verdicts
+    first = checked[0][1][0]
+    assert first.method.startswith(method) and "widened by the seeds' spread" in first.method
+    if only is not None:
+        assert checked[0][1][1].missing == ["fo-adam/lora", "zo-sgd/lora"]
+
+
+def test_findings_fall_back_to_unpaired_intervals_for_older_records(tmp_path, tiny_suite):
+    store_with_scores(tmp_path, tiny_suite, lambda run: None)
+    (_, (estimate, _)), *_ = findings.check(tmp_path, TINY_FINDINGS)
+    assert estimate.method.startswith("unpaired binomial over 200 examples")
+    assert estimate.value == 0.0 and estimate.verdict == "not separated"
+
+
+def test_a_missing_store_leaves_its_findings_queued(tmp_path):
+    checked = findings.check(tmp_path, TINY_FINDINGS[:1])
+    assert [e.missing for e in checked[0][1]] == [["the tiny store"]] * 2
+
+
+def test_seeds_widen_an_interval_in_quadrature():
+    assert findings.widened(0.1, 0.0, 0.2, []) == (0.0, 0.2)
+    low, high = findings.widened(0.1, 0.0, 0.2, [0.05])
+    half = math.hypot(0.1, 1.959964 * 0.05)
+    assert (low, high) == pytest.approx((0.1 - half, 0.1 + half))
+
+
+def test_the_findings_page_is_written_or_refused_in_one_line(tmp_path, tiny_suite, capsys):
+    store_with_scores(tmp_path, tiny_suite, by_optimizer(0.1, 0.0))
+    out = tmp_path / "findings.md"
+    assert findings.main([str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# The paper's findings") and "python -m zotune.bench.findings" in text
+    assert findings.main([str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"zotune: error: {tmp_path / 'absent'} is not a folder"]

@@ -9,25 +9,35 @@ averaged over its seeds; a run id names one run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from .intervals import CONFIDENCE, paired_difference
-from .section import Section, build_sections
+from .section import build_sections
 from .selection import CellSelection
 from .store import ResultsStore, RunRecord
 from .suite import hparams_label
 
 
+class NotFinished(ValueError):
+    """A cell the store plans has no finished run yet."""
+
+
 @dataclass(frozen=True)
 class Side:
-    """One side of a comparison: what it names, and its per-example test scores."""
+    """A cell or run as a comparison sees it: its mean test score over ``examples`` test
+    examples and, where its records kept them, the per-example scores (over seeds)."""
 
     name: str
     description: str
-    scores: list[float]
+    mean: float
+    examples: int
+    scores: list[float] | None
     metric: str
     test_set: tuple[str, int, int]  # (task, data seed, examples): what fixes the test split
+    seeds: int = 1
+    seed_std: float | None = None  # the std of the seeds' test scores, with two or more
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,6 @@ class Comparison:
 
     def lines(self) -> list[str]:
         metric = self.a.metric
-        n = len(self.a.scores)
         verdict = (
             f"separated: {self.a.name if self.difference > 0 else self.b.name} is higher"
             if self.separated
@@ -55,8 +64,64 @@ class Comparison:
             f"B  {self.b.name}: {self.b.description}",
             f"A − B: {self.difference * 100:+.1f} points of test {metric}, "
             f"{CONFIDENCE:.0%} paired bootstrap interval {self.low * 100:+.1f} to "
-            f"{self.high * 100:+.1f} over the same {n} test examples: {verdict}",
+            f"{self.high * 100:+.1f} over the same {self.a.examples} test examples: {verdict}",
         ]
+
+
+class StoreView:
+    """A store's records and sections, narrowed to a suite, task or model, that names its
+    cells and runs as :class:`Side` s."""
+
+    def __init__(
+        self, results_dir: str | Path, *, suite: str | None = None,
+        task: str | None = None, model: str | None = None,
+    ) -> None:
+        results_dir = Path(results_dir)
+        with ResultsStore(results_dir, create=False) as store:
+            self.records = store.records()
+            plans = store.plans()
+        if not self.records:
+            raise ValueError(f"no runs recorded in {results_dir}")
+        self.sections = [
+            s for s in build_sections(self.records, plans, results_dir)
+            if (suite is None or s.suite == suite)
+            and (task is None or s.task == task)
+            and (model is None or s.model == model)
+        ]
+
+    def side(self, name: str) -> Side:
+        """The cell ``OPTIMIZER/SCHEME[/VARIANT]`` or the run id ``name``; a cell the plan has
+        but no run finished raises :class:`NotFinished`."""
+        run = next((r for r in self.records if r.id == name), None)
+        if run is not None:
+            if run.status != "done":
+                raise NotFinished(f"run {name} did not finish ({run.status})")
+            label = f"run, {hparams_label(run.hparams)}, seed {run.seed}"
+            return _made(name, label, [run], run.metrics["test_accuracy"],
+                         run.metrics.get("test_scores"))
+        matches = [(s, item) for s in self.sections for item in s.every_selection
+                   if cell_name(item) == name]
+        if not matches:
+            known = sorted({cell_name(item) for s in self.sections
+                            for item in s.every_selection})
+            raise ValueError(
+                f"no cell or run {name!r} in this store; its cells: "
+                f"{', '.join(known) or 'none'}"
+            )
+        if len({(s.suite, s.model, s.task) for s, _ in matches}) > 1:
+            where = ", ".join(f"{s.suite}/{s.model}/{s.task}" for s, _ in matches)
+            raise ValueError(f"{name} is in several sections ({where}): pick one with "
+                             "--suite, --task or --model")
+        section, item = matches[0]
+        chosen = item.chosen
+        if chosen is None:
+            raise NotFinished(f"{name} has no finished run in {section.suite}")
+        seeds = len(chosen.done)
+        label = (f"{section.suite}, {section.model}, {section.task}, "
+                 f"{hparams_label(chosen.hparams) or 'no hyperparameters'}, "
+                 f"{seeds} seed{'s' if seeds != 1 else ''}, test {chosen.test_mean * 100:.1f}")
+        side = _made(name, label, chosen.done, chosen.test_mean, chosen.test_scores)
+        return dataclasses.replace(side, seeds=seeds, seed_std=chosen.test_std)
 
 
 def compare(
@@ -64,77 +129,49 @@ def compare(
     task: str | None = None, model: str | None = None,
 ) -> Comparison:
     """Compare cells (or runs) ``a`` and ``b`` of a store on their shared test examples."""
-    results_dir = Path(results_dir)
-    with ResultsStore(results_dir, create=False) as store:
-        records = store.records()
-        plans = store.plans()
-    if not records:
-        raise ValueError(f"no runs recorded in {results_dir}")
-    sections = [
-        s for s in build_sections(records, plans, results_dir)
-        if (suite is None or s.suite == suite)
-        and (task is None or s.task == task)
-        and (model is None or s.model == model)
-    ]
-    left, right = _side(a, sections, records), _side(b, sections, records)
-    if left.metric != right.metric:
-        raise ValueError(f"{a} is scored by {left.metric}, {b} by {right.metric}")
-    if left.test_set != right.test_set:
-        raise ValueError(
-            f"{a} and {b} were not tested on the same examples (task, data seed, examples: "
-            f"{left.test_set} against {right.test_set})"
-        )
+    view = StoreView(results_dir, suite=suite, task=task, model=model)
+    left, right = view.side(a), view.side(b)
+    check_comparable([left, right])
+    for side in (left, right):
+        if side.scores is None:
+            raise ValueError(
+                f"{side.name}: its records hold no per-example test scores (records made "
+                "before zotune kept them, or runs scored on different numbers of examples); "
+                "run it again to compare it pair by pair"
+            )
     difference, low, high = paired_difference(left.scores, right.scores)
     return Comparison(left, right, difference, low, high)
 
 
-def _side(name: str, sections: list[Section], records: list[RunRecord]) -> Side:
-    run = next((r for r in records if r.id == name), None)
-    if run is not None:
-        if run.status != "done":
-            raise ValueError(f"run {name} did not finish ({run.status})")
-        label = f"run, {hparams_label(run.hparams)}, seed {run.seed}"
-        return _made(name, label, [run], run.metrics.get("test_scores"))
-    matches = [(s, item) for s in sections for item in s.every_selection
-               if _cell_name(item) == name]
-    if not matches:
-        known = sorted({_cell_name(item) for s in sections for item in s.every_selection})
-        raise ValueError(
-            f"no cell or run {name!r} in this store; its cells: {', '.join(known) or 'none'}"
-        )
-    if len({(s.suite, s.model, s.task) for s, _ in matches}) > 1:
-        where = ", ".join(f"{s.suite}/{s.model}/{s.task}" for s, _ in matches)
-        raise ValueError(f"{name} is in several sections ({where}): pick one with "
-                         "--suite, --task or --model")
-    section, item = matches[0]
-    chosen = item.chosen
-    if chosen is None:
-        raise ValueError(f"{name} has no finished run in {section.suite}")
-    seeds = len(chosen.done)
-    label = (f"{section.suite}, {section.model}, {section.task}, "
-             f"{hparams_label(chosen.hparams) or 'no hyperparameters'}, "
-             f"{seeds} seed{'s' if seeds != 1 else ''}, test {chosen.test_mean * 100:.1f}")
-    return _made(name, label, chosen.done, chosen.test_scores)
+def check_comparable(sides: list[Side]) -> None:
+    """Refuse sides scored by different metrics or on different test examples."""
+    first = sides[0]
+    for other in sides[1:]:
+        if other.metric != first.metric:
+            raise ValueError(
+                f"{first.name} is scored by {first.metric}, {other.name} by {other.metric}"
+            )
+        if other.test_set != first.test_set:
+            raise ValueError(
+                f"{first.name} and {other.name} were not tested on the same examples (task, "
+                f"data seed, examples: {first.test_set} against {other.test_set})"
+            )
+
+
+def cell_name(item: CellSelection) -> str:
+    """``OPTIMIZER/SCHEME``, or ``OPTIMIZER/SCHEME/VARIANT`` for a study's row."""
+    parts = [item.cell.optimizer, item.cell.scheme]
+    return "/".join([*parts, item.cell.variant] if item.cell.variant else parts)
 
 
 def _made(
-    name: str, label: str, runs: list[RunRecord], scores: list[float] | None
+    name: str, label: str, runs: list[RunRecord], mean: float, scores: list[float] | None
 ) -> Side:
-    if scores is None:
-        raise ValueError(
-            f"{name}: its records hold no per-example test scores (records made before "
-            "zotune kept them, or runs scored on different numbers of examples); run it "
-            "again to compare it pair by pair"
-        )
-    test_sets = {
-        (r.config["task"]["name"], r.config["task"]["data_seed"], len(scores)) for r in runs
-    }
+    task = runs[0].config["task"]
+    examples = int(runs[0].metrics.get("test_examples") or 0)
+    test_sets = {(r.config["task"]["name"], r.config["task"]["data_seed"],
+                  int(r.metrics.get("test_examples") or 0)) for r in runs}
     if len(test_sets) != 1:
         raise ValueError(f"{name}: its runs were tested on different examples ({test_sets})")
-    return Side(name, label, scores, runs[0].metrics.get("metric", "accuracy"),
-                test_sets.pop())
-
-
-def _cell_name(item: CellSelection) -> str:
-    parts = [item.cell.optimizer, item.cell.scheme]
-    return "/".join([*parts, item.cell.variant] if item.cell.variant else parts)
+    return Side(name, label, mean, examples, scores, runs[0].metrics.get("metric", "accuracy"),
+                (task["name"], task["data_seed"], examples))

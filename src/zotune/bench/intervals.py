@@ -84,14 +84,55 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """mean(a) − mean(b) of two runs scored on the same examples, in the same order, and the
     bootstrap interval of that difference over the pairs: ``(difference, low, high)``."""
-    if len(a) != len(b):
-        raise ValueError(
-            f"a paired comparison needs the same test examples: {len(a)} scores against "
-            f"{len(b)}"
-        )
-    differences = [x - y for x, y in zip(a, b, strict=True)]
-    low, high = bootstrap_interval(differences, confidence, seed=seed)
-    return statistics.fmean(differences), low, high
+    return contrast_interval([a, b], [1.0, -1.0], confidence, seed)
+
+
+def contrast_interval(
+    columns: Sequence[Sequence[float]],
+    coefficients: Sequence[float],
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Σ_k c_k · mean(s_k) of runs scored on the same examples, and its bootstrap interval
+    over the examples, each resampled example carrying all its runs' scores:
+    ``(value, low, high)``. A difference is (1, −1); a difference of differences ("does the
+    template help ZO more than FO?") is (1, −1, −1, 1)."""
+    if len(columns) != len(coefficients):
+        raise ValueError(f"{len(columns)} score lists for {len(coefficients)} coefficients")
+    lengths = {len(column) for column in columns}
+    if len(lengths) > 1:
+        counts = " against ".join(str(len(column)) for column in columns)
+        raise ValueError(f"a paired comparison needs the same test examples: {counts} scores")
+    per_example = [
+        sum(c * s for c, s in zip(coefficients, row, strict=True))
+        for row in zip(*columns, strict=True)
+    ]
+    low, high = bootstrap_interval(per_example, confidence, seed=seed)
+    return statistics.fmean(per_example), low, high
+
+
+def unpaired_contrast_interval(
+    proportions: Sequence[float],
+    counts: Sequence[int],
+    coefficients: Sequence[float],
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float, float]:
+    """Σ_k c_k p_k of accuracies known only as proportions over n_k examples, with the
+    normal interval of independent binomials, Var = Σ_k c_k² p_k(1 − p_k)/n_k.
+
+    For runs that records did not keep per example. Scored on the same examples, runs share
+    their easy and hard ones, so for a difference of two this interval is wider than the
+    paired one; for longer contrasts it is only an approximation."""
+    if not len(proportions) == len(counts) == len(coefficients):
+        raise ValueError("a contrast needs one proportion, one count and one coefficient each")
+    if any(n < 1 for n in counts):
+        raise ValueError(f"an interval needs at least one test example, got counts {counts}")
+    value = sum(c * p for c, p in zip(coefficients, proportions, strict=True))
+    variance = sum(c * c * p * (1.0 - p) / n
+                   for c, p, n in zip(coefficients, proportions, counts, strict=True))
+    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    half = z * math.sqrt(variance)
+    return value, value - half, value + half
 
 
 def _quantile(ordered: list[float], q: float) -> float:

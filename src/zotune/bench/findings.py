@@ -1,0 +1,332 @@
+"""The paper's findings, checked against the published stores.
+
+    python -m zotune.bench.findings docs/results --out docs/results/findings.md
+
+Each finding is data: a claim, the suite whose store (``ROOT/<suite>/``) measures it, and
+contrasts Σ_k c_k · score(cell_k) that the claim says are positive — "FO beats ZO on LoRA" is
+fo-sgd/lora − zo-sgd/lora > 0, "the template matters more for ZO than for FO" is
+(ZO with − ZO without) − (FO with − FO without) > 0. A contrast is estimated on the cells'
+shared test examples with the paired bootstrap (:func:`zotune.bench.intervals.
+contrast_interval`); where a record predates per-example scores, from the cells' accuracies
+as independent binomials (wider, and said so). Its verdict:
+
+- **yes**: the 95% interval lies above 0 (for a "no worse than" claim: above −margin);
+- **reversed**: it lies below 0 (below −margin);
+- **not separated**: it straddles, so this test set cannot tell;
+- **queued**: a cell has no finished run yet (the store grows across sessions).
+
+Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+
+from ..files import atomic_write_text
+from ..tables import markdown_table
+from .compare import NotFinished, Side, StoreView, check_comparable
+from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval
+from .report import PAPER_SST2_OPT_1_3B
+from .store import store_exists
+
+SCHEMES = ("full", "lora", "prefix", "prompt")
+# "Keeps FO's accuracy" is a claim of no loss, which no interval can show to be exactly 0:
+# it holds when the loss is below this many points (5 points is about what 200 test examples
+# resolve).
+NONINFERIORITY_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Σ coefficient · score(cell) over ``terms``, in the section of ``task``."""
+
+    label: str
+    terms: tuple[tuple[float, str], ...]
+    task: str = "sst2"
+
+
+@dataclass(frozen=True)
+class Finding:
+    claim: str
+    suite: str
+    contrasts: tuple[Contrast, ...]
+    margin: float = 0.0  # the claim holds above −margin (0: a strict improvement)
+
+
+def difference(a: str, b: str, task: str = "sst2") -> Contrast:
+    return Contrast(f"{a} − {b}", ((1.0, a), (-1.0, b)), task)
+
+
+def drop_beyond(optimizer: str, reference: str, task: str = "sst2") -> Contrast:
+    """How much more ``optimizer`` loses from LoRA to prompt tuning than ``reference`` does."""
+    return Contrast(
+        f"({optimizer} lora − prompt) − ({reference} lora − prompt)",
+        ((1.0, f"{optimizer}/lora"), (-1.0, f"{optimizer}/prompt"),
+         (-1.0, f"{reference}/lora"), (1.0, f"{reference}/prompt")),
+        task,
+    )
+
+
+FINDINGS = (
+    Finding(
+        "FO beats ZO at the same scheme (FO-SGD against ZO-SGD)",
+        "cpu",
+        tuple(difference(f"fo-sgd/{s}", f"zo-sgd/{s}") for s in SCHEMES),
+    ),
+    Finding(
+        "ZO-Adam and ZO-SGD-Sign suffer most on prompt tuning (their drop from LoRA to "
+        "prompt against ZO-SGD's)",
+        "cpu",
+        (drop_beyond("zo-adam", "zo-sgd"), drop_beyond("zo-sgd-sign", "zo-sgd")),
+    ),
+    Finding(
+        "Forward-Grad sits between ZO and FO (above ZO-SGD, below FO-SGD)",
+        "cpu",
+        tuple(c for s in SCHEMES for c in (difference(f"forward-grad/{s}", f"zo-sgd/{s}"),
+                                           difference(f"fo-sgd/{s}", f"forward-grad/{s}"))),
+    ),
+    Finding(
+        "The prompt template matters more for ZO than for FO",
+        "cpu-studies",
+        (Contrast(
+            "(ZO-SGD template − none) − (FO-SGD template − none)",
+            ((1.0, "zo-sgd/full/template"), (-1.0, "zo-sgd/full/no-template"),
+             (-1.0, "fo-sgd/full/fo-template"), (1.0, "fo-sgd/full/fo-no-template")),
+        ), difference("zo-sgd/full/template", "zo-sgd/full/no-template")),
+    ),
+    Finding(
+        "Sparsity-induced ZO (about 20%) helps",
+        "cpu-studies",
+        (difference("zo-sgd/full/sparsity-0.2", "zo-sgd/full/dense"),),
+    ),
+    Finding(
+        f"Hybrid ZO/FO (ZO on the first 10 of 30 layers) keeps FO's accuracy (no loss "
+        f"beyond {NONINFERIORITY_MARGIN * 100:.0f} points)",
+        "cpu-studies",
+        (difference("zo-sgd/full/hybrid-k10", "zo-sgd/full/hybrid-k0-fo"),),
+        margin=NONINFERIORITY_MARGIN,
+    ),
+    Finding(
+        "Block-wise ZO beats ZO-SGD at an equal forward budget (q = 32)",
+        "cpu-studies",
+        (difference("zo-sgd/full/block-layer", "zo-sgd/full/q32-matched"),),
+    ),
+    Finding(
+        "zotune's CPU settings: noise-table directions and bf16 weights with stochastically "
+        f"rounded updates train no worse than Gaussian directions and fp32 (within "
+        f"{NONINFERIORITY_MARGIN * 100:.0f} points)",
+        "cpu-settings",
+        (difference("zo-sgd/full/table-fp32", "zo-sgd/full/gaussian-fp32"),
+         difference("zo-sgd/full/bf16-sr", "zo-sgd/full/table-fp32")),
+        margin=NONINFERIORITY_MARGIN,
+    ),
+    Finding(
+        "COPA and WinoGrande: FO beats ZO (FO-SGD against ZO-SGD)",
+        "cpu-copa-winogrande",
+        tuple(difference(f"fo-sgd/{s}", f"zo-sgd/{s}", task)
+              for task in ("copa", "winogrande") for s in ("lora", "full")),
+    ),
+    Finding(
+        "COPA and WinoGrande: Forward-Grad sits between ZO and FO on LoRA",
+        "cpu-copa-winogrande",
+        tuple(c for task in ("copa", "winogrande")
+              for c in (difference("forward-grad/lora", "zo-sgd/lora", task),
+                        difference("fo-sgd/lora", "forward-grad/lora", task))),
+    ),
+)
+
+
+@dataclass
+class Estimate:
+    """A contrast as measured: its value and interval (fractions), how, and the verdict."""
+
+    contrast: Contrast
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    method: str = ""
+    verdict: str = "queued"
+    missing: list[str] = field(default_factory=list)
+
+
+def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
+    result = Estimate(contrast)
+    sides: list[Side] = []
+    for _, name in contrast.terms:
+        try:
+            sides.append(view.side(name))
+        except NotFinished:
+            result.missing.append(name)
+    if result.missing:
+        return result
+    check_comparable(sides)
+    coefficients = [c for c, _ in contrast.terms]
+    scores = [side.scores for side in sides]
+    examples = sides[0].examples
+    if all(s is not None for s in scores):
+        value, low, high = contrast_interval(scores, coefficients)
+        result.method = f"paired bootstrap over {examples} examples"
+    elif sides[0].metric == "accuracy":
+        value, low, high = unpaired_contrast_interval(
+            [s.mean for s in sides], [s.examples for s in sides], coefficients
+        )
+        result.method = f"unpaired binomial over {examples} examples (a record predates " \
+            "per-example scores)"
+    else:
+        result.verdict = "needs per-example scores"
+        return result
+    seeded = [(c, side) for c, side in zip(coefficients, sides, strict=True)
+              if side.seed_std is not None]
+    if seeded:
+        low, high = widened(value, low, high, [c * side.seed_std / math.sqrt(side.seeds)
+                                               for c, side in seeded])
+        result.method += ", widened by the seeds' spread"
+    result.value, result.low, result.high = value, low, high
+    if low > -margin:
+        result.verdict = "yes"
+    elif high < -margin:
+        result.verdict = "reversed"
+    else:
+        result.verdict = "not separated"
+    return result
+
+
+def widened(value: float, low: float, high: float, seed_errors: list[float]) -> tuple[float, float]:
+    """A test-set interval widened in quadrature by the standard errors the seeds add: the
+    seeds of a cell share its test examples, so their spread is the optimizer's run-to-run
+    variation, which the bootstrap over examples does not see."""
+    z = NormalDist().inv_cdf(1.0 - (1.0 - CONFIDENCE) / 2.0)
+    extra = z * math.sqrt(sum(e * e for e in seed_errors))
+    return (value - math.hypot(value - low, extra), value + math.hypot(high - value, extra))
+
+
+def paper_value(contrast: Contrast) -> float | None:
+    """The contrast on ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell (points)."""
+    if contrast.task != "sst2":
+        return None
+    total = 0.0
+    for coefficient, name in contrast.terms:
+        optimizer, scheme, *variant = name.split("/")
+        if variant or scheme not in PAPER_SST2_OPT_1_3B.get(optimizer, {}):
+            return None
+        total += coefficient * PAPER_SST2_OPT_1_3B[optimizer][scheme]
+    return total
+
+
+def check(
+    root: Path, findings: Sequence[Finding] = FINDINGS
+) -> list[tuple[Finding, list[Estimate]]]:
+    """Every finding's contrasts, estimated from the stores under ``root``."""
+    checked = []
+    views: dict[tuple[str, str], StoreView | None] = {}
+    for finding in findings:
+        estimates = []
+        for contrast in finding.contrasts:
+            key = (finding.suite, contrast.task)
+            if key not in views:
+                folder = root / finding.suite
+                views[key] = (StoreView(folder, suite=finding.suite, task=contrast.task)
+                              if store_exists(folder) else None)
+            view = views[key]
+            if view is None:
+                estimates.append(Estimate(contrast, missing=[f"the {finding.suite} store"]))
+            else:
+                estimates.append(estimate(contrast, view, finding.margin))
+        checked.append((finding, estimates))
+    return checked
+
+
+def summary(estimates: list[Estimate]) -> str:
+    """``"yes in 3 of 4; not separated in 1"``, queued contrasts counted apart."""
+    counts: dict[str, int] = {}
+    for item in estimates:
+        counts[item.verdict] = counts.get(item.verdict, 0) + 1
+    total = len(estimates)
+    return "; ".join(f"{verdict} in {n} of {total}" for verdict, n in counts.items())
+
+
+def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str:
+    rows = [[finding.claim, finding.suite, summary(estimates)] for finding, estimates in checked]
+    parts = [
+        "# The paper's findings at CPU scale",
+        "",
+        f"Generated by `{command}` from the stores under this folder; regenerate it as they "
+        "grow. Each finding is a set of contrasts between cells (chosen on validation) that "
+        "the paper's claim says are positive, estimated on the cells' shared test examples: "
+        f"the {CONFIDENCE:.0%} paired bootstrap interval (`zotune.bench.findings`, "
+        "`zotune compare`), or, where a record predates per-example scores, the normal "
+        "interval of independent binomials. Where a cell ran several seeds, the interval is "
+        "widened by their spread (the optimizer's run-to-run variation); a one-seed cell's "
+        "is not, so its run-to-run spread, ±0.3 to ±4.6 points on the demo recipe "
+        "(cpu-settings), is not in it. **yes**: the interval lies above 0; "
+        "**reversed**: below it; **not separated**: it straddles 0; **queued**: a cell has "
+        "no finished run yet. Values are points of test accuracy; the paper's are from "
+        "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell.",
+        "",
+        markdown_table(["finding", "suite", "verdicts"], rows, right_from=None),
+        "",
+    ]
+    for finding, estimates in checked:
+        parts += [f"## {finding.claim}", ""]
+        if finding.margin:
+            parts += [f"Holds when the interval lies above −{finding.margin * 100:.0f} points.",
+                      ""]
+        table = []
+        for item in estimates:
+            paper = paper_value(item.contrast)
+            measured = ("—" if item.value is None
+                        else f"{item.value * 100:+.1f} ({item.low * 100:+.1f} to "
+                             f"{item.high * 100:+.1f})")
+            verdict = item.verdict
+            if item.missing:
+                verdict += f" (waiting for {', '.join(item.missing)})"
+            table.append([
+                f"{item.contrast.task}: {item.contrast.label}",
+                measured,
+                "—" if paper is None else f"{paper:+.1f}",
+                item.method or "—",
+                verdict,
+            ])
+        parts += [
+            markdown_table(["contrast", "measured (95% interval)", "paper", "method", "verdict"],
+                           table, right_from=None),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m zotune.bench.findings",
+        description="Check the paper's findings against the stores under ROOT "
+        "(ROOT/<suite>/ for each suite a finding names).",
+    )
+    parser.add_argument("root", help="the folder holding one results store per suite")
+    parser.add_argument("--out", help="write the Markdown here (default: print it)")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"zotune: error: {root} is not a folder", file=sys.stderr)
+        return 2
+    command = "python -m zotune.bench.findings " + " ".join(argv or sys.argv[1:])
+    try:
+        text = markdown(check(root), command)
+    except ValueError as error:
+        print(f"zotune: error: {error}", file=sys.stderr)
+        return 2
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(args.out)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
