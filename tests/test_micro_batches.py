@@ -115,3 +115,60 @@ def test_memory_estimate_takes_micro_batches(tiny_model, optimizer):
         assert split.gradients + split.activations == max(
             kept + split.notes["head_gradient"] + trainable, trainable
         )
+
+
+# zotune profile --micro-batch-size ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("micro", [1, 2, 3])
+def test_the_profiled_loss_in_micro_batches_is_the_one_batch_loss(micro):
+    """The profiler's synthetic batch in parts: the same loss and the same accumulated
+    gradient as the batch at once (backpropagated part by part, as in training)."""
+    from zotune.profiling.build import build_model, last_position_loss, synthetic_batch
+    from zotune.profiling.spec import ProfileSpec
+
+    model = build_model(ProfileSpec(model="random:tiny-llama", batch_size=5, seq_len=8))
+    batch = synthetic_batch(model.config.vocab_size, 5, 8, seed=0, device="cpu")
+    whole = last_position_loss(model, batch, keep=True)()
+    whole.backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    value = last_position_loss(model, batch, keep=True, micro_batch_size=micro)()
+    assert not value.requires_grad, "each part was backpropagated as it was computed"
+    assert float(value) == pytest.approx(float(whole), rel=1e-5)
+    got = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        forward = last_position_loss(model, batch, keep=True, micro_batch_size=micro)()
+    assert float(forward) == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_profile_takes_micro_batches_into_its_estimate_and_labels(tmp_path, capsys):
+    from zotune.cli import main
+    from zotune.profiling.results import load_results
+
+    out = tmp_path / "profile.json"
+    argv = ["profile", "--model", "random:tiny-llama", "--optimizers", "fo-sgd",
+            "--batch-size", "4", "--seq-len", "16", "--steps", "1", "--warmup", "0",
+            "--micro-batch-size", "2", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "B=4 T=16 micro=2" in printed.err and "4×16 /2" in printed.out
+    (result,) = load_results(out)
+    assert result.spec.micro_batch_size == 2
+    assert result.estimate["notes"]["micro_batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--micro-batch-size", "0"], "--micro-batch-size must be at least 1, got 0"),
+        (["--micro-batch-size", "2", "--from-json", "x.json"],
+         "--micro-batch-size shapes a measurement; --from-json renders the file as it is"),
+    ],
+)
+def test_profile_refuses_a_bad_micro_batch_size_in_one_line(extra, message, capsys):
+    from zotune.cli import main
+
+    assert main(["profile", "--model", "random:tiny-llama", *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"zotune: error: {message}"

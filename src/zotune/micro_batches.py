@@ -16,6 +16,7 @@ is detached: gradient accumulation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -41,15 +42,25 @@ class MicroBatchLoss:
         self.fractions = [weight / total for weight in weights]
 
     def __call__(self) -> torch.Tensor:
-        backprop = torch.is_grad_enabled()
-        total = None
-        for batch, fraction in zip(self.batches, self.fractions, strict=True):
-            part = self.scorer.loss(batch) * fraction
-            if backprop:
-                part.backward()
-                part = part.detach()
-            total = part if total is None else total + part
-        return total
+        return accumulate(
+            [partial(self.scorer.loss, batch) for batch in self.batches], self.fractions
+        )
+
+
+def accumulate(
+    losses: Sequence[Callable[[], torch.Tensor]], fractions: Sequence[float]
+) -> torch.Tensor:
+    """Σ_j fraction_j · losses_j(), one part alive at a time: with grad enabled each part is
+    backpropagated as it is computed (its gradients accumulate) and the sum is detached."""
+    backprop = torch.is_grad_enabled()
+    total = None
+    for loss, fraction in zip(losses, fractions, strict=True):
+        part = loss() * fraction
+        if backprop:
+            part.backward()
+            part = part.detach()
+        total = part if total is None else total + part
+    return total
 
 
 def batch_loss(

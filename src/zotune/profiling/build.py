@@ -41,7 +41,8 @@ def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int, d
     )
 
 
-def last_position_loss(model, batch, keep: bool) -> Callable[[], Any]:
+def last_position_loss(model, batch, keep: bool, micro_batch_size: int | None = None
+                       ) -> Callable[[], Any]:
     """The closure: cross-entropy of the last position's next-token logits.
 
     With ``keep`` the model computes logits for that position only (``logits_to_keep=1``),
@@ -49,17 +50,31 @@ def last_position_loss(model, batch, keep: bool) -> Callable[[], Any]:
     and the last column is read. ``use_cache=False``: a causal LM otherwise builds a
     key/value cache of every layer that lives to the end of the forward (2·L·h values per
     token, ≈ 2/3 of the no-grad working set of OPT-125m), which training never reads.
+    With ``micro_batch_size`` below B the rows go through in parts, the loss their
+    row-weighted mean, as a training run's micro-batches (:mod:`zotune.micro_batches`).
     """
     import torch.nn.functional as F
+
+    from ..micro_batches import accumulate
 
     input_ids, attention_mask, targets = batch
     extra = {"logits_to_keep": 1, "use_cache": False} if keep else {}
 
-    def closure():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-        return F.cross_entropy(logits[:, -1].float(), targets)
+    def rows(start: int, stop: int) -> Callable[[], Any]:
+        def loss():
+            logits = model(input_ids=input_ids[start:stop],
+                           attention_mask=attention_mask[start:stop], **extra).logits
+            return F.cross_entropy(logits[:, -1].float(), targets[start:stop])
+        return loss
 
-    return closure
+    size = len(input_ids)
+    if micro_batch_size is None or micro_batch_size >= size:
+        return rows(0, size)
+    starts = range(0, size, micro_batch_size)
+    parts = [(start, min(start + micro_batch_size, size)) for start in starts]
+    losses = [rows(start, stop) for start, stop in parts]
+    fractions = [(stop - start) / size for start, stop in parts]
+    return lambda: accumulate(losses, fractions)
 
 
 @dataclass
@@ -125,7 +140,9 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
         base_model(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
     )
     keep = accepts_logits_to_keep(model)
-    loss = under_autocast(last_position_loss(model, batch, keep), spec.autocast, device)
+    loss = under_autocast(
+        last_position_loss(model, batch, keep, spec.micro_batch_size), spec.autocast, device
+    )
     forward = torch.no_grad()(loss)
     if spec.method == "inference":
         return BuiltStep(model, forward, forward, 1, None, keep)

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument(
+        "--micro-batch-size",
+        type=int,
+        help="rows per forward: the batch goes through in parts, as a training run's "
+        "--micro-batch-size (default: the whole batch at once)",
+    )
+    parser.add_argument(
         "--seq-lens",
         help="comma-separated: memory against sequence length (zo-sgd, fo-sgd, "
         "fo-adam unless --optimizers)",
@@ -138,7 +144,8 @@ def reproduce_command(argv: list[str]) -> str:
 
 # Options that only shape a measurement: --from-json re-renders results as they were measured.
 MEASUREMENT_ONLY = (
-    "optimizers", "schemes", "seq_lens", "steps", "threads", "option", "offload", "keep_going"
+    "optimizers", "schemes", "seq_lens", "steps", "threads", "option", "offload", "keep_going",
+    "micro_batch_size",
 )
 
 
@@ -211,7 +218,8 @@ def _check_sizes(args: argparse.Namespace) -> None:
     """Counts that must be positive, and lengths the model has positions for (a longer one
     would run until killed on positions it does not have)."""
     for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
-                               ("--seq-len", args.seq_len, 1)):
+                               ("--seq-len", args.seq_len, 1),
+                               ("--micro-batch-size", args.micro_batch_size, 1)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     flag, lengths = ("--seq-lens", _csv(args.seq_lens, int)) if args.seq_lens else (
@@ -256,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "attn_implementation": args.attn_implementation,
         "threads": args.threads,
+        "micro_batch_size": args.micro_batch_size,
     }
     results = None
     failures: list | None = [] if args.keep_going else None

@@ -63,6 +63,7 @@ def estimate_for(spec: ProfileSpec, model, *, device=None):
         logits_kept=1 if accepts_logits_to_keep(model) else spec.seq_len,
         distribution=spec.options.get("distribution", "auto"),
         options=spec.options,
+        micro_batch_size=spec.micro_batch_size,
     )
 
 
@@ -84,7 +85,7 @@ def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) ->
         (
             row["spec"]["method"],
             row["spec"]["scheme"],
-            f"{row['spec']['batch_size']}×{row['spec']['seq_len']}",
+            ProfileSpec(**row["spec"]).shape_label(),
             mb(row["estimate"]["trainable"]),
             mb(row["estimate"]["total"]),
             estimate_breakdown(row["estimate"]),

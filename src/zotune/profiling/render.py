@@ -47,7 +47,7 @@ def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -
             (
                 r.spec.method_label(),
                 r.spec.scheme,
-                f"{r.spec.batch_size}×{r.spec.seq_len}",
+                r.spec.shape_label(),
                 f"{r.seconds_per_step:.3f}",
                 str(r.forward_passes_per_step),
                 f"{r.trainable_parameters:,}",

@@ -35,6 +35,8 @@ class Settings:
     attn_implementation: str | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     autocast: str | None = None  # half-precision compute over fp32 weights (mixed_precision)
+    # Rows per forward: the batch's loss as the weighted mean of its parts (micro_batches).
+    micro_batch_size: int | None = None
 
     def precision(self) -> str:
         """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``."""
@@ -67,10 +69,16 @@ class ProfileSpec(Settings):
         return f"{label} [{', '.join(tags)}]" if tags else label
 
     def label(self) -> str:
+        micro = f" micro={self.micro_batch_size}" if self.micro_batch_size else ""
         return (
             f"{self.method_label()} {self.scheme} {self.model} "
-            f"B={self.batch_size} T={self.seq_len}"
+            f"B={self.batch_size} T={self.seq_len}{micro}"
         )
+
+    def shape_label(self) -> str:
+        """``16×64``, or ``16×64 /2`` when the batch goes through in micro-batches of 2."""
+        micro = f" /{self.micro_batch_size}" if self.micro_batch_size else ""
+        return f"{self.batch_size}×{self.seq_len}{micro}"
 
     @property
     def estimated(self) -> bool:
@@ -96,6 +104,10 @@ class ProfileSpec(Settings):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"invalid {name}: {value!r} (must be an int >= 1)")
+        micro = self.micro_batch_size
+        if micro is not None and (isinstance(micro, bool) or not isinstance(micro, int)
+                                  or micro < 1):
+            raise ValueError(f"invalid micro_batch_size: {micro!r} (must be an int >= 1)")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"invalid threads: {self.threads!r} (must be an int >= 1)")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
