@@ -754,6 +754,29 @@ def test_only_runs_the_cells_a_selector_picks(tiny_suite):
         plan(suite, {}, True, ["zo-sgdd"])
 
 
+def test_rerun_runs_finished_runs_of_the_cells_it_picks_again(tmp_path, capsys, write_suite,
+                                                              two_run_suite):
+    """A finished run rerun from scratch: a new attempt in its record, the others untouched;
+    a selector naming nothing is refused in one line that names --rerun."""
+    suite_file = write_suite(tmp_path / "tiny.yaml", **two_run_suite())
+    results = tmp_path / "results"
+    assert run_cli(["bench", str(suite_file), "--results", str(results)], capsys)[0] == 0
+    with ResultsStore(results, create=False) as store:
+        before = {r.cell.optimizer: r for r in store.records()}
+    argv = ["bench", str(suite_file), "--results", str(results), "--rerun", "zo-sgd"]
+    code, out, err = run_cli([*argv, "--dry-run"], capsys)
+    assert code == 0 and "2 runs, 1 to run" in out
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and "2 done before, 1 to run" in err
+    with ResultsStore(results, create=False) as store:
+        after = {r.cell.optimizer: r for r in store.records()}
+        assert len(store.attempts(after["zo-sgd"].id)) == 2
+    assert after["zo-sgd"].started_at > before["zo-sgd"].finished_at
+    assert after["fo-adam"] == before["fo-adam"]
+    code, _, err = run_cli([*argv[:-1], "zo-sgdd"], capsys)
+    assert code == 2 and "--rerun: selector 'zo-sgdd' names nothing" in err
+
+
 def test_jobs_must_be_positive(tmp_path, capsys):
     code, _, err = run_cli(["bench", "smoke", "--results", str(tmp_path), "--jobs", "0"], capsys)
     assert code == 2 and "--jobs must be at least 1, got 0" in err

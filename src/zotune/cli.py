@@ -187,11 +187,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if store_exists(results):
             with ResultsStore(results, create=False) as store:
                 statuses = store.statuses()
-        print(describe_plan(plan(suite, statuses, args.retry_failed, args.only)))
+        print(describe_plan(plan(suite, statuses, args.retry_failed, args.only, args.rerun)))
         return 0
     options = {
         "retry_failed": args.retry_failed,
         "only": args.only,
+        "rerun": args.rerun,
         "command": suite.command(results if args.results else None),
     }
     if args.ray is None:
@@ -327,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SELECTOR",
         help="run only the cells a selector picks (zo-sgd, lora, zo-sgd/lora); repeatable",
+    )
+    bench.add_argument(
+        "--rerun",
+        action="append",
+        metavar="SELECTOR",
+        help="run the finished runs of the cells a selector picks again, from scratch (their "
+        "record keeps every attempt): e.g. records an older zotune made; repeatable",
     )
     bench.add_argument(
         "--retry-failed",

@@ -73,17 +73,21 @@ def plan(
     statuses: dict[str, str],
     retry_failed: bool = True,
     only: list[str] | None = None,
+    rerun: list[str] | None = None,
 ) -> list[PlannedRun]:
     """Each run with its state in the store (``statuses``: id → done/failed) and whether to run.
 
     ``only`` (selectors, as in a suite file) limits what runs to the cells it picks; the rest
-    of the suite stays in the plan, so the report shows it as missing.
+    of the suite stays in the plan, so the report shows it as missing. ``rerun`` (selectors)
+    runs the finished runs of the cells it picks again, from scratch.
     """
     wanted = {run.id for run in suite.select(only)} if only else None
+    again = {run.id for run in suite.select(rerun, "--rerun")} if rerun else set()
     planned = []
     for run in suite.distinct_runs:  # a run two cells share executes once
         state = statuses.get(run.id, "pending")
-        will_run = state == "pending" or (state == "failed" and retry_failed)
+        will_run = (state == "pending" or (state == "failed" and retry_failed)
+                    or (state == "done" and run.id in again))
         if wanted is not None and run.id not in wanted:
             will_run = False
         planned.append(PlannedRun(run, state, will_run))
@@ -116,6 +120,7 @@ class Runner:
         jobs: int = 1,
         retry_failed: bool = True,
         only: list[str] | None = None,
+        rerun: list[str] | None = None,
         command: str | None = None,
         stream: TextIO | None = None,
         time_limit: float | None = None,
@@ -129,6 +134,7 @@ class Runner:
         self.jobs = jobs
         self.retry_failed = retry_failed
         self.only = only
+        self.rerun = rerun
         self.command = command or suite.command(self.results_dir)
         self.stream = stream
         self.threads = threads_per_job(jobs)
@@ -140,10 +146,12 @@ class Runner:
     def run(self) -> BenchSummary:
         if self.only:
             self.suite.select(self.only)  # a bad selector fails before the store is touched
+        if self.rerun:
+            self.suite.select(self.rerun, "--rerun")
         with _exclusive(self.results_dir), ResultsStore(self.results_dir) as store:
             store.save_plan(SuitePlan.of(self.suite, self.command), time.time())
             statuses = store.statuses()
-            planned = plan(self.suite, statuses, self.retry_failed, self.only)
+            planned = plan(self.suite, statuses, self.retry_failed, self.only, self.rerun)
             to_run = [item.spec for item in planned if item.will_run]
             done_before = sum(item.state == "done" for item in planned)
             try:
@@ -219,8 +227,10 @@ class Runner:
         if recovered is not None:
             return recovered
         run_dir = self.run_dir(run)
-        if previous == "failed":
-            clear_run_files(run_dir)  # a retry starts afresh, not from the failed checkpoint
+        if previous is not None:
+            # A retry starts afresh, not from the failed checkpoint; a rerun of a finished
+            # run, not from its final one.
+            clear_run_files(run_dir)
         resume = (run_dir / "last.pt").is_file()
         run_dir.mkdir(parents=True, exist_ok=True)
         job = write_job(run_dir, run.config, run.id, self.threads, resume)

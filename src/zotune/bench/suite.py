@@ -189,20 +189,21 @@ class Suite:
     def run_ids(self) -> list[str]:
         return [run.id for run in self.distinct_runs]
 
-    def select(self, selectors: list[str]) -> list[RunSpec]:
-        """The runs whose cell matches any selector (``zo-sgd``, ``lora``, ``zo-sgd/lora``)."""
+    def select(self, selectors: list[str], flag: str = "--only") -> list[RunSpec]:
+        """The runs whose cell matches any selector (``zo-sgd``, ``lora``, ``zo-sgd/lora``);
+        ``flag`` names the option the selectors came from, in errors."""
         known = list(dict.fromkeys(value for cell in self.cells for value in cell.values()))
         chosen: set[str] = set()
         for selector in selectors:
             parts = _split_selector(selector, known)
             if parts is None:
                 raise SuiteError(
-                    f"--only: selector {selector!r} names nothing in suite {self.name} "
+                    f"{flag}: selector {selector!r} names nothing in suite {self.name} "
                     f"(grid values: {', '.join(known)})"
                 )
             matched = [run for run in self.runs if _selects(parts, run.cell.values())]
             if not matched:
-                raise SuiteError(f"--only: selector {selector!r} matches no cell of {self.name}")
+                raise SuiteError(f"{flag}: selector {selector!r} matches no cell of {self.name}")
             chosen.update(run.id for run in matched)
         return [run for run in self.runs if run.id in chosen]
 
