@@ -156,6 +156,7 @@ class Estimate:
 
 
 def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
+    """``contrast`` on the cells of ``view``, with its verdict against ``−margin``."""
     result = Estimate(contrast)
     sides: list[Side] = []
     for _, name in contrast.terms:
@@ -243,7 +244,7 @@ def check(
 
 
 def summary(estimates: list[Estimate]) -> str:
-    """``"yes in 3 of 4; not separated in 1"``, queued contrasts counted apart."""
+    """``"yes in 3 of 4; not separated in 1"``: how many contrasts got each verdict."""
     counts: dict[str, int] = {}
     for item in estimates:
         counts[item.verdict] = counts.get(item.verdict, 0) + 1
