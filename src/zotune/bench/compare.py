@@ -53,7 +53,7 @@ class Comparison:
         return self.low > 0.0 or self.high < 0.0
 
     def lines(self) -> list[str]:
-        metric = self.a.metric
+        metric = "F1" if self.a.metric == "f1" else self.a.metric
         verdict = (
             f"separated: {self.a.name if self.difference > 0 else self.b.name} is higher"
             if self.separated
