@@ -773,6 +773,9 @@ def test_rerun_runs_finished_runs_of_the_cells_it_picks_again(tmp_path, capsys, 
         assert len(store.attempts(after["zo-sgd"].id)) == 2
     assert after["zo-sgd"].started_at > before["zo-sgd"].finished_at
     assert after["fo-adam"] == before["fo-adam"]
+    for record in after.values():  # a finished run keeps its best weights, not its last.pt
+        run_dir = results / RUNS_DIR / record.id
+        assert (run_dir / "best.pt").is_file() and not (run_dir / "last.pt").exists()
     code, _, err = run_cli([*argv[:-1], "zo-sgdd"], capsys)
     assert code == 2 and "--rerun: selector 'zo-sgdd' names nothing" in err
 

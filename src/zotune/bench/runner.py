@@ -4,7 +4,10 @@ Running the same suite again executes only the runs that have no row yet, and (b
 the failed ones; finished runs are never redone. A run is recorded the moment its process
 ends, in one transaction, so Ctrl-C or a kill loses only the runs in flight:
 
-- a run interrupted mid-training resumes from its ``last.pt`` checkpoint next time;
+- a run interrupted mid-training resumes from its ``last.pt`` checkpoint next time (a
+  finished run's ``last.pt`` is deleted once it is recorded: nothing resumes it, and for
+  full fine-tuning it is the size of the model, with the optimizer's state; ``best.pt``,
+  the weights ``zotune eval`` and ``zotune export`` read, stays);
 - a worker whose runner died stops itself (it would otherwise train on, unrecorded);
 - an outcome a worker wrote just before its runner died is picked up, not recomputed.
 
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..checkpoints import LAST_FILE
 from ..environment import hardware_description, hostname, usable_cpus, zotune_version
 from ..files import FolderLock
 from .progress import ProgressDisplay
@@ -231,7 +235,7 @@ class Runner:
             # A retry starts afresh, not from the failed checkpoint; a rerun of a finished
             # run, not from its final one.
             clear_run_files(run_dir)
-        resume = (run_dir / "last.pt").is_file()
+        resume = (run_dir / LAST_FILE).is_file()
         run_dir.mkdir(parents=True, exist_ok=True)
         job = write_job(run_dir, run.config, run.id, self.threads, resume)
         env = {
@@ -334,6 +338,7 @@ class Runner:
             hardware=outcome["hardware"],
         )
         store.record(record)
+        (self.run_dir(run) / LAST_FILE).unlink(missing_ok=True)
         return record
 
 
