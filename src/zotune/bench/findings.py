@@ -75,9 +75,10 @@ def drop_beyond(optimizer: str, reference: str, task: str = "sst2") -> Contrast:
 
 FINDINGS = (
     Finding(
-        "FO beats ZO at the same scheme (FO-SGD against ZO-SGD)",
+        "FO beats ZO at the same scheme (FO-SGD against ZO-SGD, FO-Adam against ZO-Adam)",
         "cpu",
-        tuple(difference(f"fo-sgd/{s}", f"zo-sgd/{s}") for s in SCHEMES),
+        tuple(difference(f"fo-{rule}/{s}", f"zo-{rule}/{s}")
+              for rule in ("sgd", "adam") for s in SCHEMES),
     ),
     Finding(
         "ZO-Adam and ZO-SGD-Sign suffer most on prompt tuning (their drop from LoRA to "
