@@ -47,7 +47,10 @@ class Fp32LayerNorm(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not torch.nn.functional.layer_norm or args[0].dtype != torch.float16:
+        if func is not torch.nn.functional.layer_norm:
+            return func(*args, **kwargs)
+        first = args[0] if args else kwargs.get("input")
+        if not isinstance(first, torch.Tensor) or first.dtype != torch.float16:
             return func(*args, **kwargs)
         upcast = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
         extra = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
