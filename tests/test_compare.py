@@ -265,3 +265,6 @@ def test_the_findings_page_is_written_or_refused_in_one_line(tmp_path, tiny_suit
     assert findings.main([str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"zotune: error: {tmp_path / 'absent'} is not a folder"]
+    assert findings.main([str(tmp_path), "--out", str(out / "under-a-file.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zotune: error: ")

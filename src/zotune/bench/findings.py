@@ -319,14 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m zotune.bench.findings " + " ".join(argv or sys.argv[1:])
     try:
         text = markdown(check(root), command)
-    except ValueError as error:
+        if args.out:
+            atomic_write_text(Path(args.out), text)
+    except (ValueError, OSError) as error:
         print(f"zotune: error: {error}", file=sys.stderr)
         return 2
-    if args.out:
-        atomic_write_text(Path(args.out), text)
-        print(args.out)
-    else:
-        print(text, end="")
+    print(args.out if args.out else text, end="\n" if args.out else "")
     return 0
 
 
