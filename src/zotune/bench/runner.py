@@ -1,8 +1,9 @@
 """The resumable runner: each pending run in its own worker process, results into the store.
 
 Running the same suite again executes only the runs that have no row yet, and (by default)
-the failed ones; finished runs are never redone. A run is recorded the moment its process
-ends, in one transaction, so Ctrl-C or a kill loses only the runs in flight:
+the failed ones; finished runs are redone only when ``rerun`` (``--rerun``) names them. A
+run is recorded the moment its process ends, in one transaction, so Ctrl-C or a kill loses
+only the runs in flight:
 
 - a run interrupted mid-training resumes from its ``last.pt`` checkpoint next time (a
   finished run's ``last.pt`` is deleted once it is recorded: nothing resumes it, and for
