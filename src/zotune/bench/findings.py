@@ -26,12 +26,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 
 from ..files import atomic_write_text
 from ..tables import markdown_table
 from .compare import NotFinished, Side, StoreView, check_comparable
-from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval
+from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval, z_score
 from .report import PAPER_SST2_OPT_1_3B
 from .store import store_exists
 
@@ -203,8 +202,7 @@ def widened(value: float, low: float, high: float, seed_errors: list[float]) -> 
     """A test-set interval widened in quadrature by the standard errors the seeds add: the
     seeds of a cell share its test examples, so their spread is the optimizer's run-to-run
     variation, which the bootstrap over examples does not see."""
-    z = NormalDist().inv_cdf(1.0 - (1.0 - CONFIDENCE) / 2.0)
-    extra = z * math.sqrt(sum(e * e for e in seed_errors))
+    extra = z_score() * math.sqrt(sum(e * e for e in seed_errors))
     return (value - math.hypot(value - low, extra), value + math.hypot(high - value, extra))
 
 

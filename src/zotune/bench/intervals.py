@@ -38,6 +38,11 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000
 
 
+def z_score(confidence: float = CONFIDENCE) -> float:
+    """Φ⁻¹(1 − α/2): how many standard errors a two-sided interval at ``confidence`` spans."""
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
 def wilson_interval(
     proportion: float, n: int, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
@@ -48,7 +53,7 @@ def wilson_interval(
         raise ValueError(f"a proportion lies in [0, 1], got {proportion}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence lies in (0, 1), got {confidence}")
-    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    z = z_score(confidence)
     z2n = z * z / n
     centre = (proportion + z2n / 2.0) / (1.0 + z2n)
     half = z * math.sqrt(proportion * (1.0 - proportion) / n + z2n / (4.0 * n)) / (1.0 + z2n)
@@ -130,7 +135,7 @@ def unpaired_contrast_interval(
     value = sum(c * p for c, p in zip(coefficients, proportions, strict=True))
     variance = sum(c * c * p * (1.0 - p) / n
                    for c, p, n in zip(coefficients, proportions, counts, strict=True))
-    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    z = z_score(confidence)
     half = z * math.sqrt(variance)
     return value, value - half, value + half
 
