@@ -227,6 +227,14 @@ def test_unknown_suite_names_the_builtins(tmp_path):
         load_suite(tmp_path / "nothere.yaml")
 
 
+def test_bench_help_lists_every_builtin_suite(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    described = " ".join(capsys.readouterr().out.split())
+    for name in builtin_suites():
+        assert name in described, name
+
+
 # Studies: variants in a list of grids ------------------------------------------------------
 
 STUDY_GRIDS = [

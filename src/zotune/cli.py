@@ -234,6 +234,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench.suite import builtin_suites
+
     parser = argparse.ArgumentParser(
         prog="zotune", description="Fine-tune language models with zeroth-order optimizers."
     )
@@ -296,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark suite (resumable)",
         description="zotune bench SUITE [section.key=value ...]: SUITE is a built-in suite "
-        "(smoke, cpu, paper) or a suite YAML file; running it again runs only what is missing",
+        f"({', '.join(builtin_suites())}) or a suite YAML file; running it again runs only "
+        "what is missing",
     )
     bench.add_argument("suite", help="built-in suite name or path to a suite YAML")
     bench.add_argument(
