@@ -159,7 +159,11 @@ def test_compare_names_a_single_run_by_its_id(tmp_path, tiny_suite):
         ("zo-sgd/full", "fo-adam/full", lambda run: None, {},
          "zo-sgd/full: its records hold no per-example test scores"),
         ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"suite": "other"},
-         "no cell or run 'zo-sgd/full' in this store; its cells: none"),
+         "--suite other: this store has no such suite; its suites: tiny"),
+        ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"task": "copa"},
+         "--task copa: this store has no such task; its tasks: sst2"),
+        ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"model": "opt-13b"},
+         "--model opt-13b: this store has no such model; its models: "),
     ],
 )
 def test_compare_refuses_what_it_cannot_pair(tmp_path, tiny_suite, a, b, scores_of, changes,

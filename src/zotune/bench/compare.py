@@ -82,11 +82,19 @@ class StoreView:
             plans = store.plans()
         if not self.records:
             raise ValueError(f"no runs recorded in {results_dir}")
+        sections = build_sections(self.records, plans, results_dir)
+        wanted = {"suite": suite, "task": task, "model": model}
+        for field, value in wanted.items():
+            held = sorted({getattr(s, field) for s in sections})
+            if value is not None and value not in held:
+                raise ValueError(
+                    f"--{field} {value}: this store has no such {field}; its {field}s: "
+                    f"{', '.join(held)}"
+                )
         self.sections = [
-            s for s in build_sections(self.records, plans, results_dir)
-            if (suite is None or s.suite == suite)
-            and (task is None or s.task == task)
-            and (model is None or s.model == model)
+            s for s in sections
+            if all(value is None or getattr(s, field) == value
+                   for field, value in wanted.items())
         ]
 
     def side(self, name: str) -> Side:
