@@ -5,6 +5,7 @@ does not stop the bench."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,12 +15,16 @@ import yaml
 from zotune import cli
 from zotune.bench.runner import RUNS_DIR, Runner
 from zotune.bench.store import (
+    CURVE_FILE,
     DB_NAME,
+    GITIGNORE,
     RECORD_FILE,
     RECORD_FILES,
     ResultsStore,
     RunRecord,
+    clear_run_files,
 )
+from zotune.run_folder import METRICS_FILE
 from zotune.bench.suite import config_defaults, expand_suite, run_id
 from zotune.bench.worker import OUTCOME_FILE
 
@@ -90,6 +95,103 @@ def test_a_store_committed_to_git_resumes_in_a_clone_running_only_the_missing_ru
         first.config, first.hparams, first.cell)
     code, _, err = run_cli(["report", clone / "results", "--no-plots"], capsys)
     assert code == 0, err
+
+
+# Curves: a run's record files describe one attempt ------------------------------------------
+
+FINISHED_CURVE = '{"step": 1, "loss": 0.7}\n{"step": 1, "final": {"test_accuracy": 0.5}}\n'
+PARTIAL_CURVE = '{"step": 1, "loss": 0.9}\n'
+# The .gitignore zotune wrote before curve files, which carried metrics.jsonl itself.
+OLDER_GITIGNORE = """\
+# Written by zotune: the record is runs/*/{record.json,metrics.jsonl} and suites/*.json;
+# the database is a cache rebuilt from them, checkpoints and logs stay on their machine.
+/results.sqlite*
+/.runner.lock
+/runs/*/*
+!/runs/*/record.json
+!/runs/*/metrics.jsonl
+"""
+
+
+def record_one(store, run, status="done", curve=FINISHED_CURVE):
+    """Record ``run`` as the runner does after training wrote ``curve`` (None: no curve)."""
+    run_dir = store.results_dir / RUNS_DIR / run.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if curve is None:
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    else:
+        (run_dir / METRICS_FILE).write_text(curve)
+    store.record(RunRecord.for_run(
+        "tiny", run, status=status, metrics={"test_accuracy": 0.5}, error=None,
+        started_at=1.0, finished_at=2.0, zotune_version="0.1.0", hostname="h", hardware="cpu",
+    ))
+    return run_dir
+
+
+def test_git_add_of_a_store_mid_run_carries_only_the_finished_attempts(tmp_path):
+    git("init", "-q", cwd=tmp_path)
+    finished, rerun, first = expand_suite(tiny_suite([1e-1, 1e-2, 1e-3], "data")).runs
+    with ResultsStore(tmp_path / "results") as store:
+        record_one(store, finished)
+        rerun_dir = record_one(store, rerun)
+    # Training is under way: a rerun (its folder cleared but for its record) and a first run.
+    clear_run_files(rerun_dir)
+    (rerun_dir / METRICS_FILE).write_text(PARTIAL_CURVE)
+    (first_dir := tmp_path / "results" / RUNS_DIR / first.id).mkdir()
+    (first_dir / METRICS_FILE).write_text(PARTIAL_CURVE)
+    git("add", "-A", cwd=tmp_path)
+    tracked = git("ls-files", "results/runs", cwd=tmp_path).stdout.split()
+    assert sorted(tracked) == sorted(
+        f"results/{RUNS_DIR}/{run.id}/{name}" for run in (finished, rerun) for name in RECORD_FILES
+    )
+    assert (rerun_dir / CURVE_FILE).read_text() == FINISHED_CURVE, "the recorded attempt's"
+
+
+def test_an_attempt_that_wrote_no_curve_leaves_no_earlier_curve_beside_its_record(tmp_path):
+    (run,) = expand_suite(tiny_suite([1e-3], "data")).runs
+    with ResultsStore(tmp_path) as store:
+        run_dir = record_one(store, run)
+        assert (run_dir / CURVE_FILE).read_text() == FINISHED_CURVE
+        record_one(store, run, status="failed", curve=None)
+    assert not (run_dir / CURVE_FILE).exists()
+
+
+def newer_than_its_record(metrics):
+    record_time = (metrics.parent / RECORD_FILE).stat().st_mtime
+    os.utime(metrics, (record_time + 5, record_time + 5))
+
+
+def test_a_store_from_before_curve_files_adopts_its_metrics_as_curves(tmp_path):
+    """A recorded run's metrics.jsonl becomes its curve, whatever order a checkout wrote the
+    files in; a rerun's, going or finished but not yet recorded, waits for its own record; a
+    failed attempt's counts when it is older than its record; the older .gitignore goes."""
+    done, failed, going, unrecorded = expand_suite(
+        tiny_suite([1e-1, 1e-2, 1e-3, 1e-4], "data")).runs
+    with ResultsStore(tmp_path) as store:
+        for run in (done, going, unrecorded):
+            (record_one(store, run) / CURVE_FILE).unlink()
+        (record_one(store, failed, status="failed", curve=PARTIAL_CURVE) / CURVE_FILE).unlink()
+    (tmp_path / ".gitignore").write_text(OLDER_GITIGNORE)
+    (tmp_path / DB_NAME).unlink()
+    runs = tmp_path / RUNS_DIR
+    (runs / going.id / METRICS_FILE).write_text(PARTIAL_CURVE)
+    (runs / unrecorded.id / METRICS_FILE).write_text(FINISHED_CURVE.replace("0.5", "0.75"))
+    for run in (done, going, unrecorded):
+        newer_than_its_record(runs / run.id / METRICS_FILE)
+    with ResultsStore(tmp_path, create=False):
+        pass
+    assert (runs / done.id / CURVE_FILE).read_text() == FINISHED_CURVE
+    assert (runs / failed.id / CURVE_FILE).read_text() == PARTIAL_CURVE
+    assert not (runs / going.id / CURVE_FILE).exists()
+    assert not (runs / unrecorded.id / CURVE_FILE).exists()
+    assert (tmp_path / ".gitignore").read_text() == GITIGNORE
+
+
+def test_a_gitignore_the_user_wrote_is_left_alone(tmp_path):
+    (tmp_path / ".gitignore").write_text("*.pt\n")
+    with ResultsStore(tmp_path):
+        pass
+    assert (tmp_path / ".gitignore").read_text() == "*.pt\n"
 
 
 # Damaged files -----------------------------------------------------------------------------

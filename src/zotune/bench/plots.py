@@ -11,17 +11,18 @@ from pathlib import Path
 
 from ..figures import MARKERS, pyplot, save_figure, series_colors
 from .section import Section
+from .store import CURVE_FILE, RUNS_DIR
 
 # Curves are smoothed over about this fraction of their length: ZO losses are noisy.
 SMOOTHING_FRACTION = 0.04
 
 
-def read_losses(metrics_path: Path) -> dict[int, float]:
-    """Step → training loss from a run's ``metrics.jsonl`` (skipped steps have none)."""
+def read_losses(curve_path: Path) -> dict[int, float]:
+    """Step → training loss from a recorded run's curve (skipped steps have none)."""
     losses: dict[int, float] = {}
-    if not metrics_path.is_file():
+    if not curve_path.is_file():
         return losses
-    for line in metrics_path.read_text().splitlines():
+    for line in curve_path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -47,8 +48,6 @@ def mean_curve(runs: list[dict[int, float]]) -> tuple[list[int], list[float]]:
 
 def plot_loss_curves(section: Section, results_dir: Path, path: Path) -> bool:
     """One panel per scheme, one line per optimizer (its selected runs); False if no data."""
-    from .runner import RUNS_DIR
-
     panels = []
     for scheme in section.schemes:
         lines = []
@@ -57,7 +56,7 @@ def plot_loss_curves(section: Section, results_dir: Path, path: Path) -> bool:
             if item is None or item.chosen is None:
                 continue
             runs = [
-                read_losses(results_dir / RUNS_DIR / r.id / "metrics.jsonl")
+                read_losses(results_dir / RUNS_DIR / r.id / CURVE_FILE)
                 for r in item.chosen.done
             ]
             steps, losses = mean_curve([run for run in runs if run])

@@ -6,11 +6,15 @@ by the store, keeps out the rest):
 - ``runs/<id>/record.json``: a run's latest outcome (cell, hyperparameters, seed, full
   config, status done/failed, metrics, error line, timings, zotune version, host, hardware)
   and every attempt at it, failed ones included;
-- ``runs/<id>/metrics.jsonl``: its training curve (the report's loss plot);
+- ``runs/<id>/curve.jsonl``: its training curve (the report's loss plot), copied from the
+  run's ``metrics.jsonl`` when its outcome is recorded, so the two files always describe the
+  same attempt: the ``metrics.jsonl`` a run writes as it trains stays local, and ``git add``
+  of a store whose runs are still going carries no half curve (nor a rerun's curve beside the
+  previous attempt's record);
 - ``suites/<name>.json``: each suite's plan (its run ids and cells) and the command that runs
   it, so the report knows which cells are missing, not only which ones ran.
 
-Everything else is local: checkpoints (``last.pt`` while a run is unfinished: a run cut off
+Everything else is local: ``metrics.jsonl``, checkpoints (``last.pt`` while a run is unfinished: a run cut off
 here resumes from it, one cut off on another machine starts over; ``best.pt``, its best
 weights), logs, the runner's lock, and
 ``results.sqlite``, a cache of the record files (tables ``runs``, ``attempts``, ``suites``)
@@ -40,25 +44,31 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..run_folder import METRICS_FILE
 from .suite import Cell, RunSpec, Suite, run_id
 
 DB_NAME = "results.sqlite"
 RUNS_DIR = "runs"
 RECORD_FILE = "record.json"
-METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "curve.jsonl"
 # A run's files that are its record; the rest of its folder is local (see the docstring).
-RECORD_FILES = (RECORD_FILE, METRICS_FILE)
+RECORD_FILES = (RECORD_FILE, CURVE_FILE)
+# The metrics that tell one attempt's outcome from another's (a resumed run's timings in its
+# record are the attempt's sum, on its curve's final line the last stretch's).
+OUTCOME_METRICS = ("test_accuracy", "best_val_accuracy", "best_step")
 PLANS_DIR = "suites"
 UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]")
 # What git carries of a results folder: the record files, the report, nothing else of a run.
+GITIGNORE_HEADER = "# Written by zotune"
 GITIGNORE = f"""\
-# Written by zotune: the record is runs/*/{{{RECORD_FILE},{METRICS_FILE}}} and {PLANS_DIR}/*.json;
-# the database is a cache rebuilt from them, checkpoints and logs stay on their machine.
+{GITIGNORE_HEADER}: the record is runs/*/{{{RECORD_FILE},{CURVE_FILE}}} and {PLANS_DIR}/*.json;
+# the database is a cache rebuilt from them; checkpoints, logs and the curve of a run still
+# training ({METRICS_FILE}) stay on their machine.
 /{DB_NAME}*
 /.runner.lock
 /{RUNS_DIR}/*/*
 !/{RUNS_DIR}/*/{RECORD_FILE}
-!/{RUNS_DIR}/*/{METRICS_FILE}
+!/{RUNS_DIR}/*/{CURVE_FILE}
 """
 SCHEMA_VERSION = 2
 # Columns each schema version added, with their default for rows written before it.
@@ -190,7 +200,7 @@ def clear_run_files(run_dir: Path) -> None:
     if not run_dir.is_dir():
         return
     for path in run_dir.iterdir():
-        if path.name == RECORD_FILE:
+        if path.name in RECORD_FILES:
             continue
         if path.is_dir():
             shutil.rmtree(path)
@@ -209,8 +219,11 @@ class ResultsStore:
             raise FileNotFoundError(f"no results database or run records in {self.results_dir}")
         self.results_dir.mkdir(parents=True, exist_ok=True)
         gitignore = self.results_dir / ".gitignore"
-        if not gitignore.exists():
-            atomic_write_text(gitignore, GITIGNORE)
+        if not gitignore.exists() or (
+            gitignore.read_text().startswith(GITIGNORE_HEADER)
+            and gitignore.read_text() != GITIGNORE
+        ):
+            atomic_write_text(gitignore, GITIGNORE)  # an older zotune's rules are replaced
         self._lock = threading.Lock()
         try:
             self._open()
@@ -288,6 +301,8 @@ class ResultsStore:
                 files[payload["id"]] = payload
             elif payload is not None:
                 _warn(f"{path}: holds the record of run {payload['id']!r}; ignored")
+        for path in _record_paths(self.results_dir):
+            _adopt_curve(path.parent)
         plans = {}
         for path in _plan_paths(self.results_dir):
             payload = _read_json(path, PLAN_KEYS)
@@ -348,6 +363,7 @@ class ResultsStore:
             self._log_attempt(db, record)
             attempts = _attempts(db, record.id)
         self._write_record_file(record, attempts)
+        _record_curve(self.results_dir / RUNS_DIR / record.id)
 
     def _insert(
         self, db: sqlite3.Connection, record: RunRecord, attempts: list[dict[str, Any]]
@@ -503,6 +519,49 @@ def _rekey(results_dir: Path) -> dict[str, str]:
                 atomic_write_text(plan_path, json.dumps({**payload, "runs": runs}, indent=2)
                                   + "\n")
     return renamed
+
+
+def _record_curve(run_dir: Path) -> None:
+    """Copy the curve of the attempt just recorded into the record; an attempt that wrote
+    none leaves none (an earlier attempt's curve would not be this record's)."""
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        atomic_write_text(run_dir / CURVE_FILE, metrics.read_text())
+    else:
+        (run_dir / CURVE_FILE).unlink(missing_ok=True)
+
+
+def _adopt_curve(run_dir: Path) -> None:
+    """Give a recorded run that has no curve file the ``metrics.jsonl`` beside its record,
+    when that file is the recorded attempt's: a store from before curve files (which carried
+    ``metrics.jsonl`` itself), or a runner stopped between the record and the curve.
+
+    The attempt's is the one whose final line holds the record's outcome; a curve without one
+    (a failed attempt) counts when it is not newer than the record. Anything else is a rerun
+    still going, and waits for its own record."""
+    metrics, record = run_dir / METRICS_FILE, run_dir / RECORD_FILE
+    if (run_dir / CURVE_FILE).exists() or not metrics.is_file():
+        return
+    curve = metrics.read_text()
+    final = _final_metrics(curve)
+    if final is None:
+        ours = metrics.stat().st_mtime <= record.stat().st_mtime
+    else:
+        recorded = json.loads(record.read_text()).get("metrics") or {}
+        ours = all(recorded.get(key) == final.get(key) for key in OUTCOME_METRICS)
+    if ours:
+        atomic_write_text(run_dir / CURVE_FILE, curve)
+
+
+def _final_metrics(curve: str) -> dict[str, Any] | None:
+    """The metrics on a curve's final line (training writes it last), if it has one."""
+    lines = curve.splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None  # the line a killed run was writing
+    final = last.get("final") if isinstance(last, dict) else None
+    return final if isinstance(final, dict) else None
 
 
 def _record_paths(results_dir: Path) -> Iterator[Path]:
