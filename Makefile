@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export ZOTUNE_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint results clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,15 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# After a bench grows a store under docs/results (zotune bench SUITE --results
+# docs/results/SUITE): each store's report and the findings page, regenerated from the records.
+results: venv
+	for plan in docs/results/*/suites; do \
+		store=$$(dirname $$plan); \
+		$(BIN)/zotune report $$store --out $$store/report --no-plots || exit 1; \
+	done
+	$(BIN)/python -m zotune.bench.findings docs/results --out docs/results/findings.md
 
 lint: venv
 	$(BIN)/ruff check src tests
