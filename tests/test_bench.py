@@ -16,7 +16,7 @@ import pytest
 
 from zotune import cli
 from zotune.bench.intervals import wilson_interval
-from zotune.bench.report import accuracy_table, build_report
+from zotune.bench.report import accuracy_table, build_report, selection_notes
 from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
 from zotune.bench.section import Section
 from zotune.bench.selection import select
@@ -492,6 +492,38 @@ def test_a_cell_shows_its_seed_spread_and_its_test_set_interval(tiny_suite):
     without_counts = [record_for(r, val=0.7, test=0.5) for r in runs]
     (selection,) = select(without_counts)
     assert selection.chosen.test_interval is None, "older records name no test size"
+
+
+@pytest.mark.parametrize(
+    ("best_val_lr", "best_step", "finished_lrs", "steps", "untrained", "edges", "note"),
+    [
+        (1e-3, 5, (1e-3, 1e-4), 2, False, {"optimizer.lr": "top"}, "lr at the grid's top"),
+        (1e-4, 5, (1e-3, 1e-4), 2, False, {"optimizer.lr": "bottom"},
+         "lr at the grid's bottom"),
+        (1e-3, 5, (1e-3,), 2, False, {}, ""),  # one value finished: no grid to be at the edge of
+        (1e-3, 0, (1e-3, 1e-4), 2, True, {"optimizer.lr": "top"},
+         "untrained: best at step 0; lr at the grid's top"),
+        (1e-3, 0, (1e-3, 1e-4), 0, False, {"optimizer.lr": "top"}, "lr at the grid's top"),
+    ],
+    ids=["top", "bottom", "one-value", "untrained", "no-steps-baseline"],
+)
+def test_a_cell_says_when_its_grid_limits_it(tiny_suite, best_val_lr, best_step, finished_lrs,
+                                             steps, untrained, edges, note):
+    runs = [r for r in expand_suite(tiny_suite()).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"
+            and r.hparams["optimizer.lr"] in finished_lrs]
+    records = []
+    for run in runs:
+        record = record_for(run, val=0.9 if run.hparams["optimizer.lr"] == best_val_lr else 0.7,
+                            best_step=best_step)
+        record.config = {**record.config, "train": {**record.config["train"], "steps": steps}}
+        records.append(record)
+    (selection,) = select(records)
+    assert selection.untrained is untrained
+    assert selection.grid_edges == edges
+    assert selection_notes(selection) == note
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    assert accuracy_table(section).rows[0][1].endswith("°") is untrained
 
 
 def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):

@@ -86,10 +86,10 @@ def test_a_run_records_each_test_examples_score(sst2_dir, tmp_path, tiny_run_con
 
 
 def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, data_seed=0,
-                      only=None):
+                      only=None, best_step_of=lambda run: 1):
     """A store of the tiny suite's finished runs (``only`` those the predicate keeps) at
     ``tmp_path/tiny``, each with the per-example test scores ``scores_of(run)`` (None: a
-    record made before zotune kept them)."""
+    record made before zotune kept them) and its best validation at ``best_step_of(run)``."""
     suite_dict = tiny_suite()
     suite_dict["base"]["task"]["data_seed"] = data_seed
     suite = expand_suite(suite_dict)
@@ -102,7 +102,7 @@ def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, dat
             scores = scores_of(run)
             val = 0.6 if run.hparams.get("optimizer.lr") == 1e-3 else 0.5
             metrics = {"best_val_accuracy": val, "test_examples": test_examples,
-                       "metric": "accuracy"}
+                       "metric": "accuracy", "best_step": best_step_of(run)}
             if scores is not None:
                 metrics.update(test_accuracy=statistics.fmean(scores), test_scores=scores)
             else:
@@ -239,6 +239,21 @@ def test_findings_give_each_contrast_its_verdict(tmp_path, tiny_suite, better, w
     assert first.method.startswith(method) and "widened by the seeds' spread" in first.method
     if only is not None:
         assert checked[0][1][1].missing == ["fo-adam/lora", "zo-sgd/lora"]
+
+
+def test_an_untrained_cell_is_named_and_decides_no_finding(tmp_path, tiny_suite):
+    """ZO-SGD's runs were best on validation before their first update: its cells show the
+    initial model, so a contrast with them says nothing about ZO-SGD."""
+    folder = store_with_scores(
+        tmp_path, tiny_suite, by_optimizer(0.1, 0.0),
+        best_step_of=lambda run: 0 if run.cell.optimizer == "zo-sgd" else 3)
+    checked = findings.check(tmp_path, TINY_FINDINGS)
+    assert [[e.verdict for e in estimates] for _, estimates in checked] == [
+        ["untrained cell"] * 2, ["untrained cell"], ["untrained cell"]]
+    assert checked[0][1][0].untrained == ["zo-sgd/full"] and checked[0][1][0].value is not None
+    assert "untrained cell (zo-sgd/full)" in findings.markdown(checked, "cmd")
+    lines = compare(folder, "fo-adam/full", "zo-sgd/full").lines()
+    assert lines[-1].startswith("untrained: zo-sgd/full (best on validation at step 0")
 
 
 def test_findings_fall_back_to_unpaired_intervals_for_older_records(tmp_path, tiny_suite):

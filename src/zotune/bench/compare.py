@@ -38,6 +38,7 @@ class Side:
     test_set: tuple[str, int, int]  # (task, data seed, examples): what fixes the test split
     seeds: int = 1
     seed_std: float | None = None  # the std of the seeds' test scores, with two or more
+    untrained: bool = False  # best on validation at step 0: the initial model, not the rule's
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,15 @@ class Comparison:
             if self.separated
             else "not separated on this test set"
         )
+        untrained = [side.name for side in (self.a, self.b) if side.untrained]
         return [
             f"A  {self.a.name}: {self.a.description}",
             f"B  {self.b.name}: {self.b.description}",
             f"A − B: {self.difference * 100:+.1f} points of test {metric}, "
             f"{CONFIDENCE:.0%} paired bootstrap interval {self.low * 100:+.1f} to "
             f"{self.high * 100:+.1f} over the same {self.a.examples} test examples: {verdict}",
-        ]
+        ] + ([f"untrained: {', '.join(untrained)} (best on validation at step 0, so the "
+              "initial model; no learning rate of its grid moved it)"] if untrained else [])
 
 
 class StoreView:
@@ -129,7 +132,8 @@ class StoreView:
                  f"{hparams_label(chosen.hparams) or 'no hyperparameters'}, "
                  f"{seeds} seed{'s' if seeds != 1 else ''}, test {chosen.test_mean * 100:.1f}")
         side = _made(name, label, chosen.done, chosen.test_mean, chosen.test_scores)
-        return dataclasses.replace(side, seeds=seeds, seed_std=chosen.test_std)
+        return dataclasses.replace(side, seeds=seeds, seed_std=chosen.test_std,
+                                   untrained=item.untrained)
 
 
 def compare(

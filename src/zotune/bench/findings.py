@@ -13,7 +13,10 @@ as independent binomials (wider, and said so). Its verdict:
 - **yes**: the 95% interval lies above 0 (for a "no worse than" claim: above −margin);
 - **reversed**: it lies below 0 (below −margin);
 - **not separated**: it straddles, so this test set cannot tell;
-- **queued**: a cell has no finished run yet (the store grows across sessions).
+- **queued**: a cell has no finished run yet (the store grows across sessions);
+- **untrained cell**: a cell's chosen runs were best on validation at step 0, so it shows the
+  initial model, and the contrast says nothing about its optimizer (its grid needs a larger
+  learning rate).
 
 Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test.
 """
@@ -153,6 +156,7 @@ class Estimate:
     method: str = ""
     verdict: str = "queued"
     missing: list[str] = field(default_factory=list)
+    untrained: list[str] = field(default_factory=list)
 
 
 def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
@@ -189,7 +193,10 @@ def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
                                                for c, side in seeded])
         result.method += ", widened by the seeds' spread"
     result.value, result.low, result.high = value, low, high
-    if low > -margin:
+    result.untrained = [side.name for side in sides if side.untrained]
+    if result.untrained:
+        result.verdict = "untrained cell"
+    elif low > -margin:
         result.verdict = "yes"
     elif high < -margin:
         result.verdict = "reversed"
@@ -266,7 +273,9 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         "is not, so its run-to-run spread, ±0.3 to ±4.6 points on the demo recipe "
         "(cpu-settings), is not in it. **yes**: the interval lies above 0; "
         "**reversed**: below it; **not separated**: it straddles 0; **queued**: a cell has "
-        "no finished run yet. Values are points of test accuracy; the paper's are from "
+        "no finished run yet; **untrained cell**: a cell was best on validation at step 0, "
+        "so it shows the initial model and the contrast says nothing about its optimizer. "
+        "Values are points of test accuracy; the paper's are from "
         "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell.",
         "",
         markdown_table(["finding", "suite", "verdicts"], rows, right_from=None),
@@ -286,6 +295,8 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
             verdict = item.verdict
             if item.missing:
                 verdict += f" (waiting for {', '.join(item.missing)})"
+            if item.untrained:
+                verdict += f" ({', '.join(item.untrained)})"
             table.append([
                 f"{item.contrast.task}: {item.contrast.label}",
                 measured,

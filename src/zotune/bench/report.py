@@ -32,11 +32,12 @@ from ..tables import markdown_table
 from .section import Section, build_sections
 from .selection import TEST_METRIC, VAL_METRIC, Candidate, CellSelection
 from .store import ResultsStore
-from .suite import hparams_label
+from .suite import hparam_name, hparams_label
 
 REPORT_DIR = "report"
 MISSING = "—"
 PARTIAL_MARK = "*"
+UNTRAINED_MARK = "°"
 
 # ZO-Bench (Zhang et al., ICML 2024): SST-2 test accuracy (%) of OPT-1.3B for the
 # optimizers and schemes it reports there. Shown beside an SST-2 table for its shape only: the
@@ -140,6 +141,7 @@ def _main_tables(section: Section) -> list[str]:
         accuracy_table(section).markdown(),
         "",
         *_partial_note(section.selections),
+        *_grid_note(section.selections),
         *_paper_comparison(section),
         "### Selected hyperparameters",
         "",
@@ -190,6 +192,7 @@ def _study_tables(section: Section) -> list[str]:
         study_table(section).markdown(),
         "",
         *_partial_note(section.studies),
+        *_grid_note(section.studies),
     ]
 
 
@@ -304,7 +307,8 @@ def _accuracy_cell(selection: CellSelection | None, section: Section) -> str:
     interval = chosen.test_interval
     if interval is not None:
         text += f" ({interval[0] * 100:.1f}–{interval[1] * 100:.1f})"
-    return text + (PARTIAL_MARK if selection.partial else "")
+    return (text + (UNTRAINED_MARK if selection.untrained else "")
+            + (PARTIAL_MARK if selection.partial else ""))
 
 
 def _partial_note(cells: list[CellSelection]) -> list[str]:
@@ -324,6 +328,7 @@ def selection_table(section: Section) -> Table:
         "optimizer",
         "scheme",
         "chosen hyperparameters",
+        "notes",
         f"val {_short_metric(section)} (%)",
         f"test {_short_metric(section)} (%)",
         "seeds",
@@ -339,7 +344,7 @@ def selection_table(section: Section) -> Table:
         health = [str(item.diverged_runs), str(item.skipped_steps)]
         if chosen is None:
             rows.append(
-                [item.cell.optimizer, item.cell.scheme, MISSING, MISSING, MISSING,
+                [item.cell.optimizer, item.cell.scheme, MISSING, "", MISSING, MISSING,
                  f"0/{item.expected_runs}", f"0/{len(item.candidates)}", MISSING, *health]
             )
             continue
@@ -348,6 +353,7 @@ def selection_table(section: Section) -> Table:
                 item.cell.optimizer,
                 item.cell.scheme,
                 chosen.label(),
+                selection_notes(item),
                 f"{chosen.val_mean * 100:.1f}",
                 _accuracy_cell(item, section),
                 f"{len(chosen.done)}/{chosen.expected_seeds}",
@@ -356,7 +362,30 @@ def selection_table(section: Section) -> Table:
                 *health,
             ]
         )
-    return Table(header, rows, align_right_from=3)
+    return Table(header, rows, align_right_from=4)
+
+
+def selection_notes(item: CellSelection) -> str:
+    """What limits a cell's chosen setting: untrained, or chosen at an edge of its grid."""
+    notes = ["untrained: best at step 0"] if item.untrained else []
+    notes += [f"{hparam_name(name)} at the grid's {edge}"
+              for name, edge in item.grid_edges.items()]
+    return "; ".join(notes)
+
+
+def _grid_note(cells: list[CellSelection]) -> list[str]:
+    untrained = sum(s.untrained for s in cells)
+    edged = sum(bool(s.grid_edges) for s in cells)
+    if not untrained and not edged:
+        return []
+    return [
+        f"**Grid limits:** {untrained} of {len(cells)} cells are untrained ({UNTRAINED_MARK}: "
+        "every run of the "
+        "chosen setting was best on validation at step 0, so the cell shows the initial "
+        f"model), and {edged} chose the largest or smallest value swept, where the best may "
+        "lie beyond the grid (the selection table's notes say which).",
+        "",
+    ]
 
 
 def _memory_note(section: Section) -> list[str]:

@@ -113,6 +113,35 @@ class CellSelection:
         )
 
     @property
+    def untrained(self) -> bool:
+        """Every run of the chosen setting was best on validation at step 0, before any update:
+        the cell shows the initial model, not what its optimizer does, because no learning
+        rate of its grid moved the model within the budget (a baseline, which takes no
+        steps, is not untrained)."""
+        chosen = self.chosen
+        return chosen is not None and all(
+            r.config["train"]["steps"] > 0 and r.metrics.get("best_step") == 0
+            for r in chosen.done
+        )
+
+    @property
+    def grid_edges(self) -> dict[str, str]:
+        """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value is the
+        largest or smallest of the values that finished: the best may lie beyond the grid."""
+        if self.chosen is None:
+            return {}
+        edges = {}
+        for name, value in self.chosen.hparams.items():
+            tried = {c.hparams.get(name) for c in self.candidates if c.done}
+            if len(tried) < 2 or not all(isinstance(v, (int, float)) for v in tried):
+                continue
+            if value == max(tried):
+                edges[name] = "top"
+            elif value == min(tried):
+                edges[name] = "bottom"
+        return edges
+
+    @property
     def skipped_steps(self) -> int:
         """Steps the cell's finished runs skipped for a non-finite loss."""
         return sum(

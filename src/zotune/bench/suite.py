@@ -215,13 +215,19 @@ class Suite:
         return shlex.join(words)
 
 
+def hparam_name(key: str) -> str:
+    """``"optimizer.lr"`` → ``"lr"``: a swept key as tables show it (the optimizer section
+    goes unnamed)."""
+    return key.removeprefix("optimizer.")
+
+
 def hparams_label(hparams: dict[str, Any]) -> str:
-    """``{"optimizer.lr": 1e-05}`` → ``"lr=1e-05"`` (the optimizer section goes unnamed)."""
+    """``{"optimizer.lr": 1e-05}`` → ``"lr=1e-05"``."""
     if not hparams:
         return "(defaults)"
     parts = []
     for key, value in hparams.items():
-        short = key.removeprefix("optimizer.")
+        short = hparam_name(key)
         parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
     return ", ".join(parts)
 
