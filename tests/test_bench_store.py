@@ -24,9 +24,9 @@ from zotune.bench.store import (
     RunRecord,
     clear_run_files,
 )
-from zotune.run_folder import METRICS_FILE
 from zotune.bench.suite import config_defaults, expand_suite, run_id
 from zotune.bench.worker import OUTCOME_FILE
+from zotune.run_folder import METRICS_FILE
 
 DATA = Path(__file__).parent / "data"
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]

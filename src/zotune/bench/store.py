@@ -14,9 +14,9 @@ by the store, keeps out the rest):
 - ``suites/<name>.json``: each suite's plan (its run ids and cells) and the command that runs
   it, so the report knows which cells are missing, not only which ones ran.
 
-Everything else is local: ``metrics.jsonl``, checkpoints (``last.pt`` while a run is unfinished: a run cut off
-here resumes from it, one cut off on another machine starts over; ``best.pt``, its best
-weights), logs, the runner's lock, and
+Everything else is local: ``metrics.jsonl``, checkpoints (``last.pt`` while a run is
+unfinished: a run cut off here resumes from it, one cut off on another machine starts over;
+``best.pt``, its best weights), logs, the runner's lock, and
 ``results.sqlite``, a cache of the record files (tables ``runs``, ``attempts``, ``suites``)
 for queries and the report. Opening a store reconciles the two: record files the database
 lacks (a fresh clone, a folder copied from elsewhere) are read in, rows without a record file
