@@ -17,7 +17,14 @@ import pytest
 from zotune import cli
 from zotune.bench.intervals import wilson_interval
 from zotune.bench.report import accuracy_table, build_report, selection_notes
-from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, threads_per_job
+from zotune.bench.runner import (
+    RUNS_DIR,
+    Runner,
+    describe_plan,
+    plan,
+    run_states,
+    threads_per_job,
+)
 from zotune.bench.section import Section
 from zotune.bench.selection import select
 from zotune.bench.store import ResultsStore, RunRecord
@@ -781,6 +788,33 @@ def test_dry_run_plan_marks_pending_and_failed(tmp_path, tiny_suite):
     assert no_retry[second.id] is False
     listing = describe_plan(plan(suite, statuses, True))
     assert listing.endswith(f"{len(suite.runs)} runs, {len(suite.runs) - 1} to run")
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "retried"),
+    [
+        ("zotune: error: NonFiniteLossError: 10 non-finite losses in a row at step 242: the "
+         "run diverged (lower optimizer.lr, currently 0.0001)", "diverged", False),
+        ("zotune: error: the worker was killed (signal 9)", "failed", True),
+    ],
+    ids=["diverged", "crashed"],
+)
+def test_a_diverged_run_is_not_retried_but_can_be_rerun(tmp_path, tiny_suite, error, state,
+                                                        retried):
+    """Divergence is what a run's settings do, so a retry would spend its steps to diverge
+    again; a crash is not, so it is retried. --rerun runs a diverged cell again."""
+    suite = expand_suite(tiny_suite())
+    run = suite.runs[0]
+    with ResultsStore(tmp_path) as store:
+        store.record(record_for(run, status="failed", error=error))
+        states = run_states(store)
+    assert states == {run.id: state}
+    (planned,) = [p for p in plan(suite, states, True) if p.spec.id == run.id]
+    assert (planned.state, planned.will_run) == (state, retried)
+    rerun = {p.spec.id: p.will_run for p in plan(suite, states, True, rerun=["zo-sgd/full"])}
+    assert rerun[run.id] is True
+    assert f"{run.id}  {state:8s}  {'run' if retried else 'skip'}" in describe_plan(
+        plan(suite, states, True))
 
 
 def test_only_runs_the_cells_a_selector_picks(tiny_suite):

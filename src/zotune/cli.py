@@ -168,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark suite: only its missing (and, by default, failed) runs."""
-    from .bench.runner import Runner, describe_plan, plan
+    from .bench.runner import Runner, describe_plan, plan, run_states
     from .bench.store import ResultsStore, store_exists
     from .bench.suite import load_suite
 
@@ -186,7 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         statuses = {}
         if store_exists(results):
             with ResultsStore(results, create=False) as store:
-                statuses = store.statuses()
+                statuses = run_states(store)
         print(describe_plan(plan(suite, statuses, args.retry_failed, args.only, args.rerun)))
         return 0
     options = {
@@ -336,14 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerun",
         action="append",
         metavar="SELECTOR",
-        help="run the finished runs of the cells a selector picks again, from scratch (their "
-        "record keeps every attempt): e.g. records an older zotune made; repeatable",
+        help="run the finished (or diverged) runs of the cells a selector picks again, from "
+        "scratch (their record keeps every attempt): e.g. records an older zotune made; "
+        "repeatable",
     )
     bench.add_argument(
         "--retry-failed",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run failed runs again (default: on)",
+        help="run failed runs again, except those that diverged: their settings would "
+        "diverge again (--rerun runs them) (default: on)",
     )
     bench.set_defaults(func=cmd_bench)
 

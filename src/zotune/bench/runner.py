@@ -1,7 +1,8 @@
 """The resumable runner: each pending run in its own worker process, results into the store.
 
 Running the same suite again executes only the runs that have no row yet, and (by default)
-the failed ones; finished runs are redone only when ``rerun`` (``--rerun``) names them. A
+the failed ones but those that diverged (their settings would diverge again); finished and
+diverged runs are redone only when ``rerun`` (``--rerun``) names them. A
 run is recorded the moment its process ends, in one transaction, so Ctrl-C or a kill loses
 only the runs in flight:
 
@@ -41,6 +42,7 @@ from ..checkpoints import LAST_FILE
 from ..environment import hardware_description, hostname, usable_cpus, zotune_version
 from ..files import FolderLock
 from .progress import ProgressDisplay
+from .selection import diverged
 from .store import RUNS_DIR, ResultsStore, RunRecord, SuitePlan, clear_run_files
 from .suite import RunSpec, Suite
 from .worker import STDERR_FILE, read_outcome, write_job
@@ -53,7 +55,7 @@ TERMINATE_GRACE_SECONDS = 10.0
 @dataclass
 class PlannedRun:
     spec: RunSpec
-    state: str  # done, failed or pending (no row yet)
+    state: str  # done, failed, diverged or pending (no row yet)
     will_run: bool
 
 
@@ -80,11 +82,14 @@ def plan(
     only: list[str] | None = None,
     rerun: list[str] | None = None,
 ) -> list[PlannedRun]:
-    """Each run with its state in the store (``statuses``: id → done/failed) and whether to run.
+    """Each run with its state in the store (``statuses``: id → done, failed or diverged, as
+    :func:`run_states` gives them) and whether to run.
 
-    ``only`` (selectors, as in a suite file) limits what runs to the cells it picks; the rest
-    of the suite stays in the plan, so the report shows it as missing. ``rerun`` (selectors)
-    runs the finished runs of the cells it picks again, from scratch.
+    A failed run runs again with ``retry_failed`` unless it diverged: divergence is what its
+    settings do (the same seed diverges again), where a crash or a kill is not. ``only``
+    (selectors, as in a suite file) limits what runs to the cells it picks; the rest of the
+    suite stays in the plan, so the report shows it as missing. ``rerun`` (selectors) runs the
+    finished and diverged runs of the cells it picks again, from scratch.
     """
     wanted = {run.id for run in suite.select(only)} if only else None
     again = {run.id for run in suite.select(rerun, "--rerun")} if rerun else set()
@@ -92,7 +97,7 @@ def plan(
     for run in suite.distinct_runs:  # a run two cells share executes once
         state = statuses.get(run.id, "pending")
         will_run = (state == "pending" or (state == "failed" and retry_failed)
-                    or (state == "done" and run.id in again))
+                    or (state in ("done", "diverged") and run.id in again))
         if wanted is not None and run.id not in wanted:
             will_run = False
         planned.append(PlannedRun(run, state, will_run))
@@ -104,10 +109,19 @@ def describe_plan(planned: list[PlannedRun]) -> str:
     lines = []
     for item in planned:
         action = "run" if item.will_run else "skip"
-        lines.append(f"{item.spec.id}  {item.state:7s}  {action:4s}  {item.spec.label()}")
+        lines.append(f"{item.spec.id}  {item.state:8s}  {action:4s}  {item.spec.label()}")
     pending = sum(item.will_run for item in planned)
     lines.append(f"{len(planned)} runs, {pending} to run")
     return "\n".join(lines)
+
+
+def run_states(store: ResultsStore) -> dict[str, str]:
+    """Run id → ``done``, ``failed``, or ``diverged`` (a failure its settings caused, which
+    a retry would repeat); runs never finished are absent."""
+    return {
+        record.id: "diverged" if record.status == "failed" and diverged(record) else record.status
+        for record in store.records()
+    }
 
 
 def threads_per_job(jobs: int) -> int:
@@ -155,7 +169,7 @@ class Runner:
             self.suite.select(self.rerun, "--rerun")
         with _exclusive(self.results_dir), ResultsStore(self.results_dir) as store:
             store.save_plan(SuitePlan.of(self.suite, self.command), time.time())
-            statuses = store.statuses()
+            statuses = run_states(store)
             planned = plan(self.suite, statuses, self.retry_failed, self.only, self.rerun)
             to_run = [item.spec for item in planned if item.will_run]
             done_before = sum(item.state == "done" for item in planned)
