@@ -533,6 +533,24 @@ def test_a_cell_says_when_its_grid_limits_it(tiny_suite, best_val_lr, best_step,
     assert accuracy_table(section).rows[0][1].endswith("°") is untrained
 
 
+def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
+    """lr 1e-3 diverged on every seed, 1e-4 finished: the cell is complete, and its choice
+    is the bottom of what was tried, with nothing to look for above it but divergence."""
+    runs = [r for r in expand_suite(tiny_suite()).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = [record_for(r, status="failed", error="zotune: error: the run diverged")
+               if r.hparams["optimizer.lr"] == 1e-3 else record_for(r, val=0.7, best_step=2)
+               for r in runs]
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.lr"] == 1e-4
+    assert selection.diverged_runs == 2 and not selection.partial
+    assert selection.grid_edges == {"optimizer.lr": "bottom"}
+    crashed = [record_for(r, status="failed") if r.hparams["optimizer.lr"] == 1e-3 else record
+               for r, record in zip(runs, records, strict=True)]
+    (selection,) = select(crashed)
+    assert selection.partial and selection.grid_edges == {}, "a crash says nothing of its lr"
+
+
 def test_selection_prefers_settings_whose_every_seed_finished(tiny_suite):
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]

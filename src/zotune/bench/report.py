@@ -318,7 +318,8 @@ def _partial_note(cells: list[CellSelection]) -> list[str]:
         return []
     return [
         f"**Partial:** {empty} of {len(cells)} cells have no finished run ({MISSING}), "
-        f"{partial} have some runs missing or failed ({PARTIAL_MARK}).",
+        f"{partial} have some runs missing or failed ({PARTIAL_MARK}; a run that diverged "
+        "counts as finished: it says its learning rate is too large).",
         "",
     ]
 

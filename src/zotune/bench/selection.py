@@ -101,8 +101,9 @@ class CellSelection:
 
     @property
     def partial(self) -> bool:
-        """Some of the cell's runs have not finished (missing or failed)."""
-        return self.done_runs < self.expected_runs
+        """Some of the cell's runs have not finished (missing, or failed other than by
+        diverging: a diverged run is its setting's outcome, a learning rate too large)."""
+        return self.done_runs + self.diverged_runs < self.expected_runs
 
     @property
     def diverged_runs(self) -> int:
@@ -127,12 +128,14 @@ class CellSelection:
     @property
     def grid_edges(self) -> dict[str, str]:
         """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value is the
-        largest or smallest of the values that finished: the best may lie beyond the grid."""
+        largest or smallest of the values tried (finished, or diverged: beyond a diverged
+        value there is nothing to look for): the best may lie beyond the grid."""
         if self.chosen is None:
             return {}
         edges = {}
         for name, value in self.chosen.hparams.items():
-            tried = {c.hparams.get(name) for c in self.candidates if c.done}
+            tried = {c.hparams.get(name) for c in self.candidates
+                     if c.done or any(diverged(r) for r in c.failed)}
             if len(tried) < 2 or not all(isinstance(v, (int, float)) for v in tried):
                 continue
             if value == max(tried):
