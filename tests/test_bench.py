@@ -16,7 +16,12 @@ import pytest
 
 from zotune import cli
 from zotune.bench.intervals import wilson_interval
-from zotune.bench.report import accuracy_table, build_report, selection_notes
+from zotune.bench.report import (
+    accuracy_table,
+    build_report,
+    selection_notes,
+    selection_table,
+)
 from zotune.bench.runner import (
     RUNS_DIR,
     Runner,
@@ -545,6 +550,10 @@ def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
     assert selection.chosen.hparams["optimizer.lr"] == 1e-4
     assert selection.diverged_runs == 2 and not selection.partial
     assert selection.grid_edges == {"optimizer.lr": "bottom"}
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    row = dict(zip(selection_table(section).header, selection_table(section).rows[0],
+                   strict=True))
+    assert (row["settings tried"], row["diverged runs"]) == ("2/2", "2")
     crashed = [record_for(r, status="failed") if r.hparams["optimizer.lr"] == 1e-3 else record
                for r, record in zip(runs, records, strict=True)]
     (selection,) = select(crashed)

@@ -341,7 +341,7 @@ def selection_table(section: Section) -> Table:
     rows = []
     for item in section.selections:
         chosen = item.chosen
-        tried = sum(bool(c.done) for c in item.candidates)
+        tried = sum(c.tried for c in item.candidates)
         health = [str(item.diverged_runs), str(item.skipped_steps)]
         if chosen is None:
             rows.append(

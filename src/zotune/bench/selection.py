@@ -41,6 +41,12 @@ class Candidate:
         return len(self.done) >= self.expected_seeds
 
     @property
+    def tried(self) -> bool:
+        """Some run of the setting finished or diverged: either says how the setting does
+        (a crash or a missing run says nothing)."""
+        return bool(self.done) or any(diverged(r) for r in self.failed)
+
+    @property
     def val_mean(self) -> float:
         return statistics.fmean(r.metrics[VAL_METRIC] for r in self.done)
 
@@ -134,8 +140,7 @@ class CellSelection:
             return {}
         edges = {}
         for name, value in self.chosen.hparams.items():
-            tried = {c.hparams.get(name) for c in self.candidates
-                     if c.done or any(diverged(r) for r in c.failed)}
+            tried = {c.hparams.get(name) for c in self.candidates if c.tried}
             if len(tried) < 2 or not all(isinstance(v, (int, float)) for v in tried):
                 continue
             if value == max(tried):
