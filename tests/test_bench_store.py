@@ -187,6 +187,20 @@ def test_a_store_from_before_curve_files_adopts_its_metrics_as_curves(tmp_path):
     assert (tmp_path / ".gitignore").read_text() == GITIGNORE
 
 
+def test_a_damaged_record_beside_a_curve_is_rewritten_and_gets_its_curve(tmp_path, capsys):
+    (run,) = expand_suite(tiny_suite([1e-3], "data")).runs
+    with ResultsStore(tmp_path) as store:
+        run_dir = record_one(store, run)
+    (run_dir / CURVE_FILE).unlink()
+    (run_dir / RECORD_FILE).write_text("{\"id\": ")
+    with ResultsStore(tmp_path, create=False) as store:
+        assert [r.id for r in store.records()] == [run.id]
+    assert f"{run_dir / RECORD_FILE}: damaged" in capsys.readouterr().err
+    with ResultsStore(tmp_path, create=False):
+        pass
+    assert (run_dir / CURVE_FILE).read_text() == FINISHED_CURVE, "adopted once it is sound"
+
+
 def test_a_gitignore_the_user_wrote_is_left_alone(tmp_path):
     (tmp_path / ".gitignore").write_text("*.pt\n")
     with ResultsStore(tmp_path):

@@ -301,8 +301,8 @@ class ResultsStore:
                 files[payload["id"]] = payload
             elif payload is not None:
                 _warn(f"{path}: holds the record of run {payload['id']!r}; ignored")
-        for path in _record_paths(self.results_dir):
-            _adopt_curve(path.parent)
+        for payload in files.values():
+            _adopt_curve(self.results_dir / RUNS_DIR / payload["id"], payload["metrics"] or {})
         plans = {}
         for path in _plan_paths(self.results_dir):
             payload = _read_json(path, PLAN_KEYS)
@@ -531,10 +531,11 @@ def _record_curve(run_dir: Path) -> None:
         (run_dir / CURVE_FILE).unlink(missing_ok=True)
 
 
-def _adopt_curve(run_dir: Path) -> None:
+def _adopt_curve(run_dir: Path, recorded: dict[str, Any]) -> None:
     """Give a recorded run that has no curve file the ``metrics.jsonl`` beside its record,
     when that file is the recorded attempt's: a store from before curve files (which carried
     ``metrics.jsonl`` itself), or a runner stopped between the record and the curve.
+    ``recorded`` is the record's metrics.
 
     The attempt's is the one whose final line holds the record's outcome; a curve without one
     (a failed attempt) counts when it is not newer than the record. Anything else is a rerun
@@ -547,7 +548,6 @@ def _adopt_curve(run_dir: Path) -> None:
     if final is None:
         ours = metrics.stat().st_mtime <= record.stat().st_mtime
     else:
-        recorded = json.loads(record.read_text()).get("metrics") or {}
         ours = all(recorded.get(key) == final.get(key) for key in OUTCOME_METRICS)
     if ours:
         atomic_write_text(run_dir / CURVE_FILE, curve)
