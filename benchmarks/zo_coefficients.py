@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value for the run's config")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.cell.count("/") != 1:
         parser.error(f"--cell {args.cell}: expected OPTIMIZER/SCHEME, e.g. zo-sgd/full")
     optimizer_name, scheme = args.cell.split("/")
