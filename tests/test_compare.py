@@ -158,6 +158,8 @@ def test_compare_names_a_single_run_by_its_id(tmp_path, tiny_suite):
          "fo-adam/lora, zo-sgd/full, zo-sgd/lora"),
         ("zo-sgd/full", "fo-adam/full", lambda run: None, {},
          "zo-sgd/full: its records hold no per-example test scores"),
+        ("zo-sgd/full", "zo-sgd/full", by_optimizer(0.1, 0.0), {},
+         "A and B are both zo-sgd/full: name two cells or runs to compare"),
         ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"suite": "other"},
          "--suite other: this store has no such suite; its suites: tiny"),
         ("zo-sgd/full", "fo-adam/full", by_optimizer(0.1, 0.0), {"task": "copa"},

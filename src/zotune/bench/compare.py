@@ -141,6 +141,8 @@ def compare(
     task: str | None = None, model: str | None = None,
 ) -> Comparison:
     """Compare cells (or runs) ``a`` and ``b`` of a store on their shared test examples."""
+    if a == b:
+        raise ValueError(f"A and B are both {a}: name two cells or runs to compare")
     view = StoreView(results_dir, suite=suite, task=task, model=model)
     left, right = view.side(a), view.side(b)
     check_comparable([left, right])
