@@ -241,6 +241,22 @@ def test_findings_give_each_contrast_its_verdict(tmp_path, tiny_suite, better, w
     assert first.method.startswith(method) and "widened by the seeds' spread" in first.method
     if only is not None:
         assert checked[0][1][1].missing == ["fo-adam/lora", "zo-sgd/lora"]
+    assert all(not e.partial for _, estimates in checked for e in estimates if e.value)
+
+
+def test_a_contrast_on_a_cell_still_running_says_so(tmp_path, tiny_suite):
+    """fo-adam/full has a result but one of its runs is still missing: the verdict stands
+    for now, and the page says the cell's choice may change."""
+    missing = expand_suite(tiny_suite()).runs
+    dropped = next(r for r in missing if r.cell.optimizer == "fo-adam" and r.cell.scheme == "full")
+    store_with_scores(tmp_path, tiny_suite, by_optimizer(0.1, 0.0),
+                      only=lambda run: run.id != dropped.id)
+    checked = findings.check(tmp_path, TINY_FINDINGS[:1])
+    first = checked[0][1][0]
+    assert first.verdict == "yes" and first.partial == ["fo-adam/full"]
+    assert "yes; so far: fo-adam/full still running" in findings.markdown(checked, "cmd")
+    lines = compare(tmp_path / "tiny", "fo-adam/full", "zo-sgd/full").lines()
+    assert lines[-1].startswith("still running: fo-adam/full (some runs missing")
 
 
 def test_an_untrained_cell_is_named_and_decides_no_finding(tmp_path, tiny_suite):

@@ -39,6 +39,7 @@ class Side:
     seeds: int = 1
     seed_std: float | None = None  # the std of the seeds' test scores, with two or more
     untrained: bool = False  # best on validation at step 0: the initial model, not the rule's
+    partial: bool = False  # some of the cell's runs are still missing: its choice may change
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Comparison:
             else "not separated on this test set"
         )
         untrained = [side.name for side in (self.a, self.b) if side.untrained]
+        running = [side.name for side in (self.a, self.b) if side.partial]
         return [
             f"A  {self.a.name}: {self.a.description}",
             f"B  {self.b.name}: {self.b.description}",
@@ -68,7 +70,9 @@ class Comparison:
             f"{CONFIDENCE:.0%} paired bootstrap interval {self.low * 100:+.1f} to "
             f"{self.high * 100:+.1f} over the same {self.a.examples} test examples: {verdict}",
         ] + ([f"untrained: {', '.join(untrained)} (best on validation at step 0, so the "
-              "initial model; no learning rate of its grid moved it)"] if untrained else [])
+              "initial model; no learning rate of its grid moved it)"] if untrained else []
+             ) + ([f"still running: {', '.join(running)} (some runs missing: the chosen "
+                   "setting may change)"] if running else [])
 
 
 class StoreView:
@@ -133,7 +137,7 @@ class StoreView:
                  f"{seeds} seed{'s' if seeds != 1 else ''}, test {chosen.test_mean * 100:.1f}")
         side = _made(name, label, chosen.done, chosen.test_mean, chosen.test_scores)
         return dataclasses.replace(side, seeds=seeds, seed_std=chosen.test_std,
-                                   untrained=item.untrained)
+                                   untrained=item.untrained, partial=item.partial)
 
 
 def compare(

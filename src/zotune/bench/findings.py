@@ -157,6 +157,7 @@ class Estimate:
     verdict: str = "queued"
     missing: list[str] = field(default_factory=list)
     untrained: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # cells whose choice may still change
 
 
 def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
@@ -194,6 +195,7 @@ def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
         result.method += ", widened by the seeds' spread"
     result.value, result.low, result.high = value, low, high
     result.untrained = [side.name for side in sides if side.untrained]
+    result.partial = [side.name for side in sides if side.partial]
     if result.untrained:
         result.verdict = "untrained cell"
     elif low > -margin:
@@ -297,6 +299,8 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
                 verdict += f" (waiting for {', '.join(item.missing)})"
             if item.untrained:
                 verdict += f" ({', '.join(item.untrained)})"
+            if item.partial:
+                verdict += f"; so far: {', '.join(item.partial)} still running"
             table.append([
                 f"{item.contrast.task}: {item.contrast.label}",
                 measured,
