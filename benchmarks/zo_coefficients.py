@@ -4,6 +4,9 @@
         [--suite cpu] [--cell zo-sgd/full] [--lr 1e-5] [--steps 12] [--threads 1] \
         [section.key=value ...]
 
+The first run of the cell at that learning rate is measured (in a suite of several tasks,
+the learning rate may pick the task).
+
 A two-point estimate is ĝ = c·z with c = (f(θ+εz) − f(θ−εz)) / 2ε, so ZO-SGD moves
 coordinate i by η·|c|·|z_i|, while a sign step (ZO-SGD-Sign) and Adam's early steps move it by
 about η whatever c is. The median |c| is therefore the factor by which a sign or Adam learning
@@ -67,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step(run.step_closure(batches.sample(train, run.config.train.batch_size)))
         print(f"step {step}: |c| = {coefficients[-1]:.2f}", flush=True)
     values = sorted(coefficients)
-    print(f"{args.suite} {args.cell} lr {args.lr:g}, {len(values)} coefficients: median |c| "
-          f"{statistics.median(values):.1f}, mean {statistics.fmean(values):.1f}, range "
-          f"{values[0]:.1f}–{values[-1]:.1f}")
+    print(f"{args.suite} {spec.cell.task} {args.cell} lr {args.lr:g}, {len(values)} "
+          f"coefficients: median |c| {statistics.median(values):.1f}, mean "
+          f"{statistics.fmean(values):.1f}, range {values[0]:.1f}–{values[-1]:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def test_coefficients_of_a_suites_run_are_reported(sst2_dir, capsys):
     out = capsys.readouterr().out
     steps = re.findall(r"step \d: \|c\| = (\d+\.\d+)", out)
     assert len(steps) == 2
-    assert re.search(r"smoke zo-sgd/full lr 0.001, 2 coefficients: median \|c\| \d", out)
+    assert re.search(r"smoke sst2 zo-sgd/full lr 0.001, 2 coefficients: median \|c\| \d", out)
 
 
 @pytest.mark.parametrize(
