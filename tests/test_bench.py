@@ -19,6 +19,7 @@ from zotune.bench.intervals import wilson_interval
 from zotune.bench.report import (
     accuracy_table,
     build_report,
+    markdown_report,
     selection_notes,
     selection_table,
 )
@@ -604,6 +605,19 @@ def test_tables_name_the_sections_metric(metric, label, scores, interval, tiny_s
     header = selection_table(section).header
     assert header[header.index("notes") + 1:][:2] == [f"val {label} (%)", f"test {label} (%)"]
     assert ("(" in accuracy_table(section).rows[0][1]) == interval
+
+
+@pytest.mark.parametrize(
+    ("unplanned", "line"),
+    [(0, None),
+     (1, "1 stored run belongs to no current suite plan (its suite's grid or config changed "
+         "since); it is left out."),
+     (2, "2 stored runs belong to no current suite plan (their suite's grid or config "
+         "changed since); they are left out.")],
+)
+def test_the_report_counts_runs_outside_the_plan(unplanned, line, tmp_path):
+    text = markdown_report([], tmp_path, unplanned)
+    assert (line in text) if line else "suite plan" not in text
 
 
 def test_a_partial_sections_budget_says_it_covers_the_runs_recorded_so_far(tiny_suite):

@@ -103,8 +103,10 @@ def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> s
     parts = ["# zotune benchmark report", ""]
     if unplanned:
         parts += [
-            f"{unplanned} stored runs belong to no current suite plan (their suite's config "
-            "changed since); they are left out.",
+            (f"{unplanned} stored runs belong to no current suite plan (their suite's grid or "
+             "config changed since); they are left out." if unplanned != 1 else
+             "1 stored run belongs to no current suite plan (its suite's grid or config changed "
+             "since); it is left out."),
             "",
         ]
     for section in sections:
