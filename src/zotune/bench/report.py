@@ -383,10 +383,9 @@ def _grid_note(cells: list[CellSelection]) -> list[str]:
         return []
     return [
         f"**Grid limits:** {untrained} of {len(cells)} cells are untrained ({UNTRAINED_MARK}: "
-        "every run of the "
-        "chosen setting was best on validation at step 0, so the cell shows the initial "
-        f"model), and {edged} chose the largest or smallest value swept, where the best may "
-        "lie beyond the grid (the selection table's notes say which).",
+        "every run of the chosen setting was best on validation at step 0, so the cell shows "
+        f"the initial model), and {edged} chose the largest or smallest value swept, where "
+        "the best may lie beyond the grid (the selection table's notes say which).",
         "",
     ]
 
