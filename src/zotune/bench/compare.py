@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .intervals import CONFIDENCE, paired_difference
 from .section import build_sections
-from .selection import CellSelection
+from .selection import UNTRAINED_MEANING, CellSelection
 from .store import ResultsStore, RunRecord
 from .suite import hparams_label
 
@@ -61,18 +61,21 @@ class Comparison:
             if self.separated
             else "not separated on this test set"
         )
-        untrained = [side.name for side in (self.a, self.b) if side.untrained]
-        running = [side.name for side in (self.a, self.b) if side.partial]
-        return [
+        lines = [
             f"A  {self.a.name}: {self.a.description}",
             f"B  {self.b.name}: {self.b.description}",
             f"A − B: {self.difference * 100:+.1f} points of test {metric}, "
             f"{CONFIDENCE:.0%} paired bootstrap interval {self.low * 100:+.1f} to "
             f"{self.high * 100:+.1f} over the same {self.a.examples} test examples: {verdict}",
-        ] + ([f"untrained: {', '.join(untrained)} (best on validation at step 0, so the "
-              "initial model; no learning rate of its grid moved it)"] if untrained else []
-             ) + ([f"still running: {', '.join(running)} (some runs missing: the chosen "
-                   "setting may change)"] if running else [])
+        ]
+        untrained = [side.name for side in (self.a, self.b) if side.untrained]
+        if untrained:
+            lines.append(f"untrained: {', '.join(untrained)} ({UNTRAINED_MEANING})")
+        running = [side.name for side in (self.a, self.b) if side.partial]
+        if running:
+            lines.append(f"still running: {', '.join(running)} (some runs missing: the chosen "
+                         "setting may change)")
+        return lines
 
 
 class StoreView:

@@ -35,6 +35,7 @@ from ..tables import markdown_table
 from .compare import NotFinished, Side, StoreView, check_comparable
 from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval, z_score
 from .report import PAPER_SST2_OPT_1_3B
+from .selection import UNTRAINED_MEANING
 from .store import store_exists
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
@@ -275,8 +276,8 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         "is not, so its run-to-run spread, ±0.3 to ±4.6 points on the demo recipe "
         "(cpu-settings), is not in it. **yes**: the interval lies above 0; "
         "**reversed**: below it; **not separated**: it straddles 0; **queued**: a cell has "
-        "no finished run yet; **untrained cell**: a cell was best on validation at step 0, "
-        "so it shows the initial model and the contrast says nothing about its optimizer. "
+        f"no finished run yet; **untrained cell**: a cell was {UNTRAINED_MEANING}, and the "
+        "contrast says nothing about its optimizer. "
         "Values are points of test accuracy; the paper's are from "
         "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell.",
         "",

@@ -30,7 +30,7 @@ from typing import Any
 from ..files import atomic_write_text
 from ..tables import markdown_table
 from .section import Section, build_sections
-from .selection import TEST_METRIC, VAL_METRIC, Candidate, CellSelection
+from .selection import TEST_METRIC, UNTRAINED_MEANING, VAL_METRIC, Candidate, CellSelection
 from .store import ResultsStore
 from .suite import hparam_name, hparams_label
 
@@ -383,9 +383,9 @@ def _grid_note(cells: list[CellSelection]) -> list[str]:
         return []
     return [
         f"**Grid limits:** {untrained} of {len(cells)} cells are untrained ({UNTRAINED_MARK}: "
-        "every run of the chosen setting was best on validation at step 0, so the cell shows "
-        f"the initial model), and {edged} chose the largest or smallest value swept, where "
-        "the best may lie beyond the grid (the selection table's notes say which).",
+        f"every run of the chosen setting was {UNTRAINED_MEANING}), and {edged} chose the "
+        "largest or smallest value swept, where the best may lie beyond the grid (the "
+        "selection table's notes say which).",
         "",
     ]
 

@@ -24,6 +24,10 @@ from .store import RunRecord
 from .suite import Cell, hparams_label
 
 VAL_METRIC = "best_val_accuracy"
+# What an untrained cell is, as the report, the findings and ``zotune compare`` say it.
+UNTRAINED_MEANING = (
+    "best on validation at step 0, before any update, so it shows the initial model"
+)
 TEST_METRIC = "test_accuracy"
 
 

@@ -219,10 +219,8 @@ class ResultsStore:
             raise FileNotFoundError(f"no results database or run records in {self.results_dir}")
         self.results_dir.mkdir(parents=True, exist_ok=True)
         gitignore = self.results_dir / ".gitignore"
-        if not gitignore.exists() or (
-            gitignore.read_text().startswith(GITIGNORE_HEADER)
-            and gitignore.read_text() != GITIGNORE
-        ):
+        rules = gitignore.read_text() if gitignore.exists() else None
+        if rules is None or (rules.startswith(GITIGNORE_HEADER) and rules != GITIGNORE):
             atomic_write_text(gitignore, GITIGNORE)  # an older zotune's rules are replaced
         self._lock = threading.Lock()
         try:
