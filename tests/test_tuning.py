@@ -255,6 +255,27 @@ def test_scorer_matches_an_unpadded_full_logits_reference(tiny_model, shape, sch
             assert torch.isfinite(scorer.loss(scorer.encode_for_loss(examples)))
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_the_lm_head_gets_a_contiguous_input_once(tiny_model, shape, scheme):
+    """Its last-logits slice is a strided view; with a frozen head weight torch.matmul would
+    copy the weight once per row instead of folding into one mm (3× slower LoRA ZO steps)."""
+    model, loaded = tiny_model(shape, scheme)
+    head = model.get_output_embeddings()
+    hooks_before = len(head._forward_pre_hooks)
+    Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    scorer = Scorer(model, loaded.tokenizer, kind=loaded.kind)
+    assert len(head._forward_pre_hooks) == hooks_before + 1
+    seen: list[bool] = []
+    probe = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        with torch.no_grad():
+            scorer.scores(scorer.encode(EXAMPLES))
+    finally:
+        probe.remove()
+    assert seen == [True]
+
+
 @pytest.mark.parametrize("scheme", ["prefix", "prompt"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_virtual_tokens_keep_scores_independent_of_batch_padding(tiny_model, shape, scheme):

@@ -86,6 +86,33 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
+# Set on an LM head once it has the hook below.
+HEAD_HOOK_MARK = "zotune_contiguous_input"
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Hand the LM head a contiguous input (once per head; later calls do nothing).
+
+    A causal LM asked for its last logits only (``logits_to_keep``) slices its hidden states,
+    ``h[:, -k:]``, a strided view. When the head's weight does not require a gradient (every
+    scheme but full), ``torch.matmul`` does not fold that view into one mm: it runs a batched
+    mm against a copy of the weight per row. For SmolLM2's 49,152 × 576 head at batch 16 that
+    is a 0.9 GB copy per forward, which made a LoRA ZO step 3× slower than a full one. A
+    contiguous input folds, and the logits are the same (bitwise in bf16).
+    """
+    head = base_model(model).get_output_embeddings()
+    if head is None or getattr(head, HEAD_HOOK_MARK, False):
+        return
+    head.register_forward_pre_hook(_contiguous_first_input)
+    setattr(head, HEAD_HOOK_MARK, True)
+
+
+def _contiguous_first_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
 def position_limit(config: Any) -> int | None:
     """The longest input a config's position embeddings allow: ``max_position_embeddings``,
     less RoBERTa's reserved positions; None if the config names no limit."""

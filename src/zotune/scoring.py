@@ -48,7 +48,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import accepts_logits_to_keep, base_model, position_limit, special_token_frame
+from .models import (
+    accepts_logits_to_keep,
+    base_model,
+    contiguous_head_input,
+    position_limit,
+    special_token_frame,
+)
 from .offload import execution_device
 from .tasks.example import Example
 
@@ -113,6 +119,8 @@ class Scorer:
         self.loss_name = loss
         self.max_length = max_length or _model_max_length(model, tokenizer)
         self._keeps_logits = kind == "causal" and accepts_logits_to_keep(model)
+        if self._keeps_logits:
+            contiguous_head_input(model)
         self._special_frame = special_token_frame(tokenizer) if kind == "masked" else ([], [])
         self._cache: dict[str, list[int]] = {}
 
