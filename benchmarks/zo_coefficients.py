@@ -23,7 +23,7 @@ import statistics
 
 import torch
 
-from zotune.bench.suite import load_suite
+from zotune.bench.suite import SuiteError, load_suite
 from zotune.config import build_config
 from zotune.run import setup
 
@@ -31,7 +31,7 @@ from zotune.run import setup
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="cpu")
-    parser.add_argument("--cell", default="zo-sgd/full", help="OPTIMIZER/SCHEME of the suite")
+    parser.add_argument("--cell", default="zo-sgd/full", help="a cell of the suite")
     parser.add_argument("--lr", type=float, default=1e-5, help="which of the cell's runs")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
@@ -40,21 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.cell.count("/") != 1:
-        parser.error(f"--cell {args.cell}: expected OPTIMIZER/SCHEME, e.g. zo-sgd/full")
-    optimizer_name, scheme = args.cell.split("/")
-    spec = next(
-        (r for r in load_suite(args.suite, args.overrides).runs
-         if (r.cell.optimizer, r.cell.scheme) == (optimizer_name, scheme)
-         and r.hparams.get("optimizer.lr") == args.lr),
-        None,
-    )
-    if spec is None:
-        parser.error(f"suite {args.suite} has no {args.cell} run at lr {args.lr:g}")
+    try:
+        spec = load_suite(args.suite, args.overrides).run_at(args.cell, args.lr)
+    except SuiteError as error:
+        parser.error(str(error))
     run = setup(build_config(spec.config))
     optimizer = run.optimizer
     if not hasattr(optimizer, "estimate"):
-        parser.error(f"{optimizer_name} is not a zeroth-order optimizer")
+        parser.error(f"{spec.cell.optimizer} is not a zeroth-order optimizer")
     coefficients: list[float] = []
     estimate = optimizer.estimate
 

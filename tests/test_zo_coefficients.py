@@ -24,7 +24,7 @@ def test_coefficients_of_a_suites_run_are_reported(sst2_dir, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--suite", "smoke", "--lr", "5"], "smoke has no zo-sgd/full run at lr 5"),
-     (["--cell", "zo-sgd"], "--cell zo-sgd: expected OPTIMIZER/SCHEME"),
+     (["--suite", "smoke", "--cell", "zo-sgd-x"], "--cell: selector 'zo-sgd-x' names nothing"),
      (["--steps", "0"], "--steps must be at least 1, got 0"),
      (["--suite", "smoke", "--cell", "fo-sgd/full", "--lr", "1e-2"],
       "fo-sgd is not a zeroth-order optimizer")],

@@ -207,6 +207,14 @@ class Suite:
             chosen.update(run.id for run in matched)
         return [run for run in self.runs if run.id in chosen]
 
+    def run_at(self, selector: str, lr: float, flag: str = "--cell") -> RunSpec:
+        """The first run, among those of the cells ``selector`` picks, at learning rate ``lr``
+        (for scripts that measure one run of a suite)."""
+        for run in self.select([selector], flag):
+            if run.hparams.get("optimizer.lr") == lr:
+                return run
+        raise SuiteError(f"suite {self.name} has no {selector} run at lr {lr:g}")
+
     def command(self, results_dir: str | Path | None = None) -> str:
         """The ``zotune bench`` command that runs (or resumes) this suite."""
         words = ["zotune", "bench", self.source, *self.overrides]

@@ -1,0 +1,61 @@
+"""The fingerprint benchmark runs a run config's own first steps and hashes the weights they
+leave: the same steps give the same fingerprint, other steps another."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_fingerprint.py"
+
+
+def run_config(tmp_path: Path, sst2_dir, optimizer: str, scheme: str) -> str:
+    path = tmp_path / f"{optimizer}-{scheme}.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"name": "random:tiny-llama"},
+        "optimizer": {"name": optimizer, "lr": 1e-3},
+        "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 16, "num_val": 8,
+                 "num_test": 8},
+        "train": {"batch_size": 4, "steps": 2},
+        "tuning": {"scheme": scheme},
+    }))
+    return str(path)
+
+
+def fingerprint(argv: list[str], capsys) -> str:
+    bench = runpy.run_path(str(BENCHMARK), run_name="step_fingerprint")
+    bench["main"](argv)
+    out = capsys.readouterr().out
+    steps = int(argv[argv.index("--steps") + 1])
+    assert len(re.findall(r"step \d: loss \d+\.\d+, \d+\.\d+ s", out)) == steps
+    found = re.search(r"weights ([0-9a-f]{16}), median \d+\.\d+ s/step, peak \d+ MB", out)
+    assert found, out
+    return found.group(1)
+
+
+@pytest.mark.parametrize(("optimizer", "scheme"), [("zo-sgd", "lora"), ("fo-sgd", "full")])
+def test_the_same_steps_give_the_same_fingerprint(optimizer, scheme, tmp_path, sst2_dir,
+                                                  capsys):
+    config = run_config(tmp_path, sst2_dir, optimizer, scheme)
+    two = fingerprint([config, "--steps", "2"], capsys)
+    assert fingerprint([config, "--steps", "2"], capsys) == two
+    assert fingerprint([config, "--steps", "1"], capsys) != two
+    assert fingerprint([config, "--steps", "2", "optimizer.lr=2e-3"], capsys) != two
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["missing.yaml"], "config file not found: missing.yaml"),
+     (["CONFIG", "--steps", "0"], "--steps must be at least 1, got 0"),
+     (["CONFIG", "optimizer.lr"], "override must look like section.key=value")],
+)
+def test_what_it_cannot_run_is_refused_in_one_line(argv, message, tmp_path, sst2_dir, capsys):
+    config = run_config(tmp_path, sst2_dir, "zo-sgd", "full")
+    bench = runpy.run_path(str(BENCHMARK), run_name="step_fingerprint")
+    with pytest.raises(SystemExit):
+        bench["main"]([config if word == "CONFIG" else word for word in argv])
+    assert message in capsys.readouterr().err
