@@ -646,7 +646,7 @@ def test_a_partial_sections_budget_says_it_covers_the_runs_recorded_so_far(tiny_
     ],
 )
 def test_the_report_counts_diverged_runs_and_skipped_steps(error, diverged, tiny_suite):
-    from zotune.bench.report import selection_table
+    from zotune.bench.report import failed_runs_table, selection_table
 
     suite = expand_suite(tiny_suite())
     runs = [r for r in suite.runs if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
@@ -663,6 +663,10 @@ def test_the_report_counts_diverged_runs_and_skipped_steps(error, diverged, tiny
     table = selection_table(section)
     assert table.header[-2:] == ["diverged runs", "skipped steps"]
     assert table.rows[0][-2:] == [str(diverged * 2), "4"]
+    failures = failed_runs_table(section)
+    outcome = failures.header.index("outcome")
+    expected = "diverged: not retried" if diverged else "failed: retried by the next bench"
+    assert [row[outcome].split(" (")[0] for row in failures.rows] == [expected] * 2
 
 
 # Runner and report, end to end -------------------------------------------------------------

@@ -30,7 +30,14 @@ from typing import Any
 from ..files import atomic_write_text
 from ..tables import markdown_table
 from .section import Section, build_sections
-from .selection import TEST_METRIC, UNTRAINED_MEANING, VAL_METRIC, Candidate, CellSelection
+from .selection import (
+    TEST_METRIC,
+    UNTRAINED_MEANING,
+    VAL_METRIC,
+    Candidate,
+    CellSelection,
+    diverged,
+)
 from .store import ResultsStore
 from .suite import hparam_name, hparams_label
 
@@ -435,20 +442,34 @@ def cost_table(section: Section) -> Table:
     return Table(header, rows)
 
 
-def _failed_runs(section: Section) -> list[str]:
+# What becomes of a failed run on the next ``zotune bench`` (runner.run_states decides it).
+FAILURE_OUTCOMES = {
+    True: "diverged: not retried (its settings would diverge again; --rerun runs it)",
+    False: "failed: retried by the next bench",
+}
+
+
+def failed_runs_table(section: Section) -> Table | None:
+    """The section's failed runs, each with whether the next bench retries it."""
     failed = [r for r in section.records if r.status == "failed"]
     if not failed:
-        return []
-    table = Table(
-        ["run", "optimizer", "scheme", "hyperparameters", "seed", "attempts", "error"],
+        return None
+    return Table(
+        ["run", "optimizer", "scheme", "hyperparameters", "seed", "attempts", "outcome",
+         "error"],
         [
             [f"`{r.id}`", r.cell.optimizer, r.cell.scheme, hparams_label(r.hparams),
-             str(r.seed), str(r.attempts), _escape(r.error or "")]
+             str(r.seed), str(r.attempts), FAILURE_OUTCOMES[diverged(r)],
+             _escape(r.error or "")]
             for r in failed
         ],
         align_right_from=len(["run", "optimizer", "scheme", "hyperparameters"]),
     )
-    return ["### Failed runs", "", table.markdown(), ""]
+
+
+def _failed_runs(section: Section) -> list[str]:
+    table = failed_runs_table(section)
+    return [] if table is None else ["### Failed runs", "", table.markdown(), ""]
 
 
 def _all_runs(section: Section) -> list[str]:
