@@ -260,6 +260,23 @@ def test_offload_rows_follow_their_resident_ones_and_move_cpu_storage(tmp_path, 
     assert "not modelled (CPU offload)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("scheme", ["full", "lora", "prompt"])
+def test_the_profiled_lm_head_gets_a_contiguous_input(scheme):
+    """As in training (zotune.scoring): a frozen head fed the strided last-position slice
+    would make torch.matmul copy its weight per row, which the profile would then report."""
+    from zotune.profiling.build import build_step
+
+    built = build_step(ProfileSpec(method="zo-sgd", scheme=scheme, seq_len=8, **TINY))
+    seen: list[bool] = []
+    head = built.model.get_output_embeddings()
+    probe = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        built.step()
+    finally:
+        probe.remove()
+    assert seen and all(seen)
+
+
 def test_an_offloaded_model_takes_its_batch_on_the_execution_device():
     pytest.importorskip("accelerate")
     from zotune.profiling.build import build_step

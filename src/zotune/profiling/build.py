@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import accepts_logits_to_keep, base_model
+from ..models import accepts_logits_to_keep, base_model, contiguous_head_input
 from ..offload import execution_device
 from .spec import ProfileSpec
 
@@ -140,6 +140,8 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
         base_model(model).config.vocab_size, spec.batch_size, spec.seq_len, spec.seed, device
     )
     keep = accepts_logits_to_keep(model)
+    if keep:  # as the scorer does, so the profile measures what training runs
+        contiguous_head_input(model)
     loss = under_autocast(
         last_position_loss(model, batch, keep, spec.micro_batch_size), spec.autocast, device
     )
