@@ -470,6 +470,23 @@ def test_selection_chooses_on_validation_never_on_test(tiny_suite):
 
 
 @pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        (0, None),  # zero-shot takes no step: no step time, no passes per step
+        (400, {"seconds_per_step": 1.5, "forward_passes_per_step": 2}),
+    ],
+)
+def test_per_step_figures_come_only_from_runs_that_stepped(tiny_suite, steps, expected):
+    run = expand_suite(tiny_suite()).runs[0]
+    record = record_for(run, steps=steps, seconds_per_step=1.5 if steps else 0.0,
+                        forward_passes_per_step=2, peak_memory_mb=900.0)
+    (selection,) = select([record])
+    for name in ("seconds_per_step", "forward_passes_per_step"):
+        assert selection.chosen.mean_metric(name) == (expected and expected[name])
+    assert selection.chosen.mean_metric("peak_memory_mb") == 900.0
+
+
+@pytest.mark.parametrize(
     ("proportion", "n", "low", "high"),
     [
         (0.5, 100, 0.4038, 0.5962),  # Brown, Cai & DasGupta (2001), Table 1

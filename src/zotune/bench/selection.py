@@ -29,6 +29,7 @@ UNTRAINED_MEANING = (
     "best on validation at step 0, before any update, so it shows the initial model"
 )
 TEST_METRIC = "test_accuracy"
+PER_STEP_METRICS = frozenset({"seconds_per_step", "forward_passes_per_step"})
 
 
 @dataclass
@@ -88,7 +89,11 @@ class Candidate:
         return bootstrap_interval(scores) if scores else None
 
     def mean_metric(self, name: str) -> float | None:
-        values = [r.metrics[name] for r in self.done if r.metrics.get(name) is not None]
+        """Mean of a recorded metric over the finished seeds; per-step figures only over runs
+        that took a step (a zero-shot run records a step time of 0 and its stand-in
+        optimizer's passes, which describe no step)."""
+        runs = [r for r in self.done if name not in PER_STEP_METRICS or r.metrics.get("steps")]
+        values = [r.metrics[name] for r in runs if r.metrics.get(name) is not None]
         return statistics.fmean(values) if values else None
 
     def label(self) -> str:
