@@ -346,7 +346,11 @@ def test_the_cpu_studies_suite_holds_the_three_enhancements_and_the_template_abl
     sparsity = {r.config["optimizer"].get("sparsity") for r in suite.runs}
     assert sparsity == {None, 0.1, 0.2, 0.5, 0.8}
     # dense and template are one config; hybrid rows run in fp32 under bf16 autocast
-    assert len(suite.run_ids) == 31
+    assert len(suite.run_ids) == 34
+    block_rates = {
+        r.hparams["optimizer.lr"] for r in suite.runs if r.cell.variant == "block-layer"
+    }
+    assert block_rates == {3.0e-4, 1.0e-4}, "block-wise gets its own learning-rate grid"
     seeds = {}
     for run in suite.runs:
         seeds.setdefault(run.cell.variant, set()).add(run.seed)
