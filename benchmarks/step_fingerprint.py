@@ -3,7 +3,9 @@
     ZOTUNE_DATA_DIR=../shared/datasets python benchmarks/step_fingerprint.py CONFIG \
         [--steps 3] [--threads 1] [section.key=value ...]
 
-CONFIG is a run config, e.g. a stored run's ``docs/results/cpu/runs/<id>/config.yaml``. A
+CONFIG is a run config YAML or a stored run's record.json (``docs/results/cpu/runs/<id>/
+record.json``: a store keeps each run's config there, and its config.yaml only on the machine
+that ran it). A
 change meant to make training faster, and nothing else, must leave every trajectory as it
 was. Run this at two commits (``git worktree add /tmp/before <commit>``, then
 ``PYTHONPATH=/tmp/before/src python benchmarks/step_fingerprint.py …``): equal fingerprints
@@ -16,14 +18,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from zotune.config import ConfigError, load_config
+from zotune.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    load_config,
+    parse_override,
+    set_dotted,
+)
 from zotune.measure import peak_memory_mb
-from zotune.run import setup
+from zotune.run import resolve_config, setup
 from zotune.train import batch_for_step
 
 
@@ -37,6 +48,24 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_config(path: str, overrides: list[str]) -> RunConfig:
+    """The run config in ``path`` (a YAML config or a record.json) with ``overrides``, checked
+    as ``zotune train`` checks it, before anything is loaded."""
+    if Path(path).suffix != ".json":
+        return resolve_config(load_config(path, overrides))
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = json.loads(Path(path).read_text()).get("config")
+    except (json.JSONDecodeError, AttributeError):
+        data = None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} has no run config (a run's record.json has it under 'config')")
+    for key, value in map(parse_override, overrides):
+        set_dotted(data, key, value)
+    return resolve_config(build_config(data))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a run config YAML")
@@ -47,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     try:
-        config = load_config(args.config, args.overrides)
+        config = read_config(args.config, args.overrides)
     except ConfigError as error:
         parser.error(str(error))
     torch.set_num_threads(args.threads)

@@ -3,6 +3,7 @@ leave: the same steps give the same fingerprint, other steps another."""
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 from pathlib import Path
@@ -47,15 +48,34 @@ def test_the_same_steps_give_the_same_fingerprint(optimizer, scheme, tmp_path, s
     assert fingerprint([config, "--steps", "2", "optimizer.lr=2e-3"], capsys) != two
 
 
+def test_a_stored_runs_record_is_a_config(tmp_path, sst2_dir, capsys):
+    """A store keeps each run's config in its record.json (the config.yaml beside it is not
+    in git), so a published run's steps can be timed from a clone."""
+    config = run_config(tmp_path, sst2_dir, "zo-sgd", "lora")
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"id": "abc", "config": yaml.safe_load(Path(config).read_text())}))
+    assert fingerprint([str(record), "--steps", "2"], capsys) == fingerprint(
+        [config, "--steps", "2"], capsys
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["missing.yaml"], "config file not found: missing.yaml"),
      (["CONFIG", "--steps", "0"], "--steps must be at least 1, got 0"),
-     (["CONFIG", "optimizer.lr"], "override must look like section.key=value")],
+     (["CONFIG", "optimizer.lr"], "override must look like section.key=value"),
+     (["CONFIG", "optimizer.name=fo-sgd"], "optimizer.eps does not apply to fo-sgd"),
+     (["CONFIG", "optimizer.name=zo-sgdd"], "unknown optimizer 'zo-sgdd'"),
+     (["RECORD"], "has no run config"),
+     (["missing.json"], "config file not found: missing.json")],
 )
 def test_what_it_cannot_run_is_refused_in_one_line(argv, message, tmp_path, sst2_dir, capsys):
     config = run_config(tmp_path, sst2_dir, "zo-sgd", "full")
+    Path(config).write_text(Path(config).read_text().replace("lr: 0.001", "lr: 0.001\n  eps: 0.01"))
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"id": "abc", "status": "done"}))
     bench = runpy.run_path(str(BENCHMARK), run_name="step_fingerprint")
     with pytest.raises(SystemExit):
-        bench["main"]([config if word == "CONFIG" else word for word in argv])
-    assert message in capsys.readouterr().err
+        bench["main"]([{"CONFIG": config, "RECORD": str(record)}.get(word, word) for word in argv])
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
