@@ -68,7 +68,7 @@ def read_config(path: str, overrides: list[str]) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a run config YAML")
+    parser.add_argument("config", help="a run config YAML, or a stored run's record.json")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="section.key=value for the run's config")
