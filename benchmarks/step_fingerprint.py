@@ -25,14 +25,7 @@ from pathlib import Path
 
 import torch
 
-from zotune.config import (
-    ConfigError,
-    RunConfig,
-    build_config,
-    load_config,
-    parse_override,
-    set_dotted,
-)
+from zotune.config import ConfigError, RunConfig, config_from, load_config
 from zotune.measure import peak_memory_mb
 from zotune.run import resolve_config, setup
 from zotune.train import batch_for_step
@@ -61,9 +54,7 @@ def read_config(path: str, overrides: list[str]) -> RunConfig:
         data = None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} has no run config (a run's record.json has it under 'config')")
-    for key, value in map(parse_override, overrides):
-        set_dotted(data, key, value)
-    return resolve_config(build_config(data))
+    return resolve_config(config_from(data, overrides))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,11 +14,11 @@ import yaml
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_fingerprint.py"
 
 
-def run_config(tmp_path: Path, sst2_dir, optimizer: str, scheme: str) -> str:
+def run_config(tmp_path: Path, sst2_dir, optimizer: str, scheme: str, **options) -> str:
     path = tmp_path / f"{optimizer}-{scheme}.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name": "random:tiny-llama"},
-        "optimizer": {"name": optimizer, "lr": 1e-3},
+        "optimizer": {"name": optimizer, "lr": 1e-3, **options},
         "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 16, "num_val": 8,
                  "num_test": 8},
         "train": {"batch_size": 4, "steps": 2},
@@ -70,8 +70,7 @@ def test_a_stored_runs_record_is_a_config(tmp_path, sst2_dir, capsys):
      (["missing.json"], "config file not found: missing.json")],
 )
 def test_what_it_cannot_run_is_refused_in_one_line(argv, message, tmp_path, sst2_dir, capsys):
-    config = run_config(tmp_path, sst2_dir, "zo-sgd", "full")
-    Path(config).write_text(Path(config).read_text().replace("lr: 0.001", "lr: 0.001\n  eps: 0.01"))
+    config = run_config(tmp_path, sst2_dir, "zo-sgd", "full", eps=1e-2)
     record = tmp_path / "record.json"
     record.write_text(json.dumps({"id": "abc", "status": "done"}))
     bench = runpy.run_path(str(BENCHMARK), run_name="step_fingerprint")

@@ -14,6 +14,7 @@ key::
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -383,6 +384,15 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return config_from(data, overrides)
+
+
+def config_from(
+    data: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None
+) -> RunConfig:
+    """A validated RunConfig from a mapping of sections (a YAML file's, or the ``config`` a
+    run's record.json keeps) with dotted overrides; ``data`` is not changed."""
+    data = copy.deepcopy(data)
     items = (
         overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     )
@@ -393,10 +403,7 @@ def load_config(
 
 def replace(config: RunConfig, **dotted: Any) -> RunConfig:
     """A copy of ``config`` with ``section__key=value`` (or {"section.key": value}) changes."""
-    data = config.to_dict()
-    for key, value in dotted.items():
-        set_dotted(data, key.replace("__", "."), value)
-    return build_config(data)
+    return config_from(config.to_dict(), {k.replace("__", "."): v for k, v in dotted.items()})
 
 
 __all__ = [
@@ -408,6 +415,7 @@ __all__ = [
     "TrainConfig",
     "TuningConfig",
     "build_config",
+    "config_from",
     "load_config",
     "parse_override",
     "replace",
