@@ -110,6 +110,19 @@ def test_zero_shot_accuracy_is_measured_before_training(sst2_dir, tiny_run_confi
     assert "before training" in result.summary()
 
 
+@pytest.mark.parametrize("every", [False, True])
+def test_test_accuracy_joins_the_curve_only_when_asked(every, sst2_dir, tiny_run_config):
+    result = finetune(tiny_run_config(sst2_dir, train__steps=4, train__eval_every=2,
+                                      train__eval_test_every=every))
+    evaluations = [r for r in result.history if "val_accuracy" in r]
+    assert [r["step"] for r in evaluations] == [0, 2, 4]
+    assert all(("test_accuracy" in r) is every for r in evaluations)
+    if every:
+        # The curve's point at the chosen step is the test score the run reports.
+        at_best = next(r for r in evaluations if r["step"] == result.best_step)
+        assert at_best["test_accuracy"] == pytest.approx(result.test_accuracy, abs=1e-6)
+
+
 def test_batches_are_a_pure_function_of_seed_and_step():
     examples = list(range(10))
     first = [batch_for_step(examples, s, 4, seed=1) for s in range(5)]

@@ -215,6 +215,10 @@ class TrainConfig:
     resume: bool = key(False, "continue the run in --output-dir from its last checkpoint")
     overwrite: bool = key(False, "replace the run already in --output-dir")
     eval_test_before: bool = key(False, "also measure zero-shot test accuracy before training")
+    eval_test_every: bool = key(
+        False, "also measure test accuracy at every evaluation, into the curve (never used to "
+        "choose the checkpoint: it shows how far selection on validation is from the best)"
+    )
     progress: bool = key(True, "progress bars (shown only when stderr is a terminal)")
     report_to: str = key(
         "none", "also send the metrics to: none, tensorboard or wandb (metrics.jsonl stays)"
