@@ -183,11 +183,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.overrides)
     results = Path(args.results) if args.results else Path("results") / suite.name
     if args.dry_run:
-        statuses = {}
+        statuses, records = {}, []
         if store_exists(results):
             with ResultsStore(results, create=False) as store:
-                statuses = run_states(store)
-        print(describe_plan(plan(suite, statuses, args.retry_failed, args.only, args.rerun)))
+                statuses, records = run_states(store), store.records()
+        print(describe_plan(
+            plan(suite, statuses, args.retry_failed, args.only, args.rerun, records)
+        ))
         return 0
     options = {
         "retry_failed": args.retry_failed,

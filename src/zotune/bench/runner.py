@@ -13,6 +13,10 @@ only the runs in flight:
 - a worker whose runner died stops itself (it would otherwise train on, unrecorded);
 - an outcome a worker wrote just before its runner died is picked up, not recomputed.
 
+A suite's confirming seeds (``confirm_seeds``) run at a cell's chosen setting once the
+cell's sweep is recorded: the runner works in waves, each the runs whose turn has come, until
+a wave finds nothing new to run (a run is attempted once per invocation).
+
 With ``time_limit`` (``--time-limit``), a run still going after that many seconds is stopped
 (SIGTERM, then SIGKILL after a grace period) and recorded as failed, saying so; the suite
 goes on, and the next invocation retries it from scratch like any failed run.
@@ -27,6 +31,7 @@ backend (:mod:`zotune.bench.ray_backend`) replaces only the execution.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,9 +47,9 @@ from ..checkpoints import LAST_FILE
 from ..environment import hardware_description, hostname, usable_cpus, zotune_version
 from ..files import FolderLock
 from .progress import ProgressDisplay
-from .selection import diverged
+from .selection import confirmations_due, diverged, select
 from .store import RUNS_DIR, ResultsStore, RunRecord, SuitePlan, clear_run_files
-from .suite import RunSpec, Suite
+from .suite import Cell, RunSpec, Suite
 from .worker import STDERR_FILE, read_outcome, write_job
 
 LOCK_FILE = ".runner.lock"
@@ -57,6 +62,8 @@ class PlannedRun:
     spec: RunSpec
     state: str  # done, failed, diverged or pending (no row yet)
     will_run: bool
+    # A confirming run whose setting is not (or not yet) its cell's choice: it does not run.
+    waiting: bool = False
 
 
 @dataclass
@@ -81,6 +88,7 @@ def plan(
     retry_failed: bool = True,
     only: list[str] | None = None,
     rerun: list[str] | None = None,
+    records: list[RunRecord] | None = None,
 ) -> list[PlannedRun]:
     """Each run with its state in the store (``statuses``: id → done, failed or diverged, as
     :func:`run_states` gives them) and whether to run.
@@ -89,10 +97,12 @@ def plan(
     settings do (the same seed diverges again), where a crash or a kill is not. ``only``
     (selectors, as in a suite file) limits what runs to the cells it picks; the rest of the
     suite stays in the plan, so the report shows it as missing. ``rerun`` (selectors) runs the
-    finished and diverged runs of the cells it picks again, from scratch.
+    finished and diverged runs of the cells it picks again, from scratch. A confirming run
+    runs only once its cell's choice, made on ``records`` (the store's), is its setting.
     """
     wanted = {run.id for run in suite.select(only)} if only else None
     again = {run.id for run in suite.select(rerun, "--rerun")} if rerun else set()
+    due = _confirmations_due(suite, records or []) if any(r.confirm for r in suite.runs) else set()
     planned = []
     for run in suite.distinct_runs:  # a run two cells share executes once
         state = statuses.get(run.id, "pending")
@@ -100,18 +110,33 @@ def plan(
                     or (state in ("done", "diverged") and run.id in again))
         if wanted is not None and run.id not in wanted:
             will_run = False
-        planned.append(PlannedRun(run, state, will_run))
+        waiting = run.confirm and (run.cell, _setting(run)) not in due
+        planned.append(PlannedRun(run, state, will_run and not waiting, waiting))
     return planned
+
+
+def _confirmations_due(suite: Suite, records: list[RunRecord]) -> set[tuple[Cell, str]]:
+    entries = SuitePlan.of(suite, "").runs
+    ids = {entry["id"] for entry in entries}
+    return confirmations_due(select([r for r in records if r.id in ids], entries))
+
+
+def _setting(run: RunSpec) -> str:
+    return json.dumps(run.hparams, sort_keys=True)
 
 
 def describe_plan(planned: list[PlannedRun]) -> str:
     """The ``--dry-run`` listing: one line per run, then the counts."""
     lines = []
     for item in planned:
-        action = "run" if item.will_run else "skip"
-        lines.append(f"{item.spec.id}  {item.state:8s}  {action:4s}  {item.spec.label()}")
+        action = "wait" if item.waiting else "run" if item.will_run else "skip"
+        confirm = " (confirming: runs if this setting is chosen)" if item.spec.confirm else ""
+        lines.append(f"{item.spec.id}  {item.state:8s}  {action:4s}  {item.spec.label()}{confirm}")
     pending = sum(item.will_run for item in planned)
-    lines.append(f"{len(planned)} runs, {pending} to run")
+    waiting = sum(item.waiting for item in planned)
+    lines.append(f"{len(planned)} runs, {pending} to run"
+                 + (f", {waiting} confirming runs waiting for their cell's choice"
+                    if waiting else ""))
     return "\n".join(lines)
 
 
@@ -169,31 +194,52 @@ class Runner:
             self.suite.select(self.rerun, "--rerun")
         with _exclusive(self.results_dir), ResultsStore(self.results_dir) as store:
             store.save_plan(SuitePlan.of(self.suite, self.command), time.time())
-            statuses = run_states(store)
-            planned = plan(self.suite, statuses, self.retry_failed, self.only, self.rerun)
-            to_run = [item.spec for item in planned if item.will_run]
-            done_before = sum(item.state == "done" for item in planned)
+            attempted: set[str] = set()
+            done_before = None
             try:
                 with _sigterm_as_interrupt():
-                    at_once, how = self._start(to_run)
-                    progress = ProgressDisplay(len(to_run), at_once, self.stream)
-                    progress.say(
-                        f"suite {self.suite.name}: {len(planned)} runs, {done_before} done "
-                        f"before, {len(to_run)} to run ({how}) → {self.results_dir}"
-                    )
-                    self._run_all(to_run, statuses, store, progress)
+                    while True:  # a wave: the runs whose turn has come (confirming runs wait)
+                        statuses = run_states(store)
+                        planned = plan(self.suite, statuses, self.retry_failed, self.only,
+                                       self.rerun, store.records())
+                        to_run = [item.spec for item in planned
+                                  if item.will_run and item.spec.id not in attempted]
+                        if done_before is None:
+                            done_before = sum(item.state == "done" for item in planned)
+                        elif not to_run:
+                            break
+                        attempted.update(run.id for run in to_run)
+                        at_once, how = self._start(to_run)
+                        progress = ProgressDisplay(len(to_run), at_once, self.stream)
+                        progress.say(self._wave_line(planned, done_before, to_run, how))
+                        self._run_all(to_run, statuses, store, progress)
+                        if not to_run:
+                            break
             finally:
                 self._finish()
             final = store.statuses()
-            ids = self.suite.run_ids
+            ids = [item.spec.id for item in planned if not item.waiting]
             return BenchSummary(
                 total=len(ids),
-                done_before=done_before,
-                ran=len(to_run),
+                done_before=done_before or 0,
+                ran=len(attempted),
                 done=sum(final.get(i) == "done" for i in ids),
                 failed=sum(final.get(i) == "failed" for i in ids),
                 results_dir=self.results_dir,
             )
+
+    def _wave_line(
+        self, planned: list[PlannedRun], done_before: int, to_run: list[RunSpec], how: str
+    ) -> str:
+        confirming = sum(run.confirm for run in to_run)
+        waiting = sum(item.waiting for item in planned)
+        return (
+            f"suite {self.suite.name}: {len(planned) - waiting} runs, {done_before} done "
+            f"before, {len(to_run)} to run"
+            + (f" ({confirming} confirming a chosen setting)" if confirming else "")
+            + f" ({how}) → {self.results_dir}"
+            + (f"; {waiting} confirming runs wait for their cell's choice" if waiting else "")
+        )
 
     def _start(self, to_run: list[RunSpec]) -> tuple[int, str]:
         """Get ready to execute ``to_run``; returns how many go at once and how (for progress)."""

@@ -10,6 +10,11 @@ A setting with every seed finished beats one with some seeds missing or failed (
 rate that diverges on one seed in three is not a good choice because the other two were
 lucky); among equals, the higher mean validation accuracy wins, then the earlier setting in
 the suite's order.
+
+A suite's confirming seeds (``confirm_seeds``) run only at the chosen setting: the choice is
+made on the sweep's seeds alone, then the chosen candidate takes its confirming runs, which
+count in its figures and in what the cell still waits for; other settings' confirming runs
+are not expected.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Candidate:
     expected_seeds: int
     done: list[RunRecord] = field(default_factory=list)
     failed: list[RunRecord] = field(default_factory=list)
+    # The suite's confirming seeds at this setting: they count once it is chosen.
+    confirming: Candidate | None = None
 
     @property
     def complete(self) -> bool:
@@ -105,6 +112,8 @@ class CellSelection:
     cell: Cell
     candidates: list[Candidate]
     chosen: Candidate | None
+    # Every sweep run finished or diverged, so the choice is final (confirming runs may go).
+    settled: bool = False
 
     @property
     def expected_runs(self) -> int:
@@ -203,6 +212,10 @@ def select(
         key = json.dumps(entry["hparams"], sort_keys=True)
         candidates = cells.setdefault(cell, {})
         candidate = candidates.setdefault(key, Candidate(entry["hparams"], 0))
+        if entry.get("confirm"):
+            if candidate.confirming is None:
+                candidate.confirming = Candidate(entry["hparams"], 0)
+            candidate = candidate.confirming
         candidate.expected_seeds += 1
         record = by_id.get(entry["id"])
         if record is None:
@@ -218,7 +231,31 @@ def _choose(cell: Cell, candidates: list[Candidate]) -> CellSelection:
         if c.done
     ]
     chosen = max(ranked, key=lambda item: item[0])[1] if ranked else None
-    return CellSelection(cell, candidates, chosen)
+    settled = _sweep_settled(candidates)
+    if chosen is not None and chosen.confirming is not None and settled:
+        extra, chosen.confirming = chosen.confirming, None
+        chosen.expected_seeds += extra.expected_seeds
+        chosen.done.extend(extra.done)
+        chosen.failed.extend(extra.failed)
+    return CellSelection(cell, candidates, chosen, settled)
+
+
+def _sweep_settled(candidates: list[Candidate]) -> bool:
+    """Every sweep run of the cell finished or diverged: its choice can no longer change."""
+    return all(
+        len(c.done) + sum(diverged(r) for r in c.failed) >= c.expected_seeds
+        for c in candidates
+    )
+
+
+def confirmations_due(selections: list[CellSelection]) -> set[tuple[Cell, str]]:
+    """(cell, setting) pairs whose confirming runs may start: the cell's sweep is settled and
+    that setting is its choice (the setting as the canonical JSON of its hyperparameters)."""
+    return {
+        (s.cell, json.dumps(s.chosen.hparams, sort_keys=True))
+        for s in selections
+        if s.settled and s.chosen is not None
+    }
 
 
 def _cell_fields(cell: Cell) -> dict[str, str]:

@@ -172,12 +172,14 @@ class SuitePlan:
     name: str
     source: str
     command: str
-    runs: list[dict[str, Any]] = field(default_factory=list)  # id, cell fields, hparams, seed
+    # id, cell fields, hparams, seed; ``confirm: true`` on a run of ``confirm_seeds``
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, suite: Suite, command: str) -> SuitePlan:
         runs = [
-            {"id": r.id, **asdict(r.cell), "hparams": r.hparams, "seed": r.seed}
+            {"id": r.id, **asdict(r.cell), "hparams": r.hparams, "seed": r.seed,
+             **({"confirm": True} if r.confirm else {})}
             for r in suite.runs
         ]
         return cls(suite.name, suite.source, command, runs)

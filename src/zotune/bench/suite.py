@@ -23,6 +23,7 @@ A suite file::
       zo-sgd: {lr: [1.0e-3, 1.0e-4], eps: [1.0e-3]}
       zo-sgd/lora: {lr: [1.0e-2]}        # replaces zo-sgd's lr list for LoRA; keeps its eps
     seeds: [0, 1]                        # or per cell: {default: [0], zo-sgd/lora: [0, 1, 2]}
+    confirm_seeds: [1, 2]                # optional: more seeds at each cell's chosen setting only
     resources:                           # what a run asks Ray for (``zotune bench --ray``)
       default: {cpus: 2}                 # default: 1 CPU; 1 GPU when model.device is cuda
       fo-sgd: {gpus: 1}
@@ -30,6 +31,14 @@ A suite file::
 ``seeds`` is a list for every cell, or a selector table of lists (the most specific match
 wins; cells no entry matches run ``base``'s ``train.seed``): a study whose differences are
 within a few points runs three seeds while the rest of the suite runs one.
+
+``confirm_seeds`` (a list, or a selector table of lists like ``seeds``) are seeds that run
+only at each cell's chosen setting: once every run of a cell's sweep (its ``seeds`` at every
+setting) is recorded, the setting chosen on validation (:mod:`zotune.bench.selection`) runs
+these seeds too, so a cell gets three seeds at the rate it would be reported at without three
+seeds of every rate tried. The choice rests on the sweep's seeds alone, so a confirming seed
+cannot change it; the cell's figures are over all the chosen setting's seeds. The runner
+starts confirming runs as choices are made (:mod:`zotune.bench.runner`).
 
 ``grid`` may also be a list of such mappings: the suite's cells are their union. That is how
 a study sits beside a main table: its own grid, whose ``variant`` axis names the settings it
@@ -70,7 +79,10 @@ import yaml
 
 from ..config import ConfigError, RunConfig, build_config, parse_override, set_dotted
 
-SUITE_KEYS = ("name", "description", "base", "grid", "overrides", "sweep", "seeds", "resources")
+SUITE_KEYS = (
+    "name", "description", "base", "grid", "overrides", "sweep", "seeds", "confirm_seeds",
+    "resources",
+)
 VARIANT_AXIS = "variant"
 RESOURCE_KEYS = ("cpus", "gpus")
 # Grid axis → the config key it sets.
@@ -153,6 +165,8 @@ class RunSpec:
     seed: int
     config: dict[str, Any]  # RunConfig.to_dict() with the placement keys at their neutral values
     resources: Resources = Resources()
+    # A confirming run (``confirm_seeds``): it runs only if its setting is its cell's choice.
+    confirm: bool = False
 
     def hparams_label(self) -> str:
         return hparams_label(self.hparams)
@@ -348,6 +362,7 @@ def expand_suite(
     for selector, grid in sweeps:
         _check_sweep(selector, grid)
     seed_table = _seed_table(data.get("seeds"), base, all_values)
+    confirm_table = _confirm_seed_table(data.get("confirm_seeds"), all_values)
     resource_table = _selector_table(data.get("resources"), "resources", all_values)
     for selector, entry in resource_table:
         _check_resources(selector, entry)
@@ -366,10 +381,19 @@ def expand_suite(
         if cell.optimizer in BASELINES:
             _as_baseline(cell_base, cell.optimizer)
             grid = {}  # nothing trains, so no hyperparameter has an effect
+        seeds = _matching(seed_table, cell)[-1][1]
+        confirming = _matching(confirm_table, cell)[-1][1] if confirm_table else []
+        repeated = sorted(set(seeds) & set(confirming))
+        if repeated:
+            raise SuiteError(
+                f"{cell.label()}: seed {repeated[0]} is both a sweep seed and a confirming "
+                f"seed (confirm_seeds add seeds at the chosen setting)"
+            )
         for combination in itertools.product(*grid.values()):
             hparams = dict(zip(grid, combination, strict=True))
-            for seed in _matching(seed_table, cell)[-1][1]:
+            for seed, confirm in [*((s, False) for s in seeds), *((s, True) for s in confirming)]:
                 run = _resolve(cell, cell_base, hparams, seed, command_overrides)
+                run.confirm = confirm
                 run.resources = _run_resources(resource_table, cell, run.config)
                 twin = seen.setdefault((run.id, run.cell), run)
                 if twin is not run:
@@ -668,9 +692,27 @@ def _seed_table(
     return entries
 
 
-def _seeds(value: Any, where: str) -> list[int]:
+def _confirm_seed_table(
+    value: Any, cells: list[tuple[str, ...]]
+) -> list[tuple[str, list[int]]]:
+    """Like :func:`_seed_table` for ``confirm_seeds``; no entry (or ``[]``) confirms nothing."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [(DEFAULT_SELECTOR, _seeds(value, "confirm_seeds", allow_empty=True))]
+    table = _selector_table({k: {"seeds": v} for k, v in value.items()}, "confirm_seeds", cells)
+    entries = [
+        (sel, _seeds(entry["seeds"], f"confirm_seeds {sel!r}", allow_empty=True))
+        for sel, entry in table
+    ]
+    if not entries or entries[0][0] != DEFAULT_SELECTOR:
+        entries.insert(0, (DEFAULT_SELECTOR, []))
+    return entries
+
+
+def _seeds(value: Any, where: str, allow_empty: bool = False) -> list[int]:
     seeds = value if isinstance(value, list) else [value]
-    if not seeds:
+    if not seeds and not allow_empty:
         raise SuiteError(f"{where}: expected a non-empty list of integers, got []")
     for seed in seeds:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
