@@ -12,7 +12,7 @@ import torch
 from zotune import cli
 from zotune.config import optimizer_option_types
 from zotune.enhance import MaskedDirectionSampler, partition, split_hybrid
-from zotune.enhance.blocks import block_names
+from zotune.enhance.blocks import block_names, find_layers
 from zotune.enhance.sparse import tensor_sparsities
 from zotune.estimators import DirectionSampler, IndexedParam
 from zotune.optim import OPTIMIZERS, ZEROTH_ORDER, create_optimizer
@@ -33,7 +33,7 @@ def trainable_ids(model):
 # Block partition ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", ["mlp-attn", "layer", "sublayer", "linear"])
+@pytest.mark.parametrize("level", ["mlp-attn", "transformer-block", "layer", "sublayer", "linear"])
 @pytest.mark.parametrize("scheme", ["full", "lora", "prefix"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_partition_covers_every_trainable_parameter_exactly_once(
@@ -107,6 +107,48 @@ def test_mlp_attn_is_the_default_and_zo_bench_partition(shape, expected, attenti
     names = block_names(model, "mlp-attn")
     attn = {n for n, block in names.items() if block == "layer.0.attn"}
     assert {n.split(".")[-2] for n in attn} == set(attention)  # projections, never a norm
+
+
+# ZO-LLM's default level, transformer-block (zo-bench/utils.py:27-29): each decoder layer, each
+# `embed_*` module, the final LayerNorm; L + 3 blocks on OPT (27 for 24 layers).
+OPT_TRANSFORMER_BLOCK = [
+    "embeddings.model.decoder.embed_tokens",
+    "embeddings.model.decoder.embed_positions",
+    "layer.0",
+    "layer.1",
+    "head.model.decoder.final_layer_norm",
+]
+LLAMA_TRANSFORMER_BLOCK = [
+    "embeddings.model.embed_tokens",
+    "layer.0",
+    "layer.1",
+    "head.model.norm",
+    "head.lm_head",  # untied: a block of its own (ZO-LLM's regex would never perturb it)
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [("tiny-opt", OPT_TRANSFORMER_BLOCK), ("tiny-llama", LLAMA_TRANSFORMER_BLOCK)],
+)
+def test_transformer_block_is_zo_llms_default_partition(shape, expected, tiny_model):
+    model, _ = tiny_model(shape)
+    groups = partition(model, "transformer-block")
+    assert [g["block"] for g in groups] == expected
+    assert len(groups) == model.config.num_hidden_layers + 3
+    _, layers = find_layers(model)
+    (first_layer,) = [g for g in groups if g["block"] == "layer.0"]
+    assert {id(p) for p in first_layer["params"]} == {id(p) for p in layers[0].parameters()}
+
+
+def test_transformer_block_counts_27_blocks_on_a_24_layer_opt():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=64, hidden_size=8, word_embed_proj_dim=8, ffn_dim=16,
+                       num_hidden_layers=24, num_attention_heads=2, max_position_embeddings=32)
+    model = OPTForCausalLM(config)
+    assert len(partition(model, "transformer-block")) == 27  # ZO-LLM's count
+    assert len(partition(model, "layer")) == 26  # the paper text's count
 
 
 def test_mlp_attn_blocks_of_lora_are_the_attention_modules(tiny_model):

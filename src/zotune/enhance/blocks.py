@@ -30,7 +30,19 @@ layers. Levels:
   the layers, each embedding, the final norm and an untied LM head are blocks of their own.
   This is ZO-LLM's ``mlp-attn`` (``OPT_PERTURBATION_LEVEL_TO_REGEX`` in zo-bench/utils.py,
   OPT only there): 5L + 3 blocks for an L-layer OPT, 6L + 3 for LLaMA with an untied head;
-* ``layer``: embeddings, each layer, head;
+* ``transformer-block`` (ZO-LLM's default ``--perturbed_module_level``, run.py:149): each
+  layer is one block; outside the layers each embedding module, the final norm and an untied
+  LM head are blocks of their own, as in ``mlp-attn``. ZO-LLM's regex (utils.py:27-29) matches
+  ``model.decoder.layers.<i>``, ``model.decoder.embed_*`` and ``model.decoder.final_layer_norm``:
+  L + 3 blocks for an L-layer OPT (27 for a 24-layer one: ``embed_tokens``, ``embed_positions``,
+  24 layers, the final LayerNorm; the head is tied to ``embed_tokens``). ZO-LLM has no rule for
+  other models (run.py:534 raises); zotune's analogue gives LLaMA L + 2 blocks (``embed_tokens``,
+  L layers, ``norm``) plus one for an untied ``lm_head``, a tensor ZO-LLM's regex would never
+  perturb. The paper's text counts 26 blocks for OPT-1.3B (one embedding block, 24 layers, the
+  head): that is the ``layer`` level below. Under prefix tuning ZO-LLM's prefixes live inside
+  each layer's attention (prefix_tuning.py), so they join their layer's block; peft keeps all
+  layers' prefixes in one ``prompt_encoder``, which is one block of its own here;
+* ``layer``: embeddings, each layer, head (the paper text's count: L + 2);
 * ``sublayer``: each layer split in two: ``attn`` (the tensors of children whose name holds
   "attn" or "attention", norms excepted) and ``mlp`` (the rest of the layer, norms included:
   names like ``post_attention_layernorm`` say nothing reliable about which half they feed);
@@ -41,8 +53,15 @@ Blocks without a trainable tensor are dropped, so each trainable tensor is in ex
 block. The blocks are torch param groups with a ``"block"`` key naming them, which keeps
 ``param_groups``, schedulers and ``state_dict`` working as for any torch optimizer.
 
-Departure from the research code: ZO-LLM reuses one seed for every block, so blocks of equal
-shape share their z; zotune derives each block's seed from (step seed, block number).
+Seeds, against the research code: ZO-LLM draws one seed per step and restarts torch's global
+generator at it for every block (trainer.py:864, 725 and 900), so blocks whose tensors have the
+same shapes in the same order (all decoder layers) get the *same* z. zotune derives each block's
+seed from (step seed, block number), so the blocks' directions are independent. Each block's
+estimate has the same law either way (its z is N(0, I) on that block, probed at the current θ),
+so the expected step is the same; what differs is the correlation between blocks' updates in one
+step (ZO-LLM's layers all move along one shared z, scaled by their own c_b). zotune keeps
+independent blocks, the rule the paper states (§5: each block its own direction); it cannot
+give ZO-LLM's shared draw, because its direction streams are keyed by each tensor's index.
 """
 
 from __future__ import annotations
@@ -51,7 +70,7 @@ from typing import Any
 
 import torch
 
-BLOCK_LEVELS = ("mlp-attn", "layer", "sublayer", "linear")
+BLOCK_LEVELS = ("mlp-attn", "transformer-block", "layer", "sublayer", "linear")
 BLOCK_MODES = ("coordinate", "all")
 
 # Module-path parts that mark input-side tensors besides "embed…" (GPT-2's wte/wpe, peft's
@@ -126,13 +145,13 @@ def block_names(model: torch.nn.Module, level: str) -> dict[str, str]:
         layer = _layer_of(name, prefix)
         if level == "linear":
             assignment[name] = owner_name or name
-        elif layer is None and level == "mlp-attn":
+        elif layer is None and level in ("mlp-attn", "transformer-block"):
             assignment[name] = f"{_side(name, owner)}.{owner_name or name}"
         elif layer is None:
             assignment[name] = _side(name, owner)
         elif level == "mlp-attn":
             assignment[name] = _module_block(name, prefix, layer, owner)
-        elif level == "layer":
+        elif level in ("layer", "transformer-block"):
             assignment[name] = f"layer.{layer}"
         else:
             assignment[name] = f"layer.{layer}.{_sublayer(name, prefix, owner)}"
