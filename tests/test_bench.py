@@ -66,7 +66,8 @@ def test_builtin_suites_have_the_papers_grid_shape():
     assert block.config["optimizer"] == {
         "name": "zo-sgd-mmt", "lr": 1e-8, "eps": 1e-3, "schedule": "constant", "momentum": 0.9,
         "block_level": "transformer-block", "block_mode": "coordinate"}
-    assert block.config["model"]["dtype"] == "float16" and block.config["train"]["eval_every"] == 1000
+    assert block.config["model"]["dtype"] == "float16"
+    assert block.config["train"]["eval_every"] == 1000
     paper.runs = [r for r in paper.runs if not r.cell.variant]
     # ZO-LLM's SST-2 sweeps: 20k steps at batch 16, but FO-SGD full/prompt 5 epochs at batch 8.
     budgets = {(r.cell.optimizer, r.cell.scheme): (r.config["train"]["steps"],
