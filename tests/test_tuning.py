@@ -357,3 +357,123 @@ def test_forward_grad_through_fused_cpu_attention_asks_for_eager(tiny_model):
     optimizer = create_optimizer("forward-grad", model, lr=1e-3)
     with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
         optimizer.step(lambda: scorer.loss(batch))
+
+
+# Prefix positions as MeZO / ZO-LLM compute them -----------------------------------------------
+# Their prefix sits inside each attention module (MeZO large_models/prefix.py:23-55, ZO-LLM
+# zo-bench/prefix_tuning.py:24-58), so the model numbers the real tokens 0 … T-1 (OPT from the
+# unwidened mask, LLaMA from past length 0); peft's cache would number them from the prefix length.
+
+
+def _seen_positions(base):
+    """Record the position ids the decoder stack receives (after zotune's hook on ``base``)."""
+    seen = []
+    inner = base.model.decoder if hasattr(base.model, "decoder") else base.model
+    inner.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True
+    )
+    return seen
+
+
+def _ids_and_mask():
+    ids = torch.tensor([[0, 0, 40, 41, 42, 43], [50, 51, 52, 53, 54, 55]])  # row 0 left-padded
+    mask = (torch.arange(6) >= torch.tensor([[2], [0]])).long()
+    return ids, mask
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_prefix_leaves_the_real_tokens_at_positions_from_zero(tiny_model, shape):
+    tuned, _ = tiny_model(shape, "prefix", prefix_tokens=3)
+    seen = _seen_positions(tuned.get_base_model())
+    ids, mask = _ids_and_mask()
+    with torch.no_grad():
+        tuned(input_ids=ids, attention_mask=mask)
+    expected = torch.tensor([[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]])
+    assert torch.equal(seen[-1], expected)
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_a_masked_out_prefix_gives_the_plain_models_logits(tiny_model, shape):
+    """A prefix no token may attend to has no effect, so only positions can change the logits
+    (on OPT's learned positions a shift by the prefix length would)."""
+    tuned, _ = tiny_model(shape, "prefix", prefix_tokens=3)
+    plain, _ = tiny_model(shape)
+
+    def hide_prefix(module, args, kwargs):
+        kwargs["attention_mask"] = kwargs["attention_mask"].clone()
+        kwargs["attention_mask"][:, :3] = 0
+        return args, kwargs
+
+    tuned.get_base_model().register_forward_pre_hook(hide_prefix, with_kwargs=True)
+    ids, mask = _ids_and_mask()
+    with torch.no_grad():
+        ours = tuned(input_ids=ids, attention_mask=mask).logits
+        reference = plain(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], reference[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_prefix_logits_are_the_reference_computation(tiny_model, shape):
+    """The prefix as a cache the real tokens attend to, the real tokens at 0 … T-1: on a RoPE
+    model the prefix keys keep the rotation of their init while the queries' start from 0."""
+    tuned, _ = tiny_model(shape, "prefix", prefix_tokens=3)
+    plain, _ = tiny_model(shape)
+    ids = torch.tensor([[40, 41, 42, 43], [50, 51, 52, 53]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ours = tuned(input_ids=ids, attention_mask=mask).logits
+        cache = tuned.get_prompt(batch_size=2)
+        reference = plain(
+            input_ids=ids,
+            attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), mask], dim=1),
+            past_key_values=cache,
+            position_ids=torch.arange(4).expand(2, 4),
+        ).logits
+        shifted = plain(
+            input_ids=ids,
+            attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), mask], dim=1),
+            past_key_values=tuned.get_prompt(batch_size=2),
+            position_ids=torch.arange(3, 7).expand(2, 4),
+        ).logits
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert (ours - shifted).abs().max() > 1e-3, "the test must tell the two numberings apart"
+
+
+def test_prompt_tokens_come_first_and_real_tokens_after_them(tiny_model):
+    tuned, _ = tiny_model("tiny-opt", "prompt", prompt_tokens=2)
+    seen = _seen_positions(tuned.get_base_model())
+    ids, mask = _ids_and_mask()
+    with torch.no_grad():
+        tuned(input_ids=ids, attention_mask=mask)
+    expected = torch.tensor([[0, 1, 0, 0, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6, 7]])
+    assert torch.equal(seen[-1], expected)
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_generation_with_a_prefix_numbers_the_real_tokens_from_zero(tiny_model, shape):
+    tuned, _ = tiny_model(shape, "prefix", prefix_tokens=3)
+    seen = _seen_positions(tuned.get_base_model())
+    ids = torch.tensor([[40, 41, 42, 43]])
+    with torch.no_grad():
+        tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                       do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert [s.tolist() for s in seen] == [[[0, 1, 2, 3]], [[4]]]
+
+
+@pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
+def test_generation_with_a_prefix_is_greedy_decoding_of_the_prefix_model(tiny_model, shape):
+    """generate (with its cache) picks the tokens full forward passes of the prefix model pick:
+    the prefix is attended to at every step, not only by the first."""
+    tuned, _ = tiny_model(shape, "prefix", prefix_tokens=3)
+    with torch.no_grad():
+        embedding = tuned.prompt_encoder["default"].embedding.weight
+        embedding.mul_(4.0)  # a prefix strong enough to change the greedy tokens
+        ids = torch.tensor([[40, 41, 42, 43]])
+        out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                             do_sample=False, pad_token_id=0, eos_token_id=None)
+        sequence = ids
+        for _ in range(4):
+            logits = tuned(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits
+            sequence = torch.cat([sequence, logits[:, -1:].argmax(-1)], dim=1)
+    assert out.tolist() == sequence.tolist()

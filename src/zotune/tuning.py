@@ -31,15 +31,31 @@ MLM logits) and, unlike the task-less base wrapper, applies prefix and prompt to
 Prompt tuning prepends its virtual tokens to the model's outputs too: output column
 ``prompt_tokens + t`` belongs to input column ``t`` (the scorer accounts for it).
 
-Left padding and virtual tokens: a left-padded row's real tokens must sit at the same
-positions whatever the padding, or a row's score depends on the rows batched with it. Plain
-models get this from their own code (OPT and RoBERTa derive positions from the mask or the
-pad ids; RoPE models see only relative positions between real tokens). With virtual tokens it
-breaks: RoPE models number every column, so the distance from a real token to the virtual ones
-grows with the padding, and RoBERTa numbers ``inputs_embeds`` columns blindly. peft ignores
-``position_ids`` for prompt tuning, so prefix and prompt models get a forward pre-hook on
-the base model that derives them from the attention mask (virtual tokens first, padding
-skipped), the way ``generate`` does.
+Positions of the real tokens. A left-padded row's real tokens must sit at the same positions
+whatever the padding, or a row's score depends on the rows batched with it. Plain models get
+this from their own code (OPT and RoBERTa derive positions from the mask or the pad ids; RoPE
+models see only relative positions between real tokens). With virtual tokens it breaks: RoPE
+models number every column, so the distance from a real token to the virtual ones grows with
+the padding, and RoBERTa numbers ``inputs_embeds`` columns blindly. So prefix and prompt models
+get a forward pre-hook on the base model that derives ``position_ids`` from the attention mask
+(padding skipped), the way ``generate`` does:
+
+* prompt tuning: the virtual tokens are input columns and come first (0 … n − 1), the real
+  tokens after them, as ZO-LLM's ``prompt_tuning.py`` prepends them to the input embeddings;
+* prefix tuning: the real tokens keep positions 0 … T − 1, as MeZO and ZO-LLM compute them.
+  Their prefix is injected inside each attention module (MeZO ``large_models/prefix.py:23-55``,
+  ZO-LLM ``zo-bench/prefix_tuning.py:24-58``: ``attn_forward_hook`` hands the layer a
+  ``past_key_value`` and widens the layer's mask), so the model itself never sees a cache: OPT
+  numbers positions from the unwidened mask and LLaMA from ``past_key_values_length = 0``.
+  peft instead passes the prefix as the model's cache, and transformers then numbers the real
+  tokens from n (peft even adds n to ``position_ids`` a caller or ``generate`` gives). The hook
+  numbers them from the mask columns after the n prefix columns, in place of any given; the cache positions (where keys are
+  written, which columns the causal mask opens) stay peft's.
+
+An adapter exported from a prefix run and loaded in plain peft therefore scores with shifted
+positions (a different function on every model with position information): call
+:func:`positions_as_trained` on the loaded peft model (``zotune export`` says so in the model
+card).
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from typing import Any
 import torch
 from peft import (
     LoraConfig,
+    PeftType,
     PrefixTuningConfig,
     PromptTuningConfig,
     PromptTuningInit,
@@ -134,7 +151,7 @@ def apply_tuning(
             _set_prefix(tuned, real)
     else:
         tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, prompt_init_text)
-    derive_positions_from_mask(tuned.get_base_model())
+    positions_as_trained(tuned)
     return tuned
 
 
@@ -228,12 +245,25 @@ def _prompt_tuning(model, task_type, tokenizer, prompt_tokens, init_text):
         return get_peft_model(model, config)
 
 
-def derive_positions_from_mask(model: torch.nn.Module) -> None:
+def positions_as_trained(tuned: torch.nn.Module) -> None:
+    """Number the tokens of a peft prefix or prompt model as zotune trains it (module docstring):
+    prompt tuning's virtual tokens first; prefix tuning's real tokens from 0, as MeZO and ZO-LLM.
+    Call it on a :class:`peft.PeftModel` loaded from an exported adapter."""
+    config = tuned.active_peft_config
+    prefix_columns = config.num_virtual_tokens if config.peft_type == PeftType.PREFIX_TUNING else 0
+    derive_positions_from_mask(tuned.get_base_model(), prefix_columns=prefix_columns)
+
+
+def derive_positions_from_mask(model: torch.nn.Module, prefix_columns: int = 0) -> None:
     """Make ``model`` number its tokens by the attention mask when the caller gives no positions.
 
-    Column ``t`` of a row gets ``start + (number of unmasked columns up to t) − 1``; ``start`` is
-    0, or ``padding_idx + 1`` for RoBERTa-style position embeddings that reserve the pad index.
-    peft passes the mask already extended over the virtual tokens, so they come first.
+    The first ``prefix_columns`` columns of the mask (a prefix held in the cache) get no
+    position, and position ids passed in are replaced: peft adds ``prefix_columns`` to any it
+    is given (``generate`` gives them), which would shift the real tokens again; without a
+    mask (``generate`` drops an all-ones one) the real tokens are the cache's columns after the
+    prefix. After them, column ``t`` of a row gets ``start + (number of unmasked columns up to
+    t) − 1``; ``start`` is 0, or ``padding_idx + 1`` for RoBERTa-style position embeddings that
+    reserve the pad index. peft passes the mask already extended over the virtual tokens.
     """
     start = _first_position(model)
 
@@ -242,14 +272,41 @@ def derive_positions_from_mask(model: torch.nn.Module) -> None:
         inputs = kwargs.get("input_ids")
         if inputs is None:
             inputs = kwargs.get("inputs_embeds")
-        if kwargs.get("position_ids") is not None or mask is None or inputs is None or args:
+        given = kwargs.get("position_ids") is not None and not prefix_columns
+        if given or inputs is None or args:
             return None
-        mask = mask.long()
+        if prefix_columns:
+            _one_cache(kwargs)
+        if mask is None:  # generate drops an all-ones mask: count the cache's real columns
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if not prefix_columns or cache is None:
+                return None
+            first = cache.get_seq_length() - prefix_columns + start
+            columns = torch.arange(first, first + inputs.shape[1], device=inputs.device)
+            kwargs["position_ids"] = columns.expand(inputs.shape[0], -1)
+            return args, kwargs
+        mask = mask[:, prefix_columns:].long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0) * mask + start
         kwargs["position_ids"] = positions[:, -inputs.shape[1] :]
         return args, kwargs
 
     model.register_forward_pre_hook(fill_positions, with_kwargs=True)
+
+
+def _one_cache(kwargs: dict[str, Any]) -> None:
+    """Give the model peft's prefix as its one cache during ``generate``.
+
+    transformers 5 names the cache ``cache``; ``generate`` passes its own (empty at first) under
+    that name while peft passes the prefix as ``past_key_values``, and the model keeps ``cache``
+    and drops the prefix. The prefix goes in while ``generate``'s cache is empty; afterwards the
+    cache already holds it (the model returns the cache it wrote to) and peft's fresh copy goes.
+    """
+    if "cache" not in kwargs or "past_key_values" not in kwargs:
+        return
+    prefix = kwargs.pop("past_key_values")
+    cache = kwargs["cache"]
+    if cache is None or not cache.get_seq_length():
+        kwargs["cache"] = prefix
 
 
 def _first_position(model: torch.nn.Module) -> int:
