@@ -50,9 +50,9 @@ for name, job in jobs.items():
     if job["adapter"]:
         base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
         model = PeftModel.from_pretrained(base, folder)
-        if job["virtual_tokens"]:  # as the model card says: positions from the mask
-            from zotune.tuning import derive_positions_from_mask
-            derive_positions_from_mask(model.get_base_model())
+        if job["virtual_tokens"]:  # as the model card says
+            from zotune.tuning import positions_as_trained
+            positions_as_trained(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)
     model.eval()
@@ -100,6 +100,8 @@ def exported(tmp_path_factory, sst2_dir, tiny_run_config):
             "batch_size": 8,
             "virtual_tokens": scheme in ("prefix", "prompt"),
         }
+    # The prefix adapter as plain peft loads it, without the model card's call.
+    jobs["prefix-plain-peft"] = {**jobs["prefix"], "virtual_tokens": False}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     completed = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps(jobs)],
@@ -120,6 +122,20 @@ def test_export_loads_back_with_the_runs_test_accuracy(exported, name, trained):
     assert (result["best_step"] > 0) == trained
     if trained:  # the export holds the trained weights, not the base model's
         assert not torch.allclose(loaded, zotune_scores(run_dir, trained=False), atol=1e-6)
+
+
+def test_a_prefix_adapter_in_plain_peft_computes_otherwise_and_the_card_says_so(exported):
+    """peft numbers the real tokens after the prefix; the run (MeZO's way) from 0."""
+    jobs, answers = exported
+    run_scores = zotune_scores(Path(jobs["prefix"]["run_dir"]), trained=True)
+    plain = torch.tensor(answers["prefix-plain-peft"]["scores"])
+    # The tiny random model attends almost uniformly, so the shift moves its log-probabilities
+    # by ~6e-5 only: well above fp32 rounding (~1e-6) and the 1e-5 under which the loaded
+    # adapters above count as equal to the run.
+    assert (plain - run_scores).abs().max() > 2e-5
+    card = (Path(jobs["prefix"]["folder"]) / CARD_FILE).read_text()
+    assert "positions_as_trained(model)" in card
+    assert "Positions differ in plain peft" in card
 
 
 @pytest.mark.parametrize("name", [e[0] for e in EXPORTS if not e[2]])

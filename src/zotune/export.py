@@ -22,10 +22,12 @@ tokenizer with the same ids (the ``ByteTokenizer`` class only adds a helper zotu
 does not need).
 
 Prefix and prompt models: zotune numbers a left-padded row's positions from its attention
-mask, virtual tokens first (:mod:`zotune.tuning`); plain peft numbers the columns, so on
-padded rows (a batch, or one example's candidates of different lengths) its scores differ
-slightly from the run's. ``zotune.tuning.derive_positions_from_mask(model.get_base_model())``
-on the loaded peft model (or passing those ``position_ids``) gives the run's scores.
+mask, and a prefix model's real tokens from 0 as MeZO and ZO-LLM do (:mod:`zotune.tuning`).
+Plain peft numbers the columns, and a prefix model's real tokens after the prefix: loaded
+without zotune, a prompt adapter's scores differ slightly on padded rows, and a prefix adapter
+computes a different function on every row (shifted positions). The model card says so and
+gives the call that restores the run's numbering:
+``zotune.tuning.positions_as_trained(model)`` on the loaded peft model.
 
 An existing non-empty ``--out`` is never written into: the export is refused unless
 ``--overwrite``, which replaces it. The folder is assembled beside ``--out`` and renamed into
@@ -278,10 +280,27 @@ def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
         ]
         note = "(A masked LM's base loads with `AutoModelForMaskedLM`.)"
         if scheme in ("prefix", "prompt"):
-            code.insert(4, "# the run numbered positions by the attention mask (left padding):")
-            code.insert(5, "from zotune.tuning import derive_positions_from_mask")
-            code.insert(6, "derive_positions_from_mask(model.get_base_model())")
+            code.insert(4, "# number positions as the run did (see below):")
+            code.insert(5, "from zotune.tuning import positions_as_trained")
+            code.insert(6, "positions_as_trained(model)")
+            note = f"{note}\n\n{POSITIONS_NOTE[scheme]}"
     return ["## How to load", "", "```python", *code, "```", "", note]
+
+
+# What plain peft computes differently from the run, per virtual-token scheme.
+POSITIONS_NOTE = {
+    "prefix": (
+        "**Positions differ in plain peft.** The run numbered the real tokens 0, 1, ... as "
+        "MeZO and ZO-LLM do (their prefix lives inside attention); peft numbers them after "
+        "the prefix tokens. Without `positions_as_trained` this adapter computes a different "
+        "function from the one trained and evaluated, and its predictions differ."
+    ),
+    "prompt": (
+        "The run numbered a left-padded row's positions from its attention mask; without "
+        "`positions_as_trained` peft numbers the columns, so scores of padded rows differ "
+        "slightly."
+    ),
+}
 
 
 __all__ = ["ExportError", "check_destination", "export_run", "model_card", "save_model"]

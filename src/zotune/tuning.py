@@ -49,8 +49,8 @@ get a forward pre-hook on the base model that derives ``position_ids`` from the 
   numbers positions from the unwidened mask and LLaMA from ``past_key_values_length = 0``.
   peft instead passes the prefix as the model's cache, and transformers then numbers the real
   tokens from n (peft even adds n to ``position_ids`` a caller or ``generate`` gives). The hook
-  numbers them from the mask columns after the n prefix columns, in place of any given; the cache positions (where keys are
-  written, which columns the causal mask opens) stay peft's.
+  numbers them from the mask columns after the n prefix columns, in place of any given; the
+  cache positions (where keys are written, which columns the causal mask opens) stay peft's.
 
 An adapter exported from a prefix run and loaded in plain peft therefore scores with shifted
 positions (a different function on every model with position information): call
