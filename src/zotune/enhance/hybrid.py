@@ -28,6 +28,16 @@ memory therefore scales with n − k layers (plus the head) instead of n; gradie
 
 The paper's authors did not release their hybrid code; this follows the paper's description
 (ZO-Bench §5, "ZO and FO hybrid training").
+
+The FO part differs from zotune's FO baselines (FO-SGD, FO-Adam: train mode, gradient norm
+clipped at 1.0, as HF's Trainer ran the paper's FO runs) in two ways, kept on purpose and
+stated here: it runs in eval mode, because one step's forward passes all see the mode the
+training loop sets for a ZO step, and the ZO probes need dropout off so that f(θ + εz) and
+f(θ − εz) are the same function; and its gradient is not clipped, because ``max_grad_norm``
+is a first-order optimizer's option and the hybrid is a ZO optimizer. On models without
+dropout (LLaMA, the SmolLM2 of the ``cpu-studies`` suite) the mode changes nothing; the
+clipping changes steps whose ‖g_F‖ exceeds 1, so the ``cpu-studies`` row ``hybrid-k0-fo``
+(k = 0: every layer by backprop) is unclipped FO-SGD, not the ``cpu`` table's FO-SGD.
 """
 
 from __future__ import annotations

@@ -24,6 +24,14 @@ Per-tensor sparsity s_i (the fraction of entries masked out):
   and keeps 42%; 0.5 masks 69%; a tensor whose ratio is 0 still loses half. (ZO-LLM's
   ``sparse_gradient_group`` "layer" and "global" are the two ratio rules; its global
   threshold is the quantile of a random sample of every weight, frozen ones included.)
+  Threshold population: zotune's τ is taken over the tensors the optimizer is given (the
+  trainable ones), ZO-LLM's over all the model's weights
+  (``estimate_pretrained_model_magnitude_pruning_threshold``, pruning_utils.py:40-58). Under full
+  tuning the two populations are the same tensors; under LoRA, prefix or prompt tuning they
+  differ, and zotune does not follow ZO-LLM there on purpose: its only sparse sweep
+  (zo_sgd_sparse_grad/zo_sgd_sparse_grad_cls_ft.yml) is full tuning, and a threshold over
+  frozen pretrained weights applied to adapters (LoRA's B starts at 0, so every entry would
+  fall under any τ > 0) prunes by a magnitude the adapters do not have.
 
 Each entry is kept with probability 1 − s_i, from a stream keyed by (mask seed, period,
 tensor index, chunk), where period = ⌊step / mask_every⌋. The mask is therefore regenerated,
