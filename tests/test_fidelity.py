@@ -3,6 +3,10 @@ per tuning scheme, first-order steps as HF's Trainer made them, and hybrid ZO/FO
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -120,3 +124,69 @@ def test_hybrid_places_the_head_as_documented_for_tied_and_untied_models(shape, 
 def test_build_config_keeps_what_the_user_wrote():
     config = build_config({"optimizer": {"name": "zo-sgd", "lr": 1e-3}})
     assert config.optimizer.settings == {}, "run defaults are resolved for a run, not here"
+
+
+# docs/results/fidelity.md is generated from the reference readings and the code ---------------
+
+FIDELITY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "fidelity.md"
+
+
+@pytest.fixture(scope="module")
+def fidelity_sources():
+    from zotune.bench.fidelity import Sources
+
+    return Sources.load()
+
+
+def test_the_committed_fidelity_page_is_what_the_code_gives(fidelity_sources):
+    from zotune.bench.fidelity import first_difference, render
+
+    line = first_difference(FIDELITY_PAGE.read_text(encoding="utf-8"), render(fidelity_sources))
+    assert line is None, (
+        f"docs/results/fidelity.md:{line} is stale: python -m zotune.bench.fidelity "
+        "--out docs/results/fidelity.md"
+    )
+
+
+def _row(sources, setting):
+    (row,) = [r for r in sources.data["settings"] if r["setting"] == setting]
+    return {**row["zotune"], "status": row.get("status", "")}
+
+
+def test_the_sign_row_reads_the_rule_options_from_the_registry(fidelity_sources, monkeypatch):
+    from zotune.bench.fidelity import PROBES
+    from zotune.optim import registry
+    from zotune.optim.options import Option
+
+    row = _row(fidelity_sources, "ZO update, ZO-SGD-Sign")
+    entry = registry.entry("zo-sgd-sign")
+    assert not [o for o in entry.options if o.name == "base"], "update this test: base exists"
+    assert PROBES["zo-update"](fidelity_sources, row) == (row["only"], row["differs"])
+    for default, status in (("sgd", row["differs"]), ("adamw", row["same"])):
+        base = Option("base", default, "the rule stepping sign(c)·z", kind=str,
+                      choices=("sgd", "adamw"))
+        monkeypatch.setitem(registry.REGISTRY, "zo-sgd-sign",
+                            dataclasses.replace(entry, options=(*entry.options, base)))
+        text, verdict = PROBES["zo-update"](fidelity_sources, row)
+        assert "`base` ∈ {sgd, adamw}" in text and f"`paper` uses {default}" in text
+        assert verdict == status
+
+
+def test_the_grid_status_compares_the_suite_with_the_reading(fidelity_sources):
+    from zotune.bench.fidelity import sst2_rows
+
+    row = next(r for r in sst2_rows(fidelity_sources) if r.startswith("| zo-adam/prefix |"))
+    assert row.split("|")[-2].strip() == "grid same"
+    changed = copy.deepcopy(fidelity_sources.data)
+    changed["sst2_cells"]["zo-adam/prefix"]["eps"] = [0.1]
+    sources = dataclasses.replace(fidelity_sources, data=changed)
+    row = next(r for r in sst2_rows(sources) if r.startswith("| zo-adam/prefix |"))
+    assert row.split("|")[-2].strip() == "grid differs: ε"
+
+
+def test_the_block_row_counts_zo_llms_27_blocks(fidelity_sources):
+    from zotune.bench.fidelity import PROBES
+
+    row = _row(fidelity_sources, "block-wise partition")
+    text, status = PROBES["blocks"](fidelity_sources, row)
+    assert "`block_level: transformer-block` (27 blocks" in text and status == row["same"]
