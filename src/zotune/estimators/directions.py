@@ -199,6 +199,29 @@ class DirectionSampler:
         self._scratch: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
         self._plans: dict[int, dict[tuple, list[tuple[bool, Tensor, Tensor]]]] = {}
 
+    def set_step(self, step: int) -> None:
+        """Called before each step's first pass with the number of steps taken; samplers
+        whose directions change on a schedule (sparse masks, low-rank bases) read it."""
+
+    def update_terms(
+        self, terms: Sequence[tuple[int, float]], params: Sequence[IndexedParam]
+    ) -> Sequence[tuple[int, float]]:
+        """The (seed, coefficient) terms the update applies, given the probed estimate's.
+
+        The update is θ ← θ − lr · rule(Σ c z(s)) over these terms: the probed ones here. A
+        sampler that keeps state in its own factor space (LOZO-M's momentum) or whose
+        reference code updates along other draws than it probed returns others, under seeds
+        it can draw. Called once per update of ``params``, after the probes."""
+        return terms
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to draw the same directions (nothing here: they are
+        functions of the seeds)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
     def kind(self, device: torch.device) -> str:
         """The distribution actually used for tensors on ``device`` (resolves ``auto``)."""
         if self.distribution == "auto":

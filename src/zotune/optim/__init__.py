@@ -3,8 +3,8 @@
 An optimizer is an estimator (:mod:`zotune.estimators`), an update rule
 (:mod:`zotune.rules`) and a step strategy (:mod:`zotune.optim.steps`), described once by
 its registry entry (:mod:`zotune.optim.registry`); :mod:`zotune.optim.algorithms` holds the
-eight of the benchmark. ``create_optimizer(key, params, lr=..., **options)`` builds any of
-them, plugins included.
+eight of the benchmark and the low-rank methods after it (LOZO, LOZO-M, SubZero).
+``create_optimizer(key, params, lr=..., **options)`` builds any of them, plugins included.
 
 Closure contract: ``step(closure)`` where ``closure()`` returns the scalar loss of the current
 batch and never calls ``backward``. Zeroth-order optimizers (and Forward-Grad) require it and
@@ -17,9 +17,12 @@ the usual flag.
 
 from .algorithms import (
     FOSGD,
+    LOZO,
+    LOZOM,
     ZOSGD,
     FOAdam,
     ForwardGrad,
+    SubZero,
     ZOAdam,
     ZOSGDConservative,
     ZOSGDMomentum,
@@ -72,6 +75,8 @@ ZEROTH_ORDER = _Keys(True)
 
 __all__ = [
     "FOSGD",
+    "LOZO",
+    "LOZOM",
     "OPTIMIZERS",
     "REGISTRY",
     "ZEROTH_ORDER",
@@ -87,6 +92,7 @@ __all__ = [
     "PlainStep",
     "RuleOptimizer",
     "StepStrategy",
+    "SubZero",
     "ZOAdam",
     "ZOOptions",
     "ZOSGDConservative",

@@ -1,4 +1,5 @@
-"""The eight optimizers of the ZO benchmark: a public class and a registry entry each.
+"""The eight optimizers of the ZO benchmark and the low-rank ZO methods after it: a public
+class and a registry entry each.
 
 =============== =========================== =============== ==============================
 key             class                       estimator       rule (step)
@@ -9,6 +10,9 @@ zo-sgd-cons     :class:`ZOSGDConservative`  RGE             SGD (conservative st
 zo-sgd-sign     :class:`ZOSGDSign`          RGE             sign
 zo-adam         :class:`ZOAdam`             RGE             Adam
 forward-grad    :class:`ForwardGrad`        forward-mode AD SGD
+lozo            :class:`LOZO`               RGE, U Vᵀ       SGD
+lozo-m          :class:`LOZOM`              RGE, U Vᵀ       momentum on the m×r factor
+subzero         :class:`SubZero`            RGE, U Σ Vᵀ     SGD (momentum optional)
 fo-sgd          :class:`FOSGD`              backprop        SGD (momentum optional)
 fo-adam         :class:`FOAdam`             backprop        Adam
 =============== =========================== =============== ==============================
@@ -24,16 +28,26 @@ enhancements of ZO-Bench §5 (``block_level``/``block_mode``, ``hybrid_layers``,
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from .. import rules
+from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shape
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
     BETAS,
     DAMPENING,
+    LOZO_BETA,
+    LOZO_INTERVAL,
+    LOZO_RANK,
+    LOZO_UPDATE,
     MAX_GRAD_NORM,
     NESTEROV,
+    SUBZERO_INTERVAL,
+    SUBZERO_RANK,
+    SUBZERO_SQUARE,
     WEIGHT_DECAY,
     check_momentum,
     momentum,
@@ -220,4 +234,129 @@ _publish(OptimizerEntry(
 _publish(OptimizerEntry(
     key="fo-adam", summary="FO-Adam (backprop)", estimator="backprop", cls=FOAdam,
     rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY, MAX_GRAD_NORM),
+))
+
+
+class LOZO(RegisteredZerothOrder):
+    """LOZO (Chen et al., ICLR 2025; code optsuite/LOZO): ZO-SGD on low-rank directions::
+
+        Z_t = U_t V_kᵀ          for each matrix W ∈ ℝ^{m×n}, U_t ∈ ℝ^{m×r} new every step,
+                                V_k ∈ ℝ^{n×r} redrawn at steps t ≡ 0 (mod ν)
+        c_t = (f(θ + εZ_t) − f(θ − εZ_t)) / (2ε)
+        W_{t+1} = W_t − η (c_t Z_t + λ W_t)
+
+    Non-matrix tensors get a dense Gaussian z, as in the authors' code. Directions are drawn
+    as the authors' ``lowrank_zo_perturb_parameters`` draws them (one generator per step seed,
+    tensor by tensor; :class:`zotune.estimators.low_rank.LOZODirections`), in float32 for
+    fp16/bf16 weights. Z is not rescaled: E‖Z‖² = r·mn, so lr and ε act r-fold on matrices.
+    ``lozo_update="reference"`` (the code) updates along U′V_kᵀ at a V redraw, U′ the stream's
+    values after reseeding without the V draw (the update pass skips it: one step in ν is a
+    step along a direction that was not probed); ``"probed"`` is the paper's Algorithm 1.
+    State: V (n × r) per matrix; no parameter-sized state. Weight decay by tensor rank (the
+    code excludes names containing "bias" or "layer_norm").
+    """
+
+
+class LOZOM(RegisteredZerothOrder):
+    """LOZO-M (Chen et al., ICLR 2025): LOZO with momentum kept on the m×r factor::
+
+        N_t = β N_{t−1} + (1 − β) c_t U_t                      within a period of V
+        N_t = β N_{t−1} V_oldᵀ V_new / n + (1 − β) c_t U_t      when V is redrawn (ν > 1)
+        W_{t+1} = W_t − η (N_t V_kᵀ + λ W_t)
+
+    with N_1 = c_1 U_1 (and N = c U at every redraw when ν = 1, where the code keeps no
+    V_old). Non-matrix tensors keep a dense buffer b_t = β b_{t−1} + (1 − β) c_t z_t
+    (b_1 = c_1 z_1). As optsuite/LOZO medium_models/src/LOZOtrainer.py
+    ``lowrank_zo_update_momentum`` (the only trainer of the repository with LOZO-M). The
+    momentum lives in the direction sampler: N (m × r) and V_old (n × r) per matrix, a
+    buffer per vector; the update is one fused pass along N Vᵀ.
+    """
+
+
+class SubZero(RegisteredZerothOrder):
+    """SubZero (random-subspace ZO; arXiv 2410.08989; code PawnDragon/SubZero)::
+
+        Z_t = √(ab / r²) · U_k Σ_t V_kᵀ     per matrix (a × b), Σ_t ∈ ℝ^{r×r} Gaussian each step,
+                                          U_k = qr(G_{a×r}).Q, V_k = qr(G_{b×r}).Q every T steps
+        c_t = (f(θ + εZ_t) − f(θ − εZ_t)) / (2ε),   θ_{t+1} = θ_t − η b_t,
+        b_t = μ b_{t−1} + c_t Z_t  (torch SGD momentum; μ = 0 by default: b_t = c_t Z_t)
+
+    As the authors' ``zo_subspace_step``/``zo_subspace_update`` (large_models/trainer.py at
+    cf6effd, the paper's release): a tensor is a matrix when it has two dimensions after
+    squeezing; with ``subzero_square`` (the authors' LoRA/prefix/prompt mode) it is viewed as
+    its most nearly square a × b reshape. Other tensors get a dense Gaussian z. The update is
+    torch SGD without weight decay (the code builds SGD(lr, momentum) only), so no
+    ``weight_decay`` is offered. State: U (a × r) and V (b × r) per matrix.
+    """
+
+
+_FACTORED_UNSUPPORTED = ("distribution", "table_numel", "sparsity", "sparsity_mode", "mask_every")
+
+
+def _lozo_values(shape: tuple[int, ...], o: Mapping[str, Any], momentum: bool) -> int:
+    """V, plus U of each probed seed and update seed (q each), kept through the step; with
+    momentum, N and V_old (or a vector's buffer)."""
+    numel = math.prod(shape)
+    if len(shape) != 2:
+        return (2 * o["q"] + momentum) * numel
+    rows, columns = shape
+    rank = o["lozo_rank"]
+    return (columns + 2 * o["q"] * rows + momentum * (rows + columns)) * rank
+
+
+def _subzero_values(shape: tuple[int, ...], o: Mapping[str, Any]) -> int:
+    """U, V, and U Σ of each seed (non-matrices: each seed's z)."""
+    numel = math.prod(shape)
+    squeezed = [size for size in shape if size != 1]
+    if len(squeezed) != 2:
+        return o["q"] * numel
+    rows, columns = square_shape(numel) if o["subzero_square"] else squeezed
+    rank = o["subzero_rank"]
+    return (rows + columns + o["q"] * (rows + rank)) * rank
+
+
+def _lozo_directions(o: Mapping[str, Any], momentum: bool):
+    def build(base, params, seed):
+        return LOZODirections(
+            base, params, seed, rank=o["lozo_rank"], interval=o["lozo_interval"],
+            update=o["lozo_update"], beta=o["lozo_beta"] if momentum else None,
+        )
+    return build
+
+
+def _subzero_directions(o: Mapping[str, Any]):
+    def build(base, params, seed):
+        return SubZeroDirections(
+            base, params, seed, rank=o["subzero_rank"], interval=o["subzero_interval"],
+            square=o["subzero_square"],
+        )
+    return build
+
+
+_publish(OptimizerEntry(
+    key="lozo", summary="LOZO: ZO-SGD on low-rank U Vᵀ directions", estimator="rge",
+    cls=LOZO, rule=lambda o: rules.sgd(),
+    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_UPDATE, WEIGHT_DECAY),
+    unsupported=_FACTORED_UNSUPPORTED,
+    directions=lambda o: _lozo_directions(o, momentum=False),
+    factor_values=lambda shape, o: _lozo_values(shape, o, momentum=False),
+))
+_publish(OptimizerEntry(
+    key="lozo-m", summary="LOZO-M: LOZO with momentum on the low-rank factor",
+    estimator="rge", cls=LOZOM, rule=lambda o: rules.sgd(),
+    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_BETA, LOZO_UPDATE, WEIGHT_DECAY),
+    unsupported=_FACTORED_UNSUPPORTED,
+    directions=lambda o: _lozo_directions(o, momentum=True),
+    factor_values=lambda shape, o: _lozo_values(shape, o, momentum=True),
+))
+_publish(OptimizerEntry(
+    key="subzero", summary="SubZero: ZO-SGD in random subspaces U Σ Vᵀ", estimator="rge",
+    cls=SubZero, rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
+    options=(SUBZERO_RANK, SUBZERO_INTERVAL, SUBZERO_SQUARE, momentum(0.0), DAMPENING,
+             NESTEROV),
+    check=check_momentum,
+    unsupported=_FACTORED_UNSUPPORTED,
+    directions=_subzero_directions,
+    factor_values=_subzero_values,
+    scheme_defaults=lambda scheme: {"subzero_square": scheme in ("lora", "prefix", "prompt")},
 ))

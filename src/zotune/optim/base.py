@@ -15,7 +15,7 @@ methods: :meth:`RuleOptimizer.trainable`, :meth:`RuleOptimizer.step_seed` /
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from ..enhance.sparse import MaskedDirectionSampler, tensor_sparsities
 from ..estimators import (
     BackpropEstimator,
     DirectionalEstimate,
+    DirectionSampler,
     ForwardGradientEstimator,
     IndexedParam,
     RandomGradientEstimator,
@@ -43,8 +44,12 @@ from .steps import PlainStep, StepStrategy
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
 Entries = list[tuple[IndexedParam, dict[str, Any]]]
+# Builds an optimizer's own direction sampler from the estimator's, the trainable tensors and
+# the seed (LOZO's and SubZero's low-rank directions: zotune.estimators.low_rank).
+DirectionsFactory = Callable[[DirectionSampler, list[IndexedParam], int], DirectionSampler]
 
 SEED_STREAM_KEY = "zotune_seed_stream"
+DIRECTIONS_KEY = "zotune_directions"
 
 
 def _as_params(params: Params) -> Any:
@@ -242,6 +247,7 @@ class ZerothOrderOptimizer(RuleOptimizer):
         sparsity_mode: str = "uniform",
         mask_every: int = 1,
         stochastic_rounding: bool = True,
+        directions: DirectionsFactory | None = None,
         **hyperparameters: Any,
     ) -> None:
         if not isinstance(stochastic_rounding, bool):
@@ -262,6 +268,11 @@ class ZerothOrderOptimizer(RuleOptimizer):
         self.estimator = estimator
         self.step_strategy = step
         self.stochastic_rounding = stochastic_rounding
+        if directions is not None:
+            if sparsity:
+                raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
+            trainable = [e for e, _ in self.trainable()]
+            estimator.sampler = directions(estimator.sampler, trainable, seed)
         if sparsity:
             trainable = [e for e, _ in self.trainable()]
             sparsities = tensor_sparsities(trainable, sparsity, sparsity_mode)
@@ -274,6 +285,20 @@ class ZerothOrderOptimizer(RuleOptimizer):
         """Forward passes of one step, as the step strategy makes it."""
         return self.step_strategy.forward_passes(self)
 
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        directions = self.estimator.sampler.state_dict()
+        if directions:
+            state[DIRECTIONS_KEY] = directions
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        directions = state_dict.pop(DIRECTIONS_KEY, None)
+        super().load_state_dict(state_dict)
+        if directions is not None:
+            self.estimator.sampler.load_state_dict(directions)
+
     @torch.no_grad()
     def step(self, closure=None) -> torch.Tensor:
         if closure is None or not callable(closure):
@@ -281,8 +306,7 @@ class ZerothOrderOptimizer(RuleOptimizer):
                 f"{type(self).__name__}.step() needs a closure that returns the loss "
                 f"(got {closure!r}); zeroth-order optimizers evaluate it at perturbed parameters"
             )
-        if isinstance(self.estimator.sampler, MaskedDirectionSampler):
-            self.estimator.sampler.set_step(self.steps_taken)
+        self.estimator.sampler.set_step(self.steps_taken)
         return self.step_strategy.step(self, closure)
 
     def estimate(self, entries: Entries, closure, seed: int) -> DirectionalEstimate:
@@ -296,7 +320,9 @@ class ZerothOrderOptimizer(RuleOptimizer):
             self._update_linear(entries, estimate)
             return
         sampler = self.estimator.sampler
-        last = len(estimate.seeds) - 1
+        terms = tuple(sampler.update_terms(estimate.terms, [e for e, _ in entries]))
+        fused = terms == estimate.terms  # the restore rides on the update's own draws
+        last = len(terms) - 1
         seed = self.rounding_seed(estimate)
         for item, group in entries:
             param = item.param
@@ -308,10 +334,13 @@ class ZerothOrderOptimizer(RuleOptimizer):
                 if start == 0:
                     state = self._state_for(param)
                     ctx_args = (param.ndim, state["step"], group)
+                if not fused and estimate.offset:
+                    z = sampler.draw(view, estimate.displaced_seed, item.index, chunk)
+                    view.add_(z, alpha=-estimate.offset)
                 g = sampler.scratch(view, slot=1, dtype=compute) if last or widened else None
-                for k, (seed, coeff) in enumerate(estimate.terms):
+                for k, (seed, coeff) in enumerate(terms):
                     z = sampler.draw(view, seed, item.index, chunk)
-                    if seed == estimate.displaced_seed and estimate.offset:
+                    if fused and seed == estimate.displaced_seed and estimate.offset:
                         # Its own rounding, before the update: lands back on θ in fp16/bf16.
                         view.add_(z, alpha=-estimate.offset)
                     if g is None:
@@ -342,7 +371,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
             decay = self.rule.linear_decay(group, item.param.ndim)
             buckets.setdefault((lr, 1 - lr * decay), []).append(item)
         for (lr, keep), items in buckets.items():
-            update = [(seed, -lr * coeff) for seed, coeff in estimate.terms]
+            terms = sampler.update_terms(estimate.terms, items)
+            update = [(seed, -lr * coeff) for seed, coeff in terms]
             precise = [i for i in items if not rounds_coarsely(i.param.dtype)]
             coarse = [i for i in items if rounds_coarsely(i.param.dtype)]
             if precise:

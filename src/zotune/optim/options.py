@@ -200,6 +200,42 @@ def check_momentum(values: Mapping[str, Any]) -> None:
         raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
 
 
+# Low-rank directions (LOZO, LOZO-M, SubZero; zotune.estimators.low_rank) ------------------
+
+def _positive_int(name: str, default: int, help_: str) -> Option:
+    return Option(name, default, help_, kind=int, check=lambda v: is_int(v) and v >= 1,
+                  problem="an int >= 1")
+
+
+# optsuite/LOZO large_models/run_lozo.py:64-66 (rank_r 2, step_interval 50, zo_eps 1e-3)
+LOZO_RANK = _positive_int("lozo_rank", 2, "LOZO: rank r of each matrix's perturbation U Vᵀ")
+LOZO_INTERVAL = _positive_int(
+    "lozo_interval", 50, "LOZO: ν, the steps each V is kept before it is redrawn"
+)
+LOZO_UPDATE = Option(
+    "lozo_update", "reference",
+    "LOZO: at a V redraw, update along the U the authors' update pass redraws (reference) "
+    "or along the probed U (probed, the paper's Algorithm 1)",
+    kind=str, choices=("reference", "probed"),
+)
+# medium_models/lozo.sh:15 (BETA1 0.9; run_lozo.py's field default is 0.7)
+LOZO_BETA = Option(
+    "lozo_beta", 0.9, "LOZO-M: momentum β of the m×r factor", check=in_unit(),
+    problem="in [0, 1)",
+)
+# PawnDragon/SubZero large_models/run.py:94-95 at cf6effd (update_interval 2000, gauss_rank 8)
+SUBZERO_RANK = _positive_int("subzero_rank", 8, "SubZero: rank r of the subspace U Σ Vᵀ")
+SUBZERO_INTERVAL = _positive_int(
+    "subzero_interval", 2000, "SubZero: T, the steps the bases U, V are kept"
+)
+SUBZERO_SQUARE = Option(
+    "subzero_square", False,
+    "SubZero: view each matrix as its most nearly square reshape (the authors' LoRA, prefix "
+    "and prompt mode; zotune train turns it on for those schemes)",
+    kind=bool, check=lambda v: isinstance(v, bool), problem="true or false",
+)
+
+
 # The options every zeroth-order method shares ------------------------------------------------
 
 ZO_OPTIONS: tuple[Option, ...] = (

@@ -43,6 +43,14 @@ class OptimizerEntry:
     the shared :class:`ZOOptions` fields except those in ``unsupported``. ``cls`` is the
     public class, if the optimizer has one (a plugin needs none). ``check`` validates
     combinations of options (after each option is valid on its own).
+
+    Methods whose directions are not the shared sampler's (LOZO's and SubZero's low-rank
+    ones) give ``directions``: from the validated options, a factory ``(sampler, trainable
+    tensors, seed) → sampler`` (:data:`zotune.optim.base.DirectionsFactory`), and
+    ``factor_values``: from a trainable tensor's shape and the options, the values of the
+    state its sampler keeps for it (bases, factors, momentum), which the memory model counts
+    beside the rule's parameter-sized state. ``scheme_defaults`` gives option values
+    ``zotune train`` and the bench use for a tuning scheme (see :meth:`run_defaults`).
     """
 
     key: str
@@ -56,6 +64,9 @@ class OptimizerEntry:
     cls: type | None = None
     check: Callable[[Mapping[str, Any]], None] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    directions: Callable[[Mapping[str, Any]], Callable[..., Any]] | None = None
+    factor_values: Callable[[tuple[int, ...], Mapping[str, Any]], int] | None = None
+    scheme_defaults: Callable[[str], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -132,11 +143,22 @@ class OptimizerEntry:
             defaults["eps"] = EPS_BY_SCHEME.get(scheme, accepted["eps"].default)
         if "max_grad_norm" in accepted:
             defaults["max_grad_norm"] = 1.0
+        if self.scheme_defaults is not None:
+            defaults.update(self.scheme_defaults(scheme))
         return defaults
 
     def state_tensors(self, **options: Any) -> int:
         """Parameter-sized state tensors per trainable tensor (momentum 1, Adam 2)."""
         return len(self._rule_for(options).state_names)
+
+    def side_state_values(self, shape: tuple[int, ...], **options: Any) -> int:
+        """Values of the state the entry's direction sampler keeps for a tensor of ``shape``
+        (0 for the shared sampler, whose directions are regenerated from seeds)."""
+        if self.factor_values is None:
+            return 0
+        accepted = self.accepted()
+        values = {name: options.get(name, option.default) for name, option in accepted.items()}
+        return self.factor_values(tuple(shape), values)
 
     def is_linear(self, **options: Any) -> bool:
         """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path)."""
@@ -198,6 +220,7 @@ class OptimizerEntry:
             sparsity_mode=zo.sparsity_mode,
             mask_every=zo.mask_every,
             stochastic_rounding=zo.stochastic_rounding,
+            directions=None if self.directions is None else self.directions(values),
         )
         return parts
 
