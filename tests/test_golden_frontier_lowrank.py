@@ -147,8 +147,8 @@ def fast_svd_method_v2(w_shape, device, dtype, rank=8):
 @torch.no_grad()
 def subzero_reference(model, data, *, lr, eps, rank, interval, square, momentum, basis_seed):
     """PawnDragon/SubZero at cf6effd (the paper's release), large_models/trainer.py:
-    ``zo_subspace_step`` (874-940), ``zo_subspace_perturb_parameters`` (744-761) and
-    ``zo_subspace_update`` (966-990); the optimizer is ``SGD(lr, momentum)`` (324-326)."""
+    ``zo_subspace_step`` (874-951), ``zo_subspace_perturb_parameters`` (744-761) and
+    ``zo_subspace_update`` (979-1005); the optimizer is ``SGD(lr, momentum)`` (324-325)."""
     p_state = {}
     params = [p for _, p in trainable(model)]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)

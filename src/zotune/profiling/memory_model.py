@@ -32,6 +32,7 @@ class StepFacts:
     first_order: bool  # keeps activations for backprop and makes gradients
     forward_mode: bool  # carries whole-model tangents through the forward
     linear: bool  # update fused into the restore pass (no scratch chunk of z)
+    factored: bool = False  # its own direction sampler: low-rank factors drawn per step
 
 
 def step_facts(method: str, options: dict[str, Any] | None = None) -> StepFacts:
@@ -51,6 +52,28 @@ def step_facts(method: str, options: dict[str, Any] | None = None) -> StepFacts:
         first_order=spec.first_order,
         forward_mode=spec.estimator == "forward-grad",
         linear=spec.is_linear(**options),
+        factored=spec.directions is not None,
+    )
+
+
+def factor_state_bytes(
+    optimizer: str, shapes_and_dtypes, options: dict[str, Any] | None = None
+) -> int:
+    """State a method's own direction sampler keeps (LOZO's V, SubZero's bases, LOZO-M's
+    factor momentum, each seed's factors; :meth:`OptimizerEntry.side_state_values`), in the
+    rule dtype of each tensor (fp32 for fp16/bf16 weights)::
+
+        Σ over trainable tensors of values(shape) × state element size
+    """
+    from ..optim.registry import entry
+
+    if optimizer in REFERENCE_METHODS:
+        return 0
+    spec = entry(optimizer)
+    return sum(
+        spec.side_state_values(tuple(shape), **(options or {}))
+        * _element_size(state_dtype(dtype))
+        for shape, dtype in shapes_and_dtypes
     )
 
 
@@ -97,6 +120,8 @@ def scratch_bytes(
     * sampled directions (``auto`` on CUDA): one chunk, min(``chunk_numel``, largest trainable
       tensor) values; non-linear rules (momentum, sign, Adam) also draw table directions into
       such a chunk;
+    * a method's own low-rank directions (LOZO, SubZero): two such chunks, the one drawn and
+      the product of factors it is cut from (three for a non-linear rule: the estimate's);
     * Forward-Grad: whole-model tangents, one per trainable value, for the duration of the
       forward (plus the table when directions come from it);
     * MeZO-style reference: whole-tensor temporaries, one tensor at a time. The update
@@ -114,6 +139,8 @@ def scratch_bytes(
     kind = sampler.kind(torch.device(device))
     chunk = min(DEFAULT_CHUNK_NUMEL, sampler.chunk_numel, largest_trainable_numel) * element_bytes
     table = sampler.table_numel * element_bytes if kind == "table" else 0
+    if facts.factored:
+        return chunk * (2 if facts.linear else 3)
     if facts.forward_mode:
         return trainable_numel * element_bytes + table
     if kind == "table":
@@ -225,7 +252,8 @@ def estimate_memory(
 
         weights      Σ over parameters and buffers of numel · element size
         state        see optimizer_state_bytes (0, 1 or 2 state tensors per trainable
-                     value, fp32 for fp16/bf16 weights)
+                     value, fp32 for fp16/bf16 weights) and factor_state_bytes (low-rank
+                     factors of LOZO, LOZO-M, SubZero)
         scratch      see scratch_bytes (chunk, noise table, tangents)
         activations  see activation_bytes: "live" for ZO and inference (one layer's
                      working set), twice "live" for Forward-Grad (every activation carries
@@ -310,6 +338,8 @@ def estimate_memory(
         optimizer_state=sum(
             optimizer_state_bytes(optimizer, size, options, weight_dtype=dtype)
             for dtype, size in trainable_by_dtype.items()
+        ) + factor_state_bytes(
+            optimizer, [(p.shape, p.dtype) for p in trainable_params], options
         ),
         scratch=scratch_bytes(
             optimizer,
