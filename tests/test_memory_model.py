@@ -12,6 +12,7 @@ from zotune.profiling.activations import TransformerShape, activation_bytes
 from zotune.profiling.memory_model import (
     MemoryEstimate,
     estimate_memory,
+    factor_state_bytes,
     optimizer_state_bytes,
     scratch_bytes,
 )
@@ -28,10 +29,34 @@ def test_state_per_optimizer():
         "forward-grad": 0,
         "fo-sgd": 0,
         "fo-adam": 2000,
+        "lozo": 0,  # their state is low-rank factors: factor_state_bytes
+        "lozo-m": 0,
+        "subzero": 0,
     }
     assert optimizer_state_bytes("fo-sgd", trainable, {"momentum": 0.9}) == 1000
+    assert optimizer_state_bytes("subzero", trainable, {"momentum": 0.9}) == 1000
     with pytest.raises(ValueError, match="'sgd'"):
         optimizer_state_bytes("sgd", trainable)
+
+
+def test_low_rank_factor_state():
+    """LOZO keeps V (n×r) and the U of each probed and update seed (m×r); SubZero U, V and
+    U Σ; vectors their z; fp32 for bf16 weights, never parameter-sized for matrices."""
+    shapes = [((64, 32), torch.float32), ((32,), torch.float32)]
+    assert factor_state_bytes("lozo", shapes, {"lozo_rank": 2}) == 4 * (
+        (32 + 2 * 64) * 2 + 2 * 32
+    )
+    assert factor_state_bytes("lozo-m", shapes, {"lozo_rank": 2}) == 4 * (
+        (32 + 2 * 64 + 64 + 32) * 2 + 3 * 32
+    )
+    assert factor_state_bytes("subzero", shapes, {"subzero_rank": 4}) == 4 * (
+        (64 + 32 + 64 + 4) * 4 + 32
+    )
+    bf16 = [((64, 32), torch.bfloat16)]
+    assert factor_state_bytes("lozo", bf16) == factor_state_bytes(
+        "lozo", [((64, 32), torch.float32)]
+    )
+    assert factor_state_bytes("zo-sgd", shapes) == 0
 
 
 @pytest.mark.parametrize(

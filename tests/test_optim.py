@@ -16,6 +16,7 @@ from zotune.optim import (
     FOAdam,
     ZOSGDConservative,
     create_optimizer,
+    entry,
 )
 
 
@@ -36,16 +37,20 @@ INFOS = [
     OptimizerInfo("forward-grad", 0.02, 0.05),
     OptimizerInfo("fo-sgd", 0.05, 0.2),
     OptimizerInfo("fo-adam", 0.05, 0.01),
+    OptimizerInfo("lozo", 0.02, 0.02, {"lozo_interval": 5}),
+    OptimizerInfo("lozo-m", 0.02, 0.02, {"lozo_interval": 5}),
+    OptimizerInfo("subzero", 0.02, 0.05, {"subzero_rank": 2, "subzero_interval": 5}),
 ]
 IDS = [info.name for info in INFOS]
 
-# Convergence runs every zeroth-order optimizer with both samplers (auto = table on CPU).
+# Convergence runs every zeroth-order optimizer with both samplers (auto = table on CPU);
+# those with directions of their own (LOZO, SubZero) take no distribution.
 CONVERGENCE = [
-    pytest.param(info, {"distribution": d} if info.name in ZEROTH_ORDER else {}, id=name)
+    pytest.param(info, {"distribution": d} if d else {}, id=name)
     for info in INFOS
     for d, name in (
         [("table", f"{info.name}-table"), ("gaussian", f"{info.name}-gaussian")]
-        if info.name in ZEROTH_ORDER
+        if "distribution" in entry(info.name).accepted()
         else [(None, info.name)]
     )
 ]

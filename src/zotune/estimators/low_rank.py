@@ -89,6 +89,13 @@ class StepStreamSampler(DirectionSampler):
         """Tensor index → its draw under ``seed``."""
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        # The optimizer's seed, which a resumed optimizer built with another one takes back.
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+
     def derive(self, seed: int, salt: int) -> int:
         """A seed of its own for draws that are a function of ``seed`` (update draws, momentum)."""
         derived = mix_seed(seed, salt)
@@ -257,11 +264,13 @@ class LOZODirections(StepStreamSampler):
 
     def state_dict(self) -> dict:
         return {
+            **super().state_dict(),
             "v": dict(self.v), "v_old": dict(self.v_old), "momentum": dict(self.momentum),
             "v_step": dict(self._v_step),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.v, self.v_old = dict(state["v"]), dict(state["v_old"])
         self.momentum, self._v_step = dict(state["momentum"]), dict(state["v_step"])
 
@@ -308,6 +317,10 @@ class SubZeroDirections(StepStreamSampler):
     def basis_seed(self, period: int) -> int:
         """The seed of the bases of period ⌊t / interval⌋."""
         return mix_seed(self.seed, period, _BASIS_SALT)
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._period = None  # the bases of another seed: draw them again
 
     def set_step(self, step: int) -> None:
         super().set_step(step)

@@ -219,7 +219,11 @@ class ZerothOrderOptimizer(RuleOptimizer):
     the rule reads them at every step. ``step`` decides how a step is made
     (:class:`zotune.optim.steps.PlainStep` by default); ``sparsity`` > 0 masks the
     directions (:class:`zotune.enhance.sparse.MaskedDirectionSampler`), so every pass (probe,
-    restore, update, the conservative candidates) sees the same m ⊙ z.
+    restore, update, the conservative candidates) sees the same m ⊙ z. ``directions`` builds
+    the method's own sampler from the estimator's (LOZO's and SubZero's low-rank directions,
+    :mod:`zotune.estimators.low_rank`): it is told the step count before each step, may
+    replace the probed terms by the ones the update applies, and its state is part of this
+    optimizer's ``state_dict``.
 
     The update pass regenerates each z chunk once, removes the displacement the probes left
     and applies the update in the same pass; for linear rules (SGD ± weight decay) that is a
