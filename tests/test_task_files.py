@@ -65,6 +65,24 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert "test accuracy" in out
 
 
+def test_the_readme_example_fits_its_splits_to_a_small_file(tmp_path):
+    """The README's command with the default sizes: val scales down to the 30-row train file
+    (one line says so), and a task file's missing test split is called a missing file."""
+    task, _ = readme_example()
+    (tmp_path / "reviews.yaml").write_text(task)
+    write_jsonl(tmp_path / "reviews-dev.jsonl", review_rows(12))
+    write_jsonl(tmp_path / "reviews-train.jsonl", [
+        {"review": f"review number {i}", "label": "pos" if i % 2 else "neg"} for i in range(30)
+    ])
+    logged = []
+    splits = load_splits(str(tmp_path / "reviews.yaml"), log=logged.append)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 12)
+    assert logged[0].startswith("reviews: no test file; test = 12 examples of reviews-dev.jsonl")
+    assert ("reviews: val = 6 of the 30 examples in reviews-train.jsonl (the default "
+            "num_val=500 does not fit; --num-val sets it)") in logged
+    assert not any("no labels" in line for line in logged)
+
+
 def test_a_task_file_is_a_taskspec_like_the_builtins(tmp_path):
     task, _ = readme_example()
     (tmp_path / "reviews.yaml").write_text(task)

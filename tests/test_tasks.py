@@ -480,6 +480,24 @@ def test_val_that_leaves_no_train_is_refused(tmp_path):
         load_splits("rte", data_dir=tmp_path, num_train=5, num_val=12, log=quiet)
 
 
+@pytest.mark.parametrize(
+    ("train_rows", "expected_val", "note"),
+    [
+        (12, 2, "rte: val = 2 of the 12 examples in train.jsonl (the default num_val=500 "
+                "does not fit; --num-val sets it)"),
+        (501, 500, None),  # train keeps one: the paper's rule, val at its full size
+    ],
+)
+def test_a_default_val_that_leaves_no_train_scales_down(tmp_path, train_rows, expected_val,
+                                                        note):
+    write_jsonl(tmp_path / "rte" / "train.jsonl", rte_rows(train_rows, "train"))
+    write_jsonl(tmp_path / "rte" / "val.jsonl", rte_rows(5, "val"))
+    splits = load_splits("rte", data_dir=tmp_path, num_train=1000, log=quiet)
+    assert len(splits.val) == expected_val
+    assert len(splits.train) == train_rows - expected_val
+    assert (note in splits.notes) if note else len(splits.notes) == 1
+
+
 def test_data_dir_from_the_environment(tmp_path, monkeypatch):
     write_sst2(tmp_path, "text\tlabel")
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))

@@ -19,7 +19,8 @@ drawn by ``numpy.random.seed(data_seed); numpy.random.permutation(n)``,
 * the first ``num_train + num_val`` of ``p(len(train))`` are drawn; val is the *last*
   ``num_val`` of them and train the rest. A pool too small for both gives val its full
   ``num_val`` and train what is left (COPA: 400 rows → val 100, train 300, the paper's
-  split); a pool too small for val alone is an error.
+  split). A pool too small for val alone is an error when ``num_val`` was asked for; the
+  task's default val size scales down to a fifth of the pool instead, on one logged line.
 
 Where no train split exists (a local ``train*`` file, or the hub, which has BoolQ's and
 WinoGrande's) val and train are drawn the same way from what test left of ``p(len(dev))``, in
@@ -51,6 +52,10 @@ from .errors import TaskDataError
 from .example import Example
 from .sources import Pool, Pools, read_pools, resolve_data_dir
 from .specs import REFERENCE, TaskSpec, check_version, get_task
+
+
+# Where a task's default val size does not fit its data, val takes this fraction (1/N) of it.
+VAL_SHARE_OF_SMALL_POOL = 5
 
 
 @dataclass
@@ -152,6 +157,7 @@ def load_splits(
     """
     spec = get_task(name)
     check_version(template_version)
+    asked_val = num_val
     if num_val is None:
         num_val = spec.num_val
     for what, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -170,6 +176,11 @@ def load_splits(
     if pools.train is None:
         kept = _unique(spec, pools.dev, dev, set(), notes)
         dev = train = [dev[i] for i in kept]
+        if asked_val is None and spec.group_field is None:
+            counts["num_val"] = num_val = _fitting_val(
+                spec, num_val, len(dev) - min(num_test, len(dev)), f"the rest of {pools.dev.name}",
+                notes,
+            )
         if spec.group_field is not None:
             groups = [pools.dev.records[i].row[spec.group_field] for i in kept]
             carving = carve_by_group(groups, **counts)
@@ -179,6 +190,10 @@ def load_splits(
         seen = {_input(example) for example in dev}
         train_all = examples(pools.train)
         train = [train_all[i] for i in _unique(spec, pools.train, train_all, seen, notes)]
+        if asked_val is None:
+            counts["num_val"] = num_val = _fitting_val(
+                spec, num_val, len(train), pools.train.name, notes
+            )
         carving = carve(len(dev), len(train), **counts)
     if num_train > 0 and not carving.train:
         source = pools.train.name if pools.train is not None else f"the rest of {pools.dev.name}"
@@ -195,6 +210,23 @@ def load_splits(
         test=[dev[i] for i in carving.test],
         notes=notes,
     )
+
+
+def _fitting_val(
+    spec: TaskSpec, num_val: int, pool: int, source: str, notes: list[str]
+) -> int:
+    """The default val size, scaled down where it would leave train nothing (a small task
+    file): a fifth of the ``pool``, at least 1. Where train keeps one example the paper's
+    rule stands (val its full size, train the rest); an asked-for ``num_val`` is never
+    changed."""
+    if pool > num_val:
+        return num_val
+    fitted = max(1, pool // VAL_SHARE_OF_SMALL_POOL)
+    notes.append(
+        f"{spec.name}: val = {fitted} of the {pool} examples in {source} (the default "
+        f"num_val={num_val} does not fit; --num-val sets it)"
+    )
+    return fitted
 
 
 def _input(example: Example) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -229,7 +261,9 @@ def _carving_note(
     spec: TaskSpec, pools: Pools, carving: Carving, num_train: int, num_val: int, num_test: int
 ) -> str:
     dev, train = pools.dev, pools.train
-    missing = "test has no labels" + ("" if train is not None else " and there is no train split")
+    # A task file names only labelled files: its test comes from dev because it has none.
+    missing = "no test file" if spec.source is not None else "test has no labels"
+    missing += "" if train is not None else " and there is no train split"
     if spec.group_field is not None and train is None:
         missing = f"only {dev.name} is here (no train split)"
     source = train.name if train is not None else f"the rest of {dev.name}"
