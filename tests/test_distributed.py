@@ -100,9 +100,7 @@ def _train_worker(rank: int, port: int, out: str, configs: list) -> None:
     from zotune.train import finetune
 
     _join(rank, port)
-    results = [finetune(config).__dict__ for config in configs]
-    for result in results:
-        result.pop("history")
+    results = [finetune(config).record() for config in configs]
     torch.save(results, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 

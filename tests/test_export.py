@@ -22,6 +22,9 @@ from zotune.train import finetune
 # (name, tuning scheme, merge, optimizer, lr, best step > 0): every scheme, LoRA merged too,
 # head by ZO and FO. Where the tiny run's validation picks a trained step (seeded, so always
 # the same), the export must differ from the untrained model.
+# Tiny runs that learn: their kept checkpoint is a trained step (seeded, so always).
+LEARNS = {"optimizer__name": "fo-sgd", "optimizer__lr": 1e-1, "train__steps": 4}
+
 EXPORTS = [
     ("full", "full", False, "fo-sgd", 1e-1, True),
     ("lora", "lora", False, "zo-sgd", 1e-1, True),
@@ -92,7 +95,7 @@ def exported(tmp_path_factory, sst2_dir, tiny_run_config):
             sst2_dir, run_dir, tuning__scheme=scheme, optimizer__name=optimizer,
             optimizer__lr=lr, train__steps=4,
         ))
-        folder = export_run(run_dir, root / name, merge=merge)
+        folder = export_run(run_dir, root / name, merge=merge, allow_untrained=True)
         jobs[name] = {
             "folder": str(folder),
             "run_dir": str(run_dir),
@@ -159,24 +162,51 @@ def test_model_card_names_task_optimizer_version_and_figures(exported, name):
     for text in ("sst2", optimizer, "zotune 0.1.0", f"{result['test_accuracy']:.4f}",
                  f"{result['best_val_accuracy']:.4f}", "## Settings"):
         assert text in card
+    # A run that learned nothing says so at the top of its card (exported with
+    # --allow-untrained); one that learned is called fine-tuned.
+    marked = "> **This model learned nothing.** The run learned nothing: " in card
+    assert marked == bool(result["untrained"])
+    assert ("fine-tuned on sst2" in card) != marked
+    if result["best_step"] == 0:
+        assert marked
 
 
 def test_fp32_export_of_a_bf16_run_says_so(tmp_path, sst2_dir, tiny_run_config):
     run_dir = tmp_path / "run"
     finetune(tiny_run_config(sst2_dir, run_dir, model__dtype="bfloat16", train__steps=1))
-    out = export_run(run_dir, tmp_path / "model", dtype="float32")
+    out = export_run(run_dir, tmp_path / "model", dtype="float32", allow_untrained=True)
     card = (out / CARD_FILE).read_text()
     assert "Weights exported in float32 from a bfloat16 run (upcast" in card
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
-    same_dtype = export_run(run_dir, tmp_path / "model-bf16")
+    same_dtype = export_run(run_dir, tmp_path / "model-bf16", allow_untrained=True)
     assert "Weights in bfloat16, as trained." in (same_dtype / CARD_FILE).read_text()
 
 
 @pytest.fixture(scope="module")
 def one_run(tmp_path_factory, sst2_dir, tiny_run_config):
+    """A tiny run that learned (its kept checkpoint is a trained step)."""
     run_dir = tmp_path_factory.mktemp("one") / "run"
-    finetune(tiny_run_config(sst2_dir, run_dir, train__steps=1))
+    finetune(tiny_run_config(sst2_dir, run_dir, **LEARNS))
+    assert json.loads((run_dir / "result.json").read_text())["untrained"] is None
     return run_dir
+
+
+def test_a_run_that_learned_nothing_is_exported_only_when_allowed(tmp_path, sst2_dir,
+                                                                   tiny_run_config, capsys):
+    run_dir = tmp_path / "run"
+    finetune(tiny_run_config(sst2_dir, run_dir, optimizer__lr=1e-9, train__steps=2))
+    reason = json.loads((run_dir / "result.json").read_text())["untrained"]
+    assert reason.startswith("the run learned nothing: the kept checkpoint is step 0")
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "the run learned nothing" in err and "--allow-untrained exports it anyway" in err
+    assert not (tmp_path / "refused").exists()
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "marked"),
+                 "--allow-untrained"]) == 0
+    card = (tmp_path / "marked" / CARD_FILE).read_text()
+    assert "# random:tiny-llama trained (it learned nothing) on sst2 with zotune" in card
+    assert f"> **This model learned nothing.** T{reason[1:]}" in card
+    assert "- untrained" in card
 
 
 @pytest.mark.parametrize(
@@ -243,7 +273,7 @@ def test_the_readme_export_example_runs_as_written(tmp_path, sst2_dir, tiny_run_
     for name, scheme, dtype in (("full-run", "full", "float32"), ("lora-run", "lora", "float32"),
                                 ("bf16-run", "full", "bfloat16")):
         finetune(tiny_run_config(sst2_dir, tmp_path / "runs" / name, tuning__scheme=scheme,
-                                 model__dtype=dtype, train__steps=1))
+                                 model__dtype=dtype, **LEARNS))
     commands, python = readme_export_blocks()
     assert [c[:2] for c in commands] == [["zotune", "export"]] * 4
     for command in commands:

@@ -135,7 +135,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     out = export_run(
-        args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite
+        args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
+        allow_untrained=args.allow_untrained,
     )
     print(out)
     return 0
@@ -277,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", help="convert the weights (float32, bfloat16, float16; default: the run's)"
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument(
+        "--allow-untrained", action="store_true",
+        help="export a run that learned nothing (its card says so at the top)",
+    )
     export.set_defaults(func=cmd_export)
 
     tasks = commands.add_parser("tasks", help="list the tasks")

