@@ -166,8 +166,12 @@ def test_a_diverging_run_stops_with_a_one_line_error(sst2_dir, capsys):
         (["--model=random:tiny-gpt"], "tiny-gpt"),
         (["optimizer.learning_rate=1"], "unknown config key: optimizer.learning_rate"),
         (["--momentum=0.9"], "optimizer.momentum does not apply to zo-sgd"),
-        (["--schedule=cosine"], "unknown schedule 'cosine'"),
+        (["--schedule=step"], "unknown schedule 'step' (constant, linear, cosine)"),
         (["--steps=-1"], "train.steps: invalid value -1"),
+        (["--warmup-steps=5"], "optimizer.warmup_steps: 5 must be between 0 and train.steps (1)"),
+        (["--lora-dropout=0.1"], "tuning.lora_dropout=0.1 applies to lora tuning"),
+        (["--tuning=lora", "--lora-target-modules=q_proj,nope"],
+         "tuning.lora_target_modules: 'nope' names no linear layer of the model"),
     ],
 )
 def test_bad_input_gives_one_line_errors(flags, message, sst2_dir, capsys):
@@ -209,3 +213,45 @@ def test_demo_recipe_is_the_printed_command():
     parser = cli.build_parser()
     args = parser.parse_args(equivalent_command(config).split()[1:])
     assert cli._config_from(args, args.items) == config
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "factors"),
+    [
+        ("constant", 0, [1, 1, 1, 1, 1]),
+        ("constant", 2, [0, 0.5, 1, 1, 1]),
+        ("linear", 0, [1, 0.75, 0.5, 0.25, 0]),
+        ("linear", 2, [0, 0.5, 1, 0.5, 0]),
+        ("cosine", 0, [1, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2, 0]),
+        ("cosine", 2, [0, 0.5, 1, 0.5, 0]),
+    ],
+)
+def test_schedules_with_warmup(schedule, warmup, factors):
+    """lr multiples over 4 steps (step 4 is the end): linear warmup from 0, then the schedule
+    over the remaining steps, as transformers' get_*_schedule_with_warmup."""
+    from zotune.run import lr_factor
+
+    got = [lr_factor(schedule, step, 4, warmup) for step in range(5)]
+    assert got == pytest.approx(factors, abs=1e-12)
+
+
+def test_cosine_warmup_and_lora_flags_reach_the_run(sst2_dir, tmp_path):
+    from zotune.config import load_config
+    from zotune.run import setup
+
+    args = cli.build_parser().parse_args([
+        "train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--num-train=8",
+        "--num-val=4", "--num-test=4", "--steps=4", "--schedule=cosine", "--warmup-steps=2",
+        "--tuning=lora", "--lora-target-modules=q_proj,k_proj,v_proj", "--lora-dropout=0.1",
+        "--lr=1e-3",
+    ])
+    config = load_config(None, dict(cli._overrides(args, args.items)[1]))
+    run = setup(config)
+    lora = run.model.peft_config["default"]
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj"}
+    assert lora.lora_dropout == 0.1
+    lrs = []
+    for _ in range(4):
+        lrs.append(run.optimizer.param_groups[0]["lr"])
+        run.scheduler.step()
+    assert lrs == pytest.approx([0, 5e-4, 1e-3, 5e-4])

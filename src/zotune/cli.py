@@ -1,4 +1,5 @@
-"""``zotune`` command line: train, eval, export, tasks, demo, bench, report, profile."""
+"""``zotune`` command line: train, eval, export, tasks, quickstart, demo, bench, report,
+profile."""
 
 from __future__ import annotations
 
@@ -167,6 +168,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+
+    run_quickstart(Path(args.root), steps=args.steps)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark suite: only its missing (and, by default, failed) runs."""
     from .bench.runner import Runner, describe_plan, plan, run_states
@@ -297,7 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tasks.set_defaults(func=cmd_tasks)
 
-    demo = commands.add_parser("demo", help="fine-tune the embedded model on SST-2 (CPU)")
+    quickstart = commands.add_parser(
+        "quickstart",
+        help="train, evaluate and export a tiny random model end to end (seconds, offline)",
+    )
+    quickstart.add_argument(
+        "--root", default="runs", help="where its fresh quickstart-N folder goes (default runs)"
+    )
+    quickstart.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    quickstart.set_defaults(func=cmd_quickstart)
+
+    demo = commands.add_parser(
+        "demo", help="fine-tune the embedded model on SST-2 (CPU), into a fresh runs/demo-N"
+    )
     demo.add_argument("--steps", type=int, default=None)
     demo.set_defaults(func=cmd_demo)
 

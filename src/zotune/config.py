@@ -111,6 +111,13 @@ class TuningConfig:
     )
     lora_r: int = key(8, "LoRA rank r")
     lora_alpha: int = key(16, "LoRA scaling α")
+    lora_target_modules: str | None = key(
+        None, "LoRA's modules, comma-separated name suffixes (q_proj,v_proj) or all-linear; "
+        "unset: the attention query and value projections (MeZO's)"
+    )
+    lora_dropout: float = key(
+        0.0, "LoRA dropout (first-order steps only: zeroth-order probes run in eval mode)"
+    )
     prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
     prefix_init: str | None = key(
         None, "prefix initialisation: real (the model's own key/values for real tokens, as "
@@ -135,7 +142,10 @@ class OptimizerConfig:
 
     name: str = key("zo-sgd", "optimizer (registry key)", flag="--optimizer")
     lr: float = key(1e-6, "learning rate")
-    schedule: str = key("constant", "learning-rate schedule: constant or linear (to 0)")
+    schedule: str = key(
+        "constant", "learning-rate schedule after warmup: constant, linear (to 0) or cosine (to 0)"
+    )
+    warmup_steps: int = key(0, "steps of linear warmup from 0 to lr before the schedule")
     settings: dict[str, Any] = key(None, "", factory=dict)
 
     def __getattr__(self, name: str) -> Any:
@@ -180,7 +190,8 @@ class OptimizerConfig:
         return options
 
     def as_flat_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "lr": self.lr, "schedule": self.schedule, **self.settings}
+        fixed = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        return {**fixed, **self.settings}
 
 
 # Optimizer options a run sets from its own keys: lr is optimizer.lr, seed is train.seed.

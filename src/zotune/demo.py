@@ -8,8 +8,13 @@ zero-shot within about ten minutes on two CPU cores. It runs through the same
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .config import RunConfig, build_config
+from .quickstart import fresh_folder
+
+# Each demo writes a new folder runs/demo-N, so running it again is a new run, never an error.
+DEMO_ROOT = Path("runs")
 
 DEMO_RECIPE: dict[str, dict] = {
     # bf16 weights with stochastically rounded ZO updates: as accurate as fp32 on this recipe
@@ -23,13 +28,14 @@ DEMO_RECIPE: dict[str, dict] = {
         "batch_size": 16,
         "eval_every": 125,
         "eval_test_before": True,
-        "output_dir": "runs/demo",
     },
 }
 
 
-def demo_config(steps: int | None = None) -> RunConfig:
+def demo_config(steps: int | None = None, root: Path = DEMO_ROOT) -> RunConfig:
+    """The demo's recipe, writing into a fresh ``root/demo-N``."""
     recipe = {section: dict(values) for section, values in DEMO_RECIPE.items()}
+    recipe["train"]["output_dir"] = str(fresh_folder(root, "demo"))
     if steps is not None:
         recipe["train"]["steps"] = steps
         recipe["train"]["eval_every"] = max(1, min(recipe["train"]["eval_every"], steps))
@@ -58,10 +64,10 @@ def equivalent_command(config: RunConfig) -> str:
     return "zotune train " + " ".join(flags)
 
 
-def run_demo(steps: int | None = None) -> None:
+def run_demo(steps: int | None = None, root: Path = DEMO_ROOT) -> None:
     from .train import finetune
 
-    config = demo_config(steps)
+    config = demo_config(steps, root)
     print(f"zotune demo: {equivalent_command(config)}", file=sys.stderr, flush=True)
     result = finetune(config)
     before, after = result.test_accuracy_before, result.test_accuracy
@@ -72,3 +78,5 @@ def run_demo(steps: int | None = None) -> None:
         f"(gain {(after - before) * 100:+.1f} points)"
     )
     print(result.summary())
+    print(f"run folder {config.train.output_dir}; export it: zotune export "
+          f"{config.train.output_dir} --out models/demo; make demo again starts a new run")

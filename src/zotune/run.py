@@ -8,6 +8,7 @@ loop on it, ``zotune eval`` evaluates with ``setup(config, for_training=False)``
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ def check_config(config: RunConfig) -> None:
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
     config.optimizer.create_options(config.train.seed, config.tuning.scheme)
+    check_schedule(config)
     _check_scheme_options(config)
     spec = get_task(config.task.name)
     entry = optimizer_entry(config.optimizer.name)
@@ -119,6 +121,8 @@ def check_config(config: RunConfig) -> None:
 SCHEME_OPTIONS = {
     "lora_r": "lora",
     "lora_alpha": "lora",
+    "lora_target_modules": "lora",
+    "lora_dropout": "lora",
     "prefix_tokens": "prefix",
     "prefix_init": "prefix",
     "prompt_tokens": "prompt",
@@ -217,15 +221,44 @@ def make_scorer(model: torch.nn.Module, loaded: LoadedModel, config: RunConfig) 
     )
 
 
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
+    """The multiple of lr at ``step``: ``step/warmup`` during the warmup, then over the
+    remaining ``n = steps − warmup`` steps (t counted from the warmup's end) 1 (constant),
+    ``1 − t/n`` (linear) or ``(1 + cos(π t/n))/2`` (cosine), as transformers' schedules."""
+    if step < warmup:
+        return step / warmup
+    t, n = step - warmup, max(steps - warmup, 1)
+    if schedule == "linear":
+        return max(0.0, 1 - t / n)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, n) / n))
+    return 1.0
+
+
+def check_schedule(config: RunConfig) -> None:
+    optimizer = config.optimizer
+    if optimizer.schedule not in SCHEDULES:
+        raise ConfigError(
+            f"optimizer.schedule: unknown schedule {optimizer.schedule!r} "
+            f"({', '.join(SCHEDULES)})"
+        )
+    if not 0 <= optimizer.warmup_steps <= config.train.steps:
+        raise ConfigError(
+            f"optimizer.warmup_steps: {optimizer.warmup_steps} must be between 0 and "
+            f"train.steps ({config.train.steps})"
+        )
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig):
-    steps = max(config.train.steps, 1)
-    if config.optimizer.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if config.optimizer.schedule == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / steps))
-    raise ConfigError(
-        f"optimizer.schedule: unknown schedule {config.optimizer.schedule!r} (constant, linear)"
+    check_schedule(config)
+    schedule = partial(
+        lr_factor, config.optimizer.schedule, steps=max(config.train.steps, 1),
+        warmup=config.optimizer.warmup_steps,
     )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 @dataclass

@@ -105,6 +105,8 @@ def apply_tuning(
         raise TypeError(f"apply_tuning got a tuning section and keywords {sorted(options)}")
     scheme, prefix_init = tuning.scheme, tuning.prefix_init
     lora_r, lora_alpha = tuning.lora_r, tuning.lora_alpha
+    if not 0 <= tuning.lora_dropout < 1:
+        raise ValueError(f"invalid lora_dropout: {tuning.lora_dropout!r} (must be in [0, 1))")
     prefix_tokens, prompt_tokens = tuning.prefix_tokens, tuning.prompt_tokens
     prompt_init_text = tuning.prompt_init_text
     if scheme not in SCHEMES:
@@ -134,12 +136,14 @@ def apply_tuning(
         return _head_only(model)
     task_type = TaskType.CAUSAL_LM if kind == "causal" else TaskType.FEATURE_EXTRACTION
     if scheme == "lora":
+        # Dropout acts in train mode only, which first-order steps use; ZO probes run in eval
+        # mode, since a ZO difference needs the same function at θ + εz and θ − εz.
         config = LoraConfig(
             task_type=task_type,
             r=lora_r,
             lora_alpha=lora_alpha,
-            lora_dropout=0.0,  # a ZO difference needs the same function at θ + εz and θ − εz
-            target_modules=attention_projections(model),
+            lora_dropout=tuning.lora_dropout,
+            target_modules=lora_targets(model, tuning.lora_target_modules),
         )
         return get_peft_model(model, config)
     if scheme == "prefix":
@@ -315,6 +319,29 @@ def _first_position(model: torch.nn.Module) -> int:
         if isinstance(table, torch.nn.Embedding) and table.padding_idx is not None:
             return table.padding_idx + 1
     return 0
+
+
+def lora_targets(model: torch.nn.Module, asked: str | None) -> list[str] | str:
+    """LoRA's target modules: ``asked`` (comma-separated module-name suffixes, or
+    ``all-linear``), each checked to name a linear layer of ``model``; unset, the attention
+    projections (:func:`attention_projections`)."""
+    if asked is None:
+        return attention_projections(model)
+    if asked.strip() == "all-linear":
+        return "all-linear"
+    names = [name.strip() for name in asked.split(",") if name.strip()]
+    linear = {name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    for target in names:
+        if not any(name == target or name.endswith("." + target) for name in linear):
+            suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
+            raise ValueError(
+                f"tuning.lora_target_modules: {target!r} names no linear layer of the model "
+                f"(its linear layers end in {', '.join(suffixes)})"
+            )
+    if not names:
+        raise ValueError("tuning.lora_target_modules: empty; name modules or unset it")
+    return names
 
 
 def attention_projections(model: torch.nn.Module) -> list[str]:
