@@ -113,3 +113,15 @@ def test_a_first_order_registry_optimizer_trains_too(tmp_path):
 def test_bad_optimizer_choices_are_refused(tmp_path, optimizer, options, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(tmp_path, optimizer, options)
+
+
+def test_an_ignored_optim_is_named_and_no_grad_norm_is_logged(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, max_steps=2, optim="adafactor", max_grad_norm=1.0)
+    ours = [str(w.message) for w in caught if "ZOTrainer" in str(w.message)]
+    assert len(ours) == 1
+    assert "optim='adafactor' is not used: the optimizer is zo_optimizer='zo-sgd'" in ours[0]
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and not any("grad_norm" in h for h in logged)

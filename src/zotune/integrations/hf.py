@@ -23,8 +23,10 @@ What ``TrainingArguments`` mean here:
   larger batch, the activations of one micro-batch); a first-order step accumulates
   gradients as ``Trainer`` does;
 * not applied: ``max_grad_norm`` (ZO has no gradient; a zotune FO optimizer clips through
-  its own ``max_grad_norm`` option) and fp16 loss scaling (autocast still applies to the
-  forward passes). The trainer says so once, at start-up, with a warning.
+  its own ``max_grad_norm`` option), fp16 loss scaling (autocast still applies to the
+  forward passes) and ``optim``/``optim_args`` (the optimizer is ``zo_optimizer``). The
+  trainer says so once, at start-up, with a warning. A ZO step has no gradient, so no
+  ``grad_norm`` is logged (Trainer would log the norm of absent gradients, 0).
 
 Probes run in eval mode (dropout off: a ZO difference needs the same function at θ ± εz);
 first-order steps run in train mode.
@@ -136,8 +138,24 @@ class ZOTrainer(Trainer):
             )
         if args.fp16:
             notes.append("fp16 loss scaling is not applied (autocast still is)")
+        default_optim = type(args).__dataclass_fields__["optim"].default
+        optim = getattr(args.optim, "value", args.optim)
+        if optim != getattr(default_optim, "value", default_optim) or args.optim_args:
+            notes.append(
+                f"optim={optim!r}" + (f", optim_args={args.optim_args!r}" if args.optim_args
+                                      else "")
+                + f" is not used: the optimizer is zo_optimizer={self.zo_optimizer!r}"
+            )
         if notes:
             warnings.warn(f"ZOTrainer ({self.zo_optimizer}): " + "; ".join(notes), stacklevel=3)
+
+    def _clip_grad_norm(self, model):
+        return None  # max_grad_norm is not applied (warned at start-up)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if not self.first_order:
+            return None  # a ZO step leaves no gradient: no grad_norm is logged
+        return super()._get_grad_norm(model, grad_norm)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
