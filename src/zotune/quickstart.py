@@ -2,7 +2,7 @@
 seconds, with nothing downloaded.
 
 It writes a small sentiment task (a task file and its rows, :mod:`zotune.tasks.taskfile`)
-into a fresh run folder, fine-tunes a random tiny LLaMA on it with ZO-SGD, measures test
+into a fresh run folder, fine-tunes a random tiny LLaMA on it with ZO-Adam, measures test
 accuracy before and after, exports the kept checkpoint and prints what it did and where
 everything is. The model is random and tiny, so its accuracy says that the pipeline works,
 not what zotune does on a real model (``make demo`` is that).
@@ -34,14 +34,19 @@ labels: {neg: 0, pos: 1}
 POSITIVE = ("great fun", "a joy", "warm and witty", "simply lovely", "a real delight")
 NEGATIVE = ("a dull mess", "so tedious", "flat and slow", "truly awful", "a painful bore")
 
-# Measured to learn on the random tiny LLaMA within the budget (tests/test_quickstart.py).
+# Chosen by a short sweep on the random tiny LLaMA (seed 0, 150 steps): ZO-SGD at lr 0.03-0.2
+# ended a constant predictor or left test where it was; ZO-Adam at 3e-3 lifted test accuracy
+# 52.5% -> 73.8% in about 10 s. tests/test_quickstart.py checks that it learns.
 RECIPE: dict[str, dict] = {
     "model": {"name": "random:tiny-llama"},
     "task": {"num_train": 200, "num_val": 40, "num_test": 80},
     "tuning": {"scheme": "full"},
-    "optimizer": {"name": "zo-sgd", "lr": 3e-2, "eps": 1e-3},
+    "optimizer": {"name": "zo-adam", "lr": 3e-3, "eps": 1e-3},
     "train": {"steps": 150, "batch_size": 16, "eval_every": 50, "eval_test_before": True},
 }
+# A 39k-parameter model gains nothing from threads, and on a busy machine they cost it up to
+# 50x in step time (7.6 s vs 0.13 s per step measured side by side on 2 shared cores).
+QUICKSTART_THREADS = 1
 
 
 def review_rows(count: int, seed: int) -> list[dict]:
@@ -87,6 +92,17 @@ def quickstart_config(folder: Path, steps: int | None = None) -> RunConfig:
 
 def run_quickstart(root: Path = QUICKSTART_ROOT, steps: int | None = None) -> Path:
     """Train, evaluate and export into a fresh ``root/quickstart-N``; returns that folder."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(QUICKSTART_THREADS)
+    try:
+        return _quickstart(root, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _quickstart(root: Path, steps: int | None) -> Path:
     from .export import export_run
     from .train import finetune
 
@@ -94,7 +110,7 @@ def run_quickstart(root: Path = QUICKSTART_ROOT, steps: int | None = None) -> Pa
     task = write_task(folder)
     config = quickstart_config(folder, steps)
     say = print
-    say(f"zotune quickstart: a random tiny LLaMA, ZO-SGD on a {len(POSITIVE) * 2}-phrase "
+    say(f"zotune quickstart: a random tiny LLaMA, ZO-Adam on a {len(POSITIVE) * 2}-phrase "
         f"sentiment task, in {folder}")
     say(f"  task file  {task} (check it: zotune tasks --check {task})")
     sys.stdout.flush()
@@ -102,7 +118,7 @@ def run_quickstart(root: Path = QUICKSTART_ROOT, steps: int | None = None) -> Pa
     model = export_run(config.train.output_dir, folder / MODEL_FOLDER,
                        allow_untrained=bool(result.untrained))
     before, after = result.test_accuracy_before, result.test_accuracy
-    say(f"  trained    {result.steps} ZO-SGD steps, {result.train_seconds:.0f} s; test "
+    say(f"  trained    {result.steps} ZO-Adam steps, {result.train_seconds:.0f} s; test "
         f"accuracy {before:.1%} -> {after:.1%} (best validation checkpoint, step "
         f"{result.best_step})")
     if result.untrained:
