@@ -200,6 +200,21 @@ def test_torchrun_runs_zotune_train(sst2_dir, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["comm_bytes_per_step"] == 16
     assert "data-parallel ZO probe all-reduce over 2 processes: 16 bytes" in done.stderr
+    assert done.stdout.count("test accuracy") == 1, done.stdout  # the summary, from rank 0
+
+
+def test_a_single_process_accelerate_launch_is_refused_by_name(sst2_dir, monkeypatch, capsys):
+    """accelerate launch --num_processes 2 on a CPU (no --multi_cpu) starts one process; zotune
+    says so instead of training one process quietly."""
+    from zotune.cli import main
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = main(["train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "accelerate launch started zotune as a single process" in err
+    assert "torchrun --nproc-per-node N -m zotune train" in err
 
 
 def test_shard_batch_needs_equal_shards():

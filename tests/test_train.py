@@ -255,3 +255,26 @@ def test_cosine_warmup_and_lora_flags_reach_the_run(sst2_dir, tmp_path):
         lrs.append(run.optimizer.param_groups[0]["lr"])
         run.scheduler.step()
     assert lrs == pytest.approx([0, 5e-4, 1e-3, 5e-4])
+
+
+def test_a_run_without_an_output_dir_says_nothing_is_saved_and_returns_the_model(
+    sst2_dir, tiny_run_config, capsys
+):
+    result = finetune(tiny_run_config(sst2_dir))
+    err = capsys.readouterr().err
+    assert "warning: no --output-dir, so nothing of this run is saved" in err
+    assert result.run_dir is None and result.summary().startswith("test accuracy")
+    assert isinstance(result.model, torch.nn.Module)
+    assert "model" not in result.record() and "history" not in result.record()
+
+
+def test_peft_wrapping_leaks_no_third_party_future_warning():
+    import warnings
+
+    from zotune.models import random_model
+    from zotune.tuning import apply_tuning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_tuning(random_model("tiny-llama").model, "lora")
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]

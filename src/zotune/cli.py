@@ -99,11 +99,13 @@ def _config_from(args, positional):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .train import finetune
 
     config = _config_from(args, args.items)
     result = finetune(config)
-    print(result.summary())
+    if is_main_process():  # under torchrun, once
+        print(result.summary())
     return 0
 
 

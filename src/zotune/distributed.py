@@ -64,6 +64,28 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or a process on its own: the one that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# Set by `accelerate launch` in every process it starts (accelerate/utils/launch.py).
+ACCELERATE_MARKER = "ACCELERATE_MIXED_PRECISION"
+
+
+def check_launcher() -> None:
+    """Refuse ``accelerate launch`` when it started this process alone: it does so on a CPU
+    even for ``--num_processes 2`` (without ``--multi_cpu``), which would train one process
+    while the user asked for several. Its multi-process launches set torchrun's variables
+    and run as torchrun's."""
+    if ACCELERATE_MARKER in os.environ and not launched_by_torchrun():
+        raise RuntimeError(
+            "accelerate launch started zotune as a single process (it runs one process "
+            "on a CPU unless --multi_cpu); for several processes use torchrun "
+            "--nproc-per-node N -m zotune train ..., for one run zotune train directly"
+        )
+
+
 def init_process_group(device: str) -> ProcessGroup:
     """Join the group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR…).
 

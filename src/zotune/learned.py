@@ -54,6 +54,7 @@ def untrained_reason(
     if best_step == 0:
         moved = len(set(val_history)) > 1
         start = f"{val_history[0]:.1%}" if val_history else "its start"
+        plural = "s" * (steps != 1)
         if moved:
             problems.append(
                 f"the kept checkpoint is step 0, the initial model: validation only fell "
@@ -63,7 +64,7 @@ def untrained_reason(
         else:
             problems.append(
                 f"the kept checkpoint is step 0, the initial model: validation never moved "
-                f"from {start} in {len(val_history)} evaluations over {steps} steps"
+                f"from {start} in {len(val_history)} evaluations over {steps} step{plural}"
             )
             hint = _too_little_hint(scheme, lr, steps, zeroth_order)
     elif constant is not None:

@@ -26,7 +26,9 @@ from .checkpoints import LAST_FILE, Checkpoints
 from .config import ConfigError, RunConfig
 from .distributed import (
     broadcast_parameters,
+    check_launcher,
     init_process_group,
+    is_main_process,
     launched_by_torchrun,
     leave_process_group,
 )
@@ -38,7 +40,7 @@ from .offload import named_resident_parameters
 from .optim.registry import entry as optimizer_entry
 from .progress import bar
 from .reporting import open_reporter
-from .run import Run, resolve_config, setup
+from .run import Run, log_line, resolve_config, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 from .tasks import Example
 
@@ -176,9 +178,16 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     ``config`` is a RunConfig, a nested dict, or a YAML path; ``overrides`` are dotted keys
     written with ``__`` (``finetune(task__name="copa", optimizer__lr=1e-4)``).
     """
+    check_launcher()
     config = resolve_config(config, **overrides)
     out = config.train.output_dir
     folder = RunFolder(Path(out)) if out else None
+    if out is None and not config.train.save_model and is_main_process():
+        log_line(
+            "warning: no --output-dir, so nothing of this run is saved (no checkpoints, "
+            "metrics or result); --save-model DIR exports the model, and finetune() returns "
+            "it as result.model"
+        )
     if folder is not None:
         folder.check(config)
     if config.train.save_model:

@@ -61,6 +61,7 @@ card).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -104,11 +105,10 @@ def apply_tuning(
     elif options:
         raise TypeError(f"apply_tuning got a tuning section and keywords {sorted(options)}")
     scheme, prefix_init = tuning.scheme, tuning.prefix_init
-    lora_r, lora_alpha = tuning.lora_r, tuning.lora_alpha
+    lora_r = tuning.lora_r
     if not 0 <= tuning.lora_dropout < 1:
         raise ValueError(f"invalid lora_dropout: {tuning.lora_dropout!r} (must be in [0, 1))")
     prefix_tokens, prompt_tokens = tuning.prefix_tokens, tuning.prompt_tokens
-    prompt_init_text = tuning.prompt_init_text
     if scheme not in SCHEMES:
         raise ValueError(f"unknown tuning scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
     kind = model_kind(model)
@@ -134,6 +134,17 @@ def apply_tuning(
         return model
     if scheme == "head":
         return _head_only(model)
+    with warnings.catch_warnings():
+        # peft asks transformers 5 a deprecated question on wrapping; the user cannot act on it.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated",
+                                category=FutureWarning)
+        return _peft_scheme(model, scheme, kind, tuning, tokenizer, prefix_init)
+
+
+def _peft_scheme(model, scheme, kind, tuning, tokenizer, prefix_init):
+    """LoRA, prefix or prompt tuning: ``model`` wrapped in its peft model."""
+    lora_r, lora_alpha = tuning.lora_r, tuning.lora_alpha
+    prefix_tokens, prompt_tokens = tuning.prefix_tokens, tuning.prompt_tokens
     task_type = TaskType.CAUSAL_LM if kind == "causal" else TaskType.FEATURE_EXTRACTION
     if scheme == "lora":
         # Dropout acts in train mode only, which first-order steps use; ZO probes run in eval
@@ -154,7 +165,7 @@ def apply_tuning(
         if real is not None:
             _set_prefix(tuned, real)
     else:
-        tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, prompt_init_text)
+        tuned = _prompt_tuning(model, task_type, tokenizer, prompt_tokens, tuning.prompt_init_text)
     positions_as_trained(tuned)
     return tuned
 
