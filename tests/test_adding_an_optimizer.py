@@ -88,7 +88,8 @@ def test_zotune_train_takes_it_and_its_flag(zo_clip, sst2_dir, tmp_path, capsys)
     assert code == 0, capsys.readouterr().err
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["optimizer"] == {  # eps: the run default for full tuning
-        "name": "zo-clip", "lr": 1e-3, "schedule": "constant", "clip": 0.25, "eps": 1e-3
+        "name": "zo-clip", "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "clip": 0.25,
+        "eps": 1e-3
     }
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])

@@ -52,7 +52,7 @@ def test_a_run_takes_the_papers_defaults_for_its_scheme(
     )
     assert config.optimizer.settings == expected
     assert config.to_dict()["optimizer"] == {
-        "name": optimizer, "lr": 1e-3, "schedule": "constant", **expected
+        "name": optimizer, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, **expected
     }
 
 
