@@ -39,6 +39,7 @@ from .options import (
     WEIGHT_DECAY,
     check_base,
     check_momentum,
+    check_sign,
     momentum,
 )
 from .registry import OptimizerEntry, register
@@ -231,7 +232,7 @@ _publish(OptimizerEntry(
 ))
 _publish(OptimizerEntry(
     key="zo-sgd-sign", summary="ZO-signSGD", estimator="rge", cls=ZOSGDSign,
-    rule=_sign_rule, options=(SIGN_OF, BASE, BETAS, ADAM_EPS, WEIGHT_DECAY), check=check_base,
+    rule=_sign_rule, options=(SIGN_OF, BASE, BETAS, ADAM_EPS, WEIGHT_DECAY), check=check_sign,
 ))
 _publish(OptimizerEntry(
     key="zo-adam", summary="ZO-Adam (ZO-AdaMM)", estimator="rge", cls=ZOAdam,

@@ -211,6 +211,17 @@ def check_base(values: Mapping[str, Any]) -> None:
         raise ValueError("betas and adam_eps apply to base='adamw' only (base is 'sgd')")
 
 
+def check_sign(values: Mapping[str, Any]) -> None:
+    """ZO-SGD-Sign's combinations: :func:`check_base`, and sign(c)·z needs every tensor's
+    update to be a ZO estimate (a hybrid step's first-order part has no coefficients)."""
+    check_base(values)
+    if values.get("sign_of") == "coefficient" and values.get("hybrid_layers") is not None:
+        raise ValueError(
+            "sign_of='coefficient' signs a ZO estimate's coefficients; the hybrid step's "
+            "first-order part has none (use sign_of='estimate')"
+        )
+
+
 def momentum(default: float) -> Option:
     """Heavy-ball μ; ZO-SGD-MMT and FO-SGD differ only in its default."""
     return Option(
