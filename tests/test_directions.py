@@ -138,7 +138,7 @@ def test_non_contiguous_tensor_gets_a_whole_direction():
 
 
 def test_auto_is_table_on_cpu():
-    assert DISTRIBUTIONS == ("auto", "gaussian", "rademacher", "table")
+    assert DISTRIBUTIONS == ("auto", "gaussian", "rademacher", "table", "mezo")
     sampler = DirectionSampler()
     assert sampler.kind(torch.device("cpu")) == "table"
     assert sampler.kind(torch.device("cuda")) == "gaussian"
