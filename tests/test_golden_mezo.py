@@ -48,7 +48,8 @@ EPS = 1e-3
 
 
 def tiny_opt() -> torch.nn.Module:
-    model = random_model("tiny-opt").model.double()
+    # Eager attention: Forward-Grad's jvp needs it (fused SDPA has no forward-mode AD).
+    model = random_model("tiny-opt", attn_implementation="eager").model.double()
     model.eval()  # MeZO's zo_forward: no dropout in the probes
     return model
 
