@@ -3,8 +3,9 @@
 MeZO (princeton-nlp/MeZO large_models/trainer.py) draws its directions like this:
 
 * per step, ``self.zo_random_seed = np.random.randint(1000000000)`` (``zo_step``, line 770)
-  from numpy's global stream, which transformers' ``set_seed(args.seed)`` seeded and
-  nothing else in training draws from;
+  from numpy's global stream, which transformers' ``set_seed(args.seed)`` seeded (run.py:
+  115-117, 466, and again in the Trainer's constructor); nothing else in MeZO's training loop
+  draws from it (ZO-LLM's also draws a sparse-mask seed before each step, trainer.py:469-470);
 * per pass over the parameters (+εz, −2εz, +εz in ``zo_perturb_parameters``, lines 699-712,
   and the update in ``zo_update``, lines 791-806), ``torch.manual_seed(zo_random_seed)`` and
   then, for each trainable parameter in ``named_parameters()`` order,
@@ -16,9 +17,11 @@ zotune reproduces both: the step seed of step t (0-based) is the t-th value of
 tensor is the one that ``torch.normal`` gives for it after the seed's generator has drawn
 the z of every tensor before it (in the optimizer's order, which is ``named_parameters``
 order for a model passed whole). The generator is a private ``torch.Generator`` per device
-seeded as ``torch.manual_seed`` seeds the global ones, which gives the same values (on CUDA,
-each device's stream covers that device's tensors, as MeZO's global generators do) and
-leaves the global RNG alone. Departures, all outside MeZO's q = 1 plain step: query k ≥ 1
+seeded as ``torch.manual_seed`` seeds the global ones, so it starts from the same state and
+leaves the global RNG alone (checked on CPU against ``torch.manual_seed`` + ``torch.normal``
+in tests/test_directions.py and tests/test_golden_mezo.py; on CUDA each device's stream
+covers that device's tensors, as MeZO's per-device global generators do, not yet checked on
+a GPU). Departures, all outside MeZO's q = 1 plain step: query k ≥ 1
 of a step uses ``mix_seed(step seed, k)`` (ZO-LLM's q > 1 draws further numpy values), and
 block-wise steps seed block b with ``mix_seed(step seed, b)``.
 
