@@ -138,7 +138,7 @@ def test_non_contiguous_tensor_gets_a_whole_direction():
 
 
 def test_auto_is_table_on_cpu():
-    assert DISTRIBUTIONS == ("auto", "gaussian", "rademacher", "table")
+    assert DISTRIBUTIONS == ("auto", "gaussian", "rademacher", "table", "mezo")
     sampler = DirectionSampler()
     assert sampler.kind(torch.device("cpu")) == "table"
     assert sampler.kind(torch.device("cuda")) == "gaussian"
@@ -255,3 +255,80 @@ def test_table_values_do_not_depend_on_which_tables_were_built_first():
         rtol=1e-7,
         atol=0,
     )
+
+
+def mezo_stream(seed: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """MeZO's z (large_models/trainer.py:708-711): the global seed, then torch.normal per
+    tensor in order."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [
+            torch.normal(mean=0, std=1, size=t.size(), dtype=t.dtype) for t in tensors
+        ]
+
+
+@pytest.mark.parametrize(
+    "order",
+    [[0, 1, 2, 3], [2, 0, 3, 1], [3, 3, 1, 0]],
+    ids=["in-order", "shuffled", "repeated"],
+)
+def test_mezo_draws_equal_mezos_stream_in_any_order(order):
+    """The sampler follows the sequential stream whatever order a pass asks in."""
+    tensors = [torch.zeros(5, 3), torch.zeros(7), torch.zeros(2, 2, dtype=torch.float64),
+               torch.zeros(33)]
+    items = [IndexedParam(i, t) for i, t in enumerate(tensors)]
+    sampler = DirectionSampler("mezo")
+    sampler.cover(items, [1234])
+    expected = mezo_stream(1234, tensors)
+    for index in order:
+        z = sampler.draw(tensors[index], 1234, index, 0)
+        assert torch.equal(z, expected[index]), index
+    assert torch.equal(sampler.direction(tensors[1], 1234, 1), expected[1])
+
+
+def test_mezo_refuses_a_tensor_its_estimate_did_not_declare():
+    sampler = DirectionSampler("mezo")
+    sampler.cover([IndexedParam(0, torch.zeros(3))], [5])
+    with pytest.raises(RuntimeError, match="tensor 1 was not declared for seed 5"):
+        sampler.draw(torch.zeros(3), 5, 1, 0)
+
+
+def test_mezo_step_seeds_are_numpys_draws_and_query_zero_is_the_step_seed():
+    import numpy as np
+
+    sampler = DirectionSampler("mezo")
+    state = np.random.RandomState(42)
+    drawn = [int(state.randint(1_000_000_000)) for _ in range(5)]  # MeZO trainer.py:770
+    assert [sampler.step_seed(42, t) for t in range(5)] == drawn
+    assert sampler.query_seeds(drawn[0], 3)[0] == drawn[0]
+    assert len(set(sampler.query_seeds(drawn[0], 3))) == 3
+    assert DirectionSampler("gaussian").step_seed(42, 3) == mix_seed(42, 3)
+
+
+@pytest.mark.parametrize(
+    ("key", "options"),
+    [
+        ("zo-sgd", {"weight_decay": 0.1}),  # linear path, tensors taken bucket by bucket
+        ("zo-sgd-mmt", {}),
+        ("zo-sgd", {"sparsity": 0.5}),
+        ("zo-sgd", {"block_level": "layer"}),
+        ("zo-sgd-cons", {"base": "adamw"}),
+        ("forward-grad", {}),
+    ],
+)
+def test_mezo_runs_under_every_step_shape(key, options):
+    """Every strategy declares its tensors before drawing (none raises), and the run moves."""
+    from zotune.models import random_model
+
+    model = random_model("tiny-llama", attn_implementation="eager").model
+    ids = torch.randint(5, 300, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = create_optimizer(key, model, lr=1e-3, distribution="mezo", seed=3, **options)
+    for _ in range(2):
+        opt.step(lambda: model(input_ids=ids, labels=ids).loss)
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_mezo_seed_must_suit_numpy():
+    with pytest.raises(ValueError, match="distribution 'mezo' seeds numpy"):
+        create_optimizer("zo-sgd", torch.nn.Linear(2, 1), lr=0.1, distribution="mezo", seed=-1)

@@ -154,22 +154,20 @@ def _row(sources, setting):
 
 
 def test_the_sign_row_reads_the_rule_options_from_the_registry(fidelity_sources, monkeypatch):
-    from zotune.bench.fidelity import PROBES
-    from zotune.optim import registry
-    from zotune.optim.options import Option
+    """The row lists the registry's rule options and what the `paper` suite sets; it says
+    "same" only while the suite runs the released form (base adamw, sign(c)·z)."""
+    from zotune.bench.fidelity import PROBES, Sources
 
     row = _row(fidelity_sources, "ZO update, ZO-SGD-Sign")
-    entry = registry.entry("zo-sgd-sign")
-    assert not [o for o in entry.options if o.name == "base"], "update this test: base exists"
-    assert PROBES["zo-update"](fidelity_sources, row) == (row["only"], row["differs"])
-    for default, status in (("sgd", row["differs"]), ("adamw", row["same"])):
-        base = Option("base", default, "the rule stepping sign(c)·z", kind=str,
-                      choices=("sgd", "adamw"))
-        monkeypatch.setitem(registry.REGISTRY, "zo-sgd-sign",
-                            dataclasses.replace(entry, options=(*entry.options, base)))
-        text, verdict = PROBES["zo-update"](fidelity_sources, row)
-        assert "`base` ∈ {sgd, adamw}" in text and f"`paper` uses {default}" in text
-        assert verdict == status
+    text, verdict = PROBES["zo-update"](fidelity_sources, row)
+    assert ("`sign_of` ∈ {estimate, coefficient} (default estimate); "
+            "`paper` uses coefficient") in text
+    assert "`base` ∈ {sgd, adamw} (default sgd); `paper` uses adamw" in text
+    assert verdict == row["same"]
+    paper_text_form = {"base": {"sgd"}, "sign_of": {"estimate"}}
+    monkeypatch.setattr(Sources, "paper_values", lambda self, key, name: paper_text_form[name])
+    text, verdict = PROBES["zo-update"](fidelity_sources, row)
+    assert "`paper` uses sgd" in text and verdict == row["differs"]
 
 
 def test_the_grid_status_compares_the_suite_with_the_reading(fidelity_sources):

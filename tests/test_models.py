@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import time
 
 import huggingface_hub.constants
 import pytest
@@ -293,10 +292,10 @@ def test_embedded_model_scores_sst2_and_loads_from_the_cache(
     def no_conversion(*args):
         raise AssertionError("the second load converted the GGUF file again")
 
+    # The patch is the check that nothing is converted again; a wall-clock bound would
+    # assume one machine's speed and load.
     monkeypatch.setattr(models, "_dequantize_gguf", no_conversion)
-    start = time.perf_counter()
     again = load_model("smollm2-135m", cache_dir=embedded_cache_dir)
-    assert time.perf_counter() - start < 10
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[name]), name
 

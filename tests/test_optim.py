@@ -305,11 +305,60 @@ def test_weight_decay_applies_to_matrices_only():
         ("fo-adam", {"lr": 0.1, "adam_eps": -1.0}, "adam_eps value: -1.0"),
         ("fo-sgd", {"lr": 0.1, "weight_decay": -0.1}, "weight_decay value: -0.1"),
         ("nadam", {"lr": 0.1}, "Unknown optimizer: 'nadam' (choose from zo-sgd, zo-sgd-mmt"),
+        ("zo-sgd-sign", {"lr": 0.1, "base": "lamb"}, "Unknown base: 'lamb'"),
+        ("zo-sgd-sign", {"lr": 0.1, "sign_of": "both"}, "Unknown sign_of: 'both'"),
+        ("zo-sgd-cons", {"lr": 0.1, "betas": (0.8, 0.9)}, "apply to base='adamw' only"),
+        ("zo-sgd-sign", {"lr": 0.1, "adam_eps": 1e-6}, "apply to base='adamw' only"),
+        ("zo-sgd", {"lr": 0.1, "distribution": "mezo", "seed": 2**32}, "seeds numpy"),
     ],
 )
 def test_bad_arguments_name_the_bad_value(name, options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         create_optimizer(name, [torch.zeros(2, requires_grad=True)], **options)
+
+
+def test_sign_of_coefficient_refuses_the_hybrid_step():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="first-order part has none"):
+        create_optimizer(
+            "zo-sgd-sign", model, lr=0.1, sign_of="coefficient", hybrid_layers=1
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "state", "rule"),
+    [
+        ({}, 0, "Rule(Sign, DecoupledWeightDecay)"),
+        ({"sign_of": "coefficient"}, 0, "Rule(coefficients=coefficient_signs, "
+         "DecoupledWeightDecay)"),
+        ({"base": "adamw"}, 2, "Rule(Sign, TransformersAdamW)"),
+        ({"base": "adamw", "sign_of": "coefficient"}, 2,
+         "Rule(coefficients=coefficient_signs, TransformersAdamW)"),
+    ],
+)
+def test_sign_options_pick_the_rule_and_its_state(options, state, rule):
+    """The registry entry answers the memory model's question (state tensors) from the same
+    options that build the rule."""
+    from zotune.optim.registry import entry
+
+    assert entry("zo-sgd-sign").state_tensors(**options) == state
+    opt = create_optimizer("zo-sgd-sign", [torch.zeros(2, requires_grad=True)], lr=0.1, **options)
+    assert repr(opt.rule) == rule
+
+
+def test_sign_of_coefficient_steps_by_sign_c_times_z():
+    """u = (1/q) Σ sign(c_k) z_k: with SGD, θ moves by exactly lr · z for a loss that rises
+    along z (c > 0), whatever |c|."""
+    x = torch.zeros(4, requires_grad=True)
+    weights = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    opt = create_optimizer(
+        "zo-sgd-sign", [x], lr=0.1, sign_of="coefficient", distribution="gaussian", seed=1
+    )
+    opt.step(lambda: 100 * (weights * x).sum())
+    z = opt.estimator.sampler.direction(x, opt.estimator.sampler.query_seeds(
+        opt.estimator.sampler.step_seed(1, 0), 1)[0], 0)
+    c_sign = 1.0 if float(weights @ z) > 0 else -1.0
+    torch.testing.assert_close(x.detach(), -0.1 * c_sign * z, rtol=0, atol=1e-7)
 
 
 def test_unknown_option_names_the_optimizer():

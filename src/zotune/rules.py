@@ -109,6 +109,38 @@ class Adam(Transform):
         return (exp_avg / bias1).div_(denom)
 
 
+class TransformersAdamW(Transform):
+    """AdamW as ``transformers.AdamW`` computes it (transformers 4.28.1, optimization.py:
+    441-466; the Trainer's default ``optim="adamw_hf"``, which ZO-LLM's Sign and Cons runs
+    used)::
+
+        m_t = β₁ m_{t−1} + (1 − β₁) g_t,   v_t = β₂ v_{t−1} + (1 − β₂) g_t²
+        θ' = θ − η (√(1 − β₂ᵗ) / (1 − β₁ᵗ)) · m_t / (√v_t + δ)
+        θ_{t+1} = θ' − η λ θ'
+
+    It differs from :class:`Adam` in two places: δ is added to √v_t, not to the
+    bias-corrected √v̂_t (torch's Adam), and the decay multiplies the weights *after* the
+    Adam step (Trainer: λ on every tensor but biases and LayerNorms; here on matrices,
+    :meth:`DecoupledWeightDecay.decay`). As an
+    update u with θ_{t+1} = θ − η u: u = k a + λ (θ − η k a), a = m_t / (√v_t + δ),
+    k = √(1 − β₂ᵗ) / (1 − β₁ᵗ). (β₁, β₂) = group["betas"], δ = group["adam_eps"].
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq")
+
+    def __call__(self, u, state, ctx):
+        beta1, beta2 = ctx.group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(u, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(u, u, value=1 - beta2)
+        scale = (1 - beta2**ctx.step) ** 0.5 / (1 - beta1**ctx.step)
+        step = exp_avg.div(exp_avg_sq.sqrt().add_(ctx.group["adam_eps"])).mul_(scale)
+        decay = DecoupledWeightDecay.decay(ctx.group, ctx.ndim)
+        if decay == 0:
+            return step
+        return step.add(ctx.param.sub(step, alpha=ctx.group["lr"]), alpha=decay)
+
+
 class DecoupledWeightDecay(Transform):
     """u ← u + λ θ for matrices only (Loshchilov & Hutter, 2019), λ = group["weight_decay"].
 
@@ -129,11 +161,23 @@ class DecoupledWeightDecay(Transform):
         return group.get("weight_decay", 0.0) if ndim >= 2 else 0.0
 
 
-class Rule:
-    """A chain of transforms applied in order; ``rule(g, state, ctx)`` returns u."""
+def coefficient_signs(coeffs: tuple[float, ...]) -> tuple[float, ...]:
+    """c_k → sign(c_k) / q: a ZO estimate Σ c_k z_k becomes (1/q) Σ sign(c_k) z_k, the
+    direction ZO-LLM's ZO-SGD-Sign feeds its optimizer (trainer.py:1055-1058, 1129-1131)."""
+    q = len(coeffs)
+    return tuple(((c > 0) - (c < 0)) / q for c in coeffs)
 
-    def __init__(self, *transforms: Transform) -> None:
+
+class Rule:
+    """A chain of transforms applied in order; ``rule(g, state, ctx)`` returns u.
+
+    ``coefficients`` (zeroth-order estimates only) maps the estimate's scalars c_k of
+    ĝ = Σ c_k z_k before the transforms see ĝ (e.g. :func:`coefficient_signs`).
+    """
+
+    def __init__(self, *transforms: Transform, coefficients=None) -> None:
         self.transforms = transforms
+        self.coefficients = coefficients
         names = [name for t in transforms for name in t.state_names]
         if len(names) != len(set(names)):
             raise ValueError(f"transforms in one rule share state names: {names}")
@@ -155,7 +199,10 @@ class Rule:
         return u
 
     def __repr__(self) -> str:
-        return f"Rule({', '.join(type(t).__name__ for t in self.transforms)})"
+        names = [type(t).__name__ for t in self.transforms]
+        if self.coefficients is not None:
+            names.insert(0, f"coefficients={self.coefficients.__name__}")
+        return f"Rule({', '.join(names)})"
 
 
 def sgd() -> Rule:
@@ -169,6 +216,11 @@ def momentum() -> Rule:
 
 def sign() -> Rule:
     return Rule(Sign(), DecoupledWeightDecay())
+
+
+def transformers_adamw() -> Rule:
+    """AdamW as transformers 4.28.1's ``AdamW`` (decay included)."""
+    return Rule(TransformersAdamW())
 
 
 def adam() -> Rule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -43,6 +44,10 @@ class DirectionalEstimate:
     def displaced_seed(self) -> int:
         """The seed of the displacement the probes left (meaningful when ``offset`` ≠ 0)."""
         return self.seeds[-1] if self.displaced is None else self.displaced
+
+    def without_offset(self) -> DirectionalEstimate:
+        """The same estimate with no displacement left to remove (already restored)."""
+        return dataclasses.replace(self, offset=0.0)
 
     @property
     def restore(self) -> list[tuple[int, float]]:

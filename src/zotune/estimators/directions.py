@@ -27,6 +27,11 @@ Two ways of producing a chunk of z:
 Philox generator samples at memory speed, so a table buys nothing there). Runs stay
 reproducible for a given device type; the CPU and CUDA trajectories of a seed differ, as
 they already do with sampled directions because the two generators differ.
+
+``mezo`` draws MeZO's own stream instead (:mod:`zotune.estimators.mezo_stream`): step seeds
+from numpy, one ``torch.normal`` per whole tensor in parameter order, so a run can follow a
+MeZO run step for step. It is sequential rather than a pure function of (seed, tensor,
+chunk), and needs the estimator to declare each seed's tensors (:meth:`DirectionSampler.cover`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DISTRIBUTIONS = ("auto", "gaussian", "rademacher", "table")
+from .mezo_stream import MeZOStream, mezo_step_seed
+
+DISTRIBUTIONS = ("auto", "gaussian", "rademacher", "table", "mezo")
 
 # 2**20 elements (4 MiB in fp32): large enough that per-chunk Python overhead is negligible,
 # small enough that the scratch buffer is invisible next to the model.
@@ -52,6 +59,9 @@ DEFAULT_TABLE_NUMEL = 1 << 22
 # The table never depends on the optimizer's seed (that only moves the offsets), so every
 # run, device and process reads the same table.
 TABLE_SEED = 0x5A1_2017
+
+# "Chunks" of mezo directions: whole tensors, as MeZO draws them.
+_WHOLE_TENSOR = 1 << 62
 
 # Table pieces are kept for this many seeds: a step's q queries plus the previous step's.
 _PLANNED_SEEDS = 4
@@ -171,6 +181,11 @@ class DirectionSampler:
     repeats within a chunk.
 
     ``auto``: ``table`` for CPU tensors, ``gaussian`` on other devices.
+
+    ``mezo``: MeZO's stream (:mod:`zotune.estimators.mezo_stream`): z ~ N(0, I) drawn whole
+    per tensor, in order, from a generator seeded with the step's seed; step seeds come from
+    :meth:`step_seed` and query seeds from :meth:`query_seeds`, which the optimizer and the
+    estimators ask the sampler for.
     """
 
     def __init__(
@@ -188,12 +203,12 @@ class DirectionSampler:
         if not _is_power_of_two(table_numel):
             raise ValueError(f"Invalid table_numel: {table_numel} (must be a power of two >= 2)")
         self.distribution = distribution
-        # A chunk longer than the table would repeat its values, so table chunks are capped.
-        self.chunk_numel = (
-            chunk_numel
-            if distribution in ("gaussian", "rademacher")
-            else min(chunk_numel, table_numel)
-        )
+        # A chunk longer than the table would repeat its values, so table chunks are capped;
+        # MeZO's z is drawn a whole tensor at a time, so it has no chunks.
+        self.chunk_numel = {
+            "gaussian": chunk_numel, "rademacher": chunk_numel, "mezo": _WHOLE_TENSOR
+        }.get(distribution, min(chunk_numel, table_numel))
+        self._mezo = MeZOStream() if distribution == "mezo" else None
         self.table_numel = table_numel
         self._generators: dict[torch.device, torch.Generator] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype, int], torch.Tensor] = {}
@@ -221,6 +236,24 @@ class DirectionSampler:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
+    def step_seed(self, seed: int, step: int) -> int:
+        """The seed of step ``step`` of a run seeded with ``seed``: a hash of the two, or
+        for ``mezo`` the value MeZO's numpy stream draws for that step."""
+        if self.distribution == "mezo":
+            return mezo_step_seed(seed, step)
+        return mix_seed(seed, step)
+
+    def query_seeds(self, seed: int, q: int) -> tuple[int, ...]:
+        """The seeds of the q directions drawn under ``seed`` (a step's or a block's); for
+        ``mezo`` the first is ``seed`` itself, as MeZO's one query uses its step seed."""
+        first = 1 if self.distribution == "mezo" else 0
+        return (seed,) * first + tuple(mix_seed(seed, k) for k in range(first, q))
+
+    def cover(self, params: Sequence[IndexedParam], seeds: Sequence[int]) -> None:
+        """Declare the tensors whose directions ``seeds`` draw (before any pass draws them):
+        ``mezo``'s stream runs through them in order; the other distributions need nothing."""
+        if self._mezo is not None:
+            self._mezo.cover(params, seeds)
 
     def kind(self, device: torch.device) -> str:
         """The distribution actually used for tensors on ``device`` (resolves ``auto``)."""
@@ -332,6 +365,9 @@ class DirectionSampler:
 
     def _fill(self, out: torch.Tensor, seed: int, index: int, chunk: int) -> None:
         kind = self.kind(out.device)
+        if self._mezo is not None:
+            self._mezo.fill(out, seed, index)
+            return
         if kind == "table":
             self._fill_from_table(out, mix_seed(seed, index, chunk))
             return

@@ -22,7 +22,6 @@ from .directions import (
     DEFAULT_TABLE_NUMEL,
     DirectionSampler,
     IndexedParam,
-    mix_seed,
 )
 
 EAGER_HINT = (
@@ -91,7 +90,8 @@ class ForwardGradientEstimator:
     def estimate(
         self, params: Sequence[IndexedParam], closure: Closure, seed: int
     ) -> DirectionalEstimate:
-        seeds = tuple(mix_seed(seed, k) for k in range(self.q))
+        seeds = self.sampler.query_seeds(seed, self.q)
+        self.sampler.cover(params, seeds)
         table = probe_table(self.q, 2)  # row k: f(θ), ∇f(θ)·v_k
         for k in self.sharing.queries(self.q):
             loss, derivative = self._directional_derivative(params, closure, seeds[k])

@@ -21,7 +21,6 @@ from .directions import (
     DEFAULT_TABLE_NUMEL,
     DirectionSampler,
     IndexedParam,
-    mix_seed,
 )
 
 PROBES = ("two-point", "one-sided")
@@ -47,7 +46,7 @@ class RandomGradientEstimator:
     from θ + εz to θ − εz is written as two legs of −εz: one axpy in fp32, two roundings in
     fp16/bf16, the first landing back on θ (see :func:`zotune.estimators.base.shift`).
     Directions come from :class:`DirectionSampler` (``distribution``: ``auto``, ``table``,
-    ``gaussian``, ``rademacher``).
+    ``gaussian``, ``rademacher``, ``mezo``), and so do the q query seeds of a step.
 
     The probe values go into a ``[q, 2]`` table that ``sharing`` (:class:`ProbeSharing`)
     combines across processes before the coefficients are taken: one collective per step for
@@ -83,7 +82,8 @@ class RandomGradientEstimator:
     def estimate(
         self, params: Sequence[IndexedParam], closure: Closure, seed: int
     ) -> DirectionalEstimate:
-        seeds = tuple(mix_seed(seed, k) for k in range(self.q))
+        seeds = self.sampler.query_seeds(seed, self.q)
+        self.sampler.cover(params, seeds)
         if self.probe == "two-point":
             return self._two_point(params, closure, seeds)
         return self._one_sided(params, closure, seeds)

@@ -6,8 +6,8 @@ key             class                       estimator       rule (step)
 =============== =========================== =============== ==============================
 zo-sgd          :class:`ZOSGD`              RGE             SGD
 zo-sgd-mmt      :class:`ZOSGDMomentum`      RGE             momentum
-zo-sgd-cons     :class:`ZOSGDConservative`  RGE             SGD (conservative step)
-zo-sgd-sign     :class:`ZOSGDSign`          RGE             sign
+zo-sgd-cons     :class:`ZOSGDConservative`  RGE             SGD or AdamW (conservative)
+zo-sgd-sign     :class:`ZOSGDSign`          RGE             sign, then SGD or AdamW
 zo-adam         :class:`ZOAdam`             RGE             Adam
 forward-grad    :class:`ForwardGrad`        forward-mode AD SGD
 lozo            :class:`LOZO`               RGE, U Vᵀ       SGD
@@ -37,6 +37,7 @@ from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shap
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
+    BASE,
     BETAS,
     DAMPENING,
     LOZO_BETA,
@@ -45,11 +46,14 @@ from .options import (
     LOZO_UPDATE,
     MAX_GRAD_NORM,
     NESTEROV,
+    SIGN_OF,
     SUBZERO_INTERVAL,
     SUBZERO_RANK,
     SUBZERO_SQUARE,
     WEIGHT_DECAY,
+    check_base,
     check_momentum,
+    check_sign,
     momentum,
 )
 from .registry import OptimizerEntry, register
@@ -128,22 +132,37 @@ class ZOSGDConservative(RegisteredZerothOrder):
         θ_{t+1} = argmin { f(θ_t), f(θ_t − η ĝ_t), f(θ_t + η ĝ_t) }
 
     That costs three forward passes on top of the estimate's (2q + 3 in all for two-point).
-    The rule is plain SGD on purpose: a stateful rule (momentum, Adam) would advance its state
-    once per step even when the kept candidate is θ_t itself, so its state would describe
-    updates that never happened. ``weight_decay`` is therefore not offered, and neither are
-    block-wise and hybrid steps (:data:`zotune.optim.steps.CONFLICTS`).
+    ``base="sgd"`` (the default) is this rule, the paper's. ``base="adamw"`` is what ZO-LLM's
+    released runs did (zo-bench/trainer.py:1251-1337; their sweep files pass no
+    ``--optimizer``, so the Trainer's transformers AdamW ran, :class:`zotune.rules.
+    TransformersAdamW`): the candidates are AdamW steps fed ĝ, −2ĝ and then ĝ or 2ĝ, each
+    advancing AdamW's state, so they are not θ_t ± ηĝ and "back to θ_t" lands near it::
+
+        θ¹ = A(θ_t; ĝ),  θ² = A(θ¹; −2ĝ)
+        θ_{t+1} = A(θ²; ĝ)    if f(θ¹) > f(θ_t) and f(θ_t) < f(θ²)
+                = A(θ²; 2ĝ)   if f(θ¹) ≤ f(θ_t) and f(θ¹) < f(θ²)
+                = θ²          otherwise
+
+    with f(θ_t) evaluated before the probes, as the reference does. ``weight_decay`` is not
+    offered (the sweeps set 0), and neither are block-wise and hybrid steps
+    (:data:`zotune.optim.steps.CONFLICTS`).
     """
 
 
 class ZOSGDSign(RegisteredZerothOrder):
-    """ZO-SGD-Sign (ZO-signSGD; Liu et al., ICLR 2019; ZO-Bench)::
+    """ZO-SGD-Sign (ZO-signSGD; Liu et al., ICLR 2019; ZO-Bench). By default the paper's::
 
         θ_{t+1} = θ_t − η (sign(ĝ_t) + λ θ_t)
 
-    The sign is taken elementwise of the estimate ĝ_t = c_t z_t, i.e. sign(c_t)·sign(z_t).
-    ZO-Bench's released code instead feeds sign(c_t)·z_t into an AdamW-style update, which
-    keeps z's magnitudes and so is not a sign method; zotune implements the sign method the
-    paper defines.
+    with the sign taken elementwise of ĝ_t = Σ_k c_k z_k (for q = 1, sign(c_t)·sign(z_t)).
+    The released code that produced the paper's numbers did something else (ZO-LLM
+    zo-bench/trainer.py:1055-1073): it fed s_t = (1/q) Σ_k sign(c_k) z_k, which keeps z's
+    magnitudes, to transformers' AdamW (its sweep files pass no ``--optimizer``; run.py:74's
+    default ``adamw`` is the Trainer's ``adamw_hf``, :class:`zotune.rules.TransformersAdamW`).
+    Both halves are options: ``sign_of="coefficient"`` uses s_t in place of sign(ĝ_t), and
+    ``base="adamw"`` steps with that AdamW (β = ``betas``, δ = ``adam_eps``, its decay λ
+    applied after the Adam step) instead of SGD; ``sign_of="coefficient", base="adamw"`` is
+    the released run.
     """
 
 
@@ -208,13 +227,26 @@ _publish(OptimizerEntry(
     cls=ZOSGDMomentum, rule=lambda o: rules.momentum(),
     options=(momentum(0.9), DAMPENING, NESTEROV, WEIGHT_DECAY), check=check_momentum,
 ))
+def _on_base(base: str, *front: rules.Transform, coefficients=None) -> rules.Rule:
+    """``front`` then SGD with decoupled decay, or then transformers' AdamW (decay inside)."""
+    last = rules.TransformersAdamW() if base == "adamw" else rules.DecoupledWeightDecay()
+    return rules.Rule(*front, last, coefficients=coefficients)
+
+
+def _sign_rule(options) -> rules.Rule:
+    if options["sign_of"] == "coefficient":
+        return _on_base(options["base"], coefficients=rules.coefficient_signs)
+    return _on_base(options["base"], rules.Sign())
+
+
 _publish(OptimizerEntry(
     key="zo-sgd-cons", summary="conservative ZO-SGD (best of three candidates)",
-    estimator="rge", cls=ZOSGDConservative, rule=lambda o: rules.sgd(), step="conservative",
+    estimator="rge", cls=ZOSGDConservative, rule=lambda o: _on_base(o["base"]),
+    step="conservative", options=(BASE, BETAS, ADAM_EPS), check=check_base,
 ))
 _publish(OptimizerEntry(
     key="zo-sgd-sign", summary="ZO-signSGD", estimator="rge", cls=ZOSGDSign,
-    rule=lambda o: rules.sign(), options=(WEIGHT_DECAY,),
+    rule=_sign_rule, options=(SIGN_OF, BASE, BETAS, ADAM_EPS, WEIGHT_DECAY), check=check_sign,
 ))
 _publish(OptimizerEntry(
     key="zo-adam", summary="ZO-Adam (ZO-AdaMM)", estimator="rge", cls=ZOAdam,

@@ -15,6 +15,7 @@ methods: :meth:`RuleOptimizer.trainable`, :meth:`RuleOptimizer.step_seed` /
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -302,6 +303,10 @@ class ZerothOrderOptimizer(RuleOptimizer):
         super().load_state_dict(state_dict)
         if directions is not None:
             self.estimator.sampler.load_state_dict(directions)
+    def step_seed(self) -> int:
+        """The seed of the step being made, as the direction sampler derives it (a hash of
+        the run's seed and the step; MeZO's numpy draw for ``distribution="mezo"``)."""
+        return self.estimator.sampler.step_seed(self.seed, self.steps_taken)
 
     @torch.no_grad()
     def step(self, closure=None) -> torch.Tensor:
@@ -319,7 +324,12 @@ class ZerothOrderOptimizer(RuleOptimizer):
 
     @torch.no_grad()
     def apply_estimate(self, entries: Entries, estimate: DirectionalEstimate) -> None:
-        """Remove the probes' displacement and apply θ ← θ − lr · rule(ĝ), chunk by chunk."""
+        """Remove the probes' displacement and apply θ ← θ − lr · rule(ĝ), chunk by chunk
+        (the rule's ``coefficients`` map, if any, first turns ĝ = Σ c_k z_k into Σ c'_k z_k)."""
+        if self.rule.coefficients is not None:
+            estimate = dataclasses.replace(
+                estimate, coeffs=self.rule.coefficients(estimate.coeffs)
+            )
         if self.rule.is_linear:
             self._update_linear(entries, estimate)
             return

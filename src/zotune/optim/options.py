@@ -19,6 +19,7 @@ from typing import Any
 from ..enhance.blocks import BLOCK_LEVELS, BLOCK_MODES
 from ..enhance.sparse import SPARSITY_MODES
 from ..estimators.directions import DEFAULT_TABLE_NUMEL, DISTRIBUTIONS
+from ..estimators.mezo_stream import NUMPY_SEED_LIMIT
 from ..estimators.rge import PROBES
 
 Check = Callable[[Any], bool]
@@ -186,6 +187,41 @@ MAX_GRAD_NORM = Option(
 )
 
 
+BASE = Option(
+    "base", "sgd",
+    "what steps along the estimate: sgd, the paper's rule; adamw, transformers' AdamW "
+    "(4.28.1, betas and adam_eps below), which ZO-LLM's released runs used (their sweep "
+    "files pass no --optimizer)",
+    kind=str, choices=("sgd", "adamw"),
+)
+SIGN_OF = Option(
+    "sign_of", "estimate",
+    "estimate: sign(ĝ) elementwise (ZO-signSGD, the paper); coefficient: sign(c)·z, the "
+    "released code's (ZO-LLM trainer.py:1058)",
+    kind=str, choices=("estimate", "coefficient"),
+)
+
+
+def check_base(values: Mapping[str, Any]) -> None:
+    """Adam's betas and δ only mean something under base='adamw'."""
+    if values.get("base") == "sgd" and (
+        values.get("betas", BETAS.default) != BETAS.default
+        or values.get("adam_eps", ADAM_EPS.default) != ADAM_EPS.default
+    ):
+        raise ValueError("betas and adam_eps apply to base='adamw' only (base is 'sgd')")
+
+
+def check_sign(values: Mapping[str, Any]) -> None:
+    """ZO-SGD-Sign's combinations: :func:`check_base`, and sign(c)·z needs every tensor's
+    update to be a ZO estimate (a hybrid step's first-order part has no coefficients)."""
+    check_base(values)
+    if values.get("sign_of") == "coefficient" and values.get("hybrid_layers") is not None:
+        raise ValueError(
+            "sign_of='coefficient' signs a ZO estimate's coefficients; the hybrid step's "
+            "first-order part has none (use sign_of='estimate')"
+        )
+
+
 def momentum(default: float) -> Option:
     """Heavy-ball μ; ZO-SGD-MMT and FO-SGD differ only in its default."""
     return Option(
@@ -251,7 +287,8 @@ ZO_OPTIONS: tuple[Option, ...] = (
     Option("probe", "two-point", "finite-difference probe", kind=str, choices=PROBES),
     Option(
         "distribution", "auto",
-        "directions: auto is the noise table on CPU and Gaussian sampling on CUDA",
+        "directions: auto is the noise table on CPU and Gaussian sampling on CUDA; mezo is "
+        "MeZO's own stream (numpy step seeds, torch.normal per tensor in order)",
         kind=str, choices=DISTRIBUTIONS,
     ),
     Option(
@@ -327,6 +364,11 @@ class ZOOptions:
         for field in fields(self):
             value = declared[field.name].validate(getattr(self, field.name))
             object.__setattr__(self, field.name, value)
+        if self.distribution == "mezo" and not 0 <= self.seed < NUMPY_SEED_LIMIT:
+            raise ValueError(
+                f"Invalid seed: {self.seed} (distribution 'mezo' seeds numpy's RandomState, "
+                "which takes 0 <= seed < 2**32)"
+            )
 
 
 def _check_declarations() -> None:

@@ -78,7 +78,13 @@ class PlainStep(StepStrategy):
 
 
 class ConservativeStep(StepStrategy):
-    """ZO-SGD-Cons: keep the best of θ_t, θ_t − ηĝ and θ_t + ηĝ (three more forwards)."""
+    """ZO-SGD-Cons: keep the best of θ_t, θ_t − ηĝ and θ_t + ηĝ (three more forwards).
+
+    With a stateful rule (``base="adamw"``) a candidate is only defined as a rule step, so
+    the step follows ZO-LLM's ``zo_conserv_step`` (zo-bench/trainer.py:1251-1337): f(θ_t)
+    first, then rule steps fed ĝ and −2ĝ, then ĝ or 2ĝ or nothing
+    (:class:`zotune.optim.algorithms.ZOSGDConservative`).
+    """
 
     name = "conservative"
 
@@ -86,6 +92,8 @@ class ConservativeStep(StepStrategy):
         return optimizer.estimator.forward_passes + 3
 
     def step(self, optimizer, closure) -> torch.Tensor:
+        if optimizer.rule.state_names:
+            return self._by_rule_steps(optimizer, closure)
         entries = optimizer.trainable()
         estimate = optimizer.estimate(entries, closure, optimizer.step_seed())
         optimizer.finish_step()
@@ -101,6 +109,33 @@ class ConservativeStep(StepStrategy):
         best = min((here, 0), (down, -1), (up, +1), key=lambda x: float(x[0]))
         self._move_by_lr(optimizer, entries, estimate, best[1] - 1, leg=3)
         return best[0]
+
+    @staticmethod
+    def _by_rule_steps(optimizer, closure) -> torch.Tensor:
+        entries = optimizer.trainable()
+        sharing = optimizer.estimator.sharing
+        loss_here = sharing.average(evaluate(closure).reshape(1))[0]
+        estimate = optimizer.estimate(entries, closure, optimizer.step_seed())
+        optimizer.finish_step()
+
+        def rule_step(scale: float, first: bool = False) -> None:
+            scaled = tuple(scale * c for c in estimate.coeffs)
+            moved = dataclasses.replace(estimate, coeffs=scaled)
+            optimizer.apply_estimate(entries, moved if first else moved.without_offset())
+
+        rule_step(1.0, first=True)  # also removes the probes' offset
+        loss_one = sharing.average(evaluate(closure).reshape(1))[0]
+        rule_step(-2.0)
+        loss_two = sharing.average(evaluate(closure).reshape(1))[0]
+        if loss_one > loss_here:
+            if loss_here < loss_two:
+                rule_step(1.0)
+                return loss_here
+            return loss_two
+        if loss_one < loss_two:
+            rule_step(2.0)
+            return loss_one
+        return loss_two
 
     @staticmethod
     def _move_by_lr(optimizer, entries, estimate, multiple: int, leg: int) -> None:

@@ -128,7 +128,7 @@ def scratch_bytes(
       ``θ − lr·(g·z + λ·θ)`` holds z, g·z, λ·θ and their sum at once: four copies of the
       largest trainable tensor (the probes' ``θ + s·z·ε`` hold three).
     """
-    from ..estimators.directions import DEFAULT_CHUNK_NUMEL, DirectionSampler
+    from ..estimators.directions import DirectionSampler
 
     facts = step_facts(optimizer, options)
     if optimizer == "inference" or facts.first_order:
@@ -137,7 +137,8 @@ def scratch_bytes(
         return 4 * largest_trainable_numel * element_bytes
     sampler = DirectionSampler(distribution)
     kind = sampler.kind(torch.device(device))
-    chunk = min(DEFAULT_CHUNK_NUMEL, sampler.chunk_numel, largest_trainable_numel) * element_bytes
+    # A bounded chunk; mezo draws whole tensors, so its scratch is the largest one.
+    chunk = min(sampler.chunk_numel, largest_trainable_numel) * element_bytes
     table = sampler.table_numel * element_bytes if kind == "table" else 0
     if facts.factored:
         return chunk * (2 if facts.linear else 3)
