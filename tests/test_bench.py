@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -569,6 +570,109 @@ def test_a_cell_says_when_its_grid_limits_it(tiny_suite, best_val_lr, best_step,
     assert accuracy_table(section).rows[0][1].endswith("°") is untrained
 
 
+def zo_full_runs(tiny_suite):
+    return [r for r in expand_suite(tiny_suite()).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+
+
+@pytest.mark.parametrize(
+    ("vals", "best_steps", "chosen_lr", "tied"),
+    [
+        ({1e-3: 0.7, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-4, True),  # the smaller rate
+        ({1e-3: 0.7, 1e-4: 0.7 + 1e-12}, {1e-3: 1, 1e-4: 1}, 1e-4, True),  # a rounding apart
+        ({1e-3: 0.8, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-3, False),  # no tie: validation
+    ],
+    ids=["tie", "tie-within-rounding", "no-tie"],
+)
+def test_a_tie_on_validation_goes_to_the_smaller_rate_and_is_stated(tiny_suite, vals,
+                                                                     best_steps, chosen_lr,
+                                                                     tied):
+    """The suite lists 1e-3 first: the old rule (suite order) chose the larger rate silently."""
+    records = [record_for(r, val=vals[r.hparams["optimizer.lr"]],
+                          best_step=best_steps[r.hparams["optimizer.lr"]])
+               for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.lr"] == chosen_lr
+    assert bool(selection.ties) is tied
+    assert ("tied on validation with lr=0.001, eps=0.001: chosen by the tie rule"
+            in selection_notes(selection)) is tied
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    text = markdown_report([section], Path("/nonexistent"))
+    assert ("**Ties:** in 1 of 1 cells" in text) is tied
+    assert ("the smaller learning rate, then the earlier checkpoint" in text) is tied
+
+
+def test_among_tied_rates_the_earlier_checkpoint_wins(tiny_suite):
+    suite = tiny_suite(sweep={"zo-sgd": {"eps": [1e-3, 1e-2]}, "fo-adam": {"lr": [1e-3]}})
+    runs = [r for r in expand_suite(suite).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = [record_for(r, val=0.7, best_step=3 if r.hparams["optimizer.eps"] == 1e-3 else 1)
+               for r in runs]
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.eps"] == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("predictions", "best_step", "reasons"),
+    [
+        ([1, 1, 1, 1], 1, ["predicts one class on every test example"]),
+        ([1, 1, 1, 1], 0, ["best at step 0", "predicts one class on every test example"]),
+        ([1, 0, 1, 1], 1, []),
+        (None, 1, []),  # a record from before predictions were kept says nothing
+    ],
+    ids=["one-class", "both", "two-classes", "no-predictions"],
+)
+def test_a_constant_predictor_is_marked_and_not_counted_as_trained(tiny_suite, predictions,
+                                                                   best_step, reasons):
+    """Every cell predicting one class while the report said "0 of 2 cells untrained"."""
+    records = [record_for(r, val=0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7,
+                          best_step=best_step, test_predictions=predictions)
+               for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    assert selection.untrained_reasons == reasons
+    assert selection.untrained is bool(reasons)
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    assert accuracy_table(section).rows[0][1].endswith("°") is bool(reasons)
+    text = markdown_report([section], Path("/nonexistent"))
+    assert ("1 of 1 cells are untrained" in text) is bool(reasons)
+    assert ("and 1 gave every test example the same class" in text) is (
+        "predicts one class on every test example" in reasons)
+
+
+def test_columns_that_average_over_seeds_say_so(tiny_suite):
+    records = [record_for(r, best_step=1) for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    header = selection_table(section).header
+    assert "best step (seed mean)" in header and "best step" not in header
+
+
+@pytest.mark.parametrize(
+    ("task", "optimizers", "schemes", "rows"),
+    [
+        ("sst2", ["zo-sgd", "fo-sgd", "zo-sgd-cons"], ["full", "lora"], ["zo-sgd", "fo-sgd"]),
+        ("sst2", ["zo-sgd", "fo-sgd"], ["lora"], []),  # one scheme: a study, not the table
+        ("sst2", ["zo-sgd", "zo-sgd-cons"], ["full", "lora"], []),  # one of the paper's
+        ("copa", ["zo-sgd", "fo-sgd"], ["full", "lora"], []),
+    ],
+    ids=["mirror", "one-scheme", "one-paper-optimizer", "other-task"],
+)
+def test_the_paper_comparison_shows_only_what_the_suite_ran_and_only_for_the_papers_table(
+        tiny_suite, task, optimizers, schemes, rows):
+    sweep = {o: {"lr": [1e-3]} for o in optimizers}
+    suite = tiny_suite(grid={"tuning": schemes, "optimizer": optimizers}, sweep=sweep,
+                       seeds=[0])
+    runs = expand_suite(suite).runs
+    records = [record_for(r) for r in runs]
+    selections = select(records)
+    section = Section("tiny", "random:tiny-llama", task, selections, records, "zotune bench")
+    text = markdown_report([section], Path("/nonexistent"))
+    table = text.split("Beside the paper")[1].split("###")[0] if rows else ""
+    assert ("Beside the paper" in text) is bool(rows)
+    assert [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()
+            if line.startswith("| ") and "/" in line] == rows
+
+
 def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
     """lr 1e-3 diverged on every seed, 1e-4 finished: the cell is complete, and its choice
     is the bottom of what was tried, with nothing to look for above it but divergence."""
@@ -633,7 +737,8 @@ def test_tables_name_the_sections_metric(metric, label, scores, interval, tiny_s
     (selection,) = select(records)
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     header = selection_table(section).header
-    assert header[header.index("notes") + 1:][:2] == [f"val {label} (%)", f"test {label} (%)"]
+    assert header[header.index("notes") + 1:][:2] == [f"val {label} (%, seed mean)",
+                                                      f"test {label} (%, seed mean ± std)"]
     assert ("(" in accuracy_table(section).rows[0][1]) == interval
 
 

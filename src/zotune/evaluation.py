@@ -20,12 +20,15 @@ class Score:
     ``extra`` holds the others (``em`` for generation tasks). ``per_example`` is the main
     metric of each example (1 or 0 for accuracy, the answer's F1), whose mean is ``value``:
     it lets two runs scored on the same examples be compared pair by pair; empty where the
-    score was reduced before it reached this process (sharded evaluation)."""
+    score was reduced before it reached this process (sharded evaluation). ``predictions`` is
+    the candidate each example was given (ranked tasks only, empty otherwise): a model that
+    gives every example the same one has learned nothing of the task, whatever its accuracy."""
 
     name: str
     value: float
     extra: dict[str, float] = field(default_factory=dict)
     per_example: tuple[float, ...] = ()
+    predictions: tuple[int, ...] = ()
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         extra = {f"{prefix}{name}": value for name, value in self.extra.items()}
@@ -60,17 +63,32 @@ def per_example(
     if not examples:
         raise ScoringError("cannot score an empty split")
     if metric == "accuracy":
-        if calibrate:
-            predictions = calibrated_predictions(scorer, examples, batch_size)
-        else:
-            predictions = scorer.predict(examples, batch_size, progress)
-        hits = [float(ex.is_correct(int(p))) for ex, p in zip(examples, predictions, strict=True)]
+        predictions = ranked_predictions(scorer, examples, batch_size, calibrate, progress)
+        hits = [float(ex.is_correct(p)) for ex, p in zip(examples, predictions, strict=True)]
         return [(hit, hit) for hit in hits]
     decoded = answers(scorer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [
         answer_scores(metric, text, ex.answers)
         for ex, text in zip(examples, decoded, strict=True)
     ]
+
+
+def ranked_predictions(
+    scorer: Scorer,
+    examples: Sequence[Example],
+    batch_size: int,
+    calibrate: bool = False,
+    progress=None,
+) -> list[int]:
+    """The candidate each ranked example is given: the highest-scoring one, or after
+    calibration (:func:`zotune.baselines.calibrated_predictions`)."""
+    if not examples:
+        raise ScoringError("cannot score an empty split")
+    if calibrate:
+        predictions = calibrated_predictions(scorer, examples, batch_size)
+    else:
+        predictions = scorer.predict(examples, batch_size, progress)
+    return [int(p) for p in predictions]
 
 
 def evaluate(
@@ -83,6 +101,11 @@ def evaluate(
     calibrate: bool = False,
     progress=None,
 ) -> Score:
+    if metric == "accuracy":
+        predictions = ranked_predictions(scorer, examples, batch_size, calibrate, progress)
+        each = tuple(float(ex.is_correct(p)) for ex, p in zip(examples, predictions, strict=True))
+        return Score("accuracy", statistics.fmean(each), per_example=each,
+                     predictions=tuple(predictions))
     scores = per_example(
         scorer,
         examples,
@@ -94,7 +117,5 @@ def evaluate(
     )
     each = tuple(s[0] for s in scores)
     main = statistics.fmean(each)
-    if metric == "accuracy":
-        return Score("accuracy", main, per_example=each)
     em = statistics.fmean(s[1] for s in scores)
     return Score(metric_name(metric), main, {"em": em}, per_example=each)

@@ -80,6 +80,9 @@ class RunResult:
     # Each test example's main metric, in the split's order (see ``Score.per_example``);
     # None where evaluation was sharded across processes.
     test_scores: list[float] | None = None
+    # The candidate each test example was given (ranked tasks; None for generation tasks and
+    # sharded evaluation): one value throughout is a model that learned nothing of the task.
+    test_predictions: list[int] | None = None
 
     def summary(self) -> str:
         before = ""
@@ -313,6 +316,7 @@ def train(run: Run) -> RunResult:
         metric=test.name,
         test_em=test.extra.get("em"),
         test_scores=[round(x, SCORE_DIGITS) for x in test.per_example] or None,
+        test_predictions=list(test.predictions) or None,
     )
     final = {k: v for k, v in result.__dict__.items() if k != "history"}
     metrics.write({"step": cfg_train.steps, "final": final})
