@@ -673,6 +673,82 @@ def test_the_paper_comparison_shows_only_what_the_suite_ran_and_only_for_the_pap
             if line.startswith("| ") and "/" in line] == rows
 
 
+def test_a_seed_band_is_the_mean_and_range_at_the_steps_every_seed_logged():
+    from zotune.bench.plots import seed_band
+
+    band = seed_band([{0: 1.0, 1: 2.0, 2: 3.0}, {0: 3.0, 1: 4.0}, {}])
+    assert (band.steps, band.mean, band.low, band.high, band.seeds) == (
+        [0, 1], [2.0, 3.0], [1.0, 2.0], [3.0, 4.0], 2)
+
+
+def write_curves(results, records, val_of):
+    """Each record's curve.jsonl: a loss every step, validation at steps 0 and 2."""
+    for record in records:
+        folder = results / RUNS_DIR / record.id
+        folder.mkdir(parents=True)
+        lines = [{"step": 0, "val_accuracy": 0.5}, {"step": 1, "loss": 1.0 + record.seed},
+                 {"step": 2, "loss": 0.5, "val_accuracy": val_of(record)}]
+        (folder / "curve.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def title_fits(figure):
+    """Whether the figure's titles (its suptitle, its panels') lie inside it."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    for text in [*figure.texts, *(axis.title for axis in figure.axes)]:
+        extent = text.get_window_extent(renderer)
+        if extent.x0 < box.x0 - 0.5 or extent.x1 > box.x1 + 0.5 or extent.y1 > box.y1 + 0.5:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("key", ["loss", "val_accuracy"])
+def test_curves_show_every_setting_tried_with_its_seed_band(tmp_path, tiny_suite, key):
+    """Loss plots showed the selected runs only, and there were no validation curves."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import cell_curves, curves_figure
+
+    records = [record_for(r, val=0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7)
+               for r in zo_full_runs(tiny_suite)]
+    write_curves(tmp_path, records, lambda r: 0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7)
+    (selection,) = select(records)
+    curves = cell_curves(selection, tmp_path, key)
+    assert [(c.label, c.chosen, c.band.seeds) for c in curves] == [
+        ("lr=0.001, eps=0.001", True, 2), ("lr=0.0001, eps=0.001", False, 2)]
+    if key == "val_accuracy":
+        assert curves[0].band.steps == [0, 2] and curves[0].band.mean == [50.0, 90.0]
+    else:
+        assert curves[0].band.low[0] < curves[0].band.high[0], "the seeds differ at step 1"
+    section = Section("tiny-with-a-long-suite-name", "random:tiny-llama-with-a-long-name",
+                      "sst2", [selection], records, "zotune bench")
+    figure = curves_figure(section, tmp_path, key)
+    assert title_fits(figure), "a one-panel figure's title ran past its edge"
+
+
+def test_accuracy_vs_memory_draws_its_axes_from_zero_with_each_measurements_spread(tiny_suite):
+    """634 and 641 MB spanned the whole axis, suggesting a difference that is noise."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import accuracy_vs_memory_figure, memory_points
+
+    records = []
+    for run in expand_suite(tiny_suite()).runs:
+        memory = (634.0 if run.cell.optimizer == "zo-sgd" else 641.0) + run.seed
+        records.append(record_for(run, val=0.7, test=0.6, peak_memory_mb=memory,
+                                  test_examples=100))
+    selections = select(records)
+    section = Section("tiny", "random:tiny-llama", "sst2", selections, records, "zotune bench")
+    points = memory_points(section)
+    assert {(p.memory_low, p.memory_high) for p in points} == {(634.0, 635.0), (641.0, 642.0)}
+    low, high = wilson_interval(0.6, 100)
+    assert points[0].accuracy_low == pytest.approx(low * 100)
+    assert points[0].accuracy_high == pytest.approx(high * 100)
+    figure = accuracy_vs_memory_figure(section)
+    (axis,) = figure.axes
+    assert axis.get_xlim()[0] == 0 and axis.get_ylim() == (0, 100)
+    assert title_fits(figure)
+
+
 def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
     """lr 1e-3 diverged on every seed, 1e-4 finished: the cell is complete, and its choice
     is the bottom of what was tried, with nothing to look for above it but divergence."""
@@ -893,6 +969,7 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
     assert [p.name for p in pngs] == [
         "smoke-sst2-random-tiny-llama_accuracy_vs_memory.png",
         "smoke-sst2-random-tiny-llama_loss.png",
+        "smoke-sst2-random-tiny-llama_validation.png",
     ]
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

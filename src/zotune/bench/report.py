@@ -85,9 +85,12 @@ def build_report(
     unplanned = sum(r.id not in planned_ids for r in records)
     written: list[Path] = []
     if plots:
-        from .plots import plot_accuracy_vs_memory, plot_loss_curves
+        from .plots import plot_accuracy_vs_memory, plot_loss_curves, plot_validation_curves
 
         for section in sections:
+            validation = out / f"{section.slug}_validation.png"
+            if plot_validation_curves(section, results_dir, validation):
+                section.plots.append(validation)
             loss = out / f"{section.slug}_loss.png"
             if plot_loss_curves(section, results_dir, loss):
                 section.plots.append(loss)
