@@ -3,6 +3,7 @@ to end on the smoke suite (resume, retry, --jobs), and the report."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -749,6 +750,51 @@ def test_accuracy_vs_memory_draws_its_axes_from_zero_with_each_measurements_spre
     assert title_fits(figure)
 
 
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000" "1f15c489"
+    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+
+
+def test_the_html_report_is_one_page_with_its_tables_and_embedded_plots(tmp_path):
+    from zotune.bench.html_report import render_html
+
+    (tmp_path / "cell_loss.png").write_bytes(PNG_1x1)
+    (tmp_path.parent / "outside.png").write_bytes(PNG_1x1)
+    markdown = textwrap.dedent("""\
+        # zotune benchmark report
+
+        - reproduce: `zotune bench cpu && zotune report x`
+
+        **Grid limits:** 1 of 2 cells <untrained>.
+
+        | optimizer | full | notes |
+        |:--|--:|:--|
+        | zo-sgd | 66.6 ± 1.2 | a \\| b |
+
+        ![cell_loss](cell_loss.png)
+        ![outside](../outside.png)
+
+        <details><summary>All 2 runs</summary>
+
+        | run | status |
+        |:--|:--|
+        | `abc` | done |
+
+        </details>
+        """)
+    page = render_html(markdown, tmp_path)
+    assert "<h1>zotune benchmark report</h1>" in page
+    assert "<li>reproduce: <code>zotune bench cpu &amp;&amp; zotune report x</code></li>" in page
+    assert "<strong>Grid limits:</strong> 1 of 2 cells &lt;untrained&gt;." in page
+    assert ('<tr><td>zo-sgd</td><td class="number">66.6 ± 1.2</td><td>a | b</td></tr>'
+            in page)
+    embedded = "data:image/png;base64," + base64.b64encode(PNG_1x1).decode()
+    assert page.count(embedded) == 1, "the figure outside the report folder is not read"
+    assert "(figure outside: not found beside the report)" in page
+    assert "<details><summary>All 2 runs</summary>" in page and "</details>" in page
+    assert "http" not in page and 'src="data:' in page, "it opens offline, from disk"
+
+
 def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
     """lr 1e-3 diverged on every seed, 1e-4 finished: the cell is complete, and its choice
     is the bottom of what was tried, with nothing to look for above it but divergence."""
@@ -973,6 +1019,8 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
     ]
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
     assert str(report / "report.md") in out
 
 

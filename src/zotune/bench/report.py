@@ -14,8 +14,14 @@ For every suite in the store and every (model, task) in it:
 
 Each table states its model, task, step budget, data sizes, hardware, zotune version, and the
 command that reproduces it. Files go to ``RESULTS_DIR/report/`` (or ``out``), each written
-atomically: ``report.md``, ``accuracy.csv``, ``selection.csv``, ``cost.csv``, ``runs.csv`` and
-two PNGs per (model, task).
+atomically: ``report.md``, ``report.html`` (the same, one self-contained page with the plots
+embedded: :mod:`zotune.bench.html_report`), ``accuracy.csv``, ``selection.csv``,
+``cost.csv``, ``runs.csv`` and three PNGs per (model, task): validation accuracy and training
+loss per cell, and accuracy against memory (:mod:`zotune.bench.plots`).
+
+Ties on validation are broken by :data:`zotune.bench.selection.TIE_RULE` and named; a cell
+whose chosen runs were best at step 0 or predicted one class throughout is marked untrained
+(°) and not counted as trained.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..tables import markdown_table
+from .html_report import render_html
 from .section import Section, build_sections
 from .selection import (
     BEST_AT_STEP_0,
@@ -98,8 +105,10 @@ def build_report(
             if plot_accuracy_vs_memory(section, scatter):
                 section.plots.append(scatter)
             written += section.plots
+    markdown = markdown_report(sections, out, unplanned)
     files = {
-        "report.md": markdown_report(sections, out, unplanned),
+        "report.md": markdown,
+        "report.html": render_html(markdown, out),
         "accuracy.csv": _csv(_accuracy_rows(sections)),
         "selection.csv": _csv(_selection_rows(sections)),
         "cost.csv": _csv(_cost_rows(sections)),
