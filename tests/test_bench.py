@@ -599,7 +599,7 @@ def test_a_tie_on_validation_goes_to_the_smaller_rate_and_is_stated(tiny_suite, 
             in selection_notes(selection)) is tied
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     text = markdown_report([section], Path("/nonexistent"))
-    assert ("**Ties:** in 1 of 1 cells" in text) is tied
+    assert ("**Ties:** in 1 cell of 1 another setting" in text) is tied
     assert ("the smaller learning rate, then the earlier checkpoint" in text) is tied
 
 
@@ -635,8 +635,8 @@ def test_a_constant_predictor_is_marked_and_not_counted_as_trained(tiny_suite, p
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     assert accuracy_table(section).rows[0][1].endswith("°") is bool(reasons)
     text = markdown_report([section], Path("/nonexistent"))
-    assert ("1 of 1 cells are untrained" in text) is bool(reasons)
-    assert ("and 1 gave every test example the same class" in text) is (
+    assert ("**Untrained:** 1 of 1 cells" in text) is bool(reasons)
+    assert ("; 1 cell gave every test example the same class" in text) is (
         "predicts one class on every test example" in reasons)
 
 

@@ -425,25 +425,33 @@ def _grid_note(cells: list[CellSelection]) -> list[str]:
     edged = sum(bool(s.grid_edges) for s in cells)
     tied = sum(bool(s.ties) for s in cells)
     lines = []
-    if untrained or edged:
+    if untrained:
         lines += [
-            f"**Grid limits:** {untrained} of {len(cells)} cells are untrained "
-            f"({UNTRAINED_MARK}; not counted as trained): {step_0} were best on validation "
-            "at step 0 in every run of the chosen setting, before any update, so they show "
-            f"the initial model, and {one_class} gave every test example the same class in "
-            f"every run, a constant predictor. {edged} chose the largest or smallest value "
-            "swept, where the best may lie beyond the grid (the selection table's notes say "
-            "which).",
+            f"**Untrained:** {untrained} of {len(cells)} cells ({UNTRAINED_MARK}; not counted "
+            f"as trained): {_cells(step_0)} best on validation at step 0 in every run of the "
+            "chosen setting, before any update, so showing the initial model; "
+            f"{_cells(one_class)} gave every test example the same class in every run, a "
+            "constant predictor (a cell may be both).",
+            "",
+        ]
+    if edged:
+        lines += [
+            f"**Grid limits:** {_cells(edged)} chose the largest or smallest value swept, "
+            "where the best may lie beyond the grid (the selection table's notes say which).",
             "",
         ]
     if tied:
         lines += [
-            f"**Ties:** in {tied} of {len(cells)} cells another setting had the same mean "
+            f"**Ties:** in {_cells(tied)} of {len(cells)} another setting had the same mean "
             f"validation accuracy; the tie was broken by {TIE_RULE} (the notes name the "
             "settings tied).",
             "",
         ]
     return lines
+
+
+def _cells(count: int) -> str:
+    return "1 cell" if count == 1 else f"{count} cells"
 
 
 def _memory_note(section: Section) -> list[str]:
