@@ -577,17 +577,18 @@ def zo_full_runs(tiny_suite):
 
 
 @pytest.mark.parametrize(
-    ("vals", "best_steps", "chosen_lr", "tied"),
+    ("vals", "best_steps", "chosen_lr", "tied", "edges"),
     [
-        ({1e-3: 0.7, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-4, True),  # the smaller rate
-        ({1e-3: 0.7, 1e-4: 0.7 + 1e-12}, {1e-3: 1, 1e-4: 1}, 1e-4, True),  # a rounding apart
-        ({1e-3: 0.8, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-3, False),  # no tie: validation
+        # the smaller rate; a tie across the whole grid points to no edge of it
+        ({1e-3: 0.7, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-4, True, {}),
+        ({1e-3: 0.7, 1e-4: 0.7 + 1e-12}, {1e-3: 1, 1e-4: 1}, 1e-4, True, {}),  # rounding
+        ({1e-3: 0.8, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-3, False, {"optimizer.lr": "top"}),
     ],
     ids=["tie", "tie-within-rounding", "no-tie"],
 )
 def test_a_tie_on_validation_goes_to_the_smaller_rate_and_is_stated(tiny_suite, vals,
                                                                      best_steps, chosen_lr,
-                                                                     tied):
+                                                                     tied, edges):
     """The suite lists 1e-3 first: the old rule (suite order) chose the larger rate silently."""
     records = [record_for(r, val=vals[r.hparams["optimizer.lr"]],
                           best_step=best_steps[r.hparams["optimizer.lr"]])
@@ -595,8 +596,10 @@ def test_a_tie_on_validation_goes_to_the_smaller_rate_and_is_stated(tiny_suite, 
     (selection,) = select(records)
     assert selection.chosen.hparams["optimizer.lr"] == chosen_lr
     assert bool(selection.ties) is tied
-    assert ("tied on validation with lr=0.001, eps=0.001: chosen by the tie rule"
-            in selection_notes(selection)) is tied
+    assert selection.grid_edges == edges
+    assert selection_notes(selection) == (
+        "tied on validation with lr=0.001, eps=0.001: chosen by the tie rule" if tied
+        else "lr at the grid's top")
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     text = markdown_report([section], Path("/nonexistent"))
     assert ("**Ties:** in 1 cell of 1 another setting" in text) is tied

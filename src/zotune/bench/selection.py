@@ -195,19 +195,25 @@ class CellSelection:
 
     @property
     def grid_edges(self) -> dict[str, str]:
-        """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value is the
-        largest or smallest of the values tried (finished, or diverged: beyond a diverged
-        value there is nothing to look for): the best may lie beyond the grid."""
+        """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value (with those
+        tied with it) is the largest or smallest of the values tried (finished, or diverged:
+        beyond a diverged value there is nothing to look for): the best may lie beyond the
+        grid."""
         if self.chosen is None:
             return {}
         edges = {}
-        for name, value in self.chosen.hparams.items():
+        for name in self.chosen.hparams:
             tried = {c.hparams.get(name) for c in self.candidates if c.tried}
             if len(tried) < 2 or not all(isinstance(v, (int, float)) for v in tried):
                 continue
-            if value == max(tried):
+            # Settings tied with the chosen one validate as well: the best lies beyond an
+            # edge only if the tied group reaches it, and a tie across the whole grid points
+            # nowhere (the tie rule picked one end of it).
+            group = {c.hparams.get(name) for c in (self.chosen, *self.ties)}
+            at_top, at_bottom = max(tried) in group, min(tried) in group
+            if at_top and not at_bottom:
                 edges[name] = "top"
-            elif value == min(tried):
+            elif at_bottom and not at_top:
                 edges[name] = "bottom"
         return edges
 
