@@ -426,12 +426,17 @@ def _grid_note(cells: list[CellSelection]) -> list[str]:
     tied = sum(bool(s.ties) for s in cells)
     lines = []
     if untrained:
+        why = []
+        if step_0:
+            why.append(f"{_cells(step_0)} best on validation at step 0 in every run of the "
+                       "chosen setting, before any update, so showing the initial model")
+        if one_class:
+            why.append(f"{_cells(one_class)} gave every test example the same class in every "
+                       "run, a constant predictor")
         lines += [
             f"**Untrained:** {untrained} of {len(cells)} cells ({UNTRAINED_MARK}; not counted "
-            f"as trained): {_cells(step_0)} best on validation at step 0 in every run of the "
-            "chosen setting, before any update, so showing the initial model; "
-            f"{_cells(one_class)} gave every test example the same class in every run, a "
-            "constant predictor (a cell may be both).",
+            f"as trained): {'; '.join(why)}"
+            + (" (a cell may be both)." if step_0 and one_class else "."),
             "",
         ]
     if edged:
