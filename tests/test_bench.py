@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import json
 import re
 import signal
@@ -711,7 +712,7 @@ def title_fits(figure):
 def test_curves_show_every_setting_tried_with_its_seed_band(tmp_path, tiny_suite, key):
     """Loss plots showed the selected runs only, and there were no validation curves."""
     pytest.importorskip("matplotlib")
-    from zotune.bench.plots import cell_curves, curves_figure
+    from zotune.bench.plots import cell_curves, curve_panels, curves_figure
 
     records = [record_for(r, val=0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7)
                for r in zo_full_runs(tiny_suite)]
@@ -728,6 +729,12 @@ def test_curves_show_every_setting_tried_with_its_seed_band(tmp_path, tiny_suite
                       "sst2", [selection], records, "zotune bench")
     figure = curves_figure(section, tmp_path, key)
     assert title_fits(figure), "a one-panel figure's title ran past its edge"
+    study = dataclasses.replace(selection, cell=dataclasses.replace(selection.cell,
+                                                                    variant="dense"))
+    studies = Section("tiny", "random:tiny-llama", "sst2", [], records, "zotune bench",
+                      studies=[study])
+    assert [[name for name, _ in row] for row in curve_panels(studies, tmp_path, key)] == [
+        ["dense: zo-sgd / full"]], "a suite of studies only has curves too"
 
 
 def test_accuracy_vs_memory_draws_its_axes_from_zero_with_each_measurements_spread(tiny_suite):

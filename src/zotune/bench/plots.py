@@ -117,21 +117,40 @@ def _title_height(title: str) -> float:
     return (title.count("\n") + 1) * TITLE_POINTS * 1.4 / 72 + 0.15
 
 
+# Study cells (variants) are laid out this many to a row.
+STUDY_COLUMNS = 3
+
+
+def curve_panels(section: Section, results_dir: Path,
+                 key: str) -> list[list[tuple[str, list[SettingCurve]]]]:
+    """The panels of a section's curve figure, row by row: the main table's cells (optimizer
+    rows, scheme columns; a row with no curve at all, a baseline's, left out), then the study
+    cells, each titled by its cell."""
+    rows = []
+    for optimizer in section.optimizers:
+        row = []
+        for scheme in section.schemes:
+            item = section.selection(optimizer, scheme)
+            curves = cell_curves(item, results_dir, key) if item is not None else []
+            row.append((f"{optimizer} / {scheme}", curves))
+        if any(curves for _, curves in row):
+            rows.append(row)
+    studies = [(f"{item.cell.variant}: {item.cell.optimizer} / {item.cell.scheme}",
+                cell_curves(item, results_dir, key)) for item in section.studies]
+    studies = [panel for panel in studies if panel[1]]
+    rows += [studies[i : i + STUDY_COLUMNS] for i in range(0, len(studies), STUDY_COLUMNS)]
+    return rows
+
+
 def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
-    """A panel per cell (optimizer rows, scheme columns), a line per setting tried (the chosen
-    one thick), each with its seeds' range shaded; None if no run logged ``key``."""
-    panels = {
-        (item.cell.optimizer, item.cell.scheme): cell_curves(item, results_dir, key)
-        for item in section.selections
-    }
-    if not any(panels.values()):
+    """A panel per cell (:func:`curve_panels`), a line per setting tried (the chosen one
+    thick), each with its seeds' range shaded; None if no run logged ``key``."""
+    rows = curve_panels(section, results_dir, key)
+    if not rows:
         return None
-    schemes = section.schemes
-    # A row with no curve at all (a baseline that logged nothing) would be an empty row.
-    optimizers = [o for o in section.optimizers
-                  if any(panels.get((o, scheme)) for scheme in schemes)]
+    columns = max(len(row) for row in rows)
     plt = pyplot()
-    width = max(MIN_WIDTH, PANEL_SIZE[0] * len(schemes))
+    width = max(MIN_WIDTH, PANEL_SIZE[0] * columns)
     what = "training loss" if key == LOSS else "validation accuracy"
     title = _title(
         f"{section.suite}: {section.task} on {section.model}: {what} of every setting tried "
@@ -139,21 +158,27 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
         + ("; one scale for every panel" if key == VALIDATION else "; one scale per row"),
         width,
     )
-    height = PANEL_SIZE[1] * len(optimizers) + _title_height(title)
+    height = PANEL_SIZE[1] * len(rows) + _title_height(title)
     # Accuracy on one scale throughout, so that a 1-point wobble is drawn as small as it is;
     # losses differ in level between first-order and ZO rows, so each row has its own.
     figure, axes = plt.subplots(
-        len(optimizers), len(schemes), squeeze=False, figsize=(width, height),
+        len(rows), columns, squeeze=False, figsize=(width, height),
         sharey=True if key == VALIDATION else "row",
     )
     colors = series_colors()
-    for row, optimizer in enumerate(optimizers):
-        for column, scheme in enumerate(schemes):
-            axis = axes[row][column]
-            curves = panels.get((optimizer, scheme), [])
-            axis.set_title(f"{optimizer} / {scheme}", fontsize=8)
+    for r, row in enumerate(rows):
+        for column in range(columns):
+            axis = axes[r][column]
+            if column >= len(row):
+                axis.set_visible(False)
+                continue
+            name, curves = row[column]
+            axis.set_title(name, fontsize=8)
             axis.tick_params(labelsize=6)
             axis.grid(alpha=0.3)
+            if column == 0:
+                axis.set_ylabel(CURVE_LABELS[key], fontsize=7)
+            axis.set_xlabel("step", fontsize=7)
             if not curves:
                 axis.text(0.5, 0.5, "no curve", ha="center", va="center", fontsize=7,
                           transform=axis.transAxes)
@@ -169,10 +194,6 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
                     axis.fill_between(band.steps, band.low, band.high, color=color, alpha=0.2,
                                       linewidth=0)
             axis.legend(fontsize=5)
-            if row == len(optimizers) - 1:
-                axis.set_xlabel("step", fontsize=7)
-            if column == 0:
-                axis.set_ylabel(CURVE_LABELS[key], fontsize=7)
     figure.suptitle(title, fontsize=TITLE_POINTS)
     figure.tight_layout(rect=(0, 0, 1, 1 - _title_height(title) / height))
     return figure
