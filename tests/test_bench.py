@@ -3,7 +3,9 @@ to end on the smoke suite (resume, retry, --jobs), and the report."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import dataclasses
 import json
 import re
 import signal
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -569,6 +572,239 @@ def test_a_cell_says_when_its_grid_limits_it(tiny_suite, best_val_lr, best_step,
     assert accuracy_table(section).rows[0][1].endswith("°") is untrained
 
 
+def zo_full_runs(tiny_suite):
+    return [r for r in expand_suite(tiny_suite()).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+
+
+@pytest.mark.parametrize(
+    ("vals", "best_steps", "chosen_lr", "tied", "edges"),
+    [
+        # the smaller rate; a tie across the whole grid points to no edge of it
+        ({1e-3: 0.7, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-4, True, {}),
+        ({1e-3: 0.7, 1e-4: 0.7 + 1e-12}, {1e-3: 1, 1e-4: 1}, 1e-4, True, {}),  # rounding
+        ({1e-3: 0.8, 1e-4: 0.7}, {1e-3: 1, 1e-4: 1}, 1e-3, False, {"optimizer.lr": "top"}),
+    ],
+    ids=["tie", "tie-within-rounding", "no-tie"],
+)
+def test_a_tie_on_validation_goes_to_the_smaller_rate_and_is_stated(tiny_suite, vals,
+                                                                     best_steps, chosen_lr,
+                                                                     tied, edges):
+    """The suite lists 1e-3 first: the old rule (suite order) chose the larger rate silently."""
+    records = [record_for(r, val=vals[r.hparams["optimizer.lr"]],
+                          best_step=best_steps[r.hparams["optimizer.lr"]])
+               for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.lr"] == chosen_lr
+    assert bool(selection.ties) is tied
+    assert selection.grid_edges == edges
+    assert selection_notes(selection) == (
+        "tied on validation with lr=0.001, eps=0.001: chosen by the tie rule" if tied
+        else "lr at the grid's top")
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    text = markdown_report([section], Path("/nonexistent"))
+    assert ("**Ties:** in 1 cell of 1 another setting" in text) is tied
+    assert ("the smaller learning rate, then the earlier checkpoint" in text) is tied
+
+
+def test_among_tied_rates_the_earlier_checkpoint_wins(tiny_suite):
+    suite = tiny_suite(sweep={"zo-sgd": {"eps": [1e-3, 1e-2]}, "fo-adam": {"lr": [1e-3]}})
+    runs = [r for r in expand_suite(suite).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = [record_for(r, val=0.7, best_step=3 if r.hparams["optimizer.eps"] == 1e-3 else 1)
+               for r in runs]
+    (selection,) = select(records)
+    assert selection.chosen.hparams["optimizer.eps"] == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("predictions", "best_step", "reasons"),
+    [
+        ([1, 1, 1, 1], 1, ["predicts one class on every test example"]),
+        ([1, 1, 1, 1], 0, ["best at step 0", "predicts one class on every test example"]),
+        ([1, 0, 1, 1], 1, []),
+        (None, 1, []),  # a record from before predictions were kept says nothing
+    ],
+    ids=["one-class", "both", "two-classes", "no-predictions"],
+)
+def test_a_constant_predictor_is_marked_and_not_counted_as_trained(tiny_suite, predictions,
+                                                                   best_step, reasons):
+    """Every cell predicting one class while the report said "0 of 2 cells untrained"."""
+    records = [record_for(r, val=0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7,
+                          best_step=best_step, test_predictions=predictions)
+               for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    assert selection.untrained_reasons == reasons
+    assert selection.untrained is bool(reasons)
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    assert accuracy_table(section).rows[0][1].endswith("°") is bool(reasons)
+    text = markdown_report([section], Path("/nonexistent"))
+    assert ("**Untrained:** 1 of 1 cells" in text) is bool(reasons)
+    assert ("1 cell gave every test example the same class" in text) is (
+        "predicts one class on every test example" in reasons)
+
+
+def test_columns_that_average_over_seeds_say_so(tiny_suite):
+    records = [record_for(r, best_step=1) for r in zo_full_runs(tiny_suite)]
+    (selection,) = select(records)
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    header = selection_table(section).header
+    assert "best step (seed mean)" in header and "best step" not in header
+
+
+@pytest.mark.parametrize(
+    ("task", "optimizers", "schemes", "rows"),
+    [
+        ("sst2", ["zo-sgd", "fo-sgd", "zo-sgd-cons"], ["full", "lora"], ["zo-sgd", "fo-sgd"]),
+        ("sst2", ["zo-sgd", "fo-sgd"], ["lora"], []),  # one scheme: a study, not the table
+        ("sst2", ["zo-sgd", "zo-sgd-cons"], ["full", "lora"], []),  # one of the paper's
+        ("copa", ["zo-sgd", "fo-sgd"], ["full", "lora"], []),
+    ],
+    ids=["mirror", "one-scheme", "one-paper-optimizer", "other-task"],
+)
+def test_the_paper_comparison_shows_only_what_the_suite_ran_and_only_for_the_papers_table(
+        tiny_suite, task, optimizers, schemes, rows):
+    sweep = {o: {"lr": [1e-3]} for o in optimizers}
+    suite = tiny_suite(grid={"tuning": schemes, "optimizer": optimizers}, sweep=sweep,
+                       seeds=[0])
+    runs = expand_suite(suite).runs
+    records = [record_for(r) for r in runs]
+    selections = select(records)
+    section = Section("tiny", "random:tiny-llama", task, selections, records, "zotune bench")
+    text = markdown_report([section], Path("/nonexistent"))
+    table = text.split("Beside the paper")[1].split("###")[0] if rows else ""
+    assert ("Beside the paper" in text) is bool(rows)
+    assert [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()
+            if line.startswith("| ") and "/" in line] == rows
+
+
+def test_a_seed_band_is_the_mean_and_range_at_the_steps_every_seed_logged():
+    from zotune.bench.plots import seed_band
+
+    band = seed_band([{0: 1.0, 1: 2.0, 2: 3.0}, {0: 3.0, 1: 4.0}, {}])
+    assert (band.steps, band.mean, band.low, band.high, band.seeds) == (
+        [0, 1], [2.0, 3.0], [1.0, 2.0], [3.0, 4.0], 2)
+
+
+def write_curves(results, records, val_of):
+    """Each record's curve.jsonl: a loss every step, validation at steps 0 and 2."""
+    for record in records:
+        folder = results / RUNS_DIR / record.id
+        folder.mkdir(parents=True)
+        lines = [{"step": 0, "val_accuracy": 0.5}, {"step": 1, "loss": 1.0 + record.seed},
+                 {"step": 2, "loss": 0.5, "val_accuracy": val_of(record)}]
+        (folder / "curve.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def title_fits(figure):
+    """Whether the figure's titles (its suptitle, its panels') lie inside it."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    for text in [*figure.texts, *(axis.title for axis in figure.axes)]:
+        extent = text.get_window_extent(renderer)
+        if extent.x0 < box.x0 - 0.5 or extent.x1 > box.x1 + 0.5 or extent.y1 > box.y1 + 0.5:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("key", ["loss", "val_accuracy"])
+def test_curves_show_every_setting_tried_with_its_seed_band(tmp_path, tiny_suite, key):
+    """Loss plots showed the selected runs only, and there were no validation curves."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import cell_curves, curve_panels, curves_figure
+
+    records = [record_for(r, val=0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7)
+               for r in zo_full_runs(tiny_suite)]
+    write_curves(tmp_path, records, lambda r: 0.9 if r.hparams["optimizer.lr"] == 1e-3 else 0.7)
+    (selection,) = select(records)
+    curves = cell_curves(selection, tmp_path, key)
+    assert [(c.label, c.chosen, c.band.seeds) for c in curves] == [
+        ("lr=0.001, eps=0.001", True, 2), ("lr=0.0001, eps=0.001", False, 2)]
+    if key == "val_accuracy":
+        assert curves[0].band.steps == [0, 2] and curves[0].band.mean == [50.0, 90.0]
+    else:
+        assert curves[0].band.low[0] < curves[0].band.high[0], "the seeds differ at step 1"
+    section = Section("tiny-with-a-long-suite-name", "random:tiny-llama-with-a-long-name",
+                      "sst2", [selection], records, "zotune bench")
+    figure = curves_figure(section, tmp_path, key)
+    assert title_fits(figure), "a one-panel figure's title ran past its edge"
+    study = dataclasses.replace(selection, cell=dataclasses.replace(selection.cell,
+                                                                    variant="dense"))
+    studies = Section("tiny", "random:tiny-llama", "sst2", [], records, "zotune bench",
+                      studies=[study])
+    assert [[name for name, _ in row] for row in curve_panels(studies, tmp_path, key)] == [
+        ["dense: zo-sgd / full"]], "a suite of studies only has curves too"
+
+
+def test_accuracy_vs_memory_draws_its_axes_from_zero_with_each_measurements_spread(tiny_suite):
+    """634 and 641 MB spanned the whole axis, suggesting a difference that is noise."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import accuracy_vs_memory_figure, memory_points
+
+    records = []
+    for run in expand_suite(tiny_suite()).runs:
+        memory = (634.0 if run.cell.optimizer == "zo-sgd" else 641.0) + run.seed
+        records.append(record_for(run, val=0.7, test=0.6, peak_memory_mb=memory,
+                                  test_examples=100))
+    selections = select(records)
+    section = Section("tiny", "random:tiny-llama", "sst2", selections, records, "zotune bench")
+    points = memory_points(section)
+    assert {(p.memory_low, p.memory_high) for p in points} == {(634.0, 635.0), (641.0, 642.0)}
+    low, high = wilson_interval(0.6, 100)
+    assert points[0].accuracy_low == pytest.approx(low * 100)
+    assert points[0].accuracy_high == pytest.approx(high * 100)
+    figure = accuracy_vs_memory_figure(section)
+    (axis,) = figure.axes
+    assert axis.get_xlim()[0] == 0 and axis.get_ylim() == (0, 100)
+    assert title_fits(figure)
+
+
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000" "1f15c489"
+    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+
+
+def test_the_html_report_is_one_page_with_its_tables_and_embedded_plots(tmp_path):
+    from zotune.bench.html_report import render_html
+
+    (tmp_path / "cell_loss.png").write_bytes(PNG_1x1)
+    (tmp_path.parent / "outside.png").write_bytes(PNG_1x1)
+    markdown = textwrap.dedent("""\
+        # zotune benchmark report
+
+        - reproduce: `zotune bench cpu && zotune report x`
+
+        **Grid limits:** 1 of 2 cells <untrained>.
+
+        | optimizer | full | notes |
+        |:--|--:|:--|
+        | zo-sgd | 66.6 ± 1.2 | a \\| b |
+
+        ![cell_loss](cell_loss.png)
+        ![outside](../outside.png)
+
+        <details><summary>All 2 runs</summary>
+
+        | run | status |
+        |:--|:--|
+        | `abc` | done |
+
+        </details>
+        """)
+    page = render_html(markdown, tmp_path)
+    assert "<h1>zotune benchmark report</h1>" in page
+    assert "<li>reproduce: <code>zotune bench cpu &amp;&amp; zotune report x</code></li>" in page
+    assert "<strong>Grid limits:</strong> 1 of 2 cells &lt;untrained&gt;." in page
+    assert ('<tr><td>zo-sgd</td><td class="number">66.6 ± 1.2</td><td>a | b</td></tr>'
+            in page)
+    embedded = "data:image/png;base64," + base64.b64encode(PNG_1x1).decode()
+    assert page.count(embedded) == 1, "the figure outside the report folder is not read"
+    assert "(figure outside: not found beside the report)" in page
+    assert "<details><summary>All 2 runs</summary>" in page and "</details>" in page
+    assert "http" not in page and 'src="data:' in page, "it opens offline, from disk"
+
+
 def test_a_diverged_setting_completes_its_cell_and_bounds_its_grid(tiny_suite):
     """lr 1e-3 diverged on every seed, 1e-4 finished: the cell is complete, and its choice
     is the bottom of what was tried, with nothing to look for above it but divergence."""
@@ -633,7 +869,8 @@ def test_tables_name_the_sections_metric(metric, label, scores, interval, tiny_s
     (selection,) = select(records)
     section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
     header = selection_table(section).header
-    assert header[header.index("notes") + 1:][:2] == [f"val {label} (%)", f"test {label} (%)"]
+    assert header[header.index("notes") + 1:][:2] == [f"val {label} (%, seed mean)",
+                                                      f"test {label} (%, seed mean ± std)"]
     assert ("(" in accuracy_table(section).rows[0][1]) == interval
 
 
@@ -788,9 +1025,12 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
     assert [p.name for p in pngs] == [
         "smoke-sst2-random-tiny-llama_accuracy_vs_memory.png",
         "smoke-sst2-random-tiny-llama_loss.png",
+        "smoke-sst2-random-tiny-llama_validation.png",
     ]
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
     assert str(report / "report.md") in out
 
 

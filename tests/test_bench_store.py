@@ -354,3 +354,60 @@ def test_a_store_keyed_by_an_older_zotune_is_rekeyed_and_resumes(sst2_dir, tmp_p
     assert not any((results / RUNS_DIR / old).exists() for old in renamed)
     code, _, err = run_cli(["bench", path, "--results", results], capsys)
     assert code == 0 and "2 done before, 0 to run" in err
+
+
+def test_old_records_get_the_predictions_their_scores_imply_and_nothing_else_changes(
+        tmp_path, sst2_dir):
+    """A record from before runs kept predictions: on a two-candidate task its 0/1 scores
+    give each prediction exactly, so the report can mark a constant predictor."""
+    from zotune.bench.backfill import backfill
+    from zotune.bench.selection import ONE_CLASS, select
+    from zotune.config import config_from
+    from zotune.run import load_task_splits
+
+    runs = expand_suite(tiny_suite([1e-3, 1e-4], sst2_dir)).runs
+    test = load_task_splits(config_from(runs[0].config), lambda message: None).test
+    labels = [example.label for example in test]
+    constant = [float(label == 1) for label in labels]  # a model answering 1 throughout
+    with ResultsStore(tmp_path) as store:
+        for run, scores in zip(runs, [constant, [1.0] * len(labels)], strict=True):
+            store.record(RunRecord.for_run(
+                "tiny", run, status="done",
+                metrics={"test_accuracy": 0.5, "best_val_accuracy": 0.5, "best_step": 1,
+                         "test_scores": scores, "test_examples": len(scores)},
+                error=None, started_at=1.0, finished_at=2.0, zotune_version="0.1.0",
+                hostname="h", hardware="cpu"))
+    before = {run.id: json.loads((tmp_path / RUNS_DIR / run.id / RECORD_FILE).read_text())
+              for run in runs}
+    assert backfill(tmp_path, log=lambda message: None) == (2, 0)
+    assert backfill(tmp_path, log=lambda message: None) == (0, 0), "done once"
+    for run in runs:
+        after = json.loads((tmp_path / RUNS_DIR / run.id / RECORD_FILE).read_text())
+        added = after["metrics"].pop("test_predictions")
+        assert after == before[run.id], "attempts, timings and other metrics are kept"
+        expected = [1] * len(labels) if run is runs[0] else labels
+        assert added == expected
+    with ResultsStore(tmp_path, create=False) as store:
+        records = {r.id: r for r in store.records()}
+        assert records[runs[0].id].attempts == 1
+    (cell,) = select([records[runs[0].id]])
+    assert cell.untrained_reasons == [ONE_CLASS]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "correct", "scores", "expected"),
+    [
+        (2, (), [1.0, 0.0], [1, 0]),  # labels 1, 1: right, then wrong
+        (3, (), [1.0, 0.0], None),  # a wrong answer of three candidates is not determined
+        (2, (0,), [1.0, 1.0], None),  # two right answers: which one was given is not
+        (2, (), [0.5, 1.0], None),  # not a 0/1 score
+        (2, (), [1.0], None),  # not one score per example
+    ],
+)
+def test_predictions_are_derived_only_where_the_score_determines_them(candidates, correct,
+                                                                      scores, expected):
+    from zotune.bench.backfill import derived_predictions
+    from zotune.tasks.example import Example
+
+    example = Example(("q",) * candidates, tuple("abc"[:candidates]), 1, correct=correct)
+    assert derived_predictions([example, example], scores) == expected

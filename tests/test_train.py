@@ -123,6 +123,14 @@ def test_test_accuracy_joins_the_curve_only_when_asked(every, sst2_dir, tiny_run
         assert at_best["test_accuracy"] == pytest.approx(result.test_accuracy, abs=1e-6)
 
 
+def test_a_run_records_the_class_it_gave_each_test_example(sst2_dir, tiny_run_config):
+    """What lets the report tell a constant predictor (one class throughout) from a model."""
+    result = finetune(tiny_run_config(sst2_dir))
+    predictions = result.test_predictions
+    assert len(predictions) == result.test_examples == len(result.test_scores)
+    assert set(predictions) <= {0, 1}  # SST-2's two candidates
+
+
 def test_batches_are_a_pure_function_of_seed_and_step():
     examples = list(range(10))
     first = [batch_for_step(examples, s, 4, seed=1) for s in range(5)]

@@ -20,15 +20,15 @@ class Score:
     ``extra`` holds the others (``em`` for generation tasks). ``per_example`` is the main
     metric of each example (1 or 0 for accuracy, the answer's F1), whose mean is ``value``:
     it lets two runs scored on the same examples be compared pair by pair; empty where the
-    score was reduced before it reached this process (sharded evaluation). ``predicted`` is
-    the candidate each example was given (accuracy tasks; empty otherwise): a model that
-    gives every example the same one is a constant predictor (:mod:`zotune.learned`)."""
+    score was reduced before it reached this process (sharded evaluation). ``predictions`` is
+    the candidate each example was given (ranked tasks only, empty otherwise): a model that
+    gives every example the same one has learned nothing of the task, whatever its accuracy."""
 
     name: str
     value: float
     extra: dict[str, float] = field(default_factory=dict)
     per_example: tuple[float, ...] = ()
-    predicted: tuple[int, ...] = ()
+    predictions: tuple[int, ...] = ()
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         extra = {f"{prefix}{name}": value for name, value in self.extra.items()}
@@ -63,8 +63,8 @@ def per_example(
     if not examples:
         raise ScoringError("cannot score an empty split")
     if metric == "accuracy":
-        predicted = predictions(scorer, examples, batch_size, calibrate, progress)
-        hits = [float(ex.is_correct(p)) for ex, p in zip(examples, predicted, strict=True)]
+        predictions = ranked_predictions(scorer, examples, batch_size, calibrate, progress)
+        hits = [float(ex.is_correct(p)) for ex, p in zip(examples, predictions, strict=True)]
         return [(hit, hit) for hit in hits]
     decoded = answers(scorer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [
@@ -73,17 +73,22 @@ def per_example(
     ]
 
 
-def predictions(
-    scorer: Scorer, examples: Sequence[Example], batch_size: int, calibrate: bool, progress=None
+def ranked_predictions(
+    scorer: Scorer,
+    examples: Sequence[Example],
+    batch_size: int,
+    calibrate: bool = False,
+    progress=None,
 ) -> list[int]:
-    """The candidate each multiple-choice example is given (calibrated or not)."""
+    """The candidate each ranked example is given: the highest-scoring one, or after
+    calibration (:func:`zotune.baselines.calibrated_predictions`)."""
     if not examples:
         raise ScoringError("cannot score an empty split")
     if calibrate:
-        chosen = calibrated_predictions(scorer, examples, batch_size)
+        predictions = calibrated_predictions(scorer, examples, batch_size)
     else:
-        chosen = scorer.predict(examples, batch_size, progress)
-    return [int(p) for p in chosen.tolist()]
+        predictions = scorer.predict(examples, batch_size, progress)
+    return [int(p) for p in predictions]
 
 
 def evaluate(
@@ -97,11 +102,10 @@ def evaluate(
     progress=None,
 ) -> Score:
     if metric == "accuracy":
-        predicted = tuple(predictions(scorer, examples, batch_size, calibrate, progress))
-        hits = tuple(
-            float(ex.is_correct(p)) for ex, p in zip(examples, predicted, strict=True)
-        )
-        return Score("accuracy", statistics.fmean(hits), per_example=hits, predicted=predicted)
+        predictions = ranked_predictions(scorer, examples, batch_size, calibrate, progress)
+        each = tuple(float(ex.is_correct(p)) for ex, p in zip(examples, predictions, strict=True))
+        return Score("accuracy", statistics.fmean(each), per_example=each,
+                     predictions=tuple(predictions))
     scores = per_example(
         scorer,
         examples,

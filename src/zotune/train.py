@@ -98,6 +98,9 @@ class RunResult:
     def record(self) -> dict[str, Any]:
         """What ``result.json`` holds: the measured fields, without the history and model."""
         return {k: v for k, v in self.__dict__.items() if k not in ("history", "model")}
+    # The candidate each test example was given (ranked tasks; None for generation tasks and
+    # sharded evaluation): one value throughout is a model that learned nothing of the task.
+    test_predictions: list[int] | None = None
 
     def summary(self) -> str:
         before = ""
@@ -345,12 +348,13 @@ def train(run: Run) -> RunResult:
             steps=cfg_train.steps,
             val_history=[r[f"val_{test.name}"] for r in metrics.records
                          if f"val_{test.name}" in r],
-            predicted=test.predicted,
+            predicted=test.predictions,
             scheme=config.tuning.scheme,
             lr=config.optimizer.lr,
             zeroth_order=not optimizer_entry(config.optimizer.name).first_order,
         ),
         model=run.model,
+        test_predictions=list(test.predictions) or None,
     )
     if result.untrained:
         log(f"warning: {result.untrained}")

@@ -38,7 +38,7 @@ class Side:
     test_set: tuple[str, int, int]  # (task, data seed, examples): what fixes the test split
     seeds: int = 1
     seed_std: float | None = None  # the std of the seeds' test scores, with two or more
-    untrained: bool = False  # best on validation at step 0: the initial model, not the rule's
+    untrained: bool = False  # best at step 0 or one class throughout: not the rule's work
     partial: bool = False  # some of the cell's runs are still missing: its choice may change
 
 

@@ -15,8 +15,8 @@ as independent binomials (wider, and said so). Its verdict:
 - **not separated**: it straddles, so this test set cannot tell;
 - **queued**: a cell has no finished run yet (the store grows across sessions);
 - **untrained cell**: a cell's chosen runs were best on validation at step 0, so it shows the
-  initial model, and the contrast says nothing about its optimizer (its grid needs a larger
-  learning rate).
+  initial model (its grid needs a larger learning rate), or gave every test example the same
+  class, a constant predictor; either way the contrast says nothing about its optimizer.
 
 Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test.
 """

@@ -14,8 +14,14 @@ For every suite in the store and every (model, task) in it:
 
 Each table states its model, task, step budget, data sizes, hardware, zotune version, and the
 command that reproduces it. Files go to ``RESULTS_DIR/report/`` (or ``out``), each written
-atomically: ``report.md``, ``accuracy.csv``, ``selection.csv``, ``cost.csv``, ``runs.csv`` and
-two PNGs per (model, task).
+atomically: ``report.md``, ``report.html`` (the same, one self-contained page with the plots
+embedded: :mod:`zotune.bench.html_report`), ``accuracy.csv``, ``selection.csv``,
+``cost.csv``, ``runs.csv`` and three PNGs per (model, task): validation accuracy and training
+loss per cell, and accuracy against memory (:mod:`zotune.bench.plots`).
+
+Ties on validation are broken by :data:`zotune.bench.selection.TIE_RULE` and named; a cell
+whose chosen runs were best at step 0 or predicted one class throughout is marked untrained
+(°) and not counted as trained.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..tables import markdown_table
+from .html_report import render_html
 from .section import Section, build_sections
 from .selection import (
+    BEST_AT_STEP_0,
+    ONE_CLASS,
     TEST_METRIC,
-    UNTRAINED_MEANING,
+    TIE_RULE,
     VAL_METRIC,
     Candidate,
     CellSelection,
@@ -83,9 +92,12 @@ def build_report(
     unplanned = sum(r.id not in planned_ids for r in records)
     written: list[Path] = []
     if plots:
-        from .plots import plot_accuracy_vs_memory, plot_loss_curves
+        from .plots import plot_accuracy_vs_memory, plot_loss_curves, plot_validation_curves
 
         for section in sections:
+            validation = out / f"{section.slug}_validation.png"
+            if plot_validation_curves(section, results_dir, validation):
+                section.plots.append(validation)
             loss = out / f"{section.slug}_loss.png"
             if plot_loss_curves(section, results_dir, loss):
                 section.plots.append(loss)
@@ -93,8 +105,10 @@ def build_report(
             if plot_accuracy_vs_memory(section, scatter):
                 section.plots.append(scatter)
             written += section.plots
+    markdown = markdown_report(sections, out, unplanned)
     files = {
-        "report.md": markdown_report(sections, out, unplanned),
+        "report.md": markdown,
+        "report.html": render_html(markdown, out),
         "accuracy.csv": _csv(_accuracy_rows(sections)),
         "selection.csv": _csv(_selection_rows(sections)),
         "cost.csv": _csv(_cost_rows(sections)),
@@ -164,21 +178,36 @@ def _main_tables(section: Section) -> list[str]:
     ]
 
 
+def mirrors_the_paper(section: Section) -> bool:
+    """Whether a section is shaped like ZO-Bench's SST-2 table, so that setting the two side by
+    side says something: SST-2, every scheme one of the paper's, and at least two of its
+    optimizers on at least two of its schemes (a study of one setting, or another task, is
+    not a replica of that table)."""
+    schemes = section.schemes
+    ran = [o for o in section.optimizers if o in PAPER_SST2_OPT_1_3B]
+    return (section.task == "sst2" and len(schemes) >= 2 and len(ran) >= 2
+            and all(scheme in PAPER_SST2_OPT_1_3B["zo-sgd"] for scheme in schemes))
+
+
 def _paper_comparison(section: Section) -> list[str]:
-    """zotune's SST-2 cells beside ZO-Bench's OPT-1.3B figures, where the paper has them."""
-    if section.task != "sst2":
+    """zotune's SST-2 cells beside ZO-Bench's OPT-1.3B figures: the optimizers the suite ran
+    that the paper reports, for a section that mirrors the paper's table."""
+    if not mirrors_the_paper(section):
         return []
     rows = []
-    for optimizer, paper in PAPER_SST2_OPT_1_3B.items():
+    for optimizer in section.optimizers:
+        paper = PAPER_SST2_OPT_1_3B.get(optimizer)
+        if paper is None:
+            continue
         row = [optimizer]
         for scheme in section.schemes:
             ours = _accuracy_cell(section.selection(optimizer, scheme), section)
-            row.append(f"{ours} / {paper[scheme]:.1f}" if scheme in paper else f"{ours} / —")
+            row.append(f"{ours} / {paper[scheme]:.1f}")
         rows.append(row)
     return [
         "Beside the paper: this table's test accuracy / ZO-Bench's SST-2 accuracy for OPT-1.3B "
-        "(20k ZO steps on the full training set). Compare the shape (which optimizer "
-        "and scheme lead), not the levels.",
+        "(20k ZO steps on the full training set), for the optimizers this suite ran that the "
+        "paper reports. Compare the shape (which optimizer and scheme lead), not the levels.",
         "",
         Table(["optimizer", *section.schemes], rows).markdown(),
         "",
@@ -208,8 +237,9 @@ def _study_tables(section: Section) -> list[str]:
 def study_table(section: Section) -> Table:
     short = _short_metric(section)
     header = ["variant", "optimizer", "scheme", "chosen hyperparameters", "steps",
-              "forward passes / step", f"val {short} (%)", f"test {short} (%)",
-              "peak memory (MB)", "s/step"]
+              "forward passes / step", f"val {short} (%, seed mean)",
+              f"test {short} (%, seed mean ± std)", "peak memory (MB, seed mean)",
+              "s/step (seed mean)"]
     rows = []
     for item in section.studies:
         chosen = item.chosen
@@ -339,11 +369,11 @@ def selection_table(section: Section) -> Table:
         "scheme",
         "chosen hyperparameters",
         "notes",
-        f"val {_short_metric(section)} (%)",
-        f"test {_short_metric(section)} (%)",
+        f"val {_short_metric(section)} (%, seed mean)",
+        f"test {_short_metric(section)} (%, seed mean ± std)",
         "seeds",
         "settings tried",
-        "best step",
+        "best step (seed mean)",
         "diverged runs",
         "skipped steps",
     ]
@@ -376,25 +406,57 @@ def selection_table(section: Section) -> Table:
 
 
 def selection_notes(item: CellSelection) -> str:
-    """What limits a cell's chosen setting: untrained, or chosen at an edge of its grid."""
-    notes = ["untrained: best at step 0"] if item.untrained else []
+    """What limits a cell's chosen setting: untrained (and why), chosen at an edge of its
+    grid, or chosen from a tie on validation by :data:`TIE_RULE`."""
+    reasons = item.untrained_reasons
+    notes = [f"untrained: {', '.join(reasons)}"] if reasons else []
     notes += [f"{hparam_name(name)} at the grid's {edge}"
               for name, edge in item.grid_edges.items()]
+    if item.ties:
+        notes.append(f"tied on validation with {', '.join(c.label() for c in item.ties)}: "
+                     "chosen by the tie rule")
     return "; ".join(notes)
 
 
 def _grid_note(cells: list[CellSelection]) -> list[str]:
+    step_0 = sum(BEST_AT_STEP_0 in s.untrained_reasons for s in cells)
+    one_class = sum(ONE_CLASS in s.untrained_reasons for s in cells)
     untrained = sum(s.untrained for s in cells)
     edged = sum(bool(s.grid_edges) for s in cells)
-    if not untrained and not edged:
-        return []
-    return [
-        f"**Grid limits:** {untrained} of {len(cells)} cells are untrained ({UNTRAINED_MARK}: "
-        f"every run of the chosen setting was {UNTRAINED_MEANING}), and {edged} chose the "
-        "largest or smallest value swept, where the best may lie beyond the grid (the "
-        "selection table's notes say which).",
-        "",
-    ]
+    tied = sum(bool(s.ties) for s in cells)
+    lines = []
+    if untrained:
+        why = []
+        if step_0:
+            why.append(f"{_cells(step_0)} best on validation at step 0 in every run of the "
+                       "chosen setting, before any update, so showing the initial model")
+        if one_class:
+            why.append(f"{_cells(one_class)} gave every test example the same class in every "
+                       "run, a constant predictor")
+        lines += [
+            f"**Untrained:** {untrained} of {len(cells)} cells ({UNTRAINED_MARK}; not counted "
+            f"as trained): {'; '.join(why)}"
+            + (" (a cell may be both)." if step_0 and one_class else "."),
+            "",
+        ]
+    if edged:
+        lines += [
+            f"**Grid limits:** {_cells(edged)} chose the largest or smallest value swept, "
+            "where the best may lie beyond the grid (the selection table's notes say which).",
+            "",
+        ]
+    if tied:
+        lines += [
+            f"**Ties:** in {_cells(tied)} of {len(cells)} another setting had the same mean "
+            f"validation accuracy; the tie was broken by {TIE_RULE} (the notes name the "
+            "settings tied).",
+            "",
+        ]
+    return lines
+
+
+def _cells(count: int) -> str:
+    return "1 cell" if count == 1 else f"{count} cells"
 
 
 def _memory_note(section: Section) -> list[str]:

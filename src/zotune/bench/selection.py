@@ -8,8 +8,13 @@ which overstates every number in its tables.
 
 A setting with every seed finished beats one with some seeds missing or failed (a learning
 rate that diverges on one seed in three is not a good choice because the other two were
-lucky); among equals, the higher mean validation accuracy wins, then the earlier setting in
-the suite's order.
+lucky); among equals, the higher mean validation accuracy wins.
+
+Ties on validation are common (100 validation examples give accuracies in steps of 1%), and
+they are broken by one stated rule, :data:`TIE_RULE`: the smaller learning rate, then the
+earlier checkpoint (smaller mean best step), then the earlier setting in the suite's order.
+The smaller of two rates that validate alike is the one that moved the model less for the
+same evidence; the report names every tie it broke.
 
 A suite's confirming seeds (``confirm_seeds``) run only at the chosen setting: the choice is
 made on the sweep's seeds alone, then the chosen candidate takes its confirming runs, which
@@ -31,8 +36,19 @@ from .suite import Cell, hparams_label
 VAL_METRIC = "best_val_accuracy"
 # What an untrained cell is, as the report, the findings and ``zotune compare`` say it.
 UNTRAINED_MEANING = (
-    "best on validation at step 0, before any update, so it shows the initial model"
+    "best on validation at step 0, before any update, so it shows the initial model, or "
+    "giving every test example the same answer (one class), so it learned nothing of the task"
 )
+BEST_AT_STEP_0 = "best at step 0"
+ONE_CLASS = "predicts one class on every test example"
+# How a tie on mean validation accuracy is broken (the report and docs/results say it).
+TIE_RULE = (
+    "the smaller learning rate, then the earlier checkpoint (smaller mean best step), then "
+    "the earlier setting in the suite's order"
+)
+# Mean validation accuracies this close are equal: they are means of a few fractions of the
+# same validation set, so anything smaller is the rounding of the mean.
+TIE_TOLERANCE = 1e-9
 TEST_METRIC = "test_accuracy"
 PER_STEP_METRICS = frozenset({"seconds_per_step", "forward_passes_per_step"})
 
@@ -106,6 +122,20 @@ class Candidate:
     def label(self) -> str:
         return hparams_label(self.hparams)
 
+    @property
+    def one_class(self) -> bool:
+        """Every finished run gave every test example the same candidate (runs that recorded
+        their predictions; older records say nothing, so this is False for them)."""
+        predictions = [r.metrics.get("test_predictions") for r in self.done]
+        return bool(predictions) and all(p and len(set(p)) == 1 for p in predictions)
+
+    @property
+    def learning_rate(self) -> float:
+        """The swept ``optimizer.lr``, 0 where the sweep does not set it (ties then fall to
+        the next rule)."""
+        value = self.hparams.get("optimizer.lr", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
 
 @dataclass
 class CellSelection:
@@ -114,6 +144,7 @@ class CellSelection:
     chosen: Candidate | None
     # Every sweep run finished or diverged, so the choice is final (confirming runs may go).
     settled: bool = False
+    ties: list[Candidate] = field(default_factory=list)  # others as good on validation
 
     @property
     def expected_runs(self) -> int:
@@ -138,32 +169,51 @@ class CellSelection:
         )
 
     @property
-    def untrained(self) -> bool:
-        """Every run of the chosen setting was best on validation at step 0, before any update:
-        the cell shows the initial model, not what its optimizer does, because no learning
-        rate of its grid moved the model within the budget (a baseline, which takes no
-        steps, is not untrained)."""
+    def untrained_reasons(self) -> list[str]:
+        """Why the cell shows no training, empty if it does: every run of the chosen setting
+        was best on validation at step 0, before any update (so it shows the initial model,
+        because no learning rate of its grid moved validation within the budget; a
+        validation accuracy that never changed is best at step 0 too; a baseline, which
+        takes no steps, is exempt), or every run gave every test example the same class (a
+        constant predictor has learned nothing of the task, whatever its accuracy)."""
         chosen = self.chosen
-        return chosen is not None and all(
-            r.config["train"]["steps"] > 0 and r.metrics.get("best_step") == 0
-            for r in chosen.done
-        )
+        if chosen is None:
+            return []
+        reasons = []
+        if all(r.config["train"]["steps"] > 0 and r.metrics.get("best_step") == 0
+               for r in chosen.done):
+            reasons.append(BEST_AT_STEP_0)
+        if chosen.one_class:
+            reasons.append(ONE_CLASS)
+        return reasons
+
+    @property
+    def untrained(self) -> bool:
+        """The cell shows no training (:attr:`untrained_reasons`): it is not counted as a
+        trained cell, and the contrasts it enters say nothing about its optimizer."""
+        return bool(self.untrained_reasons)
 
     @property
     def grid_edges(self) -> dict[str, str]:
-        """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value is the
-        largest or smallest of the values tried (finished, or diverged: beyond a diverged
-        value there is nothing to look for): the best may lie beyond the grid."""
+        """Swept hyperparameter → ``"top"`` or ``"bottom"`` where the chosen value (with those
+        tied with it) is the largest or smallest of the values tried (finished, or diverged:
+        beyond a diverged value there is nothing to look for): the best may lie beyond the
+        grid."""
         if self.chosen is None:
             return {}
         edges = {}
-        for name, value in self.chosen.hparams.items():
+        for name in self.chosen.hparams:
             tried = {c.hparams.get(name) for c in self.candidates if c.tried}
             if len(tried) < 2 or not all(isinstance(v, (int, float)) for v in tried):
                 continue
-            if value == max(tried):
+            # Settings tied with the chosen one validate as well: the best lies beyond an
+            # edge only if the tied group reaches it, and a tie across the whole grid points
+            # nowhere (the tie rule picked one end of it).
+            group = {c.hparams.get(name) for c in (self.chosen, *self.ties)}
+            at_top, at_bottom = max(tried) in group, min(tried) in group
+            if at_top and not at_bottom:
                 edges[name] = "top"
-            elif value == min(tried):
+            elif at_bottom and not at_top:
                 edges[name] = "bottom"
         return edges
 
@@ -225,19 +275,24 @@ def select(
 
 
 def _choose(cell: Cell, candidates: list[Candidate]) -> CellSelection:
-    ranked = [
-        ((c.complete, c.val_mean, -position), c)
-        for position, c in enumerate(candidates)
-        if c.done
-    ]
-    chosen = max(ranked, key=lambda item: item[0])[1] if ranked else None
+    """The complete setting with the best mean validation accuracy (on the sweep's seeds);
+    ties by :data:`TIE_RULE`."""
+    finished = [c for c in candidates if c.done]
     settled = _sweep_settled(candidates)
-    if chosen is not None and chosen.confirming is not None and settled:
+    if not finished:
+        return CellSelection(cell, candidates, None, settled)
+    best = max((c.complete, c.val_mean) for c in finished)
+    tied = [c for c in finished
+            if c.complete == best[0] and abs(c.val_mean - best[1]) <= TIE_TOLERANCE]
+    position = {id(c): i for i, c in enumerate(candidates)}
+    chosen = min(tied, key=lambda c: (c.learning_rate, c.mean_metric("best_step") or 0.0,
+                                      position[id(c)]))
+    if chosen.confirming is not None and settled:
         extra, chosen.confirming = chosen.confirming, None
         chosen.expected_seeds += extra.expected_seeds
         chosen.done.extend(extra.done)
         chosen.failed.extend(extra.failed)
-    return CellSelection(cell, candidates, chosen, settled)
+    return CellSelection(cell, candidates, chosen, settled, [c for c in tied if c is not chosen])
 
 
 def _sweep_settled(candidates: list[Candidate]) -> bool:

@@ -365,6 +365,20 @@ class ResultsStore:
         self._write_record_file(record, attempts)
         _record_curve(self.results_dir / RUNS_DIR / record.id)
 
+    def amend_metrics(self, run_id: str, extra: dict[str, Any]) -> None:
+        """Add ``extra`` to a finished run's metrics, keeping its attempts and timings: for
+        figures derived later from what the run recorded (never for a new outcome, which
+        :meth:`record` stores as an attempt)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row["status"] != "done":
+                raise ValueError(f"run {run_id} has no finished record to amend")
+            record = _record(row)
+            record.metrics = {**record.metrics, **extra}
+            self._insert(db, record, [])
+            attempts = _attempts(db, run_id)
+        self._write_record_file(record, attempts)
+
     def _insert(
         self, db: sqlite3.Connection, record: RunRecord, attempts: list[dict[str, Any]]
     ) -> None:
