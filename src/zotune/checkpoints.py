@@ -10,10 +10,17 @@ double the footprint of full tuning, which ZO exists to keep at inference size.
 A checkpoint that is empty, truncated, not a torch file, or lacks what zotune writes into it
 is refused with one line naming the file, rather than an ``EOFError``, a ``KeyError`` or a
 zip-reader error that does not say which file it was reading.
+
+Both files are data (run folders are shared and cloned): they are read with
+``weights_only=True``, so a pickle that would build any object but tensors and plain values
+(numbers, strings, lists, dicts) is refused, naming the file, and nothing in it runs. What
+``last.pt`` holds (optimizer and scheduler state, the seed stream) is made of such values,
+as it was in zotune 0.2, whose checkpoints therefore still resume.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +45,7 @@ class CheckpointError(ValueError):
 
 def load_resume_checkpoint(path: Path, map_location: Any = None) -> dict[str, Any]:
     """``last.pt``: the trainable state, optimizer and scheduler state and the step counters."""
-    checkpoint = _load(
-        path, weights_only=False, map_location=map_location, hint="; delete it to start over"
-    )
+    checkpoint = _load(path, map_location=map_location, hint="; delete it to start over")
     _require_keys(path, checkpoint, RESUME_KEYS)
     _require_tensors(path, checkpoint["trainable"], "its trainable state")
     return checkpoint
@@ -48,13 +53,14 @@ def load_resume_checkpoint(path: Path, map_location: Any = None) -> dict[str, An
 
 def load_trainable_checkpoint(path: Path, map_location: Any = None) -> dict[str, torch.Tensor]:
     """``best.pt``: the trainable tensors by name."""
-    state = _load(path, weights_only=True, map_location=map_location, hint="")
+    state = _load(path, map_location=map_location, hint="")
     _require_tensors(path, state, "it")
     return state
 
 
-def _load(path: Path, *, weights_only: bool, map_location: Any, hint: str) -> Any:
-    """``torch.load``, its failures as one line: the file, its size, torch's first sentence."""
+def _load(path: Path, *, map_location: Any, hint: str) -> Any:
+    """``torch.load`` of tensors and plain values only, its failures as one line: the file,
+    its size, torch's first sentence."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -62,13 +68,22 @@ def _load(path: Path, *, weights_only: bool, map_location: Any, hint: str) -> An
     if size == 0:
         raise CheckpointError(f"{path}: damaged checkpoint (an empty file){hint}")
     try:
-        return torch.load(path, weights_only=weights_only, map_location=map_location)
-    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
-        text = str(error).strip()
-        reason = text.splitlines()[0].split(". ")[0] if text else "no message"
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error):
+            raise CheckpointError(_damaged(path, size, error, hint)) from None
         raise CheckpointError(
-            f"{path}: damaged checkpoint ({size} bytes; {type(error).__name__}: {reason}){hint}"
+            f"{path}: refused: it holds objects other than tensors and plain values, which "
+            f"zotune never writes; loading it could run code from it{hint}"
         ) from None
+    except Exception as error:  # torch raises EOFError, RuntimeError, ...
+        raise CheckpointError(_damaged(path, size, error, hint)) from None
+
+
+def _damaged(path: Path, size: int, error: Exception, hint: str) -> str:
+    text = str(error).strip()
+    reason = text.splitlines()[0].split(". ")[0] if text else "no message"
+    return f"{path}: damaged checkpoint ({size} bytes; {type(error).__name__}: {reason}){hint}"
 
 
 def _require_keys(path: Path, checkpoint: Any, keys: Iterable[str]) -> None:
