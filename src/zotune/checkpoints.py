@@ -20,6 +20,7 @@ as it was in zotune 0.2, whose checkpoints therefore still resume.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError
-from .files import atomic_write
+from .files import atomic_write, disk_full_message
 from .offload import named_resident_parameters
 
 BEST_FILE = "best.pt"
@@ -49,6 +50,30 @@ def load_resume_checkpoint(path: Path, map_location: Any = None) -> dict[str, An
     _require_keys(path, checkpoint, RESUME_KEYS)
     _require_tensors(path, checkpoint["trainable"], "its trainable state")
     return checkpoint
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step ``last.pt`` was written at, read without loading its tensors (memory-mapped);
+    None without a ``last.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        step = torch.load(path, weights_only=True, mmap=True, map_location="cpu").get("step")
+    except Exception:  # damaged: load_resume_checkpoint names it when the run resumes
+        return None
+    return step if isinstance(step, int) else None
+
+
+def data_digest(splits: Iterable[Iterable[Any]]) -> str:
+    """A digest of the examples a run trains, validates and tests on: a resume that would
+    read other data (another ``task.data_dir``, an edited file) is refused by it."""
+    digest = hashlib.sha256()
+    for examples in splits:
+        for example in examples:
+            digest.update(repr(example).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def load_trainable_checkpoint(path: Path, map_location: Any = None) -> dict[str, torch.Tensor]:
@@ -108,6 +133,18 @@ def _require_tensors(path: Path, state: Any, what: str) -> None:
 
 
 
+def _save(path: Path, value: Any) -> None:
+    """``torch.save`` into place atomically; a full disk is named as such (the file it
+    would have replaced is kept)."""
+    try:
+        atomic_write(path, lambda p: torch.save(value, p))
+    except (OSError, RuntimeError) as error:
+        message = disk_full_message(error, path)
+        if message is None:
+            raise
+        raise CheckpointError(f"{message}; the previous checkpoint is kept") from None
+
+
 def trainable_state(model: torch.nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
     """The trainable tensors by name; ``copy=False`` gives views for saving without a copy."""
     return {
@@ -143,8 +180,10 @@ class Checkpoints:
     processes of a distributed run that only read.
     """
 
-    def __init__(self, model: torch.nn.Module, folder: Path | None, writes: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, folder: Path | None, writes: bool = True,
+                 data: str | None = None) -> None:
         self.model = model
+        self.data = data  # data_digest of the run's splits
         self.folder = folder
         self.writes = writes and folder is not None
         self.best_val = -1.0
@@ -156,6 +195,13 @@ class Checkpoints:
         if self.folder is None or not (self.folder / LAST_FILE).exists():
             return None
         ckpt = load_resume_checkpoint(self.folder / LAST_FILE, map_location=device)
+        saved = ckpt.get("data_digest")  # checkpoints of zotune 0.2 hold none
+        if saved is not None and self.data is not None and saved != self.data:
+            raise ConfigError(
+                f"--resume: the task data is not the data the run in {self.folder} trained "
+                "and was scored on (another task.data_dir, $ZOTUNE_DATA_DIR or data file); "
+                "a resumed run keeps its data (start a new run to change it)"
+            )
         load_trainable_state(self.model, ckpt["trainable"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -172,8 +218,7 @@ class Checkpoints:
         if self.folder is None:
             self._best_in_memory = trainable_state(self.model)
         elif self.writes:
-            state = trainable_state(self.model, copy=False)
-            atomic_write(self.folder / BEST_FILE, lambda p: torch.save(state, p))
+            _save(self.folder / BEST_FILE, trainable_state(self.model, copy=False))
 
     def save_last(self, step: int, optimizer, scheduler, before: float | None,
                   train_seconds: float) -> None:
@@ -188,8 +233,9 @@ class Checkpoints:
             "best_step": self.best_step,
             "test_accuracy_before": before,
             "train_seconds": train_seconds,
+            "data_digest": self.data,
         }
-        atomic_write(self.folder / LAST_FILE, lambda p: torch.save(ckpt, p))
+        _save(self.folder / LAST_FILE, ckpt)
 
     def restore_best(self, device: torch.device) -> bool:
         """Put the best state back into the model; False where this process has none to read
