@@ -113,3 +113,23 @@ def test_a_first_order_registry_optimizer_trains_too(tmp_path):
 def test_bad_optimizer_choices_are_refused(tmp_path, optimizer, options, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(tmp_path, optimizer, options)
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "options", "message"),
+    [
+        ("zo-adam", "zo-sgd", {}, "class is 'ZOAdam', not 'ZOSGD'"),
+        ("zo-sgd", "zo-adam", {}, "class is 'ZOSGD', not 'ZOAdam'"),
+        ("zo-sgd", "zo-sgd", {"eps": 1e-2}, "eps is 0.001, not 0.01"),
+    ],
+)
+def test_resuming_another_optimizers_state_is_refused_by_name(tmp_path, saved, resumed,
+                                                              options, message):
+    """Issue 31: the state went in (zo-sgd state in zo-adam then failed with KeyError 'betas',
+    another ε trained on silently)."""
+    first = make_trainer(tmp_path / "a", saved, {"eps": 1e-3}, max_steps=2,
+                         save_strategy="steps", save_steps=2)
+    first.train()
+    other = make_trainer(tmp_path / "a", resumed, {"eps": 1e-3, **options}, max_steps=3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        other.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))

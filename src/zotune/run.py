@@ -94,6 +94,12 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.task, key)
         if value is not None and value < 1:
             raise ConfigError(f"task.{key}: must be at least 1, got {value}")
+    for key in ("max_length", "max_new_tokens"):
+        value = getattr(config.task, key)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"task.{key}: must be at least 1, got {value} (leave it unset for the default)"
+            )
     if config.task.demos < 0 or config.task.demos > config.task.num_train:
         raise ConfigError(
             f"task.demos: {config.task.demos} demonstrations are drawn from the training split "
@@ -337,6 +343,12 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     log = log_line if group is None or group.is_main else no_log
     device_name = str(group.device(config.model.device)) if group else config.model.device
     splits = load_task_splits(config, log)  # before the model: bad data fails in seconds
+    if for_training and config.train.steps and config.train.batch_size > len(splits.train):
+        raise ConfigError(
+            f"train.batch_size {config.train.batch_size} is larger than the training split "
+            f"({len(splits.train)} examples): every batch would repeat examples; lower it or "
+            "train on more (task.num_train)"
+        )
     tuned = build_model(config, device_name)
     log(
         f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "

@@ -52,7 +52,9 @@ def trajectory_changes(saved: RunConfig, wanted: RunConfig) -> list[tuple[str, A
     depends on."""
     before, after = saved.to_dict(), wanted.to_dict()
     changes = []
-    for section in sorted(set(before) | set(after)):
+    # In the config's order (model, task, tuning, optimizer, train): a setting that implies
+    # others (tuning.scheme sets ε's default) is named before what it implies.
+    for section in dict.fromkeys([*before, *after]):
         keys = set(before.get(section, {})) | set(after.get(section, {}))
         for key in sorted(keys):
             dotted = f"{section}.{key}"

@@ -240,6 +240,7 @@ def train(run: Run) -> RunResult:
         closure = run.step_closure(examples)
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
+        sums = _weight_sums(run) if step == start_step else None
         try:
             loss = _step(run, closure, step)
         except NonFiniteLossError as error:
@@ -256,6 +257,10 @@ def train(run: Run) -> RunResult:
         else:
             consecutive_bad = 0
             step_times.append(time.perf_counter() - tick)
+            if sums is not None and _unchanged(sums, _weight_sums(run)):
+                log(f"warning: step {step + 1} changed no trainable weight: the update is "
+                    f"below the resolution of the {config.model.dtype} weights "
+                    f"({_update_settings(config)}); raise them, or train in float32")
             scheduler.step()
             record.update(
                 loss=float(loss),
@@ -401,6 +406,30 @@ def _non_finite_advice(run: Run) -> str:
             f"beyond their scale, so their losses overflow whatever the learning rate"
         )
     return f"lower optimizer.lr, currently {config.optimizer.lr:g}"
+
+
+def _weight_sums(run: Run) -> list[tuple[float, float]]:
+    """Per trainable tensor, the float64 sum of its values and one ulp of its largest value:
+    a read of the weights, no copy (a 13B model has no room for one)."""
+    with torch.no_grad():
+        return [
+            (float(p.sum(dtype=torch.float64)),
+             float(p.abs().max()) * torch.finfo(p.dtype).eps if p.numel() else 0.0)
+            for _, p in named_resident_parameters(run.model)
+            if p.requires_grad and p.is_floating_point()
+        ]
+
+
+def _unchanged(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> bool:
+    """Whether a step moved no tensor's sum by one ulp of its largest value: what is left of
+    the update (a few subnormal values at most) is no training."""
+    return all(abs(a - b) < ulp for (b, ulp), (a, _) in zip(before, after, strict=True))
+
+
+def _update_settings(config: RunConfig) -> str:
+    eps = config.optimizer.eps
+    lr = f"optimizer.lr={config.optimizer.lr:g}"
+    return lr if eps is None else f"{lr}, optimizer.eps={eps:g}"
 
 
 def _median(values: list[float]) -> float:
