@@ -123,7 +123,7 @@ def test_an_optimizer_refuses_its_state_under_another_eps_and_a_state_from_befor
     with pytest.raises(ValueError, match=re.escape("eps is 0.001, not 0.01")):
         create_optimizer("zo-sgd", model, lr=1e-3, eps=1e-2).load_state_dict(state)
     del state["zotune_optimizer"]  # what zotune 0.2 saved
-    with pytest.raises(ValueError, match="the state lacks 'betas'"):
+    with pytest.raises(ValueError, match=r"the state lacks .*'betas'"):
         create_optimizer("zo-adam", model, lr=1e-3).load_state_dict(state)
     create_optimizer("zo-sgd", model, lr=1e-3).load_state_dict(state)  # its own still loads
 
