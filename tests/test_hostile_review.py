@@ -183,6 +183,12 @@ def test_settings_that_would_be_ignored_are_refused(flags, message, sst2_dir, ca
     assert message in one_error_line(err)
 
 
+def test_a_batch_larger_than_the_training_split_is_named(sst2_dir, capsys):
+    code, _, err = run_cli(train_argv(sst2_dir, None, "--batch-size=24", "--steps=1"), capsys)
+    assert code == 0, err
+    assert "warning: train.batch_size 24 is larger than the training split (16 examples)" in err
+
+
 def test_steps_true_in_a_config_file_is_refused(sst2_dir, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  steps: true\n")

@@ -121,6 +121,26 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(problem)
 
 
+# A batch may hold each training example at most this many times over: beyond it a run
+# spends its steps on copies (``--batch-size 100000`` on 16 examples).
+MAX_BATCH_REPEATS = 4
+
+
+def check_batch_size(batch_size: int, examples: int, log: Callable[[str], None]) -> None:
+    """A batch larger than the training split repeats examples within it: said once, and
+    refused when each example would appear more than :data:`MAX_BATCH_REPEATS` times."""
+    if batch_size <= examples:
+        return
+    what = (f"train.batch_size {batch_size} is larger than the training split ({examples} "
+            "examples)")
+    if batch_size > MAX_BATCH_REPEATS * examples:
+        raise ConfigError(
+            f"{what}: each batch would hold every example about {batch_size // examples} "
+            "times; lower it or train on more (task.num_train)"
+        )
+    log(f"warning: {what}: each batch repeats some examples")
+
+
 # Tuning keys that only one scheme reads.
 SCHEME_OPTIONS = {
     "lora_r": "lora",
@@ -343,12 +363,8 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     log = log_line if group is None or group.is_main else no_log
     device_name = str(group.device(config.model.device)) if group else config.model.device
     splits = load_task_splits(config, log)  # before the model: bad data fails in seconds
-    if for_training and config.train.steps and config.train.batch_size > len(splits.train):
-        raise ConfigError(
-            f"train.batch_size {config.train.batch_size} is larger than the training split "
-            f"({len(splits.train)} examples): every batch would repeat examples; lower it or "
-            "train on more (task.num_train)"
-        )
+    if for_training and config.train.steps:
+        check_batch_size(config.train.batch_size, len(splits.train), log)
     tuned = build_model(config, device_name)
     log(
         f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "
