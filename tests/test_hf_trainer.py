@@ -125,3 +125,23 @@ def test_an_ignored_optim_is_named_and_no_grad_norm_is_logged(tmp_path):
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and not any("grad_norm" in h for h in logged)
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "options", "message"),
+    [
+        ("zo-adam", "zo-sgd", {}, "class is 'ZOAdam', not 'ZOSGD'"),
+        ("zo-sgd", "zo-adam", {}, "class is 'ZOSGD', not 'ZOAdam'"),
+        ("zo-sgd", "zo-sgd", {"eps": 1e-2}, "eps is 0.001, not 0.01"),
+    ],
+)
+def test_resuming_another_optimizers_state_is_refused_by_name(tmp_path, saved, resumed,
+                                                              options, message):
+    """Issue 31: the state went in (zo-sgd state in zo-adam then failed with KeyError 'betas',
+    another ε trained on silently)."""
+    first = make_trainer(tmp_path / "a", saved, {"eps": 1e-3}, max_steps=2,
+                         save_strategy="steps", save_steps=2)
+    first.train()
+    other = make_trainer(tmp_path / "a", resumed, {"eps": 1e-3, **options}, max_steps=3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        other.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))

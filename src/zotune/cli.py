@@ -78,16 +78,25 @@ def _overrides(args: argparse.Namespace, positional: list[str]) -> tuple[str | N
     dotted: list[tuple[str, Any]] = []
     from .config import ConfigError, parse_override
 
+    given: dict[str, str] = {}  # key → how the command line gave it
+
+    def add(key: str, value: Any, how: str) -> None:
+        if key in given:
+            raise ConfigError(f"{key} is given twice: {given[key]} and {how}")
+        given[key] = how
+        dotted.append((key, value))
+
     for item in positional:
         if "=" in item:
-            dotted.append(parse_override(item))
+            key, value = parse_override(item)
+            add(key, value, item)
         elif config_path is None:
             config_path = item
         else:
             raise ConfigError(f"unexpected argument {item!r} (expected key=value)")
     for key, value in vars(args).items():
         if "." in key and value is not None:
-            dotted.append((key, value))
+            add(key, value, f"its flag ({value})")
     return config_path, dotted
 
 

@@ -37,12 +37,17 @@ gives the call that restores the run's numbering:
 
 An existing non-empty ``--out`` is never written into: the export is refused unless
 ``--overwrite``, which replaces it. The folder is assembled beside ``--out`` and renamed into
-place, so a failed export leaves no half-written model.
+place, so a failed export leaves no half-written model (a full disk is named as such, and the
+old export stays); the staging folder a killed export left is removed by the next export to
+the same ``--out``. An ``--out`` that is a symbolic link, or that is or holds the run being
+exported, is refused.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,6 +59,7 @@ import yaml
 from . import __version__
 from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
 from .config import RunConfig, load_config
+from .files import disk_full_message
 from .learned import result_reason
 from .models import DTYPES, EMBEDDED_HUB_ID, EMBEDDED_MODEL, base_model
 from .run_folder import CONFIG_FILE, RESULT_FILE
@@ -61,6 +67,7 @@ from .run_folder import CONFIG_FILE, RESULT_FILE
 CARD_FILE = "README.md"
 BASE_FOLDER = "base_model"
 ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
+STAGING = ".staging"  # the suffix of the folder an export is assembled in
 
 
 class ExportError(ValueError):
@@ -71,6 +78,10 @@ def check_destination(out: str | Path, overwrite: bool = False) -> Path:
     """``out`` as a Path, refused if it is a non-empty folder (or a file) and not
     ``overwrite``. Reads only: call it before any expensive work."""
     out = Path(out)
+    if out.is_symlink():
+        raise ExportError(
+            f"--out {out} is a symbolic link (to {os.readlink(out)}): name the folder itself"
+        )
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -105,6 +116,11 @@ def export_run(
 
     run_dir = Path(run_dir)
     out = check_destination(out, overwrite)
+    if run_dir.resolve().is_relative_to(out.resolve()):
+        raise ExportError(
+            f"--out {out} is or holds the run folder {run_dir} it exports: writing it would "
+            "delete the run; choose a folder outside it"
+        )
     if not (run_dir / CONFIG_FILE).is_file():
         raise ExportError(f"{run_dir} holds no run (no {CONFIG_FILE})")
     config = load_config(run_dir / CONFIG_FILE)
@@ -156,7 +172,8 @@ def save_model(
     if dtype is not None and dtype != run_dtype:
         model.to(DTYPES[dtype])
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=STAGING))
     try:
         if merge:
             model = model.merge_and_unload()
@@ -172,10 +189,21 @@ def save_model(
         if out.exists():
             shutil.rmtree(out)  # empty, or --overwrite asked for it (check_destination)
         staging.rename(out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        message = disk_full_message(error, out) if isinstance(error, Exception) else None
+        if message is not None:
+            kept = "the previous export is kept" if out.exists() else "nothing was written"
+            raise ExportError(f"{message}; {kept}") from None
         raise
     return out
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders of exports to ``out`` that were killed (kill -9)."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*{STAGING}"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _base_reference(config: RunConfig) -> str:
@@ -275,6 +303,17 @@ def model_card(
 def _figures(result: dict[str, Any] | None) -> list[str]:
     if result is None:
         return ["The run did not finish: no validation or test figures."]
+    from .train import MAX_SKIPPED_FRACTION
+
+    warning = []
+    skipped, steps = result.get("skipped_steps") or 0, result.get("steps") or 0
+    if steps and skipped > MAX_SKIPPED_FRACTION * steps:
+        warning = [
+            f"**The run failed: {skipped} of {steps} steps were skipped for non-finite losses "
+            f"(more than {MAX_SKIPPED_FRACTION:.0%}), so these weights did not train as "
+            "configured.**",
+            "",
+        ]
     before = result.get("test_accuracy_before")
     rows = [
         "| measure | value |",
@@ -287,7 +326,7 @@ def _figures(result: dict[str, Any] | None) -> list[str]:
     if before is not None:
         rows.append(f"| test accuracy before training | {before:.4f} |")
     rows.append(f"| steps | {result['steps']} |")
-    return rows
+    return [*warning, *rows]
 
 
 def _loading(adapter: bool, scheme: str, base: str) -> list[str]:

@@ -24,6 +24,36 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete the temporary files :func:`atomic_write` left beside ``names`` in ``folder``
+    when its process was killed (SIGKILL leaves no chance to); call it holding the folder's
+    lock, so no writer is mid-write."""
+    for name in names:
+        for path in Path(folder).glob(f".{name}.*"):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+
+
+def disk_full_message(error: BaseException, path: Path) -> str | None:
+    """One line for a write that failed because the disk is full, else None: torch's
+    (``[enforce fail at inline_container.cc…] … file write failed``) and safetensors'
+    (``IoError(Os { code: 28 …``) errors do not say so themselves."""
+    import errno
+    import shutil
+
+    text = str(error)
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "code: 28" in text or "file write failed" in text or "No space left" in text
+    )
+    if not full:
+        return None
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return f"{path}: cannot write it: no space left on the device"
+    return f"{path}: cannot write it: no space left on the device ({free / 2**20:.0f} MiB free)"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

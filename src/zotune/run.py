@@ -95,6 +95,12 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.task, key)
         if value is not None and value < 1:
             raise ConfigError(f"task.{key}: must be at least 1, got {value}")
+    for key in ("max_length", "max_new_tokens"):
+        value = getattr(config.task, key)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"task.{key}: must be at least 1, got {value} (leave it unset for the default)"
+            )
     if config.task.demos < 0 or config.task.demos > config.task.num_train:
         raise ConfigError(
             f"task.demos: {config.task.demos} demonstrations are drawn from the training split "
@@ -115,6 +121,26 @@ def check_config(config: RunConfig) -> None:
     )
     if problem:
         raise ConfigError(problem)
+
+
+# A batch may hold each training example at most this many times over: beyond it a run
+# spends its steps on copies (``--batch-size 100000`` on 16 examples).
+MAX_BATCH_REPEATS = 4
+
+
+def check_batch_size(batch_size: int, examples: int, log: Callable[[str], None]) -> None:
+    """A batch larger than the training split repeats examples within it: said once, and
+    refused when each example would appear more than :data:`MAX_BATCH_REPEATS` times."""
+    if batch_size <= examples:
+        return
+    what = (f"train.batch_size {batch_size} is larger than the training split ({examples} "
+            "examples)")
+    if batch_size > MAX_BATCH_REPEATS * examples:
+        raise ConfigError(
+            f"{what}: each batch would hold every example about {batch_size // examples} "
+            "times; lower it or train on more (task.num_train)"
+        )
+    log(f"warning: {what}: each batch repeats some examples")
 
 
 # Tuning keys that only one scheme reads.
@@ -370,6 +396,8 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     log = log_line if group is None or group.is_main else no_log
     device_name = str(group.device(config.model.device)) if group else config.model.device
     splits = load_task_splits(config, log)  # before the model: bad data fails in seconds
+    if for_training and config.train.steps:
+        check_batch_size(config.train.batch_size, len(splits.train), log)
     tuned = build_model(config, device_name)
     log(
         f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "

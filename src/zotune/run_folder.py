@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, load_config
-from .files import FolderLock, atomic_write
+from .files import FolderLock, atomic_write, remove_stale_temporaries
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -52,7 +52,9 @@ def trajectory_changes(saved: RunConfig, wanted: RunConfig) -> list[tuple[str, A
     depends on."""
     before, after = saved.to_dict(), wanted.to_dict()
     changes = []
-    for section in sorted(set(before) | set(after)):
+    # In the config's order (model, task, tuning, optimizer, train): a setting that implies
+    # others (tuning.scheme sets ε's default) is named before what it implies.
+    for section in dict.fromkeys([*before, *after]):
         keys = set(before.get(section, {})) | set(after.get(section, {}))
         for key in sorted(keys):
             dotted = f"{section}.{key}"
@@ -81,7 +83,16 @@ class RunFolder:
         if train.resume:
             if not (self.path / CONFIG_FILE).is_file():
                 raise ConfigError(f"--resume: {self.path} holds no run to resume")
+            from .checkpoints import LAST_FILE, checkpoint_step  # torch: only when resuming
+
             saved = load_config(self.path / CONFIG_FILE)
+            at = checkpoint_step(self.path / LAST_FILE)
+            if at is not None and train.steps < at:
+                raise ConfigError(
+                    f"--resume: the run in {self.path} is at step {at}, past train.steps="
+                    f"{train.steps}; a resumed run only goes on (start a new run for fewer "
+                    "steps)"
+                )
             changes = trajectory_changes(saved, config)
             if changes:
                 key, old, new = changes[0]
@@ -104,6 +115,7 @@ class RunFolder:
         """Clear a replaced run's files and record this run's config (main process)."""
         import yaml
 
+        remove_stale_temporaries(self.path, RUN_FILES)
         if config.train.overwrite:
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)

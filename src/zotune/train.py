@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import LAST_FILE, Checkpoints
+from .checkpoints import LAST_FILE, Checkpoints, data_digest
 from .config import ConfigError, RunConfig
 from .distributed import (
     broadcast_parameters,
@@ -228,7 +228,8 @@ def train(run: Run) -> RunResult:
     out = Path(cfg_train.output_dir) if cfg_train.output_dir else None
     # Only the main process writes files; every process reads them back on --resume.
     writes = out if run.is_main else None
-    checkpoints = Checkpoints(run.model, out, writes=run.is_main)
+    checkpoints = Checkpoints(run.model, out, writes=run.is_main, data=data_digest(
+        (run.splits.train, run.splits.val, run.splits.test)))
     folder = RunFolder(out) if writes is not None else None
     start_step, before, earlier_seconds = 0, None, 0.0
     resumed = checkpoints.resume(optimizer, scheduler, run.device) if cfg_train.resume else None
@@ -269,6 +270,7 @@ def train(run: Run) -> RunResult:
         closure = run.step_closure(examples)
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
+        sums = _weight_sums(run) if step == start_step else None
         try:
             loss = _step(run, closure, step)
         except NonFiniteLossError as error:
@@ -279,12 +281,16 @@ def train(run: Run) -> RunResult:
                 metrics.write(record)
                 raise NonFiniteLossError(
                     f"{consecutive_bad} non-finite losses in a row at step {step + 1}: the run "
-                    f"diverged (lower optimizer.lr, currently {config.optimizer.lr})"
+                    f"diverged ({_non_finite_advice(run)})"
                 ) from error
             scheduler.step()
         else:
             consecutive_bad = 0
             step_times.append(time.perf_counter() - tick)
+            if sums is not None and _unchanged(sums, _weight_sums(run)):
+                log(f"warning: step {step + 1} changed no trainable weight: the update is "
+                    f"below the resolution of the {config.model.dtype} weights "
+                    f"({_update_settings(config)}); raise them, or train in float32")
             scheduler.step()
             record.update(
                 loss=float(loss),
@@ -367,8 +373,8 @@ def train(run: Run) -> RunResult:
     if steps_run and skipped > MAX_SKIPPED_FRACTION * steps_run:
         raise NonFiniteLossError(
             f"{skipped} of {steps_run} steps were skipped for non-finite losses (more than "
-            f"{MAX_SKIPPED_FRACTION:.0%}): the run did not train as configured (lower "
-            f"optimizer.lr, currently {config.optimizer.lr:g})"
+            f"{MAX_SKIPPED_FRACTION:.0%}): the run did not train as configured "
+            f"({_non_finite_advice(run)})"
         )
     return result
 
@@ -426,6 +432,48 @@ def _check_weights_finite(run: Run, step: int, checkpoints, metrics, record) -> 
         f"(best validation {checkpoints.best_val:.1%} at step {checkpoints.best_step}); lower "
         f"optimizer.lr, currently {run.config.optimizer.lr:g}"
     )
+
+
+# A perturbation scale at or above this moves the probes θ ± εz beyond any weight's scale
+# (ZO-Bench sweeps 1e-4..1e-1): their losses overflow whatever the learning rate.
+LARGE_EPS = 1.0
+
+
+def _non_finite_advice(run: Run) -> str:
+    """What to lower after non-finite losses: ε when it is so large that the probes alone
+    overflow (fp16 with ε = 1e4), else the learning rate."""
+    config = run.config
+    eps = config.optimizer.eps
+    if not run.first_order and eps is not None and eps >= LARGE_EPS:
+        return (
+            f"lower optimizer.eps, currently {eps:g}: the probes θ ± εz move the weights far "
+            f"beyond their scale, so their losses overflow whatever the learning rate"
+        )
+    return f"lower optimizer.lr, currently {config.optimizer.lr:g}"
+
+
+def _weight_sums(run: Run) -> list[tuple[float, float]]:
+    """Per trainable tensor, the float64 sum of its values and one ulp of its largest value:
+    a read of the weights, no copy (a 13B model has no room for one)."""
+    with torch.no_grad():
+        return [
+            (float(p.sum(dtype=torch.float64)),
+             float(p.abs().max()) * torch.finfo(p.dtype).eps if p.numel() else 0.0)
+            for _, p in named_resident_parameters(run.model)
+            if p.requires_grad and p.is_floating_point()
+        ]
+
+
+def _unchanged(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> bool:
+    """Whether a step moved no tensor's sum by one ulp of its largest value: what is left of
+    the update (a few subnormal values at most) is no training."""
+    return all(abs(a - b) < ulp for (b, ulp), (a, _) in zip(before, after, strict=True))
+
+
+def _update_settings(config: RunConfig) -> str:
+    eps = config.optimizer.eps
+    lr = f"optimizer.lr={config.optimizer.lr:g}"
+    return lr if eps is None else f"{lr}, optimizer.eps={eps:g}"
 
 
 def _median(values: list[float]) -> float:

@@ -53,6 +53,18 @@ from .suite import Cell, RunSpec, Suite
 from .worker import STDERR_FILE, read_outcome, write_job
 
 LOCK_FILE = ".runner.lock"
+# How a worker process starts: ``python -m`` would put the working folder first on sys.path,
+# so a ``yaml.py`` or ``torch.py`` lying there would run in every worker. This drops the
+# entry ``-c`` puts there (what ``-P`` does from Python 3.11; zotune runs on 3.10) and
+# keeps the rest of the path, PYTHONPATH included.
+WORKER_COMMAND = (
+    sys.executable,
+    "-c",
+    "import sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "from zotune.bench.worker import main\n"
+    "sys.exit(main(sys.argv[1:]))",
+)
 # Seconds a worker gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 10.0
 
@@ -312,7 +324,7 @@ class Runner:
             # A new session: Ctrl-C reaches the runner alone, which then stops the workers,
             # so an interrupted run is left pending rather than recorded as failed.
             process = subprocess.Popen(
-                [sys.executable, "-m", "zotune.bench.worker", str(job)],
+                [*WORKER_COMMAND, str(job)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

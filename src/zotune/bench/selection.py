@@ -29,6 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..learned import constant_prediction
 from .intervals import bootstrap_interval, wilson_interval
 from .store import RunRecord
 from .suite import Cell, hparams_label
@@ -127,7 +128,9 @@ class Candidate:
         """Every finished run gave every test example the same candidate (runs that recorded
         their predictions; older records say nothing, so this is False for them)."""
         predictions = [r.metrics.get("test_predictions") for r in self.done]
-        return bool(predictions) and all(p and len(set(p)) == 1 for p in predictions)
+        return bool(predictions) and all(
+            p and constant_prediction(p) is not None for p in predictions
+        )
 
     @property
     def learning_rate(self) -> float:

@@ -58,6 +58,10 @@ RECORD_FILES = (RECORD_FILE, CURVE_FILE)
 OUTCOME_METRICS = ("test_accuracy", "best_val_accuracy", "best_step")
 PLANS_DIR = "suites"
 UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]")
+# A run id names its folder under runs/ (12 hex digits; an older zotune's were words as
+# plain): one from a file or a database that is anything else, a separator or ".." among
+# others, is never made into a path.
+SAFE_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What git carries of a results folder: the record files, the report, nothing else of a run.
 GITIGNORE_HEADER = "# Written by zotune"
 GITIGNORE = f"""\
@@ -297,7 +301,9 @@ class ResultsStore:
         files: dict[str, dict[str, Any]] = {}
         for path in _record_paths(self.results_dir):
             payload = _read_json(path, RECORD_KEYS)
-            if payload is not None and payload["id"] == path.parent.name:
+            if payload is not None and not _safe_id(payload["id"]):
+                _warn(f"{path}: {payload['id']!r} is not a run id; ignored")
+            elif payload is not None and payload["id"] == path.parent.name:
                 files[payload["id"]] = payload
             elif payload is not None:
                 _warn(f"{path}: holds the record of run {payload['id']!r}; ignored")
@@ -363,7 +369,7 @@ class ResultsStore:
             self._log_attempt(db, record)
             attempts = _attempts(db, record.id)
         self._write_record_file(record, attempts)
-        _record_curve(self.results_dir / RUNS_DIR / record.id)
+        _record_curve(self.run_dir(record.id))
 
     def amend_metrics(self, run_id: str, extra: dict[str, Any]) -> None:
         """Add ``extra`` to a finished run's metrics, keeping its attempts and timings: for
@@ -441,8 +447,15 @@ class ResultsStore:
             "attempts": attempts,
             "config": record.config,
         }
-        path = self.results_dir / RUNS_DIR / record.id / RECORD_FILE
+        path = self.run_dir(record.id) / RECORD_FILE
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of run ``run_id`` in this store; an id that is no run id is refused
+        (it could name a folder elsewhere: ``../../x``)."""
+        if not _safe_id(run_id):
+            raise ValueError(f"{self.results_dir}: {run_id!r} is not a run id")
+        return self.results_dir / RUNS_DIR / run_id
 
     def save_plan(self, plan: SuitePlan, now: float) -> None:
         """Remember ``plan``; an unchanged plan keeps its file as it is (no diff for git)."""
@@ -470,7 +483,13 @@ class ResultsStore:
         query, args = "SELECT * FROM runs", ()
         if suite is not None:
             query, args = query + " WHERE suite = ?", (suite,)
-        return [_record(row) for row in self._db.execute(query + " ORDER BY rowid", args)]
+        records = []
+        for row in self._db.execute(query + " ORDER BY rowid", args).fetchall():
+            if _safe_id(row["id"]):
+                records.append(_record(row))
+            else:
+                _warn(f"{self.path}: {row['id']!r} is not a run id; its row is ignored")
+        return records
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
         return _attempts(self._db, run_id, with_id=True)
@@ -576,6 +595,10 @@ def _final_metrics(curve: str) -> dict[str, Any] | None:
         return None  # the line a killed run was writing
     final = last.get("final") if isinstance(last, dict) else None
     return final if isinstance(final, dict) else None
+
+
+def _safe_id(run_id: Any) -> bool:
+    return isinstance(run_id, str) and SAFE_RUN_ID.fullmatch(run_id) is not None
 
 
 def _record_paths(results_dir: Path) -> Iterator[Path]:

@@ -69,6 +69,8 @@ import functools
 import hashlib
 import itertools
 import json
+import os
+import re
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -93,6 +95,12 @@ GRID_AXES = {
     "optimizer": "optimizer.name",
 }
 DEFAULT_SELECTOR = "default"
+# A suite's name names its store (results/<name>): a plain name, never a path.
+SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+# Config keys a run writes to: in a suite file (data, perhaps someone else's) a relative path
+# without "..", which the worker resolves inside the run's folder in the store; a path given
+# on the command line (the user's own) is taken as it stands, from the working folder.
+WRITTEN_PATH_KEYS = ("train.save_model",)
 # Config keys that say where a run writes or reads, or how it reports progress, not what it
 # computes: they are left out of the run id and set by the runner.
 PLACEMENT_KEYS = (
@@ -344,6 +352,11 @@ def expand_suite(
             f"{source}: unknown suite key {unknown[0]!r} (keys: {', '.join(SUITE_KEYS)})"
         )
     name = _string(data.get("name", default_name), "name")
+    if not SUITE_NAME.fullmatch(name):
+        raise SuiteError(
+            f"{source}: name {name!r} is not a plain name (letters, digits, '_', '.', '+', '-'; "
+            f"not starting with '.'): it names the store, results/<name>"
+        )
     description = _string(data.get("description", ""), "description")
     base = _mapping(data.get("base"), "base")
     _validated(base, "base")
@@ -431,7 +444,10 @@ def _resolve(
     for key, value in hparams.items():
         set_dotted(data, key, value)
     set_dotted(data, "train.seed", seed)
+    _check_written_paths(data, cell)
     for key, value in command_overrides:
+        if key in WRITTEN_PATH_KEYS and isinstance(value, str):
+            value = os.path.abspath(os.path.expanduser(value))
         set_dotted(data, key, value)
     try:
         config = build_config(data).with_run_defaults()
@@ -457,6 +473,22 @@ def _resolve(
         for key, value in hparams.items()
     }
     return RunSpec(run_id(resolved), resolved_cell, typed, seed, resolved)
+
+
+def _check_written_paths(data: dict[str, Any], cell: Cell) -> None:
+    """Refuse a path a suite file gives a run to write to that could leave the run folder."""
+    for key in WRITTEN_PATH_KEYS:
+        section, name = key.split(".")
+        value = (data.get(section) or {}).get(name)
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        if path.is_absolute() or value.startswith("~") or ".." in path.parts:
+            raise SuiteError(
+                f"{cell.label()}: {key} {value!r}: a suite's paths stay inside the run's "
+                f"folder in the store (a relative path without '..'); give a path outside it "
+                f"on the command line ({key}=...)"
+            )
 
 
 def _string(value: Any, key: str) -> str:

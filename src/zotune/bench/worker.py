@@ -117,6 +117,11 @@ def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         output_dir=str(run_dir), resume=job["resume"], overwrite=not job["resume"],
         progress=False,
     )
+    # A suite's relative export path lands in the run's folder (the suite checked it has no
+    # ".."); one from the command line arrives absolute.
+    save_model = data["train"].get("save_model")
+    if save_model and not Path(save_model).is_absolute():
+        data["train"]["save_model"] = str(run_dir / save_model)
     config = build_config(data)
     started = time.time()
     result = finetune(config)

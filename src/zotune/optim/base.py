@@ -51,6 +51,7 @@ DirectionsFactory = Callable[[DirectionSampler, list[IndexedParam], int], Direct
 
 SEED_STREAM_KEY = "zotune_seed_stream"
 DIRECTIONS_KEY = "zotune_directions"
+IDENTITY_KEY = "zotune_optimizer"  # what made a state dict (RuleOptimizer.identity)
 
 
 def _as_params(params: Params) -> Any:
@@ -182,16 +183,62 @@ class RuleOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state[SEED_STREAM_KEY] = {"seed": self.seed, "steps_taken": self.steps_taken}
+        state[IDENTITY_KEY] = self.identity()
         return state
 
+    def identity(self) -> dict[str, Any]:
+        """What a state dict must have been made by to load into this optimizer: its class,
+        rule, estimator and ε (plain values, so a checkpoint holding them loads with
+        ``weights_only=True``)."""
+        estimator = getattr(self, "estimator", None)
+        return {
+            "class": type(self).__name__,
+            "rule": repr(self.rule),
+            "estimator": type(estimator).__name__,
+            "eps": getattr(estimator, "eps", None),
+        }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, refusing a state another optimizer (or this one with
+        another ε) made, naming what differs: torch would take its param groups as they are
+        and fail later (``KeyError: 'betas'``) or silently train on with them."""
         state_dict = dict(state_dict)
         stream = state_dict.pop(SEED_STREAM_KEY, None)
+        self._check_identity(state_dict.pop(IDENTITY_KEY, None), state_dict)
         super().load_state_dict(state_dict)
         self._reload_wide_state(state_dict)
         if stream is not None:
             self.seed = int(stream["seed"])
             self.steps_taken = int(stream["steps_taken"])
+
+    def _check_identity(self, saved: Any, state_dict: dict[str, Any]) -> None:
+        ours = self.identity()
+        if isinstance(saved, dict):
+            for key, value in ours.items():
+                if saved.get(key) != value:
+                    raise ValueError(
+                        f"{type(self).__name__}.load_state_dict: the state is of an optimizer "
+                        f"whose {key} is {saved.get(key)!r}, not {value!r}: it belongs to "
+                        "another optimizer or other settings"
+                    )
+            return
+        # A state from before the identity was saved (zotune 0.2): its groups must hold
+        # every hyperparameter ours do, and its tensors the rule's state.
+        for group in state_dict.get("param_groups", []):
+            lacking = [key for key in self.defaults if key not in group]
+            if lacking:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: the state lacks "
+                    f"{', '.join(map(repr, lacking))}: it belongs to another optimizer"
+                )
+        for saved_state in state_dict.get("state", {}).values():
+            foreign = [k for k in saved_state if k != "step" and k not in self.rule.state_names]
+            if foreign:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: the state holds "
+                    f"{foreign[0]!r}, which {self.rule!r} does not keep: it belongs to "
+                    "another optimizer"
+                )
 
     def _reload_wide_state(self, state_dict: dict[str, Any]) -> None:
         """Take the rule state of fp16/bf16 parameters from ``state_dict`` again, as copies

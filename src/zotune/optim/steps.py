@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..enhance.blocks import partition
+from ..enhance.blocks import BLOCK_MODES, partition
 from ..enhance.hybrid import split_hybrid
 from ..estimators import mix_seed
 from ..estimators.base import as_loss, check_finite, evaluate, shift
@@ -284,6 +284,10 @@ def make_step(
                 raise ValueError(f"{first} and {second} steps cannot be combined: {reason}")
     if block_level is not None:
         return BlockwiseStep(block_level, block_mode)
+    if block_mode != BLOCK_MODES[0]:
+        raise ValueError(
+            f"block_mode={block_mode!r} applies to block-wise steps: set block_level too"
+        )
     if fo_lr is not None and hybrid_layers is None:
         raise ValueError("fo_lr is the learning rate of a hybrid step's FO part: set hybrid_layers")
     if hybrid_layers is not None:

@@ -35,8 +35,8 @@ _SST2_TEXT_COLUMNS = ("sentence", "text")
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
-    """One JSON object per non-blank line."""
-    with path.open(encoding="utf-8") as lines:
+    """One JSON object per non-blank line (a byte-order mark before the first is skipped)."""
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in _numbered(path, lines):
             if not line.strip():
                 continue

@@ -72,6 +72,23 @@ class TaskFileError(TaskDataError):
     """A task file, or a data file it names, is wrong; the message names file and key/line."""
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key repeated in one mapping (PyYAML keeps the
+    last: ``labels: {neg: 0, pos: 1, neg: 1}`` would silently make every label 1)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def is_task_file(name: str) -> bool:
     return str(name).endswith(TASK_FILE_SUFFIXES)
 
@@ -93,13 +110,15 @@ class TaskFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=UniqueKeyLoader)
         except (OSError, UnicodeDecodeError) as err:
             raise TaskFileError(f"{path}: cannot read it ({err})") from None
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" at line {where.line + 1}" if where is not None else ""
-            raise TaskFileError(f"{path}: not valid YAML{line}") from None
+            problem = getattr(err, "problem", None)
+            reason = f" ({problem})" if problem else ""
+            raise TaskFileError(f"{path}: not valid YAML{line}{reason}") from None
         if not isinstance(data, dict):
             raise TaskFileError(f"{path}: expected a mapping of keys (name, data, template, ...)")
         self.data = data
@@ -137,6 +156,15 @@ class TaskFile:
             candidates = [answer_template]
         elif not candidates or not all(isinstance(c, str) and c for c in candidates):
             raise self.fail("candidates", "expected a list of non-empty strings")
+        elif len(candidates) < 2:
+            raise self.fail("candidates", "needs at least two (one candidate is always chosen)")
+        else:
+            repeated = [c for i, c in enumerate(candidates) if c in candidates[:i]]
+            if repeated:
+                raise self.fail(
+                    "candidates",
+                    f"{repeated[0]!r} appears twice (the model cannot tell them apart)",
+                )
         fields = self.fields("template", template)
         for candidate in candidates:
             fields += [f for f in self.fields("candidates", candidate) if f not in fields]
@@ -239,6 +267,11 @@ class TaskFile:
             if data.get(key) is None:
                 continue
             path = (self.path.parent / str(data[key])).resolve()
+            if not path.is_relative_to(self.path.parent):
+                raise self.fail(
+                    f"data.{key}", f"{data[key]!r} is outside the task file's folder "
+                    f"{self.path.parent} (a task file reads data beside it)"
+                )
             if not path.is_file():
                 raise self.fail(f"data.{key}", f"cannot read {path}: no such file")
             paths[key] = path
@@ -314,7 +347,9 @@ def check_filled(fields: tuple[str, ...], raw: Row) -> list[Row]:
 def read_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, Row]]:
     """CSV / TSV with a header line naming the fields; one row per record."""
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark, which would otherwise
+        # be part of the first column's name.
+        handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as err:
         raise TaskDataError(f"{path}: cannot read it ({err.strerror})") from None
     with handle:
