@@ -34,9 +34,11 @@ from typing import Any
 
 from .. import rules
 from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shape
+from . import hessian  # noqa: F401  (registers HiZOO's step strategy)
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
+    HESSIAN_SMOOTH,
     BETAS,
     DAMPENING,
     LOZO_BETA,
@@ -169,6 +171,23 @@ class ForwardGrad(RegisteredZerothOrder):
     the tangents are model-sized while the forward runs. Models must support forward-mode AD
     in every op: Hugging Face models need ``attn_implementation="eager"`` (the entry's
     ``attention``; ``zotune train`` and the profiler switch to it).
+    """
+
+
+class HiZOO(RegisteredZerothOrder):
+    """HiZOO (Zhao et al., ICLR 2025): ZO-SGD along Hessian-scaled directions.
+
+    With H a diagonal Hessian estimate (1 at the start), ℓ₀ = f(θ), ℓ± = f(θ ± ε z/√H) and
+    α = ``hessian_smooth``::
+
+        H ← (1 − α) H + α |ℓ₊ + ℓ₋ − 2ℓ₀| / (2ε²) · H ⊙ z²
+        θ ← θ − η ((ℓ₊ − ℓ₋)/(2ε) · z/√H + λθ)
+
+    Three forward passes per step and H as one parameter-sized state tensor (fp32 for
+    fp16/bf16 weights); one query (``q`` and ``probe`` are not offered). See
+    :mod:`zotune.optim.hessian` for the pass structure and docs/results/fidelity.md for
+    where zotune departs from the authors' code (no fourth forward pass after the update,
+    weight decay on matrices only).
     """
 
 
@@ -359,4 +378,9 @@ _publish(OptimizerEntry(
     directions=_subzero_directions,
     factor_values=_subzero_values,
     scheme_defaults=lambda scheme: {"subzero_square": scheme in ("lora", "prefix", "prompt")},
+))
+_publish(OptimizerEntry(
+    key="hizoo", summary="HiZOO (Hessian-informed ZO-SGD)", estimator="rge", cls=HiZOO,
+    rule=lambda o: rules.sgd(), options=(HESSIAN_SMOOTH, WEIGHT_DECAY), step="hessian",
+    unsupported=("q", "probe"),
 ))

@@ -178,6 +178,15 @@ ADAM_EPS = Option(
 )
 
 
+HESSIAN_SMOOTH = Option(
+    "hessian_smooth", 1e-8,
+    "HiZOO's Hessian smoothing α: H ← (1 − α) H + α · (the step's curvature estimate) "
+    "(the authors' README runs constant1e-8; their HiZOO.sh default constant0 leaves H = 1, "
+    "i.e. MeZO)",
+    check=lambda v: _is_number(v) and 0 <= v <= 1, problem="in [0, 1]", hyperparameter=True,
+)
+
+
 MAX_GRAD_NORM = Option(
     "max_grad_norm", None,
     "clip the gradient's global L2 norm to this before the update (HF Trainer's "
