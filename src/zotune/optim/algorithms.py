@@ -39,6 +39,8 @@ from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
     HESSIAN_SMOOTH,
+    SPARSE_MEZO_MODE,
+    SPARSE_MEZO_SPARSITY,
     BETAS,
     DAMPENING,
     LOZO_BETA,
@@ -188,6 +190,22 @@ class HiZOO(RegisteredZerothOrder):
     :mod:`zotune.optim.hessian` for the pass structure and docs/results/fidelity.md for
     where zotune departs from the authors' code (no fourth forward pass after the update,
     weight decay on matrices only).
+    """
+
+
+class SparseMeZO(RegisteredZerothOrder):
+    """Sparse-MeZO (Liu et al., 2024): ZO-SGD that perturbs and updates only small weights.
+
+    With m_t = [|θ_t| ≤ h_i] recomputed from the current weights at every step and h_i
+    fixed at the start (the (1 − s)-quantile of |θ| of tensor i, s = ``sparsity``)::
+
+        ĝ_t = [(f(θ_t + ε m_t⊙z) − f(θ_t − ε m_t⊙z)) / (2ε)] · m_t⊙z
+        θ_{t+1} = θ_t − η (ĝ_t + λ θ_t)
+
+    The authors published no code: this follows the paper's algorithm (see
+    :mod:`zotune.enhance.sparse` and docs/results/fidelity.md). It is ZO-SGD with the
+    shared sparsity options defaulting to Sparse-MeZO's mask; the step's mask is held
+    bit-packed (1 bit per trainable value).
     """
 
 
@@ -383,4 +401,9 @@ _publish(OptimizerEntry(
     key="hizoo", summary="HiZOO (Hessian-informed ZO-SGD)", estimator="rge", cls=HiZOO,
     rule=lambda o: rules.sgd(), options=(HESSIAN_SMOOTH, WEIGHT_DECAY), step="hessian",
     unsupported=("q", "probe"),
+))
+_publish(OptimizerEntry(
+    key="sparse-mezo", summary="Sparse-MeZO (ZO-SGD on the small weights)", estimator="rge",
+    cls=SparseMeZO, rule=lambda o: rules.sgd(),
+    options=(SPARSE_MEZO_SPARSITY, SPARSE_MEZO_MODE, WEIGHT_DECAY),
 ))

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from ..enhance.sparse import MaskedDirectionSampler, tensor_sparsities
+from ..enhance.sparse import (
+    THRESHOLD_MODES,
+    MaskedDirectionSampler,
+    ThresholdMaskedSampler,
+    magnitude_thresholds,
+    tensor_sparsities,
+)
 from ..estimators import (
     BackpropEstimator,
     DirectionalEstimate,
@@ -295,11 +301,16 @@ class ZerothOrderOptimizer(RuleOptimizer):
         self.strategy_state = dict(step.state_init)
         self.stochastic_rounding = stochastic_rounding
         if directions is not None:
-            if sparsity:
-                raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
+                    raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
             trainable = [e for e, _ in self.trainable()]
             estimator.sampler = directions(estimator.sampler, trainable, seed)
-        if sparsity:
+        if sparsity and sparsity_mode in THRESHOLD_MODES:
+            trainable = [e for e, _ in self.trainable()]
+            thresholds = magnitude_thresholds(trainable, sparsity, sparsity_mode)
+            estimator.sampler = ThresholdMaskedSampler(
+                estimator.sampler, trainable, thresholds, mask_every
+            )
+        elif sparsity:
             trainable = [e for e, _ in self.trainable()]
             sparsities = tensor_sparsities(trainable, sparsity, sparsity_mode)
             estimator.sampler = MaskedDirectionSampler(

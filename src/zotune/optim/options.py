@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..enhance.blocks import BLOCK_LEVELS, BLOCK_MODES
-from ..enhance.sparse import SPARSITY_MODES
+from ..enhance.sparse import SPARSITY_MODES, THRESHOLD_MODES
 from ..estimators.directions import DEFAULT_TABLE_NUMEL, DISTRIBUTIONS
 from ..estimators.rge import PROBES
 
@@ -184,6 +184,20 @@ HESSIAN_SMOOTH = Option(
     "(the authors' README runs constant1e-8; their HiZOO.sh default constant0 leaves H = 1, "
     "i.e. MeZO)",
     check=lambda v: _is_number(v) and 0 <= v <= 1, problem="in [0, 1]", hyperparameter=True,
+)
+
+
+# Sparse-MeZO redeclares two shared options with its own defaults (no public code of the
+# authors: the fraction is the paper's, the mode its rule; docs/results/fidelity.md).
+SPARSE_MEZO_SPARSITY = Option(
+    "sparsity", 0.8,
+    "fraction of each tensor's weights, the largest |θ|, that Sparse-MeZO leaves unperturbed",
+    check=in_unit(), problem="in [0, 1)", modelled=False,
+)
+SPARSE_MEZO_MODE = Option(
+    "sparsity_mode", "small-magnitude",
+    "Sparse-MeZO's threshold on |θ|: per tensor, or one over all trainable tensors",
+    kind=str, choices=THRESHOLD_MODES, modelled=False,
 )
 
 
