@@ -34,10 +34,14 @@ from typing import Any
 
 from .. import rules
 from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shape
-from . import hessian  # noqa: F401  (registers HiZOO's step strategy)
+from . import hessian, svrg  # noqa: F401  (register HiZOO's and MeZO-SVRG's steps)
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
+    ANCHOR_BATCH_SIZE,
+    ANCHOR_EVERY,
+    ANCHOR_LR,
+    CONTROL_AT,
     HESSIAN_SMOOTH,
     SPARSE_MEZO_MODE,
     SPARSE_MEZO_SPARSITY,
@@ -206,6 +210,23 @@ class SparseMeZO(RegisteredZerothOrder):
     :mod:`zotune.enhance.sparse` and docs/results/fidelity.md). It is ZO-SGD with the
     shared sparsity options defaulting to Sparse-MeZO's mask; the step's mask is held
     bit-packed (1 bit per trainable value).
+    """
+
+
+class MeZOSVRG(RegisteredZerothOrder):
+    """MeZO-SVRG (Gautam et al., ICML 2024): ZO-SGD with SVRG control variates.
+
+    Every ``anchor_every`` (P) steps an anchor step estimates g on a large batch A
+    (``anchor_batch_size`` examples, supplied by the training loop) and moves by η₁ =
+    ``anchor_lr``; the steps between move by η₂ = ``lr`` along the control-variate estimate
+    on the loop's batch B, with fresh directions z₁, z₂::
+
+        θ_{t+1} = θ_t − η₂ (ĝ_B(θ_t; z₁) − ĝ_B(θ_c; z₂) + g)
+
+    θ_c is the anchor θ̄ (the paper, ``control_at="anchor"``, one parameter-sized state
+    tensor) or, as in the authors' code (the default), the current weights after the first
+    estimate's move. Forward passes per period: 2 on A, 4 per control step on B. See
+    :mod:`zotune.optim.svrg`.
     """
 
 
@@ -406,4 +427,9 @@ _publish(OptimizerEntry(
     key="sparse-mezo", summary="Sparse-MeZO (ZO-SGD on the small weights)", estimator="rge",
     cls=SparseMeZO, rule=lambda o: rules.sgd(),
     options=(SPARSE_MEZO_SPARSITY, SPARSE_MEZO_MODE, WEIGHT_DECAY),
+))
+_publish(OptimizerEntry(
+    key="mezo-svrg", summary="MeZO-SVRG (variance-reduced ZO-SGD)", estimator="rge",
+    cls=MeZOSVRG, rule=lambda o: rules.sgd(), step="svrg",
+    options=(ANCHOR_LR, ANCHOR_EVERY, ANCHOR_BATCH_SIZE, CONTROL_AT),
 ))

@@ -56,6 +56,7 @@ DirectionsFactory = Callable[[DirectionSampler, list[IndexedParam], int], Direct
 
 SEED_STREAM_KEY = "zotune_seed_stream"
 DIRECTIONS_KEY = "zotune_directions"
+STRATEGY_KEY = "zotune_step_strategy"
 
 
 def _as_params(params: Params) -> Any:
@@ -301,7 +302,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
         self.strategy_state = dict(step.state_init)
         self.stochastic_rounding = stochastic_rounding
         if directions is not None:
-                    raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
+            if sparsity:
+                raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
             trainable = [e for e, _ in self.trainable()]
             estimator.sampler = directions(estimator.sampler, trainable, seed)
         if sparsity and sparsity_mode in THRESHOLD_MODES:
@@ -328,14 +330,20 @@ class ZerothOrderOptimizer(RuleOptimizer):
         directions = self.estimator.sampler.state_dict()
         if directions:
             state[DIRECTIONS_KEY] = directions
+        strategy = self.step_strategy.state_dict()
+        if strategy:
+            state[STRATEGY_KEY] = strategy
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         directions = state_dict.pop(DIRECTIONS_KEY, None)
+        strategy = state_dict.pop(STRATEGY_KEY, None)
         super().load_state_dict(state_dict)
         if directions is not None:
             self.estimator.sampler.load_state_dict(directions)
+        if strategy is not None:
+            self.step_strategy.load_state_dict(strategy)
 
     def examples_wanted(self, batch_size: int, available: int) -> int | None:
         """How many training examples the next step's closure should cover, where the step

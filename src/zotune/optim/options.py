@@ -201,6 +201,32 @@ SPARSE_MEZO_MODE = Option(
 )
 
 
+# MeZO-SVRG (amazon-science/mezo_svrg finetune_llm.py's defaults: --q 2, --lr 2e-3, and its
+# full batch is the training sample, --samplesize 512 in finetune_llm.sh).
+ANCHOR_EVERY = Option(
+    "anchor_every", 2,
+    "MeZO-SVRG: an anchor step on a large batch every N steps, control-variate steps between "
+    "(the authors' --q)",
+    kind=int, check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+)
+ANCHOR_LR = Option(
+    "anchor_lr", 2e-3, "MeZO-SVRG: learning rate η₁ of the anchor steps (lr is η₂, the "
+    "control-variate steps')", check=finite_at_least(0), problem="a finite number >= 0",
+    hyperparameter=True,
+)
+ANCHOR_BATCH_SIZE = Option(
+    "anchor_batch_size", 512,
+    "MeZO-SVRG: examples in an anchor step's batch (at most the training split: the authors' "
+    "full batch)", kind=int, check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+)
+CONTROL_AT = Option(
+    "control_at", "current",
+    "MeZO-SVRG: where the control variate's estimate is taken: current weights (the authors' "
+    "code) or the stored anchor weights (the paper; one more parameter-sized tensor)",
+    kind=str, choices=("current", "anchor"),
+)
+
+
 MAX_GRAD_NORM = Option(
     "max_grad_norm", None,
     "clip the gradient's global L2 norm to this before the update (HF Trainer's "

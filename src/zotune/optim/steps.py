@@ -80,6 +80,13 @@ class StepStrategy:
         of ``batch_size`` (``available`` examples are in the training split)."""
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy keeps besides parameter-sized state (saved with the optimizer)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave."""
+
     def step(self, optimizer, closure) -> torch.Tensor:
         raise NotImplementedError
 
