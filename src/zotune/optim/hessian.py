@@ -40,6 +40,7 @@ class HessianStep(StepStrategy):
 
     name = "hessian"
     state_init = {HESSIAN: 1.0}
+    draws_chunks = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         del options  # α is a hyperparameter: read from the param groups at every step

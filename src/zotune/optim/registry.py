@@ -167,8 +167,10 @@ class OptimizerEntry:
         return self.factor_values(tuple(shape), values)
 
     def is_linear(self, **options: Any) -> bool:
-        """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path)."""
-        return self._rule_for(options).is_linear
+        """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path) and
+        the step draws no z chunk into scratch of its own (HiZOO's does)."""
+        strategy = strategy_for(self.step, self._defaults(options))
+        return self._rule_for(options).is_linear and not strategy.draws_chunks
 
     def _rule_for(self, options: Mapping[str, Any]) -> Rule:
         values = {o.name: options.get(o.name, o.default) for o in self.options}

@@ -64,6 +64,7 @@ class StepStrategy:
     name = "plain"
     offload_refusal: str | None = None  # why offloaded (meta) weights cannot be trained
     state_init: dict[str, float] = {}
+    draws_chunks = False  # draws z chunks into scratch buffers (the memory model counts them)
 
     def param_groups(self, params: Any) -> Any:
         return params

@@ -56,6 +56,7 @@ class MeZOSVRGStep(StepStrategy):
         self.anchor_batch_size = options["anchor_batch_size"]
         self.control_at = options["control_at"]
         self.state_init = {ANCHOR: 0.0} if self.control_at == "anchor" else {}
+        self.draws_chunks = self.control_at == "anchor"  # the swap's scratch chunk
         self.anchor_terms: tuple[tuple[int, float], ...] = ()
         self.batch_size: int | None = None
         self.available: int | None = None
