@@ -4,13 +4,14 @@
 finetune_llm.py runs it (``training_step_MeZO_SVRG``, lines 382–434): every q-th step
 ``central_difference_grad_est`` (lines 448–481) on the full batch, kept as
 full_grad = projected_grad · z, then θ ← θ − η₁ full_grad; between, two calls of
-``central_difference_grad_est_me`` (lines 483–509), each with its own numpy seed, the first
-moving θ by −η₂ ĝ, the second, on ``self.parameters`` (line 417: a copy of the list of the
-same tensors), by +η₂ ĝ at the moved weights, then θ ← θ − η₂ full_grad. Each estimate draws
+``central_difference_grad_est_me`` (lines 483–509), each with its own numpy seed, the
+first moving θ by −η₂ ĝ (line 422), the second, on ``self.parameters`` (line 415: a copy of
+the list of the same tensors; line 423), by +η₂ ĝ at the moved weights, then
+θ ← θ − η₂ full_grad. Each estimate draws
 z by a global ``torch.manual_seed`` and one ``torch.normal`` per tensor (MeZO's stream,
 tests/test_golden_mezo.py, handed to zotune). The lr annealing of lines 393–403 (a loss
-plateau rule that needs a fourth, logging forward pass) is not part of zotune's step and is
-off here (it only acts after 2 · (total batches) steps).
+plateau rule read from a logging forward pass, line 433) is not part of zotune's step; it
+acts only after 4 · (batches per epoch) steps, so it is off in the reference too.
 
 ``control_at="anchor"`` is the paper's algorithm (Gautam et al., ICML 2024, Algorithm 1):
 θ̄ stored at the anchor step, θ_{t+1} = θ_t − η₂ (ĝ_B(θ_t) − ĝ_B(θ̄) + g).
@@ -21,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_golden_mezo import NUMPY_SEED, MeZOStream, lm_loss, tiny_opt
 
+from test_golden_mezo import NUMPY_SEED, MeZOStream, lm_loss, tiny_opt
 from zotune.optim import create_optimizer
 
 STEPS, PERIOD, BATCH, ANCHOR = 12, 3, 4, 16

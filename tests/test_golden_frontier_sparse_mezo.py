@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_golden_mezo import NUMPY_SEED, MeZOStream, batches, lm_loss, tiny_opt
 
+from test_golden_mezo import NUMPY_SEED, MeZOStream, batches, lm_loss, tiny_opt
 from zotune.enhance.sparse import ThresholdMaskedSampler
 from zotune.estimators import DirectionSampler, IndexedParam
 from zotune.optim import create_optimizer

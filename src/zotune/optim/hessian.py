@@ -23,6 +23,7 @@ rounded unless that is switched off.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ class HessianStep(StepStrategy):
     """One HiZOO step (module docstring): ℓ₀, ℓ₊, ℓ₋, then H and θ in one pass."""
 
     name = "hessian"
-    state_init = {HESSIAN: 1.0}
+    state_init = MappingProxyType({HESSIAN: 1.0})
     draws_chunks = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:

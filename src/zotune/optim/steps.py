@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ class StepStrategy:
 
     name = "plain"
     offload_refusal: str | None = None  # why offloaded (meta) weights cannot be trained
-    state_init: dict[str, float] = {}
+    state_init: Mapping[str, float] = MappingProxyType({})
     draws_chunks = False  # draws z chunks into scratch buffers (the memory model counts them)
 
     def param_groups(self, params: Any) -> Any:

@@ -14,8 +14,8 @@ Models*, ICML 2024). With ĝ_B(θ; s) the two-point estimate on batch B along z(
   - ``control_at="current"`` (the authors' code, models/llm_module.py
     ``training_step_MeZO_SVRG``, lines 382–434): the estimates are taken one after the other
     at the moving weights, θ' = θ_t − η₂ ĝ_B(θ_t; s₁), then
-    θ_{t+1} = θ' + η₂ ĝ_B(θ'; s₂) − η₂ g. Its "anchor parameters" (line 417,
-    ``self.parameters = parameters.copy()``) are a copy of the list of tensors, so line 427's
+    θ_{t+1} = θ' + η₂ ĝ_B(θ'; s₂) − η₂ g. Its "anchor parameters" (line 415,
+    ``self.parameters = parameters.copy()``) are a copy of the list of tensors, so line 423's
     second estimate runs on the current weights: nothing parameter-sized is kept;
   - ``control_at="anchor"`` (the paper's algorithm)::
 
@@ -25,7 +25,7 @@ Models*, ICML 2024). With ĝ_B(θ; s) the two-point estimate on batch B along z(
     weights) and swapped in for the second estimate.
 
 g is a seed and a scalar (ĝ = c·z(s)), regenerated when needed, so the anchor estimate costs
-no memory here, where the authors' code keeps it as a parameter-sized dict (line 356).
+no memory here, where the authors' code keeps it as a parameter-sized dict (line 414).
 Forward passes: two on the anchor batch per anchor step, four on the loop's batch per control
 step; counted in passes over the loop's batch, amortised over the period
 (:meth:`MeZOSVRGStep.forward_passes`).
