@@ -176,6 +176,11 @@ class OptimizerEntry:
         values = {o.name: options.get(o.name, o.default) for o in self.options}
         return self.rule(values)
 
+    def strategy(self, **options: Any):
+        """The step strategy the entry's ``step`` names, built from ``options`` (defaults
+        filled in), before enhancements."""
+        return strategy_for(self.step, self._defaults(options))
+
     def _defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
         return {n: options.get(n, o.default) for n, o in self.accepted().items()}
 

@@ -66,6 +66,7 @@ class StepStrategy:
     offload_refusal: str | None = None  # why offloaded (meta) weights cannot be trained
     state_init: Mapping[str, float] = MappingProxyType({})
     draws_chunks = False  # draws z chunks into scratch buffers (the memory model counts them)
+    asks_for_batches = False  # examples_wanted may ask the loop for another batch
 
     def param_groups(self, params: Any) -> Any:
         return params

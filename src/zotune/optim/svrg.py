@@ -50,6 +50,7 @@ class MeZOSVRGStep(StepStrategy):
     """One MeZO-SVRG step (module docstring); the anchor estimate is kept as (seed, c)."""
 
     name = "svrg"
+    asks_for_batches = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.period = options["anchor_every"]
