@@ -11,7 +11,13 @@ plain           ĝ from all trainable tensors, θ ← θ − η rule(ĝ)        
 block-wise      one estimate per block b, each from mix_seed(seed_t, b)      2q × blocks
 hybrid          backprop for the deep layers, RGE for the shallow ones       2q + 1
 conservative    the best of f(θ), f(θ − ηĝ), f(θ + ηĝ)                      2q + 3
+hessian         HiZOO: probes along z/√H, H and θ updated in one pass        2q + 1
+svrg            MeZO-SVRG: anchor estimate every P steps, control variates   amortised
 =============== ============================================================ ==============
+
+(hessian and svrg are registered by :mod:`zotune.optim.hessian` and :mod:`zotune.optim.svrg`
+through :func:`register_strategy`; svrg's count is (2·A/B + 4(P − 1))/P passes over the
+loop's batch of B examples for an anchor batch of A.)
 
 (2q is the two-point RGE's count; one-sided RGE takes q + 1 and Forward-Grad q.) Which
 strategies combine is stated once, in :data:`CONFLICTS`.
