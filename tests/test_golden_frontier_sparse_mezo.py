@@ -107,3 +107,18 @@ def test_the_mask_follows_the_weights_and_keeps_one_bit_per_value():
     before = x.detach().clone()
     optimizer.step(lambda: (x**2).sum().detach())
     assert x[0].item() == before[0].item() and not torch.equal(x[1:3], before[1:3])
+
+
+def test_the_per_step_threshold_keeps_zero_initialised_tensors_moving():
+    """h = 0 from an all-zero start freezes a tensor after one step (the paper's fixed
+    thresholds); ``small-magnitude-step`` perturbs half of it at every step."""
+    moving = []
+    for mode in ("small-magnitude", "small-magnitude-step"):
+        x = torch.zeros(8, dtype=torch.float64, requires_grad=True)
+        optimizer = create_optimizer("sparse-mezo", [x], lr=1e-2, sparsity=0.5,
+                                     sparsity_mode=mode)
+        optimizer.step(lambda x=x: ((x - 1) ** 2).sum().detach())
+        before = x.detach().clone()
+        optimizer.step(lambda x=x: ((x - 1) ** 2).sum().detach())
+        moving.append(int(x.detach().ne(before).sum()))
+    assert moving == [0, 4]

@@ -57,7 +57,10 @@ m = [|θ_t| ≤ h_i], recomputed from the current weights at the start of every 
 (every ``mask_every`` steps). h_i is fixed when the optimizer is built, from the weights
 it is given: the (1 − s)-quantile of |θ| of tensor i (``small-magnitude``), or of all
 trainable tensors together (``small-magnitude-global``), so that a fraction 1 − s is
-perturbed at first. The mask is a function of θ_t, which the probes displace, so it cannot
+perturbed at first. A tensor that starts tied (LoRA's B = 0, zero biases) then has h = 0 and
+stops moving once its first update leaves zero; ``small-magnitude-step`` (not the paper's)
+recomputes each tensor's threshold with its mask, so that a fraction 1 − s of every tensor
+is perturbed at every step. The mask is a function of θ_t, which the probes displace, so it cannot
 be recomputed in the later passes of the step; it is held for the step bit-packed, one bit
 per trainable value (:class:`ThresholdMaskedSampler`).
 """
@@ -79,9 +82,9 @@ from ..estimators.directions import (
 
 SPARSITY_MODES = (
     "uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm",
-    "small-magnitude", "small-magnitude-global",
+    "small-magnitude", "small-magnitude-global", "small-magnitude-step",
 )
-THRESHOLD_MODES = ("small-magnitude", "small-magnitude-global")
+THRESHOLD_MODES = ("small-magnitude", "small-magnitude-global", "small-magnitude-step")
 _RESEARCH_SUFFIX = "-zo-llm"
 
 _QUANTILE_SAMPLE = 1 << 22
@@ -160,6 +163,11 @@ def magnitude_thresholds(
         shared = magnitude_quantile(params, 1 - sparsity)
         return {item.index: shared for item in params}
     return {item.index: magnitude_quantile([item], 1 - sparsity) for item in params}
+
+
+def recomputed_each_period(mode: str) -> bool:
+    """Whether a threshold mode recomputes h_i with the mask (``small-magnitude-step``)."""
+    return mode == "small-magnitude-step"
 
 
 class MaskedDirectionSampler(DirectionSampler):
@@ -297,11 +305,13 @@ class ThresholdMaskedSampler(MaskedDirectionSampler):
         params: Sequence[IndexedParam],
         thresholds: dict[int, float],
         mask_every: int = 1,
+        sparsity: float | None = None,
     ) -> None:
         sparsities = {index: 0.5 for index in thresholds}  # marks every tensor as masked
         super().__init__(base, sparsities, 0, mask_every)
         self.params = {item.index: item.param for item in params}
         self.thresholds = thresholds
+        self.sparsity = sparsity  # set: h_i recomputed with each mask (small-magnitude-step)
         self.period = -1
         self.packed: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -312,6 +322,9 @@ class ThresholdMaskedSampler(MaskedDirectionSampler):
             return
         self.period = period
         for index, param in self.params.items():
+            if self.sparsity is not None:
+                item = IndexedParam(index, param)
+                self.thresholds[index] = magnitude_quantile([item], 1 - self.sparsity)
             for chunk, view in self.views(param):
                 small = view.abs() <= self.thresholds[index]
                 self.packed[(index, chunk)] = pack_bits(small)

@@ -25,6 +25,7 @@ from ..enhance.sparse import (
     MaskedDirectionSampler,
     ThresholdMaskedSampler,
     magnitude_thresholds,
+    recomputed_each_period,
     tensor_sparsities,
 )
 from ..estimators import (
@@ -310,7 +311,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
             trainable = [e for e, _ in self.trainable()]
             thresholds = magnitude_thresholds(trainable, sparsity, sparsity_mode)
             estimator.sampler = ThresholdMaskedSampler(
-                estimator.sampler, trainable, thresholds, mask_every
+                estimator.sampler, trainable, thresholds, mask_every,
+                sparsity if recomputed_each_period(sparsity_mode) else None,
             )
         elif sparsity:
             trainable = [e for e, _ in self.trainable()]

@@ -196,7 +196,8 @@ SPARSE_MEZO_SPARSITY = Option(
 )
 SPARSE_MEZO_MODE = Option(
     "sparsity_mode", "small-magnitude",
-    "Sparse-MeZO's threshold on |θ|: per tensor, or one over all trainable tensors",
+    "Sparse-MeZO's threshold on |θ|: per tensor or over all trainable tensors, fixed at the "
+    "start (the paper), or per tensor recomputed with each mask (step)",
     kind=str, choices=THRESHOLD_MODES, modelled=False,
 )
 
