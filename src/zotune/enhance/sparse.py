@@ -253,7 +253,7 @@ class MaskedDirectionSampler(DirectionSampler):
                 view.add_(self.draw(view, seed, item.index, chunk), alpha=alpha)
 
     def _add_table_masked(self, item: IndexedParam, seed: int, alpha: float) -> None:
-        """θ += α (m ⊙ z) straight from the table: one addcmul per piece, z never copied."""
+        """θ += α (m ⊙ z) from the table: m ⊙ z into a scratch chunk, then one add."""
         param = item.param
         segments = iter(self._segments(seed, item))
         for chunk, view in self.views(param):
@@ -262,7 +262,10 @@ class MaskedDirectionSampler(DirectionSampler):
             while done < view.numel():  # a chunk is one table slice, or two where it wraps
                 negative, piece, values = next(segments)
                 span = slice(done, done + piece.numel())
-                piece.addcmul_(values, mask[span], value=-alpha if negative else alpha)
+                # m⊙z first, then one add: fp16/bf16 addcmul_ does not round like add_, and
+                # the probes' legs must land back on θ (estimators.base.rounds_coarsely).
+                masked = torch.mul(values, mask[span], out=self.scratch(piece, slot=3))
+                piece.add_(masked, alpha=-alpha if negative else alpha)
                 done += piece.numel()
 
     def _fill(self, out: torch.Tensor, seed: int, index: int, chunk: int) -> None:

@@ -118,11 +118,16 @@ class HessianStep(StepStrategy):
 
 
 def _scaled_direction(sampler, view, hessian, start, seed, index, chunk) -> torch.Tensor:
-    """z/√H for one chunk, in the Hessian's dtype (scratch slot 1)."""
+    """z/√H for one chunk, in the weights' dtype (scratch slots 1 and 2)."""
     h = hessian[start : start + view.numel()].view(view.shape)
     z = sampler.draw(view, seed, index, chunk)
     scaled = sampler.scratch(view, slot=1, dtype=h.dtype)
-    return torch.sqrt(h, out=scaled).reciprocal_().mul_(z)
+    torch.sqrt(h, out=scaled).reciprocal_().mul_(z)
+    if scaled.dtype == view.dtype:
+        return scaled
+    # Legs of fp16/bf16 weights move by an amount in their own dtype: an add_ of a wider
+    # tensor does not round like one of the same dtype, and the legs must land back on θ.
+    return sampler.scratch(view, slot=2).copy_(scaled)
 
 
 register_strategy(HessianStep.name, HessianStep)
