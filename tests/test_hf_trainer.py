@@ -108,6 +108,7 @@ def test_a_first_order_registry_optimizer_trains_too(tmp_path):
         ("zo-sgd", {"lr": 1e-3}, "the learning rate is TrainingArguments.learning_rate"),
         ("zo-sgd", {"betas": (0.9, 0.99)}, "zo_options\\['betas'\\] does not apply to zo-sgd"),
         ("sgd", {}, "sgd"),
+        ("mezo-svrg", {}, "mezo-svrg asks the training loop for batches of its own"),
     ],
 )
 def test_bad_optimizer_choices_are_refused(tmp_path, optimizer, options, message):

@@ -32,9 +32,13 @@ def test_state_per_optimizer():
         "lozo": 0,  # their state is low-rank factors: factor_state_bytes
         "lozo-m": 0,
         "subzero": 0,
+        "hizoo": 1000,  # the Hessian estimate
+        "mezo-svrg": 0,  # the anchor estimate is a seed and a scalar
+        "sparse-mezo": 0,
     }
     assert optimizer_state_bytes("fo-sgd", trainable, {"momentum": 0.9}) == 1000
     assert optimizer_state_bytes("subzero", trainable, {"momentum": 0.9}) == 1000
+    assert optimizer_state_bytes("mezo-svrg", trainable, {"control_at": "anchor"}) == 1000
     with pytest.raises(ValueError, match="'sgd'"):
         optimizer_state_bytes("sgd", trainable)
 

@@ -40,6 +40,10 @@ INFOS = [
     OptimizerInfo("lozo", 0.02, 0.02, {"lozo_interval": 5}),
     OptimizerInfo("lozo-m", 0.02, 0.02, {"lozo_interval": 5}),
     OptimizerInfo("subzero", 0.02, 0.05, {"subzero_rank": 2, "subzero_interval": 5}),
+    OptimizerInfo("hizoo", 0.02, 0.05, {"hessian_smooth": 1e-6}),
+    OptimizerInfo("mezo-svrg", 0.02, 0.05, {"anchor_lr": 0.02}),
+    OptimizerInfo("sparse-mezo", 0.02, 0.05,
+                  {"sparsity": 0.05, "sparsity_mode": "small-magnitude-step"}),
 ]
 IDS = [info.name for info in INFOS]
 

@@ -48,7 +48,14 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
             continue
         takers = [k for k, e in REGISTRY.items() if name in e.accepted()]
         where = "every optimizer" if len(takers) == len(REGISTRY) else ", ".join(takers)
+        own = [  # entries that redeclare the option with a default of their own
+            f"{k}: default {e.accepted()[name].describe().rpartition('default ')[2]}"
+            for k, e in REGISTRY.items()
+            if name in e.accepted() and e.accepted()[name].default != option.default
+        ]
         help_ = f"{option.describe()} (config optimizer.{name}; {where})"
+        if own:
+            help_ = f"{option.describe()}; {'; '.join(own)} (config optimizer.{name}; {where})"
         flag = "--" + name.replace("_", "-")
         if option.kind is bool:  # a switch: --nesterov, --no-stochastic-rounding
             flag = f"--no-{flag[2:]}" if option.default else flag

@@ -366,10 +366,12 @@ class Run:
                 ),
             )
 
-    def step_closure(self, examples: list) -> Callable[[], torch.Tensor]:
+    def step_closure(
+        self, examples: list, micro_batch_size: int | None = None
+    ) -> Callable[[], torch.Tensor]:
         """The step's closure on this process's share of ``examples``: the task loss, or
         −metric with ``train.objective``, under autocast when the run computes in half
-        precision."""
+        precision; in micro-batches of ``micro_batch_size`` (default ``train``'s)."""
         train = self.config.train
         closure = closure_for(
             train.objective,
@@ -378,7 +380,7 @@ class Run:
             metric=self.task.metric,
             max_new_tokens=self.max_new_tokens,
             batch_size=train.eval_batch_size,
-            micro_batch_size=train.micro_batch_size,
+            micro_batch_size=micro_batch_size or train.micro_batch_size,
         )
         return under_autocast(closure, self.config.model.autocast, self.device)
 

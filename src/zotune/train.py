@@ -138,6 +138,24 @@ def batch_for_step(examples: Sequence[Example], step: int, batch_size: int, seed
     return batch
 
 
+# Separates the stream of larger batches a step may ask for from the loop's batches.
+_WANTED_SALT = 0x5B7A_A4C4
+
+
+def step_closure(run: Run, step: int):
+    """The closure of step ``step``: on the loop's batch, or on the larger batch the
+    optimizer asks for (MeZO-SVRG's anchor steps, ``examples_wanted``), drawn from its own
+    seeded shuffle of the training split (the whole split when it asks for as many) and
+    evaluated in micro-batches no larger than the loop's batch."""
+    train, cfg = run.splits.train, run.config.train
+    ask = getattr(run.optimizer, "examples_wanted", None)
+    wanted = ask(cfg.batch_size, len(train)) if ask is not None else None
+    if wanted is None:
+        return run.step_closure(batch_for_step(train, step, cfg.batch_size, cfg.seed))
+    examples = batch_for_step(train, step, wanted, mix_seed(cfg.seed, _WANTED_SALT))
+    return run.step_closure(examples, micro_batch_size=cfg.micro_batch_size or cfg.batch_size)
+
+
 class MetricsLog:
     """Metrics as JSON lines, flushed per line (a crash loses at most the line in flight).
 
@@ -266,8 +284,7 @@ def train(run: Run) -> RunResult:
                        default=0.0)
     train_start = time.perf_counter() - earlier_seconds
     for step in progress:
-        examples = batch_for_step(run.splits.train, step, cfg_train.batch_size, cfg_train.seed)
-        closure = run.step_closure(examples)
+        closure = step_closure(run, step)
         record: dict[str, Any] = {"step": step + 1}
         tick = time.perf_counter()
         sums = _weight_sums(run) if step == start_step else None

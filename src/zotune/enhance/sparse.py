@@ -50,6 +50,19 @@ direction sampler's (:mod:`zotune.estimators.directions`):
 
 The default modes mask exactly the fraction asked, s_i, in expectation (tested within
 binomial tolerance), where ZO-LLM masks Φ(r_i); the ``-zo-llm`` modes are its rule.
+
+Sparse-MeZO's masks (Liu et al., 2024, *Sparse MeZO: Less Parameters for Better Performance
+in Zeroth-Order LLM Fine-Tuning*) are not random: they keep the *small* weights,
+m = [|θ_t| ≤ h_i], recomputed from the current weights at the start of every step
+(every ``mask_every`` steps). h_i is fixed when the optimizer is built, from the weights
+it is given: the (1 − s)-quantile of |θ| of tensor i (``small-magnitude``), or of all
+trainable tensors together (``small-magnitude-global``), so that a fraction 1 − s is
+perturbed at first. A tensor that starts tied (LoRA's B = 0, zero biases) then has h = 0 and
+stops moving once its first update leaves zero; ``small-magnitude-step`` (not the paper's)
+recomputes each tensor's threshold with its mask, so that a fraction 1 − s of every tensor
+is perturbed at every step. The mask is a function of θ_t, which the probes displace, so it cannot
+be recomputed in the later passes of the step; it is held for the step bit-packed, one bit
+per trainable value (:class:`ThresholdMaskedSampler`).
 """
 
 from __future__ import annotations
@@ -67,7 +80,11 @@ from ..estimators.directions import (
     noise_table,
 )
 
-SPARSITY_MODES = ("uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm")
+SPARSITY_MODES = (
+    "uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm",
+    "small-magnitude", "small-magnitude-global", "small-magnitude-step",
+)
+THRESHOLD_MODES = ("small-magnitude", "small-magnitude-global", "small-magnitude-step")
 _RESEARCH_SUFFIX = "-zo-llm"
 
 _QUANTILE_SAMPLE = 1 << 22
@@ -92,6 +109,8 @@ def tensor_sparsities(
     """Tensor index → fraction of its entries to mask out (Φ of the ratio in ``*-zo-llm``)."""
     if sparsity == 0:
         return {}
+    if mode in THRESHOLD_MODES:
+        return {item.index: float(sparsity) for item in params}
     ratios = _ratios(params, sparsity, mode.removesuffix(_RESEARCH_SUFFIX))
     if mode.endswith(_RESEARCH_SUFFIX):
         return {index: normal_cdf(ratio) for index, ratio in ratios.items()}
@@ -106,13 +125,7 @@ def normal_cdf(x: float) -> float:
 def _ratios(params: Sequence[IndexedParam], sparsity: float, mode: str) -> dict[int, float]:
     if mode == "uniform":
         return {item.index: float(sparsity) for item in params}
-    total = sum(item.param.numel() for item in params)
-    stride = max(1, total // _QUANTILE_SAMPLE)
-    sample = torch.cat(
-        [item.param.detach().reshape(-1)[::stride].abs().float().cpu() for item in params]
-    )
-    rank = max(1, min(sample.numel(), round(sparsity * sample.numel())))
-    threshold = float(sample.kthvalue(rank).values)
+    threshold = magnitude_quantile(params, sparsity)
     result = {}
     for item in params:
         flat = item.param.detach().reshape(-1)
@@ -122,6 +135,39 @@ def _ratios(params: Sequence[IndexedParam], sparsity: float, mode: str) -> dict[
         )
         result[item.index] = below / max(flat.numel(), 1)
     return result
+
+
+def magnitude_quantile(params: Sequence[IndexedParam], fraction: float) -> float:
+    """The ``fraction``-quantile of |θ| over ``params``: the k-th smallest value, k =
+    round(fraction · n) clamped to [1, n], of an evenly strided sample of at most 2^22
+    values (every value when there are fewer)."""
+    total = sum(item.param.numel() for item in params)
+    stride = max(1, total // _QUANTILE_SAMPLE)
+    # In at least fp32, and in fp64 for fp64 weights, so that |θ| ≤ h compares exactly.
+    sample = torch.cat([
+        item.param.detach().reshape(-1)[::stride].abs().cpu()
+        .to(torch.promote_types(item.param.dtype, torch.float32))
+        for item in params
+    ])
+    rank = max(1, min(sample.numel(), round(fraction * sample.numel())))
+    return float(sample.kthvalue(rank).values)
+
+
+@torch.no_grad()
+def magnitude_thresholds(
+    params: Sequence[IndexedParam], sparsity: float, mode: str
+) -> dict[int, float]:
+    """Sparse-MeZO's thresholds h_i: the (1 − s)-quantile of |θ| per tensor
+    (``small-magnitude``) or over all of them (``small-magnitude-global``)."""
+    if mode == "small-magnitude-global":
+        shared = magnitude_quantile(params, 1 - sparsity)
+        return {item.index: shared for item in params}
+    return {item.index: magnitude_quantile([item], 1 - sparsity) for item in params}
+
+
+def recomputed_each_period(mode: str) -> bool:
+    """Whether a threshold mode recomputes h_i with the mask (``small-magnitude-step``)."""
+    return mode == "small-magnitude-step"
 
 
 class MaskedDirectionSampler(DirectionSampler):
@@ -207,7 +253,7 @@ class MaskedDirectionSampler(DirectionSampler):
                 view.add_(self.draw(view, seed, item.index, chunk), alpha=alpha)
 
     def _add_table_masked(self, item: IndexedParam, seed: int, alpha: float) -> None:
-        """θ += α (m ⊙ z) straight from the table: one addcmul per piece, z never copied."""
+        """θ += α (m ⊙ z) from the table: m ⊙ z into a scratch chunk, then one add."""
         param = item.param
         segments = iter(self._segments(seed, item))
         for chunk, view in self.views(param):
@@ -216,7 +262,10 @@ class MaskedDirectionSampler(DirectionSampler):
             while done < view.numel():  # a chunk is one table slice, or two where it wraps
                 negative, piece, values = next(segments)
                 span = slice(done, done + piece.numel())
-                piece.addcmul_(values, mask[span], value=-alpha if negative else alpha)
+                # m⊙z first, then one add: fp16/bf16 addcmul_ does not round like add_, and
+                # the probes' legs must land back on θ (estimators.base.rounds_coarsely).
+                masked = torch.mul(values, mask[span], out=self.scratch(piece, slot=3))
+                piece.add_(masked, alpha=-alpha if negative else alpha)
                 done += piece.numel()
 
     def _fill(self, out: torch.Tensor, seed: int, index: int, chunk: int) -> None:
@@ -224,6 +273,68 @@ class MaskedDirectionSampler(DirectionSampler):
         if index in self.keep:
             mask = self.mask(out.numel(), index, chunk, out.device, out.dtype)
             out.mul_(mask.view(out.shape))
+
+
+_BIT_WEIGHTS = (1 << torch.arange(8)).to(torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as uint8 bytes, eight values per byte (zero-padded at the end)."""
+    flat = mask.reshape(-1)
+    padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8, device=flat.device)
+    padded[: flat.numel()] = flat
+    weights = _BIT_WEIGHTS.to(flat.device)
+    return (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int, out: torch.Tensor) -> torch.Tensor:
+    """The first ``numel`` values packed by :func:`pack_bits`, as 0/1 into ``out``."""
+    weights = _BIT_WEIGHTS.to(packed.device)
+    bits = packed.unsqueeze(1).bitwise_and(weights).ne(0).view(-1)[:numel]
+    out.copy_(bits.view(out.shape))
+    return out
+
+
+class ThresholdMaskedSampler(MaskedDirectionSampler):
+    """Sparse-MeZO's directions m ⊙ z with m = [|θ_t| ≤ h_i] (module docstring).
+
+    :meth:`set_step` recomputes the masks from the current weights when the period
+    ⌊step / mask_every⌋ changes and keeps them bit-packed per chunk until the next one.
+    """
+
+    def __init__(
+        self,
+        base: DirectionSampler,
+        params: Sequence[IndexedParam],
+        thresholds: dict[int, float],
+        mask_every: int = 1,
+        sparsity: float | None = None,
+    ) -> None:
+        sparsities = {index: 0.5 for index in thresholds}  # marks every tensor as masked
+        super().__init__(base, sparsities, 0, mask_every)
+        self.params = {item.index: item.param for item in params}
+        self.thresholds = thresholds
+        self.sparsity = sparsity  # set: h_i recomputed with each mask (small-magnitude-step)
+        self.period = -1
+        self.packed: dict[tuple[int, int], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def set_step(self, step: int) -> None:
+        period = step // self.mask_every
+        if period == self.period:
+            return
+        self.period = period
+        for index, param in self.params.items():
+            if self.sparsity is not None:
+                item = IndexedParam(index, param)
+                self.thresholds[index] = magnitude_quantile([item], 1 - self.sparsity)
+            for chunk, view in self.views(param):
+                small = view.abs() <= self.thresholds[index]
+                self.packed[(index, chunk)] = pack_bits(small)
+
+    def mask(self, numel, index, chunk, device, dtype=torch.float32):
+        kept = _scratch(self._mask_scratch, numel, device, dtype)
+        return unpack_bits(self.packed[(index, chunk)], numel, kept)
 
 
 def _scratch(

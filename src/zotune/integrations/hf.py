@@ -109,6 +109,11 @@ class ZOTrainer(Trainer):
         unknown = [k for k in self.zo_options if k not in self.zo_entry.accepted()]
         if unknown:
             raise ValueError(f"zo_options[{unknown[0]!r}] does not apply to {zo_optimizer}")
+        if self.zo_entry.strategy(**self.zo_options).asks_for_batches:
+            raise ValueError(
+                f"{zo_optimizer} asks the training loop for batches of its own (an anchor "
+                "batch every few steps), which Trainer's loop cannot supply: use zotune train"
+            )
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers and optimizers[0] is not None:
             raise ValueError("ZOTrainer builds its optimizer from zo_optimizer; pass no optimizers")

@@ -34,12 +34,18 @@ from typing import Any
 
 from .. import rules
 from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shape
+from . import hessian, svrg  # noqa: F401  (register HiZOO's and MeZO-SVRG's steps)
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
+    ANCHOR_BATCH_SIZE,
+    ANCHOR_EVERY,
+    ANCHOR_LR,
     BASE,
     BETAS,
+    CONTROL_AT,
     DAMPENING,
+    HESSIAN_SMOOTH,
     LOZO_BETA,
     LOZO_INTERVAL,
     LOZO_RANK,
@@ -47,6 +53,8 @@ from .options import (
     MAX_GRAD_NORM,
     NESTEROV,
     SIGN_OF,
+    SPARSE_MEZO_MODE,
+    SPARSE_MEZO_SPARSITY,
     SUBZERO_INTERVAL,
     SUBZERO_RANK,
     SUBZERO_SQUARE,
@@ -188,6 +196,56 @@ class ForwardGrad(RegisteredZerothOrder):
     the tangents are model-sized while the forward runs. Models must support forward-mode AD
     in every op: Hugging Face models need ``attn_implementation="eager"`` (the entry's
     ``attention``; ``zotune train`` and the profiler switch to it).
+    """
+
+
+class HiZOO(RegisteredZerothOrder):
+    """HiZOO (Zhao et al., ICLR 2025): ZO-SGD along Hessian-scaled directions.
+
+    With H a diagonal Hessian estimate (1 at the start), ℓ₀ = f(θ), ℓ± = f(θ ± ε z/√H) and
+    α = ``hessian_smooth``::
+
+        H ← (1 − α) H + α |ℓ₊ + ℓ₋ − 2ℓ₀| / (2ε²) · H ⊙ z²
+        θ ← θ − η ((ℓ₊ − ℓ₋)/(2ε) · z/√H + λθ)
+
+    Three forward passes per step and H as one parameter-sized state tensor (fp32 for
+    fp16/bf16 weights); one query (``q`` and ``probe`` are not offered). See
+    :mod:`zotune.optim.hessian` for the pass structure and docs/results/fidelity.md for
+    where zotune departs from the authors' code (no fourth forward pass after the update,
+    weight decay on matrices only).
+    """
+
+
+class SparseMeZO(RegisteredZerothOrder):
+    """Sparse-MeZO (Liu et al., 2024): ZO-SGD that perturbs and updates only small weights.
+
+    With m_t = [|θ_t| ≤ h_i] recomputed from the current weights at every step and h_i
+    fixed at the start (the (1 − s)-quantile of |θ| of tensor i, s = ``sparsity``)::
+
+        ĝ_t = [(f(θ_t + ε m_t⊙z) − f(θ_t − ε m_t⊙z)) / (2ε)] · m_t⊙z
+        θ_{t+1} = θ_t − η (ĝ_t + λ θ_t)
+
+    The authors published no code: this follows the paper's algorithm (see
+    :mod:`zotune.enhance.sparse` and docs/results/fidelity.md). It is ZO-SGD with the
+    shared sparsity options defaulting to Sparse-MeZO's mask; the step's mask is held
+    bit-packed (1 bit per trainable value).
+    """
+
+
+class MeZOSVRG(RegisteredZerothOrder):
+    """MeZO-SVRG (Gautam et al., ICML 2024): ZO-SGD with SVRG control variates.
+
+    Every ``anchor_every`` (P) steps an anchor step estimates g on a large batch A
+    (``anchor_batch_size`` examples, supplied by the training loop) and moves by η₁ =
+    ``anchor_lr``; the steps between move by η₂ = ``lr`` along the control-variate estimate
+    on the loop's batch B, with fresh directions z₁, z₂::
+
+        θ_{t+1} = θ_t − η₂ (ĝ_B(θ_t; z₁) − ĝ_B(θ_c; z₂) + g)
+
+    θ_c is the anchor θ̄ (the paper, ``control_at="anchor"``, one parameter-sized state
+    tensor) or, as in the authors' code (the default), the current weights after the first
+    estimate's move. Forward passes per period: 2 on A, 4 per control step on B. See
+    :mod:`zotune.optim.svrg`.
     """
 
 
@@ -391,4 +449,19 @@ _publish(OptimizerEntry(
     directions=_subzero_directions,
     factor_values=_subzero_values,
     scheme_defaults=lambda scheme: {"subzero_square": scheme in ("lora", "prefix", "prompt")},
+))
+_publish(OptimizerEntry(
+    key="hizoo", summary="HiZOO (Hessian-informed ZO-SGD)", estimator="rge", cls=HiZOO,
+    rule=lambda o: rules.sgd(), options=(HESSIAN_SMOOTH, WEIGHT_DECAY), step="hessian",
+    unsupported=("q", "probe"),
+))
+_publish(OptimizerEntry(
+    key="sparse-mezo", summary="Sparse-MeZO (ZO-SGD on the small weights)", estimator="rge",
+    cls=SparseMeZO, rule=lambda o: rules.sgd(),
+    options=(SPARSE_MEZO_SPARSITY, SPARSE_MEZO_MODE, WEIGHT_DECAY),
+))
+_publish(OptimizerEntry(
+    key="mezo-svrg", summary="MeZO-SVRG (variance-reduced ZO-SGD)", estimator="rge",
+    cls=MeZOSVRG, rule=lambda o: rules.sgd(), step="svrg",
+    options=(ANCHOR_LR, ANCHOR_EVERY, ANCHOR_BATCH_SIZE, CONTROL_AT),
 ))

@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from ..enhance.sparse import MaskedDirectionSampler, tensor_sparsities
+from ..enhance.sparse import (
+    THRESHOLD_MODES,
+    MaskedDirectionSampler,
+    ThresholdMaskedSampler,
+    magnitude_thresholds,
+    recomputed_each_period,
+    tensor_sparsities,
+)
 from ..estimators import (
     BackpropEstimator,
     DirectionalEstimate,
@@ -52,6 +59,7 @@ DirectionsFactory = Callable[[DirectionSampler, list[IndexedParam], int], Direct
 SEED_STREAM_KEY = "zotune_seed_stream"
 DIRECTIONS_KEY = "zotune_directions"
 IDENTITY_KEY = "zotune_optimizer"  # what made a state dict (RuleOptimizer.identity)
+STRATEGY_KEY = "zotune_step_strategy"
 
 
 def _as_params(params: Params) -> Any:
@@ -107,6 +115,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule = rule
         self.seed = seed
         self.steps_taken = 0
+        # Parameter-sized tensors a step strategy keeps besides the rule's (name → initial
+        # value), e.g. HiZOO's Hessian estimate; created, saved and reloaded like the rule's.
+        self.strategy_state: dict[str, float] = {}
 
     def trainable(self) -> Entries:
         """Trainable tensors with a stable global index (frozen ones keep their number)."""
@@ -144,8 +155,26 @@ class RuleOptimizer(torch.optim.Optimizer):
                 state[name] = torch.zeros_like(
                     param, dtype=state_dtype(param.dtype), memory_format=torch.preserve_format
                 )
+        for name, initial in self.strategy_state.items():
+            if name not in state:
+                state[name] = torch.full_like(
+                    param, initial, dtype=state_dtype(param.dtype),
+                    memory_format=torch.contiguous_format,
+                )
         state["step"] += 1
         return state
+
+    def state_for(self, param: torch.Tensor) -> dict[str, Any]:
+        """The state of ``param`` for the update being made (its step count advanced)."""
+        return self._state_for(param)
+
+    def apply_rule(
+        self, view: torch.Tensor, g: torch.Tensor, state: dict, ctx_args: tuple, start: int,
+        rounding: tuple[int, int, int] | None = None,
+    ) -> None:
+        """θ_slice ← θ_slice − lr · rule(g_slice) for a step strategy that builds g itself
+        (``ctx_args`` = (ndim, step, group); see :meth:`_apply_rule`)."""
+        self._apply_rule(view, g, state, ctx_args, start, rounding)
 
     def rule_dtype(self, param_dtype: torch.dtype) -> torch.dtype:
         """The dtype the rule computes in for a parameter of ``param_dtype``: its state's
@@ -249,7 +278,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         for saved_id, param in zip(saved_ids, params, strict=True):
             saved = state_dict["state"].get(saved_id, {})
             wide = state_dtype(param.dtype)
-            for name in self.rule.state_names:
+            for name in (*self.rule.state_names, *self.strategy_state):
                 if wide != param.dtype and name in saved:
                     self.state[param][name] = saved[name].to(
                         device=param.device, dtype=wide, copy=True
@@ -319,13 +348,21 @@ class ZerothOrderOptimizer(RuleOptimizer):
         )
         self.estimator = estimator
         self.step_strategy = step
+        self.strategy_state = dict(step.state_init)
         self.stochastic_rounding = stochastic_rounding
         if directions is not None:
             if sparsity:
                 raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")
             trainable = [e for e, _ in self.trainable()]
             estimator.sampler = directions(estimator.sampler, trainable, seed)
-        if sparsity:
+        if sparsity and sparsity_mode in THRESHOLD_MODES:
+            trainable = [e for e, _ in self.trainable()]
+            thresholds = magnitude_thresholds(trainable, sparsity, sparsity_mode)
+            estimator.sampler = ThresholdMaskedSampler(
+                estimator.sampler, trainable, thresholds, mask_every,
+                sparsity if recomputed_each_period(sparsity_mode) else None,
+            )
+        elif sparsity:
             trainable = [e for e, _ in self.trainable()]
             sparsities = tensor_sparsities(trainable, sparsity, sparsity_mode)
             estimator.sampler = MaskedDirectionSampler(
@@ -333,8 +370,9 @@ class ZerothOrderOptimizer(RuleOptimizer):
             )
 
     @property
-    def forward_passes_per_step(self) -> int:
-        """Forward passes of one step, as the step strategy makes it."""
+    def forward_passes_per_step(self) -> float:
+        """Forward passes of one step, as the step strategy makes it (amortised over the
+        strategy's period, in passes over the loop's batch, where it has one)."""
         return self.step_strategy.forward_passes(self)
 
     def state_dict(self) -> dict[str, Any]:
@@ -342,14 +380,26 @@ class ZerothOrderOptimizer(RuleOptimizer):
         directions = self.estimator.sampler.state_dict()
         if directions:
             state[DIRECTIONS_KEY] = directions
+        strategy = self.step_strategy.state_dict()
+        if strategy:
+            state[STRATEGY_KEY] = strategy
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         directions = state_dict.pop(DIRECTIONS_KEY, None)
+        strategy = state_dict.pop(STRATEGY_KEY, None)
         super().load_state_dict(state_dict)
         if directions is not None:
             self.estimator.sampler.load_state_dict(directions)
+        if strategy is not None:
+            self.step_strategy.load_state_dict(strategy)
+
+    def examples_wanted(self, batch_size: int, available: int) -> int | None:
+        """How many training examples the next step's closure should cover, where the step
+        needs another batch than the loop's ``batch_size`` (MeZO-SVRG's anchor steps)."""
+        return self.step_strategy.examples_wanted(self, batch_size, available)
+
     def step_seed(self) -> int:
         """The seed of the step being made, as the direction sampler derives it (a hash of
         the run's seed and the step; MeZO's numpy draw for ``distribution="mezo"``)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..enhance.blocks import BLOCK_LEVELS, BLOCK_MODES
-from ..enhance.sparse import SPARSITY_MODES
+from ..enhance.sparse import SPARSITY_MODES, THRESHOLD_MODES
 from ..estimators.directions import DEFAULT_TABLE_NUMEL, DISTRIBUTIONS
 from ..estimators.mezo_stream import NUMPY_SEED_LIMIT
 from ..estimators.rge import PROBES
@@ -176,6 +176,56 @@ BETAS = Option(
 ADAM_EPS = Option(
     "adam_eps", 1e-8, "Adam's δ in the denominator", check=finite_at_least(0),
     problem="a finite number >= 0", hyperparameter=True, label="adam_eps value",
+)
+
+
+HESSIAN_SMOOTH = Option(
+    "hessian_smooth", 1e-8,
+    "HiZOO's Hessian smoothing α: H ← (1 − α) H + α · (the step's curvature estimate) "
+    "(the authors' README runs constant1e-8; their HiZOO.sh default constant0 leaves H = 1, "
+    "i.e. MeZO)",
+    check=lambda v: _is_number(v) and 0 <= v <= 1, problem="in [0, 1]", hyperparameter=True,
+)
+
+
+# Sparse-MeZO redeclares two shared options with its own defaults (no public code of the
+# authors: the fraction is the paper's, the mode its rule; docs/results/fidelity.md).
+SPARSE_MEZO_SPARSITY = Option(
+    "sparsity", 0.8,
+    "fraction of each tensor's weights, the largest |θ|, that Sparse-MeZO leaves unperturbed",
+    check=in_unit(), problem="in [0, 1)", modelled=False,
+)
+SPARSE_MEZO_MODE = Option(
+    "sparsity_mode", "small-magnitude",
+    "Sparse-MeZO's threshold on |θ|: per tensor or over all trainable tensors, fixed at the "
+    "start (the paper), or per tensor recomputed with each mask (step)",
+    kind=str, choices=THRESHOLD_MODES, modelled=False,
+)
+
+
+# MeZO-SVRG (amazon-science/mezo_svrg finetune_llm.py's defaults: --q 2, --lr 2e-3, and its
+# full batch is the training sample, --samplesize 512 in finetune_llm.sh).
+ANCHOR_EVERY = Option(
+    "anchor_every", 2,
+    "MeZO-SVRG: an anchor step on a large batch every N steps, control-variate steps between "
+    "(the authors' --q)",
+    kind=int, check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+)
+ANCHOR_LR = Option(
+    "anchor_lr", 2e-3, "MeZO-SVRG: learning rate η₁ of the anchor steps (lr is η₂, the "
+    "control-variate steps')", check=finite_at_least(0), problem="a finite number >= 0",
+    hyperparameter=True,
+)
+ANCHOR_BATCH_SIZE = Option(
+    "anchor_batch_size", 512,
+    "MeZO-SVRG: examples in an anchor step's batch (at most the training split: the authors' "
+    "full batch)", kind=int, check=lambda v: is_int(v) and v >= 1, problem="an int >= 1",
+)
+CONTROL_AT = Option(
+    "control_at", "current",
+    "MeZO-SVRG: where the control variate's estimate is taken: current weights (the authors' "
+    "code) or the stored anchor weights (the paper; one more parameter-sized tensor)",
+    kind=str, choices=("current", "anchor"),
 )
 
 

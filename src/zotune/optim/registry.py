@@ -27,7 +27,7 @@ import torch
 from ..estimators import ForwardGradientEstimator, RandomGradientEstimator
 from ..rules import Rule
 from .options import ZO_OPTIONS, Option, ZOOptions
-from .steps import make_step
+from .steps import make_step, strategy_for
 
 ESTIMATORS = ("rge", "forward-grad", "backprop")
 # The perturbation scale a run uses per tuning scheme (see OptimizerEntry.run_defaults).
@@ -58,7 +58,7 @@ class OptimizerEntry:
     estimator: str
     rule: Callable[[Mapping[str, Any]], Rule]
     options: tuple[Option, ...] = ()
-    step: str = "plain"  # or "conservative"
+    step: str = "plain"  # "conservative", or a strategy registered in optim.steps.STRATEGIES
     unsupported: tuple[str, ...] = ()
     attention: str | None = None  # the attention implementation the model must use
     cls: type | None = None
@@ -100,7 +100,11 @@ class OptimizerEntry:
 
         taken = {LR.name: LR, **{o.name: o for o in self.options}}
         if self.zeroth_order:
-            taken.update({o.name: o for o in ZO_OPTIONS if o.name not in self.unsupported})
+            # An entry may redeclare a shared option with its own default (Sparse-MeZO's
+            # sparsity): its declaration wins.
+            for option in ZO_OPTIONS:
+                if option.name not in self.unsupported:
+                    taken.setdefault(option.name, option)
         return taken
 
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,8 +152,10 @@ class OptimizerEntry:
         return defaults
 
     def state_tensors(self, **options: Any) -> int:
-        """Parameter-sized state tensors per trainable tensor (momentum 1, Adam 2)."""
-        return len(self._rule_for(options).state_names)
+        """Parameter-sized state tensors per trainable tensor (momentum 1, Adam 2): the
+        rule's and those the step strategy keeps (HiZOO's Hessian estimate 1)."""
+        strategy = strategy_for(self.step, self._defaults(options))
+        return len(self._rule_for(options).state_names) + len(strategy.state_init)
 
     def side_state_values(self, shape: tuple[int, ...], **options: Any) -> int:
         """Values of the state the entry's direction sampler keeps for a tensor of ``shape``
@@ -161,22 +167,33 @@ class OptimizerEntry:
         return self.factor_values(tuple(shape), values)
 
     def is_linear(self, **options: Any) -> bool:
-        """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path)."""
-        return self._rule_for(options).is_linear
+        """Whether the update is linear in the estimate (u = g + λθ: the fused ZO path) and
+        the step draws no z chunk into scratch of its own (HiZOO's does)."""
+        strategy = strategy_for(self.step, self._defaults(options))
+        return self._rule_for(options).is_linear and not strategy.draws_chunks
 
     def _rule_for(self, options: Mapping[str, Any]) -> Rule:
         values = {o.name: options.get(o.name, o.default) for o in self.options}
         return self.rule(values)
 
-    def forward_passes(self, **options: Any) -> int:
-        """Forward passes of one plain step of a one-block model (q and probe from options)."""
+    def strategy(self, **options: Any):
+        """The step strategy the entry's ``step`` names, built from ``options`` (defaults
+        filled in), before enhancements."""
+        return strategy_for(self.step, self._defaults(options))
+
+    def _defaults(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: options.get(n, o.default) for n, o in self.accepted().items()}
+
+    def forward_passes(self, **options: Any) -> float:
+        """Forward passes of one step of a one-block model (q and probe from options),
+        amortised over a period where the step has one (MeZO-SVRG's anchor)."""
         if self.first_order:
             return 1
         q = options.get("q", 1)
         if self.estimator == "forward-grad":
             return q
         passes = 2 * q if options.get("probe", "two-point") == "two-point" else q + 1
-        return passes + (3 if self.step == "conservative" else 0)
+        return strategy_for(self.step, self._defaults(options)).planned_forward_passes(passes)
 
     def build(self, params: Any, **options: Any) -> torch.optim.Optimizer:
         """The optimizer: its public class if it has one, else the assembled parts."""
@@ -199,7 +216,7 @@ class OptimizerEntry:
         zo = ZOOptions(**{name: values[name] for name in _zo_names() if name in values})
         try:
             step = make_step(
-                self.step, zo.block_level, zo.block_mode, zo.hybrid_layers, zo.fo_lr
+                self.step, zo.block_level, zo.block_mode, zo.hybrid_layers, zo.fo_lr, values
             )
         except ValueError as error:
             raise ValueError(f"{self.key}: {error}") from None

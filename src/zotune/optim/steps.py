@@ -11,7 +11,13 @@ plain           ĝ from all trainable tensors, θ ← θ − η rule(ĝ)        
 block-wise      one estimate per block b, each from mix_seed(seed_t, b)      2q × blocks
 hybrid          backprop for the deep layers, RGE for the shallow ones       2q + 1
 conservative    the best of f(θ), f(θ − ηĝ), f(θ + ηĝ)                      2q + 3
+hessian         HiZOO: probes along z/√H, H and θ updated in one pass        2q + 1
+svrg            MeZO-SVRG: anchor estimate every P steps, control variates   amortised
 =============== ============================================================ ==============
+
+(hessian and svrg are registered by :mod:`zotune.optim.hessian` and :mod:`zotune.optim.svrg`
+through :func:`register_strategy`; svrg's count is (2·A/B + 4(P − 1))/P passes over the
+loop's batch of B examples for an anchor batch of A.)
 
 (2q is the two-point RGE's count; one-sided RGE takes q + 1 and Forward-Grad q.) Which
 strategies combine is stated once, in :data:`CONFLICTS`.
@@ -20,6 +26,8 @@ strategies combine is stated once, in :data:`CONFLICTS`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -51,16 +59,42 @@ def _needs_module(params: Any, option: str) -> torch.nn.Module:
 
 
 class StepStrategy:
-    """How one step is made. ``param_groups`` may regroup the parameters (blocks, parts)."""
+    """How one step is made. ``param_groups`` may regroup the parameters (blocks, parts).
+
+    A strategy that keeps parameter-sized tensors of its own across steps declares them in
+    ``state_init`` (name → initial value): the optimizer creates them beside the rule's state
+    (``optimizer.state[param][name]``, fp32 for fp16/bf16 weights), saves and reloads them,
+    and the memory model counts them. A strategy whose step needs another batch than the
+    loop's says so in :meth:`examples_wanted`.
+    """
 
     name = "plain"
     offload_refusal: str | None = None  # why offloaded (meta) weights cannot be trained
+    state_init: Mapping[str, float] = MappingProxyType({})
+    draws_chunks = False  # draws z chunks into scratch buffers (the memory model counts them)
+    asks_for_batches = False  # examples_wanted may ask the loop for another batch
 
     def param_groups(self, params: Any) -> Any:
         return params
 
-    def forward_passes(self, optimizer) -> int:
+    def forward_passes(self, optimizer) -> float:
         return optimizer.estimator.forward_passes
+
+    def planned_forward_passes(self, estimator_passes: int) -> float:
+        """Forward passes per step (amortised over a period), from the estimator's count."""
+        return estimator_passes
+
+    def examples_wanted(self, optimizer, batch_size: int, available: int) -> int | None:
+        """How many examples the next step's closure should cover; None: the loop's batch
+        of ``batch_size`` (``available`` examples are in the training split)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy keeps besides parameter-sized state (saved with the optimizer)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave."""
 
     def step(self, optimizer, closure) -> torch.Tensor:
         raise NotImplementedError
@@ -90,6 +124,9 @@ class ConservativeStep(StepStrategy):
 
     def forward_passes(self, optimizer) -> int:
         return optimizer.estimator.forward_passes + 3
+
+    def planned_forward_passes(self, estimator_passes: int) -> int:
+        return estimator_passes + 3
 
     def step(self, optimizer, closure) -> torch.Tensor:
         if optimizer.rule.state_names:
@@ -263,15 +300,44 @@ def _drop_gradients(entries) -> None:
         item.param.grad = None
 
 
+# Steps of their own that methods register (name → factory from the entry's validated
+# options): HiZOO's Hessian-scaled step, MeZO-SVRG's anchored step. Each is a whole-model step,
+# so block-wise and hybrid steps refuse it.
+STRATEGIES: dict[str, Any] = {}
+
+
+def register_strategy(name: str, factory) -> None:
+    """Make ``factory(options) -> StepStrategy`` the step an entry names with ``step=name``."""
+    if name in STRATEGIES or name in ("plain", "conservative"):
+        raise ValueError(f"step strategy {name!r} is already registered")
+    STRATEGIES[name] = factory
+    for other in ("block-wise", "hybrid"):
+        CONFLICTS[frozenset({name, other})] = "its step moves the whole model at once"
+
+
+def strategy_for(base: str, options: Mapping[str, Any]) -> StepStrategy:
+    """The strategy an entry's ``step`` names, before enhancements."""
+    if base == "plain":
+        return PlainStep()
+    if base == "conservative":
+        return ConservativeStep()
+    try:
+        return STRATEGIES[base](options)
+    except KeyError:
+        raise ValueError(f"unknown step strategy {base!r}") from None
+
+
 def make_step(
     base: str,
     block_level: str | None,
     block_mode: str,
     hybrid_layers: int | float | None,
     fo_lr: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> StepStrategy:
-    """The strategy for an optimizer whose own step is ``base`` ("plain" or "conservative")
-    with the enhancement options set; a combination in :data:`CONFLICTS` is refused."""
+    """The strategy for an optimizer whose own step is ``base`` ("plain", "conservative" or a
+    registered one) with the enhancement options set; a combination in :data:`CONFLICTS` is
+    refused."""
     wanted = [base] if base != "plain" else []
     if block_level is not None:
         wanted.append("block-wise")
@@ -292,4 +358,4 @@ def make_step(
         raise ValueError("fo_lr is the learning rate of a hybrid step's FO part: set hybrid_layers")
     if hybrid_layers is not None:
         return HybridStep(hybrid_layers, fo_lr)
-    return ConservativeStep() if base == "conservative" else PlainStep()
+    return strategy_for(base, options or {})
