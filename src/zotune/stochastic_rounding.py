@@ -12,7 +12,12 @@ every ten steps on average instead of never.
 
 The update is computed chunk by chunk in fp32 (the chunks of the direction sampler, 2**20
 values by default), so the extra memory is two chunk-sized buffers, never a parameter-sized
-fp32 copy.
+fp32 copy. On bf16 CPU weights (the default of ``make demo`` and the ``cpu`` suite) the
+probes' restore and the rounded update are one fused sweep per chunk instead
+(:mod:`zotune.kernels`: each element is widened, restored, moved in fp32 and rounded with
+its 16-bit integer in registers), with the same directions and the same bits of
+(seed, tensor, chunk) as below; the torch ops remain for fp16, other devices and machines
+without a C compiler.
 
 Random bits. Drawing 2**20 integers with ``torch.Generator`` costs ≈ 2.8 ms on this CPU
 (≈ 0.4 s per pass over 135M weights, as much as a bf16 forward), so the bits come from a
