@@ -363,3 +363,23 @@ def test_step_cost_times_the_other_rows_on_fresh_weights_after_a_failure(monkeyp
     ]
     with pytest.raises(ValueError, match="non-finite loss"):
         run_step_cost(config, isolate=False)
+
+
+def test_step_cost_reports_the_non_forward_part_per_precision():
+    """Each row names its precision and T_step − passes · T_fwd as its own column."""
+    from zotune.profiling.step_cost import merge_step_costs
+
+    results = [
+        run_step_cost(StepCostConfig(**{**TINY, "steps": 1, "dtype": dtype}, seq_len=8,
+                                     schemes=("full",)), isolate=False)
+        for dtype in ("float32", "bfloat16")
+    ]
+    merged = merge_step_costs(results)
+    assert [row.precision for row in merged.rows if row.method == "zo-sgd"] == [
+        "float32", "bfloat16"]
+    for row in merged.rows:
+        assert row.forward_passes == 2
+        assert row.non_forward_seconds == pytest.approx(
+            row.seconds_per_step - 2 * row.forward_seconds)
+    text = step_cost_table(merged)
+    assert "non-forward s" in text and "bfloat16" in text

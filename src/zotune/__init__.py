@@ -16,4 +16,11 @@ def finetune(config: Any = None, **overrides: Any):
     return _finetune(config, **overrides)
 
 
-__all__ = ["__version__", "finetune"]
+def compile_model(model: Any, **options: Any):
+    """Compile a model's forward in place, eager fallback (see :mod:`zotune.compiled`)."""
+    from .compiled import compile_model as _compile_model
+
+    return _compile_model(model, **options)
+
+
+__all__ = ["__version__", "compile_model", "finetune"]

@@ -241,6 +241,10 @@ class TrainConfig:
     parallel: str = key(
         "data", "under torchrun: data (shard the batch) or query (deal the q queries)"
     )
+    compile: bool = key(
+        False, "compile the model's forward with torch.compile (zotune.compile_model): pays "
+        "off after its compile time is won back; eager with one warning without a compiler"
+    )
     objective: str = key(
         "loss", "what a ZO step climbs: loss (the task loss), or the metric itself on the "
         "batch, accuracy or f1 (−metric is the objective; ZO optimizers only)"

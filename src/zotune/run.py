@@ -215,6 +215,10 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_tuning(loaded.model, config.tuning, tokenizer=loaded.tokenizer)
     model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
+    if config.train.compile:
+        from .compiled import compile_model
+
+        compile_model(model)
     trainable, total = count_parameters(model)
     return TunedModel(model, loaded, trainable, total)
 

@@ -85,7 +85,7 @@ def mix_seed(*parts: int) -> int:
     return state >> 1
 
 
-def _chunk_hashes(seed: int, index: int, count: int) -> list[int]:
+def chunk_hashes(seed: int, index: int, count: int) -> list[int]:
     """``[mix_seed(seed, index, c) for c in range(count)]``, sharing the common prefix."""
     prefix = _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64))
     return [_splitmix64(prefix ^ chunk) >> 1 for chunk in range(count)]
@@ -351,7 +351,7 @@ class DirectionSampler:
         table = noise_table(self.table_numel, param.device, param.dtype)
         flat, size, mask = param.view(-1), self.chunk_numel, self.table_numel - 1
         numel, segments = flat.numel(), []
-        for chunk, h in enumerate(_chunk_hashes(seed, item.index, -(-numel // size))):
+        for chunk, h in enumerate(chunk_hashes(seed, item.index, -(-numel // size))):
             start, negative, offset = chunk * size, bool(h >> _SIGN_BIT), h & mask
             length = min(size, numel - start)
             head = min(length, self.table_numel - offset)

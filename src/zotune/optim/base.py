@@ -490,9 +490,9 @@ class ZerothOrderOptimizer(RuleOptimizer):
                 if keep != 1:
                     torch._foreach_mul_([i.param for i in precise], keep)
                 shift(precise, sampler, [(restore[0], keep * restore[1]), *update])
-            if coarse:
-                shift(coarse, sampler, [restore])
-                apply_update_(coarse, sampler, update, self.rounding_seed(estimate), keep)
+            if coarse:  # the restore is a leg of its own, in the update's pass
+                apply_update_(coarse, sampler, update, self.rounding_seed(estimate), keep,
+                              legs=[restore])
 
     @torch.no_grad()
     def move(

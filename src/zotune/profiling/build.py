@@ -123,6 +123,10 @@ def build_model(spec: ProfileSpec):
     if spec.offload:
         model.to("cpu")  # one module-wise move keeps tied weights tied
         place_on_devices(model, "cpu_offload", spec.device)
+    if spec.compile:
+        from ..compiled import compile_model
+
+        compile_model(model)
     return model
 
 

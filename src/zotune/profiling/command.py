@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attn-implementation", default=None)
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="--step-cost: also time each --dtype with the forward compiled (compile_model)",
+    )
     parser.add_argument("--steps", type=int, help="timed steps (default 3; 5 with --step-cost)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,6 +188,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         _check_sizes(args)
     if args.option and mode:
         raise ValueError(f"--option applies to measured profiles; drop {mode}")
+    if getattr(args, "compile", False) and not args.step_cost:
+        raise ValueError("--compile adds compiled rows to --step-cost; add --step-cost")
     if args.offload and mode:
         raise ValueError(f"--offload applies to measured profiles; drop {mode}")
     if args.offload and args.from_json is None:
@@ -269,10 +275,13 @@ def run(args: argparse.Namespace) -> int:
     results = None
     failures: list | None = [] if args.keep_going else None
     if args.step_cost:
-        if len(precisions) != 1 or precisions[0][1] is not None:
-            raise ValueError("--step-cost measures one weight dtype: give --dtype one of "
+        if any(autocast is not None for _, autocast in precisions):
+            raise ValueError("--step-cost measures weight dtypes: give --dtype from "
                              "float32, bfloat16, float16")
-        payload, markdown = _step_cost(args, {**common, "dtype": precisions[0][0]}, failures)
+        variants = [(dtype, False) for dtype, _ in precisions]
+        if args.compile:
+            variants += [(dtype, True) for dtype, _ in precisions]
+        payload, markdown = _step_cost(args, common, variants, failures)
     elif args.estimate_only:
         from . import estimates
 
@@ -339,24 +348,32 @@ def _specs(
 
 
 def _step_cost(
-    args: argparse.Namespace, common: dict[str, Any], failures: list | None
+    args: argparse.Namespace, common: dict[str, Any], variants: list[tuple[str, bool]],
+    failures: list | None,
 ) -> tuple[dict, str]:
-    """--step-cost: run it, print its table; return its JSON payload and Markdown page."""
+    """--step-cost: run it for each (dtype, compiled) variant, print one table of all their
+    rows; return its JSON payload and Markdown page."""
     from .step_cost import (
         SCHEMES,
         StepCostConfig,
+        merge_step_costs,
         render_step_cost_markdown,
         run_step_cost,
         step_cost_table,
     )
 
-    config = StepCostConfig(
-        **common,
-        seq_len=args.seq_len,
-        steps=args.steps or 5,
-        schemes=tuple(_csv(args.schemes) or SCHEMES),
-    )
-    result = run_step_cost(config, isolate=args.isolate, log=_log, failures=failures)
+    results = []
+    for dtype, compiled in variants:
+        config = StepCostConfig(
+            **common,
+            dtype=dtype,
+            compile=compiled,
+            seq_len=args.seq_len,
+            steps=args.steps or 5,
+            schemes=tuple(_csv(args.schemes) or SCHEMES),
+        )
+        results.append(run_step_cost(config, isolate=args.isolate, log=_log, failures=failures))
+    result = merge_step_costs(results)
     print(result.setup + f"; memory measured {result.memory_method}")
     print(step_cost_table(result))
     return result.as_dict(), render_step_cost_markdown(result)

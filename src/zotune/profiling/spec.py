@@ -37,10 +37,13 @@ class Settings:
     autocast: str | None = None  # half-precision compute over fp32 weights (mixed_precision)
     # Rows per forward: the batch's loss as the weighted mean of its parts (micro_batches).
     micro_batch_size: int | None = None
+    compile: bool = False  # the forward compiled by zotune.compile_model
 
     def precision(self) -> str:
-        """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``."""
-        return self.dtype if self.autocast is None else f"autocast-{self.autocast}"
+        """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``, with
+        ``+compile`` when the forward is compiled."""
+        base = self.dtype if self.autocast is None else f"autocast-{self.autocast}"
+        return base + "+compile" if self.compile else base
 
     def settings(self) -> dict[str, Any]:
         """These settings as keywords, for a :class:`ProfileSpec` or another settings type."""

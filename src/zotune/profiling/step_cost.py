@@ -66,6 +66,13 @@ class StepCostRow:
     memory_bytes: int | None = None
     inference_memory_bytes: int | None = None
     estimate: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"  # the weights' dtype, +compile for a compiled forward
+    forward_passes: int = 2
+
+    @property
+    def non_forward_seconds(self) -> float:
+        """T_step − passes · T_fwd: the perturb, restore and update work of the step."""
+        return self.seconds_per_step - self.forward_passes * self.forward_seconds
 
     @property
     def ratio(self) -> float:
@@ -88,6 +95,7 @@ class StepCostRow:
         return {
             **dataclasses.asdict(self),
             "ratio": self.ratio,
+            "non_forward_seconds": self.non_forward_seconds,
             "speedup_vs_mezo": self.speedup_vs_mezo,
             "memory_ratio": self.memory_ratio,
         }
@@ -113,7 +121,8 @@ class StepCostResult:
 
 
 def _time_interleaved(
-    config: StepCostConfig, scheme: str, model, methods: tuple[str, ...], failed: Callable
+    config: StepCostConfig, scheme: str, model, methods: tuple[str, ...], failed: Callable,
+    passes: dict[str, int] | None = None,
 ) -> dict[str, list[float]] | None:
     """Seconds per call of the forward and of each method's step, taken in rounds.
 
@@ -131,6 +140,8 @@ def _time_interleaved(
     try:
         for method in methods:
             built[method] = build_step(config.spec(method, scheme), model)
+            if passes is not None:
+                passes[method] = built[method].forward_passes
             built[method].forward()
             for _ in range(config.warmup + 1):
                 built[method].step()
@@ -185,6 +196,7 @@ def run_step_cost(
     memory: dict[tuple[str, str], ProfileResult] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
     trainable: dict[str, int] = {}
+    passes: dict[tuple[str, str], int] = {}
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
         trainable[scheme] = count_parameters(model)[0]
@@ -203,10 +215,13 @@ def run_step_cost(
             warnings.simplefilter("ignore")  # peft and transformers warn on every forward
             timed = None
             while remaining := tuple(m for m in methods if (m, scheme) not in broken):
+                counted: dict[str, int] = {}
                 timed = _time_interleaved(
                     config, scheme, model, remaining,
                     lambda method, error, scheme=scheme: failed(method, scheme, error),
+                    counted,
                 )
+                passes.update({(m, scheme): n for m, n in counted.items()})
                 if timed is not None:
                     break
                 model = build_model(config.spec("inference", scheme))
@@ -246,6 +261,8 @@ def run_step_cost(
             memory_bytes=memory[method, scheme].memory_bytes,
             inference_memory_bytes=memory["inference", scheme].memory_bytes,
             estimate=memory[method, scheme].estimate,
+            precision=config.precision(),
+            forward_passes=passes.get((method, scheme), 2),
         )
         for method, scheme in keys
         if method != "inference" and (method, scheme) in usable
@@ -260,11 +277,13 @@ def run_step_cost(
 def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
     header = (
         "method",
+        "precision",
         "scheme",
         "trainable",
         "T_step s",
         "T_fwd s",
         "T_step/(2·T_fwd)",
+        "non-forward s",
         "speed-up vs MeZO-style",
         "memory MB",
         "memory / inference",
@@ -275,11 +294,13 @@ def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
         rows.append(
             (
                 row.method,
+                row.precision,
                 row.scheme,
                 f"{row.trainable_parameters:,}",
                 f"{row.seconds_per_step:.3f}",
                 f"{row.forward_seconds:.3f}",
                 f"{row.ratio:.2f}",
+                f"{row.non_forward_seconds:.3f}",
                 "–" if speedup is None else f"{speedup:.2f}×",
                 mb(row.memory_bytes),
                 "–" if ratio is None else f"{ratio:.2f}",
@@ -289,8 +310,9 @@ def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
 
 
 def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost") -> str:
-    forward_memory = {row.scheme: row.inference_memory_bytes for row in result.rows}
-    forwards = ", ".join(f"{s}: {mb(m)} MB" for s, m in forward_memory.items())
+    forward_memory = {(row.precision, row.scheme): row.inference_memory_bytes
+                      for row in result.rows}
+    forwards = ", ".join(f"{s} [{p}]: {mb(m)} MB" for (p, s), m in forward_memory.items())
     lines = [
         f"# {title}",
         "",
@@ -299,8 +321,25 @@ def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost
         step_cost_table(result, markdown=True),
         "",
         f"Inference memory (weights + forward peak) per scheme: {forwards}.",
-        "T_step/(2·T_fwd): 1.00 would be a step that costs exactly its two forward passes. "
+        "T_step/(2·T_fwd): 1.00 would be a step that costs exactly its two forward passes; "
+        "non-forward: T_step minus its forward passes (perturb, restore, update). "
         "MeZO-style: `zotune.profiling.mezo_reference` (global reseed, whole-tensor "
         "`torch.normal`, out-of-place moves, four passes).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def merge_step_costs(results: list[StepCostResult]) -> StepCostResult:
+    """One result holding the rows of several runs (one per precision), side by side."""
+    first = results[0]
+    setup = first.setup
+    precisions = ", ".join(r.config.precision() for r in results)
+    if len(results) > 1:
+        setup = f"{setup}; precisions {precisions}, each timed in its own interleaved rounds"
+    return StepCostResult(
+        first.config,
+        [row for r in results for row in r.rows],
+        [m for r in results for m in r.memory],
+        setup,
+        first.memory_method,
+    )

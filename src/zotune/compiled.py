@@ -1,0 +1,62 @@
+"""Compiled forwards: ``zotune.compile_model(model)`` (``--compile``, ``train.compile: true``).
+
+A zeroth-order step is forwards and in-place moves of the weights, so the forward is most of
+its cost and the part a compiler can speed up. ``compile_model`` compiles the module's call
+with ``torch.compile`` (``nn.Module.compile``: the model object, its parameters and its
+adapters stay as they are, so the optimizer, the tuning scheme — LoRA, prefix, prompt — and
+checkpoints see the same module) for every forward: the ZO probes and evaluation.
+
+What ZO needs of it:
+
+* weights moved in place between forwards must not recompile: inductor (without freezing,
+  its default) lifts parameters as inputs of the graph and guards on their identity, shape
+  and dtype, never on their values, so a perturbed or updated weight reuses the graph;
+* batches of different lengths: shapes are compiled dynamic (``dynamic=True``), so a new
+  sequence length or batch size reuses the graph instead of compiling one per shape;
+* no compiler backend (inductor's CPU code needs a C++ compiler): one warning line, and the
+  model runs eagerly.
+
+The first forward of each new graph costs the compilation (tens of seconds on a CPU);
+``zotune profile --step-cost --compile`` measures it and the steps it takes to pay back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import torch
+
+BACKEND = "inductor"
+
+
+def backend_unavailable() -> str | None:
+    """Why ``torch.compile``'s inductor backend cannot run here, or None."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    try:
+        from torch._inductor import config as inductor_config
+    except Exception as error:  # inductor missing from this build
+        return f"torch inductor unavailable ({type(error).__name__}: {error})"
+    compiler = inductor_config.cpp.cxx
+    names = [c for c in (compiler if isinstance(compiler, tuple) else (compiler,)) if c]
+    if not any(shutil.which(name) for name in names or ("g++", "clang++", "c++")):
+        return "no C++ compiler for inductor's CPU code"
+    return None
+
+
+def compile_model(model: torch.nn.Module, *, dynamic: bool = True) -> torch.nn.Module:
+    """Compile ``model``'s forward in place (``model.compile``) and return it; without a
+    usable backend warn once and return it uncompiled (eager)."""
+    reason = backend_unavailable()
+    if reason is not None:
+        warnings.warn(f"zotune: compile_model falls back to eager: {reason}", RuntimeWarning,
+                      stacklevel=2)
+        return model
+    model.compile(backend=BACKEND, dynamic=dynamic)
+    return model
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s calls go through a compiled wrapper."""
+    return getattr(model, "_compiled_call_impl", None) is not None

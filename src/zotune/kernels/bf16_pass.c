@@ -1,0 +1,199 @@
+/* One fused pass of a zeroth-order step over bf16 weights (see zotune/kernels/__init__.py).
+ *
+ * For every chunk c of the pass, element i of the chunk goes through, in registers:
+ *
+ *   x = θ[i]
+ *   for each leg l:   x = bf16(fma(s_l, T[(o_l + i) mod N], x))       round to nearest even
+ *   if update:        w = κ · x
+ *                     for each move m: w = fma(a_m, T[(p_m + i) mod N], w)   (fp32)
+ *                     x = SR(w) with the 16-bit integer R[(r + i) mod M]
+ *   θ[i] = x
+ *
+ * T is the direction sampler's bf16 noise table (N values), R the stochastic-rounding table
+ * (M int32 values in [0, 2**16)), s_l / a_m the signed scales of the chunk. Every operation
+ * is an IEEE fp32 operation with one defined rounding (fma is exact before its rounding, the
+ * bf16 rounding is integer arithmetic on the pattern), so the result does not depend on the
+ * CPU, the compiler's vectorisation or the thread count.
+ *
+ * SR(w) for bf16: add the 16-bit integer to w's fp32 pattern and clear the low 16 bits; the
+ * carry into the kept bits happens with probability (low bits) / 2**16 — exact stochastic
+ * rounding (zotune/stochastic_rounding.py states the edge cases).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#define BLOCK 512
+
+typedef struct {
+    int64_t nchunks;
+    uint16_t **params;
+    const int64_t *lens;
+    const uint16_t *table;
+    int64_t table_mask;
+    int64_t nlegs;
+    const int64_t *leg_offsets; /* [nchunks * nlegs] */
+    const float *leg_scales;
+    int64_t nmoves;
+    const int64_t *move_offsets; /* [nchunks * nmoves] */
+    const float *move_scales;
+    int update;
+    float keep;
+    const int32_t *bits;
+    int64_t bits_mask;
+    const int64_t *bits_offsets; /* [nchunks] */
+    int64_t next; /* the next chunk to take (shared by the threads) */
+} pass_t;
+
+static inline uint32_t as_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* fp32 -> nearest bf16 (ties to even), returned widened; NaN stays a quiet NaN. */
+static inline float round_bf16(float f) {
+    uint32_t u = as_bits(f);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    uint32_t nan = (u | 0x00400000u) & 0xFFFF0000u;
+    return as_float((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* The span [start, start + n) of one chunk, within which no table read wraps. */
+static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
+    uint16_t *theta = p->params[c] + start;
+    float x[BLOCK], w[BLOCK];
+    for (int64_t b = 0; b < n; b += BLOCK) {
+        int64_t m = min64(BLOCK, n - b);
+        for (int64_t i = 0; i < m; i++) x[i] = as_float((uint32_t)theta[b + i] << 16);
+        for (int64_t l = 0; l < p->nlegs; l++) {
+            int64_t o = (p->leg_offsets[c * p->nlegs + l] + start + b) & p->table_mask;
+            const uint16_t *z = p->table + o;
+            float s = p->leg_scales[c * p->nlegs + l];
+            for (int64_t i = 0; i < m; i++)
+                x[i] = round_bf16(fmaf(s, as_float((uint32_t)z[i] << 16), x[i]));
+        }
+        if (p->update) {
+            for (int64_t i = 0; i < m; i++) w[i] = p->keep * x[i];
+            for (int64_t k = 0; k < p->nmoves; k++) {
+                int64_t o = (p->move_offsets[c * p->nmoves + k] + start + b) & p->table_mask;
+                const uint16_t *z = p->table + o;
+                float a = p->move_scales[c * p->nmoves + k];
+                for (int64_t i = 0; i < m; i++)
+                    w[i] = fmaf(a, as_float((uint32_t)z[i] << 16), w[i]);
+            }
+            const int32_t *r = p->bits + ((p->bits_offsets[c] + start + b) & p->bits_mask);
+            for (int64_t i = 0; i < m; i++)
+                x[i] = as_float((as_bits(w[i]) + (uint32_t)r[i]) & 0xFFFF0000u);
+        }
+        for (int64_t i = 0; i < m; i++) theta[b + i] = (uint16_t)(as_bits(x[i]) >> 16);
+    }
+}
+
+/* Distance from position ``pos`` (in a circular table of mask + 1 values) to its end. */
+static inline int64_t to_end(int64_t pos, int64_t mask) { return mask + 1 - (pos & mask); }
+
+static void run_chunk(const pass_t *p, int64_t c) {
+    int64_t len = p->lens[c];
+    int64_t start = 0;
+    while (start < len) {
+        /* The span ends where the chunk ends, a block ends, or any table read wraps. */
+        int64_t n = len - start;
+        for (int64_t l = 0; l < p->nlegs; l++)
+            n = min64(n, to_end(p->leg_offsets[c * p->nlegs + l] + start, p->table_mask));
+        if (p->update) {
+            for (int64_t k = 0; k < p->nmoves; k++)
+                n = min64(n, to_end(p->move_offsets[c * p->nmoves + k] + start, p->table_mask));
+            n = min64(n, to_end(p->bits_offsets[c] + start, p->bits_mask));
+        }
+        run_span(p, c, start, n);
+        start += n;
+    }
+}
+
+static void *worker(void *arg) {
+    pass_t *p = (pass_t *)arg;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+        if (c >= p->nchunks) return NULL;
+        run_chunk(p, c);
+    }
+}
+
+int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
+                     const uint16_t *table, int64_t table_mask, int64_t nlegs,
+                     const int64_t *leg_offsets, const float *leg_scales, int64_t nmoves,
+                     const int64_t *move_offsets, const float *move_scales, int update,
+                     float keep, const int32_t *bits, int64_t bits_mask,
+                     const int64_t *bits_offsets, int nthreads) {
+    pass_t p = {nchunks, params, lens, table, table_mask, nlegs, leg_offsets, leg_scales,
+                nmoves, move_offsets, move_scales, update, keep, bits, bits_mask,
+                bits_offsets, 0};
+    if (nthreads > 64) nthreads = 64;
+    if (nthreads > nchunks) nthreads = (int)nchunks;
+    pthread_t threads[64];
+    int started = 0;
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[started], NULL, worker, &p) != 0) break;
+        started++;
+    }
+    worker(&p);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    return 0;
+}
+
+/* θ[i] = SR(fma(a, u[i], θ[i])) for an fp32 update u (a stateful rule's), bits R[(r + i) mod M]. */
+typedef struct {
+    uint16_t *theta;
+    const float *u;
+    int64_t n;
+    float a;
+    const int32_t *bits;
+    int64_t bits_mask;
+    int64_t bits_offset;
+    int64_t begin, end;
+} rounded_t;
+
+static void *add_rounded_range(void *arg) {
+    rounded_t *r = (rounded_t *)arg;
+    int64_t i = r->begin;
+    while (i < r->end) {
+        int64_t pos = (r->bits_offset + i) & r->bits_mask;
+        int64_t n = min64(r->end - i, r->bits_mask + 1 - pos);
+        const int32_t *bits = r->bits + pos;
+        uint16_t *theta = r->theta + i;
+        const float *u = r->u + i;
+        for (int64_t j = 0; j < n; j++) {
+            float w = fmaf(r->a, u[j], as_float((uint32_t)theta[j] << 16));
+            theta[j] = (uint16_t)((as_bits(w) + (uint32_t)bits[j]) >> 16);
+        }
+        i += n;
+    }
+    return NULL;
+}
+
+int zotune_bf16_add_rounded(uint16_t *theta, const float *u, int64_t n, float a,
+                            const int32_t *bits, int64_t bits_mask, int64_t bits_offset,
+                            int nthreads) {
+    if (nthreads > 64) nthreads = 64;
+    if (nthreads < 1 || n < (1 << 16)) nthreads = 1;
+    rounded_t parts[64];
+    pthread_t threads[64];
+    int started = 0;
+    int64_t step = (n + nthreads - 1) / nthreads;
+    for (int t = 0; t < nthreads; t++) {
+        rounded_t part = {theta, u, n, a, bits, bits_mask, bits_offset, t * step,
+                          min64(n, (t + 1) * step)};
+        parts[t] = part;
+    }
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[started], NULL, add_rounded_range, &parts[t]) != 0) {
+            add_rounded_range(&parts[t]);
+            continue;
+        }
+        started++;
+    }
+    add_rounded_range(&parts[0]);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    return 0;
+}

@@ -1,0 +1,70 @@
+"""compile_model: equal to eager within bf16 rounding, no recompiles across ZO moves and
+sequence lengths, every tuning scheme, and the eager fallback."""
+
+import warnings
+
+import pytest
+import torch
+
+from zotune import compiled
+from zotune.compiled import compile_model, is_compiled
+from zotune.optim import create_optimizer
+
+needs_backend = pytest.mark.skipif(
+    compiled.backend_unavailable() is not None, reason="no torch.compile backend here"
+)
+
+
+def batch(length: int, vocab: int = 256, rows: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(5, vocab, (rows, length), generator=generator)
+
+
+def unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@needs_backend
+@pytest.mark.parametrize("scheme", ["full", "lora", "prefix", "prompt"])
+def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, scheme):
+    """Logits within bf16 rounding of eager (a few ulps of bf16 at the logits' scale: the
+    compiler may fuse and reorder the fp32 accumulations of each op); ZO steps, which move
+    the weights in place, and a new sequence length reuse the compiled graph."""
+    torch._dynamo.reset()
+    model, _ = tiny_model("tiny-llama", scheme)
+    model = model.to(torch.bfloat16)
+    ids = batch(12)
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits.float()
+    compile_model(model)
+    assert is_compiled(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled_logits = model(input_ids=ids).logits.float()
+        graphs = unique_graphs()
+        tolerance = 16 * 2**-8 * (eager.abs().max().item() + 1)
+        assert (compiled_logits - eager).abs().max().item() <= tolerance
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = create_optimizer("zo-sgd", params, lr=1e-2, eps=1e-2)
+        for _ in range(2):
+            opt.step(lambda: model(input_ids=ids).logits.float().square().mean())
+        model(input_ids=batch(20))
+    assert unique_graphs() == graphs
+
+
+def test_compile_model_falls_back_to_eager_with_one_line(tiny_model, monkeypatch):
+    monkeypatch.setattr(compiled, "backend_unavailable", lambda: "no C++ compiler for test")
+    model, _ = tiny_model("tiny-llama")
+    with pytest.warns(RuntimeWarning, match="falls back to eager: no C\\+\\+ compiler") as seen:
+        assert compile_model(model) is model
+    assert len(seen) == 1
+    assert not is_compiled(model)
+
+
+def test_compile_is_a_train_key():
+    from zotune.config import build_config
+
+    assert build_config({"train": {"compile": True}}).train.compile is True
+    assert build_config({}).train.compile is False

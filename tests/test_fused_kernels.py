@@ -1,0 +1,158 @@
+"""The fused bf16 passes (zotune.kernels): the same legs as the torch path, exact restore,
+unbiased stochastic rounding, a portable trajectory, and the fallback."""
+
+import hashlib
+import math
+
+import pytest
+import torch
+
+from zotune import kernels
+from zotune.estimators.base import shift
+from zotune.estimators.directions import DirectionSampler, IndexedParam
+from zotune.optim import create_optimizer
+from zotune.stochastic_rounding import apply_update_
+
+needs_kernel = pytest.mark.skipif(kernels.library() is None, reason="no C compiler")
+
+# Small chunks and table so that chunks split tensors and table reads wrap.
+SMALL = {"chunk_numel": 1000, "table_numel": 1 << 12}
+
+
+def weights(numel: int, seed: int, low: float = 1.25, width: float = 0.5) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (low + width * torch.rand(numel, generator=generator)).to(torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("eps", [1e-2, 1e-3, 3e-5])
+@pytest.mark.parametrize("sizes", [(5000,), (1, 999, 4097)])
+def test_fused_legs_round_once(eps, sizes):
+    """Each leg is θ ← bf16(fp32(θ + bf16(s)·z)): the scale rounded to bf16 as torch's
+    ``bf16.add_(z, alpha=s)`` rounds it, the sum exact before its fp32 rounding (float64
+    holds it exactly here), then rounded to nearest-even bf16. (Torch's own scalar tail
+    rounds bf16(s)·z to bf16 first, so the torch path can differ in the last elements.)"""
+    params = [IndexedParam(i, weights(n, i)) for i, n in enumerate(sizes)]
+    expected = [item.param.clone() for item in params]
+    sampler = DirectionSampler(**SMALL)
+    legs = [(11, eps), (11, -eps), (11, -eps), (12, 2 * eps)]
+    shift(params, sampler, legs[:1])
+    shift(params, sampler, legs[1:])
+    for item, value in zip(params, expected, strict=True):
+        for seed, scale in legs:
+            z = sampler.direction(value, seed, item.index).double()
+            step = torch.tensor(scale, dtype=torch.bfloat16).double()
+            value.copy_((value.double() + step * z).float().to(torch.bfloat16))
+        assert torch.equal(item.param.view(torch.int16), value.view(torch.int16))
+
+
+@needs_kernel
+def test_probe_legs_restore_bit_exactly():
+    """+εz, −εz −εz, +εz lands on θ for entries away from the power-of-two bands."""
+    theta = weights(20000, 0)
+    param = theta.clone()
+    params, sampler = [IndexedParam(3, param)], DirectionSampler(**SMALL)
+    for seed in range(5):
+        shift(params, sampler, [(seed, 1e-2)])
+        shift(params, sampler, [(seed, -1e-2), (seed, -1e-2)])
+        shift(params, sampler, [(seed, 1e-2)])
+    assert torch.equal(param.view(torch.int16), theta.view(torch.int16))
+
+
+@needs_kernel
+def test_fused_stochastic_rounding_is_unbiased():
+    """E[SR(θ + αz)] = θ + αz: over 64 rounding seeds the mean error, in ulps, is within five
+    standard errors of 0, per element band and overall, for a move of ≈ 0.3 ulp."""
+    theta = weights(1 << 14, 1)  # ulp 2**-7 in [1.25, 1.75)
+    sampler = DirectionSampler(**SMALL)
+    z = sampler.direction(theta, 21, 0).float()
+    alpha = 0.3 * 2**-7
+    target = theta.float() + alpha * z
+    errors = []
+    for seed in range(64):
+        param = theta.clone()
+        apply_update_([IndexedParam(0, param)], sampler, [(21, alpha)], seed)
+        errors.append((param.float() - target) / 2**-7)
+    error = torch.stack(errors)
+    assert error.abs().max() < 1  # one of the two neighbours
+    # Per element the error has variance p(1 − p) ≤ 1/4 (ulp²), independent across seeds.
+    standard_error = 0.5 / math.sqrt(error.numel())
+    assert abs(error.mean().item()) < 5 * standard_error
+    per_element = error.mean(0)
+    assert per_element.abs().max() < 5 * 0.5 / math.sqrt(64) + 0.1
+
+
+@needs_kernel
+def test_fused_restore_and_update_equal_the_torch_path_in_distribution(monkeypatch):
+    """The fused restore+update and the torch ops land on the same neighbours: the
+    restore is bit-identical and the update differs at most by one ulp (an fp32 product
+    rounded with or without fma decides rare carries)."""
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.SWITCH, switch)
+        param = weights(5000, 2)
+        params, sampler = [IndexedParam(0, param)], DirectionSampler(**SMALL)
+        shift(params, sampler, [(8, 1e-3)])
+        apply_update_(params, sampler, [(8, 1e-4)], 99, keep=0.999, legs=[(8, -1e-3)])
+        results.append(param.float())
+    ulps = (results[0] - results[1]).abs() / 2**-7
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 0.01
+
+
+def exact_loss(params: list[torch.Tensor]):
+    """Σ c·θ with integer c in [−8, 8] on bf16 θ in [0.5, 4): every product and partial sum
+    is a multiple of 2**-9 below 2**20, exact in float64, so the value is the same in any
+    summation order, on any CPU and any vectorisation."""
+    coefficients = [
+        (torch.arange(p.numel(), dtype=torch.float64) * 7 % 17 - 8).view(p.shape)
+        for p in params
+    ]
+
+    def loss():
+        return sum((p.double() * c).sum() for p, c in zip(params, coefficients, strict=True))
+
+    return loss
+
+
+# The bf16 bits after 6 steps of each optimizer, recorded with the fused kernel. Portable:
+# the losses are exact (exact_loss), the directions and rounding bits come from the seeds'
+# tables, and every fused operation is an IEEE fp32 fma/add/multiply or integer arithmetic,
+# so no CPU-dependent kernel touches a bit. Any change of these digests is a change of the
+# step's results.
+TRAJECTORIES = {
+    "zo-sgd": "e41f0b89084967e9",
+    "zo-sgd-wd": "d35e19f26017f731",
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", sorted(TRAJECTORIES))
+def test_bf16_trajectory_is_pinned(case):
+    params = [weights(math.prod(shape), 10 + i, low=1.0, width=1.0).view(shape)
+              .requires_grad_() for i, shape in enumerate(((30, 100), (64,), (15, 100)))]
+    options = {"weight_decay": 0.1} if case == "zo-sgd-wd" else {}
+    opt = create_optimizer("zo-sgd", params, lr=1e-3, eps=1e-2, seed=5, **options)
+    opt.estimator.sampler = DirectionSampler(**SMALL)
+    for _ in range(6):
+        opt.step(exact_loss(params))
+    digest = hashlib.sha256(b"".join(p.detach().view(torch.int16).numpy().tobytes()
+                                     for p in params)).hexdigest()[:16]
+    assert digest == TRAJECTORIES[case]
+
+
+def test_unavailable_kernel_falls_back_with_one_line(monkeypatch, tmp_path):
+    """No compiler: one warning naming the cause, then the torch path (same legs)."""
+    monkeypatch.setitem(kernels._loaded, "lib", None)
+    monkeypatch.delitem(kernels._loaded, "lib")
+    monkeypatch.setenv(kernels.CACHE, str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="fused bf16 kernels unavailable") as caught:
+        assert kernels.library() is None
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    param = weights(3000, 4)
+    expected = param.clone()
+    sampler = DirectionSampler(**SMALL)
+    shift([IndexedParam(0, param)], sampler, [(1, 1e-2)])
+    sampler.add_([IndexedParam(0, expected)], 1, 1e-2)
+    assert torch.equal(param.view(torch.int16), expected.view(torch.int16))
