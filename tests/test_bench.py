@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from zotune import cli
 from zotune.bench.intervals import wilson_interval
@@ -46,7 +47,7 @@ from zotune.bench.suite import (
     load_suite,
 )
 from zotune.bench.worker import OUTCOME_FILE, STDERR_FILE
-from zotune.optim import OPTIMIZERS
+from zotune.optim import OPTIMIZERS, create_optimizer
 from zotune.tuning import SCHEMES
 
 # The paper's eight (ZO-Bench Table 2); later methods (HiZOO, MeZO-SVRG, ...) are not in it.
@@ -71,9 +72,9 @@ def test_builtin_suites_have_the_papers_grid_shape():
     assert {r.config["model"]["name"] for r in paper.runs} == {"facebook/opt-1.3b"}
     # ZO-LLM README's block-wise run, at run.py's default level and mode.
     (block,) = [r for r in paper.runs if r.cell.variant]
-    assert block.config["optimizer"] == {
+    assert block.config["optimizer"].items() >= {
         "name": "zo-sgd-mmt", "lr": 1e-8, "eps": 1e-3, "schedule": "constant", "momentum": 0.9,
-        "block_level": "transformer-block", "block_mode": "coordinate"}
+        "block_level": "transformer-block", "block_mode": "coordinate", "warmup_steps": 0}.items()
     assert block.config["model"]["dtype"] == "float16"
     assert block.config["train"]["eval_every"] == 1000
     paper.runs = [r for r in paper.runs if not r.cell.variant]
@@ -250,7 +251,7 @@ def test_the_copa_winogrande_suite_is_the_papers_second_table():
 
 
 def test_unknown_suite_names_the_builtins(tmp_path):
-    builtin = r"unknown suite 'cpuu' \(built-in: cpu, cpu-copa-winogrande, cpu-settings"
+    builtin = r"unknown suite 'cpuu' \(built-in: cpu, cpu-copa-winogrande, cpu-frontier, "
     with pytest.raises(SuiteError, match=builtin):
         load_suite("cpuu")
     with pytest.raises(SuiteError, match="suite file not found"):
@@ -1275,3 +1276,24 @@ def test_killing_the_runner_mid_suite_loses_no_finished_run(sst2_dir, tmp_path, 
         records = store.records()
     assert len(records) == 3 and {r.status for r in records} == {"done"}
     assert {r.attempts for r in records} == {1}, "no run was recorded twice"
+
+
+def test_the_frontier_suite_gives_every_zo_method_the_same_forward_passes():
+    """cpu-frontier compares methods at an equal budget of forward passes, evaluated at the
+    same passes: each ZO run's steps and evaluation interval times its passes per step (MeZO-
+    SVRG's anchor batches counted) give 960 and 240."""
+    suite = load_suite("cpu-frontier")
+    checked = set()
+    for run in suite.runs:
+        if run.cell.optimizer == "fo-sgd" or run.cell.scheme != "full" or run.confirm:
+            continue
+        options = {k: v for k, v in run.config["optimizer"].items()
+                   if k not in ("name", "schedule", "warmup_steps") and v is not None}
+        optimizer = create_optimizer(run.cell.optimizer, torch.nn.Linear(4, 4), **options)
+        train = run.config["train"]
+        optimizer.examples_wanted(train["batch_size"], run.config["task"]["num_train"])
+        passes = optimizer.forward_passes_per_step
+        assert train["steps"] * passes == pytest.approx(960), run.label()
+        assert train["eval_every"] * passes == pytest.approx(240), run.label()
+        checked.add(run.cell.optimizer)
+    assert len(checked) == 7

@@ -9,7 +9,7 @@ import torch
 
 from zotune.estimators import DISTRIBUTIONS, DirectionSampler, IndexedParam, mix_seed
 from zotune.estimators.base import shift
-from zotune.estimators.directions import _chunk_hashes, noise_table
+from zotune.estimators.directions import chunk_hashes, noise_table
 from zotune.optim import create_optimizer
 
 
@@ -76,8 +76,8 @@ def test_offsets_cover_the_table_and_signs_are_fair():
 
 
 def test_chunk_hashes_equal_mix_seed():
-    assert _chunk_hashes(123, 45, 6) == [mix_seed(123, 45, c) for c in range(6)]
-    assert _chunk_hashes(-1, 2**70, 2) == [mix_seed(-1, 2**70, c) for c in range(2)]
+    assert chunk_hashes(123, 45, 6) == [mix_seed(123, 45, c) for c in range(6)]
+    assert chunk_hashes(-1, 2**70, 2) == [mix_seed(-1, 2**70, c) for c in range(2)]
 
 
 def test_table_draw_is_a_signed_circular_slice():
@@ -99,7 +99,7 @@ def test_wrapping_chunks_are_covered():
     size, chunk = 1 << 8, 1 << 7
     sampler = DirectionSampler("table", chunk_numel=chunk, table_numel=size)
     param = torch.zeros(50 * chunk + 17, dtype=torch.float64)
-    offsets = [h & (size - 1) for h in _chunk_hashes(4, 0, 51)]
+    offsets = [h & (size - 1) for h in chunk_hashes(4, 0, 51)]
     assert any(o + chunk > size for o in offsets) and any(o + chunk <= size for o in offsets)
     sampler.add_([IndexedParam(0, param)], seed=4, alpha=0.5)
     torch.testing.assert_close(param, 0.5 * sampler.direction(param, 4, 0), rtol=0, atol=0)
