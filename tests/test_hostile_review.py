@@ -12,24 +12,9 @@ import pytest
 import torch
 import yaml
 
-from zotune import cli
+from test_reliability import run_cli, train_argv
 from zotune.optim import create_optimizer
 from zotune.tasks.taskfile import TaskFileError, load_task_file
-
-
-def train_argv(sst2_dir, out=None, *flags):
-    argv = [
-        "train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--num-train=16",
-        "--num-val=6", "--num-test=8", "--steps=2", "--batch-size=4", "--eval-every=1",
-        "--lr=1e-3", "--no-progress", *flags,
-    ]
-    return [*argv, f"--output-dir={out}"] if out is not None else argv
-
-
-def run_cli(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_error_line(err: str) -> str:

@@ -25,7 +25,7 @@ def train_argv(sst2_dir, out=None, *flags):
 
 
 def run_cli(argv, capsys):
-    code = cli.main(argv)
+    code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
