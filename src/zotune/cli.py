@@ -239,7 +239,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .bench.report import build_report
 
-    written = build_report(args.results_dir, out=args.out, plots=not args.no_plots)
+    written = build_report(args.results_dir, out=args.out, plots=not args.no_plots,
+                           **({"reference": args.reference} if args.reference else {}))
     for path in written:
         print(path)
     return 0
@@ -400,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", help="a `zotune bench` results folder")
     report.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    report.add_argument(
+        "--reference", metavar="OPTIMIZER",
+        help="the optimizer whose final validation accuracy (per scheme) the time-to-accuracy "
+        "table measures every cell's forward passes and wall time to (default: zo-sgd)",
+    )
     report.set_defaults(func=cmd_report)
 
     compare = commands.add_parser(

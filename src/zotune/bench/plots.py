@@ -294,3 +294,56 @@ def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
     """Test accuracy against peak memory: a point per cell; False if no cell has both."""
     return _save(accuracy_vs_memory_figure(section), path)
 
+
+
+def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> Any | None:
+    """A panel per scheme, a line per optimizer: its chosen setting's validation accuracy
+    against forward passes (mean over seeds, shaded: lowest to highest seed), with the
+    reference's final validation (the time-to-accuracy target) dashed; None if no cell has a
+    validation curve and forward passes per step."""
+    # Imported here: time_to_accuracy reads curves through this module.
+    from .time_to_accuracy import REFERENCE, section_curves
+
+    curves = section_curves(section, results_dir)
+    if not curves:
+        return None
+    reference = section.reference or REFERENCE
+    schemes = list(dict.fromkeys(c.scheme for c in curves))
+    plt = pyplot()
+    width = max(MIN_WIDTH, 4.2 * len(schemes))
+    title = _title(
+        f"{section.suite}: {section.task} on {section.model}: validation accuracy against "
+        "forward passes, chosen setting of each optimizer, mean over seeds (shaded: lowest "
+        f"to highest seed); dashed: where {reference} ends", width)
+    height = 3.6 + _title_height(title)
+    figure, axes = plt.subplots(1, len(schemes), squeeze=False, figsize=(width, height),
+                                sharey=True)
+    colors = series_colors()
+    for axis, scheme in zip(axes[0], schemes, strict=True):
+        axis.set_title(scheme, fontsize=8)
+        axis.tick_params(labelsize=6)
+        axis.grid(alpha=0.3)
+        axis.set_xlabel("forward passes", fontsize=7)
+        for curve in (c for c in curves if c.scheme == scheme):
+            color = colors[section.optimizers.index(curve.optimizer) % len(colors)]
+            band = curve.band
+            axis.plot(curve.passes, [v * 100 for v in band.mean], color=color,
+                      linewidth=1.8 if curve.optimizer == reference else 1.0,
+                      marker="o" if len(band.steps) == 1 else None,
+                      label=f"{curve.optimizer} ({band.seeds} seed{'s' * (band.seeds != 1)})")
+            if band.seeds > 1:
+                axis.fill_between(curve.passes, [v * 100 for v in band.low],
+                                  [v * 100 for v in band.high], color=color, alpha=0.15,
+                                  linewidth=0)
+            if curve.optimizer == reference:
+                axis.axhline(band.mean[-1] * 100, color=color, linestyle="--", linewidth=0.8)
+        axis.legend(fontsize=5)
+    axes[0][0].set_ylabel(CURVE_LABELS[VALIDATION], fontsize=7)
+    figure.suptitle(title, fontsize=TITLE_POINTS)
+    figure.tight_layout(rect=(0, 0, 1, 1 - _title_height(title) / height))
+    return figure
+
+
+def plot_validation_vs_forward_passes(section: Section, results_dir: Path, path: Path) -> bool:
+    """Validation accuracy against forward passes, a line per optimizer; False if none."""
+    return _save(validation_vs_forward_passes_figure(section, results_dir), path)

@@ -10,14 +10,18 @@ For every suite in the store and every (model, task) in it:
   behind them and how many settings were tried;
 - cost: optimizer rows, forward passes per step, and per scheme the peak memory and seconds
   per step of the chosen runs;
+- time to accuracy: per cell, the forward passes and wall time to reach the validation
+  accuracy at which the reference optimizer (``--reference``, ZO-SGD) ends
+  (:mod:`zotune.bench.time_to_accuracy`);
 - failed runs with their error line.
 
 Each table states its model, task, step budget, data sizes, hardware, zotune version, and the
 command that reproduces it. Files go to ``RESULTS_DIR/report/`` (or ``out``), each written
 atomically: ``report.md``, ``report.html`` (the same, one self-contained page with the plots
 embedded: :mod:`zotune.bench.html_report`), ``accuracy.csv``, ``selection.csv``,
-``cost.csv``, ``runs.csv`` and three PNGs per (model, task): validation accuracy and training
-loss per cell, and accuracy against memory (:mod:`zotune.bench.plots`).
+``cost.csv``, ``runs.csv`` and four PNGs per (model, task): validation accuracy and training
+loss per cell, validation accuracy against forward passes (a line per optimizer), and
+accuracy against memory (:mod:`zotune.bench.plots`).
 
 Ties on validation are broken by :data:`zotune.bench.selection.TIE_RULE` and named; a cell
 whose chosen runs were best at step 0 or predicted one class throughout is marked untrained
@@ -49,6 +53,7 @@ from .selection import (
 )
 from .store import ResultsStore
 from .suite import hparam_name, hparams_label
+from .time_to_accuracy import REFERENCE, duration, load_note, times_to_accuracy
 
 REPORT_DIR = "report"
 MISSING = "—"
@@ -77,9 +82,11 @@ class Table:
 
 
 def build_report(
-    results_dir: str | Path, out: str | Path | None = None, plots: bool = True
+    results_dir: str | Path, out: str | Path | None = None, plots: bool = True,
+    reference: str = REFERENCE,
 ) -> list[Path]:
-    """Write the report of a results folder; returns the files written."""
+    """Write the report of a results folder; returns the files written. ``reference`` is the
+    optimizer whose final validation accuracy each scheme's time-to-accuracy table aims at."""
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / REPORT_DIR
     with ResultsStore(results_dir, create=False) as store:
@@ -90,14 +97,25 @@ def build_report(
     sections = build_sections(records, plans, results_dir)
     planned_ids = {r.id for section in sections for r in section.records}
     unplanned = sum(r.id not in planned_ids for r in records)
+    for section in sections:
+        section.reference = reference
+        section.reaches = times_to_accuracy(section, results_dir, reference)
     written: list[Path] = []
     if plots:
-        from .plots import plot_accuracy_vs_memory, plot_loss_curves, plot_validation_curves
+        from .plots import (
+            plot_accuracy_vs_memory,
+            plot_loss_curves,
+            plot_validation_curves,
+            plot_validation_vs_forward_passes,
+        )
 
         for section in sections:
             validation = out / f"{section.slug}_validation.png"
             if plot_validation_curves(section, results_dir, validation):
                 section.plots.append(validation)
+            by_passes = out / f"{section.slug}_validation_vs_forward_passes.png"
+            if plot_validation_vs_forward_passes(section, results_dir, by_passes):
+                section.plots.append(by_passes)
             loss = out / f"{section.slug}_loss.png"
             if plot_loss_curves(section, results_dir, loss):
                 section.plots.append(loss)
@@ -175,7 +193,44 @@ def _main_tables(section: Section) -> list[str]:
         *_memory_note(section),
         cost_table(section).markdown(),
         "",
+        *_time_to_accuracy(section),
     ]
+
+
+def _time_to_accuracy(section: Section) -> list[str]:
+    if not section.reaches:
+        return []
+    return [
+        "### Time to accuracy",
+        "",
+        f"Per scheme, the forward passes and wall time each cell (its chosen setting, seed "
+        f"mean) took to first reach the validation {section_metric(section)} at which "
+        f"{section.reference} ends (its chosen setting's seed mean at its last evaluation); "
+        "forward passes are step × the records' forward passes per step (a first-order "
+        "step's one pass also runs backward), wall time is step × the runs' own measured "
+        f"median s/step: {load_note(section)}.",
+        "",
+        time_to_accuracy_table(section).markdown(),
+        "",
+    ]
+
+
+def time_to_accuracy_table(section: Section) -> Table:
+    rows = []
+    for item in section.reaches:
+        curve = item.curve
+        if item.reached:
+            passes = f"{item.forward_passes:,.0f} (step {item.step})"
+            wall = MISSING if item.seconds is None else duration(item.seconds)
+        else:
+            passes = (f"not reached (best {item.best * 100:.1f} at "
+                      f"{item.best_passes:,.0f} passes)")
+            wall = MISSING
+        rows.append([curve.scheme, curve.optimizer, f"{item.target * 100:.1f}",
+                     f"{curve.passes[-1]:,.0f}", passes, wall, str(curve.band.seeds)])
+    return Table(["scheme", "optimizer", f"target val {_short_metric(section)} (%)",
+                  "forward passes run", "forward passes to target", "wall time to target",
+                  "seeds"], rows, align_right_from=2)
 
 
 def mirrors_the_paper(section: Section) -> bool:

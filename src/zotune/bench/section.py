@@ -6,10 +6,13 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .selection import CellSelection, select
 from .store import RunRecord, SuitePlan
+
+if TYPE_CHECKING:
+    from .time_to_accuracy import Reach
 
 
 @dataclass
@@ -24,6 +27,10 @@ class Section:
     command: str
     plots: list[Path] = field(default_factory=list)
     studies: list[CellSelection] = field(default_factory=list)  # cells with a variant
+    # Each cell's forward passes and time to its scheme's reference's final validation
+    # (zotune.bench.time_to_accuracy), with the reference optimizer they are measured against.
+    reaches: list[Reach] = field(default_factory=list)
+    reference: str = ""
 
     @property
     def slug(self) -> str:

@@ -1,0 +1,152 @@
+"""Time to accuracy: each cell's forward passes and wall time to the validation accuracy at
+which ZO-SGD ends, its table in the report, and validation against forward passes plotted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zotune.bench.plots import Band
+from zotune.bench.report import build_report
+from zotune.bench.runner import RUNS_DIR
+from zotune.bench.section import build_sections
+from zotune.bench.store import METRICS_FILE, ResultsStore, RunRecord, SuitePlan
+from zotune.bench.suite import expand_suite
+from zotune.bench.time_to_accuracy import PassCurve, reach, times_to_accuracy
+
+
+def curve(mean, steps=(0, 10, 20), passes_per_step=2.0, seconds_per_step=0.5):
+    return PassCurve("lozo", "full", [s * passes_per_step for s in steps],
+                     Band(list(steps), list(mean), list(mean), list(mean), 1),
+                     passes_per_step, seconds_per_step)
+
+
+@pytest.mark.parametrize(
+    ("mean", "target", "passes_per_step", "seconds_per_step", "expected"),
+    [
+        ([0.5, 0.6, 0.7], 0.6, 2.0, 0.5, (10, 20.0, 5.0)),
+        ([0.5, 0.6, 0.7], 0.65, 2.0, 0.5, (20, 40.0, 10.0)),
+        ([0.5, 0.7, 0.6], 0.6, 2.0, 0.5, (10, 20.0, 5.0)),  # the first reach, not the last
+        ([0.5, 0.6 - 1e-12, 0.55], 0.6, 2.0, 0.5, (10, 20.0, 5.0)),  # a mean's rounding
+        ([0.5, 0.6, 0.7], 0.6, 3.0, 0.5, (10, 30.0, 5.0)),  # HiZOO's third pass counts
+        ([0.5, 0.6, 0.7], 0.6, 2.5, None, (10, 25.0, None)),  # SVRG's amortised anchor
+        ([0.5, 0.7, 0.6], 0.8, 2.0, 0.5, (None, None, None)),
+    ],
+)
+def test_a_cell_reaches_the_target_at_its_first_evaluation_at_or_above_it(
+        mean, target, passes_per_step, seconds_per_step, expected):
+    got = reach(curve(mean, passes_per_step=passes_per_step,
+                      seconds_per_step=seconds_per_step), target)
+    assert (got.step, got.forward_passes, got.seconds) == pytest.approx(expected)
+    assert got.reached is (expected[0] is not None)
+    best_step = (0, 10, 20)[mean.index(max(mean))]
+    assert (got.best, got.best_passes) == pytest.approx((max(mean), best_step * passes_per_step))
+
+
+# A store: ZO-SGD (two rates, two seeds), LOZO and FO-Adam, on full and LoRA; validation at
+# steps 0, 10, 20 of each run's curve.
+VALIDATION = {
+    # (optimizer, lr): per seed, validation at steps 0, 10, 20
+    ("zo-sgd", 1e-3): [[0.50, 0.60, 0.70], [0.50, 0.64, 0.72]],  # chosen: ends at 0.71
+    ("zo-sgd", 1e-4): [[0.50, 0.55, 0.60], [0.50, 0.55, 0.60]],
+    ("lozo", 1e-3): [[0.50, 0.72, 0.74], [0.50, 0.70, 0.74]],  # reaches 0.71 at step 10
+    ("fo-adam", 1e-3): [[0.50, 0.60, 0.66], [0.50, 0.62, 0.68]],  # never does: best 0.67
+}
+PASSES = {"zo-sgd": 2, "lozo": 2, "fo-adam": 1}
+SECONDS = {"zo-sgd": 1.5, "lozo": 1.0, "fo-adam": 3.0}
+
+
+def frontier_store(tmp_path, tiny_suite, curves=True, schemes=("full", "lora")):
+    suite = expand_suite(tiny_suite(
+        grid={"tuning": list(schemes), "optimizer": ["zo-sgd", "lozo", "fo-adam"]},
+        sweep={"zo-sgd": {"lr": [1e-3, 1e-4]}, "lozo": {"lr": [1e-3]},
+               "fo-adam": {"lr": [1e-3]}}))
+    folder = tmp_path / "store"
+    with ResultsStore(folder) as store:
+        store.save_plan(SuitePlan.of(suite, "zotune bench tiny"), now=1.0)
+        for run in suite.runs:
+            optimizer = run.cell.optimizer
+            values = VALIDATION[(optimizer, run.hparams["optimizer.lr"])][run.seed]
+            run_dir = folder / RUNS_DIR / run.id
+            run_dir.mkdir(parents=True)
+            if curves:
+                lines = [{"step": step, "val_accuracy": value, "test_accuracy": value}
+                         for step, value in zip((0, 10, 20), values, strict=True)]
+                (run_dir / METRICS_FILE).write_text(  # the attempt's; recording copies it
+                    "".join(json.dumps(line) + "\n" for line in lines))
+            store.record(RunRecord.for_run(
+                "tiny", run, status="done", error=None, started_at=1.0, finished_at=2.0,
+                metrics={"best_val_accuracy": max(values), "test_accuracy": values[-1],
+                         "best_step": 20, "steps": 20, "threads": 1,
+                         "forward_passes_per_step": PASSES[optimizer],
+                         "seconds_per_step": SECONDS[optimizer]},
+                zotune_version="0.2.0", hostname="host", hardware="a CPU"))
+    return folder
+
+
+def reaches_of(folder, reference="zo-sgd"):
+    with ResultsStore(folder, create=False) as store:
+        (section,) = build_sections(store.records(), store.plans(), folder)
+    return {(r.curve.scheme, r.curve.optimizer): r
+            for r in times_to_accuracy(section, folder, reference)}
+
+
+@pytest.mark.parametrize(
+    ("reference", "target", "expected"),
+    [
+        # the chosen ZO-SGD setting's seed mean at its last evaluation: 0.71, not its
+        # unchosen rate's 0.60 nor its best seed's 0.72
+        ("zo-sgd", 0.71, {"zo-sgd": (20, 40, 30.0), "lozo": (10, 20, 10.0),
+                          "fo-adam": (None, None, None)}),
+        ("fo-adam", 0.67, {"zo-sgd": (20, 40, 30.0), "lozo": (10, 20, 10.0),
+                           "fo-adam": (20, 20, 60.0)}),
+    ],
+)
+def test_every_cell_is_timed_to_where_the_reference_ends(tmp_path, tiny_suite, reference,
+                                                          target, expected):
+    reaches = reaches_of(frontier_store(tmp_path, tiny_suite), reference)
+    assert set(reaches) == {(s, o) for s in ("full", "lora") for o in expected}
+    for (_, optimizer), item in reaches.items():
+        assert item.target == pytest.approx(target)
+        assert (item.step, item.forward_passes, item.seconds) == pytest.approx(
+            expected[optimizer])
+    fo = reaches[("full", "fo-adam")]
+    if not fo.reached:
+        assert (fo.best, fo.best_passes) == pytest.approx((0.67, 20))
+
+
+def test_no_reference_curve_no_time_to_accuracy(tmp_path, tiny_suite):
+    folder = frontier_store(tmp_path, tiny_suite, curves=False)
+    assert reaches_of(folder) == {}
+    written = build_report(folder, plots=False)
+    assert "Time to accuracy" not in (folder / "report" / "report.md").read_text()
+    assert written
+
+
+def test_the_report_tables_and_plots_time_to_accuracy(tmp_path, tiny_suite):
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import validation_vs_forward_passes_figure
+
+    folder = frontier_store(tmp_path, tiny_suite)
+    build_report(folder)
+    text = (folder / "report" / "report.md").read_text()
+    table = text.split("### Time to accuracy")[1]
+    assert "validation accuracy at which zo-sgd ends" in table
+    assert "1 torch thread(s) per run, on a CPU" in table
+    assert "| full | lozo | 71.0 | 40 | 20 (step 10) | 10 s | 2 |" in table
+    assert "| lora | fo-adam | 71.0 | 20 | not reached (best 67.0 at 20 passes) | — | 2 |" in table
+    png = "tiny-sst2-random-tiny-llama_validation_vs_forward_passes.png"
+    assert png in text and (folder / "report" / png).is_file()
+    page = (folder / "report" / "report.html").read_text()
+    assert f'src="{png}"' not in page and page.count("data:image/png;base64,") == 2
+    with ResultsStore(folder, create=False) as store:
+        (section,) = build_sections(store.records(), store.plans(), folder)
+    figure = validation_vs_forward_passes_figure(section, folder)
+    assert [axis.get_title() for axis in figure.axes] == ["full", "lora"]
+    lines = {line.get_label(): list(line.get_xdata()) for line in figure.axes[0].get_lines()
+             if not line.get_label().startswith("_")}
+    assert lines == {"zo-sgd (2 seeds)": [0, 20, 40], "lozo (2 seeds)": [0, 20, 40],
+                     "fo-adam (2 seeds)": [0, 10, 20]}
+    dashed = [line for line in figure.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in dashed] == [[pytest.approx(71.0)] * 2]
