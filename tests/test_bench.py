@@ -1032,11 +1032,13 @@ def test_report_writes_tables_and_plots(smoke_results, capsys):
         "smoke-sst2-random-tiny-llama_accuracy_vs_memory.png",
         "smoke-sst2-random-tiny-llama_loss.png",
         "smoke-sst2-random-tiny-llama_validation.png",
+        "smoke-sst2-random-tiny-llama_validation_vs_forward_passes.png",
     ]
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (report / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table>" in page
+    assert page.count("data:image/png;base64,") == 4 and "<table>" in page
+    assert "### Time to accuracy" in markdown, "the smoke suite's ZO-SGD cells have curves"
     assert str(report / "report.md") in out
 
 
