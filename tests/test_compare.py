@@ -3,6 +3,7 @@ store told apart pair by pair on the same test examples."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -14,7 +15,7 @@ from zotune import cli
 from zotune.bench import findings
 from zotune.bench.compare import compare
 from zotune.bench.intervals import bootstrap_interval, paired_difference, wilson_interval
-from zotune.bench.store import ResultsStore, RunRecord, SuitePlan
+from zotune.bench.store import METRICS_FILE, ResultsStore, RunRecord, SuitePlan
 from zotune.bench.suite import expand_suite, load_suite
 from zotune.train import finetune
 
@@ -86,10 +87,11 @@ def test_a_run_records_each_test_examples_score(sst2_dir, tmp_path, tiny_run_con
 
 
 def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, data_seed=0,
-                      only=None, best_step_of=lambda run: 1):
+                      only=None, best_step_of=lambda run: 1, curve_of=None):
     """A store of the tiny suite's finished runs (``only`` those the predicate keeps) at
     ``tmp_path/tiny``, each with the per-example test scores ``scores_of(run)`` (None: a
-    record made before zotune kept them) and its best validation at ``best_step_of(run)``."""
+    record made before zotune kept them) and its best validation at ``best_step_of(run)``;
+    with ``curve_of``, each run's validation at steps 0, 1, 2 (two forward passes a step)."""
     suite_dict = tiny_suite()
     suite_dict["base"]["task"]["data_seed"] = data_seed
     suite = expand_suite(suite_dict)
@@ -107,6 +109,13 @@ def store_with_scores(tmp_path, tiny_suite, scores_of, *, test_examples=200, dat
                 metrics.update(test_accuracy=statistics.fmean(scores), test_scores=scores)
             else:
                 metrics["test_accuracy"] = 0.5
+            if curve_of is not None:
+                metrics.update(forward_passes_per_step=2, seconds_per_step=1.0, steps=2)
+                lines = [{"step": step, "val_accuracy": value}
+                         for step, value in enumerate(curve_of(run))]
+                store.run_dir(run.id).mkdir(parents=True)
+                (store.run_dir(run.id) / METRICS_FILE).write_text(  # recording copies it
+                    "".join(json.dumps(line) + "\n" for line in lines))
             store.record(RunRecord.for_run(
                 "tiny", run, status="done",
                 metrics=metrics, error=None, started_at=1.0, finished_at=2.0,
@@ -203,10 +212,6 @@ def test_the_compare_command_prints_three_lines_or_one_error(tmp_path, tiny_suit
 def test_every_finding_names_cells_its_suite_runs(finding):
     from zotune.bench.compare import cell_name
     from zotune.bench.selection import select
-    from zotune.bench.suite import builtin_suites
-
-    if finding.suite == "cpu-frontier" and finding.suite not in builtin_suites():
-        pytest.skip("the cpu-frontier suite is not written yet")
     suite = load_suite(finding.suite)
     planned = [{"id": r.id, **r.cell.__dict__, "hparams": r.hparams, "seed": r.seed}
                for r in suite.runs]
@@ -305,6 +310,31 @@ def test_frontier_findings_wait_for_their_store(tmp_path):
     assert {e.verdict for _, estimates in checked for e in estimates} == {"queued"}
     text = findings.markdown(checked, "cmd")
     assert text.count("queued (waiting for the cpu-frontier store)") == 2 * len(frontier)
+
+
+@pytest.mark.parametrize(
+    ("curves", "reaches"),
+    [
+        # ZO-SGD ends at 0.6 (seed mean); FO-Adam gets there at step 1, 2 passes of 4
+        ({"fo-adam": [0.5, 0.6, 0.7], "zo-sgd": [0.5, 0.55, 0.6]},
+         "fo-adam/full 2 of 4, zo-sgd/full 4 of 4 (target 60.0)"),
+        ({"fo-adam": [0.5, 0.52, 0.58], "zo-sgd": [0.5, 0.55, 0.6]},
+         "fo-adam/full not in 4 (best 58.0), zo-sgd/full 4 of 4 (target 60.0)"),
+        (None, "—"),  # no curves recorded: nothing to say
+    ],
+)
+def test_a_convergence_claim_says_each_cells_forward_passes_to_zo_sgds_end(
+        tmp_path, tiny_suite, curves, reaches):
+    store_with_scores(tmp_path, tiny_suite, by_optimizer(0.1, 0.0),
+                      curve_of=None if curves is None
+                      else lambda run: curves[run.cell.optimizer])
+    claim = findings.Finding("FO converges faster", "tiny",
+                             (findings.difference("fo-adam/full", "zo-sgd/full"),),
+                             time_to_accuracy=True)
+    ((_, (item,)),) = checked = findings.check(tmp_path, [claim])
+    assert item.verdict == "yes" and (item.reaches or "—") == reaches
+    row = findings.markdown(checked, "cmd").split("## FO converges faster")[1]
+    assert "forward passes to ZO-SGD's final validation" in row and f"| {reaches} |" in row
 
 
 def test_seeds_widen_an_interval_in_quadrature():

@@ -18,7 +18,10 @@ as independent binomials (wider, and said so). Its verdict:
   initial model (its grid needs a larger learning rate), or gave every test example the same
   class, a constant predictor; either way the contrast says nothing about its optimizer.
 
-Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test.
+Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test. A finding
+that claims faster convergence (``time_to_accuracy``) also says each cell's forward passes to
+the validation accuracy at which ZO-SGD ends (:mod:`zotune.bench.time_to_accuracy`), as
+measured, without an interval.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval
 from .report import PAPER_SST2_OPT_1_3B
 from .selection import UNTRAINED_MEANING
 from .store import store_exists
+from .time_to_accuracy import Reach, times_to_accuracy
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
 # "Keeps FO's accuracy" is a claim of no loss, which no interval can show to be exactly 0:
@@ -60,6 +64,9 @@ class Finding:
     suite: str
     contrasts: tuple[Contrast, ...]
     margin: float = 0.0  # the claim holds above −margin (0: a strict improvement)
+    # Also say how many forward passes each cell took to reach the validation accuracy at
+    # which ZO-SGD ends (zotune.bench.time_to_accuracy): a claim of faster convergence.
+    time_to_accuracy: bool = False
 
 
 def difference(a: str, b: str, task: str = "sst2") -> Contrast:
@@ -163,7 +170,8 @@ FINDINGS = (
                         difference("fo-sgd/lora", "forward-grad/lora", task))),
     ),
     *(Finding(f"{claim}: test accuracy at an equal forward budget", "cpu-frontier",
-              tuple(difference(f"{method}/{s}", "zo-sgd/" + s) for s in FRONTIER_SCHEMES))
+              tuple(difference(f"{method}/{s}", "zo-sgd/" + s) for s in FRONTIER_SCHEMES),
+              time_to_accuracy=True)
       for method, claim in FRONTIER_CLAIMS.items()),
 )
 
@@ -181,6 +189,7 @@ class Estimate:
     missing: list[str] = field(default_factory=list)
     untrained: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # cells whose choice may still change
+    reaches: str = ""  # each cell's forward passes to ZO-SGD's final validation, where asked
 
 
 def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
@@ -257,21 +266,46 @@ def check(
     """Every finding's contrasts, estimated from the stores under ``root``."""
     checked = []
     views: dict[tuple[str, str], StoreView | None] = {}
+    reaches: dict[tuple[str, str], dict[str, Reach]] = {}
     for finding in findings:
         estimates = []
         for contrast in finding.contrasts:
             key = (finding.suite, contrast.task)
+            folder = root / finding.suite
             if key not in views:
-                folder = root / finding.suite
                 views[key] = (StoreView(folder, suite=finding.suite, task=contrast.task)
                               if store_exists(folder) else None)
             view = views[key]
             if view is None:
                 estimates.append(Estimate(contrast, missing=[f"the {finding.suite} store"]))
-            else:
-                estimates.append(estimate(contrast, view, finding.margin))
+                continue
+            estimates.append(estimate(contrast, view, finding.margin))
+            if finding.time_to_accuracy:
+                if key not in reaches:
+                    reaches[key] = {f"{r.curve.optimizer}/{r.curve.scheme}": r
+                                    for section in view.sections
+                                    for r in times_to_accuracy(section, folder)}
+                estimates[-1].reaches = reach_text(contrast, reaches[key])
         checked.append((finding, estimates))
     return checked
+
+
+def reach_text(contrast: Contrast, reaches: dict[str, Reach]) -> str:
+    """``"lozo/full 480, zo-sgd/full 960 of 960 (target 71.0)"``: each cell's forward passes
+    to the target, the passes it ran where it fell short; empty while no cell has a curve."""
+    parts, target = [], None
+    for _, name in contrast.terms:
+        item = reaches.get(name)
+        if item is None:
+            parts.append(f"{name} no curve yet")
+            continue
+        target = item.target
+        ran = item.curve.passes[-1]
+        parts.append(f"{name} {item.forward_passes:,.0f} of {ran:,.0f}" if item.reached
+                     else f"{name} not in {ran:,.0f} (best {item.best * 100:.1f})")
+    if target is None:
+        return ""
+    return f"{', '.join(parts)} (target {target * 100:.1f})"
 
 
 def summary(estimates: list[Estimate]) -> str:
@@ -301,7 +335,11 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         f"no finished run yet; **untrained cell**: a cell was {UNTRAINED_MEANING}, and the "
         "contrast says nothing about its optimizer. "
         "Values are points of test accuracy; the paper's are from "
-        "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell.",
+        "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell. A claim of faster "
+        "convergence also gives each cell's forward passes to the validation accuracy at "
+        "which ZO-SGD ends, of the passes it ran (the seed-mean validation curve of its "
+        "chosen setting; `zotune report`'s time-to-accuracy table, which adds wall time): "
+        "a description of the runs, with no interval.",
         "",
         markdown_table(["finding", "suite", "verdicts"], rows, right_from=None),
         "",
@@ -311,6 +349,9 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         if finding.margin:
             parts += [f"Holds when the interval lies above −{finding.margin * 100:.0f} points.",
                       ""]
+        header = ["contrast", "measured (95% interval)", "paper", "method", "verdict"]
+        if finding.time_to_accuracy:
+            header.append("forward passes to ZO-SGD's final validation")
         table = []
         for item in estimates:
             paper = paper_value(item.contrast)
@@ -324,18 +365,17 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
                 verdict += f" ({', '.join(item.untrained)})"
             if item.partial:
                 verdict += f"; so far: {', '.join(item.partial)} still running"
-            table.append([
+            row = [
                 f"{item.contrast.task}: {item.contrast.label}",
                 measured,
                 "—" if paper is None else f"{paper:+.1f}",
                 item.method or "—",
                 verdict,
-            ])
-        parts += [
-            markdown_table(["contrast", "measured (95% interval)", "paper", "method", "verdict"],
-                           table, right_from=None),
-            "",
-        ]
+            ]
+            if finding.time_to_accuracy:
+                row.append(item.reaches or "—")
+            table.append(row)
+        parts += [markdown_table(header, table, right_from=None), ""]
     return "\n".join(parts)
 
 
