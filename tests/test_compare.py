@@ -320,6 +320,8 @@ def test_frontier_findings_wait_for_their_store(tmp_path):
          "fo-adam/full 2 of 4, zo-sgd/full 4 of 4 (target 60.0)"),
         ({"fo-adam": [0.5, 0.52, 0.58], "zo-sgd": [0.5, 0.55, 0.6]},
          "fo-adam/full not in 4 (best 58.0), zo-sgd/full 4 of 4 (target 60.0)"),
+        ({"fo-adam": [0.6, 0.5, 0.5], "zo-sgd": [0.5, 0.55, 0.6]},
+         "fo-adam/full 0 (the initial model scores it), zo-sgd/full 4 of 4 (target 60.0)"),
         (None, "—"),  # no curves recorded: nothing to say
     ],
 )

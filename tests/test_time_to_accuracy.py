@@ -57,7 +57,8 @@ PASSES = {"zo-sgd": 2, "lozo": 2, "fo-adam": 1}
 SECONDS = {"zo-sgd": 1.5, "lozo": 1.0, "fo-adam": 3.0}
 
 
-def frontier_store(tmp_path, tiny_suite, curves=True, schemes=("full", "lora")):
+def frontier_store(tmp_path, tiny_suite, curves=True, schemes=("full", "lora"),
+                   validation=VALIDATION):
     suite = expand_suite(tiny_suite(
         grid={"tuning": list(schemes), "optimizer": ["zo-sgd", "lozo", "fo-adam"]},
         sweep={"zo-sgd": {"lr": [1e-3, 1e-4]}, "lozo": {"lr": [1e-3]},
@@ -67,7 +68,7 @@ def frontier_store(tmp_path, tiny_suite, curves=True, schemes=("full", "lora")):
         store.save_plan(SuitePlan.of(suite, "zotune bench tiny"), now=1.0)
         for run in suite.runs:
             optimizer = run.cell.optimizer
-            values = VALIDATION[(optimizer, run.hparams["optimizer.lr"])][run.seed]
+            values = validation[(optimizer, run.hparams["optimizer.lr"])][run.seed]
             run_dir = folder / RUNS_DIR / run.id
             run_dir.mkdir(parents=True)
             if curves:
@@ -116,6 +117,17 @@ def test_every_cell_is_timed_to_where_the_reference_ends(tmp_path, tiny_suite, r
         assert (fo.best, fo.best_passes) == pytest.approx((0.67, 20))
 
 
+def test_a_target_the_initial_model_scores_is_said_so(tmp_path, tiny_suite):
+    """A reference that never left its step-0 validation sets a target every cell meets
+    before its first update: the table says so rather than show a race won in 0 passes."""
+    falling = {("zo-sgd", 1e-3): [[0.70, 0.60, 0.50], [0.70, 0.60, 0.50]],
+               ("zo-sgd", 1e-4): [[0.60, 0.50, 0.40], [0.60, 0.50, 0.40]]}
+    folder = frontier_store(tmp_path, tiny_suite, validation={**VALIDATION, **falling})
+    build_report(folder, plots=False)
+    table = (folder / "report" / "report.md").read_text().split("### Time to accuracy")[1]
+    assert "| full | lozo | 50.0 | 40 | 0 (the initial model scores it) | 0 s | 2 |" in table
+
+
 def test_no_reference_curve_no_time_to_accuracy(tmp_path, tiny_suite):
     folder = frontier_store(tmp_path, tiny_suite, curves=False)
     assert reaches_of(folder) == {}
@@ -134,6 +146,11 @@ def test_the_report_tables_and_plots_time_to_accuracy(tmp_path, tiny_suite):
     table = text.split("### Time to accuracy")[1]
     assert "validation accuracy at which zo-sgd ends" in table
     assert "1 torch thread(s) per run, on a CPU" in table
+    rows = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| full")
+            or line.startswith("| lora")]
+    assert rows == [["| full", "zo-sgd"], ["| full", "lozo"], ["| full", "fo-adam"],
+                    ["| lora", "zo-sgd"], ["| lora", "lozo"], ["| lora", "fo-adam"]], \
+        "the reference leads each scheme"
     assert "| full | lozo | 71.0 | 40 | 20 (step 10) | 10 s | 2 |" in table
     assert "| lora | fo-adam | 71.0 | 20 | not reached (best 67.0 at 20 passes) | — | 2 |" in table
     png = "tiny-sst2-random-tiny-llama_validation_vs_forward_passes.png"

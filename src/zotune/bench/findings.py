@@ -301,8 +301,12 @@ def reach_text(contrast: Contrast, reaches: dict[str, Reach]) -> str:
             continue
         target = item.target
         ran = item.curve.passes[-1]
-        parts.append(f"{name} {item.forward_passes:,.0f} of {ran:,.0f}" if item.reached
-                     else f"{name} not in {ran:,.0f} (best {item.best * 100:.1f})")
+        if item.step == 0:
+            parts.append(f"{name} 0 (the initial model scores it)")
+        elif item.reached:
+            parts.append(f"{name} {item.forward_passes:,.0f} of {ran:,.0f}")
+        else:
+            parts.append(f"{name} not in {ran:,.0f} (best {item.best * 100:.1f})")
     if target is None:
         return ""
     return f"{', '.join(parts)} (target {target * 100:.1f})"

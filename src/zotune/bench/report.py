@@ -219,7 +219,10 @@ def time_to_accuracy_table(section: Section) -> Table:
     rows = []
     for item in section.reaches:
         curve = item.curve
-        if item.reached:
+        if item.step == 0:
+            passes = "0 (the initial model scores it)"
+            wall = duration(0.0)
+        elif item.reached:
             passes = f"{item.forward_passes:,.0f} (step {item.step})"
             wall = MISSING if item.seconds is None else duration(item.seconds)
         else:

@@ -105,10 +105,13 @@ def times_to_accuracy(
     section: Section, results_dir: Path, reference: str = REFERENCE
 ) -> list[Reach]:
     """Every cell's reach of its scheme's target (the ``reference`` cell's final seed-mean
-    validation accuracy); empty for the schemes whose reference cell has no curve."""
+    validation accuracy), the reference first in each scheme; none for the schemes whose
+    reference cell has no curve."""
     curves = section_curves(section, results_dir)
     targets = {c.scheme: c.band.mean[-1] for c in curves if c.optimizer == reference}
-    return [reach(c, targets[c.scheme]) for c in curves if c.scheme in targets]
+    ordered = sorted((c for c in curves if c.scheme in targets),
+                     key=lambda c: (list(targets).index(c.scheme), c.optimizer != reference))
+    return [reach(c, targets[c.scheme]) for c in ordered]
 
 
 def load_note(section: Section) -> str:
