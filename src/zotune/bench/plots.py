@@ -301,7 +301,9 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
     against forward passes (mean over seeds, shaded: lowest to highest seed), with the
     reference's final validation (the time-to-accuracy target) dashed; None if no cell has a
     validation curve and forward passes per step."""
-    # Imported here: time_to_accuracy reads curves through this module.
+    # Imported here: time_to_accuracy reads curves through this module, and the registry
+    # loads torch.
+    from ..optim.registry import names
     from .time_to_accuracy import REFERENCE, section_curves
 
     curves = section_curves(section, results_dir)
@@ -319,6 +321,7 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
     figure, axes = plt.subplots(1, len(schemes), squeeze=False, figsize=(width, height),
                                 sharey=True)
     colors = series_colors()
+    first_order = set(names(zeroth_order=False))
     for axis, scheme in zip(axes[0], schemes, strict=True):
         axis.set_title(scheme, fontsize=8)
         axis.tick_params(labelsize=6)
@@ -330,7 +333,9 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
             axis.plot(curve.passes, [v * 100 for v in band.mean], color=color,
                       linewidth=1.8 if curve.optimizer == reference else 1.0,
                       marker="o" if len(band.steps) == 1 else None,
-                      label=f"{curve.optimizer} ({band.seeds} seed{'s' * (band.seeds != 1)})")
+                      label=f"{curve.optimizer} ({band.seeds} seed{'s' * (band.seeds != 1)}"
+                      + ("; each pass also runs backward)" if curve.optimizer in first_order
+                         else ")"))
             if band.seeds > 1:
                 axis.fill_between(curve.passes, [v * 100 for v in band.low],
                                   [v * 100 for v in band.high], color=color, alpha=0.15,
