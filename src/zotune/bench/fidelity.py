@@ -44,6 +44,7 @@ from ..tasks.specs import TASKS
 from .suite import load_suite
 
 DATA_FILE = "fidelity.yaml"
+FRONTIER_SUITE = "cpu-frontier"
 
 
 def _number(value: Any) -> str:
@@ -83,6 +84,11 @@ class Sources:
             for r in self.paper_runs
             if r.cell.optimizer == optimizer
         }
+
+    @cached_property
+    def frontier_runs(self) -> list:
+        """The `cpu-frontier` suite's runs (the ZO frontier at CPU scale)."""
+        return load_suite(FRONTIER_SUITE).runs
 
     @cached_property
     def block_counts(self) -> dict[str, int]:
@@ -409,6 +415,33 @@ def settings_rows(sources: Sources) -> list[str]:
         rows.append(f"| {row['setting']} | {row['reference']} | {row['where']} | {zotune} "
                     f"| {status} |")
     return rows
+
+
+@probe("frontier-suite")
+def _frontier_suite(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
+    """What the `cpu-frontier` suite runs of an optimizer, per scheme: its learning rates,
+    steps × batch, and the options it sets away from the registry's defaults."""
+    accepted = registry.entry(row["optimizer"]).accepted()
+    cells: dict[str, list] = {}
+    for run in sources.frontier_runs:
+        if run.cell.optimizer == row["optimizer"]:
+            cells.setdefault(run.cell.scheme, []).append(run)
+    parts = []
+    for scheme, runs in cells.items():
+        lrs = {r.config["optimizer"]["lr"] for r in runs}
+        budgets = {(r.config["train"]["steps"], r.config["train"]["batch_size"]) for r in runs}
+        moved = sorted({
+            f"`{name}` {_number(value)}"
+            for r in runs for name, value in r.config["optimizer"].items()
+            if name in accepted and name not in ("lr", "eps") and value != accepted[name].default
+        })
+        budget = ", ".join(f"{s} × {b}" for s, b in sorted(budgets))
+        parts.append(f"{scheme}: lr {_numbers(lrs)}, {budget}"
+                     + (f", {', '.join(moved)}" if moved else ""))
+    if not parts:
+        return f"not in the `{FRONTIER_SUITE}` suite", row["status"]
+    return (f"`{FRONTIER_SUITE}` (SmolLM2-135M, SST-2, CPU scale): {'; '.join(parts)}; the "
+            "other options at the defaults above"), row["status"]
 
 
 def frontier_rows(sources: Sources) -> list[str]:
