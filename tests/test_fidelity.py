@@ -197,7 +197,7 @@ def _frontier_row(sources, optimizer, measure, option=None):
     (row,) = [
         r for r in sources.data["frontier"]
         if isinstance(r["zotune"], dict) and r["zotune"]["optimizer"] == optimizer
-        and r["zotune"]["measure"] == measure and r["zotune"].get("option") == option
+        and r["zotune"].get("measure") == measure and r["zotune"].get("option") == option
         and "options" not in r["zotune"]
     ]
     return {**row["zotune"], "status": row.get("status", "")}
@@ -289,3 +289,20 @@ def test_the_frontier_section_names_each_methods_golden_test(fidelity_sources):
     methods = {line.split("|")[1].strip() for line in section.splitlines()[2:]
                if line.startswith("| ")} - {"method", "---"}
     assert methods == {"LOZO", "LOZO-M", "SubZero", "HiZOO", "MeZO-SVRG", "Sparse-MeZO"}
+
+
+def test_the_frontier_suite_rows_read_the_suite(fidelity_sources):
+    """Each method's suite row lists what `cpu-frontier` sets away from the registry's
+    defaults, per scheme (MeZO-SVRG's smaller anchor, Sparse-MeZO's LoRA threshold rule)."""
+    from zotune.bench.fidelity import PROBES
+
+    def suite_text(optimizer):
+        (row,) = [r for r in fidelity_sources.data["frontier"]
+                  if r["zotune"] == {"code": "frontier-suite", "optimizer": optimizer}]
+        return PROBES["frontier-suite"](fidelity_sources, {**row["zotune"],
+                                                            "status": row["status"]})[0]
+
+    assert "`anchor_batch_size` 128" in suite_text("mezo-svrg")
+    assert "`anchor_every`" not in suite_text("mezo-svrg"), "the suite keeps its default"
+    full, lora = suite_text("sparse-mezo").split("; lora: ")
+    assert "small-magnitude-step" in lora and "small-magnitude-step" not in full
