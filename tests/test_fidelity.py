@@ -188,3 +188,121 @@ def test_the_block_row_counts_zo_llms_27_blocks(fidelity_sources):
     row = _row(fidelity_sources, "block-wise partition")
     text, status = PROBES["blocks"](fidelity_sources, row)
     assert "`block_level: transformer-block` (27 blocks" in text and status == row["same"]
+
+
+# §4: the ZO frontier's rows read the registry ------------------------------------------------
+
+
+def _frontier_row(sources, optimizer, measure, option=None):
+    (row,) = [
+        r for r in sources.data["frontier"]
+        if isinstance(r["zotune"], dict) and r["zotune"]["optimizer"] == optimizer
+        and r["zotune"].get("measure") == measure and r["zotune"].get("option") == option
+        and "options" not in r["zotune"]
+    ]
+    return {**row["zotune"], "status": row.get("status", "")}
+
+
+def _with_default(monkeypatch, optimizer, option, value):
+    from zotune.optim import registry
+
+    entry = registry.entry(optimizer)
+    options = tuple(dataclasses.replace(o, default=value) if o.name == option else o
+                    for o in entry.options)
+    assert options != entry.options, f"{optimizer} declares no {option}"
+    monkeypatch.setitem(registry.REGISTRY, optimizer,
+                        dataclasses.replace(entry, options=options))
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "option", "changed", "shown"),
+    [
+        ("lozo", "lozo_rank", 4, "`lozo_rank` default 4"),
+        ("lozo", "lozo_interval", 100, "`lozo_interval` default 100"),
+        ("lozo", "lozo_update", "probed", "`lozo_update` default probed"),
+        ("lozo-m", "lozo_beta", 0.7, "`lozo_beta` default 0.7"),
+        ("subzero", "subzero_rank", 24, "`subzero_rank` default 24"),
+        ("subzero", "subzero_interval", 1000, "`subzero_interval` default 1000"),
+        ("hizoo", "hessian_smooth", 0.0, "`hessian_smooth` default 0"),
+        ("mezo-svrg", "anchor_every", 3, "`anchor_every` default 3"),
+        ("mezo-svrg", "anchor_lr", 1e-6, "`anchor_lr` default 1e-06"),
+        ("mezo-svrg", "anchor_batch_size", 64, "`anchor_batch_size` default 64"),
+        ("mezo-svrg", "control_at", "anchor", "`control_at` default anchor"),
+    ],
+)
+def test_a_frontier_row_follows_its_registry_default(
+    fidelity_sources, monkeypatch, optimizer, option, changed, shown
+):
+    """A row says "same" exactly while the registry's default is the reference's: changing
+    the default flips it (HiZOO's, which differs on purpose, flips the other way)."""
+    from zotune.bench.fidelity import PROBES
+
+    row = _frontier_row(fidelity_sources, optimizer, "default", option)
+    before = PROBES["frontier"](fidelity_sources, row)[1]
+    _with_default(monkeypatch, optimizer, option, changed)
+    text, after = PROBES["frontier"](fidelity_sources, row)
+    assert shown in text
+    same, differs = row.get("same", "same"), row.get("differs", "differs")
+    assert (before, after) in ((same, differs), (differs, same)), (before, after)
+    assert after == (same if changed == row["expect"] else differs)
+
+
+def test_the_frontier_counts_follow_the_step_strategies(fidelity_sources, monkeypatch):
+    """HiZOO's pass row compares `forward_passes` with the reference's four; MeZO-SVRG's state
+    row says "less memory" while `control_at` keeps no parameter-sized anchor."""
+    from zotune.bench.fidelity import PROBES
+    from zotune.optim.hessian import HessianStep
+
+    passes = _frontier_row(fidelity_sources, "hizoo", "forward-passes")
+    assert PROBES["frontier"](fidelity_sources, passes) == (
+        "3 (`forward_passes`): no fourth pass; the step returns ℓ₀ = f(θ_t)", passes["differs"])
+    state = _frontier_row(fidelity_sources, "mezo-svrg", "state-tensors")
+    assert PROBES["frontier"](fidelity_sources, state)[1] == state["differs"]
+
+    monkeypatch.setattr(HessianStep, "planned_forward_passes", lambda self, passes: passes + 2)
+    assert PROBES["frontier"](fidelity_sources, passes)[1] == "same"
+    _with_default(monkeypatch, "mezo-svrg", "control_at", "anchor")
+    assert PROBES["frontier"](fidelity_sources, state)[1] == "same"
+
+
+def test_sparse_mezo_sparsity_stays_unverified(fidelity_sources, monkeypatch):
+    """No code of the authors: the row shows the registry's default and never says "same"."""
+    from zotune.bench.fidelity import PROBES
+
+    row = _frontier_row(fidelity_sources, "sparse-mezo", "default", "sparsity")
+    text, status = PROBES["frontier"](fidelity_sources, row)
+    assert text.startswith("`sparsity` default 0.8") and status == "unverified"
+    _with_default(monkeypatch, "sparse-mezo", "sparsity", 0.5)
+    text, status = PROBES["frontier"](fidelity_sources, row)
+    assert text.startswith("`sparsity` default 0.5") and status == "unverified"
+
+
+def test_the_frontier_section_names_each_methods_golden_test(fidelity_sources):
+    from zotune.bench.fidelity import render
+
+    page = render(fidelity_sources)
+    section = page[page.index("## 4. The ZO frontier against its authors' code"):]
+    tests = Path(__file__).resolve().parent
+    for name in ("lowrank", "hizoo", "mezo_svrg", "sparse_mezo"):
+        golden = f"tests/test_golden_frontier_{name}.py"
+        assert golden in section and (tests.parent / golden).is_file()
+    methods = {line.split("|")[1].strip() for line in section.splitlines()[2:]
+               if line.startswith("| ")} - {"method", "---"}
+    assert methods == {"LOZO", "LOZO-M", "SubZero", "HiZOO", "MeZO-SVRG", "Sparse-MeZO"}
+
+
+def test_the_frontier_suite_rows_read_the_suite(fidelity_sources):
+    """Each method's suite row lists what `cpu-frontier` sets away from the registry's
+    defaults, per scheme (MeZO-SVRG's smaller anchor, Sparse-MeZO's LoRA threshold rule)."""
+    from zotune.bench.fidelity import PROBES
+
+    def suite_text(optimizer):
+        (row,) = [r for r in fidelity_sources.data["frontier"]
+                  if r["zotune"] == {"code": "frontier-suite", "optimizer": optimizer}]
+        return PROBES["frontier-suite"](fidelity_sources, {**row["zotune"],
+                                                            "status": row["status"]})[0]
+
+    assert "`anchor_batch_size` 128" in suite_text("mezo-svrg")
+    assert "`anchor_every`" not in suite_text("mezo-svrg"), "the suite keeps its default"
+    full, lora = suite_text("sparse-mezo").split("; lora: ")
+    assert "small-magnitude-step" in lora and "small-magnitude-step" not in full

@@ -7,14 +7,16 @@ code changed, nor "same" after it drifted.
 
 Two sources, each fact stated once:
 
-* ``fidelity.yaml`` (beside this module): readings of the reference code (ZO-LLM, MeZO), each
-  with the file and line it was read from, and the prose rows whose zotune side is a
-  behaviour rather than a value (templates, selection rules);
+* ``fidelity.yaml`` (beside this module): readings of the reference code (ZO-LLM, MeZO, and
+  for §4 the ZO frontier's authors' code: LOZO, SubZero, HiZOO, MeZO-SVRG), each with the
+  file and line it was read from, and the prose rows whose zotune side is a behaviour rather
+  than a value (templates, selection rules);
 * the code: the ``paper`` and ``cpu`` suites (every grid cell's lr, ε, steps and batch), the
   optimizer registry (every option's default and choices, so options added later, such as a
   new ``distribution`` or a ``base`` rule, appear when the page is regenerated), the task
-  catalog (training loss per task), the run config's defaults, and the block partition
-  (counted on a 24-layer OPT built from a config).
+  catalog (training loss per task), the run config's defaults, the block partition
+  (counted on a 24-layer OPT built from a config), and each frontier entry's defaults,
+  forward passes and state tensors (the ``frontier`` probe's measures).
 
 A settings row of the data file whose ``zotune`` is ``{code: NAME}`` gets its zotune column
 and its status from the probe ``NAME`` below; the others are printed as written.
@@ -42,6 +44,7 @@ from ..tasks.specs import TASKS
 from .suite import load_suite
 
 DATA_FILE = "fidelity.yaml"
+FRONTIER_SUITE = "cpu-frontier"
 
 
 def _number(value: Any) -> str:
@@ -81,6 +84,11 @@ class Sources:
             for r in self.paper_runs
             if r.cell.optimizer == optimizer
         }
+
+    @cached_property
+    def frontier_runs(self) -> list:
+        """The `cpu-frontier` suite's runs (the ZO frontier at CPU scale)."""
+        return load_suite(FRONTIER_SUITE).runs
 
     @cached_property
     def block_counts(self) -> dict[str, int]:
@@ -342,6 +350,60 @@ def _blocks(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
     return text, _verdict(same, row)
 
 
+# Section 4: the ZO frontier, with the registry's values for the rows that name one ------------
+
+
+def _schemes_on(entry: registry.OptimizerEntry, row: dict[str, Any]) -> str:
+    on = [s for s in registry.EPS_BY_SCHEME if entry.run_defaults(s).get(row["option"])]
+    return ", ".join(on) or "none"
+
+
+def _accepts(entry: registry.OptimizerEntry, row: dict[str, Any]) -> str:
+    option = entry.accepted().get(row["option"])
+    return "not offered" if option is None else f"offered (default {_number(option.default)})"
+
+
+def _state_init(entry: registry.OptimizerEntry, row: dict[str, Any]) -> str:
+    init = entry.strategy(**row.get("options", {})).state_init
+    return ", ".join(f"{name} = {_number(value)}" for name, value in init.items()) or "none"
+
+
+FRONTIER_MEASURES: dict[str, Callable[[registry.OptimizerEntry, dict[str, Any]], Any]] = {
+    "default": lambda entry, row: entry.accepted()[row["option"]].default,
+    "forward-passes": lambda entry, row: entry.forward_passes(**row.get("options", {})),
+    "state-tensors": lambda entry, row: entry.state_tensors(**row.get("options", {})),
+    "state-init": _state_init,
+    "schemes-on": _schemes_on,
+    "accepts": _accepts,
+}
+
+
+@probe("frontier")
+def _frontier(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
+    """A frontier method's value from its registry entry (``measure``: an option's default,
+    forward passes, state tensors, ...) in ``text``; the status compares it with the
+    reference's ``expect``, or is the row's own where the reference has no comparable value."""
+    entry = registry.entry(row["optimizer"])
+    options = row.get("options", {})
+    value = FRONTIER_MEASURES[row["measure"]](entry, row)
+    text = row["text"].format(
+        value=_number(value),
+        passes=_number(entry.forward_passes(**options)),
+        state=entry.state_tensors(**options),
+    )
+    if "expect" not in row:
+        return text, row["status"]
+    return text, _verdict(value == row["expect"], row)
+
+
+def resolved(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
+    """A data row's zotune column and status: as written, or its probe's."""
+    zotune, status = row["zotune"], row.get("status", "")
+    if isinstance(zotune, dict):
+        return PROBES[zotune["code"]](sources, {**zotune, "status": status})
+    return zotune, status
+
+
 def settings_rows(sources: Sources) -> list[str]:
     rows = [
         "| setting | ZO-LLM (and MeZO) value | where it comes from | zotune `paper` suite / "
@@ -349,10 +411,46 @@ def settings_rows(sources: Sources) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for row in sources.data["settings"]:
-        zotune, status = row["zotune"], row.get("status", "")
-        if isinstance(zotune, dict):
-            zotune, status = PROBES[zotune["code"]](sources, {**zotune, "status": status})
+        zotune, status = resolved(sources, row)
         rows.append(f"| {row['setting']} | {row['reference']} | {row['where']} | {zotune} "
+                    f"| {status} |")
+    return rows
+
+
+@probe("frontier-suite")
+def _frontier_suite(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
+    """What the `cpu-frontier` suite runs of an optimizer, per scheme: its learning rates,
+    steps × batch, and the options it sets away from the registry's defaults."""
+    accepted = registry.entry(row["optimizer"]).accepted()
+    cells: dict[str, list] = {}
+    for run in sources.frontier_runs:
+        if run.cell.optimizer == row["optimizer"]:
+            cells.setdefault(run.cell.scheme, []).append(run)
+    parts = []
+    for scheme, runs in cells.items():
+        lrs = {r.config["optimizer"]["lr"] for r in runs}
+        budgets = {(r.config["train"]["steps"], r.config["train"]["batch_size"]) for r in runs}
+        moved = sorted({
+            f"`{name}` {_number(value)}"
+            for r in runs for name, value in r.config["optimizer"].items()
+            if name in accepted and name not in ("lr", "eps") and value != accepted[name].default
+        })
+        budget = ", ".join(f"{s} × {b}" for s, b in sorted(budgets))
+        parts.append(f"{scheme}: lr {_numbers(lrs)}, {budget}"
+                     + (f", {', '.join(moved)}" if moved else ""))
+    if not parts:
+        return f"not in the `{FRONTIER_SUITE}` suite", row["status"]
+    return (f"`{FRONTIER_SUITE}` (SmolLM2-135M, SST-2, CPU scale): {'; '.join(parts)}; the "
+            "other options at the defaults above"), row["status"]
+
+
+def frontier_rows(sources: Sources) -> list[str]:
+    """One table, a method per row group: the authors' code beside zotune's behaviour."""
+    rows = ["| method | reference | where (repo@commit file:line) | zotune | agree |",
+            "| --- | --- | --- | --- | --- |"]
+    for row in sources.data["frontier"]:
+        zotune, status = resolved(sources, row)
+        rows.append(f"| {row['method']} | {row['reference']} | {row['where']} | {zotune} "
                     f"| {status} |")
     return rows
 
@@ -407,6 +505,10 @@ def render(sources: Sources | None = None) -> str:
         data["copa_winogrande"].rstrip(),
         "",
         data["unsettled"].rstrip(),
+        "",
+        data["frontier_intro"].rstrip(),
+        "",
+        *frontier_rows(sources),
         "",
     ]
     return "\n".join(parts)
