@@ -10,9 +10,10 @@ the list of the same tensors; line 423), by +η₂ ĝ at the moved weights, then
 θ ← θ − η₂ full_grad. Each estimate draws its own ``np.random.randint(1000000000, size=1)``
 (lines 449 and 485: one draw per anchor step, two per control step) and then z by a global
 ``torch.manual_seed`` and one ``torch.normal`` per tensor: MeZO's stream, which zotune draws
-with ``distribution="mezo"``, estimate n taking the n-th numpy draw. The lr annealing of lines 393–403 (a loss
-plateau rule read from a logging forward pass, line 433) is not part of zotune's step; it
-acts only after 4 · (batches per epoch) steps, so it is off in the reference too.
+with ``distribution="mezo"``, estimate n taking the n-th numpy draw. The lr annealing of
+lines 393–403 (a loss plateau rule read from a logging forward pass, line 433) is not part of
+zotune's step; it acts only after 4 · (batches per epoch) steps, so it is off in the
+reference too.
 
 ``control_at="anchor"`` is the paper's algorithm (Gautam et al., ICML 2024, Algorithm 1):
 θ̄ stored at the anchor step, θ_{t+1} = θ_t − η₂ (ĝ_B(θ_t) − ĝ_B(θ̄) + g).

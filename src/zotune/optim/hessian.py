@@ -16,9 +16,10 @@ The passes over the parameters are chunked like every zotune pass: z is regenera
 chunk from the step's seed (the first query seed of an RGE step, so that with α = 0 HiZOO
 is ZO-SGD step for step; with ``distribution="mezo"`` that is the step seed itself, drawn
 from MeZO's numpy stream, as the authors' trainer, built on MeZO's, draws it) and divided
-by the chunk of √H in a scratch buffer. fp16/bf16 tensors move by legs of ±ε z/√H, each rounded once (−2 as two legs), as the RGE probes do
-(:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically
-rounded unless that is switched off.
+by the chunk of √H in a scratch buffer. fp16/bf16 tensors move by legs of ±ε z/√H, each
+rounded once (−2 as two legs), as the RGE probes do
+(:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically rounded
+unless that is switched off.
 """
 
 from __future__ import annotations
