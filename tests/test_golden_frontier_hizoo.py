@@ -5,7 +5,8 @@ with ``efficient_Hessian_perturb_parameters`` (lines 475–480) and the Hessian 
 ones (lines 348–351): per step a numpy seed, ℓ₀ = f(θ), θ ± ε z/√H by a global
 ``torch.manual_seed`` and one ``torch.normal`` per trainable tensor, then per tensor
 H ← (1 − α)H + |ℓ₊ + ℓ₋ − 2ℓ₀| · H z² · α/(2ε²) and θ ← θ − lr ((ℓ₊ − ℓ₋)/(2ε) · z/√H_new).
-zotune is handed the same z through MeZO's stream (tests/test_golden_mezo.py). The
+zotune draws the same z through its public ``distribution="mezo"`` (step t's seed is the
+t-th ``np.random.RandomState(seed).randint(1000000000)``, one per step as here). The
 reference's fourth forward pass (``loss_out``, after the update) only logs, so it is left
 out. Weight decay is 0: the reference decays every tensor, zotune matrices only
 (docs/results/fidelity.md).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from test_golden_mezo import NUMPY_SEED, MeZOStream, batches, lm_loss, tiny_opt
+from golden_helpers import SEED, batches, lm_loss, tiny_opt
 from zotune.optim import create_optimizer
 
 STEPS = 12
@@ -27,7 +28,7 @@ LR, EPS, ALPHA = 1e-3, 1e-3, 1e-4
 def hizoo_reference(model, data, *, lr, eps, alpha) -> tuple[list, list]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hessian = {n: torch.ones(size=p.data.size(), dtype=p.data.dtype) for n, p in named}
-    numpy_seeds = np.random.RandomState(NUMPY_SEED)
+    numpy_seeds = np.random.RandomState(SEED)
 
     def perturb(seed: int, scaling_factor: float) -> None:
         torch.manual_seed(seed)
@@ -66,9 +67,9 @@ def test_hizoo_follows_the_authors_step_for_12_steps():
     )
     params = [p for p in zotune_model.parameters() if p.requires_grad]
     optimizer = create_optimizer(
-        "hizoo", zotune_model, lr=LR, eps=EPS, hessian_smooth=ALPHA, distribution="gaussian"
+        "hizoo", zotune_model, lr=LR, eps=EPS, hessian_smooth=ALPHA, distribution="mezo",
+        seed=SEED,
     )
-    optimizer.estimator.sampler = MeZOStream(params)
     for ids in data:
         optimizer.step(lambda ids=ids: lm_loss(zotune_model, ids))
     moved = max((p - s).abs().max().item() for p, s in zip(params, start, strict=True))

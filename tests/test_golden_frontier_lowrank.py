@@ -19,39 +19,15 @@ import math
 import pytest
 import torch
 
+from golden_helpers import SEED, batches, lm_loss, no_decay, tiny_opt
 from zotune.estimators import mix_seed
-from zotune.models import random_model
 from zotune.optim import create_optimizer
 
 STEPS = 12
-SEED = 0
-
-
-def tiny_opt() -> torch.nn.Module:
-    model = random_model("tiny-opt").model.double()
-    model.eval()  # the authors' zo_forward: model.eval(), no dropout in the probes
-    return model
-
-
-def batches(count: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(5, 300, (4, 12), generator=gen) for _ in range(count)]
-
-
-def lm_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy in float64 (transformers' own loss casts logits to float32)."""
-    logits = model(input_ids=ids).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-    )
 
 
 def step_seeds(count: int) -> list[int]:
     return [mix_seed(mix_seed(SEED, t), 0) for t in range(count)]
-
-
-def no_decay(name: str) -> bool:
-    return "bias" in name or "layer_norm" in name or "layernorm" in name
 
 
 def trainable(model) -> list[tuple[str, torch.Tensor]]:

@@ -7,11 +7,13 @@ full_grad = projected_grad · z, then θ ← θ − η₁ full_grad; between, tw
 ``central_difference_grad_est_me`` (lines 483–509), each with its own numpy seed, the
 first moving θ by −η₂ ĝ (line 422), the second, on ``self.parameters`` (line 415: a copy of
 the list of the same tensors; line 423), by +η₂ ĝ at the moved weights, then
-θ ← θ − η₂ full_grad. Each estimate draws
-z by a global ``torch.manual_seed`` and one ``torch.normal`` per tensor (MeZO's stream,
-tests/test_golden_mezo.py, handed to zotune). The lr annealing of lines 393–403 (a loss
-plateau rule read from a logging forward pass, line 433) is not part of zotune's step; it
-acts only after 4 · (batches per epoch) steps, so it is off in the reference too.
+θ ← θ − η₂ full_grad. Each estimate draws its own ``np.random.randint(1000000000, size=1)``
+(lines 449 and 485: one draw per anchor step, two per control step) and then z by a global
+``torch.manual_seed`` and one ``torch.normal`` per tensor: MeZO's stream, which zotune draws
+with ``distribution="mezo"``, estimate n taking the n-th numpy draw. The lr annealing of
+lines 393–403 (a loss plateau rule read from a logging forward pass, line 433) is not part of
+zotune's step; it acts only after 4 · (batches per epoch) steps, so it is off in the
+reference too.
 
 ``control_at="anchor"`` is the paper's algorithm (Gautam et al., ICML 2024, Algorithm 1):
 θ̄ stored at the anchor step, θ_{t+1} = θ_t − η₂ (ĝ_B(θ_t) − ĝ_B(θ̄) + g).
@@ -23,23 +25,23 @@ import numpy as np
 import pytest
 import torch
 
-from test_golden_mezo import NUMPY_SEED, MeZOStream, lm_loss, tiny_opt
+from golden_helpers import SEED, batches, lm_loss, tiny_opt
 from zotune.optim import create_optimizer
+from zotune.optim.svrg import estimate_index
 
 STEPS, PERIOD, BATCH, ANCHOR = 12, 3, 4, 16
 LR, ANCHOR_LR, EPS = 1e-4, 1e-3, 1e-3
 
 
 def data() -> tuple[list[torch.Tensor], torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    minibatches = [torch.randint(5, 300, (BATCH, 12), generator=gen) for _ in range(STEPS)]
-    return minibatches, torch.randint(5, 300, (ANCHOR, 12), generator=gen)
+    drawn = batches(STEPS + ANCHOR // BATCH, BATCH)
+    return drawn[:STEPS], torch.cat(drawn[STEPS:])
 
 
 @torch.no_grad()
 def svrg_reference(model, minibatches, anchor_batch, *, paper: bool) -> list[torch.Tensor]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    numpy_seeds = np.random.RandomState(NUMPY_SEED)
+    numpy_seeds = np.random.RandomState(SEED)
 
     def perturb(seed, scaling_factor) -> None:
         torch.manual_seed(seed)
@@ -99,9 +101,8 @@ def test_mezo_svrg_follows_the_reference_for_12_steps(control_at):
     params = [p for p in zotune_model.parameters() if p.requires_grad]
     optimizer = create_optimizer(
         "mezo-svrg", zotune_model, lr=LR, anchor_lr=ANCHOR_LR, eps=EPS, anchor_every=PERIOD,
-        anchor_batch_size=ANCHOR, control_at=control_at, distribution="gaussian",
+        anchor_batch_size=ANCHOR, control_at=control_at, distribution="mezo", seed=SEED,
     )
-    optimizer.estimator.sampler = MeZOStream(params)
     anchor_steps = 0
     for batch in minibatches:
         wanted = optimizer.examples_wanted(BATCH, ANCHOR)
@@ -115,6 +116,13 @@ def test_mezo_svrg_follows_the_reference_for_12_steps(control_at):
     assert moved > 1e-4
     for mine, reference in zip(params, theirs, strict=True):
         torch.testing.assert_close(mine.detach(), reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("period", "indices"), [(3, [0, 1, 3, 5, 6, 8, 10]), (1, [0, 1, 2, 3]), (2, [0, 1, 3, 4, 6])]
+)
+def test_estimates_are_counted_one_per_anchor_step_two_per_control_step(period, indices):
+    assert [estimate_index(t, period) for t in range(len(indices))] == indices
 
 
 def test_the_anchor_estimate_survives_a_save_and_load():

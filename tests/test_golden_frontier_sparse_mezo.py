@@ -3,9 +3,9 @@
 No public code of the authors was found (Liu et al., 2024, *Sparse MeZO: Less Parameters for
 Better Performance in Zeroth-Order LLM Fine-Tuning*, arXiv 2402.15751), so the reference is
 the paper's algorithm: MeZO's step (a numpy seed per step, a global ``torch.manual_seed`` and
-one ``torch.normal`` per trainable tensor, tests/test_golden_mezo.py) with every direction
-masked by m = [|θ_t| ≤ h_i], m taken from the weights at the start of the step, h_i the
-(1 − s)-quantile of tensor i's |θ| before training; probes θ ± ε m⊙z, update
+one ``torch.normal`` per trainable tensor, which zotune's ``distribution="mezo"`` draws) with
+every direction masked by m = [|θ_t| ≤ h_i], m taken from the weights at the start of the
+step, h_i the (1 − s)-quantile of tensor i's |θ| before training; probes θ ± ε m⊙z, update
 θ ← θ − lr · (f(θ + εm⊙z) − f(θ − εm⊙z))/(2ε) · m⊙z.
 """
 
@@ -14,9 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from test_golden_mezo import NUMPY_SEED, MeZOStream, batches, lm_loss, tiny_opt
-from zotune.enhance.sparse import ThresholdMaskedSampler
-from zotune.estimators import DirectionSampler, IndexedParam
+from golden_helpers import SEED, batches, lm_loss, tiny_opt
 from zotune.optim import create_optimizer
 
 STEPS = 12
@@ -36,7 +34,7 @@ def thresholds(named) -> dict[str, float]:
 def sparse_mezo_reference(model, data, *, lr, eps) -> list[torch.Tensor]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     h = thresholds(named)
-    numpy_seeds = np.random.RandomState(NUMPY_SEED)
+    numpy_seeds = np.random.RandomState(SEED)
     for ids in data:
         seed = int(numpy_seeds.randint(1_000_000_000))
         masks = {n: (p.data.abs() <= h[n]).to(p.dtype) for n, p in named}
@@ -60,20 +58,6 @@ def sparse_mezo_reference(model, data, *, lr, eps) -> list[torch.Tensor]:
     return [p.detach().clone() for _, p in named]
 
 
-class MaskedMeZOStream(ThresholdMaskedSampler):
-    """zotune's Sparse-MeZO mask over MeZO's stream of z (one chunk per tensor)."""
-
-    def __init__(self, masked: ThresholdMaskedSampler, params: list[torch.Tensor]) -> None:
-        items = [IndexedParam(i, p) for i, p in enumerate(params)]
-        base = DirectionSampler("gaussian", chunk_numel=1 << 30)
-        super().__init__(base, items, masked.thresholds, masked.mask_every)
-        self.stream = MeZOStream(params)
-
-    def draw(self, like, seed, index, chunk, slot=0):
-        z = self.stream.draw(like, seed, index, chunk)
-        return z.mul_(self.mask(z.numel(), index, chunk, z.device, z.dtype).view(z.shape))
-
-
 def test_sparse_mezo_follows_the_papers_algorithm_for_12_steps():
     data = batches(STEPS)
     reference_model, zotune_model = tiny_opt(), tiny_opt()
@@ -81,8 +65,7 @@ def test_sparse_mezo_follows_the_papers_algorithm_for_12_steps():
     theirs = sparse_mezo_reference(reference_model, data, lr=LR, eps=EPS)
     params = [p for p in zotune_model.parameters() if p.requires_grad]
     optimizer = create_optimizer("sparse-mezo", zotune_model, lr=LR, eps=EPS,
-                                 sparsity=SPARSITY, distribution="gaussian")
-    optimizer.estimator.sampler = MaskedMeZOStream(optimizer.estimator.sampler, params)
+                                 sparsity=SPARSITY, distribution="mezo", seed=SEED)
     for ids in data:
         optimizer.step(lambda ids=ids: lm_loss(zotune_model, ids))
     moved = [(p - s).ne(0).float().mean().item() for p, s in zip(params, start, strict=True)]

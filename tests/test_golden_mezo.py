@@ -36,45 +36,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
-from zotune.models import random_model
+from golden_helpers import SEED, batches, lm_loss, no_decay, tiny_opt
 from zotune.optim import create_optimizer
 
 STEPS = 20  # MeZO's ZO-SGD and ZO-Adam; ZO-LLM's other optimizers take ZO_LLM_STEPS
 ZO_LLM_STEPS = 10
-SEED = 0  # the run's seed: numpy's stream for MeZO (transformers' set_seed), zotune's `seed`
 EPS = 1e-3
-
-
-def tiny_opt() -> torch.nn.Module:
-    # Eager attention: Forward-Grad's jvp needs it (fused SDPA has no forward-mode AD).
-    model = random_model("tiny-opt", attn_implementation="eager").model.double()
-    model.eval()  # MeZO's zo_forward: no dropout in the probes
-    return model
-
-
-def batches(count: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return [torch.randint(5, 300, (4, 12), generator=gen) for _ in range(count)]
-
-
-def lm_loss(model: torch.nn.Module, ids: torch.Tensor, params=None) -> torch.Tensor:
-    """Next-token cross-entropy in float64 (transformers' own loss casts logits to float32,
-    which would turn ulp-level parameter differences into 1e-7 ones in the estimate)."""
-    if params is None:
-        logits = model(input_ids=ids).logits
-    else:
-        logits = functional_call(model, params, (), {"input_ids": ids}).logits
-    logits = logits[:, :-1]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-    )
-
-
-def no_decay(name: str) -> bool:
-    """MeZO's and ZO-LLM's test: no decay on biases and LayerNorms."""
-    return "bias" in name or "layer_norm" in name or "layernorm" in name
 
 
 class TransformersAdamW(torch.optim.Optimizer):

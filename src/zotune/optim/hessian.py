@@ -14,10 +14,12 @@ step (ℓ₀, ℓ₊, ℓ₋) and one parameter-sized state tensor (H, fp32 for 
 
 The passes over the parameters are chunked like every zotune pass: z is regenerated per
 chunk from the step's seed (the first query seed of an RGE step, so that with α = 0 HiZOO
-is ZO-SGD step for step) and divided by the chunk of √H in a scratch buffer. fp16/bf16
-tensors move by legs of ±ε z/√H, each rounded once (−2 as two legs), as the RGE probes do
-(:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically
-rounded unless that is switched off.
+is ZO-SGD step for step; with ``distribution="mezo"`` that is the step seed itself, drawn
+from MeZO's numpy stream, as the authors' trainer, built on MeZO's, draws it) and divided
+by the chunk of √H in a scratch buffer. fp16/bf16 tensors move by legs of ±ε z/√H, each
+rounded once (−2 as two legs), as the RGE probes do
+(:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically rounded
+unless that is switched off.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Any
 
 import torch
 
-from ..estimators import mix_seed
 from ..estimators.base import check_finite, evaluate, rounds_coarsely
 from ..stochastic_rounding import rounding_seed, rounds_stochastically
 from .steps import StepStrategy, register_strategy
@@ -56,9 +57,12 @@ class HessianStep(StepStrategy):
     def step(self, optimizer, closure) -> torch.Tensor:
         entries = optimizer.trainable()
         states = [optimizer.state_for(item.param) for item, _ in entries]
-        seed = mix_seed(optimizer.step_seed(), 0)
-        eps = optimizer.estimator.eps
         sampler = optimizer.estimator.sampler
+        # The first query seed of an RGE step (so α = 0 is ZO-SGD), declared to the sampler
+        # like an estimator's: distribution="mezo" draws the step's z from MeZO's stream.
+        (seed,) = sampler.query_seeds(optimizer.step_seed(), 1)
+        sampler.cover([item for item, _ in entries], [seed])
+        eps = optimizer.estimator.eps
         moved = 0.0  # θ now sits at θ_t + moved · ε z/√H
         try:
             base = evaluate(closure)

@@ -24,6 +24,13 @@ Models*, ICML 2024). With ĝ_B(θ; s) the two-point estimate on batch B along z(
     with θ̄ kept as one parameter-sized state tensor (``anchor``, fp32 for fp16/bf16
     weights) and swapped in for the second estimate.
 
+Each estimate takes a fresh seed, as the authors' code draws one
+``np.random.randint(1000000000)`` per estimate (``central_difference_grad_est`` and
+``central_difference_grad_est_me``, first line of each): estimate n of the run (one per anchor
+step, two per control step, in the order above) uses the direction sampler's n-th step seed,
+so ``distribution="mezo"`` gives the n-th draw of MeZO's numpy stream, the authors' seed
+sequence (:func:`estimate_index`).
+
 g is a seed and a scalar (ĝ = c·z(s)), regenerated when needed, so the anchor estimate costs
 no memory here, where the authors' code keeps it as a parameter-sized dict (line 414).
 Forward passes: two on the anchor batch per anchor step, four on the loop's batch per control
@@ -38,12 +45,19 @@ from typing import Any
 
 import torch
 
-from ..estimators import DirectionalEstimate, mix_seed
+from ..estimators import DirectionalEstimate
 from ..estimators.base import shift
 from .steps import StepStrategy, register_strategy
 
 ANCHOR = "anchor"
 CONTROL_POINTS = ("current", "anchor")
+
+
+def estimate_index(step: int, period: int) -> int:
+    """How many estimates the steps before ``step`` took: one per anchor step (t mod P = 0),
+    two per control step."""
+    anchors = -(-step // period)
+    return anchors + 2 * (step - anchors)
 
 
 class MeZOSVRGStep(StepStrategy):
@@ -93,22 +107,28 @@ class MeZOSVRGStep(StepStrategy):
     @torch.no_grad()
     def step(self, optimizer, closure) -> torch.Tensor:
         entries = optimizer.trainable()
-        base_seed = optimizer.step_seed()
         if self.is_anchor_step(optimizer):
-            return self._anchor_step(optimizer, entries, closure, base_seed)
+            return self._anchor_step(optimizer, entries, closure, *self._seeds(optimizer, 1))
         if not self.anchor_terms:
             raise RuntimeError("MeZO-SVRG: a control-variate step before any anchor step")
+        seeds = self._seeds(optimizer, 2)
         if self.control_at == "anchor":
-            return self._paper_step(optimizer, entries, closure, base_seed)
-        return self._code_step(optimizer, entries, closure, base_seed)
+            return self._paper_step(optimizer, entries, closure, seeds)
+        return self._code_step(optimizer, entries, closure, seeds)
 
-    def _anchor_step(self, optimizer, entries, closure, base_seed) -> torch.Tensor:
+    def _seeds(self, optimizer, count: int) -> list[int]:
+        """The seeds of this step's ``count`` estimates (module docstring)."""
+        first = estimate_index(optimizer.steps_taken, self.period)
+        sampler = optimizer.estimator.sampler
+        return [sampler.step_seed(optimizer.seed, first + k) for k in range(count)]
+
+    def _anchor_step(self, optimizer, entries, closure, seed) -> torch.Tensor:
         sampler = optimizer.estimator.sampler
         if self.control_at == "anchor":
             for item, _ in entries:
                 state = optimizer.state_for(item.param)
                 state[ANCHOR].copy_(item.param)
-        estimate = optimizer.estimate(entries, closure, mix_seed(base_seed, 2))
+        estimate = optimizer.estimate(entries, closure, seed)
         optimizer.finish_step()
         self.anchor_terms = estimate.terms
         shift([item for item, _ in entries], sampler, estimate.restore)
@@ -118,24 +138,24 @@ class MeZOSVRGStep(StepStrategy):
                 optimizer.move(members, estimate, -group["anchor_lr"])
         return estimate.loss
 
-    def _code_step(self, optimizer, entries, closure, base_seed) -> torch.Tensor:
-        first = optimizer.estimate(entries, closure, mix_seed(base_seed, 0))
+    def _code_step(self, optimizer, entries, closure, seeds) -> torch.Tensor:
+        first = optimizer.estimate(entries, closure, seeds[0])
         optimizer.apply_estimate(entries, first)
-        second = optimizer.estimate(entries, closure, mix_seed(base_seed, 1))
+        second = optimizer.estimate(entries, closure, seeds[1])
         optimizer.finish_step()
         terms = [(s, -c) for s, c in second.terms] + list(self.anchor_terms)
         optimizer.apply_estimate(entries, _combined(terms, second.offset, second.displaced_seed,
                                                     second.loss))
         return first.loss
 
-    def _paper_step(self, optimizer, entries, closure, base_seed) -> torch.Tensor:
+    def _paper_step(self, optimizer, entries, closure, seeds) -> torch.Tensor:
         sampler = optimizer.estimator.sampler
         items = [item for item, _ in entries]
-        first = optimizer.estimate(entries, closure, mix_seed(base_seed, 0))
+        first = optimizer.estimate(entries, closure, seeds[0])
         shift(items, sampler, first.restore)
         self._swap_anchor(optimizer, entries)
         try:
-            second = optimizer.estimate(entries, closure, mix_seed(base_seed, 1))
+            second = optimizer.estimate(entries, closure, seeds[1])
             shift(items, sampler, second.restore)
         finally:
             self._swap_anchor(optimizer, entries)
