@@ -422,12 +422,29 @@ ENHANCEMENT_OPTIONS = ("block_level", "block_mode", "hybrid_layers", "sparsity",
                        "sparsity_mode", "mask_every")
 
 
-def test_every_zeroth_order_optimizer_and_the_config_take_every_enhancement_option():
+# The paper's BP-free optimizers take every enhancement (ZO-Bench §5 applies each to each).
+PAPER_ZEROTH_ORDER = ("zo-sgd", "zo-sgd-mmt", "zo-sgd-cons", "zo-sgd-sign", "zo-adam",
+                      "forward-grad")
+
+
+def test_the_papers_zeroth_order_optimizers_and_the_config_take_every_enhancement_option():
     import inspect
 
     assert set(ENHANCEMENT_OPTIONS) <= set(optimizer_option_types())
-    for name in ZEROTH_ORDER:
+    for name in PAPER_ZEROTH_ORDER:
         assert set(ENHANCEMENT_OPTIONS) <= set(inspect.signature(OPTIMIZERS[name]).parameters)
+
+
+@pytest.mark.parametrize("name", sorted(set(ZEROTH_ORDER) - set(PAPER_ZEROTH_ORDER)))
+def test_a_later_method_takes_an_enhancement_or_refuses_it_by_name(name):
+    """The frontier methods draw their own directions or make their own steps: where an
+    enhancement does not apply, building the optimizer with it fails naming the option."""
+    import inspect
+
+    taken = set(inspect.signature(OPTIMIZERS[name]).parameters)
+    for option in set(ENHANCEMENT_OPTIONS) - taken:
+        with pytest.raises(TypeError, match=f"unexpected keyword argument {option!r}"):
+            create_optimizer(name, torch.nn.Linear(3, 3), lr=1e-3, **{option: 1})
 
 
 # End to end -------------------------------------------------------------------------------------
