@@ -253,6 +253,8 @@ def test_every_zo_optimizer_keeps_sub_ulp_updates(name, stochastic):
     if name == "sparse-mezo":  # updates only the small weights: half of them here
         options["sparsity"] = 0.5
         density = 0.5
+    if name == "mezo-svrg":  # its anchor steps move by anchor_lr (default 5·lr: past ½ ulp)
+        options["anchor_lr"] = 4e-4
     opt = create_optimizer(name, [weights], lr=4e-4, stochastic_rounding=stochastic, **options)
     for _ in range(5):
         opt.step(linear_loss(weights))
