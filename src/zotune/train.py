@@ -475,7 +475,8 @@ def _weight_sums(run: Run) -> list[tuple[float, float]]:
     with torch.no_grad():
         return [
             (float(p.sum(dtype=torch.float64)),
-             float(p.abs().max()) * torch.finfo(p.dtype).eps if p.numel() else 0.0)
+             max(-float(p.min()), float(p.max())) * torch.finfo(p.dtype).eps
+             if p.numel() else 0.0)
             for _, p in named_resident_parameters(run.model)
             if p.requires_grad and p.is_floating_point()
         ]
