@@ -31,7 +31,7 @@ PACKAGES = (
 # still run.
 MODULES = (
     "zotune.cli", "zotune.profiling.command", "zotune.profiling.measurement",
-    "zotune.profiling.step_cost", "zotune.offload",
+    "zotune.profiling.step_cost", "zotune.models.offload",
 )
 PART4_MODULE = "accelerate"
 MIB_PER_GIB = 1024
@@ -96,7 +96,7 @@ def environment(repo: Path, require_cuda: bool) -> tuple[dict[str, Any], list[st
         importlib.import_module(PART4_MODULE)
     except Exception as error:
         info["part4_cannot_run"] = f"import {PART4_MODULE}: {type(error).__name__}: {error}"
-    from zotune.environment import hardware_description
+    from zotune.utils.environment import hardware_description
 
     info["hardware"] = hardware_description("cuda" if info["cuda_available"] else "cpu")
     return info, problems

@@ -23,7 +23,7 @@ import torch
 
 from zotune.config import build_config
 from zotune.optim import create_optimizer
-from zotune.train import _build_model, load_task_splits, make_scorer
+from zotune.training.train import _build_model, load_task_splits, make_scorer
 
 SETTINGS = {
     "float32": ("float32", True),

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from zotune.config import ConfigError, RunConfig, config_from, load_config
-from zotune.measure import peak_memory_mb
-from zotune.run import resolve_config, setup
-from zotune.train import batch_for_step
+from zotune.training.run import resolve_config, setup
+from zotune.training.train import batch_for_step
+from zotune.utils.measure import peak_memory_mb
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -25,7 +25,7 @@ import torch
 
 from zotune.bench.suite import SuiteError, load_suite
 from zotune.config import build_config
-from zotune.run import setup
+from zotune.training.run import setup
 
 
 def main(argv: list[str] | None = None) -> None:

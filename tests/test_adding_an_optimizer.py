@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from zotune import cli, rules
-from zotune.optim import OptimizerEntry, Option, ZerothOrderOptimizer, create_optimizer
+from zotune import cli
+from zotune.optim import OptimizerEntry, Option, ZerothOrderOptimizer, create_optimizer, rules
 from zotune.optim.options import finite_above
 from zotune.optim.registry import register, unregister
 

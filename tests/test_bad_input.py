@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zotune import cli
-from zotune import run as run_module
+from zotune.training import run as run_module
 
 TINY = ["--model=random:tiny-llama", "--num-train=16", "--num-val=6", "--num-test=8",
         "--batch-size=4", "--eval-every=1", "--no-progress"]

@@ -8,9 +8,13 @@ import json
 import pytest
 import torch
 
-from zotune.baselines import calibrated_predictions, demonstration_text, with_demonstrations
 from zotune.cli import main
-from zotune.scoring import Scorer
+from zotune.evaluation.baselines import (
+    calibrated_predictions,
+    demonstration_text,
+    with_demonstrations,
+)
+from zotune.evaluation.scoring import Scorer
 from zotune.tasks import Example, get_task
 
 

@@ -27,14 +27,7 @@ from zotune.bench.report import (
     selection_notes,
     selection_table,
 )
-from zotune.bench.runner import (
-    RUNS_DIR,
-    Runner,
-    describe_plan,
-    plan,
-    run_states,
-    threads_per_job,
-)
+from zotune.bench.runner import RUNS_DIR, Runner, describe_plan, plan, run_states, threads_per_job
 from zotune.bench.section import Section
 from zotune.bench.selection import select
 from zotune.bench.store import ResultsStore, RunRecord
@@ -48,7 +41,7 @@ from zotune.bench.suite import (
 )
 from zotune.bench.worker import OUTCOME_FILE, STDERR_FILE
 from zotune.optim import OPTIMIZERS, create_optimizer
-from zotune.tuning import SCHEMES
+from zotune.tuning.schemes import SCHEMES
 
 # The paper's eight (ZO-Bench Table 2); later methods (HiZOO, MeZO-SVRG, ...) are not in it.
 PAPER_OPTIMIZERS = ("zo-sgd", "zo-sgd-mmt", "zo-sgd-cons", "zo-sgd-sign", "zo-adam",

@@ -26,7 +26,7 @@ from zotune.bench.store import (
 )
 from zotune.bench.suite import config_defaults, expand_suite, run_id
 from zotune.bench.worker import OUTCOME_FILE
-from zotune.run_folder import METRICS_FILE
+from zotune.training.run_folder import METRICS_FILE
 
 DATA = Path(__file__).parent / "data"
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
@@ -363,7 +363,7 @@ def test_old_records_get_the_predictions_their_scores_imply_and_nothing_else_cha
     from zotune.bench.backfill import backfill
     from zotune.bench.selection import ONE_CLASS, select
     from zotune.config import config_from
-    from zotune.run import load_task_splits
+    from zotune.training.run import load_task_splits
 
     runs = expand_suite(tiny_suite([1e-3, 1e-4], sst2_dir)).runs
     test = load_task_splits(config_from(runs[0].config), lambda message: None).test

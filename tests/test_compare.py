@@ -17,7 +17,7 @@ from zotune.bench.compare import compare
 from zotune.bench.intervals import bootstrap_interval, paired_difference, wilson_interval
 from zotune.bench.store import METRICS_FILE, ResultsStore, RunRecord, SuitePlan
 from zotune.bench.suite import expand_suite, load_suite
-from zotune.train import finetune
+from zotune.training.train import finetune
 
 
 def outcomes(n: int, accuracy: float, seed: int) -> list[float]:

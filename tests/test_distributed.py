@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from zotune.distributed import ProcessGroup, join_local_group, shard_batch, share_probes
 from zotune.optim import create_optimizer
+from zotune.training.distributed import ProcessGroup, join_local_group, shard_batch, share_probes
 
 WORLD = 2
 STEPS = 4
@@ -97,7 +97,7 @@ def _optimizer_worker(rank: int, port: int, out: str) -> None:
 
 
 def _train_worker(rank: int, port: int, out: str, configs: list) -> None:
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     _join(rank, port)
     results = [finetune(config).record() for config in configs]
@@ -155,7 +155,7 @@ TRAIN_CASES = {
 def test_finetune_under_two_processes_follows_the_single_process_run(
     sst2_dir, tmp_path, tiny_run_config
 ):
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     configs = [
         tiny_run_config(sst2_dir, tmp_path / "dist" / name, **DISTRIBUTED_RUN, **changes)
@@ -266,7 +266,7 @@ def _zo_trajectory(model, steps=3):
 
 
 def test_a_model_split_by_a_device_map_follows_the_unsplit_trajectory():
-    from zotune.models import place_on_devices, random_model
+    from zotune.models.loading import place_on_devices, random_model
 
     whole = random_model("tiny-llama").model
     split = random_model("tiny-llama").model
@@ -279,7 +279,7 @@ def test_a_model_split_by_a_device_map_follows_the_unsplit_trajectory():
 
 
 def test_finetune_takes_a_device_map(sst2_dir, tmp_path, tiny_run_config):
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     split = finetune(tiny_run_config(sst2_dir, tmp_path / "split", **DISTRIBUTED_RUN,
                                      model__device_map=TINY_LLAMA_SPLIT))
@@ -298,7 +298,7 @@ def test_finetune_takes_a_device_map(sst2_dir, tmp_path, tiny_run_config):
     ],
 )
 def test_unsupported_device_maps_are_refused_by_name(device_map, message):
-    from zotune.models import ModelError, place_on_devices, random_model
+    from zotune.models.loading import ModelError, place_on_devices, random_model
 
     with pytest.raises(ModelError, match=message):
         place_on_devices(random_model("tiny-llama").model, device_map)
@@ -309,8 +309,8 @@ def test_unsupported_device_maps_are_refused_by_name(device_map, message):
 def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer, shape):
     """Offloaded weights are meta tensors; ZO steps move their CPU storage instead. Tied
     weights (one CPU tensor behind two meta parameters) are one trainable tensor, as resident."""
-    from zotune.models import place_on_devices, random_model
-    from zotune.offload import named_resident_parameters
+    from zotune.models.loading import place_on_devices, random_model
+    from zotune.models.offload import named_resident_parameters
 
     def trajectory(model):
         step = create_optimizer(optimizer, model, lr=1e-3, seed=5)
@@ -338,8 +338,8 @@ def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer, shape):
     ],
 )
 def test_offloaded_weights_are_refused_where_only_resident_ones_work(optimizer, options, message):
-    from zotune.models import place_on_devices, random_model
-    from zotune.offload import OffloadError
+    from zotune.models.loading import place_on_devices, random_model
+    from zotune.models.offload import OffloadError
 
     model = random_model("tiny-llama").model
     place_on_devices(model, "cpu_offload")
@@ -350,7 +350,7 @@ def test_offloaded_weights_are_refused_where_only_resident_ones_work(optimizer, 
 
 
 def test_finetune_trains_cpu_offloaded_weights(sst2_dir, tmp_path, tiny_run_config):
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     offloaded = finetune(tiny_run_config(sst2_dir, tmp_path / "off", **DISTRIBUTED_RUN,
                                          model__device_map="cpu_offload"))

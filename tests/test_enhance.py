@@ -533,7 +533,7 @@ def test_bench_suites_sweep_enhancement_options():
     ids=["sparse", "blocks", "hybrid"],
 )
 def test_resume_continues_the_same_trajectory(options, sst2_dir, tmp_path):
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     def run(folder, steps, resume=False):
         finetune(

@@ -114,7 +114,7 @@ def test_forward_grad_in_fp16_matches_fp32_on_a_layernorm_model(scheme, tiny_con
     must be finite and the fp32 one's, within fp16 rounding."""
     from transformers import OPTForCausalLM
 
-    from zotune.tuning import apply_tuning
+    from zotune.tuning.schemes import apply_tuning
 
     ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(0))
     derivatives = {}

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from zotune.checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
 from zotune.cli import main
 from zotune.config import load_config
-from zotune.export import CARD_FILE, ExportError, export_run
-from zotune.run import setup
-from zotune.train import finetune
+from zotune.models.export import CARD_FILE, ExportError, export_run
+from zotune.training.checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
+from zotune.training.run import setup
+from zotune.training.train import finetune
 
 # (name, tuning scheme, merge, optimizer, lr, best step > 0): every scheme, LoRA merged too,
 # head by ZO and FO. Where the tiny run's validation picks a trained step (seeded, so always
@@ -42,8 +42,8 @@ import json, sys
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from zotune.config import load_config
-from zotune.run import load_task_splits
-from zotune.scoring import Scorer
+from zotune.training.run import load_task_splits
+from zotune.evaluation.scoring import Scorer
 
 jobs = json.loads(sys.argv[1])
 answers = {}
@@ -54,7 +54,7 @@ for name, job in jobs.items():
         base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
         model = PeftModel.from_pretrained(base, folder)
         if job["virtual_tokens"]:  # as the model card says
-            from zotune.tuning import positions_as_trained
+            from zotune.tuning.schemes import positions_as_trained
             positions_as_trained(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)

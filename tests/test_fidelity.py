@@ -12,10 +12,10 @@ import torch
 
 from zotune.config import build_config
 from zotune.enhance import split_hybrid
-from zotune.models import random_model
+from zotune.models.loading import random_model
 from zotune.optim import create_optimizer
-from zotune.run import resolve_config, setup
-from zotune.train import _step
+from zotune.training.run import resolve_config, setup
+from zotune.training.train import _step
 
 
 def config_for(sst2_dir, **sections):

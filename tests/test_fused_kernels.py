@@ -11,7 +11,7 @@ from zotune import kernels
 from zotune.estimators.base import shift
 from zotune.estimators.directions import DirectionSampler, IndexedParam
 from zotune.optim import create_optimizer
-from zotune.stochastic_rounding import apply_update_
+from zotune.optim.stochastic_rounding import apply_update_
 
 needs_kernel = pytest.mark.skipif(kernels.library() is None, reason="no C compiler")
 

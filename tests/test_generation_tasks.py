@@ -12,14 +12,14 @@ import torch
 from zotune.config import ConfigError, build_config
 from zotune.estimators import IndexedParam, RandomGradientEstimator
 from zotune.estimators.base import shift
-from zotune.evaluation import evaluate
-from zotune.generation import answer_text, greedy_answers
-from zotune.metrics import drop_scores, squad_em, squad_f1
-from zotune.objectives import closure_for
-from zotune.run import check_config
-from zotune.scoring import Scorer
+from zotune.evaluation.evaluate import evaluate
+from zotune.evaluation.generation import answer_text, greedy_answers
+from zotune.evaluation.metrics import drop_scores, squad_em, squad_f1
+from zotune.evaluation.scoring import Scorer
 from zotune.tasks import Example, get_task, load_splits
 from zotune.tasks.splits import carve_by_group
+from zotune.training.objectives import closure_for
+from zotune.training.run import check_config
 
 MEZO_PROMPTS = json.loads((Path(__file__).parent / "data" / "mezo-prompts.json").read_text())
 
@@ -251,7 +251,7 @@ def test_objectives_without_a_meaning_are_refused_by_name(task, optimizer, objec
 
 def test_a_squad_run_trains_on_f1_and_reports_f1(tmp_path, squad_data):
     """SQuAD end to end offline, --objective f1: the results carry F1 and EM."""
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     result = finetune(
         {"model": {"name": "random:tiny-llama"},

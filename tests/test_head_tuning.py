@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from zotune.bench.suite import expand_suite
+from zotune.evaluation.scoring import Scorer
 from zotune.optim import create_optimizer
-from zotune.scoring import Scorer
-from zotune.tuning import untie_output_embeddings
+from zotune.tuning.schemes import untie_output_embeddings
 
 # (shape, tied to the input embeddings in its config, the head's trainable tensors)
 SHAPES = [
@@ -36,7 +36,7 @@ def test_only_the_head_is_trainable_and_untied(tiny_model, shape, tied, trainabl
 @pytest.mark.parametrize("optimizer", ["zo-sgd", "fo-sgd"])
 def test_a_step_moves_the_head_and_nothing_else(tiny_model, sst2_dir, shape, optimizer):
     from zotune.config import build_config
-    from zotune.run import load_task_splits
+    from zotune.training.run import load_task_splits
 
     config = build_config({"task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 8,
                                     "num_val": 2, "num_test": 2}})

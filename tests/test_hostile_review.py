@@ -73,7 +73,7 @@ def test_resuming_on_other_data_is_refused(finished_run, sst2_dir, tmp_path, cap
     assert (finished_run / "result.json").read_bytes() == result
 
 # The tiny runs these tests export learn nothing in 2 steps: export refuses such a run unless
-# told (zotune.learned); what these tests check comes after that refusal.
+# told (zotune.training.learned); what these tests check comes after that refusal.
 UNTRAINED_OK = ["--allow-untrained"]
 
 
@@ -231,7 +231,7 @@ def test_an_export_on_a_full_disk_is_one_line_and_keeps_the_old_export(finished_
 
 
 def test_a_checkpoint_on_a_full_disk_is_one_line(sst2_dir, tmp_path, capsys, monkeypatch):
-    import zotune.checkpoints as checkpoints
+    import zotune.training.checkpoints as checkpoints
 
     def torch_save_on_full_disk(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "

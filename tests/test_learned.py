@@ -1,10 +1,10 @@
-"""zotune.learned: which runs learned nothing, and the hint each one gets."""
+"""zotune.training.learned: which runs learned nothing, and the hint each one gets."""
 
 from __future__ import annotations
 
 import pytest
 
-from zotune.learned import constant_prediction, result_reason, untrained_reason
+from zotune.training.learned import constant_prediction, result_reason, untrained_reason
 
 BASE = {"steps": 40, "scheme": "full", "lr": 1e-4, "zeroth_order": True}
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from zotune import measure
-from zotune.measure import MB, time_calls, track_peak
+from zotune.utils import measure
+from zotune.utils.measure import MB, time_calls, track_peak
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux")
 
@@ -48,7 +48,7 @@ def test_cpu_peak_window_sees_a_transient_tensor():
 
 
 def test_peak_memory_mb_is_the_training_loops_figure():
-    from zotune import train
+    from zotune.training import train
 
     assert train.peak_memory_mb is measure.peak_memory_mb
     assert measure.peak_memory_mb(torch.device("cpu")) > 1  # the interpreter alone is more

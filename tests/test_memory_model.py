@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zotune.measure import MB
-from zotune.models import shape_config
+from zotune.models.loading import shape_config
 from zotune.optim import OPTIMIZERS
 from zotune.profiling.activations import TransformerShape, activation_bytes
 from zotune.profiling.memory_model import (
@@ -16,6 +15,7 @@ from zotune.profiling.memory_model import (
     optimizer_state_bytes,
     scratch_bytes,
 )
+from zotune.utils.measure import MB
 
 
 def test_state_per_optimizer():

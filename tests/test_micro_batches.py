@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from zotune.config import ConfigError, build_config
-from zotune.micro_batches import MicroBatchLoss, batch_loss, parts
+from zotune.evaluation.scoring import Scorer
 from zotune.optim import create_optimizer
 from zotune.profiling.memory_model import estimate_memory
-from zotune.run import load_task_splits, resolve_config
-from zotune.scoring import Scorer
-from zotune.train import finetune
+from zotune.training.micro_batches import MicroBatchLoss, batch_loss, parts
+from zotune.training.run import load_task_splits, resolve_config
+from zotune.training.train import finetune
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zotune.mixed_precision import (
+from zotune.models.mixed_precision import (
     AutocastError,
     check_autocast,
     compute_context,
@@ -63,7 +63,7 @@ def test_profile_refuses_an_unknown_precision():
 
 @pytest.mark.parametrize("name", ["zo-sgd", "forward-grad", "fo-sgd"])
 def test_finetune_under_autocast(sst2_dir, name):
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     result = finetune(
         {
@@ -79,7 +79,7 @@ def test_finetune_under_autocast(sst2_dir, name):
 
 def test_finetune_refuses_autocast_over_bf16_weights(sst2_dir):
     from zotune.config import ConfigError
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     with pytest.raises((ConfigError, AutocastError), match=r"needs model\.dtype=float32"):
         finetune({"model": {"name": "random:tiny-llama", "dtype": "bfloat16",
@@ -89,7 +89,7 @@ def test_finetune_refuses_autocast_over_bf16_weights(sst2_dir):
 
 def test_stochastic_rounding_option_is_refused_for_first_order(sst2_dir):
     from zotune.config import ConfigError
-    from zotune.train import finetune
+    from zotune.training.train import finetune
 
     with pytest.raises(ConfigError, match="stochastic_rounding does not apply to fo-sgd"):
         finetune({"model": {"name": "random:tiny-llama"},

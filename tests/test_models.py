@@ -17,8 +17,8 @@ from transformers import (
     ViTConfig,
 )
 
-from zotune import models
-from zotune.models import (
+from zotune.evaluation.scoring import Scorer
+from zotune.models.loading import (
     BOS_ID,
     BYTE_VOCAB_SIZE,
     EMBEDDED_INSTALL,
@@ -35,7 +35,7 @@ from zotune.models import (
     shape_config,
     with_special_tokens,
 )
-from zotune.scoring import Scorer
+from zotune.models.loading import loading as models
 from zotune.tasks.example import Example
 
 TINY_SHAPES = {

@@ -262,7 +262,7 @@ def test_offload_rows_follow_their_resident_ones_and_move_cpu_storage(tmp_path, 
 
 @pytest.mark.parametrize("scheme", ["full", "lora", "prompt"])
 def test_the_profiled_lm_head_gets_a_contiguous_input(scheme):
-    """As in training (zotune.scoring): a frozen head fed the strided last-position slice
+    """As in training (zotune.evaluation.scoring): a frozen head fed the strided last-position slice
     would make torch.matmul copy its weight per row, which the profile would then report."""
     from zotune.profiling.build import build_step
 

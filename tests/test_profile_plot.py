@@ -11,12 +11,12 @@ import struct
 import pytest
 import torch
 
-from zotune import environment
 from zotune.cli import main
-from zotune.measure import MB
 from zotune.profiling.plot import plot_memory_vs_seq_len
 from zotune.profiling.results import load_payload, load_results, profile_payload, write_json
 from zotune.profiling.spec import ProfileResult, ProfileSpec
+from zotune.utils import environment
+from zotune.utils.measure import MB
 
 pytest.importorskip("matplotlib")
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from zotune import demo
 from zotune.cli import main
-from zotune.export import CARD_FILE
-from zotune.quickstart import fresh_folder
+from zotune.models.export import CARD_FILE
+from zotune.recipes import demo
+from zotune.recipes.quickstart import fresh_folder
 
 
 def test_fresh_folders_never_reuse_a_taken_name(tmp_path):

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from zotune import cli
-from zotune.files import FolderLock
 from zotune.optim import create_optimizer
-from zotune.run_folder import LOCK_FILE
+from zotune.training.run_folder import LOCK_FILE
+from zotune.utils.files import FolderLock
 
 
 def train_argv(sst2_dir, out=None, *flags):
@@ -167,8 +167,8 @@ def test_create_optimizer_refuses_non_finite_values(name):
 def test_a_run_that_skips_most_steps_fails_and_still_writes_last_pt(
     sst2_dir, tmp_path, monkeypatch
 ):
-    from zotune import train as train_module
     from zotune.estimators import NonFiniteLossError
+    from zotune.training import train as train_module
 
     real_step = train_module._step
 
@@ -275,7 +275,7 @@ def test_the_summary_names_metric_and_split(sst2_dir, capsys):
 
 
 def test_bad_data_is_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    from zotune import run as run_module
+    from zotune.training import run as run_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was checked")

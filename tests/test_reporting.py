@@ -9,11 +9,11 @@ import typing
 
 import pytest
 
-from zotune import reporting
 from zotune.cli import build_parser, parse_args
 from zotune.config import ConfigError
-from zotune.run import resolve_config
-from zotune.train import finetune
+from zotune.training import loggers as reporting
+from zotune.training.run import resolve_config
+from zotune.training.train import finetune
 
 
 class FakeWriter:

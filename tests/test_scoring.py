@@ -18,8 +18,8 @@ from tokenizers import ByteLevelBPETokenizer, SentencePieceBPETokenizer
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from zotune.models import random_model
-from zotune.scoring import Scorer, ScoringError
+from zotune.evaluation.scoring import Scorer, ScoringError
+from zotune.models.loading import random_model
 from zotune.tasks.example import Example
 
 CORPUS = [

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from zotune.estimators.directions import mix_seed
-from zotune.models import random_model
+from zotune.models.loading import random_model
 from zotune.optim import ZEROTH_ORDER, create_optimizer
-from zotune.stochastic_rounding import (
+from zotune.optim.stochastic_rounding import (
     ROUNDING_TABLE_NUMEL,
     add_rounded_,
     round_into_,
@@ -345,7 +345,7 @@ def test_resumed_bf16_run_is_identical(name, options):
 
 def test_rounding_seeds_differ_from_direction_seeds():
     """The update's bits are salted: not the bits of any of its query seeds."""
-    from zotune.stochastic_rounding import rounding_seed
+    from zotune.optim.stochastic_rounding import rounding_seed
 
     seed = mix_seed(0, 0)
     assert rounding_seed(seed) != seed

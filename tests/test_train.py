@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from zotune import cli
-from zotune.demo import demo_config, equivalent_command
-from zotune.files import atomic_write
 from zotune.optim import OPTIMIZERS
-from zotune.train import batch_for_step, finetune
-from zotune.tuning import SCHEMES
+from zotune.recipes.demo import demo_config, equivalent_command
+from zotune.training.train import batch_for_step, finetune
+from zotune.tuning.schemes import SCHEMES
+from zotune.utils.files import atomic_write
 
 
 def run_cli(argv, capsys):
@@ -237,7 +237,7 @@ def test_demo_recipe_is_the_printed_command():
 def test_schedules_with_warmup(schedule, warmup, factors):
     """lr multiples over 4 steps (step 4 is the end): linear warmup from 0, then the schedule
     over the remaining steps, as transformers' get_*_schedule_with_warmup."""
-    from zotune.run import lr_factor
+    from zotune.training.run import lr_factor
 
     got = [lr_factor(schedule, step, 4, warmup) for step in range(5)]
     assert got == pytest.approx(factors, abs=1e-12)
@@ -245,7 +245,7 @@ def test_schedules_with_warmup(schedule, warmup, factors):
 
 def test_cosine_warmup_and_lora_flags_reach_the_run(sst2_dir, tmp_path):
     from zotune.config import load_config
-    from zotune.run import setup
+    from zotune.training.run import setup
 
     args = cli.build_parser().parse_args([
         "train", "--model=random:tiny-llama", f"--data-dir={sst2_dir}", "--num-train=8",
@@ -279,8 +279,8 @@ def test_a_run_without_an_output_dir_says_nothing_is_saved_and_returns_the_model
 def test_peft_wrapping_leaks_no_third_party_future_warning():
     import warnings
 
-    from zotune.models import random_model
-    from zotune.tuning import apply_tuning
+    from zotune.models.loading import random_model
+    from zotune.tuning.schemes import apply_tuning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -37,9 +37,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zotune.models import random_model
+from zotune.models.loading import random_model
 from zotune.optim import create_optimizer
-from zotune.tuning import apply_tuning
+from zotune.tuning.schemes import apply_tuning
 
 RECORD = Path(__file__).parent / "data" / "trajectories-float64.json"
 # The tolerance each value gets besides its case's measured sensitivity (module docstring).

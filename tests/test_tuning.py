@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zotune.models import random_model, with_special_tokens
+from zotune.evaluation.scoring import Scorer
+from zotune.models.loading import random_model, with_special_tokens
 from zotune.optim import create_optimizer
-from zotune.scoring import Scorer
 from zotune.tasks.example import Example
-from zotune.tuning import SCHEMES, apply_tuning, attention_projections, count_parameters
+from zotune.tuning.schemes import (
+    SCHEMES,
+    apply_tuning,
+    attention_projections,
+    count_parameters,
+)
 
 SHAPES = ["tiny-llama", "tiny-opt", "tiny-mistral", "tiny-roberta"]
 

@@ -19,8 +19,8 @@ from zotune import cli
 from zotune.bench.runner import WORKER_COMMAND
 from zotune.bench.store import DB_NAME, RECORD_FILE, RUNS_DIR, ResultsStore, RunRecord
 from zotune.bench.suite import SuiteError, expand_suite
-from zotune.checkpoints import CheckpointError, load_resume_checkpoint
 from zotune.tasks.taskfile import TaskFileError, load_task_file
+from zotune.training.checkpoints import CheckpointError, load_resume_checkpoint
 
 
 def run_cli(argv, capsys):

@@ -10,15 +10,15 @@ __version__ = "0.1.0"
 
 
 def finetune(config: Any = None, **overrides: Any):
-    """Fine-tune a model on a task (see :func:`zotune.train.finetune`)."""
-    from .train import finetune as _finetune
+    """Fine-tune a model on a task (see :func:`zotune.training.train.finetune`)."""
+    from .training.train import finetune as _finetune
 
     return _finetune(config, **overrides)
 
 
 def compile_model(model: Any, **options: Any):
-    """Compile a model's forward in place, eager fallback (see :mod:`zotune.compiled`)."""
-    from .compiled import compile_model as _compile_model
+    """Compile a model's forward in place, eager fallback (see :mod:`zotune.models.compiled`)."""
+    from .models.compiled import compile_model as _compile_model
 
     return _compile_model(model, **options)
 

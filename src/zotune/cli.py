@@ -115,8 +115,8 @@ def _config_from(args, positional):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
-    from .train import finetune
+    from .training.distributed import is_main_process
+    from .training.train import finetune
 
     config = _config_from(args, args.items)
     result = finetune(config)
@@ -128,9 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """The task's metric (accuracy; F1 and EM for generation tasks) of a model (zero-shot,
     or in context with --demos, calibrated with --calibrate) or of a run's best checkpoint."""
-    from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
     from .config import load_config
-    from .run import check_config, setup
+    from .training.checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
+    from .training.run import check_config, setup
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     _, dotted = _overrides(args, [])
@@ -151,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's best checkpoint as a transformers model or a peft adapter folder."""
-    from .export import export_run
+    from .models.export import export_run
 
     out = export_run(
         args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
@@ -180,14 +180,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .recipes.demo import run_demo
 
     run_demo(steps=args.steps)
     return 0
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart
+    from .recipes.quickstart import run_quickstart
 
     run_quickstart(Path(args.root), steps=args.steps)
     return 0

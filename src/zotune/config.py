@@ -45,11 +45,11 @@ class ModelConfig:
     )
     dtype: str = key(
         "float32", "weights dtype: float32, bfloat16 or float16 (half-precision weights take "
-        "stochastically rounded ZO updates; see zotune.stochastic_rounding)"
+        "stochastically rounded ZO updates; see zotune.optim.stochastic_rounding)"
     )
     autocast: str | None = key(
         None, "half-precision compute over fp32 weights: bfloat16 or float16 (see "
-        "zotune.mixed_precision)"
+        "zotune.models.mixed_precision)"
     )
     device: str = key("cpu", "device: cpu, cuda, cuda:1, ...")
     attn_implementation: str | None = key(
@@ -57,7 +57,7 @@ class ModelConfig:
         "optimizer needs"
     )
     # Spread layers over devices with accelerate: "auto", "balanced", "sequential" or a
-    # {module: device} map (then `device` is not used); see zotune.models.place_on_devices.
+    # {module: device} map (then `device` is not used); see zotune.models.loading.place_on_devices.
     device_map: str | dict[str, Any] | None = key(
         None, "spread layers over devices with accelerate: auto, balanced or sequential"
     )

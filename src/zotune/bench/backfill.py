@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import config_from
-from ..run import load_task_splits
 from ..tasks.example import Example
+from ..training.run import load_task_splits
 from .store import ResultsStore
 
 

@@ -312,7 +312,7 @@ def _tuning(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
 
 @probe("prefix-init")
 def _prefix_init(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
-    from ..tuning import PREFIX_INITS
+    from ..tuning.schemes import PREFIX_INITS
 
     default = RunConfig().tuning.prefix_init
     used = {r.config["tuning"].get("prefix_init", default) for r in sources.paper_runs}

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import atomic_write_text
-from ..tables import markdown_table
+from ..utils.files import atomic_write_text
+from ..utils.tables import markdown_table
 from .compare import NotFinished, Side, StoreView, check_comparable
 from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval, z_score
 from .report import PAPER_SST2_OPT_1_3B

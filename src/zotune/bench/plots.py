@@ -2,7 +2,7 @@
 setting tried (mean over seeds, with the seeds' range as a band), and test accuracy against
 peak memory with both measurements' spread.
 
-matplotlib comes through :mod:`zotune.figures` (an optional dependency).
+matplotlib comes through :mod:`zotune.utils.figures` (an optional dependency).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..figures import MARKERS, pyplot, save_figure, series_colors
+from ..utils.figures import MARKERS, pyplot, save_figure, series_colors
 from .section import Section
 from .selection import CellSelection
 from .store import CURVE_FILE, RUNS_DIR

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..environment import hardware_description, hostname
+from ..utils.environment import hardware_description, hostname
 from .progress import ProgressDisplay
 from .runner import Runner, report_finished
 from .store import ResultsStore, RunRecord, clear_run_files

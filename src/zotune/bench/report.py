@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
-from ..tables import markdown_table
+from ..utils.files import atomic_write_text
+from ..utils.tables import markdown_table
 from .html_report import render_html
 from .section import Section, build_sections
 from .selection import (

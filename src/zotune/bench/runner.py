@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..checkpoints import LAST_FILE
-from ..environment import hardware_description, hostname, usable_cpus, zotune_version
-from ..files import FolderLock
+from ..training.checkpoints import LAST_FILE
+from ..utils.environment import hardware_description, hostname, usable_cpus, zotune_version
+from ..utils.files import FolderLock
 from .progress import ProgressDisplay
 from .selection import confirmations_due, diverged, select
 from .store import RUNS_DIR, ResultsStore, RunRecord, SuitePlan, clear_run_files

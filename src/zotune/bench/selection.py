@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..learned import constant_prediction
+from ..training.learned import constant_prediction
 from .intervals import bootstrap_interval, wilson_interval
 from .store import RunRecord
 from .suite import Cell, hparams_label
@@ -230,7 +230,7 @@ class CellSelection:
         )
 
 
-# What the training loop's errors say when a run diverged (zotune.train).
+# What the training loop's errors say when a run diverged (zotune.training.train).
 DIVERGED_MARKERS = ("diverged", "non-finite", "overflowed")
 
 

@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
-from ..run_folder import METRICS_FILE
+from ..training.run_folder import METRICS_FILE
+from ..utils.files import atomic_write_text
 from .suite import Cell, RunSpec, Suite, run_id
 
 DB_NAME = "results.sqlite"

@@ -1,9 +1,10 @@
 """One benchmark run in its own process: ``python -m zotune.bench.worker RUN_DIR/job.json``.
 
 The runner writes ``job.json`` (the run's config, its output folder, the thread count); the
-worker trains with :func:`zotune.train.finetune` and writes ``outcome.json`` atomically beside
-it. A crash writes nothing: the runner then records the run as failed with the last line of
-``stderr.log``, which the worker makes a one-line ``zotune: error: ...`` when it can.
+worker trains with :func:`zotune.training.train.finetune` and writes ``outcome.json``
+atomically beside it. A crash writes nothing: the runner then records the run as failed
+with the last line of ``stderr.log``, which the worker makes a one-line
+``zotune: error: ...`` when it can.
 
 A separate process per run means a crash, a leak or a CUDA error in one run cannot touch the
 others, and each run's peak-memory reading is its own.
@@ -25,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..utils.files import atomic_write_text
 
 JOB_FILE = "job.json"
 OUTCOME_FILE = "outcome.json"
@@ -106,8 +107,8 @@ def execute(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     import torch
 
     from ..config import build_config
-    from ..environment import hardware_description, hostname, zotune_version
-    from ..train import finetune
+    from ..training.train import finetune
+    from ..utils.environment import hardware_description, hostname, zotune_version
 
     job = copy.deepcopy(job)
     torch.set_num_threads(job["threads"])

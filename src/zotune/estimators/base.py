@@ -64,7 +64,7 @@ class ProbeSharing:
     returns the full table, identical on every process; the coefficients are computed from
     it afterwards, so every process applies the same update. :meth:`average` is for values
     every process evaluated itself (a loss outside the probes, gradients of a first-order
-    part). :mod:`zotune.distributed` holds the data-parallel and query-parallel versions.
+    part). :mod:`zotune.training.distributed` holds the data-parallel and query-parallel versions.
     """
 
     def queries(self, q: int) -> range:

@@ -17,12 +17,7 @@ from .base import (
     check_finite,
     probe_table,
 )
-from .directions import (
-    DEFAULT_CHUNK_NUMEL,
-    DEFAULT_TABLE_NUMEL,
-    DirectionSampler,
-    IndexedParam,
-)
+from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, IndexedParam
 
 EAGER_HINT = (
     "Forward-Grad needs forward-mode AD through every operation of the model, and one has "

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..rules import state_dtype
+from ..optim.rules import state_dtype
 from .directions import DirectionSampler, IndexedParam, mix_seed
 
 _UPDATE_SALT = 0x10A0_0001  # LOZO's update draws at a refresh, under a seed of their own

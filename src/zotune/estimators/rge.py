@@ -16,12 +16,7 @@ from .base import (
     probe_table,
     shift,
 )
-from .directions import (
-    DEFAULT_CHUNK_NUMEL,
-    DEFAULT_TABLE_NUMEL,
-    DirectionSampler,
-    IndexedParam,
-)
+from .directions import DEFAULT_CHUNK_NUMEL, DEFAULT_TABLE_NUMEL, DirectionSampler, IndexedParam
 
 PROBES = ("two-point", "one-sided")
 
@@ -50,7 +45,7 @@ class RandomGradientEstimator:
 
     The probe values go into a ``[q, 2]`` table that ``sharing`` (:class:`ProbeSharing`)
     combines across processes before the coefficients are taken: one collective per step for
-    data-parallel or query-parallel ZO (:mod:`zotune.distributed`).
+    data-parallel or query-parallel ZO (:mod:`zotune.training.distributed`).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ A pass is described chunk by chunk, exactly as the torch path cuts it: chunk c o
 under query seed s reads the noise table from offset ``mix_seed(s, i, c) mod N`` with sign
 bit 62 of that hash (:class:`zotune.estimators.directions.DirectionSampler`, ``table``), and
 its rounding bits from ``mix_seed(rounding seed, i, c) mod M``
-(:mod:`zotune.stochastic_rounding`). So the fused path draws the same z and the same bits
+(:mod:`zotune.optim.stochastic_rounding`). So the fused path draws the same z and the same bits
 as the torch one; only the fp32 arithmetic of a move (one fma) may differ in its last bit.
 
 Only bf16 CPU tensors that are contiguous and use the plain table sampler are fused

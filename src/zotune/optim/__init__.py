@@ -1,7 +1,7 @@
 """zotune's optimizers: ``torch.optim.Optimizer`` subclasses assembled from parts.
 
 An optimizer is an estimator (:mod:`zotune.estimators`), an update rule
-(:mod:`zotune.rules`) and a step strategy (:mod:`zotune.optim.steps`), described once by
+(:mod:`zotune.optim.rules`) and a step strategy (:mod:`zotune.optim.steps`), described once by
 its registry entry (:mod:`zotune.optim.registry`); :mod:`zotune.optim.algorithms` holds the
 eight of the benchmark and the low-rank methods after it (LOZO, LOZO-M, SubZero).
 ``create_optimizer(key, params, lr=..., **options)`` builds any of them, plugins included.

@@ -32,9 +32,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .. import rules
 from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shape
-from . import hessian, svrg  # noqa: F401  (register HiZOO's and MeZO-SVRG's steps)
+from . import hessian, rules, svrg  # noqa: F401  (register HiZOO's and MeZO-SVRG's steps)
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
     ADAM_EPS,
@@ -128,7 +127,7 @@ class ZOSGDMomentum(RegisteredZerothOrder):
 
     The momentum buffer is a parameter-sized tensor per trainable tensor, in fp32 for
     fp16/bf16 weights (4 bytes per trainable value; the update b_t + λθ_t is computed in fp32
-    and rounded once into the weight; see :mod:`zotune.rules`).
+    and rounded once into the weight; see :mod:`zotune.optim.rules`).
     """
 
 
@@ -142,7 +141,7 @@ class ZOSGDConservative(RegisteredZerothOrder):
     That costs three forward passes on top of the estimate's (2q + 3 in all for two-point).
     ``base="sgd"`` (the default) is this rule, the paper's. ``base="adamw"`` is what ZO-LLM's
     released runs did (zo-bench/trainer.py:1251-1337; their sweep files pass no
-    ``--optimizer``, so the Trainer's transformers AdamW ran, :class:`zotune.rules.
+    ``--optimizer``, so the Trainer's transformers AdamW ran, :class:`zotune.optim.rules.
     TransformersAdamW`): the candidates are AdamW steps fed ĝ, −2ĝ and then ĝ or 2ĝ, each
     advancing AdamW's state, so they are not θ_t ± ηĝ and "back to θ_t" lands near it::
 
@@ -166,7 +165,7 @@ class ZOSGDSign(RegisteredZerothOrder):
     The released code that produced the paper's numbers did something else (ZO-LLM
     zo-bench/trainer.py:1055-1073): it fed s_t = (1/q) Σ_k sign(c_k) z_k, which keeps z's
     magnitudes, to transformers' AdamW (its sweep files pass no ``--optimizer``; run.py:74's
-    default ``adamw`` is the Trainer's ``adamw_hf``, :class:`zotune.rules.TransformersAdamW`).
+    default ``adamw`` is the Trainer's ``adamw_hf``, :class:`zotune.optim.rules.TransformersAdamW`).
     Both halves are options: ``sign_of="coefficient"`` uses s_t in place of sign(ĝ_t), and
     ``base="adamw"`` steps with that AdamW (β = ``betas``, δ = ``adam_eps``, its decay λ
     applied after the Adam step) instead of SGD; ``sign_of="coefficient", base="adamw"`` is
@@ -182,7 +181,7 @@ class ZOAdam(RegisteredZerothOrder):
 
     with bias-corrected m̂, v̂. Two parameter-sized state tensors per trainable tensor, in
     fp32 for fp16/bf16 weights: 2 × 4 bytes per trainable value against the weights' 2 (in
-    fp16, v overflows or flushes to zero and δ = 1e-8 rounds to 0; see :mod:`zotune.rules`).
+    fp16, v overflows or flushes to zero and δ = 1e-8 rounds to 0; see :mod:`zotune.optim.rules`).
     ``adam_eps`` is Adam's δ; ``eps`` is the perturbation scale ε of the estimate.
     """
 

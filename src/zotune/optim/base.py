@@ -39,16 +39,11 @@ from ..estimators import (
     mix_seed,
 )
 from ..estimators.base import check_finite, rounds_coarsely, shift
-from ..offload import OffloadError, substitute_offloaded
-from ..rules import Rule, TensorContext, state_dtype
-from ..stochastic_rounding import (
-    add_rounded_,
-    apply_update_,
-    rounding_seed,
-    rounds_stochastically,
-)
+from ..models.offload import OffloadError, substitute_offloaded
 from .options import LR, WEIGHT_DECAY
+from .rules import Rule, TensorContext, state_dtype
 from .steps import PlainStep, StepStrategy
+from .stochastic_rounding import add_rounded_, apply_update_, rounding_seed, rounds_stochastically
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
 Entries = list[tuple[IndexedParam, dict[str, Any]]]
@@ -71,7 +66,8 @@ def _as_params(params: Params) -> Any:
 def _resolve_offloaded(
     param_groups: list[dict], module: torch.nn.Module | None, refusal: str | None, owner: str
 ) -> None:
-    """Point the groups at the CPU storage of weights accelerate offloaded (zotune.offload)."""
+    """Point the groups at the CPU storage of weights accelerate offloaded
+    (:mod:`zotune.models.offload`)."""
     if not any(p.device.type == "meta" for g in param_groups for p in g["params"]):
         return
     if refusal is not None:
@@ -87,10 +83,10 @@ def _resolve_offloaded(
 class RuleOptimizer(torch.optim.Optimizer):
     """Shared plumbing: a rule, a seed stream, indexed trainable tensors, rule application.
 
-    The rule's state tensors have dtype :func:`zotune.rules.state_dtype`: float32 for fp16/bf16
-    parameters (the rule then gets g in fp32 and its fp32 update is rounded once into the half
-    weight), the parameter's dtype otherwise; ``load_state_dict`` keeps them so (torch would
-    cast them to the parameter's dtype). Adam on bf16 weights thus holds 2 × 4 bytes of state
+    The rule's state tensors have dtype :func:`zotune.optim.rules.state_dtype`: float32 for
+    fp16/bf16 parameters (the rule then gets g in fp32 and its fp32 update is rounded once into
+    the half weight), the parameter's dtype otherwise; ``load_state_dict`` keeps them so (torch
+    would cast them to the parameter's dtype). Adam on bf16 weights thus holds 2 × 4 bytes of state
     per trainable value. Stateless rules (SGD, sign) compute in the parameter's dtype.
     """
 
@@ -271,7 +267,7 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _reload_wide_state(self, state_dict: dict[str, Any]) -> None:
         """Take the rule state of fp16/bf16 parameters from ``state_dict`` again, as copies
-        in :func:`zotune.rules.state_dtype`: torch's loader has cast it to the parameter's
+        in :func:`zotune.optim.rules.state_dtype`: torch's loader has cast it to the parameter's
         dtype, which would lose bits (or overflow) and stop a resumed run from matching."""
         saved_ids = (i for group in state_dict["param_groups"] for i in group["params"])
         params = (p for group in self.param_groups for p in group["params"])
@@ -310,7 +306,7 @@ class ZerothOrderOptimizer(RuleOptimizer):
     Half precision: the update of an fp16/bf16 tensor is computed chunk-wise in fp32 and
     stochastically rounded (unbiased, bits seeded by the step), so updates far below one ulp
     are kept in expectation; ``stochastic_rounding=False`` rounds to nearest instead. The
-    probes keep their exact-restore legs. See :mod:`zotune.stochastic_rounding`. A rule with
+    probes keep their exact-restore legs. See :mod:`zotune.optim.stochastic_rounding`. A rule with
     state (momentum, Adam) keeps it in fp32 and gets ĝ = Σ c_k z_k summed in fp32 from the
     half-precision z_k the probes used (see :class:`RuleOptimizer`).
     """

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from ..estimators.base import check_finite, evaluate, rounds_coarsely
-from ..stochastic_rounding import rounding_seed, rounds_stochastically
 from .steps import StepStrategy, register_strategy
+from .stochastic_rounding import rounding_seed, rounds_stochastically
 
 HESSIAN = "hessian"
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from ..estimators import ForwardGradientEstimator, RandomGradientEstimator
-from ..rules import Rule
 from .options import ZO_OPTIONS, Option, ZOOptions
+from .rules import Rule
 from .steps import make_step, strategy_for
 
 ESTIMATORS = ("rge", "forward-grad", "backprop")

@@ -1,7 +1,7 @@
 """The work a measurement times: the spec's model, a synthetic batch, and one step.
 
 The batch is exactly B × T tokens, scored at the last position only (``logits_to_keep=1``,
-as :class:`zotune.scoring.Scorer` does for a single-token candidate).
+as :class:`zotune.evaluation.scoring.Scorer` does for a single-token candidate).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import accepts_logits_to_keep, base_model, contiguous_head_input
-from ..offload import execution_device
+from ..models.loading import accepts_logits_to_keep, base_model, contiguous_head_input
+from ..models.offload import execution_device
 from .spec import ProfileSpec
 
 
@@ -51,11 +51,11 @@ def last_position_loss(model, batch, keep: bool, micro_batch_size: int | None = 
     key/value cache of every layer that lives to the end of the forward (2·L·h values per
     token, ≈ 2/3 of the no-grad working set of OPT-125m), which training never reads.
     With ``micro_batch_size`` below B the rows go through in parts, the loss their
-    row-weighted mean, as a training run's micro-batches (:mod:`zotune.micro_batches`).
+    row-weighted mean, as a training run's micro-batches (:mod:`zotune.training.micro_batches`).
     """
     import torch.nn.functional as F
 
-    from ..micro_batches import accumulate
+    from ..training.micro_batches import accumulate
 
     input_ids, attention_mask, targets = batch
     extra = {"logits_to_keep": 1, "use_cache": False} if keep else {}
@@ -91,8 +91,8 @@ class BuiltStep:
 
 def build_model(spec: ProfileSpec):
     """The spec's model with its tuning scheme applied, in eval mode: a training run's
-    :func:`zotune.run.build_model` (the same loading, placement, attention and tuning), with
-    the global RNG left as it was.
+    :func:`zotune.training.run.build_model` (the same loading, placement, attention and
+    tuning), with the global RNG left as it was.
 
     With ``spec.offload`` the model is built on ``spec.device`` (a random OPT-13B
     initialises in seconds on a GPU, in minutes on a CPU), moved to CPU memory and placed
@@ -102,9 +102,9 @@ def build_model(spec: ProfileSpec):
     import torch
 
     from ..config import build_config
-    from ..models import place_on_devices
+    from ..models.loading import place_on_devices
     from ..optim.registry import names
-    from ..run import build_model as build_run_model
+    from ..training.run import build_model as build_run_model
 
     config = build_config({
         "model": {
@@ -124,7 +124,7 @@ def build_model(spec: ProfileSpec):
         model.to("cpu")  # one module-wise move keeps tied weights tied
         place_on_devices(model, "cpu_offload", spec.device)
     if spec.compile:
-        from ..compiled import compile_model
+        from ..models.compiled import compile_model
 
         compile_model(model)
     return model
@@ -134,7 +134,7 @@ def build_step(spec: ProfileSpec, model=None) -> BuiltStep:
     """A zero-argument callable that makes one step of ``spec.method`` on its batch."""
     import torch
 
-    from ..mixed_precision import under_autocast
+    from ..models.mixed_precision import under_autocast
     from ..optim import create_optimizer
     from .mezo_reference import MezoReferenceStep
 

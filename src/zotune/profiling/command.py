@@ -139,7 +139,7 @@ def _csv(text: str | None, kind=str) -> list | None:
 
 def reproduce_command(argv: list[str]) -> str:
     """``zotune ARGV``, behind ``taskset -c CPUS`` when this process is pinned to some CPUs."""
-    from ..environment import cpu_affinity
+    from ..utils.environment import cpu_affinity
 
     command = shlex.join(["zotune", *argv])
     cpus = cpu_affinity()
@@ -215,7 +215,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--plot draws memory against sequence length: give --seq-lens with two or more "
             "lengths (e.g. --seq-lens 32,64,128)"
         )
-    from ..figures import require_matplotlib
+    from ..utils.figures import require_matplotlib
 
     require_matplotlib()
 
@@ -242,7 +242,7 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 def _position_limit(model: str) -> int | None:
     """The longest input ``model`` takes, when its config is at hand (a shape or a folder)."""
-    from ..models import EMBEDDED_MODEL, position_limit, shape_config
+    from ..models.loading import EMBEDDED_MODEL, position_limit, shape_config
 
     if model.startswith("random:") or model == EMBEDDED_MODEL:
         config = shape_config(model.removeprefix("random:"))
@@ -419,7 +419,7 @@ def _render_saved(args: argparse.Namespace, command: str) -> int:
 
 def _write_pages(args: argparse.Namespace, markdown: str, results) -> None:
     """--markdown, then --plot (last: the measurements are saved if the plot fails)."""
-    from ..files import atomic_write_text
+    from ..utils.files import atomic_write_text
     from .plot import plot_memory_vs_seq_len
 
     if args.markdown:

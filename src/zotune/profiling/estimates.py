@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from ..tables import table
+from ..utils.tables import table
 from .build import attention_for
 from .render import estimate_breakdown, mb
 from .spec import ProfileSpec
@@ -21,7 +21,7 @@ from .spec import ProfileSpec
 def _config(model: str):
     from transformers import AutoConfig
 
-    from ..models import EMBEDDED_MODEL, shape_config
+    from ..models.loading import EMBEDDED_MODEL, shape_config
 
     if model.startswith("random:"):
         return shape_config(model.removeprefix("random:"))
@@ -35,8 +35,8 @@ def meta_model(spec: ProfileSpec):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from ..models import config_kind, resolve_dtype
-    from ..tuning import apply_tuning
+    from ..models.loading import config_kind, resolve_dtype
+    from ..tuning.schemes import apply_tuning
 
     config = _config(spec.model)
     auto = AutoModelForMaskedLM if config_kind(config) == "masked" else AutoModelForCausalLM
@@ -51,7 +51,7 @@ def meta_model(spec: ProfileSpec):
 def estimate_for(spec: ProfileSpec, model, *, device=None):
     """:func:`zotune.profiling.memory_model.estimate_memory` of the spec's step on ``model``
     (built for the spec), on ``device`` (default: the spec's)."""
-    from ..models import accepts_logits_to_keep
+    from ..models.loading import accepts_logits_to_keep
     from .memory_model import estimate_memory
 
     return estimate_memory(

@@ -22,10 +22,10 @@ Each memory figure is printed beside the analytic estimate
 (:func:`zotune.profiling.memory_model.estimate_memory`) and its breakdown.
 
 On CPU the memory step runs with glibc told to unmap large freed blocks
-(:func:`zotune.measure.track_allocations_in_rss`), so the resident set follows the live
+(:func:`zotune.utils.measure.track_allocations_in_rss`), so the resident set follows the live
 tensors. A long-lived process still carries what earlier work left resident, so by default
 every measurement runs in its own subprocess (:mod:`zotune.profiling.worker`),
-whose timed steps run with heap reuse restored (:func:`zotune.measure.reuse_freed_memory`):
+whose timed steps run with heap reuse restored (:func:`zotune.utils.measure.reuse_freed_memory`):
 fresh pages for every activation slow a forward by ≈ 5–10%. In-process measurements
 (``isolate=False``) keep the pages-per-tensor allocator throughout, so that the next
 measurement's memory reading stays honest, and their times carry that cost.
@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from ..measure import MB
-from ..models import base_model
+from ..models.loading import base_model
+from ..utils.measure import MB
 from .build import build_step
 from .estimates import estimate_for
 from .spec import ProfileResult, ProfileSpec
@@ -89,8 +89,10 @@ def measure(
 def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> ProfileResult:
     import torch
 
-    from ..environment import hardware_description
-    from ..measure import (
+    from ..models.loading import resolve_device
+    from ..tuning.schemes import count_parameters
+    from ..utils.environment import hardware_description
+    from ..utils.measure import (
         current_memory_bytes,
         release_freed_memory,
         reuse_freed_memory,
@@ -98,8 +100,6 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         track_allocations_in_rss,
         track_peak,
     )
-    from ..models import resolve_device
-    from ..tuning import count_parameters
 
     device = resolve_device(spec.device)
     if spec.threads is not None:

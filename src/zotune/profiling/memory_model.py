@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..measure import MB
-from ..models import base_model
-from ..rules import state_dtype
+from ..models.loading import base_model
+from ..optim.rules import state_dtype
+from ..utils.measure import MB
 from .activations import TransformerShape, activation_bytes
 from .methods import REFERENCE_METHODS, all_methods
 
@@ -89,7 +89,7 @@ def optimizer_state_bytes(
     momentum (ZO-SGD-MMT, FO-SGD with momentum > 0), two for Adam.
 
     ``trainable_bytes`` are those of trainable weights of ``weight_dtype``. The state has
-    dtype :func:`zotune.rules.state_dtype`: the weights' own, but fp32 for fp16/bf16 weights,
+    dtype :func:`zotune.optim.rules.state_dtype`: the weights' own, but fp32 for fp16/bf16 weights,
     so Adam on bf16 weights costs 2 × 4 bytes per trainable value, four times the weights::
 
         state = tensors × (trainable_bytes / weight element size) × state element size
@@ -277,7 +277,7 @@ def estimate_memory(
     With a large tied vocabulary FO's memory is therefore flat in T until A + G_head
     overtakes G + 2·G_head, then grows with the activations.
 
-    Micro-batches (``micro_batch_size`` < ``batch_size``, :mod:`zotune.micro_batches`): the
+    Micro-batches (``micro_batch_size`` < ``batch_size``, :mod:`zotune.training.micro_batches`): the
     activations are those of one micro-batch. A FO step accumulates the gradients of every
     micro-batch, so they persist while the next one's activations are kept: the peak is
     G + A_micro (+ G_head when tied), the larger of that and the one-batch ends.

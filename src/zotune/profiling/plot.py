@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..figures import MARKERS, pyplot, save_figure, series_colors
-from ..measure import MB
+from ..utils.figures import MARKERS, pyplot, save_figure, series_colors
+from ..utils.measure import MB
 from .render import hardware_of
 from .spec import ProfileResult
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..measure import MB
-from ..tables import table
+from ..utils.measure import MB
+from ..utils.tables import table
 from .memory_model import BREAKDOWN_LEGEND, breakdown
 from .spec import ProfileResult
 
@@ -85,7 +85,7 @@ def hardware_of(results: Sequence[ProfileResult]) -> str:
 
     Results read from a file written before results recorded it fall back to this machine.
     """
-    from ..environment import hardware_description
+    from ..utils.environment import hardware_description
 
     recorded = next((r.hardware for r in results if r.hardware), None)
     return recorded or hardware_description(results[0].spec.device if results else None)

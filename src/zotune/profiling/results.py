@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..utils.files import atomic_write_text
 from .render import describe_setup
 from .spec import ProfileResult
 

@@ -21,7 +21,7 @@ DEFAULT_MODEL = "random:opt-125m"
 @dataclass(frozen=True)
 class Settings:
     """What the measurements of one command share. ``model`` is a hub id, a local folder,
-    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.SHAPES`)."""
+    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.loading.SHAPES`)."""
 
     model: str = DEFAULT_MODEL
     batch_size: int = 16
@@ -59,7 +59,7 @@ class ProfileSpec(Settings):
     # Optimizer options beyond lr (``{"hybrid_layers": 10}``, ``{"q": 4}``).
     options: dict[str, Any] = field(default_factory=dict)
     # Weights held in CPU memory by accelerate's cpu_offload, copied to ``device`` for each
-    # module's forward (zotune.offload: zeroth-order steps move them in place).
+    # module's forward (zotune.models.offload: zeroth-order steps move them in place).
     offload: bool = False
 
     def method_label(self) -> str:
@@ -93,8 +93,8 @@ class ProfileSpec(Settings):
         return modelled and not self.offload  # the model counts every weight on the device
 
     def check(self) -> None:
-        from ..mixed_precision import check_autocast
-        from ..tuning import SCHEMES
+        from ..models.mixed_precision import check_autocast
+        from ..tuning.schemes import SCHEMES
 
         check_autocast(self.autocast, self.dtype)
         if self.method not in all_methods():
@@ -149,7 +149,7 @@ class ProfileSpec(Settings):
 
 @dataclass
 class ProfileResult:
-    """What one measurement found; bytes are as :mod:`zotune.measure` defines them."""
+    """What one measurement found; bytes are as :mod:`zotune.utils.measure` defines them."""
 
     spec: ProfileSpec
     seconds_per_step: float

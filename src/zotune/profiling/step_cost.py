@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tables import table
+from ..utils.tables import table
 from .build import build_model, build_step
 from .measurement import measure, run_profile
 from .render import describe_setup, mb
@@ -132,7 +132,7 @@ def _time_interleaved(
     then the rounds stop and None is returned: its steps may have left the shared weights
     non-finite, so the others are timed again on a fresh model.
     """
-    from ..measure import time_calls
+    from ..utils.measure import time_calls
 
     built = {}
     seconds: dict[str, list[float]] = {m: [] for m in methods}
@@ -173,8 +173,8 @@ def run_step_cost(
     raises on a scheme, whose row is then left out (every row of the scheme, if its forward
     fails) while the others go on; without it the first error ends the run.
     """
-    from ..measure import reuse_freed_memory
-    from ..tuning import count_parameters
+    from ..tuning.schemes import count_parameters
+    from ..utils.measure import reuse_freed_memory
     from .measurement import first_line
 
     say = log or (lambda message: None)

@@ -4,7 +4,7 @@
 
 Starts ``--world`` gloo processes on this machine (CPU), builds the random-initialised model
 shape in each, and trains a few steps of every case on a synthetic token batch while
-:mod:`zotune.distributed`'s counters record what each process hands to a collective: the
+:mod:`zotune.training.distributed`'s counters record what each process hands to a collective: the
 probe table for ZO, every gradient bucket (through a DDP communication hook) for FO.
 The figures are payload bytes per process per step, independent of the machine; the
 seconds per step are this machine's and include gloo's loopback transport.
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..tables import markdown_table
+from ..utils.tables import markdown_table
 
 # (label, optimizer, options, parallel mode)
 CASES = [
@@ -41,10 +41,10 @@ def _worker(rank: int, port: int, world: int, settings: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..distributed import join_local_group, share_probes, wrap_first_order
-    from ..models import random_model
+    from ..models.loading import random_model
     from ..optim import create_optimizer
-    from ..tuning import apply_tuning
+    from ..training.distributed import join_local_group, share_probes, wrap_first_order
+    from ..tuning.schemes import apply_tuning
 
     torch.set_num_threads(settings["threads"])
     group = join_local_group(rank, world, port)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure_traffic(args.shape, tuple(args.schemes), world=args.world, steps=args.steps)
     print(traffic_table(rows))
     if args.json:
-        from ..files import atomic_write
+        from ..utils.files import atomic_write
 
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(rows, indent=2)))
     return 0

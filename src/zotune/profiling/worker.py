@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import atomic_write_text
+from ..utils.files import atomic_write_text
 from .measurement import measure
 from .spec import ProfileSpec
 

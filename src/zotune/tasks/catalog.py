@@ -8,7 +8,7 @@ a category rather than as text (COPA's ``question``) shows the branch its placeh
 
 from __future__ import annotations
 
-from ..tables import markdown_table
+from ..utils.tables import markdown_table
 from .specs import TASKS, TaskSpec
 
 

@@ -7,7 +7,7 @@ A small function appears only where data cannot say it: normalizing a nested row
 WSC, WinoGrande's two forms).
 
 Candidate ``i`` of an example is the text ``contexts[i] + continuations[i]``; the scorer
-tokenizes that joined text and scores its tail (see :mod:`zotune.scoring`).
+tokenizes that joined text and scores its tail (see :mod:`zotune.evaluation.scoring`).
 
 Template versions (``version=``). ``"reference"`` (the default) writes every prompt as ZO-Bench's
 ``zo-bench/templates.py`` (ZO-Bench/ZO-LLM, commit bf210fa) does, with the template its

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .evaluation import per_example
+from ..evaluation.evaluate import per_example
+from ..evaluation.scoring import Scorer
+from ..tasks.example import Example
 from .micro_batches import batch_loss
-from .scoring import Scorer
-from .tasks.example import Example
 
 OBJECTIVES = ("loss", "accuracy", "f1")
 # What each metric objective needs the task's metric to be.
@@ -60,7 +60,7 @@ def closure_for(
     micro_batch_size: int | None = None,
 ) -> Callable[[], torch.Tensor]:
     """The step's closure: the task loss of the batch (over micro-batches when
-    ``micro_batch_size`` is smaller, see :mod:`zotune.micro_batches`), or −metric on
+    ``micro_batch_size`` is smaller, see :mod:`zotune.training.micro_batches`), or −metric on
     ``examples``."""
     if objective == "loss":
         return batch_loss(scorer, examples, micro_batch_size)

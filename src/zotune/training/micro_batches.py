@@ -5,9 +5,9 @@ A batch of N examples split into parts P_1 … P_m has the loss
     f(θ; batch) = Σ_j w_j f(θ; P_j) / Σ_j w_j
 
 with w_j what the loss averages over in part j (its examples, or its scored tokens for the
-``lm`` loss: :meth:`zotune.scoring.Scorer.loss_weight`). So a zeroth-order probe evaluates
-f(θ ± εz) part by part at the same perturbation, and the estimate is the one-batch estimate
-(equal to float rounding) while only one part's activations are alive at a time. With grad
+``lm`` loss: :meth:`zotune.evaluation.scoring.Scorer.loss_weight`). So a zeroth-order probe
+evaluates f(θ ± εz) part by part at the same perturbation, and the estimate is the one-batch
+estimate (equal to float rounding) while only one part's activations are alive at a time. With grad
 enabled (a first-order step, or a hybrid step's first-order part) each part's weighted loss
 is backpropagated at once, so the gradients accumulate to ∇f(θ; batch) and the returned loss
 is detached: gradient accumulation.
@@ -20,8 +20,8 @@ from functools import partial
 
 import torch
 
-from .scoring import Scorer
-from .tasks import Example
+from ..evaluation.scoring import Scorer
+from ..tasks import Example
 
 
 def parts(examples: Sequence[Example], size: int) -> list[Sequence[Example]]:

@@ -15,7 +15,7 @@ import random
 import sys
 from pathlib import Path
 
-from .config import RunConfig, build_config
+from ..config import RunConfig, build_config
 
 QUICKSTART_ROOT = Path("runs")
 TASK_FILE = "task/reviews.yaml"
@@ -103,8 +103,8 @@ def run_quickstart(root: Path = QUICKSTART_ROOT, steps: int | None = None) -> Pa
 
 
 def _quickstart(root: Path, steps: int | None) -> Path:
-    from .export import export_run
-    from .train import finetune
+    from ..models.export import export_run
+    from ..training.train import finetune
 
     folder = fresh_folder(root, "quickstart")
     task = write_task(folder)

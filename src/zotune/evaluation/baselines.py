@@ -26,8 +26,8 @@ from dataclasses import replace
 
 import torch
 
+from ..tasks.example import Example
 from .scoring import Scorer, ScoringError
-from .tasks.example import Example
 
 TRAIN_SEPARATOR = "\n\n"  # MeZO large_models/tasks.py: Dataset.train_sep
 

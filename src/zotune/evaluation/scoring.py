@@ -28,8 +28,9 @@ position sits in the last ``K + 1`` columns, and the model is asked for those al
 row, often the largest activation of a ZO forward. Left padding also keeps prompt tuning's
 virtual tokens (prepended by peft) out of the way. RoPE models need no position ids for it:
 relative positions between real tokens are unchanged by the padding. With prompt or prefix
-tuning the virtual tokens sit before the padding, so :func:`zotune.tuning.apply_tuning` derives
-position ids from the attention mask (as ``generate`` does).
+tuning the virtual tokens sit before the padding, so
+:func:`zotune.tuning.schemes.apply_tuning` derives position ids from the attention mask (as
+``generate`` does).
 
 When every candidate of every example is one token after the same context tokens (SST-2 with
 byte-level BPE: the joint tokens agree with the context's), the context runs once and the
@@ -48,15 +49,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import (
+from ..models.loading import (
     accepts_logits_to_keep,
     base_model,
     contiguous_head_input,
     position_limit,
     special_token_frame,
 )
-from .offload import execution_device
-from .tasks.example import Example
+from ..models.offload import execution_device
+from ..tasks.example import Example
 
 REDUCTIONS = ("mean", "sum")
 LOSSES = ("ce", "lm")

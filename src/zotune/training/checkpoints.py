@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
-from .files import atomic_write, disk_full_message
-from .offload import named_resident_parameters
+from ..config import ConfigError
+from ..models.offload import named_resident_parameters
+from ..utils.files import atomic_write, disk_full_message
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"

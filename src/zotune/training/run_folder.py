@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, load_config
-from .files import FolderLock, atomic_write, remove_stale_temporaries
+from ..config import ConfigError, RunConfig, load_config
+from ..utils.files import FolderLock, atomic_write, remove_stale_temporaries
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

@@ -1,5 +1,5 @@
 """A split's score under its task's metric: accuracy of the ranked candidates, or F1 and EM
-of greedy answers (:mod:`zotune.generation`, :mod:`zotune.metrics`)."""
+of greedy answers (:mod:`zotune.evaluation.generation`, :mod:`zotune.evaluation.metrics`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..tasks.example import Example
 from .baselines import calibrated_predictions
 from .generation import greedy_answers
 from .metrics import answer_scores, metric_name
 from .scoring import Scorer, ScoringError
-from .tasks.example import Example
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def ranked_predictions(
     progress=None,
 ) -> list[int]:
     """The candidate each ranked example is given: the highest-scoring one, or after
-    calibration (:func:`zotune.baselines.calibrated_predictions`)."""
+    calibration (:func:`zotune.evaluation.baselines.calibrated_predictions`)."""
     if not examples:
         raise ScoringError("cannot score an empty split")
     if calibrate:

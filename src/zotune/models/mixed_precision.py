@@ -6,7 +6,7 @@ backward, and evaluation — under ``torch.autocast(device_type, dtype)``: matri
 bf16, reductions and the loss in fp32, while the weights, the updates and the optimizer
 state stay fp32. It is the fast mode for users who want fp32 state; ``model.dtype:
 bfloat16`` (weights in bf16, updates stochastically rounded, see
-:mod:`zotune.stochastic_rounding`) is faster still and halves the weights' memory.
+:mod:`zotune.optim.stochastic_rounding`) is faster still and halves the weights' memory.
 
 Autocast casts the weights of each matrix product on every forward, so it is slower than
 bf16 weights and its peak memory holds the fp32 weights plus bf16 copies of the ones in use.

@@ -2,8 +2,8 @@
 tuning scheme, task splits, scorer, optimizer and scheduler, placed for one process or for
 each process of a torchrun group.
 
-``setup(config)`` returns a :class:`Run` holding them; :func:`zotune.train.finetune` runs the
-loop on it, ``zotune eval`` evaluates with ``setup(config, for_training=False)``.
+``setup(config)`` returns a :class:`Run` holding them; :func:`zotune.training.train.finetune`
+runs the loop on it, ``zotune eval`` evaluates with ``setup(config, for_training=False)``.
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from typing import Any
 
 import torch
 
-from .baselines import check_calibration, with_demonstrations
-from .config import ConfigError, RunConfig, build_config, load_config
+from ..config import ConfigError, RunConfig, build_config, load_config
+from ..evaluation.baselines import check_calibration, with_demonstrations
+from ..evaluation.evaluate import Score, evaluate
+from ..evaluation.scoring import Scorer
+from ..models.loading import LoadedModel
+from ..models.mixed_precision import compute_context, under_autocast
+from ..models.offload import execution_device
+from ..optim import FirstOrderOptimizer, create_optimizer
+from ..optim.registry import entry as optimizer_entry
+from ..optim.registry import names as optimizer_names
+from ..tasks import Example, TaskSpec, get_task, load_splits
+from ..utils.progress import bar, bars_wanted
 from .distributed import broadcast_parameters, shard_batch, sharded_accuracy
-from .evaluation import Score, evaluate
-from .mixed_precision import compute_context, under_autocast
-from .models import LoadedModel
 from .objectives import check_objective, closure_for
-from .offload import execution_device
-from .optim import FirstOrderOptimizer, create_optimizer
-from .optim.registry import entry as optimizer_entry
-from .optim.registry import names as optimizer_names
-from .progress import bar, bars_wanted
-from .scoring import Scorer
-from .tasks import Example, TaskSpec, get_task, load_splits
 
 
 def log_line(message: str) -> None:
@@ -79,13 +79,13 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
         )
-    from .mixed_precision import check_autocast
-    from .models import resolve_device
+    from ..models.loading import resolve_device
+    from ..models.mixed_precision import check_autocast
 
     check_autocast(config.model.autocast, config.model.dtype)
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
-    from .reporting import check_reporter
+    from .loggers import check_reporter
 
     check_reporter(config.train.report_to)
     micro = config.train.micro_batch_size
@@ -183,8 +183,8 @@ class TunedModel:
 def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     """Load the model (hub, folder, embedded, random shape), place it and apply the tuning
     scheme, in eval mode, with the attention implementation the optimizer needs."""
-    from .models import load_model, place_on_devices, random_model
-    from .tuning import apply_tuning, count_parameters
+    from ..models.loading import load_model, place_on_devices, random_model
+    from ..tuning.schemes import apply_tuning, count_parameters
 
     device = device or config.model.device
     attn = optimizer_entry(config.optimizer.name).attention_implementation(
@@ -216,7 +216,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     model = apply_tuning(loaded.model, config.tuning, tokenizer=loaded.tokenizer)
     model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
     if config.train.compile:
-        from .compiled import compile_model
+        from ..models.compiled import compile_model
 
         compile_model(model)
     trainable, total = count_parameters(model)

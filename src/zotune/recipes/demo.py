@@ -2,7 +2,7 @@
 
 The recipe below was chosen by measurement (README, "The demo"): it gives a real gain over
 zero-shot within about ten minutes on two CPU cores. It runs through the same
-:func:`zotune.train.finetune` as ``zotune train``; the equivalent command is printed first.
+:func:`zotune.training.train.finetune` as ``zotune train``; the equivalent command is printed first.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import RunConfig, build_config
+from ..config import RunConfig, build_config
 from .quickstart import fresh_folder
 
 # Each demo writes a new folder runs/demo-N, so running it again is a new run, never an error.
@@ -65,7 +65,7 @@ def equivalent_command(config: RunConfig) -> str:
 
 
 def run_demo(steps: int | None = None, root: Path = DEMO_ROOT) -> None:
-    from .train import finetune
+    from ..training.train import finetune
 
     config = demo_config(steps, root)
     print(f"zotune demo: {equivalent_command(config)}", file=sys.stderr, flush=True)

@@ -70,6 +70,6 @@ def hostname() -> str:
 
 
 def zotune_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

@@ -1,8 +1,8 @@
 """The fine-tuning loop, read top to bottom: ``finetune`` = resolve the config, ``setup``
-(:mod:`zotune.run`), ``train``.
+(:mod:`zotune.training.run`), ``train``.
 
 config → model + tuning scheme → task splits → loop (estimator → rule) → best-on-validation
-(:mod:`zotune.checkpoints`) → test once. The checkpoint that is kept is chosen on the
+(:mod:`zotune.training.checkpoints`) → test once. The checkpoint that is kept is chosen on the
 validation split, never on test (ZO-Bench selects on test); test accuracy is measured once,
 at the end, on that checkpoint.
 """
@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError, RunConfig
+from ..estimators import NonFiniteLossError, mix_seed
+from ..models.offload import named_resident_parameters
+from ..optim.registry import entry as optimizer_entry
+from ..tasks import Example
+from ..utils.files import atomic_write
+from ..utils.measure import peak_memory_mb
+from ..utils.progress import bar
 from .checkpoints import LAST_FILE, Checkpoints, data_digest
-from .config import ConfigError, RunConfig
 from .distributed import (
     broadcast_parameters,
     check_launcher,
@@ -32,17 +39,10 @@ from .distributed import (
     launched_by_torchrun,
     leave_process_group,
 )
-from .estimators import NonFiniteLossError, mix_seed
-from .files import atomic_write
 from .learned import untrained_reason
-from .measure import peak_memory_mb
-from .offload import named_resident_parameters
-from .optim.registry import entry as optimizer_entry
-from .progress import bar
-from .reporting import open_reporter
+from .loggers import open_reporter
 from .run import Run, log_line, resolve_config, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
-from .tasks import Example
 
 # A run stops after this many non-finite losses in a row: one is a bad batch, many a diverged run.
 MAX_CONSECUTIVE_NONFINITE = 10
@@ -84,7 +84,7 @@ class RunResult:
     # Each test example's main metric, in the split's order (see ``Score.per_example``);
     # None where evaluation was sharded across processes.
     test_scores: list[float] | None = None
-    # Why the run learned nothing, with a hint (zotune.learned); None when it learned.
+    # Why the run learned nothing, with a hint (zotune.training.learned); None when it learned.
     untrained: str | None = None
     # The fine-tuned model holding the kept checkpoint (its tuning scheme applied: a peft
     # model for adapters), for save_pretrained or further use; not part of the record.
@@ -168,7 +168,7 @@ class MetricsLog:
 
     def __init__(self, path: Path | None, append: bool, reporter: Any = None) -> None:
         self.path = path
-        self.reporter = reporter  # zotune.reporting: TensorBoard, wandb
+        self.reporter = reporter  # zotune.training.loggers: TensorBoard, wandb
         self.records: list[dict[str, Any]] = []
         self._file = None
         if path is not None:
@@ -212,7 +212,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     if folder is not None:
         folder.check(config)
     if config.train.save_model:
-        from .export import check_destination, check_request
+        from ..models.export import check_destination, check_request
 
         check_destination(config.train.save_model)
         check_request(config, merge=False, dtype=None)
@@ -229,7 +229,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         run = setup(config, group=group)
         result = train(run)
         if config.train.save_model and run.is_main:
-            from .export import save_model
+            from ..models.export import save_model
 
             out = save_model(run.model, run.loaded.tokenizer, config, config.train.save_model,
                              result=result.record())

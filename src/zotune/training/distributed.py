@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .estimators.base import ProbeSharing
+from ..estimators.base import ProbeSharing
 
 MODES = ("data", "query")
 

@@ -259,7 +259,7 @@ def place_on_devices(
     explicit ``{module: device}`` map (``0``, ``"cuda:1"``, ``"cpu"``). Hooks move
     activations between devices; every parameter stays on its device, where zotune perturbs,
     restores and updates it, and offloaded weights are moved in their CPU storage
-    (:mod:`zotune.offload`: zeroth-order optimizers only). As
+    (:mod:`zotune.models.offload`: zeroth-order optimizers only). As
     directions are seeded per tensor, a split model follows the trajectory of an unsplit one
     (for ``distribution="auto"``, which draws from the table on the CPU and Gaussian
     elsewhere, as long as each tensor stays on the same kind of device).

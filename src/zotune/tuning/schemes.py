@@ -76,9 +76,9 @@ from peft import (
 )
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-from .config import TuningConfig
-from .models import model_kind
-from .offload import execution_device
+from ..config import TuningConfig
+from ..models.loading import model_kind
+from ..models.offload import execution_device
 
 SCHEMES = ("full", "lora", "prefix", "prompt", "head")
 PREFIX_INITS = ("real", "random")

@@ -1,0 +1,1 @@
+"""Evaluation: candidate scoring, answer decoding, task metrics, the no-training baselines."""

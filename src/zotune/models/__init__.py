@@ -1,0 +1,1 @@
+"""Models: loading (hub, embedded, random shapes), placement, precision, compiling, export."""

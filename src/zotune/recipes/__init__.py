@@ -1,0 +1,1 @@
+"""Recipes: one-command runs (`zotune demo`, `zotune quickstart`) that read top to bottom."""

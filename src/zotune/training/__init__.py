@@ -1,0 +1,1 @@
+"""Training: the run set up from its config, the loop, checkpoints, run folders, loggers."""

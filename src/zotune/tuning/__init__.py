@@ -1,0 +1,1 @@
+"""Tuning schemes: which parameters a run trains (full, LoRA, prefix, prompt)."""

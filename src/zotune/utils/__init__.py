@@ -1,0 +1,1 @@
+"""Helpers every subsystem uses: atomic files, tables, figures, timers, progress, environment."""
