@@ -35,7 +35,7 @@ from zotune.models.loading import (
     shape_config,
     with_special_tokens,
 )
-from zotune.models.loading import loading as models
+from zotune.models import loading as models
 from zotune.tasks.example import Example
 
 TINY_SHAPES = {
