@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from zotune.models.compiled import compile_model, is_compiled
 from zotune.models import compiled
+from zotune.models.compiled import compile_model, is_compiled
 from zotune.optim import create_optimizer
 
 needs_backend = pytest.mark.skipif(

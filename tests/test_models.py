@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from zotune.evaluation.scoring import Scorer
+from zotune.models import loading as models
 from zotune.models.loading import (
     BOS_ID,
     BYTE_VOCAB_SIZE,
@@ -35,7 +36,6 @@ from zotune.models.loading import (
     shape_config,
     with_special_tokens,
 )
-from zotune.models import loading as models
 from zotune.tasks.example import Example
 
 TINY_SHAPES = {
