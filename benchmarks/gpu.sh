@@ -5,8 +5,8 @@
 #     bash benchmarks/gpu.sh --tiny OUT   # on any CPU, in a minute or two: the same parts on
 #                                         # random:tiny-opt in float32 (tests/test_gpu_script.py)
 #
-# What it measures (every model is randomly initialised from a shape in zotune.models.loading.SHAPES,
-# built directly on the GPU in fp16: nothing is downloaded):
+# What it measures (every model is randomly initialised from a shape in
+# zotune.models.random_shapes.SHAPES, built directly on the GPU in fp16: nothing is downloaded):
 #   part 1  `zotune profile` of random OPT-1.3B, fp16, B16 T64: inference and the eight
 #           optimizers × four schemes (full, LoRA, prefix, prompt), peak memory and s/step,
 #           the paper's memory/time table (one zotune process per scheme, so one failing

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from zotune.models.loading import SHAPES, LoadedModel, load_model, random_model
+from zotune.models.loading import LoadedModel, load_model
+from zotune.models.random_shapes import SHAPES, random_model
 from zotune.tuning.schemes import apply_tuning
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -61,7 +62,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_config():
     """Factory ``tiny_config(shape="tiny-llama", **changes)``: the config of a random shape
-    (:data:`zotune.models.loading.SHAPES`) with ``changes`` (``vocab_size=8000``) applied."""
+    (:data:`zotune.models.random_shapes.SHAPES`) with ``changes`` (``vocab_size=8000``) applied."""
 
     def build(shape: str = "tiny-llama", **changes):
         config_class, values = SHAPES[shape]

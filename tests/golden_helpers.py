@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 
 # The run's seed: numpy's stream for MeZO-style trainers (transformers' set_seed), zotune's
 # `seed` (with distribution="mezo", step t's seed is the t-th np.random.RandomState(SEED)

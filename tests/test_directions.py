@@ -318,7 +318,7 @@ def test_mezo_step_seeds_are_numpys_draws_and_query_zero_is_the_step_seed():
 )
 def test_mezo_runs_under_every_step_shape(key, options):
     """Every strategy declares its tensors before drawing (none raises), and the run moves."""
-    from zotune.models.loading import random_model
+    from zotune.models.random_shapes import random_model
 
     model = random_model("tiny-llama", attn_implementation="eager").model
     ids = torch.randint(5, 300, (2, 8), generator=torch.Generator().manual_seed(0))

@@ -266,7 +266,8 @@ def _zo_trajectory(model, steps=3):
 
 
 def test_a_model_split_by_a_device_map_follows_the_unsplit_trajectory():
-    from zotune.models.loading import place_on_devices, random_model
+    from zotune.models.placement import place_on_devices
+    from zotune.models.random_shapes import random_model
 
     whole = random_model("tiny-llama").model
     split = random_model("tiny-llama").model
@@ -298,7 +299,9 @@ def test_finetune_takes_a_device_map(sst2_dir, tmp_path, tiny_run_config):
     ],
 )
 def test_unsupported_device_maps_are_refused_by_name(device_map, message):
-    from zotune.models.loading import ModelError, place_on_devices, random_model
+    from zotune.models.errors import ModelError
+    from zotune.models.placement import place_on_devices
+    from zotune.models.random_shapes import random_model
 
     with pytest.raises(ModelError, match=message):
         place_on_devices(random_model("tiny-llama").model, device_map)
@@ -309,8 +312,9 @@ def test_unsupported_device_maps_are_refused_by_name(device_map, message):
 def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer, shape):
     """Offloaded weights are meta tensors; ZO steps move their CPU storage instead. Tied
     weights (one CPU tensor behind two meta parameters) are one trainable tensor, as resident."""
-    from zotune.models.loading import place_on_devices, random_model
     from zotune.models.offload import named_resident_parameters
+    from zotune.models.placement import place_on_devices
+    from zotune.models.random_shapes import random_model
 
     def trajectory(model):
         step = create_optimizer(optimizer, model, lr=1e-3, seed=5)
@@ -338,8 +342,9 @@ def test_cpu_offloaded_weights_follow_the_resident_trajectory(optimizer, shape):
     ],
 )
 def test_offloaded_weights_are_refused_where_only_resident_ones_work(optimizer, options, message):
-    from zotune.models.loading import place_on_devices, random_model
     from zotune.models.offload import OffloadError
+    from zotune.models.placement import place_on_devices
+    from zotune.models.random_shapes import random_model
 
     model = random_model("tiny-llama").model
     place_on_devices(model, "cpu_offload")

@@ -12,7 +12,7 @@ import torch
 
 from zotune.config import build_config
 from zotune.enhance import split_hybrid
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.optim import create_optimizer
 from zotune.training.run import resolve_config, setup
 from zotune.training.train import _step

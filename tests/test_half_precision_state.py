@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from zotune import finetune
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.optim import create_optimizer
 
 HALF = [torch.float16, torch.bfloat16]

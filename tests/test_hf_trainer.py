@@ -12,7 +12,7 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from zotune.integrations.hf import ZOTrainer
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

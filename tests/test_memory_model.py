@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zotune.models.loading import shape_config
+from zotune.models.random_shapes import shape_config
 from zotune.optim import OPTIMIZERS
 from zotune.profiling.activations import TransformerShape, activation_bytes
 from zotune.profiling.memory_model import (

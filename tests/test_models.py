@@ -18,24 +18,19 @@ from transformers import (
 )
 
 from zotune.evaluation.scoring import Scorer
-from zotune.models import loading as models
-from zotune.models.loading import (
+from zotune.models import embedded
+from zotune.models.anatomy import accepts_logits_to_keep, base_model, config_kind, position_limit
+from zotune.models.byte_tokenizer import (
     BOS_ID,
     BYTE_VOCAB_SIZE,
-    EMBEDDED_INSTALL,
     EOS_ID,
-    SHAPES,
-    ModelError,
-    accepts_logits_to_keep,
-    base_model,
     byte_tokenizer,
-    config_kind,
-    load_model,
-    position_limit,
-    random_model,
-    shape_config,
     with_special_tokens,
 )
+from zotune.models.embedded import EMBEDDED_INSTALL
+from zotune.models.errors import ModelError
+from zotune.models.loading import load_model
+from zotune.models.random_shapes import SHAPES, random_model, shape_config
 from zotune.tasks.example import Example
 
 TINY_SHAPES = {
@@ -250,7 +245,7 @@ def test_embedded_model_without_its_package_names_the_install_command(monkeypatc
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(models.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(embedded.importlib.metadata, "distribution", missing)
     message = _one_line_error(load_model, None, cache_dir=tmp_path)
     assert EMBEDDED_INSTALL in message
 
@@ -260,8 +255,8 @@ def test_a_failed_conversion_leaves_no_cache_behind(monkeypatch, tmp_path):
         (folder / "config.json").write_text("{}")  # half-written
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(models, "embedded_gguf_file", lambda: tmp_path / "model.gguf")
-    monkeypatch.setattr(models, "_dequantize_gguf", crash)
+    monkeypatch.setattr(embedded, "embedded_gguf_file", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(embedded, "_dequantize_gguf", crash)
     with pytest.raises(RuntimeError, match="killed mid-write"):
         load_model("smollm2-135m", cache_dir=tmp_path)
     assert list((tmp_path / "models").iterdir()) == []
@@ -294,7 +289,7 @@ def test_embedded_model_scores_sst2_and_loads_from_the_cache(
 
     # The patch is the check that nothing is converted again; a wall-clock bound would
     # assume one machine's speed and load.
-    monkeypatch.setattr(models, "_dequantize_gguf", no_conversion)
+    monkeypatch.setattr(embedded, "_dequantize_gguf", no_conversion)
     again = load_model("smollm2-135m", cache_dir=embedded_cache_dir)
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[name]), name

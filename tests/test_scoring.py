@@ -19,7 +19,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
 from zotune.evaluation.scoring import Scorer, ScoringError
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.tasks.example import Example
 
 CORPUS = [

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from zotune.estimators.directions import mix_seed
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.optim import ZEROTH_ORDER, create_optimizer
 from zotune.optim.stochastic_rounding import (
     ROUNDING_TABLE_NUMEL,

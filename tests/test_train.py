@@ -279,7 +279,7 @@ def test_a_run_without_an_output_dir_says_nothing_is_saved_and_returns_the_model
 def test_peft_wrapping_leaks_no_third_party_future_warning():
     import warnings
 
-    from zotune.models.loading import random_model
+    from zotune.models.random_shapes import random_model
     from zotune.tuning.schemes import apply_tuning
 
     with warnings.catch_warnings(record=True) as caught:

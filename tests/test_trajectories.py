@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.optim import create_optimizer
 from zotune.tuning.schemes import apply_tuning
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from zotune.evaluation.scoring import Scorer
-from zotune.models.loading import random_model, with_special_tokens
+from zotune.models.byte_tokenizer import with_special_tokens
+from zotune.models.random_shapes import random_model
 from zotune.optim import create_optimizer
 from zotune.tasks.example import Example
 from zotune.tuning.schemes import (

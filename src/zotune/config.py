@@ -57,7 +57,7 @@ class ModelConfig:
         "optimizer needs"
     )
     # Spread layers over devices with accelerate: "auto", "balanced", "sequential" or a
-    # {module: device} map (then `device` is not used); see zotune.models.loading.place_on_devices.
+    # {module: device} map (then `device` is not used); see zotune.models.placement.
     device_map: str | dict[str, Any] | None = key(
         None, "spread layers over devices with accelerate: auto, balanced or sequential"
     )

@@ -578,7 +578,7 @@ def _grid_axes(
 
 def _default_value(axis: str) -> str:
     """The value an unset axis takes: only model.name defaults to None (the embedded model)."""
-    from ..models.loading import EMBEDDED_MODEL
+    from ..models.embedded import EMBEDDED_MODEL
 
     if axis != "model":
         raise SuiteError(f"grid.{axis}: no value in the grid or in base")
@@ -756,7 +756,7 @@ def _seeds(value: Any, where: str, allow_empty: bool = False) -> list[int]:
 
 def _check_names(axes: dict[str, list[str]]) -> None:
     """Every optimizer, scheme, task and random-model shape in the grid exists."""
-    from ..models.loading import SHAPES
+    from ..models.random_shapes import SHAPES
     from ..optim.registry import names
     from ..tasks import list_tasks
     from ..tasks.taskfile import is_task_file

@@ -49,13 +49,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.loading import (
+from ..models.anatomy import (
     accepts_logits_to_keep,
     base_model,
     contiguous_head_input,
     position_limit,
-    special_token_frame,
 )
+from ..models.byte_tokenizer import special_token_frame
 from ..models.offload import execution_device
 from ..tasks.example import Example
 

@@ -1,1 +1,1 @@
-"""Models: loading (hub, embedded, random shapes), placement, precision, compiling, export."""
+"""Models: hub loading, the embedded model, random shapes, anatomy, placement, export, precision."""

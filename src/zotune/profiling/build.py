@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.loading import accepts_logits_to_keep, base_model, contiguous_head_input
+from ..models.anatomy import accepts_logits_to_keep, base_model, contiguous_head_input
 from ..models.offload import execution_device
 from .spec import ProfileSpec
 
@@ -102,7 +102,7 @@ def build_model(spec: ProfileSpec):
     import torch
 
     from ..config import build_config
-    from ..models.loading import place_on_devices
+    from ..models.placement import place_on_devices
     from ..optim.registry import names
     from ..training.run import build_model as build_run_model
 

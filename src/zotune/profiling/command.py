@@ -242,7 +242,9 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 def _position_limit(model: str) -> int | None:
     """The longest input ``model`` takes, when its config is at hand (a shape or a folder)."""
-    from ..models.loading import EMBEDDED_MODEL, position_limit, shape_config
+    from ..models.anatomy import position_limit
+    from ..models.embedded import EMBEDDED_MODEL
+    from ..models.random_shapes import shape_config
 
     if model.startswith("random:") or model == EMBEDDED_MODEL:
         config = shape_config(model.removeprefix("random:"))

@@ -21,7 +21,8 @@ from .spec import ProfileSpec
 def _config(model: str):
     from transformers import AutoConfig
 
-    from ..models.loading import EMBEDDED_MODEL, shape_config
+    from ..models.embedded import EMBEDDED_MODEL
+    from ..models.random_shapes import shape_config
 
     if model.startswith("random:"):
         return shape_config(model.removeprefix("random:"))
@@ -35,7 +36,8 @@ def meta_model(spec: ProfileSpec):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from ..models.loading import config_kind, resolve_dtype
+    from ..models.anatomy import config_kind
+    from ..models.loading import resolve_dtype
     from ..tuning.schemes import apply_tuning
 
     config = _config(spec.model)
@@ -51,7 +53,7 @@ def meta_model(spec: ProfileSpec):
 def estimate_for(spec: ProfileSpec, model, *, device=None):
     """:func:`zotune.profiling.memory_model.estimate_memory` of the spec's step on ``model``
     (built for the spec), on ``device`` (default: the spec's)."""
-    from ..models.loading import accepts_logits_to_keep
+    from ..models.anatomy import accepts_logits_to_keep
     from .memory_model import estimate_memory
 
     return estimate_memory(

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from ..models.loading import base_model
+from ..models.anatomy import base_model
 from ..utils.measure import MB
 from .build import build_step
 from .estimates import estimate_for

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..models.loading import base_model
+from ..models.anatomy import base_model
 from ..optim.rules import state_dtype
 from ..utils.measure import MB
 from .activations import TransformerShape, activation_bytes

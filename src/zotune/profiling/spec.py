@@ -21,7 +21,7 @@ DEFAULT_MODEL = "random:opt-125m"
 @dataclass(frozen=True)
 class Settings:
     """What the measurements of one command share. ``model`` is a hub id, a local folder,
-    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.loading.SHAPES`)."""
+    ``smollm2-135m`` or ``random:<shape>`` (see :data:`zotune.models.random_shapes.SHAPES`)."""
 
     model: str = DEFAULT_MODEL
     batch_size: int = 16

@@ -41,7 +41,7 @@ def _worker(rank: int, port: int, world: int, settings: dict, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..models.loading import random_model
+    from ..models.random_shapes import random_model
     from ..optim import create_optimizer
     from ..training.distributed import join_local_group, share_probes, wrap_first_order
     from ..tuning.schemes import apply_tuning

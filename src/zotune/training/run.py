@@ -183,7 +183,9 @@ class TunedModel:
 def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     """Load the model (hub, folder, embedded, random shape), place it and apply the tuning
     scheme, in eval mode, with the attention implementation the optimizer needs."""
-    from ..models.loading import load_model, place_on_devices, random_model
+    from ..models.loading import load_model
+    from ..models.placement import place_on_devices
+    from ..models.random_shapes import random_model
     from ..tuning.schemes import apply_tuning, count_parameters
 
     device = device or config.model.device

@@ -77,7 +77,7 @@ from peft import (
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from ..config import TuningConfig
-from ..models.loading import model_kind
+from ..models.anatomy import model_kind
 from ..models.offload import execution_device
 
 SCHEMES = ("full", "lora", "prefix", "prompt", "head")
