@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from zotune.cli import main
+from zotune.tasks.builtin import TASKS
 from zotune.tasks.catalog import placeholder_row, tasks_markdown
-from zotune.tasks.specs import TASKS
 
 
 def test_markdown_has_one_row_per_task_in_each_table(capsys):

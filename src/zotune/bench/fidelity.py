@@ -40,7 +40,7 @@ from ..config import RunConfig
 from ..enhance.blocks import partition
 from ..optim import registry
 from ..optim.options import ZO_OPTIONS
-from ..tasks.specs import TASKS
+from ..tasks.builtin import TASKS
 from .suite import load_suite
 
 DATA_FILE = "fidelity.yaml"

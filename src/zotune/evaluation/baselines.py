@@ -14,7 +14,7 @@ Calibration (``task.calibrate``, ``--calibrate``; MeZO's ``--sfc``, surface-form
 competition, Holtzman et al. 2021): candidate i scores
 ``Σ_t log p(cand_i | input) − Σ_t log p(cand_i | calibration prompt)``, the calibration
 prompt being the task's prompt with the input removed (``encode_sfc`` / ``verbalize_sfc``,
-written beside each task in :mod:`zotune.tasks.specs`), without demonstrations; both are
+written beside each task in :mod:`zotune.tasks.templates`), without demonstrations; both are
 sums over the candidate's tokens (``run.py::one_step_pred``). Generation tasks and tasks
 without a calibration prompt refuse it by name.
 """

@@ -2,8 +2,10 @@
 WiC (the rest of MeZO's), then MeZO's generation tasks SQuAD and DROP (scored by F1) and
 ReCoRD, each declared as data; and the user's own, from a YAML task file.
 
-* :mod:`.specs`: the declarations: templates (ZO-Bench's strings by default, zotune 0.1's as
-  a named version, and without task alignment), labels, paper loss and val size;
+* :mod:`.spec`: the TaskSpec type (data sources, templates, labels, paper loss, val size);
+* :mod:`.templates`: the prompt templates (ZO-Bench's strings by default, zotune 0.1's as a
+  named version, and without task alignment);
+* :mod:`.builtin`: the built-in task declarations, :func:`get_task` and :func:`list_tasks`;
 * :mod:`.taskfile`: a task file → the same TaskSpec (``zotune train --task task.yaml``);
   :mod:`.check`: ``zotune tasks --check``;
 * :mod:`.formats`: GLUE TSV / JSONL readers and per-task row normalizers;
@@ -17,10 +19,11 @@ ReCoRD, each declared as data; and the user's own, from a YAML task file.
 "a gorgeous , witty , seductive movie . It was"
 """
 
+from .builtin import get_task, list_tasks
 from .errors import TaskDataError
 from .example import Example
 from .sources import DATA_DIR_ENV
-from .specs import TaskSpec, get_task, list_tasks
+from .spec import TaskSpec
 from .splits import Splits, load_splits
 
 __all__ = [

@@ -9,7 +9,8 @@ a category rather than as text (COPA's ``question``) shows the branch its placeh
 from __future__ import annotations
 
 from ..utils.tables import markdown_table
-from .specs import TASKS, TaskSpec
+from .builtin import TASKS
+from .spec import TaskSpec
 
 
 def placeholder_row(spec: TaskSpec) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .sources import read_pools, resolve_data_dir
-from .specs import TaskSpec
+from .spec import TaskSpec
 from .taskfile import load_task_file
 
 SHOWN = 3

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import TaskDataError
 from .formats import Row
-from .specs import TaskSpec
+from .spec import TaskSpec
 
 DATA_DIR_ENV = "ZOTUNE_DATA_DIR"
 

@@ -48,10 +48,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .builtin import get_task
 from .errors import TaskDataError
 from .example import Example
 from .sources import Pool, Pools, read_pools, resolve_data_dir
-from .specs import REFERENCE, TaskSpec, check_version, get_task
+from .spec import REFERENCE, TaskSpec, check_version
 
 # Where a task's default val size does not fit its data, val takes this fraction (1/N) of it.
 VAL_SHARE_OF_SMALL_POOL = 5
@@ -151,7 +152,7 @@ def load_splits(
     ``data_dir`` (else ``$ZOTUNE_DATA_DIR``, else the Hugging Face hub) holds one folder per
     task; ``num_val=None`` takes the task's declared val size; ``seed`` is the data seed
     (ZO-Bench's ``train_set_seed``); ``template=False`` drops the task-aligned prompt and
-    ``template_version`` names the aligned one (see :mod:`zotune.tasks.specs`). Notes on
+    ``template_version`` names the aligned one (see :mod:`zotune.tasks.templates`). Notes on
     carving and shortfalls go to ``log``, one line each, and into ``Splits.notes``.
     """
     spec = get_task(name)

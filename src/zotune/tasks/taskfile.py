@@ -1,7 +1,7 @@
 r"""Tasks declared in a YAML file, in the spirit of lm-evaluation-harness's task YAML.
 
 ``zotune train --task path/to/task.yaml`` trains on it, ``zotune tasks --check`` validates it.
-A file builds the same :class:`~zotune.tasks.specs.TaskSpec` the built-in tasks are, so a
+A file builds the same :class:`~zotune.tasks.spec.TaskSpec` the built-in tasks are, so a
 task is declared one way; what Python code adds for a built-in (a nested row's normalizer) a
 file does not need, its rows being flat::
 
@@ -23,7 +23,7 @@ file does not need, its rows being flat::
 
 Candidates may name fields too (``"{choice1}"``). Paths are relative to the file. The
 prompt and each candidate are joined as the reference templates join them
-(:func:`~zotune.tasks.specs.answered`: spaces stripped at both ends of the prompt and of
+(:func:`~zotune.tasks.templates.answered`: spaces stripped at both ends of the prompt and of
 prompt + candidate).
 
 Every mistake is one :class:`TaskFileError` line naming the file and the key (a data file's
@@ -45,7 +45,7 @@ import yaml
 
 from .errors import TaskDataError
 from .formats import Row, read_jsonl
-from .specs import (
+from .spec import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_NUM_VAL,
     LOSSES,
@@ -54,8 +54,8 @@ from .specs import (
     HubDataset,
     LocalFiles,
     TaskSpec,
-    answered,
 )
+from .templates import answered
 
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
 FORMATS = ("jsonl", "csv", "tsv")
