@@ -5,14 +5,17 @@
 
 For each precision — ``float32``, ``bfloat16`` (weights in bf16, ZO updates stochastically
 rounded) and ``autocast-bfloat16`` (fp32 weights, bf16 compute under ``torch.autocast``) —
-two measurements of :mod:`zotune.bench.profile`, each in a fresh process: ``inference`` (one
-forward of the last-position loss) and ``zo-sgd`` (a full-tuning step: two forwards, three
-passes over the weights). Each is repeated ``--repeats`` times, the precisions interleaved,
-so a load change on a shared machine hits all of them alike.
+two measurements of :func:`zotune.profiling.measurement.measure_isolated`, each in a fresh
+process: ``inference`` (one forward of the last-position loss) and ``zo-sgd`` (a full-tuning
+step: two forwards, three passes over the weights). Each is repeated ``--repeats`` times, the
+precisions interleaved, so a load change on a shared machine hits all of them alike.
+``zotune profile --optimizers inference,zo-sgd --dtype float32,bfloat16,autocast-bfloat16``
+takes the same measurements once each; this script adds the repeats and the ranges.
 
 Reported per precision: the median and the range (min–max) of all timed calls over the
-repeats (``--steps`` each), the ratio of medians to fp32, and the peak memory (weights +
-peak resident set over the timed steps − resident set before them; median over repeats).
+repeats (``--steps`` each), the ratio of medians to fp32, and the peak memory
+(:attr:`zotune.profiling.spec.ProfileResult.memory_bytes`: the weights + what a step adds
+to the resident set of the loaded model; median over repeats).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import json
 import statistics
 import sys
 
-from zotune.bench.profile import MB, ProfileSpec, measure_isolated
+from zotune.profiling.measurement import measure_isolated
+from zotune.profiling.spec import ProfileSpec
+from zotune.utils.measure import MB
 
 PRECISIONS = {
     "float32": ("float32", None),
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results as JSON")
     args = parser.parse_args(argv)
+    for name in ("batch_size", "seq_len", "steps", "repeats", "threads"):
+        value = getattr(args, name)
+        if value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     payload = run(args)
     print(table(payload))
     if args.json:

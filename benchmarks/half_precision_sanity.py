@@ -1,14 +1,15 @@
 """Does bf16 ZO-SGD with stochastic rounding lower the training loss like fp32? (~20 steps)
 
     taskset -c 1 python benchmarks/half_precision_sanity.py [--steps 20] [--lr 3e-5] \
-        [--threads 1] [--json PATH]
+        [--threads 1] [--model smollm2-135m] [--json PATH]
 
 Full-parameter ZO-SGD (the demo recipe: lr 3e-5, ε 1e-3, batch 16) on the embedded
 SmolLM2-135M and SST-2 (``$ZOTUNE_DATA_DIR``), three ways from the same weights and seed:
 fp32, bf16 weights with stochastically rounded updates, bf16 rounded to nearest. Every step
 uses the same fixed batch of 16 training examples, so the loss on it (evaluated at θ before
 and after, and on a second fixed batch the steps never see) shows whether the updates take
-effect; ~20 steps are a sanity check, not an accuracy study.
+effect; ~20 steps are a sanity check, not an accuracy study. ``--model random:tiny-llama``
+runs the same comparison on a tiny random shape (tests/test_benchmark_scripts.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from zotune.config import build_config
 from zotune.optim import create_optimizer
-from zotune.training.train import _build_model, load_task_splits, make_scorer
+from zotune.training.run import build_model, load_task_splits, make_scorer, no_log
 
 SETTINGS = {
     "float32": ("float32", True),
@@ -35,15 +36,16 @@ SETTINGS = {
 def run_setting(dtype: str, stochastic: bool, args: argparse.Namespace) -> dict:
     config = build_config(
         {
-            "model": {"dtype": dtype},
+            "model": {"name": args.model, "dtype": dtype},
             "task": {"name": "sst2", "num_train": 64, "num_val": 16, "num_test": 16},
             "optimizer": {"name": "zo-sgd", "lr": args.lr, "eps": 1e-3},
             "train": {"seed": 0},
         }
     )
-    model, loaded, _, _ = _build_model(config)
-    splits = load_task_splits(config, log=lambda message: None)
-    scorer = make_scorer(model, loaded, config)
+    splits = load_task_splits(config, log=no_log)
+    tuned = build_model(config)
+    model = tuned.model
+    scorer = make_scorer(model, tuned.loaded, config)
     seen = scorer.encode_for_loss(splits.train[:16])
     unseen = scorer.encode_for_loss(splits.train[16:32])
     optimizer = create_optimizer(
@@ -70,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="the embedded SmolLM2-135M, or any model a run config names")
     parser.add_argument("--json", help="write the results as JSON")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.threads < 1:
+        parser.error(f"--steps and --threads must be at least 1, got {args.steps}, {args.threads}")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     results = {}
