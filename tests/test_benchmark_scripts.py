@@ -1,7 +1,7 @@
 """Every script in benchmarks/ still runs: the README and docs/results cite them as the commands
 that reproduce their figures, so an API move that breaks one must fail here.
 
-Each Python script answers ``--help`` (it parses its arguments before any heavy work), each
+Each Python script answers ``--help`` (its imports resolve and its parser builds), each
 shell script parses (``bash -n``), and the scripts whose work is cheap on a tiny random shape
 run once for real on it. Every script runs as the docs run it: a fresh process, its own file,
 from a folder outside the repository (nothing is imported from the working folder).
