@@ -1,3 +1,5 @@
+"""``python -m zotune``: the command line, as the ``zotune`` script runs it."""
+
 import sys
 
 from .cli import main

@@ -1,5 +1,4 @@
-"""``zotune`` command line: train, eval, export, tasks, quickstart, demo, bench, report,
-profile."""
+"""The ``zotune`` command line: one subcommand per job (train, eval, bench, profile, ...)."""
 
 from __future__ import annotations
 

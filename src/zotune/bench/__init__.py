@@ -7,10 +7,8 @@ Data flows one way::
                                          report (select on val, test once) ◀┘
 
 ``zotune bench SUITE`` runs a suite (built-in name or YAML path); ``zotune report DIR`` writes
-the tables and plots. Modules: :mod:`.suite` (suite files, cells, run specs), :mod:`.runner`
-and :mod:`.ray_backend` (running them), :mod:`.worker` (one run), :mod:`.progress`,
-:mod:`.store` (results.sqlite), :mod:`.selection` and :mod:`.report` (tables), :mod:`.plots`
-(the report's figures). The profiler (``zotune profile``) is :mod:`zotune.profiling`.
+the tables and plots; ``zotune compare`` and :mod:`.findings` test cells against each other.
+The profiler (``zotune profile``) is :mod:`zotune.profiling`.
 
 This package imports only :mod:`.suite`, for the names below; none of its modules imports
 torch when loaded: the training happens in the worker process (or, with ``--ray``, in a Ray

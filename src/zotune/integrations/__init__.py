@@ -1,2 +1,1 @@
-"""zotune inside other training frameworks: :mod:`zotune.integrations.hf` (the Hugging Face
-``Trainer``)."""
+"""zotune inside other training frameworks: the Hugging Face ``Trainer`` (:mod:`.hf`)."""

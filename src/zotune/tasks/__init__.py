@@ -1,6 +1,8 @@
-"""The task suite: SST-2, COPA, WinoGrande, MultiRC (the paper's four) and RTE, CB, BoolQ, WSC,
-WiC (the rest of MeZO's), then MeZO's generation tasks SQuAD and DROP (scored by F1) and
-ReCoRD, each declared as data; and the user's own, from a YAML task file.
+"""Tasks as data: their declarations and templates, the user's task files, sources, splits.
+
+The suite: SST-2, COPA, WinoGrande, MultiRC (the paper's four) and RTE, CB, BoolQ, WSC, WiC
+(the rest of MeZO's), then MeZO's generation tasks SQuAD and DROP (scored by F1) and ReCoRD,
+each declared as data; and the user's own, from a YAML task file.
 
 * :mod:`.spec`: the TaskSpec type (data sources, templates, labels, paper loss, val size);
 * :mod:`.templates`: the prompt templates (ZO-Bench's strings by default, zotune 0.1's as a
