@@ -294,6 +294,14 @@ def test_a_missing_store_leaves_its_findings_queued(tmp_path):
     assert [e.missing for e in checked[0][1]] == [["the tiny store"]] * 2
 
 
+def test_a_store_with_its_plan_and_no_run_yet_leaves_its_findings_queued(tmp_path, tiny_suite):
+    """A bench writes its plan before its first run ends: the findings page still builds."""
+    store_with_scores(tmp_path, tiny_suite, by_optimizer(0.1, 0.0), only=lambda run: False)
+    checked = findings.check(tmp_path, TINY_FINDINGS[:1])
+    assert [(e.verdict, e.missing) for e in checked[0][1]] == [
+        ("queued", ["a finished run of the tiny store"])] * 2
+
+
 @pytest.mark.parametrize("method", list(findings.FRONTIER_CLAIMS))
 def test_each_frontier_method_is_checked_against_zo_sgd_on_full_and_lora(method):
     (finding,) = [f for f in findings.FINDINGS
@@ -301,7 +309,7 @@ def test_each_frontier_method_is_checked_against_zo_sgd_on_full_and_lora(method)
                       findings.FRONTIER_CLAIMS[method])]
     assert [c.terms for c in finding.contrasts] == [
         ((1.0, f"{method}/{s}"), (-1.0, f"zo-sgd/{s}")) for s in ("full", "lora")]
-    assert finding.margin == 0.0 and "equal forward budget" in finding.claim
+    assert finding.margin == 0.0 and "equal forward budget" in finding.detail
 
 
 def test_frontier_findings_wait_for_their_store(tmp_path):

@@ -78,6 +78,10 @@ class Comparison:
         return lines
 
 
+class NoRunsRecorded(ValueError):
+    """The store holds its suite's plan but no finished run yet."""
+
+
 class StoreView:
     """A store's records and sections, narrowed to a suite, task or model, that names its
     cells and runs as :class:`Side` s."""
@@ -91,7 +95,7 @@ class StoreView:
             self.records = store.records()
             plans = store.plans()
         if not self.records:
-            raise ValueError(f"no runs recorded in {results_dir}")
+            raise NoRunsRecorded(f"no runs recorded in {results_dir}")
         sections = build_sections(self.records, plans, results_dir)
         wanted = {"suite": suite, "task": task, "model": model}
         for field, value in wanted.items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from ..utils.files import atomic_write_text
 from ..utils.tables import markdown_table
-from .compare import NotFinished, Side, StoreView, check_comparable
+from .compare import NoRunsRecorded, NotFinished, Side, StoreView, check_comparable
 from .intervals import CONFIDENCE, contrast_interval, unpaired_contrast_interval, z_score
 from .report import PAPER_SST2_OPT_1_3B
 from .selection import UNTRAINED_MEANING
@@ -60,6 +61,9 @@ class Contrast:
 
 @dataclass(frozen=True)
 class Finding:
+    """A claim (a few words: it heads its row of the summary table) and its precise form in
+    ``detail`` (which cells, at what budget or margin), said under its section."""
+
     claim: str
     suite: str
     contrasts: tuple[Contrast, ...]
@@ -67,6 +71,7 @@ class Finding:
     # Also say how many forward passes each cell took to reach the validation accuracy at
     # which ZO-SGD ends (zotune.bench.time_to_accuracy): a claim of faster convergence.
     time_to_accuracy: bool = False
+    detail: str = ""
 
 
 def difference(a: str, b: str, task: str = "sst2") -> Contrast:
@@ -87,39 +92,45 @@ def drop_beyond(optimizer: str, reference: str, task: str = "sst2") -> Contrast:
 # forward passes (the cpu-frontier suite gives every ZO method the same one), with the claim
 # its authors make.
 FRONTIER_CLAIMS = {
-    "lozo": "LOZO (low-rank perturbations) converges faster than MeZO (ZO-SGD)",
-    "lozo-m": "LOZO-M (LOZO with momentum on the low-rank factor) converges faster than MeZO "
-              "(ZO-SGD)",
-    "subzero": "SubZero (random-subspace perturbations) converges faster than MeZO (ZO-SGD)",
-    "hizoo": "HiZOO (diagonal-Hessian-scaled directions) converges faster than MeZO (ZO-SGD), "
-             "its third forward pass counted",
-    "mezo-svrg": "MeZO-SVRG (variance reduction) converges faster than MeZO (ZO-SGD), its "
-                 "anchor batches counted",
-    "sparse-mezo": "Sparse-MeZO (perturbing only small-magnitude weights) trains better than "
-                   "MeZO (ZO-SGD)",
+    "lozo": "LOZO converges faster than MeZO",
+    "lozo-m": "LOZO-M converges faster than MeZO",
+    "subzero": "SubZero converges faster than MeZO",
+    "hizoo": "HiZOO converges faster than MeZO",
+    "mezo-svrg": "MeZO-SVRG converges faster than MeZO",
+    "sparse-mezo": "Sparse-MeZO trains better than MeZO",
+}
+# What each method is, and what its budget counts.
+FRONTIER_METHODS = {
+    "lozo": "LOZO: low-rank perturbations",
+    "lozo-m": "LOZO-M: LOZO with momentum on the low-rank factor",
+    "subzero": "SubZero: random-subspace perturbations",
+    "hizoo": "HiZOO: diagonal-Hessian-scaled directions, its third forward pass counted",
+    "mezo-svrg": "MeZO-SVRG: variance reduction, its anchor batches counted",
+    "sparse-mezo": "Sparse-MeZO: perturbing only small-magnitude weights",
 }
 FRONTIER_SCHEMES = ("full", "lora")
 
 
-
 FINDINGS = (
     Finding(
-        "FO beats ZO at the same scheme (FO-SGD against ZO-SGD, FO-Adam against ZO-Adam)",
+        "FO beats ZO at the same scheme",
         "cpu",
         tuple(difference(f"fo-{rule}/{s}", f"zo-{rule}/{s}")
               for rule in ("sgd", "adam") for s in SCHEMES),
+        detail="FO-SGD against ZO-SGD and FO-Adam against ZO-Adam, on each scheme.",
     ),
     Finding(
-        "ZO-Adam and ZO-SGD-Sign suffer most on prompt tuning (their drop from LoRA to "
-        "prompt against ZO-SGD's)",
+        "ZO-Adam and ZO-SGD-Sign suffer most on prompt tuning",
         "cpu",
         (drop_beyond("zo-adam", "zo-sgd"), drop_beyond("zo-sgd-sign", "zo-sgd")),
+        detail="Their drop from LoRA to prompt tuning, against ZO-SGD's.",
     ),
     Finding(
-        "Forward-Grad sits between ZO and FO (above ZO-SGD, below FO-SGD)",
+        "Forward-Grad sits between ZO and FO",
         "cpu",
         tuple(c for s in SCHEMES for c in (difference(f"forward-grad/{s}", f"zo-sgd/{s}"),
                                            difference(f"fo-sgd/{s}", f"forward-grad/{s}"))),
+        detail="Above ZO-SGD and below FO-SGD, on each scheme.",
     ),
     Finding(
         "The prompt template matters more for ZO than for FO",
@@ -129,49 +140,59 @@ FINDINGS = (
             ((1.0, "zo-sgd/full/template"), (-1.0, "zo-sgd/full/no-template"),
              (-1.0, "fo-sgd/full/fo-template"), (1.0, "fo-sgd/full/fo-no-template")),
         ), difference("zo-sgd/full/template", "zo-sgd/full/no-template")),
+        detail="ZO-SGD's gain from the template against FO-SGD's, then ZO-SGD's alone.",
     ),
     Finding(
         "Sparsity-induced ZO (about 20%) helps",
         "cpu-studies",
         (difference("zo-sgd/full/sparsity-0.2", "zo-sgd/full/dense"),),
+        detail="ZO-SGD perturbing 80% of the weights against all of them.",
     ),
     Finding(
-        f"Hybrid ZO/FO (ZO on the first 10 of 30 layers) keeps FO's accuracy (no loss "
-        f"beyond {NONINFERIORITY_MARGIN * 100:.0f} points)",
+        "Hybrid ZO/FO keeps FO's accuracy",
         "cpu-studies",
         (difference("zo-sgd/full/hybrid-k10", "zo-sgd/full/hybrid-k0-fo"),),
         margin=NONINFERIORITY_MARGIN,
+        detail=f"ZO on the first 10 of 30 layers against FO on all: no loss beyond "
+               f"{NONINFERIORITY_MARGIN * 100:.0f} points.",
     ),
     Finding(
-        "Block-wise ZO beats ZO-SGD at an equal forward budget (q = 32)",
+        "Block-wise ZO beats ZO-SGD at an equal forward budget",
         "cpu-studies",
         (difference("zo-sgd/full/block-layer", "zo-sgd/full/q32-matched"),),
+        detail="One estimate per layer against ZO-SGD averaging q = 32 directions, at the "
+               "same forward passes per step.",
     ),
     Finding(
-        "zotune's CPU settings: noise-table directions and bf16 weights with stochastically "
-        f"rounded updates train no worse than Gaussian directions and fp32 (within "
-        f"{NONINFERIORITY_MARGIN * 100:.0f} points)",
+        "zotune's CPU settings train no worse",
         "cpu-settings",
         (difference("zo-sgd/full/table-fp32", "zo-sgd/full/gaussian-fp32"),
          difference("zo-sgd/full/bf16-sr", "zo-sgd/full/table-fp32")),
         margin=NONINFERIORITY_MARGIN,
+        detail="Noise-table directions against Gaussian ones, and bf16 weights with "
+               "stochastically rounded updates against fp32: no loss beyond "
+               f"{NONINFERIORITY_MARGIN * 100:.0f} points.",
     ),
     Finding(
-        "COPA and WinoGrande: FO beats ZO (FO-SGD against ZO-SGD)",
+        "COPA and WinoGrande: FO beats ZO",
         "cpu-copa-winogrande",
         tuple(difference(f"fo-sgd/{s}", f"zo-sgd/{s}", task)
               for task in ("copa", "winogrande") for s in ("lora", "full")),
+        detail="FO-SGD against ZO-SGD, on LoRA and full fine-tuning.",
     ),
     Finding(
-        "COPA and WinoGrande: Forward-Grad sits between ZO and FO on LoRA",
+        "COPA and WinoGrande: Forward-Grad sits between ZO and FO",
         "cpu-copa-winogrande",
         tuple(c for task in ("copa", "winogrande")
               for c in (difference("forward-grad/lora", "zo-sgd/lora", task),
                         difference("fo-sgd/lora", "forward-grad/lora", task))),
+        detail="Above ZO-SGD and below FO-SGD, on LoRA.",
     ),
-    *(Finding(f"{claim}: test accuracy at an equal forward budget", "cpu-frontier",
+    *(Finding(claim, "cpu-frontier",
               tuple(difference(f"{method}/{s}", "zo-sgd/" + s) for s in FRONTIER_SCHEMES),
-              time_to_accuracy=True)
+              time_to_accuracy=True,
+              detail=f"{FRONTIER_METHODS[method]}; against MeZO (ZO-SGD), test accuracy at an "
+                     "equal forward budget.")
       for method, claim in FRONTIER_CLAIMS.items()),
 )
 
@@ -265,7 +286,7 @@ def check(
 ) -> list[tuple[Finding, list[Estimate]]]:
     """Every finding's contrasts, estimated from the stores under ``root``."""
     checked = []
-    views: dict[tuple[str, str], StoreView | None] = {}
+    views: dict[tuple[str, str], StoreView | str] = {}
     reaches: dict[tuple[str, str], dict[str, Reach]] = {}
     for finding in findings:
         estimates = []
@@ -273,11 +294,10 @@ def check(
             key = (finding.suite, contrast.task)
             folder = root / finding.suite
             if key not in views:
-                views[key] = (StoreView(folder, suite=finding.suite, task=contrast.task)
-                              if store_exists(folder) else None)
+                views[key] = open_view(folder, finding.suite, contrast.task)
             view = views[key]
-            if view is None:
-                estimates.append(Estimate(contrast, missing=[f"the {finding.suite} store"]))
+            if not isinstance(view, StoreView):
+                estimates.append(Estimate(contrast, missing=[view]))
                 continue
             estimates.append(estimate(contrast, view, finding.margin))
             if finding.time_to_accuracy:
@@ -288,6 +308,16 @@ def check(
                 estimates[-1].reaches = reach_text(contrast, reaches[key])
         checked.append((finding, estimates))
     return checked
+
+
+def open_view(folder: Path, suite: str, task: str) -> StoreView | str:
+    """The store of ``suite`` at ``folder`` narrowed to ``task``, or what it is waiting for."""
+    if not store_exists(folder):
+        return f"the {suite} store"
+    try:
+        return StoreView(folder, suite=suite, task=task)
+    except NoRunsRecorded:
+        return f"a finished run of the {suite} store"
 
 
 def reach_text(contrast: Contrast, reaches: dict[str, Reach]) -> str:
@@ -313,16 +343,50 @@ def reach_text(contrast: Contrast, reaches: dict[str, Reach]) -> str:
 
 
 def summary(estimates: list[Estimate]) -> str:
-    """``"yes in 3 of 4; not separated in 1"``: how many contrasts got each verdict."""
+    """``"yes in 3 of 4; not separated in 1 of 4"``: how many contrasts got each verdict, the
+    commonest first."""
     counts: dict[str, int] = {}
     for item in estimates:
         counts[item.verdict] = counts.get(item.verdict, 0) + 1
     total = len(estimates)
-    return "; ".join(f"{verdict} in {n} of {total}" for verdict, n in counts.items())
+    ordered = sorted(counts.items(), key=lambda pair: -pair[1])
+    return "; ".join(f"{verdict} in {n} of {total}" for verdict, n in ordered)
 
 
-def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str:
-    rows = [[finding.claim, finding.suite, summary(estimates)] for finding, estimates in checked]
+def headline(estimates: list[Estimate]) -> Estimate:
+    """The contrast a finding's summary row shows: the first measured on trained cells, else
+    the first measured, else the first."""
+    measured = [item for item in estimates if item.value is not None]
+    trained = [item for item in measured if not item.untrained]
+    return (trained or measured or estimates)[0]
+
+
+def interval_text(item: Estimate) -> str:
+    """``"+1.0 (-2.5 to +4.5)"`` in points, or ``"—"`` while unmeasured."""
+    if item.value is None:
+        return "—"
+    return f"{item.value * 100:+.1f} ({item.low * 100:+.1f} to {item.high * 100:+.1f})"
+
+
+def summary_row(finding: Finding, estimates: list[Estimate], page: str | None) -> list[str]:
+    """One line of the summary table: the claim, its verdicts, one contrast with its interval
+    and verdict, and the suite (linked to ``page`` where given)."""
+    item = headline(estimates)
+    shown = "—" if item.value is None else (
+        f"{item.contrast.label}: {interval_text(item)}, {item.verdict}")
+    if item.value is not None and item.contrast.task != "sst2":
+        shown = f"{item.contrast.task}: {shown}"
+    suite = f"[{finding.suite}]({page})" if page else finding.suite
+    return [finding.claim, summary(estimates), shown, suite]
+
+
+def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str,
+             pages: dict[str, str] | None = None) -> str:
+    """The findings page: the summary table (one line per finding), then a section per
+    finding with every contrast. ``pages`` maps a suite to the link its rows get."""
+    pages = pages or {}
+    rows = [summary_row(finding, estimates, pages.get(finding.suite))
+            for finding, estimates in checked]
     parts = [
         "# The paper's findings at CPU scale",
         "",
@@ -345,11 +409,14 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         "chosen setting; `zotune report`'s time-to-accuracy table, which adds wall time): "
         "a description of the runs, with no interval.",
         "",
-        markdown_table(["finding", "suite", "verdicts"], rows, right_from=None),
+        markdown_table(["finding", "verdicts", "e.g. (95% interval)", "suite"], rows,
+                       right_from=None),
         "",
     ]
     for finding, estimates in checked:
         parts += [f"## {finding.claim}", ""]
+        if finding.detail:
+            parts += [finding.detail, ""]
         if finding.margin:
             parts += [f"Holds when the interval lies above −{finding.margin * 100:.0f} points.",
                       ""]
@@ -359,9 +426,7 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
         table = []
         for item in estimates:
             paper = paper_value(item.contrast)
-            measured = ("—" if item.value is None
-                        else f"{item.value * 100:+.1f} ({item.low * 100:+.1f} to "
-                             f"{item.high * 100:+.1f})")
+            measured = interval_text(item)
             verdict = item.verdict
             if item.missing:
                 verdict += f" (waiting for {', '.join(item.missing)})"
@@ -383,6 +448,17 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str) -> str
     return "\n".join(parts)
 
 
+def suite_pages(root: Path, page_folder: Path) -> dict[str, str]:
+    """Each suite's page (its README, else its report), relative to ``page_folder``."""
+    pages = {}
+    for suite in {finding.suite for finding in FINDINGS}:
+        for page in (root / suite / "README.md", root / suite / "report" / "report.md"):
+            if page.is_file():
+                pages[suite] = Path(os.path.relpath(page, page_folder)).as_posix()
+                break
+    return pages
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zotune.bench.findings",
@@ -398,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = "python -m zotune.bench.findings " + " ".join(argv or sys.argv[1:])
     try:
-        text = markdown(check(root), command)
+        text = markdown(check(root), command,
+                        suite_pages(root, Path(args.out).parent if args.out else root))
         if args.out:
             atomic_write_text(Path(args.out), text)
     except (ValueError, OSError) as error:
