@@ -32,13 +32,15 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 # After a bench grows a store under docs/results (zotune bench SUITE --results
-# docs/results/SUITE): each store's report and the findings page, regenerated from the records.
+# docs/results/SUITE): each store's report, the findings page and the index's copies of
+# their tables, regenerated from the records.
 results: venv
 	for plan in docs/results/*/suites; do \
 		store=$$(dirname $$plan); \
 		$(BIN)/zotune report $$store --out $$store/report --no-plots || exit 1; \
 	done
 	$(BIN)/python -m zotune.bench.findings docs/results --out docs/results/findings.md
+	$(BIN)/python -m zotune.bench.index docs/results/README.md
 
 lint: venv
 	$(BIN)/ruff check src tests

@@ -343,14 +343,16 @@ def reach_text(contrast: Contrast, reaches: dict[str, Reach]) -> str:
 
 
 def summary(estimates: list[Estimate]) -> str:
-    """``"yes in 3 of 4; not separated in 1 of 4"``: how many contrasts got each verdict, the
-    commonest first."""
+    """``"3 yes, 1 not separated"``: how many contrasts got each verdict, the commonest first;
+    a lone contrast's verdict alone."""
+    if len(estimates) == 1:
+        return estimates[0].verdict
     counts: dict[str, int] = {}
     for item in estimates:
         counts[item.verdict] = counts.get(item.verdict, 0) + 1
-    total = len(estimates)
     ordered = sorted(counts.items(), key=lambda pair: -pair[1])
-    return "; ".join(f"{verdict} in {n} of {total}" for verdict, n in ordered)
+    return ", ".join(f"{n} with an untrained cell" if verdict == "untrained cell"
+                     else f"{n} {verdict}" for verdict, n in ordered)
 
 
 def headline(estimates: list[Estimate]) -> Estimate:
@@ -369,11 +371,10 @@ def interval_text(item: Estimate) -> str:
 
 
 def summary_row(finding: Finding, estimates: list[Estimate], page: str | None) -> list[str]:
-    """One line of the summary table: the claim, its verdicts, one contrast with its interval
-    and verdict, and the suite (linked to ``page`` where given)."""
+    """One line of the summary table: the claim, its verdicts, one contrast with its interval,
+    and the suite (linked to ``page`` where given)."""
     item = headline(estimates)
-    shown = "—" if item.value is None else (
-        f"{item.contrast.label}: {interval_text(item)}, {item.verdict}")
+    shown = "—" if item.value is None else f"{item.contrast.label}: {interval_text(item)}"
     if item.value is not None and item.contrast.task != "sst2":
         shown = f"{item.contrast.task}: {shown}"
     suite = f"[{finding.suite}]({page})" if page else finding.suite
@@ -409,8 +410,8 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str,
         "chosen setting; `zotune report`'s time-to-accuracy table, which adds wall time): "
         "a description of the runs, with no interval.",
         "",
-        markdown_table(["finding", "verdicts", "e.g. (95% interval)", "suite"], rows,
-                       right_from=None),
+        markdown_table(["finding", "verdicts of its contrasts",
+                        "one contrast (points, 95% interval)", "suite"], rows, right_from=None),
         "",
     ]
     for finding, estimates in checked:
