@@ -347,6 +347,40 @@ def test_a_convergence_claim_says_each_cells_forward_passes_to_zo_sgds_end(
     assert "forward passes to ZO-SGD's final validation" in row and f"| {reaches} |" in row
 
 
+def measured(verdict, value=None, untrained=()):
+    item = findings.Estimate(findings.difference(f"{verdict}/full", "zo-sgd/full"),
+                             verdict=verdict, untrained=list(untrained))
+    if value is not None:
+        item.value, item.low, item.high = value, value - 0.02, value + 0.03
+    return item
+
+
+@pytest.mark.parametrize(
+    ("estimates", "verdicts", "shown"),
+    [
+        ([measured("yes", 0.1)], "yes", "yes/full − zo-sgd/full: +10.0 (+8.0 to +13.0)"),
+        # the first contrast on trained cells, not the first listed
+        ([measured("untrained cell", 0.0, ["zo-sgd/full"]), measured("yes", 0.2),
+          measured("yes", 0.1), measured("not separated", 0.01)],
+         "2 yes, 1 with an untrained cell, 1 not separated",
+         "yes/full − zo-sgd/full: +20.0 (+18.0 to +23.0)"),
+        ([measured("untrained cell", 0.0, ["zo-sgd/full"])] * 2, "2 with an untrained cell",
+         "untrained cell/full − zo-sgd/full: +0.0 (-2.0 to +3.0)"),
+        ([measured("queued")] * 2, "2 queued", "—"),
+    ],
+)
+def test_a_findings_summary_row_is_its_verdicts_and_one_contrast(estimates, verdicts, shown):
+    finding = findings.Finding("A claim", "tiny", tuple(e.contrast for e in estimates))
+    assert findings.summary_row(finding, estimates, "tiny/README.md") == [
+        "A claim", verdicts, shown, "[tiny](tiny/README.md)"]
+    assert findings.summary_row(finding, estimates, None)[-1] == "tiny"
+
+
+def test_every_finding_heads_its_summary_row_in_a_few_words():
+    for finding in findings.FINDINGS:
+        assert len(finding.claim) <= 60 and finding.detail.endswith("."), finding.claim
+
+
 def test_seeds_widen_an_interval_in_quadrature():
     assert findings.widened(0.1, 0.0, 0.2, []) == (0.0, 0.2)
     low, high = findings.widened(0.1, 0.0, 0.2, [0.05])
