@@ -83,11 +83,16 @@ def test_refreshing_replaces_each_copy_and_leaves_the_prose(tmp_path, capsys):
                                 "| optimizer | full |\n| --- | ---: |\n| zo-sgd | 75.0 |\n"
                                 "<!-- /table -->\n\noutro\n")
     assert index.main([str(page), "--check"]) == 0
-    page.write_text("<!-- table: absent.md -->\n<!-- /table -->\n")
     capsys.readouterr()
-    assert index.main([str(page)]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "zotune: error: absent.md: no such page in " + str(tmp_path)]
+    for text, error in [
+        ("<!-- table: absent.md -->\n<!-- /table -->\n", f"absent.md: no such page in {tmp_path}"),
+        ("<!-- table: page.md -->\n",
+         "a <!-- table: ... --> comment lacks its <!-- /table --> below it"),
+    ]:
+        page.write_text(text)
+        assert index.main([str(page)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"zotune: error: {error}"]
+        assert page.read_text() == text
 
 
 # The published index ------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def refreshed(index: str, folder: Path) -> str:
         table = copy_of(Source.parse(match["source"]), folder)
         return f"{match.group(1)}{table}\n{match.group(4)}"
 
+    if index.count("<!-- table: ") != len(COPY.findall(index)):
+        raise ValueError("a <!-- table: ... --> comment lacks its <!-- /table --> below it")
     return COPY.sub(replace, index)
 
 
