@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -108,6 +109,15 @@ def test_each_file_says_in_one_line_what_it_holds(path):
     line = summary(path)
     assert len(line) <= MAX_SUMMARY, f"{len(line)} characters: {line}"
     assert line.endswith("."), line
+
+
+@pytest.mark.parametrize("package", packages(), ids=lambda p: p.name)
+def test_a_package_docstring_names_only_modules_it_holds(package):
+    """A module moved or split away takes its mention in the package's docstring with it."""
+    text = docstring(package / "__init__.py") or ""
+    for name in re.findall(r":mod:`\.(\w+)", text):
+        assert (package / f"{name}.py").is_file() or (package / name / "__init__.py").is_file(), (
+            f"{package.name}/__init__.py names :mod:`.{name}`, which it does not hold")
 
 
 def test_readme_layout_matches_the_tree():

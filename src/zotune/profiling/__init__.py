@@ -5,6 +5,8 @@
   registry and the model's shape;
 * :mod:`.spec`, :mod:`.build`, :mod:`.measurement`, :mod:`.worker`: one measurement (a
   method on a model, scheme and synthetic batch), taken in this process or a fresh one;
+* :mod:`.methods`: the methods a profile can measure (every registered optimizer and two
+  references);
 * :mod:`.estimates`: the memory model alone, on a meta-device model of any size;
 * :mod:`.step_cost`: a ZO step against its two forwards and the MeZO-style step of
   :mod:`.mezo_reference`;
