@@ -1,1 +1,1 @@
-"""Models: hub loading, the embedded model, random shapes, anatomy, placement, export, precision."""
+"""Models: loading (hub, embedded, random shapes), anatomy, placement, precision, export."""
