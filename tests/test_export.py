@@ -285,3 +285,49 @@ def test_the_readme_export_example_runs_as_written(tmp_path, sst2_dir, tiny_run_
                                env=env, check=False, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip().endswith("PeftModelForCausalLM")
+
+
+# Loads an exported adapter as a Hugging Face user would, from another working folder and
+# offline: AutoPeftModelForCausalLM reads the base from base_model_name_or_path.
+AUTO_PEFT_LOADER = """
+import json, sys, torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+from zotune.config import load_config
+from zotune.evaluation.scoring import Scorer
+from zotune.training.run import load_task_splits
+
+folder, run_dir, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = AutoPeftModelForCausalLM.from_pretrained(folder).eval()
+scorer = Scorer(model, AutoTokenizer.from_pretrained(folder), kind="causal")
+test = load_task_splits(load_config(run_dir + "/config.yaml"), log=lambda message: None).test
+with torch.no_grad():
+    batches = [test[start : start + batch_size] for start in range(0, len(test), batch_size)]
+    scores = torch.cat([scorer.scores(scorer.encode(batch)) for batch in batches])
+print(json.dumps(scores.tolist()))
+"""
+
+
+def test_a_random_shapes_adapter_loads_offline_from_another_folder(
+    tmp_path, sst2_dir, tiny_run_config, monkeypatch
+):
+    """A random shape's base is written beside the adapter and named by its absolute path:
+    ``AutoPeftModelForCausalLM.from_pretrained(DIR)`` from ``/``, offline, needs no hub and
+    scores the test examples as zotune does. The export was written from a relative --out."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    finetune(tiny_run_config(sst2_dir, run_dir, tuning__scheme="lora", **LEARNS))
+    export_run(run_dir, Path("models") / "lora")
+    folder = tmp_path / "models" / "lora"
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(folder / "base_model")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", AUTO_PEFT_LOADER, str(folder), str(run_dir), "8"],
+        capture_output=True, text=True, env=env, check=False, cwd="/",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    loaded = torch.tensor(json.loads(completed.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(loaded, zotune_scores(run_dir, trained=True), atol=1e-5)
+    assert not torch.allclose(loaded, zotune_scores(run_dir, trained=False), atol=1e-6)

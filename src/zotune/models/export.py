@@ -16,7 +16,12 @@ that travels: the hub id, or the model folder given. For the embedded model it i
 it quantizes, ``HuggingFaceTB/SmolLM2-135M-Instruct``; the run's base was the 4-bit GGUF
 de-quantized (its weights differ slightly from the hub's full-precision ones), and the card
 names that cache folder for loading the exact base. A run on a random shape has no base on
-disk, so its base model is written beside the adapter, into ``DIR/base_model``.
+disk, so its base model is written beside the adapter, into ``DIR/base_model``, and named by
+its absolute path: ``AutoPeftModelForCausalLM.from_pretrained(DIR)`` loads it offline from any
+working folder (peft reads a relative name against the working folder, not the adapter's, and
+would then look it up on the hub). A moved export loads with its base given explicitly, as its
+card shows: ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("DIR/base_model"),
+"DIR")``.
 
 A run that learned nothing (:mod:`zotune.training.learned`: its kept checkpoint is the initial
 model, or a constant predictor) is not exported unless ``allow_untrained``; then its card says so
@@ -180,7 +185,7 @@ def save_model(
         if merge:
             model = model.merge_and_unload()
         adapter = scheme in ADAPTER_SCHEMES and not merge
-        base = _base_reference(config)
+        base = _base_reference(config, out)
         if adapter:
             _save_adapter(model, staging, base, config, dtype)
         else:
@@ -208,13 +213,14 @@ def _remove_stale_staging(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _base_reference(config: RunConfig) -> str:
-    """Where the base model can be loaded from (see the module docstring)."""
+def _base_reference(config: RunConfig, out: Path) -> str:
+    """Where the base model of an export into ``out`` can be loaded from (see the module
+    docstring)."""
     name = config.model.name
     if name is None or name == EMBEDDED_MODEL:
         return EMBEDDED_HUB_ID
-    if name.startswith("random:"):
-        return BASE_FOLDER
+    if is_random(config):
+        return str(out.resolve() / BASE_FOLDER)
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
 
@@ -230,7 +236,7 @@ def _save_adapter(
             peft_config.tokenizer_name_or_path = None
     # The embeddings are frozen in every adapter scheme; "auto" would look the base up online.
     model.save_pretrained(folder, save_embedding_layers=False)
-    if base == BASE_FOLDER:
+    if is_random(config):
         # The frozen base of a random shape is its seeded initialisation (run.build_model);
         # LoRA changed its modules in place, so it is rebuilt rather than unwrapped.
         from .random_shapes import random_model
@@ -241,6 +247,11 @@ def _save_adapter(
             seed=config.train.seed,
         )
         rebuilt.model.save_pretrained(folder / BASE_FOLDER)
+
+
+def is_random(config: RunConfig) -> bool:
+    """Whether the run's model is a random shape (its base is exported beside the adapter)."""
+    return (config.model.name or "").startswith("random:")
 
 
 def model_card(
@@ -296,7 +307,7 @@ def model_card(
         lines += [f"Weights exported in {dtype} from a {run_dtype} run ({direction}).", ""]
     else:
         lines += [f"Weights in {run_dtype}, as trained.", ""]
-    lines += [*_figures(result), "", *_loading(adapter, scheme, base), ""]
+    lines += [*_figures(result), "", *_loading(adapter, scheme, base, is_random(config)), ""]
     settings = yaml.safe_dump(config.to_dict(), sort_keys=False).strip()
     lines += ["## Settings", "", "```yaml", settings, "```", ""]
     return "\n".join(lines)
@@ -331,7 +342,7 @@ def _figures(result: dict[str, Any] | None) -> list[str]:
     return [*warning, *rows]
 
 
-def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
+def _loading(adapter: bool, scheme: str, base: str, base_beside: bool) -> list[str]:
     if not adapter:
         code = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -340,7 +351,7 @@ def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
         ]
         note = "(A masked LM loads with `AutoModelForMaskedLM`.)"
     else:
-        where = '"THIS_FOLDER/base_model"' if base == BASE_FOLDER else repr(base)
+        where = f'"THIS_FOLDER/{BASE_FOLDER}"' if base_beside else repr(base)
         code = [
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -349,6 +360,14 @@ def _loading(adapter: bool, scheme: str, base: str) -> list[str]:
             'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
         ]
         note = "(A masked LM's base loads with `AutoModelForMaskedLM`.)"
+        if base_beside:
+            note = (
+                f"The base model is in `{BASE_FOLDER}/`; the adapter names it by its absolute "
+                f"path at export (`{base}`), so "
+                '`AutoPeftModelForCausalLM.from_pretrained("THIS_FOLDER")` loads it offline '
+                "from any working folder until this folder moves; the code above works "
+                f"wherever it is.\n\n{note}"
+            )
         if scheme in ("prefix", "prompt"):
             code.insert(4, "# number positions as the run did (see below):")
             code.insert(5, "from zotune.tuning.schemes import positions_as_trained")
