@@ -736,6 +736,65 @@ def test_curves_show_every_setting_tried_with_its_seed_band(tmp_path, tiny_suite
         ["dense: zo-sgd / full"]], "a suite of studies only has curves too"
 
 
+@pytest.mark.parametrize(
+    ("values", "limits"),
+    [
+        ([50.0, 52.0], (41.0, 61.0)),  # a 2-point wobble is drawn on 20 points, not the axis
+        ([1.0, 3.0], (0.0, 20.0)),  # kept above 0
+        ([99.0, 100.0], (80.0, 100.0)),  # and below 100
+        ([40.0, 90.0], (37.5, 92.5)),  # a wide span keeps its own, with a margin
+        ([0.0, 100.0], (0.0, 100.0)),
+    ],
+)
+def test_an_accuracy_axis_spans_at_least_twenty_points_within_0_to_100(values, limits):
+    from zotune.bench.plots import accuracy_limits
+
+    assert accuracy_limits(values) == pytest.approx(limits)
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])
+def test_validation_curves_do_not_stretch_a_wobble_nor_promise_a_band_of_one_seed(
+        tmp_path, tiny_suite, seeds):
+    """cpu-settings' panels spanned 58-66%: a one-example wobble looked like a climb; and a
+    one-seed suite's title promised shaded seed ranges it did not have."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import MIN_ACCURACY_SPAN, curves_figure
+
+    runs = [r for r in expand_suite(tiny_suite(seeds=seeds)).runs
+            if r.cell.optimizer == "zo-sgd" and r.cell.scheme == "full"]
+    records = [record_for(r, val=0.52) for r in runs]
+    write_curves(tmp_path, records, lambda r: 0.51 + 0.01 * r.seed)
+    (selection,) = select(records)
+    section = Section("tiny", "random:tiny-llama", "sst2", [selection], records, "zotune bench")
+    figure = curves_figure(section, tmp_path, "val_accuracy")
+    (axis,) = figure.axes
+    low, high = axis.get_ylim()
+    assert high - low == pytest.approx(MIN_ACCURACY_SPAN) and low < 50 and high > 52
+    title = figure.texts[0].get_text().replace("\n", " ")
+    assert ("no band" in title) is (len(seeds) == 1)
+    assert ("shaded" in title) is (len(seeds) > 1)
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert all(label.endswith(f"{len(seeds)} seed{'s' * (len(seeds) > 1)})")
+               for label in labels), labels
+    assert title_fits(figure)
+
+
+def test_figures_are_saved_as_paletted_pngs(tmp_path):
+    """A report's PNGs are committed and embedded in its HTML: 256 colours, a third of the
+    bytes, drawn the same."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from zotune.utils.figures import PALETTE_COLORS, pyplot, save_figure
+
+    figure, axis = pyplot().subplots()
+    axis.fill_between([0, 1, 2], [0, 1, 0], [1, 2, 1], alpha=0.2)
+    axis.plot([0, 1, 2], [0.5, 1.5, 0.5])
+    save_figure(figure, tmp_path / "figure.png")
+    with Image.open(tmp_path / "figure.png") as image:
+        assert image.mode == "P" and len(image.getcolors(PALETTE_COLORS)) <= PALETTE_COLORS
+
+
 def test_accuracy_vs_memory_draws_its_axes_from_zero_with_each_measurements_spread(tiny_suite):
     """634 and 641 MB spanned the whole axis, suggesting a difference that is noise."""
     pytest.importorskip("matplotlib")

@@ -2,6 +2,12 @@
 setting tried (mean over seeds, with the seeds' range as a band), and test accuracy against
 peak memory with both measurements' spread.
 
+Axes are drawn so as not to invent differences: accuracy curves share one scale per figure
+spanning at least :data:`MIN_ACCURACY_SPAN` points (a few validation examples' wobble is not
+stretched into a climb), accuracy against memory starts both axes at zero, and each legend
+entry says how many seeds its line and band hold (a single seed has no band, and the title
+does not promise one).
+
 matplotlib comes through :mod:`zotune.utils.figures` (an optional dependency).
 """
 
@@ -26,6 +32,10 @@ SMOOTHING_FRACTION = 0.04
 TITLE_POINTS = 9
 MIN_WIDTH = 6.0  # inches: a one-panel figure still has room for its title
 PANEL_SIZE = (3.2, 2.6)  # inches per cell panel
+# Accuracy axes span at least this many percentage points: on the validation sets of a few
+# hundred examples the benchmark uses, one example is 0.25 to 0.5 points and a 95% interval
+# is about ±5, so a narrower axis draws noise as a trend.
+MIN_ACCURACY_SPAN = 20.0
 LOSS, VALIDATION = "loss", "val_accuracy"
 CURVE_LABELS = {LOSS: "training loss (smoothed)", VALIDATION: "validation accuracy (%)"}
 
@@ -117,6 +127,27 @@ def _title_height(title: str) -> float:
     return (title.count("\n") + 1) * TITLE_POINTS * 1.4 / 72 + 0.15
 
 
+def _seeds(count: int) -> str:
+    return f"{count} seed{'s' * (count != 1)}"
+
+
+def _band_words(bands: list[Band]) -> str:
+    """What the shading of these bands means, for a title: none where every line is one
+    seed."""
+    if all(band.seeds <= 1 for band in bands):
+        return "one seed per line (no band)"
+    return "mean over seeds, shaded: lowest to highest seed"
+
+
+def accuracy_limits(values: list[float]) -> tuple[float, float]:
+    """The y range of an accuracy axis (percent) holding ``values``: their span, widened
+    about its middle to at least :data:`MIN_ACCURACY_SPAN` and kept within 0..100."""
+    low, high = min(values), max(values)
+    span = min(100.0, max(MIN_ACCURACY_SPAN, 1.1 * (high - low)))
+    low = min(max((low + high - span) / 2, 0.0), 100.0 - span)
+    return low, low + span
+
+
 # Study cells (variants) are laid out this many to a row.
 STUDY_COLUMNS = 3
 
@@ -152,10 +183,12 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
     plt = pyplot()
     width = max(MIN_WIDTH, PANEL_SIZE[0] * columns)
     what = "training loss" if key == LOSS else "validation accuracy"
+    bands = [curve.band for row in rows for _, curves in row for curve in curves]
+    scale = (f"one scale for every panel, at least {MIN_ACCURACY_SPAN:.0f} points"
+             if key == VALIDATION else "one scale per row")
     title = _title(
         f"{section.suite}: {section.task} on {section.model}: {what} of every setting tried "
-        "(thick: chosen on validation), mean over seeds, shaded: lowest to highest seed"
-        + ("; one scale for every panel" if key == VALIDATION else "; one scale per row"),
+        f"(thick: chosen on validation), {_band_words(bands)}; {scale}",
         width,
     )
     height = PANEL_SIZE[1] * len(rows) + _title_height(title)
@@ -163,7 +196,7 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
     # losses differ in level between first-order and ZO rows, so each row has its own.
     figure, axes = plt.subplots(
         len(rows), columns, squeeze=False, figsize=(width, height),
-        sharey=True if key == VALIDATION else "row",
+        sharey=True if key == VALIDATION else "row", layout="constrained",
     )
     colors = series_colors()
     for r, row in enumerate(rows):
@@ -189,13 +222,16 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
                 axis.plot(band.steps, band.mean, color=color,
                           linewidth=1.8 if curve.chosen else 0.8,
                           marker="o" if len(band.steps) == 1 else None,
-                          label=curve.label + (" (chosen)" if curve.chosen else ""))
+                          label=f"{curve.label} ({'chosen; ' * curve.chosen}"
+                                f"{_seeds(band.seeds)})")
                 if band.seeds > 1:
                     axis.fill_between(band.steps, band.low, band.high, color=color, alpha=0.2,
                                       linewidth=0)
             axis.legend(fontsize=5)
+    if key == VALIDATION:
+        axes[0][0].set_ylim(*accuracy_limits(
+            [v for band in bands for v in (*band.low, *band.high)]))
     figure.suptitle(title, fontsize=TITLE_POINTS)
-    figure.tight_layout(rect=(0, 0, 1, 1 - _title_height(title) / height))
     return figure
 
 
@@ -315,11 +351,12 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
     width = max(MIN_WIDTH, 4.2 * len(schemes))
     title = _title(
         f"{section.suite}: {section.task} on {section.model}: validation accuracy against "
-        "forward passes, chosen setting of each optimizer, mean over seeds (shaded: lowest "
-        f"to highest seed); dashed: where {reference} ends", width)
+        f"forward passes, chosen setting of each optimizer, {_band_words([c.band for c in curves])}"
+        f"; dashed: where {reference} ends; one scale, at least {MIN_ACCURACY_SPAN:.0f} points",
+        width)
     height = 3.6 + _title_height(title)
     figure, axes = plt.subplots(1, len(schemes), squeeze=False, figsize=(width, height),
-                                sharey=True)
+                                sharey=True, layout="constrained")
     colors = series_colors()
     first_order = set(names(zeroth_order=False))
     for axis, scheme in zip(axes[0], schemes, strict=True):
@@ -333,7 +370,7 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
             axis.plot(curve.passes, [v * 100 for v in band.mean], color=color,
                       linewidth=1.8 if curve.optimizer == reference else 1.0,
                       marker="o" if len(band.steps) == 1 else None,
-                      label=f"{curve.optimizer} ({band.seeds} seed{'s' * (band.seeds != 1)}"
+                      label=f"{curve.optimizer} ({_seeds(band.seeds)}"
                       + ("; each pass also runs backward)" if curve.optimizer in first_order
                          else ")"))
             if band.seeds > 1:
@@ -344,8 +381,9 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
                 axis.axhline(band.mean[-1] * 100, color=color, linestyle="--", linewidth=0.8)
         axis.legend(fontsize=5)
     axes[0][0].set_ylabel(CURVE_LABELS[VALIDATION], fontsize=7)
+    axes[0][0].set_ylim(*accuracy_limits(
+        [v * 100 for c in curves for v in (*c.band.low, *c.band.high)]))
     figure.suptitle(title, fontsize=TITLE_POINTS)
-    figure.tight_layout(rect=(0, 0, 1, 1 - _title_height(title) / height))
     return figure
 
 
