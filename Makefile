@@ -32,12 +32,14 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 # After a bench grows a store under docs/results (zotune bench SUITE --results
-# docs/results/SUITE): each store's report, the findings page and the index's copies of
-# their tables, regenerated from the records.
+# docs/results/SUITE): each store's report (tables, plots and the self-contained report.html;
+# tables only where matplotlib, the dev extra's, is missing), the findings page and the
+# index's copies of their tables, regenerated from the records.
 results: venv
+	plots=$$($(BIN)/python -c "import matplotlib" 2>/dev/null || echo --no-plots); \
 	for plan in docs/results/*/suites; do \
 		store=$$(dirname $$plan); \
-		$(BIN)/zotune report $$store --out $$store/report --no-plots || exit 1; \
+		$(BIN)/zotune report $$store --out $$store/report $$plots || exit 1; \
 	done
 	$(BIN)/python -m zotune.bench.findings docs/results --out docs/results/findings.md
 	$(BIN)/python -m zotune.bench.index docs/results/README.md

@@ -779,6 +779,24 @@ def test_validation_curves_do_not_stretch_a_wobble_nor_promise_a_band_of_one_see
     assert title_fits(figure)
 
 
+@pytest.mark.parametrize(
+    ("levels", "ceiling"),
+    [
+        ([[0.9, 0.8, 0.7], [1.0, 0.9, 0.9]], None),  # nothing leaves the scale
+        ([[0.6] * 3, [0.9] * 3, [1.0, 50.0, 3.5e5, 2e5]], 0.9 * 5),  # one line diverges
+        ([[5.0, 10.2, 4.0], [-0.02, -0.03, 0.0]], None),  # two objectives' levels in a row
+        ([[-0.5, -0.6], [-0.4, -0.5]], None),  # negative losses (-F1)
+    ],
+    ids=["calm", "diverging", "mixed-objectives", "negative"],
+)
+def test_a_diverging_loss_is_cut_off_rather_than_flattening_its_row(levels, ceiling):
+    """cpu's zo-sgd/full row: one rate reached 3.5e5 and every other line was flat at 0."""
+    from zotune.bench.plots import Band, loss_ceiling
+
+    bands = [Band(list(range(len(v))), v, v, v, 1) for v in levels]
+    assert loss_ceiling(bands) == (pytest.approx(ceiling) if ceiling else None)
+
+
 def test_figures_are_saved_as_paletted_pngs(tmp_path):
     """A report's PNGs are committed and embedded in its HTML: 256 colours, a third of the
     bytes, drawn the same."""

@@ -36,6 +36,11 @@ PANEL_SIZE = (3.2, 2.6)  # inches per cell panel
 # hundred examples the benchmark uses, one example is 0.25 to 0.5 points and a 95% interval
 # is about ±5, so a narrower axis draws noise as a trend.
 MIN_ACCURACY_SPAN = 20.0
+# A row's loss axis stops at its typical loss (the median of its lines' median losses) plus
+# this many times its size: one diverging setting (cpu's zo-sgd/full at lr 1e-4 reached
+# 3.5e5) would otherwise flatten every other line of the row. A line cut off says so in its
+# legend, with its peak.
+LOSS_CEILING_MEDIANS = 4.0
 LOSS, VALIDATION = "loss", "val_accuracy"
 CURVE_LABELS = {LOSS: "training loss (smoothed)", VALIDATION: "validation accuracy (%)"}
 
@@ -173,6 +178,17 @@ def curve_panels(section: Section, results_dir: Path,
     return rows
 
 
+def loss_ceiling(bands: list[Band]) -> float | None:
+    """The top of a row's loss axis when some line leaves the scale (see
+    :data:`LOSS_CEILING_MEDIANS`), else None (matplotlib's own limits)."""
+    levels = [statistics.median(band.mean) for band in bands if band.mean]
+    if not levels:
+        return None
+    middle = statistics.median(levels)
+    ceiling = middle + LOSS_CEILING_MEDIANS * abs(middle)
+    return ceiling if max(v for band in bands for v in band.high) > ceiling else None
+
+
 def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
     """A panel per cell (:func:`curve_panels`), a line per setting tried (the chosen one
     thick), each with its seeds' range shaded; None if no run logged ``key``."""
@@ -184,8 +200,12 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
     width = max(MIN_WIDTH, PANEL_SIZE[0] * columns)
     what = "training loss" if key == LOSS else "validation accuracy"
     bands = [curve.band for row in rows for _, curves in row for curve in curves]
+    ceilings = [loss_ceiling([curve.band for _, curves in row for curve in curves])
+                if key == LOSS else None for row in rows]
     scale = (f"one scale for every panel, at least {MIN_ACCURACY_SPAN:.0f} points"
              if key == VALIDATION else "one scale per row")
+    if any(ceiling is not None for ceiling in ceilings):
+        scale += "; a diverging line is cut off, its legend gives its peak"
     title = _title(
         f"{section.suite}: {section.task} on {section.model}: {what} of every setting tried "
         f"(thick: chosen on validation), {_band_words(bands)}; {scale}",
@@ -199,7 +219,7 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
         sharey=True if key == VALIDATION else "row", layout="constrained",
     )
     colors = series_colors()
-    for r, row in enumerate(rows):
+    for r, (row, ceiling) in enumerate(zip(rows, ceilings, strict=True)):
         for column in range(columns):
             axis = axes[r][column]
             if column >= len(row):
@@ -215,19 +235,25 @@ def curves_figure(section: Section, results_dir: Path, key: str) -> Any | None:
             if not curves:
                 axis.text(0.5, 0.5, "no curve", ha="center", va="center", fontsize=7,
                           transform=axis.transAxes)
+                axis.set_xticks([])
                 continue
             for i, curve in enumerate(curves):
                 color = colors[i % len(colors)]
                 band = curve.band
+                peak = max(band.high)
+                cut = f"; off scale, peaks at {peak:.3g}" if ceiling and peak > ceiling else ""
                 axis.plot(band.steps, band.mean, color=color,
                           linewidth=1.8 if curve.chosen else 0.8,
                           marker="o" if len(band.steps) == 1 else None,
                           label=f"{curve.label} ({'chosen; ' * curve.chosen}"
-                                f"{_seeds(band.seeds)})")
+                                f"{_seeds(band.seeds)}{cut})")
                 if band.seeds > 1:
                     axis.fill_between(band.steps, band.low, band.high, color=color, alpha=0.2,
                                       linewidth=0)
             axis.legend(fontsize=5)
+        if ceiling is not None:
+            bottom = min(v for _, curves in row for curve in curves for v in curve.band.low)
+            axes[r][0].set_ylim(bottom - 0.05 * (ceiling - bottom), ceiling)
     if key == VALIDATION:
         axes[0][0].set_ylim(*accuracy_limits(
             [v for band in bands for v in (*band.low, *band.high)]))

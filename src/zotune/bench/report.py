@@ -157,11 +157,17 @@ def markdown_report(sections: list[Section], out: Path, unplanned: int = 0) -> s
             *_main_tables(section),
             *_study_tables(section),
             *_failed_runs(section),
-            *(f"![{p.stem}]({p.relative_to(out)})" for p in section.plots),
-            "",
+            *_figure_lines(section, out),
             *_all_runs(section),
         ]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _figure_lines(section: Section, out: Path) -> list[str]:
+    """The section's images, a blank line after each (on GitHub, images on consecutive
+    lines share a paragraph and are drawn side by side, shrunk); a blank line if none."""
+    return [line for p in section.plots
+            for line in (f"![{p.stem}]({p.relative_to(out)})", "")] or [""]
 
 
 def _main_tables(section: Section) -> list[str]:
