@@ -331,3 +331,9 @@ def test_a_random_shapes_adapter_loads_offline_from_another_folder(
     loaded = torch.tensor(json.loads(completed.stdout.strip().splitlines()[-1]))
     assert torch.allclose(loaded, zotune_scores(run_dir, trained=True), atol=1e-5)
     assert not torch.allclose(loaded, zotune_scores(run_dir, trained=False), atol=1e-6)
+
+
+def test_an_export_prints_no_third_party_progress_bar(one_run, tmp_path, capfd):
+    """transformers 5 drew a "Writing model shards" bar into quickstart's and export's output."""
+    export_run(one_run, tmp_path / "model", allow_untrained=True)
+    assert "Writing model shards" not in capfd.readouterr().err

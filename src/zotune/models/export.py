@@ -50,6 +50,7 @@ exported, is refused.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -186,11 +187,12 @@ def save_model(
             model = model.merge_and_unload()
         adapter = scheme in ADAPTER_SCHEMES and not merge
         base = _base_reference(config, out)
-        if adapter:
-            _save_adapter(model, staging, base, config, dtype)
-        else:
-            base_model(model).save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with _no_progress_bars():
+            if adapter:
+                _save_adapter(model, staging, base, config, dtype)
+            else:
+                base_model(model).save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         card = model_card(config, result, adapter=adapter, merged=merge, dtype=dtype, base=base)
         (staging / CARD_FILE).write_text(card)
         if out.exists():
@@ -204,6 +206,21 @@ def save_model(
             raise ExportError(f"{message}; {kept}") from None
         raise
     return out
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' own bars ("Writing model shards") off while the folder is written: the
+    export is seconds, and the bar would land inside zotune's output."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _remove_stale_staging(out: Path) -> None:
