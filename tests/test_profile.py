@@ -134,6 +134,7 @@ def test_step_cost_runs_on_a_tiny_shape():
     rows = {(r.method, r.scheme): r for r in result.rows}
     assert list(rows) == [
         ("zo-sgd", "full"),
+        ("zo-sgd-mmt", "full"),
         ("zo-adam", "full"),
         ("mezo-ref", "full"),
         ("zo-sgd", "lora"),
@@ -150,7 +151,7 @@ def test_step_cost_runs_on_a_tiny_shape():
     ]
     assert all(len(row.step_seconds) == config.steps for row in result.rows)
     payload = result.as_dict()
-    assert payload["kind"] == "step-cost" and len(payload["rows"]) == 5
+    assert payload["kind"] == "step-cost" and len(payload["rows"]) == 6
     assert "speed-up vs MeZO-style" in step_cost_table(result)
 
 
@@ -356,7 +357,8 @@ def test_step_cost_times_the_other_rows_on_fresh_weights_after_a_failure(monkeyp
     config = StepCostConfig(**{**TINY, "steps": 2}, seq_len=8, schemes=("full",))
     failures = []
     result = run_step_cost(config, isolate=False, failures=failures)
-    assert [(r.method, r.scheme) for r in result.rows] == [("zo-sgd", "full"), ("mezo-ref", "full")]
+    assert [(r.method, r.scheme) for r in result.rows] == [
+        ("zo-sgd", "full"), ("zo-sgd-mmt", "full"), ("mezo-ref", "full")]
     assert all(math.isfinite(r.seconds_per_step) and r.seconds_per_step > 0 for r in result.rows)
     assert [(spec.method, error) for spec, error in failures] == [
         ("zo-adam", "ValueError: non-finite loss (zo-adam)")

@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         variants = [(dtype, False) for dtype, _ in precisions]
         if args.compile:
             variants += [(dtype, True) for dtype, _ in precisions]
-        payload, markdown = _step_cost(args, common, variants, failures)
+        payload, markdown = _step_cost(args, common, variants, failures, command)
     elif args.estimate_only:
         from . import estimates
 
@@ -351,7 +351,7 @@ def _specs(
 
 def _step_cost(
     args: argparse.Namespace, common: dict[str, Any], variants: list[tuple[str, bool]],
-    failures: list | None,
+    failures: list | None, command: str,
 ) -> tuple[dict, str]:
     """--step-cost: run it for each (dtype, compiled) variant, print one table of all their
     rows; return its JSON payload and Markdown page."""
@@ -365,7 +365,8 @@ def _step_cost(
     )
 
     results = []
-    for dtype, compiled in variants:
+    for number, (dtype, compiled) in enumerate(variants, 1):
+        _log(f"step cost {number}/{len(variants)}: {dtype}{' compiled' if compiled else ''}")
         config = StepCostConfig(
             **common,
             dtype=dtype,
@@ -378,7 +379,8 @@ def _step_cost(
     result = merge_step_costs(results)
     print(result.setup + f"; memory measured {result.memory_method}")
     print(step_cost_table(result))
-    return result.as_dict(), render_step_cost_markdown(result)
+    payload = {**result.as_dict(), "command": command, "note": args.note}
+    return payload, render_step_cost_markdown(result, command=command, note=args.note)
 
 
 def _show_profile(args, results, command: str, setup: str) -> str:

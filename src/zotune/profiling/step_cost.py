@@ -5,17 +5,24 @@ in one process, after warm-up, as the median of several rounds (each round times
 of every method of a scheme in turn, so load changes on a shared machine hit all alike):
 
 * ``T_fwd``: one no-grad forward with logits at the scored position only, per scheme;
-* ``T_step`` of ZO-SGD (full, LoRA, prefix, prompt), ZO-Adam (full) and, for each scheme,
-  the MeZO-style reference step (:mod:`zotune.profiling.mezo_reference`);
+* ``T_step`` of ZO-SGD (full, LoRA, prefix, prompt), ZO-SGD-MMT and ZO-Adam (full) and,
+  for each scheme, the MeZO-style reference step (:mod:`zotune.profiling.mezo_reference`);
 * ``ratio = T_step / (2 · T_fwd)``, with the T_fwd of the same model and scheme: 1 would
   mean the step costs exactly its two forwards; the excess is the perturb/restore/update
   passes and the direction sampling;
 * ``speed-up = T_step(MeZO-style, same scheme) / T_step``;
+* with a compiled forward (``compile=True``): ``compile s``, the first forward of the
+  compiled model less a steady one (tracing and code generation, once per process and
+  shape); :func:`merge_step_costs` sets beside it the same method's eager step in the same
+  dtype, so a row says ``T_step / eager T_step`` and after how many steps the compile time
+  is won back (``compile s / (eager T_step − T_step)``);
 * ``memory / inference``: the step's memory over that of a no-grad forward of the same
   model and scheme, both as :class:`zotune.profiling.spec.ProfileResult.memory_bytes`
   (weights + peak added by the step). On CPU the memory figures come from one fresh
   subprocess per row (``isolate=True``, the default), because a process that has already
-  run other rows keeps their noise table and libraries resident.
+  run other rows keeps their noise table and libraries resident. Rows with a compiled
+  forward take theirs in the timing process: a fresh process would compile again, once per
+  row (minutes on a CPU for a 30-layer model).
 """
 
 from __future__ import annotations
@@ -38,8 +45,11 @@ SCHEMES = ("full", "lora", "prefix", "prompt")
 
 
 def methods_for(scheme: str) -> tuple[str, ...]:
-    """The rows of a scheme: ZO-SGD, ZO-Adam (full only), and the MeZO-style reference."""
-    return ("zo-sgd", "zo-adam", "mezo-ref") if scheme == "full" else ("zo-sgd", "mezo-ref")
+    """The rows of a scheme: ZO-SGD, ZO-SGD-MMT and ZO-Adam (full only), and the MeZO-style
+    reference."""
+    if scheme == "full":
+        return ("zo-sgd", "zo-sgd-mmt", "zo-adam", "mezo-ref")
+    return ("zo-sgd", "mezo-ref")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,8 @@ class StepCostRow:
     estimate: dict[str, Any] = field(default_factory=dict)
     precision: str = "float32"  # the weights' dtype, +compile for a compiled forward
     forward_passes: int = 2
+    compile_seconds: float | None = None  # compiled rows: first forward less a steady one
+    eager_seconds: float | None = None  # compiled rows: the same step eager (merge_step_costs)
 
     @property
     def non_forward_seconds(self) -> float:
@@ -86,6 +98,22 @@ class StepCostRow:
         return self.mezo_seconds / self.seconds_per_step
 
     @property
+    def compiled_over_eager(self) -> float | None:
+        """T_step / T_step of the same method, scheme and dtype with an eager forward."""
+        if self.eager_seconds is None:
+            return None
+        return self.seconds_per_step / self.eager_seconds
+
+    @property
+    def steps_to_amortise(self) -> float | None:
+        """compile s / (eager T_step − T_step): the steps after which compiling has paid for
+        itself; None when the compiled step is not faster (it never pays off) or unknown."""
+        if self.compile_seconds is None or self.eager_seconds is None:
+            return None
+        saved = self.eager_seconds - self.seconds_per_step
+        return self.compile_seconds / saved if saved > 0 else None
+
+    @property
     def memory_ratio(self) -> float | None:
         if not self.memory_bytes or not self.inference_memory_bytes:
             return None
@@ -97,6 +125,8 @@ class StepCostRow:
             "ratio": self.ratio,
             "non_forward_seconds": self.non_forward_seconds,
             "speedup_vs_mezo": self.speedup_vs_mezo,
+            "compiled_over_eager": self.compiled_over_eager,
+            "steps_to_amortise": self.steps_to_amortise,
             "memory_ratio": self.memory_ratio,
         }
 
@@ -122,7 +152,7 @@ class StepCostResult:
 
 def _time_interleaved(
     config: StepCostConfig, scheme: str, model, methods: tuple[str, ...], failed: Callable,
-    passes: dict[str, int] | None = None,
+    passes: dict[str, int] | None = None, say: Callable[[str], None] = lambda message: None,
 ) -> dict[str, list[float]] | None:
     """Seconds per call of the forward and of each method's step, taken in rounds.
 
@@ -145,14 +175,29 @@ def _time_interleaved(
             built[method].forward()
             for _ in range(config.warmup + 1):
                 built[method].step()
-        for _ in range(config.steps):
+        for number in range(1, config.steps + 1):
             for method in methods:
                 times = time_calls(built[method].step, repeats=1, warmup=0, device=config.device)
                 seconds[method] += times.seconds
+            say(f"{scheme}: round {number}/{config.steps}: " + ", ".join(
+                f"{m} {seconds[m][-1]:.3f} s" for m in methods))
     except Exception as error:
         failed(method, error)
         return None
     return seconds
+
+
+def compile_seconds(config: StepCostConfig, scheme: str, model) -> float:
+    """The compile time of ``model``'s forward: its first call less the fastest of three
+    more (the model must not have run yet at this shape, dtype and grad mode)."""
+    from ..utils.measure import time_calls
+
+    forward = build_step(config.spec("inference", scheme), model).forward
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = time_calls(forward, repeats=1, warmup=0, device=config.device).seconds[0]
+        steady = time_calls(forward, repeats=3, warmup=0, device=config.device).seconds
+    return max(0.0, first - min(steady))
 
 
 def run_step_cost(
@@ -168,6 +213,9 @@ def run_step_cost(
     ratio compares a step against forwards of exactly the model it perturbs. Without
     ``isolate`` each row's memory is measured in this process first (its CPU figures carry
     what earlier rows left resident) and the timings run with the same allocator settings.
+
+    With ``config.compile`` the forward's compile time is taken first, and memory is measured
+    in this process even when ``isolate`` (a fresh process would compile again per row).
 
     ``failures``: a list to collect ``(spec, first line of the error)`` of each method that
     raises on a scheme, whose row is then left out (every row of the scheme, if its forward
@@ -197,11 +245,17 @@ def run_step_cost(
     seconds: dict[tuple[str, str], list[float]] = {}
     trainable: dict[str, int] = {}
     passes: dict[tuple[str, str], int] = {}
+    compiled: dict[str, float] = {}
+    in_process = not isolate or config.compile
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
         trainable[scheme] = count_parameters(model)[0]
         methods = ("inference", *methods_for(scheme))
-        if not isolate:
+        if config.compile:
+            say(f"{scheme}: compiling the forward ({config.precision()})")
+            compiled[scheme] = compile_seconds(config, scheme, model)
+            say(f"{scheme}: compiled in {compiled[scheme]:.1f} s")
+        if in_process:
             for method in methods:
                 try:
                     memory[method, scheme] = measure(config.spec(method, scheme), model=model)
@@ -209,7 +263,9 @@ def run_step_cost(
                     failed(method, scheme, error)
                     # Its steps may have left the shared weights non-finite.
                     model = build_model(config.spec("inference", scheme))
-        elif config.device == "cpu":
+        if isolate and config.device == "cpu":
+            # Timed as the isolated rows are: heap reuse on, as in a training run's steady
+            # state (each in-process measure() pins the threshold again for its reading).
             reuse_freed_memory()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft and transformers warn on every forward
@@ -219,7 +275,7 @@ def run_step_cost(
                 timed = _time_interleaved(
                     config, scheme, model, remaining,
                     lambda method, error, scheme=scheme: failed(method, scheme, error),
-                    counted,
+                    counted, say,
                 )
                 passes.update({(m, scheme): n for m, n in counted.items()})
                 if timed is not None:
@@ -231,7 +287,10 @@ def run_step_cost(
         del model
         gc.collect()
     memory_method = "in one process (CPU figures carry earlier rows' resident memory)"
-    if isolate:
+    if config.compile and isolate:
+        memory_method = ("in the timing process (a fresh process would compile again; CPU "
+                         "figures carry earlier rows' resident memory)")
+    if not in_process:
         say("memory: one fresh process per row")
         measured_keys = [key for key in keys if key not in broken]
         specs = [config.spec(m, s, steps=1) for m, s in measured_keys]
@@ -263,6 +322,7 @@ def run_step_cost(
             estimate=memory[method, scheme].estimate,
             precision=config.precision(),
             forward_passes=passes.get((method, scheme), 2),
+            compile_seconds=compiled.get(scheme),
         )
         for method, scheme in keys
         if method != "inference" and (method, scheme) in usable
@@ -288,11 +348,13 @@ def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
         "memory MB",
         "memory / inference",
     )
+    compiled = any(row.compile_seconds is not None for row in result.rows)
+    if compiled:
+        header += ("compile s", "T_step / eager", "pays off after (steps)")
     rows = []
     for row in result.rows:
         speedup, ratio = row.speedup_vs_mezo, row.memory_ratio
-        rows.append(
-            (
+        cells = (
                 row.method,
                 row.precision,
                 row.scheme,
@@ -304,18 +366,34 @@ def step_cost_table(result: StepCostResult, *, markdown: bool = False) -> str:
                 "–" if speedup is None else f"{speedup:.2f}×",
                 mb(row.memory_bytes),
                 "–" if ratio is None else f"{ratio:.2f}",
-            )
         )
+        if compiled:
+            cells += _compile_cells(row)
+        rows.append(cells)
     return table(header, rows, markdown=markdown)
 
 
-def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost") -> str:
+def _compile_cells(row: StepCostRow) -> tuple[str, str, str]:
+    """compile s, T_step / eager T_step, steps to amortise ("never": not faster)."""
+    if row.compile_seconds is None:
+        return ("–", "–", "–")
+    over = row.compiled_over_eager
+    steps = row.steps_to_amortise
+    paid = "–" if over is None else "never" if steps is None else f"{steps:,.0f}"
+    return (f"{row.compile_seconds:.1f}", "–" if over is None else f"{over:.2f}", paid)
+
+
+def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost",
+                              command: str | None = None, note: str | None = None) -> str:
     forward_memory = {(row.precision, row.scheme): row.inference_memory_bytes
                       for row in result.rows}
     forwards = ", ".join(f"{s} [{p}]: {mb(m)} MB" for (p, s), m in forward_memory.items())
-    lines = [
-        f"# {title}",
-        "",
+    lines = [f"# {title}", ""]
+    if command:
+        lines += [f"Measured with `{command}`.", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
         f"{result.setup}; memory measured {result.memory_method}.",
         "",
         step_cost_table(result, markdown=True),
@@ -326,20 +404,39 @@ def render_step_cost_markdown(result: StepCostResult, *, title: str = "Step cost
         "MeZO-style: `zotune.profiling.mezo_reference` (global reseed, whole-tensor "
         "`torch.normal`, out-of-place moves, four passes).",
     ]
+    if any(row.compile_seconds is not None for row in result.rows):
+        lines.append(
+            "compile s: the compiled model's first forward less a steady one "
+            "(`zotune.compile_model`, once per process and shape); T_step / eager: over the "
+            "same method's step with an eager forward in the same dtype; pays off after: "
+            "compile s / (eager T_step − T_step), the steps that win the compile time back "
+            "(never: the compiled step is not faster)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def merge_step_costs(results: list[StepCostResult]) -> StepCostResult:
-    """One result holding the rows of several runs (one per precision), side by side."""
+    """One result holding the rows of several runs (one per precision), side by side;
+    each compiled row gets the step of its eager twin (same method, scheme and dtype)."""
     first = results[0]
     setup = first.setup
     precisions = ", ".join(r.config.precision() for r in results)
     if len(results) > 1:
         setup = f"{setup}; precisions {precisions}, each timed in its own interleaved rounds"
+    rows = [row for r in results for row in r.rows]
+    eager = {(row.method, row.scheme, row.precision): row.seconds_per_step
+             for row in rows if row.compile_seconds is None}
+    for row in rows:
+        if row.compile_seconds is not None:
+            twin = (row.method, row.scheme, row.precision.removesuffix("+compile"))
+            row.eager_seconds = eager.get(twin)
+    methods = dict.fromkeys(f"{r.config.precision()}: {r.memory_method}" for r in results)
+    memory_method = first.memory_method if len({r.memory_method for r in results}) == 1 else (
+        "; ".join(methods))
     return StepCostResult(
         first.config,
-        [row for r in results for row in r.rows],
+        rows,
         [m for r in results for m in r.memory],
         setup,
-        first.memory_method,
+        memory_method,
     )
