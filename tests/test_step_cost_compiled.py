@@ -137,3 +137,12 @@ def test_compiled_step_cost_end_to_end_compiles_once(tmp_path, capsys):
     assert compiled_sgd["compile_seconds"] > 0
     assert compiled_sgd["eager_seconds"] == rows["zo-sgd", "bfloat16"]["seconds_per_step"]
     assert "pays off after" in page.read_text() and "Measured with `" in page.read_text()
+
+
+def test_optimizers_pick_step_cost_rows(capsys):
+    config = StepCostConfig(methods=("zo-sgd", "zo-adam"))
+    assert config.methods_for("full") == ("zo-sgd", "zo-adam")
+    assert config.methods_for("lora") == ("zo-sgd",)
+    assert StepCostConfig().methods_for("lora") == ("zo-sgd", "mezo-ref")
+    assert main(["profile", "--step-cost", "--optimizers", "zo-sgd,fo-adam"]) == 2
+    assert "--optimizers fo-adam: not a --step-cost row" in capsys.readouterr().err

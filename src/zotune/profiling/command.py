@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"hub id, folder, or random:<shape> (default: {DEFAULT_MODEL})",
     )
     parser.add_argument(
-        "--optimizers", help="comma-separated; also inference, mezo-ref (default: all)"
+        "--optimizers", help="comma-separated; also inference, mezo-ref (default: all); "
+        "with --step-cost, which of its rows (e.g. zo-sgd,zo-sgd-mmt,zo-adam)"
     )
     parser.add_argument("--schemes", help="comma-separated tuning schemes (default: full)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -188,6 +189,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         _check_sizes(args)
     if args.option and mode:
         raise ValueError(f"--option applies to measured profiles; drop {mode}")
+    if args.step_cost and args.optimizers is not None and args.from_json is None:
+        _check_step_cost_methods(_csv(args.optimizers), _csv(args.schemes))
     if getattr(args, "compile", False) and not args.step_cost:
         raise ValueError("--compile adds compiled rows to --step-cost; add --step-cost")
     if args.offload and mode:
@@ -218,6 +221,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
     from ..utils.figures import require_matplotlib
 
     require_matplotlib()
+
+
+def _check_step_cost_methods(methods: list[str], schemes: list[str] | None) -> None:
+    """--optimizers with --step-cost picks among the step-cost rows of the schemes asked for."""
+    from .step_cost import SCHEMES, methods_for
+
+    rows = dict.fromkeys(m for s in (schemes or SCHEMES) for m in methods_for(s))
+    unknown = [m for m in methods if m not in rows]
+    if unknown:
+        raise ValueError(f"--optimizers {unknown[0]}: not a --step-cost row (choose from "
+                         f"{', '.join(rows)})")
 
 
 def _check_sizes(args: argparse.Namespace) -> None:
@@ -374,6 +388,7 @@ def _step_cost(
             seq_len=args.seq_len,
             steps=args.steps or 5,
             schemes=tuple(_csv(args.schemes) or SCHEMES),
+            methods=None if args.optimizers is None else tuple(_csv(args.optimizers)),
         )
         results.append(run_step_cost(config, isolate=args.isolate, log=_log, failures=failures))
     result = merge_step_costs(results)

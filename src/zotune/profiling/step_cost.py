@@ -56,6 +56,11 @@ def methods_for(scheme: str) -> tuple[str, ...]:
 class StepCostConfig(Settings):
     steps: int = 5
     schemes: tuple[str, ...] = SCHEMES
+    methods: tuple[str, ...] | None = None  # a subset of each scheme's rows; None: all
+
+    def methods_for(self, scheme: str) -> tuple[str, ...]:
+        """The rows of ``scheme`` this config times."""
+        return tuple(m for m in methods_for(scheme) if self.methods is None or m in self.methods)
 
     def spec(self, method: str, scheme: str, **changes: Any) -> ProfileSpec:
         """The measurement of ``method`` on ``scheme`` with this config's settings."""
@@ -240,7 +245,7 @@ def run_step_cost(
         say(f"{scheme}: {method} FAILED: {failures[-1][1]}")
 
     keys = [("inference", s) for s in config.schemes]
-    keys += [(m, s) for s in config.schemes for m in methods_for(s)]
+    keys += [(m, s) for s in config.schemes for m in config.methods_for(s)]
     memory: dict[tuple[str, str], ProfileResult] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
     trainable: dict[str, int] = {}
@@ -250,7 +255,7 @@ def run_step_cost(
     for scheme in config.schemes:
         model = build_model(config.spec("inference", scheme))
         trainable[scheme] = count_parameters(model)[0]
-        methods = ("inference", *methods_for(scheme))
+        methods = ("inference", *config.methods_for(scheme))
         if config.compile:
             say(f"{scheme}: compiling the forward ({config.precision()})")
             compiled[scheme] = compile_seconds(config, scheme, model)
