@@ -68,3 +68,20 @@ def test_compile_is_a_train_key():
 
     assert build_config({"train": {"compile": True}}).train.compile is True
     assert build_config({}).train.compile is False
+
+
+@needs_backend
+def test_compile_traces_the_forward_once(tiny_model):
+    """Dynamic shapes made dynamo trace float constants as symbols, fail to turn them into
+    tensors and restart the trace (two compile attempts, twice the compile time)."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    torch._dynamo.reset()
+    compilation_time_metrics.clear()
+    model, _ = tiny_model("tiny-llama")
+    compile_model(model.to(torch.bfloat16))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model(input_ids=batch(12))
+    attempts = [name for name in compilation_time_metrics if name.startswith("compile_attempt")]
+    assert attempts == ["compile_attempt_0"]
