@@ -19,9 +19,12 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .optim.registry import ResolvedOptions
 
 
 class ConfigError(ValueError):
@@ -162,12 +165,13 @@ class OptimizerConfig:
         """The keyword arguments for ``create_optimizer`` (lr and the set options)."""
         return {"lr": self.lr, **self.settings}
 
-    def create_options(self, seed: int, scheme: str = "full") -> dict[str, Any]:
-        """``create_optimizer``'s keywords for a run: lr, the run defaults of the optimizer for
-        this tuning scheme (:meth:`zotune.optim.registry.OptimizerEntry.run_defaults`), the set
-        options, and the run's seed for the optimizers that draw directions. Checked against
-        the registry entry before anything is loaded: an option the optimizer does not take,
-        or a bad value, is refused naming the key."""
+    def resolved(self, seed: int) -> ResolvedOptions:
+        """The optimizer's options for a run, validated (the one check of each value,
+        :meth:`zotune.optim.registry.OptimizerEntry.resolve`): lr, the set options (with the
+        run defaults :meth:`RunConfig.with_run_defaults` wrote in) and the run's seed for the
+        optimizers that draw directions. An option the optimizer does not take, or a bad
+        value, is refused naming the key; :meth:`zotune.optim.registry.OptimizerEntry.build`
+        takes the result."""
         from .optim.registry import entry
 
         try:
@@ -178,16 +182,11 @@ class OptimizerConfig:
         for name in self.settings:
             if name not in accepted:
                 raise ConfigError(f"optimizer.{name} does not apply to {self.name}")
-        options = {
-            **spec.run_defaults(scheme),
-            **self.options(),
-            **({"seed": seed} if "seed" in accepted else {}),
-        }
+        options = {**self.options(), **({"seed": seed} if "seed" in accepted else {})}
         try:
-            entry(self.name).resolve(options)
+            return spec.resolve(options)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"optimizer: {error}") from None
-        return options
 
     def as_flat_dict(self) -> dict[str, Any]:
         fixed = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}

@@ -789,7 +789,7 @@ def _check_options(runs: list[RunSpec]) -> None:
     for run in runs:
         try:
             config = build_config(copy.deepcopy(run.config))
-            config.optimizer.create_options(seed=0, scheme=config.tuning.scheme)
+            config.optimizer.resolved(seed=0)
         except ConfigError as error:
             raise SuiteError(
                 f"{run.cell.label()}: {error} (set it in a sweep or override for the "

@@ -71,8 +71,6 @@ class ForwardGradientEstimator:
         chunk_numel: int = DEFAULT_CHUNK_NUMEL,
         table_numel: int = DEFAULT_TABLE_NUMEL,
     ) -> None:
-        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
-            raise ValueError(f"Invalid number of queries q: {q} (must be an int >= 1)")
         self.q = q
         self.sampler = DirectionSampler(distribution, chunk_numel, table_numel)
         self.sharing: ProbeSharing = NO_SHARING

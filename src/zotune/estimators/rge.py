@@ -46,6 +46,9 @@ class RandomGradientEstimator:
     The probe values go into a ``[q, 2]`` table that ``sharing`` (:class:`ProbeSharing`)
     combines across processes before the coefficients are taken: one collective per step for
     data-parallel or query-parallel ZO (:mod:`zotune.training.distributed`).
+
+    ``eps``, ``q`` and ``probe`` are taken as given: the optimizers build the estimator from
+    options their registry entry validated (:data:`zotune.optim.options.ZO_OPTIONS`).
     """
 
     def __init__(
@@ -57,12 +60,6 @@ class RandomGradientEstimator:
         chunk_numel: int = DEFAULT_CHUNK_NUMEL,
         table_numel: int = DEFAULT_TABLE_NUMEL,
     ) -> None:
-        if not eps > 0:
-            raise ValueError(f"Invalid perturbation scale eps: {eps} (must be > 0)")
-        if isinstance(q, bool) or not isinstance(q, int) or q < 1:
-            raise ValueError(f"Invalid number of queries q: {q} (must be an int >= 1)")
-        if probe not in PROBES:
-            raise ValueError(f"Unknown probe: {probe!r} (choose from {PROBES})")
         self.eps = float(eps)
         self.q = q
         self.probe = probe

@@ -36,34 +36,29 @@ from ..estimators.low_rank import LOZODirections, SubZeroDirections, square_shap
 from . import hessian, rules, svrg  # noqa: F401  (register HiZOO's and MeZO-SVRG's steps)
 from .base import FirstOrderOptimizer, Params, ZerothOrderOptimizer
 from .options import (
-    ADAM_EPS,
     ANCHOR_BATCH_SIZE,
     ANCHOR_EVERY,
     ANCHOR_LR,
     BASE,
-    BETAS,
     CONTROL_AT,
-    DAMPENING,
     HESSIAN_SMOOTH,
     LOZO_BETA,
     LOZO_INTERVAL,
     LOZO_RANK,
     LOZO_UPDATE,
     MAX_GRAD_NORM,
-    NESTEROV,
     SIGN_OF,
     SPARSE_MEZO_MODE,
     SPARSE_MEZO_SPARSITY,
     SUBZERO_INTERVAL,
     SUBZERO_RANK,
     SUBZERO_SQUARE,
-    WEIGHT_DECAY,
     check_base,
     check_momentum,
     check_sign,
     momentum,
 )
-from .registry import OptimizerEntry, register
+from .registry import OptimizerEntry, ResolvedOptions, register
 
 
 def _entry_for(cls: type) -> OptimizerEntry:
@@ -77,18 +72,28 @@ def _entry_for(cls: type) -> OptimizerEntry:
     raise LookupError(f"{cls.__name__} has no registry entry")
 
 
-class RegisteredZerothOrder(ZerothOrderOptimizer):
+class _Registered:
+    """An optimizer class assembled from its registry entry: ``cls(params, lr, **options)``
+    validates the options, :meth:`from_options` takes options already validated."""
+
+    def __init__(self, params: Params, lr: float, **options: Any) -> None:
+        entry = _entry_for(type(self))
+        super().__init__(params, **entry.assemble(entry.resolve({"lr": lr, **options})))
+
+    @classmethod
+    def from_options(cls, params: Params, options: ResolvedOptions):
+        """The optimizer from :meth:`zotune.optim.registry.OptimizerEntry.resolve`'s options."""
+        optimizer = cls.__new__(cls)
+        super(_Registered, optimizer).__init__(params, **_entry_for(cls).assemble(options))
+        return optimizer
+
+
+class RegisteredZerothOrder(_Registered, ZerothOrderOptimizer):
     """A zeroth-order optimizer assembled from its registry entry."""
 
-    def __init__(self, params: Params, lr: float, **options: Any) -> None:
-        super().__init__(params, **_entry_for(type(self)).assemble({"lr": lr, **options}))
 
-
-class RegisteredFirstOrder(FirstOrderOptimizer):
+class RegisteredFirstOrder(_Registered, FirstOrderOptimizer):
     """A first-order optimizer assembled from its registry entry."""
-
-    def __init__(self, params: Params, lr: float, **options: Any) -> None:
-        super().__init__(params, **_entry_for(type(self)).assemble({"lr": lr, **options}))
 
 
 def _publish(entry: OptimizerEntry) -> None:
@@ -277,13 +282,15 @@ class FOAdam(RegisteredFirstOrder):
 
 _publish(OptimizerEntry(
     key="zo-sgd", summary="ZO-SGD (MeZO)", estimator="rge", cls=ZOSGD,
-    rule=lambda o: rules.sgd(), options=(WEIGHT_DECAY,),
+    rule=lambda o: rules.sgd(),
 ))
 _publish(OptimizerEntry(
     key="zo-sgd-mmt", summary="ZO-SGD with heavy-ball momentum", estimator="rge",
-    cls=ZOSGDMomentum, rule=lambda o: rules.momentum(),
-    options=(momentum(0.9), DAMPENING, NESTEROV, WEIGHT_DECAY), check=check_momentum,
+    cls=ZOSGDMomentum, rule=lambda o: rules.momentum(), options=(momentum(0.9),),
+    check=check_momentum,
 ))
+# The momentum rule's hyperparameters, for the optimizers whose default μ = 0 builds plain SGD.
+_MOMENTUM = rules.Momentum.hyperparameters
 def _on_base(base: str, *front: rules.Transform, coefficients=None) -> rules.Rule:
     """``front`` then SGD with decoupled decay, or then transformers' AdamW (decay inside)."""
     last = rules.TransformersAdamW() if base == "adamw" else rules.DecoupledWeightDecay()
@@ -299,30 +306,29 @@ def _sign_rule(options) -> rules.Rule:
 _publish(OptimizerEntry(
     key="zo-sgd-cons", summary="conservative ZO-SGD (best of three candidates)",
     estimator="rge", cls=ZOSGDConservative, rule=lambda o: _on_base(o["base"]),
-    step="conservative", options=(BASE, BETAS, ADAM_EPS), check=check_base,
+    step="conservative", options=(BASE,), unsupported=("weight_decay",), check=check_base,
 ))
 _publish(OptimizerEntry(
     key="zo-sgd-sign", summary="ZO-signSGD", estimator="rge", cls=ZOSGDSign,
-    rule=_sign_rule, options=(SIGN_OF, BASE, BETAS, ADAM_EPS, WEIGHT_DECAY), check=check_sign,
+    rule=_sign_rule, options=(SIGN_OF, BASE), check=check_sign,
 ))
 _publish(OptimizerEntry(
     key="zo-adam", summary="ZO-Adam (ZO-AdaMM)", estimator="rge", cls=ZOAdam,
-    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY),
+    rule=lambda o: rules.adam(),
 ))
 _publish(OptimizerEntry(
     key="forward-grad", summary="Forward-Grad (forward-mode AD)", estimator="forward-grad",
-    cls=ForwardGrad, rule=lambda o: rules.sgd(), options=(WEIGHT_DECAY,),
-    unsupported=("eps", "probe"), attention="eager",
+    cls=ForwardGrad, rule=lambda o: rules.sgd(), unsupported=("eps", "probe"),
+    attention="eager",
 ))
 _publish(OptimizerEntry(
     key="fo-sgd", summary="FO-SGD (backprop)", estimator="backprop", cls=FOSGD,
     rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
-    options=(momentum(0.0), DAMPENING, NESTEROV, WEIGHT_DECAY, MAX_GRAD_NORM),
-    check=check_momentum,
+    options=(*_MOMENTUM, MAX_GRAD_NORM), check=check_momentum,
 ))
 _publish(OptimizerEntry(
     key="fo-adam", summary="FO-Adam (backprop)", estimator="backprop", cls=FOAdam,
-    rule=lambda o: rules.adam(), options=(BETAS, ADAM_EPS, WEIGHT_DECAY, MAX_GRAD_NORM),
+    rule=lambda o: rules.adam(), options=(MAX_GRAD_NORM,),
 ))
 
 
@@ -425,7 +431,7 @@ def _subzero_directions(o: Mapping[str, Any]):
 _publish(OptimizerEntry(
     key="lozo", summary="LOZO: ZO-SGD on low-rank U Vᵀ directions", estimator="rge",
     cls=LOZO, rule=lambda o: rules.sgd(),
-    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_UPDATE, WEIGHT_DECAY),
+    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_UPDATE),
     unsupported=_FACTORED_UNSUPPORTED,
     directions=lambda o: _lozo_directions(o, momentum=False),
     factor_values=lambda shape, o: _lozo_values(shape, o, momentum=False),
@@ -433,7 +439,7 @@ _publish(OptimizerEntry(
 _publish(OptimizerEntry(
     key="lozo-m", summary="LOZO-M: LOZO with momentum on the low-rank factor",
     estimator="rge", cls=LOZOM, rule=lambda o: rules.sgd(),
-    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_BETA, LOZO_UPDATE, WEIGHT_DECAY),
+    options=(LOZO_RANK, LOZO_INTERVAL, LOZO_BETA, LOZO_UPDATE),
     unsupported=_FACTORED_UNSUPPORTED,
     directions=lambda o: _lozo_directions(o, momentum=True),
     factor_values=lambda shape, o: _lozo_values(shape, o, momentum=True),
@@ -441,26 +447,26 @@ _publish(OptimizerEntry(
 _publish(OptimizerEntry(
     key="subzero", summary="SubZero: ZO-SGD in random subspaces U Σ Vᵀ", estimator="rge",
     cls=SubZero, rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
-    options=(SUBZERO_RANK, SUBZERO_INTERVAL, SUBZERO_SQUARE, momentum(0.0), DAMPENING,
-             NESTEROV),
+    options=(SUBZERO_RANK, SUBZERO_INTERVAL, SUBZERO_SQUARE, *_MOMENTUM),
     check=check_momentum,
-    unsupported=_FACTORED_UNSUPPORTED,
+    unsupported=(*_FACTORED_UNSUPPORTED, "weight_decay"),
     directions=_subzero_directions,
     factor_values=_subzero_values,
     scheme_defaults=lambda scheme: {"subzero_square": scheme in ("lora", "prefix", "prompt")},
 ))
 _publish(OptimizerEntry(
     key="hizoo", summary="HiZOO (Hessian-informed ZO-SGD)", estimator="rge", cls=HiZOO,
-    rule=lambda o: rules.sgd(), options=(HESSIAN_SMOOTH, WEIGHT_DECAY), step="hessian",
+    rule=lambda o: rules.sgd(), options=(HESSIAN_SMOOTH,), step="hessian",
     unsupported=("q", "probe"),
 ))
 _publish(OptimizerEntry(
     key="sparse-mezo", summary="Sparse-MeZO (ZO-SGD on the small weights)", estimator="rge",
     cls=SparseMeZO, rule=lambda o: rules.sgd(),
-    options=(SPARSE_MEZO_SPARSITY, SPARSE_MEZO_MODE, WEIGHT_DECAY),
+    options=(SPARSE_MEZO_SPARSITY, SPARSE_MEZO_MODE),
 ))
 _publish(OptimizerEntry(
     key="mezo-svrg", summary="MeZO-SVRG (variance-reduced ZO-SGD)", estimator="rge",
     cls=MeZOSVRG, rule=lambda o: rules.sgd(), step="svrg",
     options=(ANCHOR_LR, ANCHOR_EVERY, ANCHOR_BATCH_SIZE, CONTROL_AT),
+    unsupported=("weight_decay",),
 ))

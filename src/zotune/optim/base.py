@@ -40,7 +40,7 @@ from ..estimators import (
 )
 from ..estimators.base import check_finite, rounds_coarsely, shift
 from ..models.offload import OffloadError, substitute_offloaded
-from .options import LR, WEIGHT_DECAY
+from .options import ZOOptions
 from .rules import Rule, TensorContext, state_dtype
 from .steps import PlainStep, StepStrategy
 from .stochastic_rounding import add_rounded_, apply_update_, rounding_seed, rounds_stochastically
@@ -88,6 +88,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     the half weight), the parameter's dtype otherwise; ``load_state_dict`` keeps them so (torch
     would cast them to the parameter's dtype). Adam on bf16 weights thus holds 2 × 4 bytes of state
     per trainable value. Stateless rules (SGD, sign) compute in the parameter's dtype.
+
+    The constructors take validated values (:meth:`zotune.optim.registry.OptimizerEntry.
+    resolve`, which ``create_optimizer`` and the public classes call): they check nothing
+    again.
     """
 
     rule: Rule
@@ -102,10 +106,6 @@ class RuleOptimizer(torch.optim.Optimizer):
         module: torch.nn.Module | None = None,
         offload_refusal: str | None = None,
     ) -> None:
-        LR.validate(defaults["lr"])
-        WEIGHT_DECAY.validate(defaults.get("weight_decay", 0.0))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"Invalid seed: {seed!r} (must be an int)")
         super().__init__(_as_params(params), defaults)
         _resolve_offloaded(self.param_groups, module, offload_refusal, type(self).__name__)
         self.rule = rule
@@ -284,15 +284,21 @@ class RuleOptimizer(torch.optim.Optimizer):
 class ZerothOrderOptimizer(RuleOptimizer):
     """Any directional estimator (RGE, Forward-Grad) wired to any rule by a step strategy::
 
-        ZerothOrderOptimizer(params, lr, estimator=RandomGradientEstimator(eps=1e-3),
+        ZerothOrderOptimizer(params, lr, options=ZOOptions(eps=1e-3),
+                             estimator=RandomGradientEstimator(eps=1e-3),
                              rule=rules.momentum(), momentum=0.9, dampening=0.0,
                              nesterov=False)
 
+    which is what :meth:`zotune.optim.registry.OptimizerEntry.assemble` hands it from
+    validated options (``create_optimizer("zo-sgd-mmt", params, lr=...)`` builds it so).
     Hyperparameters (``lr`` and the rule's, e.g. ``momentum``) go into the param groups, where
-    the rule reads them at every step. ``step`` decides how a step is made
-    (:class:`zotune.optim.steps.PlainStep` by default); ``sparsity`` > 0 masks the
-    directions (:class:`zotune.enhance.sparse.MaskedDirectionSampler`), so every pass (probe,
-    restore, update, the conservative candidates) sees the same m ⊙ z. ``directions`` builds
+    the rule reads them at every step. ``options`` holds the shared ZO options
+    (:class:`zotune.optim.options.ZOOptions`): the seed, the sparse mask, stochastic
+    rounding; the estimator and the step strategy were built from the rest. ``step``
+    decides how a step is made (:class:`zotune.optim.steps.PlainStep` by default);
+    ``options.sparsity`` > 0 masks the directions
+    (:class:`zotune.enhance.sparse.MaskedDirectionSampler`), so every pass (probe, restore,
+    update, the conservative candidates) sees the same m ⊙ z. ``directions`` builds
     the method's own sampler from the estimator's (LOZO's and SubZero's low-rank directions,
     :mod:`zotune.estimators.low_rank`): it is told the step count before each step, may
     replace the probed terms by the ones the update applies, and its state is part of this
@@ -318,17 +324,14 @@ class ZerothOrderOptimizer(RuleOptimizer):
         *,
         estimator: RandomGradientEstimator | ForwardGradientEstimator,
         rule: Rule,
+        options: ZOOptions | None = None,
         step: StepStrategy | None = None,
-        seed: int = 0,
-        sparsity: float = 0.0,
-        sparsity_mode: str = "uniform",
-        mask_every: int = 1,
-        stochastic_rounding: bool = True,
         directions: DirectionsFactory | None = None,
         **hyperparameters: Any,
     ) -> None:
-        if not isinstance(stochastic_rounding, bool):
-            raise TypeError(f"Invalid stochastic_rounding: {stochastic_rounding!r} (a bool)")
+        options = options or ZOOptions()
+        seed, sparsity, mask_every = options.seed, options.sparsity, options.mask_every
+        sparsity_mode = options.sparsity_mode
         step = step or PlainStep()
         module = params if isinstance(params, torch.nn.Module) else None
         refusal = step.offload_refusal
@@ -345,7 +348,7 @@ class ZerothOrderOptimizer(RuleOptimizer):
         self.estimator = estimator
         self.step_strategy = step
         self.strategy_state = dict(step.state_init)
-        self.stochastic_rounding = stochastic_rounding
+        self.stochastic_rounding = options.stochastic_rounding
         if directions is not None:
             if sparsity:
                 raise ValueError("a sparse mask needs the plain direction sampler: set sparsity 0")

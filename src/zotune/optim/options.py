@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from ..enhance.blocks import BLOCK_LEVELS, BLOCK_MODES
@@ -387,48 +387,34 @@ ZO_OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class ZOOptions:
-    """What every zeroth-order method shares, validated when built (see :data:`ZO_OPTIONS`).
-
-    Forward-Grad takes all but ``eps`` and ``probe`` (its estimate has no finite difference).
-    """
-
-    eps: float = 1e-3
-    q: int = 1
-    probe: str = "two-point"
-    distribution: str = "auto"
-    table_numel: int = DEFAULT_TABLE_NUMEL
-    seed: int = 0
-    block_level: str | None = None
-    block_mode: str = "coordinate"
-    hybrid_layers: int | float | None = None
-    fo_lr: float | None = None
-    sparsity: float = 0.0
-    sparsity_mode: str = "uniform"
-    mask_every: int = 1
-    stochastic_rounding: bool = True
-
-    def __post_init__(self) -> None:
-        declared = {option.name: option for option in ZO_OPTIONS}
-        for field in fields(self):
-            value = declared[field.name].validate(getattr(self, field.name))
-            object.__setattr__(self, field.name, value)
-        if self.distribution == "mezo" and not 0 <= self.seed < NUMPY_SEED_LIMIT:
-            raise ValueError(
-                f"Invalid seed: {self.seed} (distribution 'mezo' seeds numpy's RandomState, "
-                "which takes 0 <= seed < 2**32)"
-            )
+def _annotation(option: Option) -> Any:
+    kind = int | float if option.kind is object else option.kind
+    return kind | None if option.optional else kind
 
 
-def _check_declarations() -> None:
-    # ZOOptions and ZO_OPTIONS describe the same options: a new one must be added to both.
-    names = [f.name for f in fields(ZOOptions)]
-    if names != [o.name for o in ZO_OPTIONS]:
-        raise AssertionError(f"ZOOptions fields {names} differ from ZO_OPTIONS")
-    for option, field in zip(ZO_OPTIONS, fields(ZOOptions), strict=True):
-        if option.default != field.default:
-            raise AssertionError(f"{option.name}: ZO_OPTIONS and ZOOptions differ in default")
+def _check_shared(self: Any) -> None:
+    # Each value was validated with its declaration (OptimizerEntry.resolve); what is left is
+    # the one rule across shared options.
+    if self.distribution == "mezo" and not 0 <= self.seed < NUMPY_SEED_LIMIT:
+        raise ValueError(
+            f"Invalid seed: {self.seed} (distribution 'mezo' seeds numpy's RandomState, "
+            "which takes 0 <= seed < 2**32)"
+        )
 
 
-_check_declarations()
+# The shared options as one frozen record, its fields generated from ZO_OPTIONS (names,
+# types, defaults): ZerothOrderOptimizer takes one, built by OptimizerEntry.resolve from
+# values it validated.
+ZOOptions = make_dataclass(
+    "ZOOptions",
+    [(o.name, _annotation(o), field(default=o.default)) for o in ZO_OPTIONS],
+    frozen=True,
+    namespace={
+        "__doc__": "What every zeroth-order method shares, one field per :data:`ZO_OPTIONS` "
+        "declaration (Forward-Grad ignores ``eps`` and ``probe``: its estimate has no finite "
+        "difference). Built by :meth:`zotune.optim.registry.OptimizerEntry.resolve`, which "
+        "validates each value with its declaration.",
+        "__post_init__": _check_shared,
+        "__module__": __name__,
+    },
+)

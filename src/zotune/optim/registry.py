@@ -17,15 +17,18 @@ which :func:`load_plugins` imports; their modules call :func:`register`.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from ..estimators import ForwardGradientEstimator, RandomGradientEstimator
-from .options import ZO_OPTIONS, Option, ZOOptions
+from .options import LR, ZO_OPTIONS, Option, ZOOptions
 from .rules import Rule
 from .steps import make_step, strategy_for
 
@@ -39,10 +42,14 @@ class OptimizerEntry:
     """One optimizer, whole.
 
     ``rule`` builds the update rule from the validated options (FO-SGD picks momentum or plain
-    SGD by ``momentum``). ``options`` are the optimizer's own; zeroth-order entries also take
-    the shared :class:`ZOOptions` fields except those in ``unsupported``. ``cls`` is the
-    public class, if the optimizer has one (a plugin needs none). ``check`` validates
-    combinations of options (after each option is valid on its own).
+    SGD by ``momentum``). The options an entry takes are ``lr``, its own ``options`` (those
+    that choose a rule, a stream or a partition, and shared ones it redeclares with a default
+    of its own), the hyperparameters its rule's transforms declare
+    (:attr:`zotune.optim.rules.Transform.hyperparameters`, for every rule it can build) and,
+    for zeroth-order entries, the shared :data:`ZO_OPTIONS`; ``unsupported`` names those of
+    the shared or rule options it does not take. ``cls`` is the public class, if the
+    optimizer has one (a plugin needs none). ``check`` validates combinations of options
+    (after each option is valid on its own).
 
     Methods whose directions are not the shared sampler's (LOZO's and SubZero's low-rank
     ones) give ``directions``: from the validated options, a factory ``(sampler, trainable
@@ -63,7 +70,6 @@ class OptimizerEntry:
     attention: str | None = None  # the attention implementation the model must use
     cls: type | None = None
     check: Callable[[Mapping[str, Any]], None] | None = None
-    notes: dict[str, str] = field(default_factory=dict)
     directions: Callable[[Mapping[str, Any]], Callable[..., Any]] | None = None
     factor_values: Callable[[tuple[int, ...], Mapping[str, Any]], int] | None = None
     scheme_defaults: Callable[[str], Mapping[str, Any]] | None = None
@@ -71,10 +77,13 @@ class OptimizerEntry:
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"{self.key}: unknown estimator {self.estimator!r} ({ESTIMATORS})")
-        shared = {o.name for o in ZO_OPTIONS}
+        offered = {o.name for o in (*ZO_OPTIONS, *self.rule_hyperparameters)}
         for name in self.unsupported:
-            if name not in shared:
-                raise ValueError(f"{self.key}: unsupported {name!r} is not a shared ZO option")
+            if name not in offered:
+                raise ValueError(
+                    f"{self.key}: unsupported {name!r} is neither a shared ZO option nor a "
+                    "hyperparameter of its rule"
+                )
 
     @property
     def zeroth_order(self) -> bool:
@@ -86,6 +95,32 @@ class OptimizerEntry:
         """Trains by backpropagation (keeps activations and gradients)."""
         return self.estimator == "backprop"
 
+    @property
+    def forward_mode(self) -> bool:
+        """Estimates by forward-mode AD: the model runs with tangents (more memory than a
+        plain forward; every op must support forward-mode AD)."""
+        return self.estimator == "forward-grad"
+
+    @property
+    def finite_difference(self) -> bool:
+        """Estimates from loss values alone (RGE): any objective, even a non-differentiable
+        metric, and weights moved in place where they are stored (offloaded ones too)."""
+        return self.estimator == "rge"
+
+    @cached_property
+    def rule_hyperparameters(self) -> tuple[Option, ...]:
+        """The hyperparameters the transforms of the entry's rules read from the param groups,
+        over the rules it builds at its own options' defaults and at every combination of
+        their choices (ZO-SGD-Sign's ``sign_of`` and ``base``)."""
+        defaults = {o.name: o.default for o in self.options}
+        choosers = [o for o in self.options if o.choices]
+        found: dict[str, Option] = {}
+        for combination in itertools.product(*(o.choices for o in choosers)):
+            chosen = {o.name: value for o, value in zip(choosers, combination, strict=True)}
+            for option in self.rule({**defaults, **chosen}).hyperparameters:
+                found.setdefault(option.name, option)
+        return tuple(found.values())
+
     def attention_implementation(self, requested: str | None) -> str | None:
         """The attention to load the model with: the entry's need wins over the default
         (None) and over fused SDPA, which has no forward-mode AD; an explicit other choice
@@ -96,19 +131,19 @@ class OptimizerEntry:
 
     def accepted(self) -> dict[str, Option]:
         """Every keyword option (``lr`` first), by name."""
-        from .options import LR
-
-        taken = {LR.name: LR, **{o.name: o for o in self.options}}
-        if self.zeroth_order:
-            # An entry may redeclare a shared option with its own default (Sparse-MeZO's
-            # sparsity): its declaration wins.
-            for option in ZO_OPTIONS:
-                if option.name not in self.unsupported:
-                    taken.setdefault(option.name, option)
+        # An entry may redeclare a shared or rule option with its own default (Sparse-MeZO's
+        # sparsity, ZO-SGD-MMT's momentum): its declaration wins.
+        shared = ZO_OPTIONS if self.zeroth_order else ()
+        taken: dict[str, Option] = {}
+        for option in (LR, *self.options, *self.rule_hyperparameters, *shared):
+            if option.name not in self.unsupported:
+                taken.setdefault(option.name, option)
         return taken
 
-    def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Options with defaults filled in and each value validated; unknown names refused."""
+    def resolve(self, options: Mapping[str, Any]) -> ResolvedOptions:
+        """The validated options: each value checked once, against the declaration this entry
+        accepts, defaults filled in, the entry's combination check passed; unknown names
+        refused. What :meth:`build` takes."""
         accepted = self.accepted()
         for name in options:
             if name not in accepted:
@@ -126,7 +161,10 @@ class OptimizerEntry:
             values["betas"] = tuple(values["betas"])
         if self.check is not None:
             self.check(values)
-        return values
+        shared = None
+        if self.zeroth_order:
+            shared = ZOOptions(**{o.name: values[o.name] for o in ZO_OPTIONS if o.name in values})
+        return ResolvedOptions(self.key, MappingProxyType(values), shared)
 
     def run_defaults(self, scheme: str) -> dict[str, Any]:
         """Defaults ``zotune train`` and the bench use where they differ from the library's
@@ -190,37 +228,46 @@ class OptimizerEntry:
         if self.first_order:
             return 1
         q = options.get("q", 1)
-        if self.estimator == "forward-grad":
+        if self.forward_mode:
             return q
         passes = 2 * q if options.get("probe", "two-point") == "two-point" else q + 1
         return strategy_for(self.step, self._defaults(options)).planned_forward_passes(passes)
 
-    def build(self, params: Any, **options: Any) -> torch.optim.Optimizer:
-        """The optimizer: its public class if it has one, else the assembled parts."""
+    def build(self, params: Any, options: ResolvedOptions) -> torch.optim.Optimizer:
+        """The optimizer from validated options: its public class if it has one, else the
+        assembled parts."""
         if self.cls is not None:
-            return self.cls(params, **options)
+            return self.cls.from_options(params, options)
         from .base import FirstOrderOptimizer, ZerothOrderOptimizer
 
-        parts = self.assemble(options)
         kind = FirstOrderOptimizer if self.first_order else ZerothOrderOptimizer
-        return kind(params, **parts)
+        return kind(params, **self.assemble(options))
 
-    def assemble(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments for :class:`ZerothOrderOptimizer` or :class:`FirstOrderOptimizer`."""
-        values = self.resolve(options)
-        own = {o.name for o in self.options if o.hyperparameter} | {"lr"}
-        parts: dict[str, Any] = {name: values[name] for name in own}
+    def assemble(self, options: ResolvedOptions) -> dict[str, Any]:
+        """Keyword arguments for :class:`ZerothOrderOptimizer` or :class:`FirstOrderOptimizer`
+        from validated options (:meth:`resolve`): the param groups' hyperparameters, the rule,
+        and for zeroth-order entries the shared options, the estimator, the step strategy and
+        the direction factory."""
+        if options.key != self.key:
+            raise ValueError(f"{self.key}: got the options of {options.key}")
+        values = options.values
+        shared = {o.name for o in ZO_OPTIONS}
+        parts: dict[str, Any] = {
+            name: values[name]
+            for name, option in self.accepted().items()
+            if name == "lr" or (option.hyperparameter and name not in shared)
+        }
         parts["rule"] = self.rule(values)
         if self.first_order:
             return {**parts, "max_grad_norm": values.get("max_grad_norm")}
-        zo = ZOOptions(**{name: values[name] for name in _zo_names() if name in values})
+        zo = options.shared
         try:
             step = make_step(
                 self.step, zo.block_level, zo.block_mode, zo.hybrid_layers, zo.fo_lr, values
             )
         except ValueError as error:
             raise ValueError(f"{self.key}: {error}") from None
-        if self.estimator == "rge":
+        if self.finite_difference:
             estimator = RandomGradientEstimator(
                 eps=zo.eps, q=zo.q, probe=zo.probe, distribution=zo.distribution,
                 table_numel=zo.table_numel,
@@ -229,21 +276,25 @@ class OptimizerEntry:
             estimator = ForwardGradientEstimator(
                 q=zo.q, distribution=zo.distribution, table_numel=zo.table_numel
             )
-        parts.update(
-            estimator=estimator,
-            step=step,
-            seed=zo.seed,
-            sparsity=zo.sparsity,
-            sparsity_mode=zo.sparsity_mode,
-            mask_every=zo.mask_every,
-            stochastic_rounding=zo.stochastic_rounding,
-            directions=None if self.directions is None else self.directions(values),
-        )
-        return parts
+        return {
+            **parts,
+            "options": zo,
+            "estimator": estimator,
+            "step": step,
+            "directions": None if self.directions is None else self.directions(values),
+        }
 
 
-def _zo_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(ZOOptions))
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """One optimizer's options after :meth:`OptimizerEntry.resolve`: every value it takes,
+    validated (``values``), and the shared ZO ones as one :class:`ZOOptions` (``shared``;
+    None for first-order entries). A run's config resolves them once, before anything is
+    loaded, and hands them to :meth:`OptimizerEntry.build`."""
+
+    key: str
+    values: Mapping[str, Any]
+    shared: ZOOptions | None = None
 
 
 REGISTRY: dict[str, OptimizerEntry] = {}
@@ -303,9 +354,11 @@ def create_optimizer(name: str, params: Any, **options: Any) -> torch.optim.Opti
 
     ``params`` may be an iterable of tensors, param-group dicts, or a module (its trainable
     parameters; block-wise and hybrid ZO need the module). Options are the entry's
-    (:meth:`OptimizerEntry.accepted`); an unknown one raises TypeError naming it.
+    (:meth:`OptimizerEntry.accepted`); an unknown one raises TypeError naming it, an invalid
+    value ValueError.
     """
-    return entry(name).build(params, **options)
+    spec = entry(name)
+    return spec.build(params, spec.resolve(options))
 
 
 _PLUGINS_LOADED: set[str] = set()

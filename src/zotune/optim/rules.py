@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .options import ADAM_EPS, BETAS, DAMPENING, LR, NESTEROV, WEIGHT_DECAY, Option, momentum
+
 Tensor = torch.Tensor
 
 
@@ -49,12 +51,15 @@ class TensorContext:
 
 class Transform:
     """One stage of a rule. ``state_names`` lists its tensor state (shaped like the param, of
-    dtype :func:`state_dtype`; the input ``u`` of a rule with state has that dtype too).
+    dtype :func:`state_dtype`; the input ``u`` of a rule with state has that dtype too);
+    ``hyperparameters`` declares the param-group values it reads, which makes them options
+    of every optimizer whose rule chains it (:class:`zotune.optim.registry.OptimizerEntry`).
 
     A transform must not modify its input ``u`` in place: it may be another stage's state.
     """
 
     state_names: tuple[str, ...] = ()
+    hyperparameters: tuple[Option, ...] = ()
 
     def __call__(self, u: Tensor, state: dict[str, Tensor], ctx: TensorContext) -> Tensor:
         raise NotImplementedError
@@ -69,6 +74,7 @@ class Momentum(Transform):
     """
 
     state_names = ("momentum_buffer",)
+    hyperparameters = (momentum(0.0), DAMPENING, NESTEROV)
 
     def __call__(self, u, state, ctx):
         mu = ctx.group["momentum"]
@@ -97,6 +103,7 @@ class Adam(Transform):
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
+    hyperparameters = (BETAS, ADAM_EPS)
 
     def __call__(self, u, state, ctx):
         beta1, beta2 = ctx.group["betas"]
@@ -127,6 +134,7 @@ class TransformersAdamW(Transform):
     """
 
     state_names = ("exp_avg", "exp_avg_sq")
+    hyperparameters = (BETAS, ADAM_EPS, LR, WEIGHT_DECAY)
 
     def __call__(self, u, state, ctx):
         beta1, beta2 = ctx.group["betas"]
@@ -148,8 +156,11 @@ class DecoupledWeightDecay(Transform):
     decay; vectors (biases, norm gains) never do. The research code picks by name substrings
     ("bias", "layer_norm"), which misses every model that names its norms differently.
     Because it is added after the other transforms, θ decays by lr·λ·θ whatever the rule
-    (AdamW's decoupled form, not an L2 term fed through Adam's scaling).
+    (AdamW's decoupled form, not an L2 term fed through Adam's scaling). An optimizer that
+    does not offer it (``unsupported``) leaves λ out of its groups: no decay.
     """
+
+    hyperparameters = (WEIGHT_DECAY,)
 
     def __call__(self, u, state, ctx):
         decay = self.decay(ctx.group, ctx.ndim)
@@ -182,6 +193,11 @@ class Rule:
         if len(names) != len(set(names)):
             raise ValueError(f"transforms in one rule share state names: {names}")
         self.state_names = tuple(names)
+        declared: dict[str, Option] = {}
+        for transform in transforms:
+            for option in transform.hyperparameters:
+                declared.setdefault(option.name, option)
+        self.hyperparameters = tuple(declared.values())
 
     @property
     def is_linear(self) -> bool:

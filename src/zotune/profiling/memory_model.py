@@ -50,7 +50,7 @@ def step_facts(method: str, options: dict[str, Any] | None = None) -> StepFacts:
     return StepFacts(
         state_tensors=spec.state_tensors(**options),
         first_order=spec.first_order,
-        forward_mode=spec.estimator == "forward-grad",
+        forward_mode=spec.forward_mode,
         linear=spec.is_linear(**options),
         factored=spec.directions is not None,
     )

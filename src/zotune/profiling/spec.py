@@ -133,7 +133,7 @@ class ProfileSpec(Settings):
         from ..optim.registry import entry, names
 
         movable = self.method == "inference" or (
-            self.method in names() and entry(self.method).estimator == "rge"
+            self.method in names() and entry(self.method).finite_difference
         )
         if not movable:
             raise ValueError(

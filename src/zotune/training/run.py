@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, RunConfig, build_config, load_config
+from ..config import ConfigError, RunConfig, build_config, load_config, replace
 from ..evaluation.baselines import check_calibration, with_demonstrations
 from ..evaluation.evaluate import Score, evaluate
 from ..evaluation.scoring import Scorer
 from ..models.loading import LoadedModel
 from ..models.mixed_precision import compute_context, under_autocast
 from ..models.offload import execution_device
-from ..optim import FirstOrderOptimizer, create_optimizer
+from ..optim import FirstOrderOptimizer
 from ..optim.registry import entry as optimizer_entry
 from ..optim.registry import names as optimizer_names
 from ..tasks import Example, TaskSpec, get_task, load_splits
@@ -46,17 +46,14 @@ def resolve_config(
     config: RunConfig | dict | str | Path | None = None, **overrides: Any
 ) -> RunConfig:
     """A RunConfig from a RunConfig, a nested dict or a YAML path, with ``section__key``
-    overrides (``task__name="copa"``), validated before anything is loaded."""
+    overrides (``task__name="copa"``) and the optimizer's run defaults written in, validated
+    before anything is loaded."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict) or config is None:
         config = build_config(config)
     if overrides:
-        data = config.to_dict()
-        for key, value in overrides.items():
-            section, _, name = key.partition("__")
-            data.setdefault(section, {})[name] = value
-        config = build_config(data)
+        config = replace(config, **overrides)
     config = config.with_run_defaults()
     check_config(config)
     return config
@@ -108,7 +105,7 @@ def check_config(config: RunConfig) -> None:
         )
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
-    config.optimizer.create_options(config.train.seed, config.tuning.scheme)
+    config.optimizer.resolved(config.train.seed)
     check_schedule(config)
     _check_scheme_options(config)
     spec = get_task(config.task.name)
@@ -117,7 +114,7 @@ def check_config(config: RunConfig) -> None:
         config.train.objective,
         metric=spec.metric,
         optimizer=config.optimizer.name,
-        gradient_free=not entry.first_order and entry.estimator != "forward-grad",
+        gradient_free=entry.finite_difference,
     )
     if problem:
         raise ConfigError(problem)
@@ -426,9 +423,9 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     )
     if not for_training:
         return run
-    options = config.optimizer.create_options(config.train.seed, config.tuning.scheme)
+    options = config.optimizer.resolved(config.train.seed)
     # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
-    run.optimizer = create_optimizer(config.optimizer.name, run.model, **options)
+    run.optimizer = optimizer_entry(config.optimizer.name).build(run.model, options)
     run.scheduler = make_scheduler(run.optimizer, config)
     if group is not None:
         run.traffic = distribute(run)
