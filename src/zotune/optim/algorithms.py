@@ -58,7 +58,7 @@ from .options import (
     check_sign,
     momentum,
 )
-from .registry import OptimizerEntry, ResolvedOptions, register
+from .registry import OptimizerEntry, register
 
 
 def _entry_for(cls: type) -> OptimizerEntry:
@@ -74,18 +74,12 @@ def _entry_for(cls: type) -> OptimizerEntry:
 
 class _Registered:
     """An optimizer class assembled from its registry entry: ``cls(params, lr, **options)``
-    validates the options, :meth:`from_options` takes options already validated."""
+    validates the options (:meth:`zotune.optim.registry.OptimizerEntry.resolve`) and builds
+    the parts from them."""
 
     def __init__(self, params: Params, lr: float, **options: Any) -> None:
         entry = _entry_for(type(self))
         super().__init__(params, **entry.assemble(entry.resolve({"lr": lr, **options})))
-
-    @classmethod
-    def from_options(cls, params: Params, options: ResolvedOptions):
-        """The optimizer from :meth:`zotune.optim.registry.OptimizerEntry.resolve`'s options."""
-        optimizer = cls.__new__(cls)
-        super(_Registered, optimizer).__init__(params, **_entry_for(cls).assemble(options))
-        return optimizer
 
 
 class RegisteredZerothOrder(_Registered, ZerothOrderOptimizer):

@@ -234,14 +234,16 @@ class OptimizerEntry:
         return strategy_for(self.step, self._defaults(options)).planned_forward_passes(passes)
 
     def build(self, params: Any, options: ResolvedOptions) -> torch.optim.Optimizer:
-        """The optimizer from validated options: its public class if it has one, else the
-        assembled parts."""
-        if self.cls is not None:
-            return self.cls.from_options(params, options)
+        """The optimizer from validated options (:meth:`resolve`), an instance of its public
+        class if it has one, made from the assembled parts."""
         from .base import FirstOrderOptimizer, ZerothOrderOptimizer
 
         kind = FirstOrderOptimizer if self.first_order else ZerothOrderOptimizer
-        return kind(params, **self.assemble(options))
+        optimizer = (self.cls or kind).__new__(self.cls or kind)
+        # The public class's own __init__ takes raw keywords and validates them: these are
+        # validated, so the kind's constructor takes the parts directly.
+        kind.__init__(optimizer, params, **self.assemble(options))
+        return optimizer
 
     def assemble(self, options: ResolvedOptions) -> dict[str, Any]:
         """Keyword arguments for :class:`ZerothOrderOptimizer` or :class:`FirstOrderOptimizer`
