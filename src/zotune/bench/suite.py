@@ -760,11 +760,11 @@ def _check_names(axes: dict[str, list[str]]) -> None:
     from ..optim.registry import names
     from ..tasks import list_tasks
     from ..tasks.taskfile import is_task_file
-    from ..tuning.schemes import SCHEMES
+    from ..tuning.registry import scheme_keys
 
     known = {
         "optimizer": [*BASELINES, *names()],
-        "tuning": list(SCHEMES),
+        "tuning": list(scheme_keys()),
         "task": [*list_tasks(), *(t for t in axes["task"] if is_task_file(t))],
     }
     what = {"optimizer": "optimizer", "tuning": "scheme", "task": "task"}
