@@ -285,8 +285,15 @@ def run_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-@functools.cache
 def _defaults() -> dict[str, dict[str, Any]]:
+    # A registered tuning scheme adds its options' keys, at their defaults, to every config.
+    from ..tuning.registry import all_options
+
+    return _defaults_with(tuple(all_options()))
+
+
+@functools.cache
+def _defaults_with(scheme_options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return build_config({}).to_dict()
 
 
