@@ -115,7 +115,7 @@ def test_zotune_train_takes_it_and_its_flag(bitfit, sst2_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "bitfit (the bias terms only (BitFit))" in shown
+    assert "bitfit: the bias terms only (BitFit)" in shown
     assert "--bitfit-head BitFit: also train the output head (config tuning.bitfit_head" in shown
 
     # Its option under another scheme would be ignored: refused, naming both.

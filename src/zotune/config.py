@@ -110,7 +110,7 @@ def scheme_help() -> str:
     """The ``--tuning`` help: the registered schemes and what each trains."""
     from .tuning.registry import REGISTRY, scheme_keys
 
-    return "tuning scheme: " + "; ".join(f"{k} ({REGISTRY[k].summary})" for k in scheme_keys())
+    return "tuning scheme: " + "; ".join(f"{k}: {REGISTRY[k].summary}" for k in scheme_keys())
 
 
 @dataclass

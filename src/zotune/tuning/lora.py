@@ -91,7 +91,7 @@ def attention_projections(model: torch.nn.Module) -> list[str]:
 LORA = SchemeEntry(
     key="lora",
     label="LoRA",
-    summary="rank-r adapters on the attention query and value projections (peft)",
+    summary="peft's rank-r adapters on the attention query and value projections",
     apply=add_lora,
     options=(
         positive_int("lora_r", 8, "LoRA rank r"),

@@ -238,7 +238,7 @@ LOADING = (
 
 PREFIX = SchemeEntry(
     key="prefix",
-    summary="learned key/value pairs prepended in every attention layer (peft)",
+    summary="peft's learned key/value pairs prepended in every attention layer",
     apply=add_prefix,
     options=(
         positive_int("prefix_tokens", 5, "prefix-tuning virtual tokens"),
@@ -263,7 +263,7 @@ PREFIX = SchemeEntry(
 
 PROMPT = SchemeEntry(
     key="prompt",
-    summary="learned input embeddings prepended to the input (peft)",
+    summary="peft's learned input embeddings prepended to the input",
     apply=add_prompt,
     options=(
         positive_int("prompt_tokens", 10, "prompt-tuning virtual tokens"),
