@@ -36,11 +36,12 @@ class SchemeEntry:
     model to train: ``model`` itself, or a wrapper (peft's) holding it; it gets the values of
     the scheme's ``options`` and the tokenizer. ``label`` is how prose names the scheme
     ("LoRA"; default: the key). ``eps`` is the perturbation scale ``zotune train`` and the bench
-    give optimizers that take one (None: the optimizer's own default). ``adapter`` schemes are
-    exported as a peft adapter folder (the others as a whole model); ``merge``, where given,
-    folds the adapter into the base weights (``zotune export --merge``); ``after_loading`` are
-    code lines an exported adapter's model card adds after ``PeftModel.from_pretrained``
-    (``model`` in scope), with ``loading_note`` saying why.
+    give optimizers that take one (None: the optimizer's own default). ``adapter`` schemes
+    return a peft model from ``apply`` and are exported as a peft adapter folder (the others
+    as a whole model, ``save_pretrained``); ``merge``, where given, folds the adapter into the
+    base weights (``zotune export --merge``); ``after_loading`` are code lines an exported
+    adapter's model card adds after ``PeftModel.from_pretrained`` (``model`` in scope), with
+    ``loading_note`` saying why.
     """
 
     key: str
