@@ -20,7 +20,7 @@ import yaml
 from zotune import cli
 from zotune.bench.suite import run_id
 from zotune.config import ConfigError, build_config
-from zotune.models.loading import random_model
+from zotune.models.random_shapes import random_model
 from zotune.optim import Option
 from zotune.tuning import (
     SchemeEntry,
