@@ -1,5 +1,9 @@
-"""Tuning schemes (which parameters a run trains): the registry, one module per family (full and
-head, LoRA, prefix and prompt), and applying a run's scheme to its model."""
+"""Tuning schemes: which parameters a run trains, one registry entry per scheme (full, LoRA, ...).
+
+The registry (``registry``), one module per family (``full``: full and head; ``lora``;
+``prompts``: prefix and prompt; ``adapters``: what the peft ones share), and ``schemes``, which
+applies a run's scheme to its model.
+"""
 
 from .full import FULL, HEAD, untie_output_embeddings
 from .lora import LORA
