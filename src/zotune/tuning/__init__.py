@@ -1,4 +1,4 @@
-"""Tuning schemes: which parameters a run trains, one registry entry per scheme (full, LoRA, ...).
+"""Tuning schemes: which parameters a run trains, one registry entry per scheme.
 
 The registry (``registry``), one module per family (``full``: full and head; ``lora``;
 ``prompts``: prefix and prompt; ``adapters``: what the peft ones share), and ``schemes``, which
