@@ -54,7 +54,7 @@ for name, job in jobs.items():
         base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
         model = PeftModel.from_pretrained(base, folder)
         if job["virtual_tokens"]:  # as the model card says
-            from zotune.tuning.schemes import positions_as_trained
+            from zotune.tuning import positions_as_trained
             positions_as_trained(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)

@@ -8,7 +8,7 @@ import torch
 from zotune.bench.suite import expand_suite
 from zotune.evaluation.scoring import Scorer
 from zotune.optim import create_optimizer
-from zotune.tuning.schemes import untie_output_embeddings
+from zotune.tuning import untie_output_embeddings
 
 # (shape, tied to the input embeddings in its config, the head's trainable tensors)
 SHAPES = [

@@ -11,7 +11,7 @@ from zotune import cli
 from zotune.optim import OPTIMIZERS
 from zotune.recipes.demo import demo_config, equivalent_command
 from zotune.training.train import batch_for_step, finetune
-from zotune.tuning.schemes import SCHEMES
+from zotune.tuning import scheme_keys
 from zotune.utils.files import atomic_write
 
 
@@ -25,7 +25,7 @@ LR = {"fo-sgd": 1e-2, "fo-adam": 1e-3, "zo-adam": 1e-3, "zo-sgd-sign": 1e-3}
 
 
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_every_optimizer_and_scheme_trains_from_the_command_line(
     optimizer, scheme, shape, sst2_dir, tmp_path, capsys

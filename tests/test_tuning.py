@@ -15,12 +15,8 @@ from zotune.models.byte_tokenizer import with_special_tokens
 from zotune.models.random_shapes import random_model
 from zotune.optim import create_optimizer
 from zotune.tasks.example import Example
-from zotune.tuning.schemes import (
-    SCHEMES,
-    apply_tuning,
-    attention_projections,
-    count_parameters,
-)
+from zotune.tuning import apply_tuning, count_parameters, scheme_keys
+from zotune.tuning.lora import attention_projections
 
 SHAPES = ["tiny-llama", "tiny-opt", "tiny-mistral", "tiny-roberta"]
 
@@ -114,7 +110,7 @@ def expected_trainable(config, scheme: str, *, r=8, prefix=5, prompt=10) -> int:
     raise AssertionError(scheme)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
 def test_trainable_parameter_counts_follow_the_formula(tiny_model, shape, scheme):
     model, loaded = tiny_model(shape, scheme)
@@ -242,7 +238,7 @@ def logits_widths(scorer, batch) -> tuple[torch.Tensor, list[int]]:
         hook.remove()
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_scorer_matches_an_unpadded_full_logits_reference(tiny_model, shape, scheme):
     """Batched, left-padded scoring (logits_to_keep for causal LMs) = one row at a time."""
@@ -261,7 +257,7 @@ def test_scorer_matches_an_unpadded_full_logits_reference(tiny_model, shape, sch
             assert torch.isfinite(scorer.loss(scorer.encode_for_loss(examples)))
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
 def test_the_lm_head_gets_a_contiguous_input_once(tiny_model, shape, scheme):
     """Its last-logits slice is a strided view; with a frozen head weight torch.matmul would
@@ -295,7 +291,7 @@ def test_virtual_tokens_keep_scores_independent_of_batch_padding(tiny_model, sha
     torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 def test_masked_lm_returns_mlm_logits(tiny_model, scheme):
     model, loaded = tiny_model("tiny-roberta", scheme)
     batch = loaded.tokenizer(
@@ -328,7 +324,7 @@ def assert_only_trainable_changed(model, before: dict[str, torch.Tensor]) -> Non
         assert changed == param.requires_grad, f"{name}: changed={changed}"
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_zo_step_changes_only_trainable_parameters(tiny_model, shape, scheme):
     model, loaded = tiny_model(shape, scheme)
@@ -343,7 +339,7 @@ def test_zo_step_changes_only_trainable_parameters(tiny_model, shape, scheme):
     assert_only_trainable_changed(model, before)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", scheme_keys())
 @pytest.mark.parametrize("shape", ["tiny-llama", "tiny-opt"])
 def test_forward_grad_step_with_eager_attention(tiny_model, shape, scheme):
     model, loaded = tiny_model(shape, scheme, attn_implementation="eager")

@@ -15,21 +15,25 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
     import dataclasses
     import typing
 
-    from .config import RUN_LEVEL_OPTIONS, OptimizerConfig, RunConfig
+    from .config import RUN_LEVEL_OPTIONS, RunConfig
     from .optim.registry import REGISTRY, all_options
+    from .tuning.registry import all_options as scheme_options
+    from .tuning.registry import owners
 
     flags = []
     for section in dataclasses.fields(RunConfig):
         cls = typing.get_type_hints(RunConfig)[section.name]
         hints = typing.get_type_hints(cls)
         for item in dataclasses.fields(cls):
-            if cls is OptimizerConfig and item.name == "settings":
+            if item.name == "settings":  # the registries' options, below
                 continue
             dotted = f"{section.name}.{item.name}"
             flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
             kind = next(t for t in (*typing.get_args(hints[item.name]), hints[item.name])
                         if t in (str, int, float, bool))
             help_ = item.metadata.get("help", f"sets {dotted}")
+            if callable(help_):
+                help_ = help_()
             if kind is bool:
                 flag = f"--no-{flag[2:]}" if item.default else flag
                 keywords = {"action": "store_const", "const": not item.default}
@@ -42,6 +46,9 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
                 "help": f"{help_} (config {dotted}; default {shown})",
             }
             flags.append((flag, dotted, keywords))
+        if section.name == "tuning":
+            flags += [_scheme_option_flag(name, option, owners(name))
+                      for name, option in scheme_options().items()]
     for name, option in all_options().items():
         if name in RUN_LEVEL_OPTIONS:
             continue
@@ -63,6 +70,33 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
             keywords = {"type": option.from_text, "help": help_, "metavar": name.upper()}
         flags.append((flag, f"optimizer.{name}", keywords))
     return flags
+
+
+def _scheme_option_flag(name: str, option, schemes: tuple[str, ...]):
+    """``(flag, dotted key, add_argument keywords)`` of a tuning scheme's option."""
+    dotted = f"tuning.{name}"
+    flag = "--" + name.replace("_", "-")
+    if option.kind is bool:
+        flag = f"--no-{flag[2:]}" if option.default else flag
+        return flag, dotted, {"action": "store_const", "const": not option.default,
+                              "help": f"{option.help} (config {dotted}; {', '.join(schemes)})"}
+    shown = "unset" if option.default is None else option.default
+    return flag, dotted, {
+        "type": option.kind,
+        "metavar": name.upper(),
+        "help": f"{option.help} (config {dotted}; default {shown})",
+    }
+
+
+def _export_description() -> str:
+    from .tuning.registry import get_scheme, scheme_keys
+
+    def named(adapter: bool) -> str:
+        return "/".join(get_scheme(k).name for k in scheme_keys(adapter=adapter))
+
+    return (f"zotune export RUN_DIR --out DIR: {named(False)} tuning write a save_pretrained "
+            f"model folder, {named(True)} a peft adapter folder; both with the tokenizer and a "
+            "model card (README.md)")
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -264,6 +298,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.suite import builtin_suites
+    from .tuning.registry import mergeable
 
     parser = argparse.ArgumentParser(
         prog="zotune", description="Fine-tune language models with zeroth-order optimizers."
@@ -291,14 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="a run's best checkpoint as a model transformers or peft loads",
-        description="zotune export RUN_DIR --out DIR: full and head tuning write a "
-        "save_pretrained model folder, LoRA/prefix/prompt a peft adapter folder; both with "
-        "the tokenizer and a model card (README.md)",
+        description=_export_description(),
     )
     export.add_argument("run_dir", help="a `zotune train --output-dir` folder")
     export.add_argument("--out", required=True, help="the folder to write (new or empty)")
     export.add_argument(
-        "--merge", action="store_true", help="LoRA: write the merged whole model, not the adapter"
+        "--merge", action="store_true",
+        help=f"{'/'.join(mergeable())}: write the merged whole model, not the adapter",
     )
     export.add_argument(
         "--dtype", help="convert the weights (float32, bfloat16, float16; default: the run's)"

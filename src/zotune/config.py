@@ -106,28 +106,53 @@ class TaskConfig:
     )
 
 
+def scheme_help() -> str:
+    """The ``--tuning`` help: the registered schemes and what each trains."""
+    from .tuning.registry import REGISTRY, scheme_keys
+
+    return "tuning scheme: " + "; ".join(f"{k}: {REGISTRY[k].summary}" for k in scheme_keys())
+
+
 @dataclass
 class TuningConfig:
-    scheme: str = key(
-        "full", "tuning scheme: full, lora, prefix, prompt or head (the output head only)",
-        flag="--tuning",
-    )
-    lora_r: int = key(8, "LoRA rank r")
-    lora_alpha: int = key(16, "LoRA scaling α")
-    lora_target_modules: str | None = key(
-        None, "LoRA's modules, comma-separated name suffixes (q_proj,v_proj) or all-linear; "
-        "unset: the attention query and value projections (MeZO's)"
-    )
-    lora_dropout: float = key(
-        0.0, "LoRA dropout (first-order steps only: zeroth-order probes run in eval mode)"
-    )
-    prefix_tokens: int = key(5, "prefix-tuning virtual tokens")
-    prefix_init: str | None = key(
-        None, "prefix initialisation: real (the model's own key/values for real tokens, as "
-        "MeZO; the default for causal LMs) or random"
-    )
-    prompt_tokens: int = key(10, "prompt-tuning virtual tokens")
-    prompt_init_text: str | None = key(None, "initialise the soft prompt from this text")
+    """The tuning scheme by registry key and the values of the schemes' options.
+
+    The option keys are the scheme registry's (:func:`zotune.tuning.registry.all_options`):
+    every option any scheme declares is a key here, with the type, default and help it is
+    declared with, and no second list. A key reads as its value, or its default when unset
+    (``settings`` holds the values that differ from the default); in files and in
+    :meth:`RunConfig.to_dict` every key sits beside ``scheme``::
+
+        tuning: {scheme: lora, lora_r: 4, lora_alpha: 16, ...}
+    """
+
+    scheme: str = key("full", scheme_help, flag="--tuning")
+    settings: dict[str, Any] = key(None, "", factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "settings":
+            raise AttributeError(name)
+        if name in self.settings:
+            return self.settings[name]
+        from .tuning.registry import all_options
+
+        declared = all_options()
+        if name in declared:
+            return declared[name].default
+        raise AttributeError(f"TuningConfig has no key {name!r}")
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        from .tuning.registry import all_options
+
+        return {"scheme": self.scheme, **{name: getattr(self, name) for name in all_options()}}
+
+
+def tuning_option_types() -> dict[str, Any]:
+    """Every tuning scheme option's config type, from the registry's declarations."""
+    from .tuning.registry import all_options
+
+    return {name: option.kind | None if option.optional else option.kind
+            for name, option in all_options().items()}
 
 
 @dataclass
@@ -276,6 +301,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["optimizer"] = self.optimizer.as_flat_dict()
+        data["tuning"] = self.tuning.as_flat_dict()
         return data
 
 
@@ -339,6 +365,9 @@ def build_config(data: dict[str, Any] | None = None) -> RunConfig:
         if cls is OptimizerConfig:
             del hints["settings"]
             hints.update(optimizer_option_types())
+        if cls is TuningConfig:
+            del hints["settings"]
+            hints.update(tuning_option_types())
         known = set(hints)
         for key in values:
             if key not in known:
@@ -351,8 +380,29 @@ def build_config(data: dict[str, Any] | None = None) -> RunConfig:
             settings = {k: v for k, v in kwargs.items() if k not in fixed and v is not None}
             kwargs = {k: v for k, v in kwargs.items() if k in fixed}
             kwargs["settings"] = settings
+        if cls is TuningConfig:
+            kwargs = _tuning_keys(kwargs)
         built[name] = cls(**kwargs)
     return RunConfig(**built)
+
+
+def _tuning_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """The tuning section's keywords: ``scheme``, and in ``settings`` the option values that
+    differ from their defaults, each checked against its declaration."""
+    from .tuning.registry import all_options, check_values
+
+    try:
+        check_values(values)
+    except ValueError as error:
+        raise ConfigError(f"tuning: {error}") from None
+    declared = all_options()
+    settings = {k: v for k, v in values.items()
+                if k in declared and not _same_value(v, declared[k].default)}
+    return {**({"scheme": values["scheme"]} if "scheme" in values else {}), "settings": settings}
+
+
+def _same_value(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and value == default
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

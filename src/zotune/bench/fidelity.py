@@ -41,6 +41,7 @@ from ..enhance.blocks import partition
 from ..optim import registry
 from ..optim.options import ZO_OPTIONS
 from ..tasks.builtin import TASKS
+from ..tuning.registry import get_scheme, scheme_keys
 from .suite import load_suite
 
 DATA_FILE = "fidelity.yaml"
@@ -215,8 +216,7 @@ def _cpu_prefix_eps(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
 @probe("run-eps")
 def _run_eps(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
     entry = registry.entry("zo-sgd")
-    schemes = ("full", "lora", "prefix", "prompt", "head")
-    text = ", ".join(f"{_number(entry.run_defaults(s)['eps'])} {s}" for s in schemes)
+    text = ", ".join(f"{_number(entry.run_defaults(s)['eps'])} {s}" for s in scheme_keys())
     library = _number(entry.accepted()["eps"].default)
     return (f"{text} (`OptimizerEntry.run_defaults`, written into `config.yaml`); "
             f"`create_optimizer` keeps {library}"), row["status"]
@@ -312,13 +312,12 @@ def _tuning(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
 
 @probe("prefix-init")
 def _prefix_init(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
-    from ..tuning.schemes import PREFIX_INITS
-
-    default = RunConfig().tuning.prefix_init
+    option = get_scheme("prefix").option("prefix_init")
+    default = option.default
     used = {r.config["tuning"].get("prefix_init", default) for r in sources.paper_runs}
     rule = "real for causal LMs, random for masked ones" if default is None else default
     tokens = {r.config["tuning"]["prefix_tokens"] for r in sources.paper_runs}
-    text = (f"`tuning.prefix_init` ∈ {{{', '.join(PREFIX_INITS)}}}, default {rule}; "
+    text = (f"`tuning.prefix_init` ∈ {{{', '.join(option.choices)}}}, default {rule}; "
             f"`prefix_tokens` {_numbers(tokens)}; real tokens at positions 0…T−1 "
             "(`tuning.positions_as_trained`)")
     same = used == {None} or used == {"real"}
@@ -354,7 +353,7 @@ def _blocks(sources: Sources, row: dict[str, Any]) -> tuple[str, str]:
 
 
 def _schemes_on(entry: registry.OptimizerEntry, row: dict[str, Any]) -> str:
-    on = [s for s in registry.EPS_BY_SCHEME if entry.run_defaults(s).get(row["option"])]
+    on = [s for s in scheme_keys() if entry.run_defaults(s).get(row["option"])]
     return ", ".join(on) or "none"
 
 

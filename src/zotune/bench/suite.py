@@ -285,8 +285,15 @@ def run_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-@functools.cache
 def _defaults() -> dict[str, dict[str, Any]]:
+    # A registered tuning scheme adds its options' keys, at their defaults, to every config.
+    from ..tuning.registry import all_options
+
+    return _defaults_with(tuple(all_options()))
+
+
+@functools.cache
+def _defaults_with(scheme_options: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return build_config({}).to_dict()
 
 
@@ -760,11 +767,11 @@ def _check_names(axes: dict[str, list[str]]) -> None:
     from ..optim.registry import names
     from ..tasks import list_tasks
     from ..tasks.taskfile import is_task_file
-    from ..tuning.schemes import SCHEMES
+    from ..tuning.registry import scheme_keys
 
     known = {
         "optimizer": [*BASELINES, *names()],
-        "tuning": list(SCHEMES),
+        "tuning": list(scheme_keys()),
         "task": [*list_tasks(), *(t for t in axes["task"] if is_task_file(t))],
     }
     what = {"optimizer": "optimizer", "tuning": "scheme", "task": "task"}

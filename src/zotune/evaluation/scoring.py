@@ -29,7 +29,7 @@ row, often the largest activation of a ZO forward. Left padding also keeps promp
 virtual tokens (prepended by peft) out of the way. RoPE models need no position ids for it:
 relative positions between real tokens are unchanged by the padding. With prompt or prefix
 tuning the virtual tokens sit before the padding, so
-:func:`zotune.tuning.schemes.apply_tuning` derives position ids from the attention mask (as
+:mod:`zotune.tuning.prompts` derives position ids from the attention mask (as
 ``generate`` does).
 
 When every candidate of every example is one token after the same context tokens (SST-2 with

@@ -33,12 +33,13 @@ tokenizer with the same ids (the ``ByteTokenizer`` class only adds a helper zotu
 does not need).
 
 Prefix and prompt models: zotune numbers a left-padded row's positions from its attention
-mask, and a prefix model's real tokens from 0 as MeZO and ZO-LLM do (:mod:`zotune.tuning.schemes`).
+mask, and a prefix model's real tokens from 0 as MeZO and ZO-LLM do
+(:mod:`zotune.tuning.prompts`).
 Plain peft numbers the columns, and a prefix model's real tokens after the prefix: loaded
 without zotune, a prompt adapter's scores differ slightly on padded rows, and a prefix adapter
 computes a different function on every row (shifted positions). The model card says so and
 gives the call that restores the run's numbering:
-``zotune.tuning.schemes.positions_as_trained(model)`` on the loaded peft model.
+``zotune.tuning.positions_as_trained(model)`` on the loaded peft model.
 
 An existing non-empty ``--out`` is never written into: the export is refused unless
 ``--overwrite``, which replaces it. The folder is assembled beside ``--out`` and renamed into
@@ -74,7 +75,6 @@ from .loading import DTYPES
 
 CARD_FILE = "README.md"
 BASE_FOLDER = "base_model"
-ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
 STAGING = ".staging"  # the suffix of the folder an export is assembled in
 
 
@@ -101,9 +101,12 @@ def check_destination(out: str | Path, overwrite: bool = False) -> Path:
 
 def check_request(config: RunConfig, merge: bool, dtype: str | None) -> None:
     """Refuse an export option that does not apply to the run (before loading anything)."""
-    if merge and config.tuning.scheme != "lora":
+    from ..tuning.registry import get_scheme, mergeable
+
+    if merge and get_scheme(config.tuning.scheme).merge is None:
         raise ExportError(
-            f"--merge applies to LoRA runs; this run's tuning is {config.tuning.scheme!r}"
+            f"--merge applies to {' and '.join(mergeable())} runs; this run's tuning "
+            f"is {config.tuning.scheme!r}"
         )
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
@@ -175,7 +178,9 @@ def save_model(
     model is changed in place); ``dtype`` converts the weights (default: the run's)."""
     out = check_destination(out, overwrite)
     check_request(config, merge, dtype)
-    scheme = config.tuning.scheme
+    from ..tuning.registry import get_scheme
+
+    scheme = get_scheme(config.tuning.scheme)
     run_dtype = config.model.dtype
     if dtype is not None and dtype != run_dtype:
         model.to(DTYPES[dtype])
@@ -184,8 +189,8 @@ def save_model(
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=STAGING))
     try:
         if merge:
-            model = model.merge_and_unload()
-        adapter = scheme in ADAPTER_SCHEMES and not merge
+            model = scheme.merge(model)
+        adapter = scheme.adapter and not merge
         base = _base_reference(config, out)
         with _no_progress_bars():
             if adapter:
@@ -281,6 +286,8 @@ def model_card(
     base: str,
 ) -> str:
     """The README.md of an exported model: what it is, how it was trained, what it scored."""
+    from ..tuning.registry import get_scheme
+
     scheme, task = config.tuning.scheme, config.task.name
     name = config.model.name or EMBEDDED_MODEL
     library = "peft" if adapter else "transformers"
@@ -324,7 +331,8 @@ def model_card(
         lines += [f"Weights exported in {dtype} from a {run_dtype} run ({direction}).", ""]
     else:
         lines += [f"Weights in {run_dtype}, as trained.", ""]
-    lines += [*_figures(result), "", *_loading(adapter, scheme, base, is_random(config)), ""]
+    lines += [*_figures(result), "", *_loading(adapter, get_scheme(scheme), base,
+                                              is_random(config)), ""]
     settings = yaml.safe_dump(config.to_dict(), sort_keys=False).strip()
     lines += ["## Settings", "", "```yaml", settings, "```", ""]
     return "\n".join(lines)
@@ -359,7 +367,8 @@ def _figures(result: dict[str, Any] | None) -> list[str]:
     return [*warning, *rows]
 
 
-def _loading(adapter: bool, scheme: str, base: str, base_beside: bool) -> list[str]:
+def _loading(adapter: bool, scheme, base: str, base_beside: bool) -> list[str]:
+    """How to load the export (``scheme`` its :class:`zotune.tuning.registry.SchemeEntry`)."""
     if not adapter:
         code = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -374,6 +383,7 @@ def _loading(adapter: bool, scheme: str, base: str, base_beside: bool) -> list[s
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             f"base = AutoModelForCausalLM.from_pretrained({where})",
             'model = PeftModel.from_pretrained(base, "THIS_FOLDER")',
+            *scheme.after_loading,
             'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
         ]
         note = "(A masked LM's base loads with `AutoModelForMaskedLM`.)"
@@ -385,28 +395,9 @@ def _loading(adapter: bool, scheme: str, base: str, base_beside: bool) -> list[s
                 "from any working folder until this folder moves; the code above works "
                 f"wherever it is.\n\n{note}"
             )
-        if scheme in ("prefix", "prompt"):
-            code.insert(4, "# number positions as the run did (see below):")
-            code.insert(5, "from zotune.tuning.schemes import positions_as_trained")
-            code.insert(6, "positions_as_trained(model)")
-            note = f"{note}\n\n{POSITIONS_NOTE[scheme]}"
+        if scheme.loading_note:
+            note = f"{note}\n\n{scheme.loading_note}"
     return ["## How to load", "", "```python", *code, "```", "", note]
-
-
-# What plain peft computes differently from the run, per virtual-token scheme.
-POSITIONS_NOTE = {
-    "prefix": (
-        "**Positions differ in plain peft.** The run numbered the real tokens 0, 1, ... as "
-        "MeZO and ZO-LLM do (their prefix lives inside attention); peft numbers them after "
-        "the prefix tokens. Without `positions_as_trained` this adapter computes a different "
-        "function from the one trained and evaluated, and its predictions differ."
-    ),
-    "prompt": (
-        "The run numbered a left-padded row's positions from its attention mask; without "
-        "`positions_as_trained` peft numbers the columns, so scores of padded rows differ "
-        "slightly."
-    ),
-}
 
 
 __all__ = ["ExportError", "check_destination", "export_run", "model_card", "save_model"]

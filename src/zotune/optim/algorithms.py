@@ -438,6 +438,13 @@ _publish(OptimizerEntry(
     directions=lambda o: _lozo_directions(o, momentum=True),
     factor_values=lambda shape, o: _lozo_values(shape, o, momentum=True),
 ))
+def _is_adapter(scheme: str) -> bool:
+    """Whether ``scheme`` trains adapters (SubZero's LoRA/prefix/prompt mode)."""
+    from ..tuning.registry import scheme_keys
+
+    return scheme in scheme_keys(adapter=True)
+
+
 _publish(OptimizerEntry(
     key="subzero", summary="SubZero: ZO-SGD in random subspaces U Σ Vᵀ", estimator="rge",
     cls=SubZero, rule=lambda o: rules.momentum() if o["momentum"] else rules.sgd(),
@@ -446,7 +453,7 @@ _publish(OptimizerEntry(
     unsupported=(*_FACTORED_UNSUPPORTED, "weight_decay"),
     directions=_subzero_directions,
     factor_values=_subzero_values,
-    scheme_defaults=lambda scheme: {"subzero_square": scheme in ("lora", "prefix", "prompt")},
+    scheme_defaults=lambda scheme: {"subzero_square": _is_adapter(scheme)},
 ))
 _publish(OptimizerEntry(
     key="hizoo", summary="HiZOO (Hessian-informed ZO-SGD)", estimator="rge", cls=HiZOO,

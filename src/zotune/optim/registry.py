@@ -33,8 +33,6 @@ from .rules import Rule
 from .steps import make_step, strategy_for
 
 ESTIMATORS = ("rge", "forward-grad", "backprop")
-# The perturbation scale a run uses per tuning scheme (see OptimizerEntry.run_defaults).
-EPS_BY_SCHEME = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-3, "head": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -170,19 +168,17 @@ class OptimizerEntry:
         """Defaults ``zotune train`` and the bench use where they differ from the library's
         (``create_optimizer`` keeps torch.optim's habits: one ε, no gradient clipping).
 
-        * ε by tuning scheme, as ZO-Bench's sweeps and MeZO recommend: 1e-3 full (MeZO's
-          default), 1e-2 LoRA (MeZO README, large_models: "LoRA … EPS 1e-2"), 1e-1 prefix
-          (ZO-LLM zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/zo_sgd_cls_prefix.yml; MeZO README),
-          1e-3 prompt (the middle of zo-bench/sweeps/SST2_opt-1.3b/zo_sgd/
-          zo_sgd_cls_prompt.yml's 1e-2…1e-4; MeZO has no prompt tuning), 1e-3 head (MeZO
-          large_models/run.py's zo_eps default; its --head_tuning runs set no other);
+        * ε by tuning scheme (:attr:`zotune.tuning.registry.SchemeEntry.eps`, with its
+          sources), as ZO-Bench's sweeps and MeZO recommend;
         * gradient clipping at norm 1.0 for first-order steps: HF Trainer's default
           ``max_grad_norm``, which ZO-LLM's FO runs kept (zo-bench/trainer.py).
         """
         accepted = self.accepted()
         defaults: dict[str, Any] = {}
         if "eps" in accepted:
-            defaults["eps"] = EPS_BY_SCHEME.get(scheme, accepted["eps"].default)
+            from ..tuning.registry import run_eps
+
+            defaults["eps"] = run_eps(scheme, accepted["eps"].default)
         if "max_grad_norm" in accepted:
             defaults["max_grad_norm"] = 1.0
         if self.scheme_defaults is not None:

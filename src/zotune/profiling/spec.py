@@ -94,15 +94,14 @@ class ProfileSpec(Settings):
 
     def check(self) -> None:
         from ..models.mixed_precision import check_autocast
-        from ..tuning.schemes import SCHEMES
+        from ..tuning.registry import get_scheme
 
         check_autocast(self.autocast, self.dtype)
         if self.method not in all_methods():
             raise ValueError(
                 f"unknown method {self.method!r} (choose from {', '.join(all_methods())})"
             )
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown tuning scheme {self.scheme!r} (choose from {SCHEMES})")
+        get_scheme(self.scheme)
         for name in ("batch_size", "seq_len", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -21,7 +21,6 @@ from typing import Any
 
 # The recipe that learns on the embedded model within a user's patience (README, "The demo").
 LEARNING_RECIPE = "--tuning full --optimizer zo-sgd --lr 3e-5 --dtype bfloat16"
-ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
 
 
 def constant_prediction(predicted: Sequence[int]) -> int | None:
@@ -81,7 +80,9 @@ def untrained_reason(
 
 def _too_little_hint(scheme: str, lr: float, steps: int, zeroth_order: bool) -> str:
     larger = f"--lr {lr * 10:g} (now {lr:g})"
-    if zeroth_order and scheme in ADAPTER_SCHEMES:
+    from ..tuning.registry import scheme_keys
+
+    if zeroth_order and scheme in scheme_keys(adapter=True):
         return (
             f"{LEARNING_RECIPE} (the demo's recipe: ZO moves {scheme} adapters far more "
             f"slowly than the whole model), or {larger}"

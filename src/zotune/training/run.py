@@ -140,31 +140,17 @@ def check_batch_size(batch_size: int, examples: int, log: Callable[[str], None])
     log(f"warning: {what}: each batch repeats some examples")
 
 
-# Tuning keys that only one scheme reads.
-SCHEME_OPTIONS = {
-    "lora_r": "lora",
-    "lora_alpha": "lora",
-    "lora_target_modules": "lora",
-    "lora_dropout": "lora",
-    "prefix_tokens": "prefix",
-    "prefix_init": "prefix",
-    "prompt_tokens": "prompt",
-    "prompt_init_text": "prompt",
-}
-
-
 def _check_scheme_options(config: RunConfig) -> None:
-    """A scheme's option set for another scheme would be ignored: refuse it, naming both."""
-    import dataclasses
+    """The scheme is registered, and no option of another scheme is set (it would be ignored)."""
+    from ..tuning.registry import foreign_option, get_scheme
 
-    defaults = {f.name: f.default for f in dataclasses.fields(config.tuning)}
-    for key, scheme in SCHEME_OPTIONS.items():
-        value = getattr(config.tuning, key)
-        if value != defaults[key] and config.tuning.scheme != scheme:
-            raise ConfigError(
-                f"tuning.{key}={value!r} applies to {scheme} tuning, not to "
-                f"tuning.scheme={config.tuning.scheme!r}"
-            )
+    try:
+        get_scheme(config.tuning.scheme)
+    except ValueError as error:
+        raise ConfigError(f"tuning.scheme: {error}") from None
+    problem = foreign_option(config.tuning.scheme, config.tuning.settings)
+    if problem:
+        raise ConfigError(problem)
 
 
 @dataclass
