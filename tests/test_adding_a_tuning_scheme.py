@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plugin_helpers import import_as_plugin
 from zotune import cli
 from zotune.bench.suite import run_id
 from zotune.config import ConfigError, build_config
@@ -68,9 +69,7 @@ TRAIN = ["train", "--model", "random:tiny-opt", "--task", "sst2", "--num-train",
 @pytest.fixture
 def bitfit(monkeypatch):
     register(BITFIT)
-    monkeypatch.setenv("ZOTUNE_PLUGINS", PLUGIN)
-    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    import_as_plugin(monkeypatch, __file__)
     yield BITFIT
     unregister(BITFIT.key)
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from plugin_helpers import import_as_plugin
 from zotune import cli
 from zotune.optim import OptimizerEntry, Option, ZerothOrderOptimizer, create_optimizer, rules
 from zotune.optim.options import finite_above
@@ -49,9 +50,7 @@ if PLUGIN in os.environ.get("ZOTUNE_PLUGINS", "").split(","):
 @pytest.fixture
 def zo_clip(monkeypatch):
     register(ZO_CLIP)
-    monkeypatch.setenv("ZOTUNE_PLUGINS", PLUGIN)
-    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    import_as_plugin(monkeypatch, __file__)
     yield ZO_CLIP
     unregister(ZO_CLIP.key)
 
