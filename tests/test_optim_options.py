@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from zotune import finetune
 from zotune.config import ConfigError
 from zotune.optim import OptimizerEntry, Option, ZOOptions, create_optimizer, rules
 from zotune.optim.options import ZO_OPTIONS, finite_above
@@ -73,6 +74,25 @@ def test_create_optimizer_checks_each_value_once(key, monkeypatch):
     monkeypatch.setattr(Option, "validate", counting)
     create_optimizer(key, torch.nn.Linear(3, 2), lr=1e-3)
     assert len(checked) == len(set(checked)) == len(REGISTRY[key].accepted())
+
+
+def test_a_training_run_checks_each_value_once(sst2_dir, monkeypatch):
+    """finetune resolves the options before loading anything and builds the optimizer from
+    that one resolution: following --eps from the config to the step checks it once."""
+    checked: list[str] = []
+    validate = Option.validate
+
+    def counting(self, value):
+        checked.append(self.name)
+        return validate(self, value)
+
+    monkeypatch.setattr(Option, "validate", counting)
+    finetune({"model": {"name": "random:tiny-opt"},
+              "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 16,
+                       "num_val": 4, "num_test": 4},
+              "optimizer": {"name": "zo-sgd", "lr": 1e-3, "eps": 1e-2},
+              "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "progress": False}})
+    assert len(checked) == len(set(checked)) == len(REGISTRY["zo-sgd"].accepted())
 
 
 def test_the_resolved_options_reach_the_estimator_and_the_optimizer():

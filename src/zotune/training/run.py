@@ -26,6 +26,7 @@ from ..models.loading import LoadedModel
 from ..models.mixed_precision import compute_context, under_autocast
 from ..models.offload import execution_device
 from ..optim import FirstOrderOptimizer
+from ..optim.registry import ResolvedOptions
 from ..optim.registry import entry as optimizer_entry
 from ..optim.registry import names as optimizer_names
 from ..tasks import Example, TaskSpec, get_task, load_splits
@@ -47,7 +48,15 @@ def resolve_config(
 ) -> RunConfig:
     """A RunConfig from a RunConfig, a nested dict or a YAML path, with ``section__key``
     overrides (``task__name="copa"``) and the optimizer's run defaults written in, validated
-    before anything is loaded."""
+    before anything is loaded (:func:`prepare_run`, without its optimizer options)."""
+    return prepare_run(config, **overrides)[0]
+
+
+def prepare_run(
+    config: RunConfig | dict | str | Path | None = None, **overrides: Any
+) -> tuple[RunConfig, ResolvedOptions]:
+    """The resolved config and its optimizer's options, each value checked once, before
+    anything is loaded; :func:`setup` builds the optimizer from these options."""
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict) or config is None:
@@ -56,11 +65,12 @@ def resolve_config(
         config = replace(config, **overrides)
     config = config.with_run_defaults()
     check_config(config)
-    return config
+    return config, config.optimizer.resolved(config.train.seed)
 
 
 def check_config(config: RunConfig) -> None:
-    """The checks that need no model: names, counts, modes, the optimizer's options."""
+    """The checks that need no model: names, counts, modes (the optimizer's options are
+    checked where they are resolved: :func:`prepare_run`)."""
     if config.optimizer.name not in optimizer_names():
         raise ConfigError(
             f"optimizer.name: unknown optimizer {config.optimizer.name!r} "
@@ -105,7 +115,6 @@ def check_config(config: RunConfig) -> None:
         )
     if config.train.resume and not config.train.output_dir:
         raise ConfigError("--resume needs --output-dir: the folder of the run to continue")
-    config.optimizer.resolved(config.train.seed)
     check_schedule(config)
     _check_scheme_options(config)
     spec = get_task(config.task.name)
@@ -382,8 +391,15 @@ class Run:
         return shard_batch(examples, self.group)
 
 
-def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) -> Run:
-    """Build a :class:`Run` for ``config`` (already resolved, see :func:`resolve_config`)."""
+def setup(
+    config: RunConfig,
+    *,
+    group: Any = None,
+    for_training: bool = True,
+    options: ResolvedOptions | None = None,
+) -> Run:
+    """Build a :class:`Run` for ``config`` (already resolved, see :func:`resolve_config`);
+    the optimizer from ``options`` (:func:`prepare_run`), resolved here when not given."""
     log = log_line if group is None or group.is_main else no_log
     device_name = str(group.device(config.model.device)) if group else config.model.device
     splits = load_task_splits(config, log)  # before the model: bad data fails in seconds
@@ -409,7 +425,8 @@ def setup(config: RunConfig, *, group: Any = None, for_training: bool = True) ->
     )
     if not for_training:
         return run
-    options = config.optimizer.resolved(config.train.seed)
+    if options is None:
+        options = config.optimizer.resolved(config.train.seed)
     # The model itself, not its tensors: block-wise and hybrid ZO read its module tree.
     run.optimizer = optimizer_entry(config.optimizer.name).build(run.model, options)
     run.scheduler = make_scheduler(run.optimizer, config)

@@ -41,7 +41,7 @@ from .distributed import (
 )
 from .learned import untrained_reason
 from .loggers import open_reporter
-from .run import Run, log_line, resolve_config, setup
+from .run import Run, log_line, prepare_run, setup
 from .run_folder import METRICS_FILE, RESULT_FILE, RunFolder
 
 # A run stops after this many non-finite losses in a row: one is a bad batch, many a diverged run.
@@ -200,7 +200,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
     written with ``__`` (``finetune(task__name="copa", optimizer__lr=1e-4)``).
     """
     check_launcher()
-    config = resolve_config(config, **overrides)
+    config, options = prepare_run(config, **overrides)
     out = config.train.output_dir
     folder = RunFolder(Path(out)) if out else None
     if out is None and not config.train.save_model and is_main_process():
@@ -226,7 +226,7 @@ def finetune(config: RunConfig | dict | str | Path | None = None, **overrides: A
         group = init_process_group(config.model.device)
     locked = folder is not None and (group is None or group.is_main)
     with folder.lock() if locked else contextlib.nullcontext():
-        run = setup(config, group=group)
+        run = setup(config, group=group, options=options)
         result = train(run)
         if config.train.save_model and run.is_main:
             from ..models.export import save_model
