@@ -11,6 +11,7 @@ from zotune import kernels
 from zotune.estimators.base import shift
 from zotune.estimators.directions import DirectionSampler, IndexedParam
 from zotune.optim import create_optimizer
+from zotune.optim.rules import TensorContext
 from zotune.optim.stochastic_rounding import apply_update_
 
 needs_kernel = pytest.mark.skipif(kernels.library() is None, reason="no C compiler")
@@ -123,6 +124,8 @@ def exact_loss(params: list[torch.Tensor]):
 TRAJECTORIES = {
     "zo-sgd": "e41f0b89084967e9",
     "zo-sgd-wd": "d35e19f26017f731",
+    "zo-adam": "7af3d1afe1ea06bb",
+    "zo-adam-wd": "b3e35e63f1feb575",
 }
 
 
@@ -131,14 +134,58 @@ TRAJECTORIES = {
 def test_bf16_trajectory_is_pinned(case):
     params = [weights(math.prod(shape), 10 + i, low=1.0, width=1.0).view(shape)
               .requires_grad_() for i, shape in enumerate(((30, 100), (64,), (15, 100)))]
-    options = {"weight_decay": 0.1} if case == "zo-sgd-wd" else {}
-    opt = create_optimizer("zo-sgd", params, lr=1e-3, eps=1e-2, seed=5, **options)
+    options = {"weight_decay": 0.1} if case.endswith("-wd") else {}
+    opt = create_optimizer(case.removesuffix("-wd"), params, lr=1e-3, eps=1e-2, seed=5,
+                           **options)
     opt.estimator.sampler = DirectionSampler(**SMALL)
     for _ in range(6):
         opt.step(exact_loss(params))
     digest = hashlib.sha256(b"".join(p.detach().view(torch.int16).numpy().tobytes()
                                      for p in params)).hexdigest()[:16]
     assert digest == TRAJECTORIES[case]
+
+
+@needs_kernel
+@pytest.mark.parametrize("step", [1, 7])
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.5)])  # β₁ < ½: lerp's other branch
+def test_fused_adam_equals_the_rule_and_rounding_of_the_torch_ops(monkeypatch, step, decay,
+                                                                   betas):
+    """One Adam update of a bf16 chunk: the fused pass against Rule(Adam, decay) then the
+    torch ops' stochastic rounding, same bits. The moments agree to fp32 rounding (torch may
+    contract to fma), the weights to one bf16 ulp in rare elements."""
+    from zotune.optim.rules import adam
+    from zotune.optim.stochastic_rounding import adam_rounded_, add_rounded_
+
+    rule = adam()
+    group = {"lr": 1e-2, "betas": betas, "adam_eps": 1e-8, "weight_decay": decay}
+    generator = torch.Generator().manual_seed(step)
+    g = torch.randn(70000, generator=generator) * 3
+    moments = (torch.randn(70000, generator=generator) * 0.1,
+               torch.rand(70000, generator=generator) * 0.2)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setenv(kernels.SWITCH, "1" if fused else "0")
+        view = weights(70000, 3).view(70, 1000)[:, :]
+        state = {"exp_avg": moments[0].clone().view(70, 1000),
+                 "exp_avg_sq": moments[1].clone().view(70, 1000)}
+        grad = g.view(70, 1000)
+        done = adam_rounded_(view, grad, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"],
+                             betas=betas, eps=1e-8, step=step,
+                             decay=rule.decoupled_decay(group, 2), seed=4, index=1, chunk=2)
+        assert done is fused
+        if not fused:
+            u = rule(grad, state, TensorContext(view, 2, step, group))
+            add_rounded_(view, u, -group["lr"], 4, 1, 2)
+        results.append((view.float(), state["exp_avg"], state["exp_avg_sq"]))
+    (theta, m, v), (theta_ops, m_ops, v_ops) = results
+    # A few fp32 roundings of the operands' size (m + w₁(g − m) cancels: relative to |m|+|g|).
+    eps32 = torch.finfo(torch.float32).eps
+    assert ((m - m_ops).abs() <= 4 * eps32 * (moments[0].abs() + g.abs()).view(70, 1000)).all()
+    assert ((v - v_ops).abs() <= 4 * eps32 * v_ops).all()
+    ulps = (theta - theta_ops).abs() / (theta_ops.abs() * 2**-7)
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 0.01
 
 
 def test_unavailable_kernel_falls_back_with_one_line(monkeypatch, tmp_path):

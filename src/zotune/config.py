@@ -54,6 +54,11 @@ class ModelConfig:
         None, "half-precision compute over fp32 weights: bfloat16 or float16 (see "
         "zotune.models.mixed_precision)"
     )
+    matmul: str = key(
+        "auto", "matrix products of bf16/fp16 weights on a CPU: native, float32 (from upcast "
+        "operands) or auto (float32 where this CPU's half-precision GEMM is slower; see "
+        "zotune.models.matmul)"
+    )
     device: str = key("cpu", "device: cpu, cuda, cuda:1, ...")
     attn_implementation: str | None = key(
         None, "attention implementation (eager, sdpa); default: the model's, or what the "

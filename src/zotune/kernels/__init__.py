@@ -42,6 +42,10 @@ PASS_ARGUMENTS = (
     _P, _I64, _P, ctypes.c_int,
 )
 ADD_ROUNDED_ARGUMENTS = (_P, _P, _I64, ctypes.c_float, _P, _I64, _I64, ctypes.c_int)
+_F = ctypes.c_float
+ADAM_ROUNDED_ARGUMENTS = (
+    _P, _P, _P, _P, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _P, _I64, _I64, ctypes.c_int,
+)
 
 
 def enabled() -> bool:
@@ -116,6 +120,8 @@ def library() -> ctypes.CDLL | None:
         lib.zotune_bf16_pass.restype = ctypes.c_int
         lib.zotune_bf16_add_rounded.argtypes = ADD_ROUNDED_ARGUMENTS
         lib.zotune_bf16_add_rounded.restype = ctypes.c_int
+        lib.zotune_bf16_adam_rounded.argtypes = ADAM_ROUNDED_ARGUMENTS
+        lib.zotune_bf16_adam_rounded.restype = ctypes.c_int
     else:
         warnings.warn(
             f"zotune: fused bf16 kernels unavailable ({reason}); bf16 steps use torch ops "

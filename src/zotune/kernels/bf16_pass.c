@@ -197,3 +197,77 @@ int zotune_bf16_add_rounded(uint16_t *theta, const float *u, int64_t n, float a,
     for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
     return 0;
 }
+
+/* Adam's update of a bf16 chunk from an fp32 gradient g, its fp32 moments updated in place,
+ * in one sweep (the torch ops make ten), with the operations and order of
+ * zotune.optim.rules.Adam and DecoupledWeightDecay as torch computes them:
+ *
+ *   m = lerp(m, g, w1)                            m + w1·(g − m), or g − (g − m)·(1 − w1) for w1 ≥ ½
+ *   v = v·β₂ + (w2·g)·g                           w2 = 1 − β₂ (both rounded from double, as torch
+ *                                                 rounds its Python scalars)
+ *   u = (m / b1) / (√v / b2 + δ) + λ·x            x = θ widened
+ *   θ = SR(fma(−lr, u, x)) with the 16-bit integer R[(r + i) mod M]
+ */
+typedef struct {
+    uint16_t *theta;
+    const float *g;
+    float *m, *v;
+    float w1, beta2, w2, bias1, bias2, eps, decay, a;
+    const int32_t *bits;
+    int64_t bits_mask;
+    int64_t bits_offset;
+    int64_t begin, end;
+} adam_t;
+
+static void *adam_range(void *arg) {
+    adam_t *r = (adam_t *)arg;
+    int64_t i = r->begin;
+    int low = r->w1 < 0.5f;
+    float w1c = 1.0f - r->w1;
+    while (i < r->end) {
+        int64_t pos = (r->bits_offset + i) & r->bits_mask;
+        int64_t n = min64(r->end - i, r->bits_mask + 1 - pos);
+        const int32_t *bits = r->bits + pos;
+        for (int64_t j = i; j < i + n; j++) {
+            float g = r->g[j], m = r->m[j];
+            m = low ? m + r->w1 * (g - m) : g - (g - m) * w1c;
+            float v = r->v[j] * r->beta2 + (r->w2 * g) * g;
+            r->m[j] = m;
+            r->v[j] = v;
+            float x = as_float((uint32_t)r->theta[j] << 16);
+            float u = (m / r->bias1) / (sqrtf(v) / r->bias2 + r->eps);
+            if (r->decay != 0.0f) u = u + r->decay * x;
+            float w = fmaf(r->a, u, x);
+            r->theta[j] = (uint16_t)((as_bits(w) + (uint32_t)bits[j - i]) >> 16);
+        }
+        i += n;
+    }
+    return NULL;
+}
+
+int zotune_bf16_adam_rounded(uint16_t *theta, const float *g, float *m, float *v, int64_t n,
+                             float lr, float w1, float beta2, float w2, float bias1, float bias2,
+                             float eps, float decay, const int32_t *bits, int64_t bits_mask,
+                             int64_t bits_offset, int nthreads) {
+    if (nthreads > 64) nthreads = 64;
+    if (nthreads < 1 || n < (1 << 16)) nthreads = 1;
+    adam_t parts[64];
+    pthread_t threads[64];
+    int started = 0;
+    int64_t step = (n + nthreads - 1) / nthreads;
+    for (int t = 0; t < nthreads; t++) {
+        adam_t part = {theta, g, m, v, w1, beta2, w2, bias1, bias2, eps, decay, -lr,
+                       bits, bits_mask, bits_offset, t * step, min64(n, (t + 1) * step)};
+        parts[t] = part;
+    }
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[started], NULL, adam_range, &parts[t]) != 0) {
+            adam_range(&parts[t]);
+            continue;
+        }
+        started++;
+    }
+    adam_range(&parts[0]);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    return 0;
+}

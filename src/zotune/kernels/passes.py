@@ -139,3 +139,27 @@ def fused_add_rounded_(view: Tensor, update: Tensor, alpha: float, bits_table: T
         bits_table.data_ptr(), bits_table.numel() - 1, bits_offset, torch.get_num_threads(),
     )
     return True
+
+
+def fused_adam_rounded_(
+    view: Tensor, g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *, lr: float,
+    betas: tuple[float, float], eps: float, step: int, decay: float, bits_table: Tensor,
+    bits_offset: int,
+) -> bool:
+    """One Adam step (:class:`zotune.optim.rules.Adam`, then decoupled decay ``decay``) of a
+    contiguous bf16 CPU chunk from its fp32 gradient ``g``, the fp32 moments updated in
+    place, the weights stochastically rounded with the bits from ``bits_offset``; False
+    (nothing done) if not fusable."""
+    lib = library() if view.dtype == torch.bfloat16 else None
+    tensors = (g, exp_avg, exp_avg_sq)
+    if (lib is None or view.device.type != "cpu" or not view.is_contiguous()
+            or any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors)):
+        return False
+    beta1, beta2 = betas
+    lib.zotune_bf16_adam_rounded(
+        view.data_ptr(), g.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), view.numel(),
+        float(lr), float(1 - beta1), float(beta2), float(1 - beta2), float(1 - beta1**step),
+        float((1 - beta2**step) ** 0.5), float(eps), float(decay),
+        bits_table.data_ptr(), bits_table.numel() - 1, bits_offset, torch.get_num_threads(),
+    )
+    return True

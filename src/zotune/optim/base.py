@@ -43,7 +43,13 @@ from ..models.offload import OffloadError, substitute_offloaded
 from .options import ZOOptions
 from .rules import Rule, TensorContext, state_dtype
 from .steps import PlainStep, StepStrategy
-from .stochastic_rounding import add_rounded_, apply_update_, rounding_seed, rounds_stochastically
+from .stochastic_rounding import (
+    adam_rounded_,
+    add_rounded_,
+    apply_update_,
+    rounding_seed,
+    rounds_stochastically,
+)
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]] | torch.nn.Module
 Entries = list[tuple[IndexedParam, dict[str, Any]]]
@@ -199,6 +205,13 @@ class RuleOptimizer(torch.optim.Optimizer):
             sliced[name] = (
                 full if full.shape == view.shape else full.view(-1)[start : start + view.numel()]
             )
+        if rounding is not None and self.rule.is_adam and adam_rounded_(
+            view, g, sliced["exp_avg"], sliced["exp_avg_sq"], lr=group["lr"],
+            betas=group["betas"], eps=group["adam_eps"], step=step,
+            decay=self.rule.decoupled_decay(group, ndim), seed=rounding[0],
+            index=rounding[1], chunk=rounding[2],
+        ):
+            return
         u = self.rule(g, sliced, TensorContext(view, ndim, step, group))
         if rounding is None:
             view.add_(u, alpha=-group["lr"])

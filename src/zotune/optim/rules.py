@@ -204,6 +204,18 @@ class Rule:
         """True when u = g + λθ: the update can then be fused into the restoring pass."""
         return all(isinstance(t, DecoupledWeightDecay) for t in self.transforms)
 
+    @property
+    def is_adam(self) -> bool:
+        """True when the rule is Adam, with or without decoupled weight decay after it: a
+        bf16 update can then run as one fused pass (``zotune.kernels``)."""
+        kinds = [type(t) for t in self.transforms]
+        return kinds in ([Adam], [Adam, DecoupledWeightDecay])
+
+    def decoupled_decay(self, group: dict[str, Any], ndim: int) -> float:
+        """λ of the rule's decoupled weight decay for a tensor of rank ``ndim`` (0: none)."""
+        return sum(t.decay(group, ndim) for t in self.transforms
+                   if isinstance(t, DecoupledWeightDecay))
+
     def linear_decay(self, group: dict[str, Any], ndim: int) -> float:
         """λ of a linear rule (u = g + λθ), which the fused update path folds into κ = 1 − lr·λ."""
         return sum(t.decay(group, ndim) for t in self.transforms)

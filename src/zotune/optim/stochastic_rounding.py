@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..estimators.base import shift
 from ..estimators.directions import DirectionSampler, circular_slices, mix_seed
-from ..kernels.passes import fused_add_rounded_, fused_pass_, split_fusable
+from ..kernels.passes import fused_adam_rounded_, fused_add_rounded_, fused_pass_, split_fusable
 
 if TYPE_CHECKING:
     from ..estimators.base import IndexedParam
@@ -245,6 +245,18 @@ def add_rounded_(view: Tensor, update: Tensor, alpha: float, seed: int, index: i
     wide.copy_(view)
     wide.add_(update, alpha=alpha)
     round_into_(view, wide, seed, index, chunk)
+
+
+def adam_rounded_(view: Tensor, g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
+                  lr: float, betas: tuple[float, float], eps: float, step: int, decay: float,
+                  seed: int, index: int, chunk: int) -> bool:
+    """view ← SR(view − lr·(Adam(g) + λ·view)) for one bf16 chunk in one fused pass, its
+    moments updated in place, with the bits :func:`add_rounded_` would use; False (nothing
+    done) where the kernel cannot run, and the caller takes the rule's torch ops."""
+    return fused_adam_rounded_(
+        view, g, exp_avg, exp_avg_sq, lr=lr, betas=betas, eps=eps, step=step, decay=decay,
+        bits_table=rounding_table(view.device), bits_offset=_table_offset(seed, index, chunk),
+    )
 
 
 def _buffer(numel: int, device: torch.device, dtype: torch.dtype, slot: int = 0) -> Tensor:

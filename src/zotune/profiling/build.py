@@ -109,7 +109,7 @@ def build_model(spec: ProfileSpec):
     config = build_config({
         "model": {
             "name": spec.model, "dtype": spec.dtype, "device": spec.device,
-            "attn_implementation": spec.attn_implementation,
+            "attn_implementation": spec.attn_implementation, "matmul": spec.matmul,
         },
         "tuning": {"scheme": spec.scheme},
         # The optimizer decides the attention (forward-grad needs eager); the reference

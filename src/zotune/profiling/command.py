@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the weights' dtype), autocast-bfloat16, autocast-float16 (fp32 weights, "
         "half-precision compute); default float32",
     )
+    parser.add_argument(
+        "--matmul",
+        default="auto",
+        help="comma-separated model.matmul modes, rows side by side: auto, native, float32 "
+        "(products of half-precision weights in fp32; see zotune.models.matmul); default auto",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--attn-implementation", default=None)
     parser.add_argument(
@@ -277,7 +283,11 @@ def run(args: argparse.Namespace) -> int:
     command = reproduce_command(getattr(args, "argv", None) or sys.argv[1:])
     if args.from_json is not None:
         return _render_saved(args, command)
-    precisions = [parse_precision(item) for item in _csv(args.dtype)]
+    precisions = [
+        (dtype, autocast, matmul)
+        for dtype, autocast in (parse_precision(item) for item in _csv(args.dtype))
+        for matmul in _matmul_modes(args.matmul)
+    ]
     common = {
         "model": args.model,
         "batch_size": args.batch_size,
@@ -291,12 +301,12 @@ def run(args: argparse.Namespace) -> int:
     results = None
     failures: list | None = [] if args.keep_going else None
     if args.step_cost:
-        if any(autocast is not None for _, autocast in precisions):
+        if any(autocast is not None for _, autocast, _ in precisions):
             raise ValueError("--step-cost measures weight dtypes: give --dtype from "
                              "float32, bfloat16, float16")
-        variants = [(dtype, False) for dtype, _ in precisions]
+        variants = [(dtype, matmul, False) for dtype, _, matmul in precisions]
         if args.compile:
-            variants += [(dtype, True) for dtype, _ in precisions]
+            variants += [(dtype, matmul, True) for dtype, _, matmul in precisions]
         payload, markdown = _step_cost(args, common, variants, failures, command)
     elif args.estimate_only:
         from . import estimates
@@ -337,8 +347,19 @@ def _log(message: str) -> None:
     print(f"zotune profile: {message}", file=sys.stderr, flush=True)
 
 
+def _matmul_modes(text: str) -> list[str]:
+    """``--matmul``'s modes, each checked (one line naming a wrong one)."""
+    from ..models.matmul import check_matmul
+
+    modes = _csv(text)
+    for mode in modes:
+        check_matmul(mode)
+    return modes
+
+
 def _specs(
-    args: argparse.Namespace, common: dict[str, Any], precisions: list[tuple[str, str | None]]
+    args: argparse.Namespace, common: dict[str, Any],
+    precisions: list[tuple[str, str | None, str]],
 ) -> list:
     """The grid of measurements the flags ask for (a sweep when --seq-lens is given), each
     precision's rows after the previous one's."""
@@ -348,7 +369,7 @@ def _specs(
     sweep = args.seq_lens is not None
     return [
         spec
-        for dtype, autocast in precisions
+        for dtype, autocast, matmul in precisions
         for spec in grid(
             _csv(args.optimizers) or (SWEEP_OPTIMIZERS if sweep else default_methods()),
             schemes=_csv(args.schemes) or ["full"],
@@ -358,16 +379,17 @@ def _specs(
             offloads=(False, True) if args.offload else (False,),
             dtype=dtype,
             autocast=autocast,
+            matmul=matmul,
             **common,
         )
     ]
 
 
 def _step_cost(
-    args: argparse.Namespace, common: dict[str, Any], variants: list[tuple[str, bool]],
-    failures: list | None, command: str,
+    args: argparse.Namespace, common: dict[str, Any],
+    variants: list[tuple[str, str, bool]], failures: list | None, command: str,
 ) -> tuple[dict, str]:
-    """--step-cost: run it for each (dtype, compiled) variant, print one table of all their
+    """--step-cost: run it for each (dtype, matmul, compiled) variant, print one table of all their
     rows; return its JSON payload and Markdown page."""
     from .step_cost import (
         SCHEMES,
@@ -379,17 +401,18 @@ def _step_cost(
     )
 
     results = []
-    for number, (dtype, compiled) in enumerate(variants, 1):
-        _log(f"step cost {number}/{len(variants)}: {dtype}{' compiled' if compiled else ''}")
+    for number, (dtype, matmul, compiled) in enumerate(variants, 1):
         config = StepCostConfig(
             **common,
             dtype=dtype,
+            matmul=matmul,
             compile=compiled,
             seq_len=args.seq_len,
             steps=args.steps or 5,
             schemes=tuple(_csv(args.schemes) or SCHEMES),
             methods=None if args.optimizers is None else tuple(_csv(args.optimizers)),
         )
+        _log(f"step cost {number}/{len(variants)}: {config.precision()}")
         results.append(run_step_cost(config, isolate=args.isolate, log=_log, failures=failures))
     result = merge_step_costs(results)
     print(result.setup + f"; memory measured {result.memory_method}")

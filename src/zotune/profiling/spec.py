@@ -38,11 +38,14 @@ class Settings:
     # Rows per forward: the batch's loss as the weighted mean of its parts (micro_batches).
     micro_batch_size: int | None = None
     compile: bool = False  # the forward compiled by zotune.compile_model
+    matmul: str = "auto"  # model.matmul: half-precision products native or in fp32
 
     def precision(self) -> str:
         """``float32``, ``bfloat16`` (the weights' dtype) or ``autocast-bfloat16``, with
-        ``+compile`` when the forward is compiled."""
+        ``+matmul=native`` (``float32``) when ``model.matmul`` is set and ``+compile`` when
+        the forward is compiled."""
         base = self.dtype if self.autocast is None else f"autocast-{self.autocast}"
+        base += f"+matmul={self.matmul}" if self.matmul != "auto" else ""
         return base + "+compile" if self.compile else base
 
     def settings(self) -> dict[str, Any]:

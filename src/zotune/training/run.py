@@ -87,9 +87,11 @@ def check_config(config: RunConfig) -> None:
             f"train.parallel: unknown mode {config.train.parallel!r} (choose from {MODES})"
         )
     from ..models.loading import resolve_device
+    from ..models.matmul import check_matmul
     from ..models.mixed_precision import check_autocast
 
     check_autocast(config.model.autocast, config.model.dtype)
+    check_matmul(config.model.matmul)
     if config.model.device_map is None:
         resolve_device(config.model.device)  # CUDA asked for on a machine without it
     from .loggers import check_reporter
@@ -170,12 +172,14 @@ class TunedModel:
     loaded: LoadedModel
     trainable_parameters: int
     total_parameters: int
+    matmul: str = "native"  # what model.matmul resolved to (zotune.models.matmul)
 
 
 def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
     """Load the model (hub, folder, embedded, random shape), place it and apply the tuning
     scheme, in eval mode, with the attention implementation the optimizer needs."""
     from ..models.loading import load_model
+    from ..models.matmul import apply_matmul
     from ..models.placement import place_on_devices
     from ..models.random_shapes import random_model
     from ..tuning.schemes import apply_tuning, count_parameters
@@ -206,6 +210,10 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
             attn_implementation=attn,
             device_map=device_map,
         )
+    # Before the tuning scheme: adapters wrap the base layers as they will compute.
+    matmul = "native" if device_map is not None else apply_matmul(
+        loaded.model, config.model.matmul, device
+    )
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_tuning(loaded.model, config.tuning, tokenizer=loaded.tokenizer)
     model.eval()  # dropout off: a ZO difference needs the same function at θ ± εz
@@ -214,7 +222,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
 
         compile_model(model)
     trainable, total = count_parameters(model)
-    return TunedModel(model, loaded, trainable, total)
+    return TunedModel(model, loaded, trainable, total, matmul)
 
 
 def load_task_splits(config: RunConfig, log: Callable[[str], None] = log_line):
@@ -410,6 +418,12 @@ def setup(
         f"model {tuned.loaded.name} ({tuned.loaded.kind}), tuning {config.tuning.scheme}: "
         f"{tuned.trainable_parameters:,} of {tuned.total_parameters:,} parameters trainable"
     )
+    if tuned.matmul == "float32" and config.model.matmul == "auto":
+        log(
+            f"model.matmul auto: this CPU's {config.model.dtype} GEMM is slower than fp32, so "
+            "matrix products run in fp32 from the half-precision weights (model.matmul=native "
+            "keeps them native)"
+        )
     run = Run(
         config=config,
         model=tuned.model,

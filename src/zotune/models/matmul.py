@@ -1,0 +1,129 @@
+"""Matrix products of half-precision weights on a CPU: native, or in fp32 (``model.matmul``).
+
+bf16 weights halve a model's memory, and on a CPU with fast bf16 matrix units (AMX) they
+also make its forward several times faster than fp32. Without them it can be the other way
+round: on a Xeon that has AVX-512 BF16 but no AMX, oneDNN's bf16 GEMM runs at about half
+the rate of its fp32 GEMM (``benchmarks/bf16_matmul.py``), so a bf16 forward there is slower
+than an fp32 one. A product in fp32 from bf16 operands loses nothing: each product of two
+bf16 values is exact in fp32 and both GEMMs accumulate in fp32, so the two differ only in
+the order of their sums (as two CPUs do), and the output is rounded to bf16 as before.
+
+``model.matmul`` chooses:
+
+* ``native``: ``torch.nn.functional.linear`` on the weights as they are;
+* ``float32``: each ``nn.Linear`` with half-precision weights computes in fp32 from
+  upcast copies of its weight and input (made per call, one layer at a time: the stored
+  weights, what the optimizer moves and what checkpoints hold stay half precision), for
+  inputs of at least :data:`MIN_ROWS` rows — below that the copy of the weight costs more
+  than the faster GEMM saves (the last-position head of a scoring forward has one row per
+  example);
+* ``auto`` (the default): ``float32`` on a CPU where a bf16 (fp16) GEMM of the shape of a
+  small model's layer is at least :data:`SLOWER_BY` times slower than the same GEMM in fp32
+  from upcast operands — timed once per process and dtype (about a tenth of a second) —
+  else ``native``. On CUDA, and for fp32 weights, always ``native``.
+
+The choice is made per layer class, not per tensor: a layer's ``__class__`` becomes
+:class:`Float32MatmulLinear`, an ``nn.Linear`` subclass, so adapters that wrap linear
+layers (peft's LoRA), ``isinstance`` checks, parameter names and state dicts are unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+import torch.nn.functional as F
+
+MATMUL_MODES = ("auto", "native", "float32")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+# Rows (batch × positions) from which the fp32 product pays for the copy of its weight: on a
+# Xeon without AMX (benchmarks/bf16_matmul.py, one thread) a 576 × 1536 layer breaks even
+# near 64 rows and the 49152 × 576 head between 256 and 512; the layers of a training or
+# evaluation forward see B × T rows (768 for 16 × 48), the last-position head B.
+MIN_ROWS = 512
+# How much slower the native half-precision GEMM must be for ``auto`` to leave it: a margin
+# well above the timing noise, so a machine does not flip between the two from run to run.
+SLOWER_BY = 1.3
+# The timed shape: one MLP projection of SmolLM2-135M over a batch of 16 × 48 tokens.
+PROBE_SHAPE = (768, 576, 1536)
+
+
+class MatmulError(ValueError):
+    """A ``model.matmul`` setting that cannot work."""
+
+
+def check_matmul(mode: str) -> None:
+    """Refuse an unknown ``model.matmul`` mode, naming the choices."""
+    if mode not in MATMUL_MODES:
+        raise MatmulError(
+            f"model.matmul: unknown mode {mode!r} (choose from {', '.join(MATMUL_MODES)})"
+        )
+
+
+class Float32MatmulLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose half-precision product runs in fp32 (inputs of
+    :data:`MIN_ROWS` rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.numel() < MIN_ROWS * self.in_features:
+            return super().forward(input)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(input.float(), self.weight.float(), bias).to(input.dtype)
+
+
+def _best_of(function, repeats: int = 5) -> float:
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@functools.cache
+def native_over_float32(dtype: torch.dtype, threads: int) -> float:
+    """Time of a native ``dtype`` GEMM over the fp32 GEMM of upcast operands, on this CPU
+    with ``threads`` threads (the :data:`PROBE_SHAPE`, fastest of five each)."""
+    rows, inner, outer = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, inner, generator=generator).to(dtype)
+    w = torch.randn(outer, inner, generator=generator).to(dtype)
+    native = _best_of(lambda: F.linear(x, w))
+    upcast = _best_of(lambda: F.linear(x.float(), w.float()).to(dtype))
+    return native / upcast
+
+
+def resolve_matmul(mode: str, weights_dtype: torch.dtype, device: torch.device | str) -> str:
+    """``native`` or ``float32``: what ``mode`` means for these weights on this device."""
+    check_matmul(mode)
+    if weights_dtype not in HALF_DTYPES or torch.device(device).type != "cpu":
+        return "native"
+    if mode != "auto":
+        return mode
+    ratio = native_over_float32(weights_dtype, torch.get_num_threads())
+    return "float32" if ratio >= SLOWER_BY else "native"
+
+
+def use_float32_matmul(model: torch.nn.Module) -> int:
+    """Make every ``nn.Linear`` of ``model`` with half-precision weights a
+    :class:`Float32MatmulLinear`; the number of layers changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype in HALF_DTYPES:
+            module.__class__ = Float32MatmulLinear
+            changed += 1
+    return changed
+
+
+def apply_matmul(model: torch.nn.Module, mode: str, device: torch.device | str) -> str:
+    """Apply ``model.matmul`` to a loaded model; the mode it resolved to (``native`` or
+    ``float32``). Weights placed on several devices keep the native products."""
+    dtypes = {p.dtype for p in model.parameters()}
+    weights_dtype = next(iter(dtypes & set(HALF_DTYPES)), torch.float32)
+    resolved = resolve_matmul(mode, weights_dtype, device)
+    if resolved == "float32":
+        use_float32_matmul(model)
+    return resolved

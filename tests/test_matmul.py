@@ -1,0 +1,133 @@
+"""``model.matmul``: products of half-precision weights native or in fp32 (zotune.models.matmul)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zotune.config import build_config
+from zotune.models import matmul
+from zotune.models.matmul import (
+    MIN_ROWS,
+    Float32MatmulLinear,
+    MatmulError,
+    apply_matmul,
+    resolve_matmul,
+    use_float32_matmul,
+)
+from zotune.training.run import build_model, check_config
+
+
+def half_layer(dtype, inputs=24, outputs=40, bias=True):
+    torch.manual_seed(0)
+    return torch.nn.Linear(inputs, outputs, bias=bias).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_fp32_product_is_the_exact_product_rounded_once(dtype, bias):
+    # Products of two half-precision values are exact in fp32, so the fp32 layer's output is
+    # the exact value plus fp32 accumulation error (at most K·eps₃₂·Σ|w·x| for K terms),
+    # rounded once to the half dtype (half an ulp).
+    layer = half_layer(dtype, bias=bias)
+    x = torch.randn(MIN_ROWS, 24).to(dtype)
+    weight, bias64 = layer.weight.double(), None if layer.bias is None else layer.bias.double()
+    exact = torch.nn.functional.linear(x.double(), weight, bias64)
+    magnitude = torch.nn.functional.linear(
+        x.double().abs(), weight.abs(), None if bias64 is None else bias64.abs()
+    )
+    use_float32_matmul(layer)
+    out = layer(x)
+    assert type(layer) is Float32MatmulLinear and out.dtype == dtype
+    accumulation = 25 * torch.finfo(torch.float32).eps * magnitude
+    bound = (exact.abs() + accumulation) * torch.finfo(dtype).eps / 2 + accumulation
+    assert ((out.double() - exact).abs() <= bound + torch.finfo(dtype).tiny).all()
+
+
+def test_few_rows_keep_the_native_product():
+    layer = half_layer(torch.bfloat16)
+    x = torch.randn(3, 24).to(torch.bfloat16)
+    native = layer(x)
+    use_float32_matmul(layer)
+    assert torch.equal(layer(x), native)
+
+
+def test_the_swap_keeps_names_state_and_what_wraps_the_layer():
+    model = torch.nn.Sequential(half_layer(torch.bfloat16), torch.nn.Linear(40, 2))
+    names = [name for name, _ in model.named_parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_float32_matmul(model) == 1  # the fp32 layer keeps its class
+    assert isinstance(model[0], torch.nn.Linear) and type(model[1]) is torch.nn.Linear
+    assert [name for name, _ in model.named_parameters()] == names
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_gradients_reach_the_half_precision_weights():
+    layer = half_layer(torch.bfloat16)
+    use_float32_matmul(layer)
+    layer(torch.randn(MIN_ROWS, 24).to(torch.bfloat16)).float().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype", "device", "ratio", "expected"),
+    [
+        ("auto", torch.float32, "cpu", 9.0, "native"),  # fp32 weights: nothing to upcast
+        ("float32", torch.float32, "cpu", 9.0, "native"),
+        ("auto", torch.bfloat16, "cuda", 9.0, "native"),  # a GPU's half GEMM is its fast one
+        ("auto", torch.bfloat16, "cpu", 1.8, "float32"),
+        ("auto", torch.bfloat16, "cpu", 1.1, "native"),  # within the margin: keep native
+        ("auto", torch.float16, "cpu", 0.4, "native"),
+        ("native", torch.bfloat16, "cpu", 9.0, "native"),
+        ("float32", torch.bfloat16, "cpu", 0.4, "float32"),
+    ],
+)
+def test_what_each_mode_resolves_to(monkeypatch, mode, dtype, device, ratio, expected):
+    monkeypatch.setattr(matmul, "native_over_float32", lambda dtype, threads: ratio)
+    assert resolve_matmul(mode, dtype, device) == expected
+
+
+def test_auto_times_this_cpu_once_per_dtype_and_threads():
+    matmul.native_over_float32.cache_clear()
+    first = matmul.native_over_float32(torch.bfloat16, torch.get_num_threads())
+    assert first > 0
+    assert matmul.native_over_float32(torch.bfloat16, torch.get_num_threads()) == first
+    assert matmul.native_over_float32.cache_info().hits == 1
+
+
+def test_an_unknown_mode_is_refused_before_the_model_loads():
+    config = build_config({"model": {"name": "random:tiny-llama", "matmul": "fp32"}})
+    with pytest.raises(MatmulError, match=r"model\.matmul: unknown mode 'fp32' \(choose from "):
+        check_config(config)
+
+
+@pytest.mark.parametrize("scheme", ["full", "lora"])
+def test_a_run_model_computes_as_its_mode_says(monkeypatch, scheme):
+    monkeypatch.setattr(matmul, "MIN_ROWS", 1)  # the tiny batch below takes the fp32 path
+    models = {}
+    for mode in ("native", "float32"):
+        config = build_config({
+            "model": {"name": "random:tiny-llama", "dtype": "bfloat16", "matmul": mode},
+            "tuning": {"scheme": scheme},
+        })
+        tuned = build_model(config)
+        assert tuned.matmul == mode
+        models[mode] = tuned.model
+    swapped = [m for m in models["float32"].modules() if type(m) is Float32MatmulLinear]
+    assert swapped and not any(
+        type(m) is Float32MatmulLinear for m in models["native"].modules()
+    )
+    if scheme == "lora":  # the adapters (fp32) keep nn.Linear; their base layers compute in fp32
+        assert all(m.weight.dtype == torch.bfloat16 for m in swapped)
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        native, upcast = (models[m](ids).logits.float() for m in ("native", "float32"))
+    # Same weights, sums in another order: equal to bf16 rounding through a few layers.
+    assert torch.allclose(native, upcast, rtol=0.05, atol=0.05)
+
+
+def test_apply_makes_the_layers_compute_as_auto_chose(monkeypatch):
+    monkeypatch.setattr(matmul, "native_over_float32", lambda dtype, threads: 9.0)
+    layer = half_layer(torch.bfloat16)
+    assert apply_matmul(layer, "auto", "cpu") == "float32"
+    assert type(layer) is Float32MatmulLinear
