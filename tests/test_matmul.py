@@ -131,3 +131,14 @@ def test_apply_makes_the_layers_compute_as_auto_chose(monkeypatch):
     layer = half_layer(torch.bfloat16)
     assert apply_matmul(layer, "auto", "cpu") == "float32"
     assert type(layer) is Float32MatmulLinear
+
+
+@pytest.mark.parametrize("mode", ["native", "float32"])
+def test_a_run_records_how_its_products_ran(tiny_run_config, sst2_dir, tmp_path, mode):
+    from zotune.training.train import finetune
+
+    result = finetune(tiny_run_config(
+        sst2_dir, tmp_path, train__steps=1, model__dtype="bfloat16", model__matmul=mode
+    ))
+    assert result.matmul == mode
+    assert result.record()["matmul"] == mode

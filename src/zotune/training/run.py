@@ -324,6 +324,7 @@ class Run:
     traffic: Traffic | None = None
     log: Callable[[str], None] = log_line
     progress: bool = False  # draw bars (main process, stderr a terminal, train.progress)
+    matmul: str = "native"  # how half-precision products run (zotune.models.matmul)
 
     @property
     def first_order(self) -> bool:
@@ -436,6 +437,7 @@ def setup(
         group=group,
         log=log,
         progress=bars_wanted(config.train.progress) and (group is None or group.is_main),
+        matmul=tuned.matmul,
     )
     if not for_training:
         return run

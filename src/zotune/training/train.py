@@ -86,6 +86,8 @@ class RunResult:
     test_scores: list[float] | None = None
     # Why the run learned nothing, with a hint (zotune.training.learned); None when it learned.
     untrained: str | None = None
+    # How products of half-precision weights ran: native or float32 (zotune.models.matmul).
+    matmul: str = "native"
     # The fine-tuned model holding the kept checkpoint (its tuning scheme applied: a peft
     # model for adapters), for save_pretrained or further use; not part of the record.
     model: Any = field(default=None, repr=False, compare=False)
@@ -360,6 +362,7 @@ def train(run: Run) -> RunResult:
         output_dir=str(out) if out else None,
         history=metrics.records,
         world_size=run.group.world_size if run.group else 1,
+        matmul=run.matmul,
         comm_bytes_per_step=statistics.fmean(comm_bytes) if comm_bytes else None,
         test_examples=len(run.splits.test),
         val_examples=len(run.splits.val),
