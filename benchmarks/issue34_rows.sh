@@ -7,7 +7,8 @@
 #     bash benchmarks/issue34_rows.sh --tiny OUT   # the same parts on random:tiny-llama and a
 #                                                  # 2-step tiny training run (a few minutes)
 #
-#   part 1  `zotune profile --step-cost --dtype DTYPES --compile --schemes full`: each ZO step
+#   part 1  `zotune profile --step-cost --dtype DTYPES --matmul MATMUL --compile --schemes full`:
+#           each ZO step
 #           (ZO-SGD, ZO-SGD-MMT, ZO-Adam; OPTIMIZERS picks others) against two forwards, eager
 #           and with the forward compiled (`zotune.compile_model`), the compile time, the
 #           compiled step over the eager one and the steps it takes to win the compile time
@@ -33,6 +34,8 @@
 # DTYPES (default bfloat16; e.g. float32,bfloat16 adds the fp32 rows, +5 minutes),
 # OPTIMIZERS (default zo-sgd,zo-sgd-mmt,zo-adam; add mezo-ref for the MeZO-style reference
 # step, slow in bf16: several minutes more),
+# MATMUL (part 1's model.matmul modes, default native,float32: bf16 products native and in
+# fp32 side by side; auto gives one row of what this CPU picks),
 # THREADS (part 1, default 2), STEPS (part 1's timed rounds, default 5), SKIP_DEMO=1.
 # ZOTUNE_DATA_DIR must name the task data when the machine has no network.
 set -euo pipefail
@@ -64,6 +67,7 @@ else
   model=random:smollm2-135m batch=16 seq=48 steps=${STEPS:-5} warmup=1
 fi
 dtypes=${DTYPES:-bfloat16}
+matmul=${MATMUL:-native,float32}
 optimizers=${OPTIMIZERS:-zo-sgd,zo-sgd-mmt,zo-adam}
 threads=${THREADS:-2}
 partial="$out.partial"
@@ -76,7 +80,7 @@ say() { echo "issue34_rows [$(( $(date +%s) - start )) s]: $*" >&2; }
 
 say "part 1/2: step cost of $model B$batch T$seq, $dtypes, eager and compiled, $threads threads"
 profile=("$ZOTUNE" profile --step-cost --model "$model" --batch-size "$batch" --seq-len "$seq"
-         --threads "$threads" --steps "$steps" --warmup "$warmup" --dtype "$dtypes" --compile
+         --threads "$threads" --steps "$steps" --warmup "$warmup" --dtype "$dtypes" --matmul "$matmul" --compile
          --schemes full --optimizers "$optimizers" --json step-cost.json --markdown step-cost.md
          --note "Compiled against an empty inductor cache (TORCHINDUCTOR_CACHE_DIR in a fresh folder).")
 # In the results' folder, so the command the page records names its files as they end up.
