@@ -116,6 +116,19 @@ def test_run_ids_are_stable_distinct_and_ignore_placement(tmp_path, tiny_suite):
     assert not set(ids) & {r.id for r in changed.runs}
 
 
+@pytest.mark.parametrize(
+    ("override", "section", "key", "value"),
+    [("train.compile=true", "train", "compile", True),
+     ("model.matmul=float32", "model", "matmul", "float32")],
+)
+def test_how_the_arithmetic_runs_is_kept_but_not_part_of_a_run_id(tiny_suite, override,
+                                                                   section, key, value):
+    ids = [r.id for r in expand_suite(tiny_suite()).runs]
+    executed = expand_suite(tiny_suite(), overrides=[override])
+    assert [r.id for r in executed.runs] == ids  # the store made without it resumes
+    assert all(r.config[section][key] == value for r in executed.runs)
+
+
 def test_overrides_and_sweeps_apply_from_general_to_specific(tiny_suite):
     suite = expand_suite(
         tiny_suite(

@@ -239,6 +239,23 @@ def test_estimate_only_sizes_llama_7b_without_building_it(tmp_path, capsys):
     assert total["zo-sgd", "lora"] < 1.1 * total["zo-sgd", "full"]
 
 
+def test_estimate_page_labels_each_precision_and_says_how_to_reproduce_it(tmp_path, capsys):
+    page = tmp_path / "estimates.md"
+    argv = ["profile", "--model", "random:tiny-llama", "--dtype", "float32,bfloat16",
+            "--estimate-only", "--optimizers", "zo-sgd", "--markdown", str(page)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    assert "reproduce: `zotune profile --model random:tiny-llama --dtype float32,bfloat16" in text
+    assert "float32, bfloat16, cpu: analytic" in text
+    # One row per precision, told apart by its label.
+    printed_rows = [line.split("  ")[0] for line in printed.splitlines()
+                    if line.startswith("zo-sgd")]
+    page_rows = [line.split("|")[1].strip() for line in text.splitlines()
+                 if line.startswith("| zo-sgd")]
+    assert printed_rows == page_rows == ["zo-sgd", "zo-sgd [bfloat16]"]
+
+
 # Offloaded weights (--offload) ---------------------------------------------------------------
 
 

@@ -101,15 +101,22 @@ SUITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
 # without "..", which the worker resolves inside the run's folder in the store; a path given
 # on the command line (the user's own) is taken as it stands, from the working folder.
 WRITTEN_PATH_KEYS = ("train.save_model",)
-# Config keys that say where a run writes or reads, or how it reports progress, not what it
-# computes: they are left out of the run id and set by the runner.
+# Config keys that say where a run writes or reads, how it reports progress, or how its
+# arithmetic is executed, not what it computes: they are left out of the run id. The runner
+# sets the first kind; the others (EXECUTION_KEYS) stay as the suite or the command line
+# gives them. A compiled forward or fp32 products of bf16 weights compute the same function
+# with sums in another order, as another CPU does: `zotune bench S train.compile=true` runs
+# the same runs faster and resumes a store made without it.
 PLACEMENT_KEYS = (
     ("train", "output_dir", None),
     ("train", "resume", False),
     ("train", "overwrite", False),
     ("train", "progress", False),
     ("task", "data_dir", None),
+    ("train", "compile", False),
+    ("model", "matmul", "auto"),
 )
+EXECUTION_KEYS = {("task", "data_dir"), ("train", "compile"), ("model", "matmul")}
 
 
 class SuiteError(ConfigError):
@@ -462,9 +469,8 @@ def _resolve(
         raise SuiteError(f"{cell.label()}: {error}") from None
     resolved = config.to_dict()
     for section, key, neutral in PLACEMENT_KEYS:
-        if section == "task" and key == "data_dir":
-            continue  # kept in the config (the worker needs it) but out of the id
-        resolved[section][key] = neutral
+        if (section, key) not in EXECUTION_KEYS:  # those stay in the config, out of the id
+            resolved[section][key] = neutral
     # The cell comes from the resolved config, so a command-line override shows up in it.
     resolved_cell = Cell(
         model=resolved["model"]["name"],

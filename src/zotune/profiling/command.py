@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         rows = estimates.estimate_specs(_specs(args, common, precisions))
         print(estimates.estimate_table(rows))
         payload = {"kind": "estimates", "rows": rows}
-        markdown = estimates.render_estimates_markdown(rows)
+        markdown = estimates.render_estimates_markdown(rows, command)
     else:
         from .measurement import run_profile
         from .results import profile_payload

@@ -85,7 +85,7 @@ def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) ->
     header = ("method", "scheme", "B×T", "trainable MB", "est. MB", "estimate breakdown (MB)")
     body = [
         (
-            row["spec"]["method"],
+            ProfileSpec(**row["spec"]).method_label(),  # with its precision, as measured rows
             row["spec"]["scheme"],
             ProfileSpec(**row["spec"]).shape_label(),
             mb(row["estimate"]["trainable"]),
@@ -97,12 +97,16 @@ def estimate_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) ->
     return table(header, body, markdown=markdown)
 
 
-def render_estimates_markdown(rows: Sequence[dict[str, Any]]) -> str:
+def render_estimates_markdown(rows: Sequence[dict[str, Any]], command: str | None = None) -> str:
+    """The estimates as a Markdown page: the command that reproduces it (when given), what
+    they are, the table."""
     spec = rows[0]["spec"] if rows else {}
-    lines = [
-        "# Memory estimates",
-        "",
-        f"{spec.get('model')}, {spec.get('dtype')}, {spec.get('device')}: analytic "
+    dtypes = ", ".join(dict.fromkeys(ProfileSpec(**row["spec"]).precision() for row in rows))
+    lines = ["# Memory estimates", ""]
+    if command:
+        lines += [f"reproduce: `{command}`", ""]
+    lines += [
+        f"{spec.get('model')}, {dtypes or spec.get('dtype')}, {spec.get('device')}: analytic "
         "(`zotune.profiling.memory_model.estimate_memory` on a meta-device model), "
         "not measured.",
         "",
