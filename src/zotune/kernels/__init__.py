@@ -8,8 +8,9 @@ on half the bytes. ``bf16_pass.c`` does one pass as one sweep: every element is 
 once, goes through all legs and the update in registers, and is stored once (the file
 states the arithmetic). A stateful rule's update has its own sweep: Adam (with decoupled
 decay) reads the fp32 gradient and moments, updates the moments in place and rounds the
-weights stochastically in one pass where the torch ops make ten. It is compiled with the system's C compiler at first use into a
-per-user cache (a few hundred milliseconds), keyed by the source, the flags and the CPU.
+weights stochastically in one pass where the torch ops make ten. It is compiled with the
+system's C compiler at first use into a per-user cache (a few hundred milliseconds), keyed by
+the source, the flags and the CPU.
 
 Without a C compiler (or with ``ZOTUNE_FUSED_KERNELS=0``) the callers fall back to the torch
 ops, with one warning line. The two paths draw the same directions and rounding bits; the
