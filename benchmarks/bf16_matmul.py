@@ -20,21 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from zotune.models.matmul import MIN_ROWS, SLOWER_BY, native_over_float32
+from zotune.utils.measure import time_calls
 
 LAYERS = {"up 576→1536": (1536, 576), "down 1536→576": (576, 1536), "head 576→49152": (49152, 576)}
 ROWS = (16, 64, 128, 256, 512, 768, 1536)
 
 
 def best_of(function, repeats: int) -> float:
-    import time
-
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(time_calls(function, repeats=repeats).seconds)
 
 
 def main() -> None:

@@ -142,6 +142,29 @@ int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
     return 0;
 }
 
+/* Threads for an element-wise sweep of n values: one below 2**16 values, at most 64. */
+static int range_threads(int64_t n, int nthreads) {
+    if (nthreads > 64) nthreads = 64;
+    return nthreads < 1 || n < (1 << 16) ? 1 : nthreads;
+}
+
+/* fn(part) for each of the count parts (each size bytes), the first on this thread and the
+ * others on their own (or on this one where a thread cannot start). */
+static void run_parts(void *parts, size_t size, int count, void *(*fn)(void *)) {
+    pthread_t threads[64];
+    int started = 0;
+    for (int t = 1; t < count; t++) {
+        void *part = (char *)parts + (size_t)t * size;
+        if (pthread_create(&threads[started], NULL, fn, part) != 0) {
+            fn(part);
+            continue;
+        }
+        started++;
+    }
+    fn(parts);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+}
+
 /* θ[i] = SR(fma(a, u[i], θ[i])) for an fp32 update u (a stateful rule's), bits R[(r + i) mod M]. */
 typedef struct {
     uint16_t *theta;
@@ -175,26 +198,15 @@ static void *add_rounded_range(void *arg) {
 int zotune_bf16_add_rounded(uint16_t *theta, const float *u, int64_t n, float a,
                             const int32_t *bits, int64_t bits_mask, int64_t bits_offset,
                             int nthreads) {
-    if (nthreads > 64) nthreads = 64;
-    if (nthreads < 1 || n < (1 << 16)) nthreads = 1;
+    nthreads = range_threads(n, nthreads);
     rounded_t parts[64];
-    pthread_t threads[64];
-    int started = 0;
     int64_t step = (n + nthreads - 1) / nthreads;
     for (int t = 0; t < nthreads; t++) {
         rounded_t part = {theta, u, n, a, bits, bits_mask, bits_offset, t * step,
                           min64(n, (t + 1) * step)};
         parts[t] = part;
     }
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[started], NULL, add_rounded_range, &parts[t]) != 0) {
-            add_rounded_range(&parts[t]);
-            continue;
-        }
-        started++;
-    }
-    add_rounded_range(&parts[0]);
-    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    run_parts(parts, sizeof(rounded_t), nthreads, add_rounded_range);
     return 0;
 }
 
@@ -249,25 +261,14 @@ int zotune_bf16_adam_rounded(uint16_t *theta, const float *g, float *m, float *v
                              float lr, float w1, float beta2, float w2, float bias1, float bias2,
                              float eps, float decay, const int32_t *bits, int64_t bits_mask,
                              int64_t bits_offset, int nthreads) {
-    if (nthreads > 64) nthreads = 64;
-    if (nthreads < 1 || n < (1 << 16)) nthreads = 1;
+    nthreads = range_threads(n, nthreads);
     adam_t parts[64];
-    pthread_t threads[64];
-    int started = 0;
     int64_t step = (n + nthreads - 1) / nthreads;
     for (int t = 0; t < nthreads; t++) {
         adam_t part = {theta, g, m, v, w1, beta2, w2, bias1, bias2, eps, decay, -lr,
                        bits, bits_mask, bits_offset, t * step, min64(n, (t + 1) * step)};
         parts[t] = part;
     }
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[started], NULL, adam_range, &parts[t]) != 0) {
-            adam_range(&parts[t]);
-            continue;
-        }
-        started++;
-    }
-    adam_range(&parts[0]);
-    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    run_parts(parts, sizeof(adam_t), nthreads, adam_range);
     return 0;
 }

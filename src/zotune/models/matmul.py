@@ -30,10 +30,11 @@ layers (peft's LoRA), ``isinstance`` checks, parameter names and state dicts are
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 import torch.nn.functional as F
+
+from ..utils.measure import time_calls
 
 MATMUL_MODES = ("auto", "native", "float32")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -73,16 +74,6 @@ class Float32MatmulLinear(torch.nn.Linear):
         return F.linear(input.float(), self.weight.float(), bias).to(input.dtype)
 
 
-def _best_of(function, repeats: int = 5) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @functools.cache
 def native_over_float32(dtype: torch.dtype, threads: int) -> float:
     """Time of a native ``dtype`` GEMM over the fp32 GEMM of upcast operands, on this CPU
@@ -91,8 +82,8 @@ def native_over_float32(dtype: torch.dtype, threads: int) -> float:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inner, generator=generator).to(dtype)
     w = torch.randn(outer, inner, generator=generator).to(dtype)
-    native = _best_of(lambda: F.linear(x, w))
-    upcast = _best_of(lambda: F.linear(x.float(), w.float()).to(dtype))
+    native = min(time_calls(lambda: F.linear(x, w), repeats=5).seconds)
+    upcast = min(time_calls(lambda: F.linear(x.float(), w.float()).to(dtype), repeats=5).seconds)
     return native / upcast
 
 
