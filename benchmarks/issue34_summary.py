@@ -1,10 +1,14 @@
 """The summary page of ``benchmarks/issue34_rows.sh``: issue 34's targets against the step-cost
 rows it measured, the demo's wall time and accuracies, and whether compiling pays off there.
 
-    python benchmarks/issue34_summary.py FOLDER --demo-seconds S --demo-command C --script C
+    python benchmarks/issue34_summary.py FOLDER --demo-seconds S --demo-command C --script C \
+        [--compiled-demo-seconds S]
 
 Reads FOLDER/step-cost.json (``zotune profile --step-cost --json``) and, when the demo ran,
-FOLDER/demo-result.json (the run folder's result.json); writes FOLDER/README.md and
+FOLDER/demo-result.json (the run folder's result.json), and FOLDER/demo-compiled-result.json
+when the same demo was also run with ``--compile`` (its wall time in --compiled-demo-seconds:
+then the demo's compile decision is the two measured wall times, not the step-cost
+extrapolation); writes FOLDER/README.md and
 FOLDER/summary.json. Every figure comes from those files.
 """
 
@@ -98,6 +102,19 @@ def compile_decision(
     return {**decision, "net_seconds_over_demo": net, "pays_off": pays, "why": why}
 
 
+def measured_demo_decision(eager_seconds: float, compiled_seconds: float, eager: dict,
+                           compiled: dict) -> dict:
+    """Whether ``--compile`` pays off for the demo, from the demo run both ways: its wall
+    times (compiling, every evaluation and training included) and steps."""
+    pays = compiled_seconds < eager_seconds
+    why = (f"measured: the whole demo took {compiled_seconds:.0f} s compiled against "
+           f"{eager_seconds:.0f} s eager ({compiled['seconds_per_step']:.2f} against "
+           f"{eager['seconds_per_step']:.2f} s a step; test accuracy "
+           f"{compiled['test_accuracy']:.1%} against {eager['test_accuracy']:.1%})")
+    return {"pays_off": pays, "why": why, "eager_wall_seconds": eager_seconds,
+            "compiled_wall_seconds": compiled_seconds}
+
+
 def matmul_speedups(rows: dict[tuple[str, str], dict]) -> dict[str, float]:
     """Per method: its bf16 step with products in fp32 (``+matmul=float32``) over the same
     step with native bf16 products; empty when the two were not measured side by side."""
@@ -118,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--demo-seconds", type=float, default=math.nan)
+    parser.add_argument("--compiled-demo-seconds", type=float, default=math.nan)
+    parser.add_argument("--compiled-demo-command", default="")
     parser.add_argument("--demo-command", default="")
     parser.add_argument("--script", required=True)
     args = parser.parse_args()
@@ -131,6 +150,13 @@ def main() -> None:
     # (issue34_rows.sh lists matmul=native, then matmul=float32, what auto picks here).
     base = (bf16_precisions(rows) or ["bfloat16"])[-1]
     decision = compile_decision(rows, demo_steps, base)
+    compiled_file = args.folder / "demo-compiled-result.json"
+    compiled = (json.loads(compiled_file.read_text())
+                if compiled_file.is_file() and not math.isnan(args.compiled_demo_seconds)
+                else None)
+    if compiled is not None and demo is not None:
+        decision = measured_demo_decision(args.demo_seconds, args.compiled_demo_seconds,
+                                          demo, compiled)
     suite_steps = cpu_suite_steps()
     suite_decision = compile_decision(rows, suite_steps, base)
     speedups = matmul_speedups(rows)
@@ -199,6 +225,15 @@ def main() -> None:
             f"{demo['test_accuracy_before']:.1%} zero-shot → {demo['test_accuracy']:.1%} "
             f"({demo['test_examples']} examples; best validation {demo['best_val_accuracy']:.1%}). "
             "Output: [demo.log](demo.log), [demo-result.json](demo-result.json).", "",
+        ]
+    if demo is not None and compiled is not None:
+        lines += [
+            f"The same recipe compiled, `{args.compiled_demo_command}` (empty inductor cache): "
+            f"wall time {args.compiled_demo_seconds:.0f} s "
+            f"({args.compiled_demo_seconds / 60:.1f} min), {compiled['seconds_per_step']:.2f} "
+            f"s/step; test accuracy {compiled['test_accuracy']:.1%}. Output: "
+            "[demo-compiled.log](demo-compiled.log), "
+            "[demo-compiled-result.json](demo-compiled-result.json).", "",
         ]
     (args.folder / "README.md").write_text("\n".join(lines))
 
