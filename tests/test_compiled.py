@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from zotune.models import compiled
+from zotune.models import matmul as matmul_module
 from zotune.models.compiled import compile_model, is_compiled
 from zotune.optim import create_optimizer
 
@@ -27,14 +28,23 @@ def unique_graphs() -> int:
 
 
 @needs_backend
-@pytest.mark.parametrize("scheme", ["full", "lora", "prefix", "prompt"])
-def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, scheme):
+@pytest.mark.parametrize(
+    ("scheme", "matmul"),
+    [("full", "native"), ("lora", "native"), ("prefix", "native"), ("prompt", "native"),
+     ("full", "float32"), ("lora", "float32")],
+)
+def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, monkeypatch,
+                                                                    scheme, matmul):
     """Logits within bf16 rounding of eager (a few ulps of bf16 at the logits' scale: the
     compiler may fuse and reorder the fp32 accumulations of each op); ZO steps, which move
-    the weights in place, and a new sequence length reuse the compiled graph."""
+    the weights in place, and a new sequence length reuse the compiled graph. The same with
+    the products of the bf16 weights in fp32 (``model.matmul=float32``)."""
     torch._dynamo.reset()
     model, _ = tiny_model("tiny-llama", scheme)
     model = model.to(torch.bfloat16)
+    if matmul == "float32":
+        monkeypatch.setattr(matmul_module, "MIN_ROWS", 1)  # the tiny batches take that path
+        assert matmul_module.use_float32_matmul(model) > 0
     ids = batch(12)
     with torch.no_grad():
         eager = model(input_ids=ids).logits.float()
