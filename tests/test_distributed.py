@@ -16,10 +16,15 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from zotune.optim import create_optimizer
-from zotune.training.distributed import ProcessGroup, join_local_group, shard_batch, share_probes
+from zotune.training.distributed import (
+    ProcessGroup,
+    join_local_group,
+    shard_batch,
+    share_probes,
+    spawn_local_group,
+)
 
 WORLD = 2
 STEPS = 4
@@ -106,9 +111,7 @@ def _train_worker(rank: int, port: int, out: str, configs: list) -> None:
 
 
 def _spawn(worker, tmp_path, *args) -> list:
-    mp.start_processes(
-        worker, args=(_free_port(), str(tmp_path), *args), nprocs=WORLD, start_method="spawn"
-    )
+    spawn_local_group(worker, WORLD, str(tmp_path), *args)
     return [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(WORLD)]
 
 

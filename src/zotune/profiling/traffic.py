@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,12 +28,6 @@ CASES = [
     ("zo-sgd q=4, query-parallel", "zo-sgd", {"lr": 1e-6, "q": 4}, "query"),
     ("fo-sgd, DDP", "fo-sgd", {"lr": 1e-6}, "data"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, port: int, world: int, settings: dict, out: str) -> None:
@@ -102,7 +95,7 @@ def measure_traffic(
     threads: int = 1,
 ) -> list[dict]:
     """One row per (scheme, case): bytes and collectives per process per step, seconds/step."""
-    import torch.multiprocessing as mp
+    from ..training.distributed import spawn_local_group
 
     settings = {
         "shape": shape,
@@ -114,12 +107,7 @@ def measure_traffic(
     }
     with tempfile.TemporaryDirectory(prefix="zotune-traffic-") as folder:
         out = Path(folder) / "rows.json"
-        mp.start_processes(
-            _worker,
-            args=(_free_port(), world, settings, str(out)),
-            nprocs=world,
-            start_method="spawn",
-        )
+        spawn_local_group(_worker, world, world, settings, str(out))
         return json.loads(out.read_text())
 
 

@@ -27,8 +27,9 @@ The first-order baselines go through :class:`torch.nn.parallel.DistributedDataPa
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -119,17 +120,29 @@ def leave_process_group(group: ProcessGroup) -> None:
         dist.destroy_process_group()
 
 
-def join_local_group(rank: int, world_size: int, port: int) -> ProcessGroup:
-    """Join a gloo group of ``world_size`` processes on this machine, as torchrun would set
-    it up (for spawned workers: tests and benchmarks)."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
+def spawn_local_group(worker: Callable[..., None], world_size: int, *args: Any) -> None:
+    """Run ``worker(rank, port, *args)`` in ``world_size`` spawned processes that join one gloo
+    group with :func:`join_local_group` (tests and benchmarks).
+
+    The group's store lives here, in the spawning process, which outlives every worker: with
+    torchrun's layout on one machine, rank 0 would host it, and a rank 0 that has left the
+    group and exited could leave another rank hanging in ``destroy_process_group``."""
+    import torch.multiprocessing as mp
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.start_processes(
+        worker, args=(store.port, *args), nprocs=world_size, start_method="spawn"
     )
-    return init_process_group("cpu")
+
+
+def join_local_group(rank: int, world_size: int, port: int) -> ProcessGroup:
+    """Join a gloo group of ``world_size`` processes on this machine whose store another
+    process hosts on ``port`` (:func:`spawn_local_group`), as torchrun would set it up; the
+    caller tears it down (``dist.destroy_process_group``)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+    return ProcessGroup(rank=rank, world_size=world_size, local_rank=rank, backend="gloo")
 
 
 class _CountingSharing(ProbeSharing):
