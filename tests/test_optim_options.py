@@ -62,8 +62,8 @@ def test_options_of_every_rule_an_entry_builds_are_taken(key, variant_options):
     assert variant_options <= set(REGISTRY[key].accepted())
 
 
-@pytest.mark.parametrize("key", ["zo-sgd", "forward-grad", "fo-adam", "lozo"])
-def test_create_optimizer_checks_each_value_once(key, monkeypatch):
+def count_validations(monkeypatch) -> list[str]:
+    """The names of the options validated from now on, in order (Option.validate counted)."""
     checked: list[str] = []
     validate = Option.validate
 
@@ -72,6 +72,12 @@ def test_create_optimizer_checks_each_value_once(key, monkeypatch):
         return validate(self, value)
 
     monkeypatch.setattr(Option, "validate", counting)
+    return checked
+
+
+@pytest.mark.parametrize("key", ["zo-sgd", "forward-grad", "fo-adam", "lozo"])
+def test_create_optimizer_checks_each_value_once(key, monkeypatch):
+    checked = count_validations(monkeypatch)
     create_optimizer(key, torch.nn.Linear(3, 2), lr=1e-3)
     assert len(checked) == len(set(checked)) == len(REGISTRY[key].accepted())
 
@@ -79,14 +85,7 @@ def test_create_optimizer_checks_each_value_once(key, monkeypatch):
 def test_a_training_run_checks_each_value_once(sst2_dir, monkeypatch):
     """finetune resolves the options before loading anything and builds the optimizer from
     that one resolution: following --eps from the config to the step checks it once."""
-    checked: list[str] = []
-    validate = Option.validate
-
-    def counting(self, value):
-        checked.append(self.name)
-        return validate(self, value)
-
-    monkeypatch.setattr(Option, "validate", counting)
+    checked = count_validations(monkeypatch)
     finetune({"model": {"name": "random:tiny-opt"},
               "task": {"name": "sst2", "data_dir": str(sst2_dir), "num_train": 16,
                        "num_val": 4, "num_test": 4},

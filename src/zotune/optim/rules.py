@@ -198,18 +198,15 @@ class Rule:
             for option in transform.hyperparameters:
                 declared.setdefault(option.name, option)
         self.hyperparameters = tuple(declared.values())
+        # Adam, with or without decoupled weight decay after it: a bf16 update can then run
+        # as one fused pass (zotune.kernels). Read per chunk by the update, so decided once.
+        kinds = [type(t) for t in transforms]
+        self.is_adam = kinds in ([Adam], [Adam, DecoupledWeightDecay])
 
     @property
     def is_linear(self) -> bool:
         """True when u = g + λθ: the update can then be fused into the restoring pass."""
         return all(isinstance(t, DecoupledWeightDecay) for t in self.transforms)
-
-    @property
-    def is_adam(self) -> bool:
-        """True when the rule is Adam, with or without decoupled weight decay after it: a
-        bf16 update can then run as one fused pass (``zotune.kernels``)."""
-        kinds = [type(t) for t in self.transforms]
-        return kinds in ([Adam], [Adam, DecoupledWeightDecay])
 
     def decoupled_decay(self, group: dict[str, Any], ndim: int) -> float:
         """λ of the rule's decoupled weight decay for a tensor of rank ``ndim`` (0: none)."""
