@@ -211,7 +211,8 @@ def _time_to_accuracy(section: Section) -> list[str]:
         "",
         f"Per scheme, the forward passes and wall time each cell (its chosen setting, seed "
         f"mean) took to first reach the validation {section_metric(section)} at which "
-        f"{section.reference} ends (its chosen setting's seed mean at its last evaluation); "
+        f"{section.reference} ends (the best seed mean of its chosen setting's evaluations, "
+        "where its runs keep their checkpoint); "
         "forward passes are step × the records' forward passes per step (a first-order "
         "step's one pass also runs backward), wall time is step × the runs' own measured "
         f"median s/step: {load_note(section)}.",

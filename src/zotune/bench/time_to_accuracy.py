@@ -1,16 +1,18 @@
 """Time to accuracy: how many forward passes, and how much wall time, each cell of a section
 takes to reach the validation accuracy at which the reference optimizer ends.
 
-Per tuning scheme, the **target** is the reference cell's (ZO-SGD by default) chosen
-setting's validation accuracy at its last evaluation, averaged over its seeds. A cell's
+Per tuning scheme, the **target** is the best validation accuracy of the reference cell's (ZO-SGD
+by default) chosen setting, averaged over its seeds at each evaluation: where the reference
+ends, since a run keeps its best checkpoint. (Its last evaluation would be no target where the
+reference rose and then fell: a ZO-SGD LoRA run that peaks at 62.6% and ends at 47.6, below the
+initial model, would set a target every cell meets before its first update.) A cell's
 curve is its chosen setting's validation accuracy averaged over its seeds, at the steps every
 seed evaluated (:func:`zotune.bench.plots.seed_band`), each step put in forward passes as
 step × the setting's forward passes per step (its records' ``forward_passes_per_step``,
 MeZO-SVRG's amortised over its anchor period). The cell reaches the target at the first
 evaluation whose seed mean is at least the target; its wall time is that step × the runs' own
 median seconds per step (the records' ``seconds_per_step``), measured while the suite ran, so
-it carries that machine's load. The reference cell reaches its own target by its last
-evaluation at the latest; a cell that never does is "not reached", with the best its curve
+it carries that machine's load. The reference cell reaches its own target; a cell that never does is "not reached", with the best its curve
 got to.
 
 A first-order cell's "forward pass" is a forward and a backward pass: its forward-pass count
@@ -104,11 +106,11 @@ def reach(curve: PassCurve, target: float) -> Reach:
 def times_to_accuracy(
     section: Section, results_dir: Path, reference: str = REFERENCE
 ) -> list[Reach]:
-    """Every cell's reach of its scheme's target (the ``reference`` cell's final seed-mean
+    """Every cell's reach of its scheme's target (the ``reference`` cell's best seed-mean
     validation accuracy), the reference first in each scheme; none for the schemes whose
     reference cell has no curve."""
     curves = section_curves(section, results_dir)
-    targets = {c.scheme: c.band.mean[-1] for c in curves if c.optimizer == reference}
+    targets = {c.scheme: max(c.band.mean) for c in curves if c.optimizer == reference}
     ordered = sorted((c for c in curves if c.scheme in targets),
                      key=lambda c: (list(targets).index(c.scheme), c.optimizer != reference))
     return [reach(c, targets[c.scheme]) for c in ordered]
