@@ -181,3 +181,111 @@ def test_the_report_tables_and_plots_time_to_accuracy(tmp_path, tiny_suite):
                      "fo-adam (2 seeds; each pass also runs backward)": [0, 10, 20]}
     dashed = [line for line in figure.axes[0].get_lines() if line.get_linestyle() == "--"]
     assert [list(line.get_ydata()) for line in dashed] == [[pytest.approx(71.0)] * 2]
+
+
+def profiled(path, model, rows):
+    """A `zotune profile --json` file: per (method, scheme), (s/step, passes, memory MB)."""
+    from zotune.profiling.results import profile_payload, write_json
+    from zotune.profiling.spec import ProfileResult, ProfileSpec
+
+    results = [ProfileResult(spec=ProfileSpec(model=model, method=method, scheme=scheme),
+                             seconds_per_step=seconds, step_seconds=[seconds],
+                             weights_bytes=memory * 2**20, loaded_bytes=0, peak_bytes=0,
+                             peak_reset=True, isolated=True, trainable_parameters=1,
+                             total_parameters=1, forward_passes_per_step=passes,
+                             attn_implementation=None)
+               for (method, scheme), (seconds, passes, memory) in rows.items()]
+    write_json(path, profile_payload(results, command="zotune profile --model m",
+                                     note="Alone on core 0."))
+    return path
+
+
+PROFILED = {("inference", "full"): (1.0, 1, 500), ("zo-sgd", "full"): (4.0, 2, 520),
+            ("lozo", "full"): (3.0, 2, 510), ("zo-sgd", "lora"): (5.0, 2, 505)}
+
+
+def section_model(folder):
+    with ResultsStore(folder, create=False) as store:
+        (section,) = build_sections(store.records(), store.plans(), folder)
+    return section.model
+
+
+def test_a_profile_in_the_store_adds_steps_alone_and_wall_time_alone(tmp_path, tiny_suite):
+    """RESULTS_DIR/profile.json is read by default: a table of each optimizer's profiled
+    memory and s/step beside inference, and each cell's forward passes to the target priced at
+    the profiled seconds per pass (lozo full: 20 passes × 3.0 s / 2 = 30 s); a cell the
+    profile lacks shows —."""
+    folder = frontier_store(tmp_path, tiny_suite)
+    profiled(folder / "profile.json", section_model(folder), PROFILED)
+    build_report(folder, plots=False)
+    text = (folder / "report" / "report.md").read_text()
+    alone = text.split("### Step memory and time alone")[1].split("### Time to accuracy")[0]
+    assert "`zotune profile --model m`" in alone and "Alone on core 0." in alone
+    assert "| inference | 1 | 500 | 1.000 | — | — |" in alone
+    assert "| zo-sgd | 2 | 520 | 4.000 | 505 | 5.000 |" in alone
+    assert "| lozo | 2 | 510 | 3.000 | — | — |" in alone
+    assert "fo-adam" not in alone, "an optimizer the profile lacks gets no row"
+    table = text.split("### Time to accuracy")[1]
+    assert "| full | lozo | 71.0 | 40 | 20 (step 10) | 10 s | 30 s | 2 |" in table
+    assert "| full | zo-sgd | 71.0 | 40 | 40 (step 20) | 30 s | 80 s | 2 |" in table
+    assert "| full | fo-adam | 71.0 | 20 | not reached (best 67.0 at 20 passes) | — | — | 2 |" \
+        in table
+    assert "| lora | lozo | 71.0 | 40 | 20 (step 10) | 10 s | — | 2 |" in table
+
+
+@pytest.mark.parametrize(
+    ("rows", "model", "error"),
+    [
+        # a second --dtype of one method: which one the report used would be a guess
+        (None, None, "two profiled rows for zo-sgd/full"),
+        ({}, None, None),  # no row of this model: no table, no column
+        (PROFILED, "another-model", None),
+    ],
+)
+def test_a_profile_that_does_not_fit_is_refused_or_left_out(tmp_path, tiny_suite, rows,
+                                                            model, error):
+    folder = frontier_store(tmp_path, tiny_suite)
+    model = model or section_model(folder)
+    path = tmp_path / "elsewhere.json"
+    if rows is None:
+        profiled(path, model, PROFILED)
+        payload = json.loads(path.read_text())
+        payload["results"].append(payload["results"][1])
+        path.write_text(json.dumps(payload))
+    else:
+        profiled(path, model, rows)
+    if error:
+        with pytest.raises(ValueError, match=error):
+            build_report(folder, plots=False, profile=path)
+        return
+    build_report(folder, plots=False, profile=path)
+    text = (folder / "report" / "report.md").read_text()
+    assert "Step memory and time alone" not in text and "target alone" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("not json", "not JSON"),
+        ('{"kind": "bench"}', "not a zotune profile result"),
+        ('{"kind": "profile", "results": [{"spec": {}}]}', "result 0 is not a profiled step"),
+    ],
+)
+def test_a_file_that_is_not_a_profile_gets_one_line(tmp_path, tiny_suite, content, error):
+    folder = frontier_store(tmp_path, tiny_suite)
+    path = tmp_path / "profile.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=error):
+        build_report(folder, plots=False, profile=path)
+    with pytest.raises(ValueError, match="no such file"):
+        build_report(folder, plots=False, profile=tmp_path / "missing.json")
+
+
+def test_zotune_report_takes_a_profile_by_flag(tmp_path, tiny_suite, capsys):
+    from zotune.cli import main
+
+    folder = frontier_store(tmp_path, tiny_suite)
+    path = profiled(tmp_path / "steps.json", section_model(folder), PROFILED)
+    assert main(["report", str(folder), "--no-plots", "--profile", str(path)]) == 0
+    assert "### Step memory and time alone" in (folder / "report" / "report.md").read_text()
+    capsys.readouterr()

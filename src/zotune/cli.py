@@ -273,6 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .bench.report import build_report
 
     written = build_report(args.results_dir, out=args.out, plots=not args.no_plots,
+                           profile=args.profile,
                            **({"reference": args.reference} if args.reference else {}))
     for path in written:
         print(path)
@@ -436,8 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
     report.add_argument(
         "--reference", metavar="OPTIMIZER",
-        help="the optimizer whose final validation accuracy (per scheme) the time-to-accuracy "
+        help="the optimizer whose best validation accuracy (per scheme) the time-to-accuracy "
         "table measures every cell's forward passes and wall time to (default: zo-sgd)",
+    )
+    report.add_argument(
+        "--profile", metavar="FILE",
+        help="a `zotune profile --json` file of the suite's steps timed alone: a table of "
+        "their memory and s/step, and each cell's wall time to accuracy alone (default: "
+        "RESULTS_DIR/profile.json if there is one)",
     )
     report.set_defaults(func=cmd_report)
 

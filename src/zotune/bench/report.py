@@ -10,9 +10,12 @@ For every suite in the store and every (model, task) in it:
   behind them and how many settings were tried;
 - cost: optimizer rows, forward passes per step, and per scheme the peak memory and seconds
   per step of the chosen runs;
+- steps alone: with a ``zotune profile --json`` file (``--profile``, by default
+  ``RESULTS_DIR/profile.json``), per optimizer and scheme the step's memory and seconds timed
+  alone, beside inference (:mod:`zotune.bench.step_profile`);
 - time to accuracy: per cell, the forward passes and wall time to reach the validation
   accuracy at which the reference optimizer (``--reference``, ZO-SGD) ends
-  (:mod:`zotune.bench.time_to_accuracy`);
+  (:mod:`zotune.bench.time_to_accuracy`), and the wall time alone where a profile is given;
 - failed runs with their error line.
 
 Each table states its model, task, step budget, data sizes, hardware, zotune version, and the
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..profiling.render import mb
 from ..utils.files import atomic_write_text
 from ..utils.tables import markdown_table
 from .html_report import render_html
@@ -51,9 +55,10 @@ from .selection import (
     CellSelection,
     diverged,
 )
+from .step_profile import StepProfile, default_profile, load_step_profile
 from .store import ResultsStore
 from .suite import hparam_name, hparams_label
-from .time_to_accuracy import REFERENCE, duration, load_note, times_to_accuracy
+from .time_to_accuracy import REFERENCE, Reach, duration, load_note, times_to_accuracy
 
 REPORT_DIR = "report"
 MISSING = "—"
@@ -83,12 +88,17 @@ class Table:
 
 def build_report(
     results_dir: str | Path, out: str | Path | None = None, plots: bool = True,
-    reference: str = REFERENCE,
+    reference: str = REFERENCE, profile: str | Path | None = None,
 ) -> list[Path]:
     """Write the report of a results folder; returns the files written. ``reference`` is the
-    optimizer whose final validation accuracy each scheme's time-to-accuracy table aims at."""
+    optimizer whose best validation accuracy each scheme's time-to-accuracy table aims at;
+    ``profile`` a ``zotune profile --json`` file of the suite's steps timed alone (default:
+    ``RESULTS_DIR/profile.json`` where there is one; :mod:`zotune.bench.step_profile`)."""
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / REPORT_DIR
+    profile = Path(profile) if profile is not None else default_profile(results_dir)
+    if profile is not None and not profile.is_file():
+        raise ValueError(f"--profile {profile}: no such file")
     with ResultsStore(results_dir, create=False) as store:
         records = store.records()
         plans = store.plans()
@@ -100,6 +110,8 @@ def build_report(
     for section in sections:
         section.reference = reference
         section.reaches = times_to_accuracy(section, results_dir, reference)
+        if profile is not None:
+            section.profile = load_step_profile(profile, section.model)
     written: list[Path] = []
     if plots:
         from .plots import (
@@ -199,8 +211,49 @@ def _main_tables(section: Section) -> list[str]:
         *_memory_note(section),
         cost_table(section).markdown(),
         "",
+        *_steps_alone(section),
         *_time_to_accuracy(section),
     ]
+
+
+def _steps_alone(section: Section) -> list[str]:
+    if section.profile is None:
+        return []
+    profile = section.profile
+    said = f" (`{profile.command}`)" if profile.command else ""
+    note = f" {profile.note}" if profile.note else ""
+    return [
+        "### Step memory and time alone",
+        "",
+        f"From `zotune profile`{said}, read from `{profile.source.name}`: {profile.setup}."
+        f"{note} Memory is the step's (weights + what the step adds), without the run's "
+        "evaluation and checkpointing; a synthetic batch of the profile's B×T.",
+        "",
+        steps_alone_table(section).markdown(),
+        "",
+    ]
+
+
+def steps_alone_table(section: Section) -> Table:
+    """Per optimizer (inference first), the profiled forward passes per step and, per
+    scheme, the step's memory and seconds."""
+    profile = section.profile
+    assert profile is not None
+    header = ["optimizer", "forward passes / step"]
+    for scheme in section.schemes:
+        header += [f"{scheme}: memory (MB)", f"{scheme}: s/step"]
+    rows = []
+    for optimizer in ["inference", *section.optimizers]:
+        found = [profile.get(optimizer, scheme) for scheme in section.schemes]
+        if not any(found):
+            continue
+        passes = {f"{r.forward_passes_per_step:g}" for r in found if r is not None}
+        row = [optimizer, ", ".join(sorted(passes))]
+        for result in found:
+            row += ([MISSING, MISSING] if result is None else
+                    [mb(result.memory_bytes), f"{result.seconds_per_step:.3f}"])
+        rows.append(row)
+    return Table(header, rows, align_right_from=1)
 
 
 def _time_to_accuracy(section: Section) -> list[str]:
@@ -215,7 +268,9 @@ def _time_to_accuracy(section: Section) -> list[str]:
         "where its runs keep their checkpoint); "
         "forward passes are step × the records' forward passes per step (a first-order "
         "step's one pass also runs backward), wall time is step × the runs' own measured "
-        f"median s/step: {load_note(section)}.",
+        f"median s/step: {load_note(section)}"
+        + ("; wall time alone is the forward passes × the profiled step's seconds per "
+           "forward pass (the table above)." if section.profile is not None else "."),
         "",
         time_to_accuracy_table(section).markdown(),
         "",
@@ -236,11 +291,22 @@ def time_to_accuracy_table(section: Section) -> Table:
             passes = (f"not reached (best {item.best * 100:.1f} at "
                       f"{item.best_passes:,.0f} passes)")
             wall = MISSING
-        rows.append([curve.scheme, curve.optimizer, f"{item.target * 100:.1f}",
-                     f"{curve.passes[-1]:,.0f}", passes, wall, str(curve.band.seeds)])
+        row = [curve.scheme, curve.optimizer, f"{item.target * 100:.1f}",
+               f"{curve.passes[-1]:,.0f}", passes, wall]
+        if section.profile is not None:
+            row.append(_wall_time_alone(section.profile, item))
+        rows.append([*row, str(curve.band.seeds)])
+    alone = ["wall time to target alone"] if section.profile is not None else []
     return Table(["scheme", "optimizer", f"target val {_short_metric(section)} (%)",
                   "forward passes run", "forward passes to target", "wall time to target",
-                  "seeds"], rows, align_right_from=2)
+                  *alone, "seeds"], rows, align_right_from=2)
+
+
+def _wall_time_alone(profile: StepProfile, item: Reach) -> str:
+    per_pass = profile.seconds_per_pass(item.curve.optimizer, item.curve.scheme)
+    if not item.reached or per_pass is None:
+        return MISSING
+    return duration(item.forward_passes * per_pass)
 
 
 def mirrors_the_paper(section: Section) -> bool:

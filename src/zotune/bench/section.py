@@ -12,6 +12,7 @@ from .selection import CellSelection, select
 from .store import RunRecord, SuitePlan
 
 if TYPE_CHECKING:
+    from .step_profile import StepProfile
     from .time_to_accuracy import Reach
 
 
@@ -27,10 +28,12 @@ class Section:
     command: str
     plots: list[Path] = field(default_factory=list)
     studies: list[CellSelection] = field(default_factory=list)  # cells with a variant
-    # Each cell's forward passes and time to its scheme's reference's final validation
+    # Each cell's forward passes and time to its scheme's reference's best validation
     # (zotune.bench.time_to_accuracy), with the reference optimizer they are measured against.
     reaches: list[Reach] = field(default_factory=list)
     reference: str = ""
+    # The section's steps timed alone by `zotune profile` (zotune.bench.step_profile), if given.
+    profile: StepProfile | None = None
 
     @property
     def slug(self) -> str:

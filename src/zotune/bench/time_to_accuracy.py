@@ -12,8 +12,8 @@ step × the setting's forward passes per step (its records' ``forward_passes_per
 MeZO-SVRG's amortised over its anchor period). The cell reaches the target at the first
 evaluation whose seed mean is at least the target; its wall time is that step × the runs' own
 median seconds per step (the records' ``seconds_per_step``), measured while the suite ran, so
-it carries that machine's load. The reference cell reaches its own target; a cell that never does is "not reached", with the best its curve
-got to.
+it carries that machine's load. The reference cell reaches its own target; a cell that never
+does is "not reached", with the best its curve got to.
 
 A first-order cell's "forward pass" is a forward and a backward pass: its forward-pass count
 is not its cost, which its wall time shows.
