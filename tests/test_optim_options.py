@@ -102,6 +102,48 @@ def test_the_resolved_options_reach_the_estimator_and_the_optimizer():
 
 
 @pytest.mark.parametrize(
+    ("estimator", "options", "message"),
+    [
+        ({"eps": 1e-2}, {"eps": 1e-3}, "the estimator's eps is 0.01 but options.eps is 0.001"),
+        ({"q": 4}, {}, "the estimator's q is 4 but options.q is 1"),
+        ({"probe": "one-point"}, {}, "the estimator's probe is 'one-point'"),
+        ({"eps": 1e-2}, {"eps": 1e-2}, None),
+        ({"eps": 1e-2}, None, None),  # no options given: the estimator is the only source
+    ],
+)
+def test_options_and_a_hand_built_estimator_must_agree(estimator, options, message):
+    """ε, q and the probe live in the estimator that runs and in the options a run records:
+    a hand-built pair that disagrees would run one ε and report another."""
+    from zotune.estimators import RandomGradientEstimator
+    from zotune.optim import ZerothOrderOptimizer
+
+    def build():
+        return ZerothOrderOptimizer(
+            torch.nn.Linear(3, 2).parameters(), 1e-3, rule=rules.sgd(),
+            estimator=RandomGradientEstimator(**estimator),
+            options=None if options is None else ZOOptions(**options))
+
+    if message is None:
+        assert build().estimator.eps == estimator["eps"]
+        return
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        build()
+
+
+def test_forward_grad_s_estimator_is_checked_on_what_it_holds():
+    """Forward-Grad's estimator has no ε or probe (no finite difference): only q is compared."""
+    from zotune.estimators import ForwardGradientEstimator
+    from zotune.optim import ZerothOrderOptimizer
+
+    ZerothOrderOptimizer(torch.nn.Linear(3, 2).parameters(), 1e-3, rule=rules.sgd(),
+                         estimator=ForwardGradientEstimator(q=2), options=ZOOptions(q=2,
+                                                                                    eps=5e-2))
+    with pytest.raises(ValueError, match="the estimator's q is 2 but options.q is 1"):
+        ZerothOrderOptimizer(torch.nn.Linear(3, 2).parameters(), 1e-3, rule=rules.sgd(),
+                             estimator=ForwardGradientEstimator(q=2), options=ZOOptions())
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [({"optimizer__eps": 0.0}, "optimizer: Invalid perturbation scale eps: 0.0"),
      ({"optimizer_eps": 0.1}, "override key must look like section.key, got 'optimizer_eps'")],

@@ -294,6 +294,21 @@ class RuleOptimizer(torch.optim.Optimizer):
                     )
 
 
+def check_estimator_agrees(
+    options: ZOOptions, estimator: RandomGradientEstimator | ForwardGradientEstimator
+) -> None:
+    """Refuse an estimator whose ε, q or probe differ from ``options``' (Forward-Grad's has no
+    ε or probe: its estimate has no finite difference)."""
+    for name in ("eps", "q", "probe"):
+        if not hasattr(estimator, name):
+            continue
+        held, stated = getattr(estimator, name), getattr(options, name)
+        if held != stated:
+            raise ValueError(
+                f"the estimator's {name} is {held!r} but options.{name} is {stated!r}: build "
+                "the estimator from the options (create_optimizer does)")
+
+
 class ZerothOrderOptimizer(RuleOptimizer):
     """Any directional estimator (RGE, Forward-Grad) wired to any rule by a step strategy::
 
@@ -303,7 +318,8 @@ class ZerothOrderOptimizer(RuleOptimizer):
                              nesterov=False)
 
     which is what :meth:`zotune.optim.registry.OptimizerEntry.assemble` hands it from
-    validated options (``create_optimizer("zo-sgd-mmt", params, lr=...)`` builds it so).
+    validated options (an estimator that disagrees with ``options`` on ε, q or the probe is
+    refused: the estimator's values would rule while the options recorded others) (``create_optimizer("zo-sgd-mmt", params, lr=...)`` builds it so).
     Hyperparameters (``lr`` and the rule's, e.g. ``momentum``) go into the param groups, where
     the rule reads them at every step. ``options`` holds the shared ZO options
     (:class:`zotune.optim.options.ZOOptions`): the seed, the sparse mask, stochastic
@@ -342,7 +358,10 @@ class ZerothOrderOptimizer(RuleOptimizer):
         directions: DirectionsFactory | None = None,
         **hyperparameters: Any,
     ) -> None:
-        options = options or ZOOptions()
+        if options is None:
+            options = ZOOptions()
+        else:
+            check_estimator_agrees(options, estimator)
         seed, sparsity, mask_every = options.seed, options.sparsity, options.mask_every
         sparsity_mode = options.sparsity_mode
         step = step or PlainStep()
