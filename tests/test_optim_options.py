@@ -138,7 +138,7 @@ def test_forward_grad_s_estimator_is_checked_on_what_it_holds():
     ZerothOrderOptimizer(torch.nn.Linear(3, 2).parameters(), 1e-3, rule=rules.sgd(),
                          estimator=ForwardGradientEstimator(q=2), options=ZOOptions(q=2,
                                                                                     eps=5e-2))
-    with pytest.raises(ValueError, match="the estimator's q is 2 but options.q is 1"):
+    with pytest.raises(ValueError, match=r"the estimator's q is 2 but options\.q is 1"):
         ZerothOrderOptimizer(torch.nn.Linear(3, 2).parameters(), 1e-3, rule=rules.sgd(),
                              estimator=ForwardGradientEstimator(q=2), options=ZOOptions())
 

@@ -318,8 +318,9 @@ class ZerothOrderOptimizer(RuleOptimizer):
                              nesterov=False)
 
     which is what :meth:`zotune.optim.registry.OptimizerEntry.assemble` hands it from
-    validated options (an estimator that disagrees with ``options`` on ε, q or the probe is
-    refused: the estimator's values would rule while the options recorded others) (``create_optimizer("zo-sgd-mmt", params, lr=...)`` builds it so).
+    validated options (``create_optimizer("zo-sgd-mmt", params, lr=...)`` builds it so). An
+    estimator that disagrees with ``options`` on ε, q or the probe is refused: its values
+    would run while the options recorded others.
     Hyperparameters (``lr`` and the rule's, e.g. ``momentum``) go into the param groups, where
     the rule reads them at every step. ``options`` holds the shared ZO options
     (:class:`zotune.optim.options.ZOOptions`): the seed, the sparse mask, stochastic
