@@ -95,6 +95,44 @@ def test_auto_times_this_cpu_once_per_dtype_and_threads():
     assert matmul.native_over_float32.cache_info().hits == 1
 
 
+def test_a_model_says_how_its_products_run():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    assert matmul.matmul_mode(model) == "native"
+    model.to(torch.bfloat16)
+    matmul.use_float32_matmul(model)
+    assert matmul.matmul_mode(model) == "float32"
+
+
+class BusyMachine:
+    """A clock and two workloads (native 2 units, fp32 1 unit) on a machine that something
+    else slows fourfold during the first ``busy`` calls: the situation that made the probe
+    flip between modes from one process to the next."""
+
+    def __init__(self, busy: int) -> None:
+        self.now, self.calls, self.busy = 0.0, 0, busy
+
+    def clock(self) -> float:
+        return self.now
+
+    def work(self, units: float):
+        def run():
+            self.calls += 1
+            self.now += units * (4.0 if self.calls <= self.busy else 1.0)
+        return run
+
+
+@pytest.mark.parametrize("busy", [0, 3, 7, 9])
+def test_the_probe_pairs_its_two_gemms_so_a_busy_spell_cancels(busy):
+    """Each round times the native and fp32 GEMM back to back and the median round decides:
+    a slowdown over a run of calls (another process on the core) moves at most the rounds it
+    straddles, so the ratio stays 2. Timing five of one and then five of the other would put
+    every native call in the busy spell and every fp32 call outside it (ratio 8)."""
+    machine = BusyMachine(busy)
+    ratio = matmul.paired_ratio(machine.work(2.0), machine.work(1.0), rounds=7,
+                                clock=machine.clock)
+    assert ratio == pytest.approx(2.0)
+
+
 def test_an_unknown_mode_is_refused_before_the_model_loads():
     config = build_config({"model": {"name": "random:tiny-llama", "matmul": "fp32"}})
     with pytest.raises(MatmulError, match=r"model\.matmul: unknown mode 'fp32' \(choose from "):

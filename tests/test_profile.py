@@ -402,3 +402,31 @@ def test_step_cost_reports_the_non_forward_part_per_precision():
             row.seconds_per_step - 2 * row.forward_seconds)
     text = step_cost_table(merged)
     assert "non-forward s" in text and "bfloat16" in text
+
+
+def row(dtype="bfloat16", matmul="auto", resolved="float32"):
+    return ProfileResult(spec=ProfileSpec(model="m", dtype=dtype, matmul=matmul),
+                         seconds_per_step=1.0, step_seconds=[1.0], weights_bytes=0,
+                         loaded_bytes=0, peak_bytes=0, peak_reset=True, isolated=True,
+                         trainable_parameters=1, total_parameters=1, forward_passes_per_step=2,
+                         attn_implementation=None, matmul=resolved)
+
+
+@pytest.mark.parametrize(
+    ("rows", "said"),
+    [
+        ([row(), row()], "m, bfloat16 (model.matmul auto: float32 products), cpu"),
+        ([row(), row(resolved="native"), row()],
+         "(model.matmul auto chose per process: float32 in 2, native in 1 of 3 rows)"),
+        ([row(dtype="float32", resolved="native")], "m, float32, cpu"),
+        ([row(matmul="native", resolved="native")], "m, bfloat16+matmul=native, cpu"),
+        ([row(resolved=None)], "m, bfloat16, cpu"),  # a result saved before it was recorded
+    ],
+)
+def test_the_setup_line_says_what_auto_products_resolved_to(rows, said):
+    """Each measurement's process decides `model.matmul auto` for itself: the page says what
+    the half-precision rows ran, and when processes disagreed."""
+    from zotune.profiling.render import describe_setup
+
+    assert said in describe_setup(rows)
+    assert ProfileResult.from_dict(rows[0].as_dict()).matmul == rows[0].matmul

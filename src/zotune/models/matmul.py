@@ -19,8 +19,12 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
   example);
 * ``auto`` (the default): ``float32`` on a CPU where a bf16 (fp16) GEMM of the shape of a
   small model's layer is at least :data:`SLOWER_BY` times slower than the same GEMM in fp32
-  from upcast operands — timed once per process and dtype (about a tenth of a second) —
-  else ``native``. On CUDA, and for fp32 weights, always ``native``.
+  from upcast operands — timed once per process and dtype (about a quarter of a second) —
+  else ``native``. On CUDA, and for fp32 weights, always ``native``. The two GEMMs are timed
+  back to back in each of :data:`PROBE_ROUNDS` rounds, in process CPU time, and the median
+  of the rounds' ratios decides: on a machine shared with other work, timing one GEMM five
+  times and then the other (wall clock, fastest of each) gave ratios from 0.95 to 2.8 in six
+  processes on one busy core, where the paired CPU-time ratio stays at 1.7–1.9.
 
 The choice is made per layer class, not per tensor: a layer's ``__class__`` becomes
 :class:`Float32MatmulLinear`, an ``nn.Linear`` subclass, so adapters that wrap linear
@@ -30,11 +34,12 @@ layers (peft's LoRA), ``isinstance`` checks, parameter names and state dicts are
 from __future__ import annotations
 
 import functools
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
-from ..utils.measure import time_calls
 
 MATMUL_MODES = ("auto", "native", "float32")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -49,6 +54,8 @@ MIN_ROWS = 512
 SLOWER_BY = 1.3
 # The timed shape: one MLP projection of SmolLM2-135M over a batch of 16 × 48 tokens.
 PROBE_SHAPE = (768, 576, 1536)
+# Rounds of the probe, each timing the native and the fp32 GEMM back to back.
+PROBE_ROUNDS = 7
 
 
 class MatmulError(ValueError):
@@ -77,14 +84,36 @@ class Float32MatmulLinear(torch.nn.Linear):
 @functools.cache
 def native_over_float32(dtype: torch.dtype, threads: int) -> float:
     """Time of a native ``dtype`` GEMM over the fp32 GEMM of upcast operands, on this CPU
-    with ``threads`` threads (the :data:`PROBE_SHAPE`, fastest of five each)."""
+    with ``threads`` threads (the :data:`PROBE_SHAPE`; :func:`paired_ratio`)."""
     rows, inner, outer = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inner, generator=generator).to(dtype)
     w = torch.randn(outer, inner, generator=generator).to(dtype)
-    native = min(time_calls(lambda: F.linear(x, w), repeats=5).seconds)
-    upcast = min(time_calls(lambda: F.linear(x.float(), w.float()).to(dtype), repeats=5).seconds)
-    return native / upcast
+    return paired_ratio(lambda: F.linear(x, w),
+                        lambda: F.linear(x.float(), w.float()).to(dtype))
+
+
+def paired_ratio(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    rounds: int = PROBE_ROUNDS,
+    clock: Callable[[], float] = time.process_time,
+) -> float:
+    """The median over ``rounds`` of time(``first``) / time(``second``), the two timed back to
+    back in each round after one untimed call of each. Pairs share whatever else the machine
+    is doing at that moment, and process CPU time (the default ``clock``) leaves out the time
+    the process waits for a core."""
+    first()
+    second()
+    ratios = []
+    for _ in range(rounds):
+        start = clock()
+        first()
+        middle = clock()
+        second()
+        end = clock()
+        ratios.append((middle - start) / max(end - middle, 1e-9))
+    return statistics.median(ratios)
 
 
 def resolve_matmul(mode: str, weights_dtype: torch.dtype, device: torch.device | str) -> str:
@@ -107,6 +136,13 @@ def use_float32_matmul(model: torch.nn.Module) -> int:
             module.__class__ = Float32MatmulLinear
             changed += 1
     return changed
+
+
+def matmul_mode(model: torch.nn.Module) -> str:
+    """``float32`` where :func:`use_float32_matmul` changed a layer of ``model``, else
+    ``native``: how its half-precision products run."""
+    swapped = any(isinstance(m, Float32MatmulLinear) for m in model.modules())
+    return "float32" if swapped else "native"
 
 
 def apply_matmul(model: torch.nn.Module, mode: str, device: torch.device | str) -> str:

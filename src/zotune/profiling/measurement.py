@@ -90,6 +90,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
     import torch
 
     from ..models.loading import resolve_device
+    from ..models.matmul import matmul_mode
     from ..tuning.schemes import count_parameters
     from ..utils.environment import hardware_description
     from ..utils.measure import (
@@ -138,6 +139,7 @@ def _measure(spec: ProfileSpec, isolated: bool, model, reuse_heap: bool) -> Prof
         attn_implementation=attn,
         estimate=estimate.as_dict() if spec.estimated else {},
         hardware=hardware_description(str(device)),
+        matmul=matmul_mode(built.model),
     )
     del built
     gc.collect()

@@ -103,10 +103,24 @@ def describe_setup(results: Sequence[ProfileResult]) -> str:
     precisions = list(dict.fromkeys(r.spec.precision() for r in results))
     precision = precisions[0] if len(precisions) == 1 else "/".join(precisions) + " (per row)"
     return (
-        f"{spec.model}, {precision}, {spec.device} ({hardware_of(results)}{threads}); "
+        f"{spec.model}, {precision}{_auto_products(results)}, {spec.device} "
+        f"({hardware_of(results)}{threads}); "
         f"median of {spec.steps} steps after {spec.warmup} warm-up; memory = weights + "
         f"(peak {what} over the timed steps − {what} before the first step), {where}"
     )
+
+
+def _auto_products(results: Sequence[ProfileResult]) -> str:
+    """What ``model.matmul auto`` resolved to in the half-precision rows' processes."""
+    chosen = [r.matmul for r in results
+              if r.spec.matmul == "auto" and r.spec.dtype in ("bfloat16", "float16")]
+    if not chosen or None in chosen:
+        return ""
+    counts = {mode: chosen.count(mode) for mode in dict.fromkeys(chosen)}
+    if len(counts) == 1:
+        return f" (model.matmul auto: {chosen[0]} products)"
+    said = ", ".join(f"{mode} in {count}" for mode, count in counts.items())
+    return f" (model.matmul auto chose per process: {said} of {len(chosen)} rows)"
 
 
 def render_markdown(

@@ -167,6 +167,9 @@ class ProfileResult:
     attn_implementation: str | None
     estimate: dict[str, Any] = field(default_factory=dict)
     hardware: str | None = None  # where it ran, read in the measuring process
+    # How the model's half-precision products ran (zotune.models.matmul.matmul_mode): what
+    # model.matmul auto resolved to in the measuring process.
+    matmul: str | None = None
 
     @property
     def above_weights_bytes(self) -> int:
