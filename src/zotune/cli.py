@@ -188,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export_run(
         args.run_dir, args.out, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
-        allow_untrained=args.allow_untrained,
+        allow_untrained=args.allow_untrained, lm_eval_task=args.lm_eval_task,
     )
     print(out)
     return 0
@@ -342,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--allow-untrained", action="store_true",
         help="export a run that learned nothing (its card says so at the top)",
+    )
+    export.add_argument(
+        "--lm-eval-task", action="store_true",
+        help="also write the run's test split as an lm-evaluation-harness task (DIR/lm_eval) "
+        "and the lm_eval command that scores the export in the card",
     )
     export.set_defaults(func=cmd_export)
 

@@ -3,6 +3,8 @@
 
 * full and head tuning: the whole model (``save_pretrained``: config, safetensors) and the
   tokenizer; loads with ``AutoModelForCausalLM.from_pretrained(DIR)``;
+* ``--lm-eval-task``: also the run's test split as an lm-evaluation-harness task in
+  ``DIR/lm_eval`` and the ``lm_eval`` command in the card (:mod:`zotune.evaluation.lm_eval_task`);
 * LoRA, prefix, prompt: the peft adapter (``adapter_config.json``,
   ``adapter_model.safetensors``) and the tokenizer; loads with
   ``PeftModel.from_pretrained(base, DIR)``. ``--merge`` (LoRA only) writes the merged whole
@@ -120,9 +122,12 @@ def export_run(
     dtype: str | None = None,
     overwrite: bool = False,
     allow_untrained: bool = False,
+    lm_eval_task: bool = False,
 ) -> Path:
     """Export the best checkpoint of the run in ``run_dir`` into ``out``; returns ``out``.
-    A run that learned nothing is refused unless ``allow_untrained``."""
+    A run that learned nothing is refused unless ``allow_untrained``. ``lm_eval_task`` also
+    writes the run's test split as an lm-evaluation-harness task into ``out/lm_eval``
+    (:mod:`zotune.evaluation.lm_eval_task`)."""
     from ..training.run import build_model
 
     run_dir = Path(run_dir)
@@ -142,13 +147,30 @@ def export_run(
         raise ExportError(
             f"{run_dir}: {reason} (--allow-untrained exports it anyway, marked so in its card)"
         )
+    test = _test_examples(config) if lm_eval_task else None
     state = load_trainable_checkpoint(run_dir / BEST_FILE)
     tuned = build_model(config, "cpu")
     load_trainable_state(tuned.model, state)
     return save_model(
         tuned.model, tuned.loaded.tokenizer, config, out,
-        result=result, merge=merge, dtype=dtype, overwrite=overwrite,
+        result=result, merge=merge, dtype=dtype, overwrite=overwrite, lm_eval_examples=test,
     )
+
+
+def _test_examples(config: RunConfig):
+    """The run's test split, checked to fit an lm-eval task before anything is built."""
+    from ..evaluation.lm_eval_task import LMEvalTaskError, rows
+    from ..training.run import load_task_splits
+
+    test = load_task_splits(config, log=lambda message: None).test
+    if not test:
+        raise ExportError(f"--lm-eval-task: the run's task {config.task.name} has no test "
+                          "examples to write")
+    try:
+        rows(test, config.task.name)
+    except LMEvalTaskError as error:
+        raise ExportError(f"--lm-eval-task: {error}") from None
+    return test
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -172,10 +194,12 @@ def save_model(
     merge: bool = False,
     dtype: str | None = None,
     overwrite: bool = False,
+    lm_eval_examples=None,
 ) -> Path:
     """Write ``model`` (tuned as ``config`` says, holding the weights to export) into
     ``out``, with its tokenizer and model card. ``merge`` folds LoRA into the weights (the
-    model is changed in place); ``dtype`` converts the weights (default: the run's)."""
+    model is changed in place); ``dtype`` converts the weights (default: the run's);
+    ``lm_eval_examples`` (the run's test split) are written as an lm-eval task beside them."""
     out = check_destination(out, overwrite)
     check_request(config, merge, dtype)
     from ..tuning.registry import get_scheme
@@ -199,6 +223,10 @@ def save_model(
                 base_model(model).save_pretrained(staging)
             tokenizer.save_pretrained(staging)
         card = model_card(config, result, adapter=adapter, merged=merge, dtype=dtype, base=base)
+        if lm_eval_examples is not None:
+            vocab = getattr(base_model(model).config, "vocab_size", None)
+            card += _lm_eval_section(lm_eval_examples, tokenizer, config, out, staging,
+                                     adapter=adapter, base=base, vocab_size=vocab)
         (staging / CARD_FILE).write_text(card)
         if out.exists():
             shutil.rmtree(out)  # empty, or --overwrite asked for it (check_destination)
@@ -269,6 +297,62 @@ def _save_adapter(
             seed=config.train.seed,
         )
         rebuilt.model.save_pretrained(folder / BASE_FOLDER)
+
+
+def _lm_eval_section(examples, tokenizer, config: RunConfig, out: Path, staging: Path, *,
+                     adapter: bool, base: str, vocab_size: int | None) -> str:
+    """Write the lm-eval task into the staging folder (naming ``out``'s data file); the card's
+    section on scoring the export with lm-evaluation-harness."""
+    from ..evaluation import lm_eval_task
+    from ..tuning.registry import get_scheme
+
+    here = out.resolve()
+    lm_eval_task.write_task(examples, config.task.name, staging / lm_eval_task.FOLDER,
+                            data_folder=here / lm_eval_task.FOLDER)
+    if adapter:
+        exact = _exact_base(config, base)
+        # The base folder may hold no tokenizer (a random shape's does not); the export does.
+        model_args = f"pretrained={exact},peft={here},tokenizer={here}"
+    else:
+        model_args = f"pretrained={here}"
+    command = lm_eval_task.lm_eval_command(
+        model_args, config.task.name, str(here / lm_eval_task.FOLDER),
+        lm_eval_task.adds_bos(tokenizer))
+    lines = [
+        "## Score it with lm-evaluation-harness",
+        "",
+        f"`{lm_eval_task.FOLDER}/` holds the run's {len(examples)} test examples as zotune "
+        "rendered them and an lm-eval task over them (paths as written at export):",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        lm_eval_task.agreement_note(examples, tokenizer, config.task.reduction),
+    ]
+    if adapter and get_scheme(config.tuning.scheme).after_loading:
+        lines += ["", "lm-eval loads the adapter with plain peft, which numbers this scheme's "
+                  "positions otherwise (see How to load): its scores will differ."]
+    if adapter and vocab_size is not None and vocab_size != len(tokenizer):
+        can_merge = get_scheme(config.tuning.scheme).merge is not None
+        merge = " (`zotune export --merge`)" if can_merge else ""
+        lines += ["", f"**lm-eval will not score this adapter as trained:** before loading an "
+                  f"adapter it resizes the base's embeddings to the tokenizer's length "
+                  f"({vocab_size} rows to {len(tokenizer)}; lm_eval/models/huggingface.py), "
+                  f"which changes every log-probability. Score a whole-model export{merge} "
+                  "instead."]
+    return "\n".join(["", *lines, ""])
+
+
+def _exact_base(config: RunConfig, base: str) -> str:
+    """The folder holding the weights the run was trained over: the embedded model's
+    de-quantized cache folder (its hub id names slightly different weights), else ``base``."""
+    name = config.model.name
+    if name is None or name == EMBEDDED_MODEL:
+        from .embedded import embedded_model_folder
+
+        return str(embedded_model_folder())
+    return base
 
 
 def is_random(config: RunConfig) -> bool:

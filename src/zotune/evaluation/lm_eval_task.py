@@ -1,0 +1,138 @@
+"""A run's test examples as an lm-evaluation-harness task, so an exported model can be scored
+by an evaluator zotune does not control: ``zotune export RUN --out DIR --lm-eval-task``.
+
+Two files go into ``DIR/lm_eval/``: ``zotune_<task>.jsonl``, the run's test split as zotune
+renders it (one line per example: ``context``, ``choices``, ``label``: the prompt with its
+template and demonstrations, the candidates as zotune scores them, the gold index), and
+``zotune_<task>.yaml``, a ``multiple_choice`` task over that file::
+
+    lm_eval --model hf --model_args pretrained=DIR --tasks zotune_sst2 \\
+        --include_path DIR/lm_eval
+
+The choices are written with their leading space and the task's ``target_delimiter`` is
+empty, so lm-eval scores the same continuation zotune does; both split a candidate's tokens
+off the jointly tokenized context + candidate (lm-eval's ``_encode_pair``, zotune's
+:meth:`zotune.evaluation.scoring.Scorer._pair_ids`). lm-eval's ``acc`` ranks candidates by
+the *sum* of their token log-probabilities: it equals zotune's test accuracy where every
+candidate is one token (SST-2 and the other one-word verbalizers) or the run scores by the
+sum (``task.reduction: sum``); with zotune's default mean over tokens, multi-token candidates
+may rank otherwise (:func:`agreement_note` says which holds). zotune tokenizes with the
+tokenizer's special tokens; where that adds a BOS token, lm-eval needs ``add_bos_token=True``
+(:func:`lm_eval_command` adds it).
+
+Generation tasks (SQuAD, DROP) and tasks whose candidates each have their own context
+(WinoGrande) are refused by name: lm-eval's ``multiple_choice`` shares one context.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from ..tasks.example import Example
+
+FOLDER = "lm_eval"
+
+
+class LMEvalTaskError(ValueError):
+    """The run's task cannot be written as an lm-evaluation-harness task."""
+
+
+def task_name(task: str) -> str:
+    """``zotune_sst2``: lm-eval task names are identifiers."""
+    return "zotune_" + "".join(c if c.isalnum() else "_" for c in task)
+
+
+def rows(examples: Sequence[Example], task: str) -> list[dict]:
+    """One ``{"context", "choices", "label"}`` per example; refuses what lm-eval's
+    ``multiple_choice`` cannot hold."""
+    out = []
+    for number, example in enumerate(examples):
+        if example.generation:
+            raise LMEvalTaskError(
+                f"{task}: a generation task (answers scored by F1/EM) is not a multiple-choice "
+                "lm-eval task; no task file written")
+        if len(set(example.contexts)) != 1:
+            raise LMEvalTaskError(
+                f"{task}: example {number} gives each candidate its own context (as "
+                "WinoGrande does); lm-eval's multiple_choice shares one: no task file written")
+        if example.correct:
+            raise LMEvalTaskError(
+                f"{task}: example {number} counts several candidates right; lm-eval's acc "
+                "takes one gold index: no task file written")
+        out.append({"context": example.contexts[0], "choices": list(example.continuations),
+                    "label": example.label})
+    return out
+
+
+def task_yaml(name: str, data_file: Path) -> str:
+    """The lm-eval task reading ``data_file`` (an absolute path: lm-eval reads relative
+    ones against its working folder)."""
+    spec = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "target_delimiter": "",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0, "written_by": "zotune export --lm-eval-task"},
+    }
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def write_task(examples: Sequence[Example], task: str, folder: Path,
+               data_folder: Path | None = None) -> Path:
+    """Write ``zotune_<task>.yaml`` and ``.jsonl`` into ``folder``; returns the YAML's path.
+    ``data_folder`` is where the YAML says the data is (default: ``folder``; an export
+    assembled in a staging folder names its final place)."""
+    name = task_name(task)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows(examples, task))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (data_folder or folder).resolve() / f"{name}.jsonl"
+    (folder / f"{name}.jsonl").write_text(lines, encoding="utf-8")
+    path = folder / f"{name}.yaml"
+    path.write_text(task_yaml(name, data), encoding="utf-8")
+    return path
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts special tokens before a text (zotune tokenizes with them,
+    lm-eval's hf model without them unless ``add_bos_token=True``)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return len(special) > len(plain) and special[-len(plain):] == plain
+
+
+def lm_eval_command(model_args: str, task: str, folder: str, bos: bool) -> str:
+    """The ``lm_eval`` line that scores the written task."""
+    args = model_args + (",add_bos_token=True" if bos else "")
+    return (f"lm_eval --model hf --model_args {args} --tasks {task_name(task)} "
+            f"--include_path {folder}")
+
+
+def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> str:
+    """Whether lm-eval's ``acc`` must equal the run's test accuracy, and why."""
+    if reduction == "sum":
+        return ("The run scored candidates by the sum of their token log-probabilities, as "
+                "lm-eval's `acc` does: the two accuracies agree up to floating-point ties.")
+    single = all(
+        len(tokenizer(e.contexts[0] + c, add_special_tokens=False)["input_ids"])
+        - len(tokenizer(e.contexts[0], add_special_tokens=False)["input_ids"]) == 1
+        for e in examples for c in e.continuations)
+    if single:
+        return ("Every candidate is one token, so lm-eval's `acc` (sum of token "
+                "log-probabilities) ranks as the run's mean did: the two accuracies agree up to "
+                "floating-point ties.")
+    return ("The run ranked candidates by the mean of their token log-probabilities; lm-eval's "
+            "`acc` sums them, so on multi-token candidates the two may differ.")
+
+
+__all__ = ["FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note", "lm_eval_command",
+           "rows", "task_name", "task_yaml", "write_task"]
