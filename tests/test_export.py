@@ -333,7 +333,14 @@ def test_a_random_shapes_adapter_loads_offline_from_another_folder(
     assert not torch.allclose(loaded, zotune_scores(run_dir, trained=False), atol=1e-6)
 
 
-def test_an_export_prints_no_third_party_progress_bar(one_run, tmp_path, capfd):
-    """transformers 5 drew a "Writing model shards" bar into quickstart's and export's output."""
-    export_run(one_run, tmp_path / "model", allow_untrained=True)
+def test_an_export_prints_no_third_party_progress_bar(one_run, tmp_path, sst2_dir,
+                                                      tiny_run_config, capfd):
+    """transformers 5 drew a "Writing model shards" bar into quickstart's and export's output,
+    and a "Loading weights" bar when the run's model loads from a folder (a real model)."""
+    first = export_run(one_run, tmp_path / "model", allow_untrained=True)
     assert "Writing model shards" not in capfd.readouterr().err
+    run_dir = tmp_path / "from-folder"
+    finetune(tiny_run_config(sst2_dir, run_dir, model__name=str(first), train__steps=1))
+    capfd.readouterr()
+    export_run(run_dir, tmp_path / "again", allow_untrained=True)
+    assert "Loading weights" not in capfd.readouterr().err

@@ -159,3 +159,20 @@ def test_a_task_lm_eval_cannot_hold_is_refused_before_the_model_is_built(
 
 def _refuse(examples, task):
     raise LMEvalTaskError(f"{task}: refused here")
+
+
+@pytest.mark.parametrize(("run_dtype", "export_dtype", "float32"),
+                         [("bfloat16", None, True), ("bfloat16", "float32", False),
+                          ("float32", None, False)])
+def test_half_precision_weights_are_scored_in_float32(tmp_path, sst2_dir, tiny_run_config,
+                                                      run_dtype, export_dtype, float32):
+    """lm-eval's bf16 log-softmax ties candidates: the card's command asks for float32."""
+    from zotune.evaluation.lm_eval_task import FLOAT32_NOTE
+
+    run_dir = tmp_path / "run"
+    finetune(tiny_run_config(sst2_dir, run_dir, model__dtype=run_dtype, train__steps=1))
+    folder = export_run(run_dir, tmp_path / "export", lm_eval_task=True, allow_untrained=True,
+                        dtype=export_dtype)
+    card = (folder / CARD_FILE).read_text()
+    assert ("dtype=float32" in " ".join(card_command(folder))) is float32
+    assert (FLOAT32_NOTE in card) is float32

@@ -110,11 +110,23 @@ def adds_bos(tokenizer) -> bool:
     return len(special) > len(plain) and special[-len(plain):] == plain
 
 
-def lm_eval_command(model_args: str, task: str, folder: str, bos: bool) -> str:
-    """The ``lm_eval`` line that scores the written task."""
+def lm_eval_command(model_args: str, task: str, folder: str, bos: bool,
+                    half_precision: bool = False) -> str:
+    """The ``lm_eval`` line that scores the written task; ``half_precision`` weights are
+    scored in float32 (:data:`FLOAT32_NOTE`)."""
     args = model_args + (",add_bos_token=True" if bos else "")
+    args += ",dtype=float32" if half_precision else ""
     return (f"lm_eval --model hf --model_args {args} --tasks {task_name(task)} "
             f"--include_path {folder}")
+
+
+# Why the command scores half-precision weights in float32.
+FLOAT32_NOTE = (
+    "The command scores the half-precision weights in float32 (`dtype=float32`: the values "
+    "upcast exactly): in bfloat16 lm-eval takes its log-softmax in bfloat16, whose steps (1/16 "
+    "for log-probabilities near -10) tie candidates that float32 tells apart. zotune's own "
+    "evaluation runs the weights' dtype with its log-softmax in float32, so a few near-tied "
+    "examples may still rank otherwise.")
 
 
 def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> str:
@@ -134,5 +146,5 @@ def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> st
             "`acc` sums them, so on multi-token candidates the two may differ.")
 
 
-__all__ = ["FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note", "lm_eval_command",
+__all__ = ["FLOAT32_NOTE", "FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note", "lm_eval_command",
            "rows", "task_name", "task_yaml", "write_task"]

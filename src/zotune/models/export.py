@@ -149,7 +149,8 @@ def export_run(
         )
     test = _test_examples(config) if lm_eval_task else None
     state = load_trainable_checkpoint(run_dir / BEST_FILE)
-    tuned = build_model(config, "cpu")
+    with _no_progress_bars():
+        tuned = build_model(config, "cpu")
     load_trainable_state(tuned.model, state)
     return save_model(
         tuned.model, tuned.loaded.tokenizer, config, out,
@@ -226,7 +227,8 @@ def save_model(
         if lm_eval_examples is not None:
             vocab = getattr(base_model(model).config, "vocab_size", None)
             card += _lm_eval_section(lm_eval_examples, tokenizer, config, out, staging,
-                                     adapter=adapter, base=base, vocab_size=vocab)
+                                     adapter=adapter, base=base, vocab_size=vocab,
+                                     dtype=dtype)
         (staging / CARD_FILE).write_text(card)
         if out.exists():
             shutil.rmtree(out)  # empty, or --overwrite asked for it (check_destination)
@@ -243,8 +245,9 @@ def save_model(
 
 @contextlib.contextmanager
 def _no_progress_bars():
-    """transformers' own bars ("Writing model shards") off while the folder is written: the
-    export is seconds, and the bar would land inside zotune's output."""
+    """transformers' own bars ("Loading weights", "Writing model shards") off while the run's
+    model is loaded and the folder written: the export is seconds, and the bars would land
+    inside zotune's output."""
     from transformers.utils import logging as transformers_logging
 
     enabled = transformers_logging.is_progress_bar_enabled()
@@ -300,7 +303,8 @@ def _save_adapter(
 
 
 def _lm_eval_section(examples, tokenizer, config: RunConfig, out: Path, staging: Path, *,
-                     adapter: bool, base: str, vocab_size: int | None) -> str:
+                     adapter: bool, base: str, vocab_size: int | None,
+                     dtype: str | None) -> str:
     """Write the lm-eval task into the staging folder (naming ``out``'s data file); the card's
     section on scoring the export with lm-evaluation-harness."""
     from ..evaluation import lm_eval_task
@@ -315,9 +319,10 @@ def _lm_eval_section(examples, tokenizer, config: RunConfig, out: Path, staging:
         model_args = f"pretrained={exact},peft={here},tokenizer={here}"
     else:
         model_args = f"pretrained={here}"
+    half = DTYPES[dtype or config.model.dtype].itemsize < 4
     command = lm_eval_task.lm_eval_command(
         model_args, config.task.name, str(here / lm_eval_task.FOLDER),
-        lm_eval_task.adds_bos(tokenizer))
+        lm_eval_task.adds_bos(tokenizer), half_precision=half)
     lines = [
         "## Score it with lm-evaluation-harness",
         "",
@@ -330,6 +335,8 @@ def _lm_eval_section(examples, tokenizer, config: RunConfig, out: Path, staging:
         "",
         lm_eval_task.agreement_note(examples, tokenizer, config.task.reduction),
     ]
+    if half:
+        lines += ["", lm_eval_task.FLOAT32_NOTE]
     if adapter and get_scheme(config.tuning.scheme).after_loading:
         lines += ["", "lm-eval loads the adapter with plain peft, which numbers this scheme's "
                   "positions otherwise (see How to load): its scores will differ."]
