@@ -146,5 +146,5 @@ def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> st
             "`acc` sums them, so on multi-token candidates the two may differ.")
 
 
-__all__ = ["FLOAT32_NOTE", "FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note", "lm_eval_command",
-           "rows", "task_name", "task_yaml", "write_task"]
+__all__ = ["FLOAT32_NOTE", "FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note",
+           "lm_eval_command", "rows", "task_name", "task_yaml", "write_task"]
