@@ -156,3 +156,22 @@ if __name__ == "__main__":
     staged.write_text(with_section(text, section()), encoding="utf-8")
     os.replace(staged, README)
     print(f"{README.relative_to(ROOT)}: layout section rewritten")
+
+
+READERS = ["compare", "findings", "html_report", "index", "intervals", "plots", "report",
+           "section", "selection", "step_profile", "store", "suite", "time_to_accuracy"]
+
+
+def test_the_modules_that_read_results_load_without_torch():
+    """`zotune report`, the findings and the index run where no model does (bench/__init__):
+    importing them must not load torch."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"for name in {READERS!r}: importlib.import_module('zotune.bench.' + name)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

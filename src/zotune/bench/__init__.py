@@ -10,9 +10,11 @@ Data flows one way::
 the tables and plots; ``zotune compare`` and :mod:`.findings` test cells against each other.
 The profiler (``zotune profile``) is :mod:`zotune.profiling`.
 
-This package imports only :mod:`.suite`, for the names below; none of its modules imports
-torch when loaded: the training happens in the worker process (or, with ``--ray``, in a Ray
-task that calls the same worker function).
+This package imports only :mod:`.suite`, for the names below. Reading results needs no
+torch: the report, findings, comparison and index modules load without it (a profile's
+figures import it when a report is given one); the runner, :mod:`.fidelity` and
+:mod:`.backfill` read the optimizer, checkpoint and task code, which do. The training happens
+in the worker process (or, with ``--ray``, in a Ray task that calls the same worker function).
 """
 
 from .suite import Cell, RunSpec, Suite, SuiteError, builtin_suites, load_suite

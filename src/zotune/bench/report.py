@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..profiling.render import mb
 from ..utils.files import atomic_write_text
 from ..utils.tables import markdown_table
 from .html_report import render_html
@@ -237,6 +236,8 @@ def _steps_alone(section: Section) -> list[str]:
 def steps_alone_table(section: Section) -> Table:
     """Per optimizer (inference first), the profiled forward passes per step and, per
     scheme, the step's memory and seconds."""
+    from ..profiling.render import mb  # imports torch: only where a profile is given
+
     profile = section.profile
     assert profile is not None
     header = ["optimizer", "forward passes / step"]

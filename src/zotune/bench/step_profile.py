@@ -19,9 +19,10 @@ refused by name rather than one of them picked.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..profiling.results import load_payload
-from ..profiling.spec import ProfileResult
+if TYPE_CHECKING:
+    from ..profiling.spec import ProfileResult
 
 PROFILE_FILE = "profile.json"
 
@@ -57,6 +58,10 @@ def default_profile(results_dir: Path) -> Path | None:
 
 def load_step_profile(path: str | Path, model: str) -> StepProfile | None:
     """The rows of the profile at ``path`` measured on ``model``; None where it has none."""
+    # The profiler's modules import torch, which this package does not load (bench/__init__).
+    from ..profiling.results import load_payload
+    from ..profiling.spec import ProfileResult
+
     path = Path(path)
     payload = load_payload(path)
     rows: dict[tuple[str, str], ProfileResult] = {}
