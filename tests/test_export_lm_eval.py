@@ -15,12 +15,16 @@ import pytest
 import torch
 import yaml
 
-from zotune.config import load_config
-from zotune.evaluation.lm_eval_task import LMEvalTaskError, rows, task_name
+from zotune.evaluation.lm_eval_task import (
+    LMEvalTaskError,
+    ranked_accuracy,
+    read_samples,
+    rows,
+    summed_loglikelihoods,
+    task_name,
+)
 from zotune.models.export import CARD_FILE, ExportError, export_run
 from zotune.tasks.example import Example
-from zotune.training.checkpoints import BEST_FILE, load_trainable_checkpoint, load_trainable_state
-from zotune.training.run import setup
 from zotune.training.train import finetune
 
 
@@ -43,17 +47,6 @@ def test_a_row_is_the_rendered_context_choices_and_gold_index():
     assert rows([Example(("It was",) * 2, (" terrible", " great"), 1)], "sst2") == [
         {"context": "It was", "choices": [" terrible", " great"], "label": 1}]
     assert task_name("my-task.v2") == "zotune_my_task_v2"
-
-
-def zotune_sums(run_dir: Path) -> list[list[float]]:
-    """The kept checkpoint's summed candidate log-likelihoods on the run's test split (what
-    lm-eval's acc ranks by, whatever reduction the run scored with)."""
-    config = load_config(run_dir / "config.yaml")
-    config.task.reduction = "sum"
-    run = setup(config, for_training=False)
-    load_trainable_state(run.model, load_trainable_checkpoint(run_dir / BEST_FILE))
-    with torch.no_grad():
-        return run.scorer.scores(run.scorer.encode(run.splits.test)).tolist()
 
 
 def card_command(folder: Path) -> list[str]:
@@ -92,18 +85,13 @@ def test_lm_eval_scores_an_export_as_zotune_did(tmp_path, sst2_dir, tiny_run_con
         capture_output=True, text=True, env=env, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (results_file,) = samples_dir.rglob("results_*.json")
-    (samples_file,) = samples_dir.rglob("samples_zotune_sst2_*.jsonl")
     accuracy = json.loads(results_file.read_text())["results"]["zotune_sst2"]["acc,none"]
-    samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()),
-                     key=lambda sample: sample["doc_id"])
-    theirs = [[float(choice[0]) for choice in sample["filtered_resps"]] for sample in samples]
-    ours = zotune_sums(run_dir)
+    theirs = read_samples(samples_dir, "sst2")
+    ours = summed_loglikelihoods(run_dir)
     assert torch.tensor(theirs) == pytest.approx(torch.tensor(ours), abs=1e-4)
-    examples = [json.loads(line) for line in
-                (folder / "lm_eval" / "zotune_sst2.jsonl").read_text().splitlines()]
-    ranked = [max(range(len(s)), key=s.__getitem__) == e["label"]
-              for s, e in zip(ours, examples, strict=True)]
-    assert accuracy == pytest.approx(sum(ranked) / len(ranked))
+    labels = [json.loads(line)["label"] for line in
+              (folder / "lm_eval" / "zotune_sst2.jsonl").read_text().splitlines()]
+    assert accuracy == pytest.approx(ranked_accuracy(ours, labels))
     assert "on multi-token candidates the two may differ" in (folder / CARD_FILE).read_text()
 
 

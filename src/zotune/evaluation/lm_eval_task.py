@@ -146,5 +146,58 @@ def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> st
             "`acc` sums them, so on multi-token candidates the two may differ.")
 
 
+def read_samples(output_dir: Path, task: str) -> list[list[float]]:
+    """Each example's (in the task file's order) candidate log-likelihoods, from the samples
+    file ``lm_eval ... --output_path output_dir --log_samples`` wrote."""
+    name = task_name(task)
+    files = sorted(Path(output_dir).rglob(f"samples_{name}_*.jsonl"))
+    if len(files) != 1:
+        raise FileNotFoundError(
+            f"{output_dir}: {len(files)} lm-eval samples files for {name} (expected one)")
+    samples = [json.loads(line) for line in files[0].read_text().splitlines() if line]
+    samples.sort(key=lambda sample: sample["doc_id"])
+    return [[float(choice[0]) for choice in sample["filtered_resps"]] for sample in samples]
+
+
+def summed_loglikelihoods(run_dir: Path, dtype: str | None = None,
+                          batch_size: int | None = None) -> list[list[float]]:
+    """The run's kept checkpoint scored by zotune on its test split, each candidate's token
+    log-probabilities summed (what lm-eval's ``acc`` ranks by, whatever reduction the run
+    used); ``dtype`` loads the weights in another precision (``float32``: exact upcast)."""
+    import torch
+
+    from ..config import load_config
+    from ..training.checkpoints import (
+        BEST_FILE,
+        load_trainable_checkpoint,
+        load_trainable_state,
+    )
+    from ..training.run import setup
+    from ..training.run_folder import CONFIG_FILE
+
+    config = load_config(Path(run_dir) / CONFIG_FILE)
+    config.task.reduction = "sum"
+    if dtype is not None:
+        config.model.dtype = dtype
+    run = setup(config, for_training=False)
+    load_trainable_state(run.model, load_trainable_checkpoint(Path(run_dir) / BEST_FILE))
+    test, size = run.splits.test, batch_size or config.train.eval_batch_size
+    scores: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(test), size):
+            batch = run.scorer.encode(test[start : start + size])
+            scores += run.scorer.scores(batch).tolist()
+    return scores
+
+
+def ranked_accuracy(scores: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
+    """The accuracy of ranking by ``scores`` (the first of tied candidates wins, as lm-eval's
+    argmax)."""
+    right = [max(range(len(s)), key=s.__getitem__) == label
+             for s, label in zip(scores, labels, strict=True)]
+    return sum(right) / len(right)
+
+
 __all__ = ["FLOAT32_NOTE", "FOLDER", "LMEvalTaskError", "adds_bos", "agreement_note",
-           "lm_eval_command", "rows", "task_name", "task_yaml", "write_task"]
+           "lm_eval_command", "ranked_accuracy", "read_samples", "rows",
+           "summed_loglikelihoods", "task_name", "task_yaml", "write_task"]
