@@ -69,7 +69,8 @@ def without_float32(command: list[str]) -> list[str]:
 def compare(ours, theirs, labels) -> dict:
     differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
               if max(range(len(a)), key=a.__getitem__) != max(range(len(b)), key=b.__getitem__)]
-    gaps = [abs(x - y) for a, b in zip(ours, theirs, strict=True) for x, y in zip(a, b, strict=True)]
+    pairs = zip(ours, theirs, strict=True)
+    gaps = [abs(x - y) for a, b in pairs for x, y in zip(a, b, strict=True)]
     return {
         "accuracy": ranked_accuracy(theirs, labels),
         "rank_otherwise": len(differ),
