@@ -4,10 +4,10 @@ Exports RUN_DIR with ``--lm-eval-task`` into a work folder, runs the ``lm_eval``
 model card gives (as written, plus device, batch size and sample logging; offline), once per
 ``--precision``: ``card`` (the card's command: float32 for half-precision weights) and
 ``native`` (the same without ``dtype=float32``, so lm-eval computes in the weights' dtype).
-Then scores the same checkpoint with zotune, each candidate's token log-probabilities summed
-(lm-eval's ranking), in float32, and writes a Markdown page: each accuracy, the examples the
-two rank differently, the largest and median difference of the candidates' log-likelihoods,
-and the ties lm-eval's scores hold.
+Then scores the same checkpoint with zotune in the same precision as each lm-eval run, each
+candidate's token log-probabilities summed (lm-eval's ranking), and writes a Markdown page:
+each accuracy, the examples the two rank differently, the largest and median difference of the
+candidates' log-likelihoods, and the ties lm-eval's scores hold.
 
     ZOTUNE_DATA_DIR=../shared/datasets python benchmarks/lm_eval_agreement.py runs/demo-1 \\
         --out docs/results/demo/lm-eval.md
@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from zotune.config import load_config
 from zotune.evaluation.lm_eval_task import (
     FOLDER,
     ranked_accuracy,
@@ -33,6 +34,7 @@ from zotune.evaluation.lm_eval_task import (
     summed_loglikelihoods,
 )
 from zotune.models.export import CARD_FILE, export_run
+from zotune.training.run_folder import CONFIG_FILE
 from zotune.utils.environment import hardware_description
 from zotune.utils.files import atomic_write_text
 
@@ -67,12 +69,14 @@ def without_float32(command: list[str]) -> list[str]:
 
 
 def compare(ours, theirs, labels) -> dict:
+    """lm-eval's scores (``theirs``) against zotune's (``ours``) on the same examples."""
     differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
               if max(range(len(a)), key=a.__getitem__) != max(range(len(b)), key=b.__getitem__)]
     pairs = zip(ours, theirs, strict=True)
     gaps = [abs(x - y) for a, b in pairs for x, y in zip(a, b, strict=True)]
     return {
         "accuracy": ranked_accuracy(theirs, labels),
+        "zotune_accuracy": ranked_accuracy(ours, labels),
         "rank_otherwise": len(differ),
         "max_abs_difference": max(gaps),
         "median_abs_difference": statistics.median(gaps),
@@ -80,8 +84,8 @@ def compare(ours, theirs, labels) -> dict:
     }
 
 
-def page(run_dir: Path, result: dict, rows: dict, labels, zotune_float32: float,
-         command: str, seconds: float) -> str:
+def page(run_dir: Path, result: dict, rows: dict, labels, dtypes: dict, command: str,
+         seconds: float) -> str:
     n = len(labels)
     lines = [
         "# lm-evaluation-harness on an exported run",
@@ -89,19 +93,21 @@ def page(run_dir: Path, result: dict, rows: dict, labels, zotune_float32: float,
         f"reproduce: `{command}`",
         "",
         f"Run `{run_dir}` (its own evaluation: test accuracy "
-        f"{result['test_accuracy'] * 100:.1f}% on {n} examples, in the run's dtype), exported "
-        f"with `zotune export --lm-eval-task` and scored by lm-eval with the command its card "
-        f"gives; {hardware_description('cpu')}, {seconds / 60:.0f} min in all.",
+        f"{result['test_accuracy'] * 100:.1f}% on {n} examples, in the run's dtype, candidates "
+        "ranked as the run's `task.reduction` says), exported with `zotune export "
+        "--lm-eval-task` and scored by lm-eval with the command its card gives, beside zotune's "
+        "scores of the same checkpoint in the same precision, candidates ranked by their summed "
+        f"log-likelihood as lm-eval's `acc` ranks; {hardware_description('cpu')}, "
+        f"{seconds / 60:.0f} min in all.",
         "",
-        f"zotune's own scores of the same checkpoint in float32, candidates ranked by their "
-        f"summed log-likelihood (lm-eval's `acc`): {zotune_float32 * 100:.1f}%.",
-        "",
-        "| lm-eval precision | lm-eval acc (%) | examples ranked otherwise than zotune float32 "
-        "| max abs Δ log-likelihood | median abs Δ | examples whose candidates tie |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| lm-eval run | precision | lm-eval acc (%) | zotune acc (%) | examples ranked "
+        "otherwise | max abs Δ log-likelihood | median abs Δ | examples whose candidates tie "
+        "in lm-eval |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['accuracy'] * 100:.1f} | {row['rank_otherwise']} of {n} "
+        lines.append(f"| {name} | {dtypes[name]} | {row['accuracy'] * 100:.1f} | "
+                     f"{row['zotune_accuracy'] * 100:.1f} | {row['rank_otherwise']} of {n} "
                      f"| {row['max_abs_difference']:.2g} | {row['median_abs_difference']:.2g} "
                      f"| {row['ties']} |")
     lines += ["", "`card`: the card's command (half-precision weights scored in float32); "
@@ -130,15 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         task = command[command.index("--tasks") + 1].removeprefix("zotune_")
         labels = [json.loads(line)["label"] for line in
                   (folder / FOLDER / f"zotune_{task}.jsonl").read_text().splitlines()]
-        ours = summed_loglikelihoods(args.run_dir, dtype="float32")
+        native = load_config(args.run_dir / CONFIG_FILE).model.dtype
+        card = "float32" if "dtype=float32" in " ".join(command) else native
+        dtypes = {"card": card, "native": native}
         rows = {}
         for name in precisions:
+            ours = summed_loglikelihoods(args.run_dir, dtype=dtypes[name])
             run = command if name == "card" else without_float32(command)
             run_lm_eval(run, work / f"lm-eval-{name}", args.batch_size)
             rows[name] = compare(ours, read_samples(work / f"lm-eval-{name}", task), labels)
             print(f"{name}: lm-eval acc {rows[name]['accuracy']:.4f}, "
                   f"{rows[name]['rank_otherwise']} ranked otherwise", flush=True)
-    text = page(args.run_dir, result, rows, labels, ranked_accuracy(ours, labels),
+    text = page(args.run_dir, result, rows, labels, dtypes,
                 "python benchmarks/lm_eval_agreement.py " + " ".join(argv or sys.argv[1:]),
                 time.perf_counter() - start)
     if args.out:
