@@ -84,13 +84,35 @@ class Float32MatmulLinear(torch.nn.Linear):
 @functools.cache
 def native_over_float32(dtype: torch.dtype, threads: int) -> float:
     """Time of a native ``dtype`` GEMM over the fp32 GEMM of upcast operands, on this CPU
-    with ``threads`` threads (the :data:`PROBE_SHAPE`; :func:`paired_ratio`)."""
+    with ``threads`` threads (the :data:`PROBE_SHAPE`; :func:`probe_workloads`,
+    :func:`paired_ratio`)."""
+    return paired_ratio(*probe_workloads(dtype))
+
+
+def probe_workloads(dtype: torch.dtype) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The probe's two GEMMs of :data:`PROBE_SHAPE`: native ``dtype``, and fp32 from upcast
+    operands rounded back. Both write into buffers allocated here, once, so their ratio is the
+    arithmetic's and the casts': allocating the upcast path's temporaries per call costs what
+    the allocator's state says (fresh zeroed pages under ``zotune profile``'s resident-set
+    tracking took the ratio from 1.7 to 1.3 and flipped the choice), where a run's steady
+    heap reuses them."""
     rows, inner, outer = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inner, generator=generator).to(dtype)
     w = torch.randn(outer, inner, generator=generator).to(dtype)
-    return paired_ratio(lambda: F.linear(x, w),
-                        lambda: F.linear(x.float(), w.float()).to(dtype))
+    x32, w32 = torch.empty(rows, inner), torch.empty(outer, inner)
+    y32, y = torch.empty(rows, outer), torch.empty(rows, outer, dtype=dtype)
+
+    def native() -> None:
+        torch.mm(x, w.t(), out=y)
+
+    def upcast() -> None:
+        x32.copy_(x)
+        w32.copy_(w)
+        torch.mm(x32, w32.t(), out=y32)
+        y.copy_(y32)
+
+    return native, upcast
 
 
 def paired_ratio(
