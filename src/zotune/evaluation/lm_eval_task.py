@@ -13,10 +13,11 @@ The choices are written with their leading space and the task's ``target_delimit
 empty, so lm-eval scores the same continuation zotune does; both split a candidate's tokens
 off the jointly tokenized context + candidate (lm-eval's ``_encode_pair``, zotune's
 :meth:`zotune.evaluation.scoring.Scorer._pair_ids`). lm-eval's ``acc`` ranks candidates by
-the *sum* of their token log-probabilities: it equals zotune's test accuracy where every
-candidate is one token (SST-2 and the other one-word verbalizers) or the run scores by the
-sum (``task.reduction: sum``); with zotune's default mean over tokens, multi-token candidates
-may rank otherwise (:func:`agreement_note` says which holds). zotune tokenizes with the
+the *sum* of their token log-probabilities: at the same precision it equals zotune's test
+accuracy where every candidate is one token (SST-2 and the other one-word verbalizers) or the
+run scores by the sum (``task.reduction: sum``); with zotune's default mean over tokens,
+multi-token candidates may rank otherwise (:func:`agreement_note` says which holds).
+Half-precision weights are scored in float32 (:data:`FLOAT32_NOTE`). zotune tokenizes with the
 tokenizer's special tokens; where that adds a BOS token, lm-eval needs ``add_bos_token=True``
 (:func:`lm_eval_command` adds it).
 
@@ -123,25 +124,27 @@ def lm_eval_command(model_args: str, task: str, folder: str, bos: bool,
 # Why the command scores half-precision weights in float32.
 FLOAT32_NOTE = (
     "The command scores the half-precision weights in float32 (`dtype=float32`: the values "
-    "upcast exactly): in bfloat16 lm-eval takes its log-softmax in bfloat16, whose steps (1/16 "
-    "for log-probabilities near -10) tie candidates that float32 tells apart. zotune's own "
-    "evaluation runs the weights' dtype with its log-softmax in float32, so a few near-tied "
-    "examples may still rank otherwise.")
+    "upcast exactly), where lm-eval and zotune rank alike. The test accuracy above was measured "
+    "in the weights' dtype, and the forward's precision alone moves near-tied examples (about a "
+    "point on SST-2 for zotune's demo run: docs/results/demo/lm-eval.md in zotune's "
+    "repository). In bfloat16 lm-eval would take its log-softmax in bfloat16, whose steps (1/16 "
+    "for log-probabilities near -10) tie candidates that float32 tells apart.")
 
 
 def agreement_note(examples: Sequence[Example], tokenizer, reduction: str) -> str:
     """Whether lm-eval's ``acc`` must equal the run's test accuracy, and why."""
     if reduction == "sum":
         return ("The run scored candidates by the sum of their token log-probabilities, as "
-                "lm-eval's `acc` does: the two accuracies agree up to floating-point ties.")
+                "lm-eval's `acc` does: at the same precision the two accuracies agree up to "
+                "floating-point ties.")
     single = all(
         len(tokenizer(e.contexts[0] + c, add_special_tokens=False)["input_ids"])
         - len(tokenizer(e.contexts[0], add_special_tokens=False)["input_ids"]) == 1
         for e in examples for c in e.continuations)
     if single:
         return ("Every candidate is one token, so lm-eval's `acc` (sum of token "
-                "log-probabilities) ranks as the run's mean did: the two accuracies agree up to "
-                "floating-point ties.")
+                "log-probabilities) ranks as the run's mean did: at the same precision the two "
+                "accuracies agree up to floating-point ties.")
     return ("The run ranked candidates by the mean of their token log-probabilities; lm-eval's "
             "`acc` sums them, so on multi-token candidates the two may differ.")
 
