@@ -131,6 +131,24 @@ def test_a_reference_that_rises_then_falls_sets_its_best_as_the_target(tmp_path,
                     "fo-adam": (pytest.approx(0.65), 20)}
 
 
+def test_the_plot_dashes_the_target_not_the_references_last_evaluation(tmp_path, tiny_suite):
+    """The dashed line is the target the table times every cell to (ZO-SGD's best seed mean,
+    0.65), not where its curve ends (0.45)."""
+    pytest.importorskip("matplotlib")
+    from zotune.bench.plots import validation_vs_forward_passes_figure
+
+    collapsing = {("zo-sgd", 1e-3): [[0.50, 0.66, 0.45], [0.50, 0.64, 0.45]],
+                  ("zo-sgd", 1e-4): [[0.50, 0.55, 0.60], [0.50, 0.55, 0.60]]}
+    folder = frontier_store(tmp_path, tiny_suite, validation={**VALIDATION, **collapsing})
+    with ResultsStore(folder, create=False) as store:
+        (section,) = build_sections(store.records(), store.plans(), folder)
+    figure = validation_vs_forward_passes_figure(section, folder)
+    for axis in figure.axes:
+        dashed = [line for line in axis.get_lines() if line.get_linestyle() == "--"]
+        assert [list(line.get_ydata()) for line in dashed] == [[pytest.approx(65.0)] * 2]
+    assert "dashed: the target, zo-sgd's best" in figure.get_suptitle().replace("\n", " ")
+
+
 def test_a_target_the_initial_model_scores_is_said_so(tmp_path, tiny_suite):
     """A reference that never left its step-0 validation sets a target every cell meets
     before its first update: the table says so rather than show a race won in 0 passes."""

@@ -20,8 +20,8 @@ as independent binomials (wider, and said so). Its verdict:
 
 Cells are chosen on validation (:mod:`zotune.bench.selection`), never on test. A finding
 that claims faster convergence (``time_to_accuracy``) also says each cell's forward passes to
-the validation accuracy at which ZO-SGD ends (:mod:`zotune.bench.time_to_accuracy`), as
-measured, without an interval.
+ZO-SGD's best validation accuracy, where its runs end since they keep their best checkpoint
+(:mod:`zotune.bench.time_to_accuracy`), as measured, without an interval.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class Estimate:
     missing: list[str] = field(default_factory=list)
     untrained: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # cells whose choice may still change
-    reaches: str = ""  # each cell's forward passes to ZO-SGD's final validation, where asked
+    reaches: str = ""  # each cell's forward passes to ZO-SGD's best validation, where asked
 
 
 def estimate(contrast: Contrast, view: StoreView, margin: float) -> Estimate:
@@ -405,9 +405,10 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str,
         "contrast says nothing about its optimizer. "
         "Values are points of test accuracy; the paper's are from "
         "ZO-Bench's SST-2 / OPT-1.3B table, where it has every cell. A claim of faster "
-        "convergence also gives each cell's forward passes to the validation accuracy at "
-        "which ZO-SGD ends, of the passes it ran (the seed-mean validation curve of its "
-        "chosen setting; `zotune report`'s time-to-accuracy table, which adds wall time): "
+        "convergence also gives each cell's forward passes to ZO-SGD's best validation "
+        "accuracy (where its runs end: they keep their best checkpoint), of the passes it "
+        "ran (the seed-mean validation curve of its chosen setting; `zotune report`'s "
+        "time-to-accuracy table, which adds wall time): "
         "a description of the runs, with no interval.",
         "",
         markdown_table(["finding", "verdicts of its contrasts",
@@ -423,7 +424,7 @@ def markdown(checked: list[tuple[Finding, list[Estimate]]], command: str,
                       ""]
         header = ["contrast", "measured (95% interval)", "paper", "method", "verdict"]
         if finding.time_to_accuracy:
-            header.append("forward passes to ZO-SGD's final validation")
+            header.append("forward passes to ZO-SGD's best validation")
         table = []
         for item in estimates:
             paper = paper_value(item.contrast)

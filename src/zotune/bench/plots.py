@@ -361,24 +361,26 @@ def plot_accuracy_vs_memory(section: Section, path: Path) -> bool:
 def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> Any | None:
     """A panel per scheme, a line per optimizer: its chosen setting's validation accuracy
     against forward passes (mean over seeds, shaded: lowest to highest seed), with the
-    reference's final validation (the time-to-accuracy target) dashed; None if no cell has a
+    time-to-accuracy target (the reference's best seed mean) dashed; None if no cell has a
     validation curve and forward passes per step."""
     # Imported here: time_to_accuracy reads curves through this module, and the registry
     # loads torch.
     from ..optim.registry import names
-    from .time_to_accuracy import REFERENCE, section_curves
+    from .time_to_accuracy import REFERENCE, scheme_targets, section_curves
 
     curves = section_curves(section, results_dir)
     if not curves:
         return None
     reference = section.reference or REFERENCE
+    targets = scheme_targets(curves, reference)
     schemes = list(dict.fromkeys(c.scheme for c in curves))
     plt = pyplot()
     width = max(MIN_WIDTH, 4.2 * len(schemes))
     title = _title(
         f"{section.suite}: {section.task} on {section.model}: validation accuracy against "
         f"forward passes, chosen setting of each optimizer, {_band_words([c.band for c in curves])}"
-        f"; dashed: where {reference} ends; one scale, at least {MIN_ACCURACY_SPAN:.0f} points",
+        f"; dashed: the target, {reference}'s best; one scale, at least "
+        f"{MIN_ACCURACY_SPAN:.0f} points",
         width)
     height = 3.6 + _title_height(title)
     figure, axes = plt.subplots(1, len(schemes), squeeze=False, figsize=(width, height),
@@ -404,7 +406,7 @@ def validation_vs_forward_passes_figure(section: Section, results_dir: Path) -> 
                                   [v * 100 for v in band.high], color=color, alpha=0.15,
                                   linewidth=0)
             if curve.optimizer == reference:
-                axis.axhline(band.mean[-1] * 100, color=color, linestyle="--", linewidth=0.8)
+                axis.axhline(targets[scheme] * 100, color=color, linestyle="--", linewidth=0.8)
         axis.legend(fontsize=5)
     axes[0][0].set_ylabel(CURVE_LABELS[VALIDATION], fontsize=7)
     axes[0][0].set_ylim(*accuracy_limits(

@@ -103,6 +103,11 @@ def reach(curve: PassCurve, target: float) -> Reach:
                  mean[best_index], curve.passes[best_index])
 
 
+def scheme_targets(curves: list[PassCurve], reference: str = REFERENCE) -> dict[str, float]:
+    """Per scheme, the target: the ``reference`` cell's best seed-mean validation accuracy."""
+    return {c.scheme: max(c.band.mean) for c in curves if c.optimizer == reference}
+
+
 def times_to_accuracy(
     section: Section, results_dir: Path, reference: str = REFERENCE
 ) -> list[Reach]:
@@ -110,7 +115,7 @@ def times_to_accuracy(
     validation accuracy), the reference first in each scheme; none for the schemes whose
     reference cell has no curve."""
     curves = section_curves(section, results_dir)
-    targets = {c.scheme: max(c.band.mean) for c in curves if c.optimizer == reference}
+    targets = scheme_targets(curves, reference)
     ordered = sorted((c for c in curves if c.scheme in targets),
                      key=lambda c: (list(targets).index(c.scheme), c.optimizer != reference))
     return [reach(c, targets[c.scheme]) for c in ordered]
