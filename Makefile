@@ -33,8 +33,9 @@ test: venv
 
 # After a bench grows a store under docs/results (zotune bench SUITE --results
 # docs/results/SUITE): each store's report (tables, plots and the self-contained report.html;
-# tables only where matplotlib, the dev extra's, is missing), the findings page and the
-# index's copies of their tables, regenerated from the records.
+# tables only where matplotlib, the dev extra's, is missing), the findings page, the recipes
+# page and the copies of their tables in the index and the README, regenerated from the
+# records.
 results: venv
 	plots=$$($(BIN)/python -c "import matplotlib" 2>/dev/null || echo --no-plots); \
 	for plan in docs/results/*/suites; do \
@@ -42,7 +43,9 @@ results: venv
 		$(BIN)/zotune report $$store --out $$store/report $$plots || exit 1; \
 	done
 	$(BIN)/python -m zotune.bench.findings docs/results --out docs/results/findings.md
+	$(BIN)/python -m zotune.bench.recipes docs/results/cpu-frontier --out docs/results/recipes.md
 	$(BIN)/python -m zotune.bench.index docs/results/README.md
+	$(BIN)/python -m zotune.bench.index README.md
 
 lint: venv
 	$(BIN)/ruff check src tests

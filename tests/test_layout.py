@@ -158,8 +158,9 @@ if __name__ == "__main__":
     print(f"{README.relative_to(ROOT)}: layout section rewritten")
 
 
-READERS = ["compare", "findings", "html_report", "index", "intervals", "plots", "report",
-           "section", "selection", "step_profile", "store", "suite", "time_to_accuracy"]
+READERS = ["compare", "findings", "html_report", "index", "intervals", "plots", "recipes",
+           "report", "section", "selection", "step_profile", "store", "suite",
+           "time_to_accuracy"]
 
 
 def test_the_modules_that_read_results_load_without_torch():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
 
 from zotune import cli
+from zotune.config import build_config, command_line
 from zotune.optim import OPTIMIZERS
-from zotune.recipes.demo import demo_config, equivalent_command
+from zotune.recipes.demo import demo_config
 from zotune.training.train import batch_for_step, finetune
 from zotune.tuning import scheme_keys
 from zotune.utils.files import atomic_write
@@ -216,11 +218,40 @@ def test_tasks_lists_the_suite(capsys):
     assert {"sst2", "copa", "winogrande", "multirc"} <= names
 
 
-def test_demo_recipe_is_the_printed_command():
-    config = demo_config()
-    parser = cli.build_parser()
-    args = parser.parse_args(equivalent_command(config).split()[1:])
+@pytest.mark.parametrize(
+    ("config", "flags"),
+    [
+        (demo_config(), ["--model smollm2-135m", "--dtype bfloat16", "--num-val 200",
+                         "--lr 3e-05", "--eps 0.001", "--steps 250", "--eval-test-before"]),
+        # a frontier suite run: switches on and off, a scheme's options, lists, an optimizer
+        # option declared by one entry
+        (build_config({
+            "model": {"dtype": "bfloat16"},
+            "task": {"num_val": 500, "num_test": 872},
+            "tuning": {"scheme": "lora", "lora_r": 4,
+                       "lora_target_modules": "q_proj,v_proj"},
+            "optimizer": {"name": "lozo-m", "lr": 1e-3, "eps": 1e-2, "lozo_rank": 4},
+            "train": {"steps": 480, "eval_every": 120, "eval_test_every": True,
+                      "progress": False}}),
+         ["--tuning lora", "--lora-r 4", "--lora-target-modules q_proj,v_proj",
+          "--optimizer lozo-m", "--lr 0.001", "--eval-test-every", "--no-progress",
+          "--lozo-rank 4"]),
+        (build_config({"model": {"device_map": {"lm_head": "cpu"}},
+                       "optimizer": {"name": "zo-adam", "betas": [0.8, 0.99],
+                                     "stochastic_rounding": False}}),
+         ["'model.device_map={lm_head: cpu}'", "--betas 0.8,0.99",
+          "--no-stochastic-rounding"]),
+    ],
+    ids=["demo", "lozo-m-lora", "override-and-switch-off"],
+)
+def test_a_configs_command_line_builds_it_again(config, flags):
+    """command_line names only what differs from the defaults, and `zotune train` given it
+    builds the same config (the demo prints its own; the recipes page shows the suite's)."""
+    line = command_line(config)
+    assert line.startswith("zotune train ") and all(f" {flag}" in line for flag in flags)
+    args = cli.build_parser().parse_args(shlex.split(line)[1:])
     assert cli._config_from(args, args.items) == config
+    assert "--output-dir" not in command_line(config, omit=("train.output_dir",))
 
 
 @pytest.mark.parametrize(

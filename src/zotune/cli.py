@@ -15,7 +15,7 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
     import dataclasses
     import typing
 
-    from .config import RUN_LEVEL_OPTIONS, RunConfig
+    from .config import RUN_LEVEL_OPTIONS, RunConfig, config_flag
     from .optim.registry import REGISTRY, all_options
     from .tuning.registry import all_options as scheme_options
     from .tuning.registry import owners
@@ -28,7 +28,7 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
             if item.name == "settings":  # the registries' options, below
                 continue
             dotted = f"{section.name}.{item.name}"
-            flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+            flag = config_flag(dotted)
             kind = next(t for t in (*typing.get_args(hints[item.name]), hints[item.name])
                         if t in (str, int, float, bool))
             help_ = item.metadata.get("help", f"sets {dotted}")
@@ -62,7 +62,7 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
         help_ = f"{option.describe()} (config optimizer.{name}; {where})"
         if own:
             help_ = f"{option.describe()}; {'; '.join(own)} (config optimizer.{name}; {where})"
-        flag = "--" + name.replace("_", "-")
+        flag = config_flag(f"optimizer.{name}")
         if option.kind is bool:  # a switch: --nesterov, --no-stochastic-rounding
             flag = f"--no-{flag[2:]}" if option.default else flag
             keywords = {"action": "store_const", "const": not option.default, "help": help_}
@@ -74,8 +74,10 @@ def _config_flags() -> list[tuple[str, str, dict[str, Any]]]:
 
 def _scheme_option_flag(name: str, option, schemes: tuple[str, ...]):
     """``(flag, dotted key, add_argument keywords)`` of a tuning scheme's option."""
+    from .config import config_flag
+
     dotted = f"tuning.{name}"
-    flag = "--" + name.replace("_", "-")
+    flag = config_flag(dotted)
     if option.kind is bool:
         flag = f"--no-{flag[2:]}" if option.default else flag
         return flag, dotted, {"action": "store_const", "const": not option.default,

@@ -15,6 +15,7 @@ key::
 from __future__ import annotations
 
 import copy
+import shlex
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -474,6 +475,43 @@ def config_from(
     return build_config(data)
 
 
+def config_flag(dotted: str) -> str:
+    """The ``zotune train`` flag of a config key: its own (``--model`` for ``model.name``) or
+    ``--`` and the key with dashes; a switch sets the non-default value, so ``--no-`` + that
+    where the default is on (``--no-stochastic-rounding``)."""
+    section, _, name = dotted.partition(".")
+    cls = _section_types().get(section)
+    own = next((f for f in fields(cls) if f.name == name), None) if cls is not None else None
+    return (own.metadata.get("flag") if own is not None else None) or (
+        "--" + name.replace("_", "-"))
+
+
+def command_line(config: RunConfig, omit: tuple[str, ...] = ()) -> str:
+    """The ``zotune train`` command that builds ``config``: a flag for every key whose value
+    differs from the default config, in section order (``omit``: dotted keys left out, such
+    as the output folder). A key the command line cannot give as a flag value (null over a
+    default, a mapping) is a ``section.key=value`` override. ``zotune train`` given the
+    result builds ``config`` again (the tests check)."""
+    default = build_config().to_dict()
+    words = ["zotune", "train"]
+    for section, values in config.to_dict().items():
+        for name, value in values.items():
+            dotted = f"{section}.{name}"
+            if dotted in omit or value == default[section].get(name):
+                continue
+            flag = config_flag(dotted)
+            if isinstance(value, bool):
+                words.append(flag if value else "--no-" + flag[2:])
+            elif value is None or isinstance(value, dict):
+                text = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n")
+                words.append(shlex.quote(f"{dotted}={text.strip()}"))
+            else:
+                text = (",".join(map(str, value)) if isinstance(value, (list, tuple))
+                        else repr(value) if isinstance(value, float) else str(value))
+                words += [flag, shlex.quote(text)]
+    return " ".join(words)
+
+
 def replace(config: RunConfig, **dotted: Any) -> RunConfig:
     """A copy of ``config`` with ``section__key=value`` (or {"section.key": value}) changes."""
     return config_from(config.to_dict(), {k.replace("__", "."): v for k, v in dotted.items()})
@@ -488,6 +526,8 @@ __all__ = [
     "TrainConfig",
     "TuningConfig",
     "build_config",
+    "command_line",
+    "config_flag",
     "config_from",
     "load_config",
     "parse_override",

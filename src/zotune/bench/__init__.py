@@ -7,11 +7,12 @@ Data flows one way::
                                          report (select on val, test once) ◀┘
 
 ``zotune bench SUITE`` runs a suite (built-in name or YAML path); ``zotune report DIR`` writes
-the tables and plots; ``zotune compare`` and :mod:`.findings` test cells against each other.
+the tables and plots; ``zotune compare`` and :mod:`.findings` test cells against each other;
+:mod:`.recipes` turns each scheme's best cells into the commands that run them.
 The profiler (``zotune profile``) is :mod:`zotune.profiling`.
 
 This package imports only :mod:`.suite`, for the names below. Reading results needs no
-torch: the report, findings, comparison and index modules load without it (a profile's
+torch: the report, findings, recipes, comparison and index modules load without it (a profile's
 figures import it when a report is given one); the runner, :mod:`.fidelity` and
 :mod:`.backfill` read the optimizer, checkpoint and task code, which do. The training happens
 in the worker process (or, with ``--ray``, in a Ray task that calls the same worker function).

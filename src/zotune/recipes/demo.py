@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config import RunConfig, build_config
+from ..config import RunConfig, build_config, command_line
 from .quickstart import fresh_folder
 
 # Each demo writes a new folder runs/demo-N, so running it again is a new run, never an error.
@@ -42,33 +42,11 @@ def demo_config(steps: int | None = None, root: Path = DEMO_ROOT) -> RunConfig:
     return build_config(recipe)
 
 
-def equivalent_command(config: RunConfig) -> str:
-    """The ``zotune train`` command line that runs the same job."""
-    flags = [
-        f"--model {config.model.name}",
-        f"--dtype {config.model.dtype}",
-        f"--task {config.task.name}",
-        f"--num-train {config.task.num_train}",
-        f"--num-val {config.task.num_val}",
-        f"--num-test {config.task.num_test}",
-        f"--tuning {config.tuning.scheme}",
-        f"--optimizer {config.optimizer.name}",
-        f"--lr {config.optimizer.lr:g}",
-        f"--eps {config.optimizer.eps:g}",
-        f"--steps {config.train.steps}",
-        f"--batch-size {config.train.batch_size}",
-        f"--eval-every {config.train.eval_every}",
-        "--eval-test-before",
-        f"--output-dir {config.train.output_dir}",
-    ]
-    return "zotune train " + " ".join(flags)
-
-
 def run_demo(steps: int | None = None, root: Path = DEMO_ROOT) -> None:
     from ..training.train import finetune
 
     config = demo_config(steps, root)
-    print(f"zotune demo: {equivalent_command(config)}", file=sys.stderr, flush=True)
+    print(f"zotune demo: {command_line(config)}", file=sys.stderr, flush=True)
     result = finetune(config)
     before, after = result.test_accuracy_before, result.test_accuracy
     print(
