@@ -430,3 +430,50 @@ def test_the_setup_line_says_what_auto_products_resolved_to(rows, said):
 
     assert said in describe_setup(rows)
     assert ProfileResult.from_dict(rows[0].as_dict()).matmul == rows[0].matmul
+
+
+# Repeats: each row in several fresh processes ------------------------------------------------
+
+
+def test_repeats_measure_round_by_round_and_show_each_rows_median_process(monkeypatch):
+    """Three rounds over two rows (A B A B A B), each row's result the process with the
+    median s/step, every process's s/step beside it; the table shows the range."""
+    import dataclasses
+
+    from zotune.profiling import measurement
+    from zotune.profiling.render import describe_setup, profile_table
+
+    seconds = {"zo-sgd": iter([3.0, 5.2, 3.1]), "hizoo": iter([4.5, 4.4, 4.6])}
+    order = []
+    template = run_profile([ProfileSpec(method="inference", seq_len=8, **TINY)],
+                           isolate=False)[0]
+
+    def fake(spec):
+        order.append(spec.method)
+        return dataclasses.replace(template, spec=spec, isolated=True,
+                                   seconds_per_step=next(seconds[spec.method]),
+                                   peak_bytes=template.loaded_bytes + len(order))
+
+    monkeypatch.setattr(measurement, "measure_isolated", fake)
+    specs = [ProfileSpec(method=m, seq_len=8, **TINY) for m in ("zo-sgd", "hizoo")]
+    zo, hizoo = run_profile(specs, repeats=3)
+    assert order == ["zo-sgd", "hizoo"] * 3
+    assert (zo.seconds_per_step, zo.process_seconds) == (3.1, [3.0, 5.2, 3.1])
+    assert (hizoo.seconds_per_step, hizoo.process_seconds) == (4.5, [4.5, 4.4, 4.6])
+    assert zo.above_weights_bytes == 5  # the median process's own memory reading
+    assert "3.100 (3.00–5.20)" in profile_table([zo, hizoo])
+    assert "each row measured in 3 fresh processes" in describe_setup([zo, hizoo])
+    assert ProfileResult.from_dict(zo.as_dict()) == zo
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        run_profile(specs, repeats=0)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--repeats", "2", "--step-cost"], "--repeats applies to measured profiles; drop --step-cost"),
+    (["--repeats", "2", "--estimate-only"],
+     "--repeats applies to measured profiles; drop --estimate-only"),
+])
+def test_bad_repeats_are_refused_before_anything_runs(argv, message, capsys):
+    assert main(["profile", *argv]) == 2
+    assert message in capsys.readouterr().err

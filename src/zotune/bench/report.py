@@ -236,7 +236,8 @@ def _steps_alone(section: Section) -> list[str]:
 def steps_alone_table(section: Section) -> Table:
     """Per optimizer (inference first), the profiled forward passes per step and, per
     scheme, the step's memory and seconds."""
-    from ..profiling.render import mb  # imports torch: only where a profile is given
+    # Imported here: torch loads with them, only where a profile is given.
+    from ..profiling.render import mb, seconds_text
 
     profile = section.profile
     assert profile is not None
@@ -252,7 +253,7 @@ def steps_alone_table(section: Section) -> Table:
         row = [optimizer, ", ".join(sorted(passes))]
         for result in found:
             row += ([MISSING, MISSING] if result is None else
-                    [mb(result.memory_bytes), f"{result.seconds_per_step:.3f}"])
+                    [mb(result.memory_bytes), seconds_text(result)])
         rows.append(row)
     return Table(header, rows, align_right_from=1)
 

@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "busy machine",
     )
     parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="fresh processes per row, round by round over the rows; each row is shown from "
+        "its median process, with the range over them (default 1)",
+    )
+    parser.add_argument(
         "--isolate",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -201,6 +206,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--compile adds compiled rows to --step-cost; add --step-cost")
     if args.offload and mode:
         raise ValueError(f"--offload applies to measured profiles; drop {mode}")
+    if args.repeats > 1 and mode:
+        raise ValueError(f"--repeats applies to measured profiles; drop {mode}")
     if args.offload and args.from_json is None:
         import importlib.util
 
@@ -244,6 +251,7 @@ def _check_sizes(args: argparse.Namespace) -> None:
     """Counts that must be positive, and lengths the model has positions for (a longer one
     would run until killed on positions it does not have)."""
     for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--repeats", args.repeats, 1),
                                ("--seq-len", args.seq_len, 1),
                                ("--micro-batch-size", args.micro_batch_size, 1)):
         if value is not None and value < least:
@@ -320,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
         from .results import profile_payload
 
         results = run_profile(
-            _specs(args, common, precisions), isolate=args.isolate, log=_log, failures=failures
+            _specs(args, common, precisions), isolate=args.isolate, repeats=args.repeats,
+            log=_log, failures=failures
         )
         payload = profile_payload(results, command=command, note=args.note)
         markdown = _show_profile(args, results, command, payload["setup"])

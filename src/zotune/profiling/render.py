@@ -25,6 +25,14 @@ def estimate_breakdown(estimate: dict[str, Any], unmodelled: str = "optimizer op
     return breakdown(estimate, mb)
 
 
+def seconds_text(result: ProfileResult) -> str:
+    """s/step, with the range over the processes that measured it where there were several."""
+    spread = result.process_seconds
+    if len(spread) < 2:
+        return f"{result.seconds_per_step:.3f}"
+    return f"{result.seconds_per_step:.3f} ({min(spread):.2f}–{max(spread):.2f})"
+
+
 def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -> str:
     """One row per measurement: time per step, measured memory, estimate and its breakdown."""
     header = (
@@ -48,7 +56,7 @@ def profile_table(results: Sequence[ProfileResult], *, markdown: bool = False) -
                 r.spec.method_label(),
                 r.spec.scheme,
                 r.spec.shape_label(),
-                f"{r.seconds_per_step:.3f}",
+                seconds_text(r),
                 str(r.forward_passes_per_step),
                 f"{r.trainable_parameters:,}",
                 mb(r.memory_bytes),
@@ -98,6 +106,10 @@ def describe_setup(results: Sequence[ProfileResult]) -> str:
     spec = results[0].spec
     isolated = all(r.isolated for r in results)
     where = "one fresh process per measurement" if isolated else "in one process"
+    processes = max(len(r.process_seconds) for r in results)
+    if processes > 1:
+        where = (f"each row measured in {processes} fresh processes, round by round over the "
+                 "rows, and shown from the process with the median s/step")
     what = "memory allocated by torch" if spec.device.startswith("cuda") else "resident set"
     threads = "" if spec.threads is None else f", {spec.threads} torch thread(s)"
     precisions = list(dict.fromkeys(r.spec.precision() for r in results))

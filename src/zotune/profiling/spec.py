@@ -170,6 +170,9 @@ class ProfileResult:
     # How the model's half-precision products ran (zotune.models.matmul.matmul_mode): what
     # model.matmul auto resolved to in the measuring process.
     matmul: str | None = None
+    # With repeats, every process's s/step (this result is the median process's own): one
+    # process can run a row slower throughout, as its allocations happened to fall.
+    process_seconds: list[float] = field(default_factory=list)
 
     @property
     def above_weights_bytes(self) -> int:
