@@ -13,7 +13,7 @@ from zotune import cli
 from zotune.config import optimizer_option_types
 from zotune.enhance import MaskedDirectionSampler, partition, split_hybrid
 from zotune.enhance.blocks import block_names, find_layers
-from zotune.enhance.sparse import tensor_sparsities
+from zotune.enhance.sparse import pack_bits, tensor_sparsities, unpack_bits
 from zotune.estimators import DirectionSampler, IndexedParam
 from zotune.optim import OPTIMIZERS, ZEROTH_ORDER, create_optimizer
 
@@ -568,3 +568,15 @@ def test_masked_table_moves_add_exactly_the_drawn_direction(dtype):
     expected = sampler.direction(torch.zeros(20_000, dtype=dtype), 7, 0) * 0.5
     assert torch.equal(param, expected)
     assert abs((param != 0).float().mean().item() - 0.7) < 0.02
+
+
+@pytest.mark.parametrize("numel", [1, 5, 8, 13, 64, 1027])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_bit_packed_masks_unpack_to_the_values_packed(numel, dtype):
+    """Sparse-MeZO holds its masks one bit per value; unpacking gives them back as 0/1 of the
+    direction's dtype, into the front of a longer scratch buffer, whatever the tail."""
+    mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) < 0.3
+    scratch = torch.full((numel + 11,), 7.0, dtype=dtype)
+    out = unpack_bits(pack_bits(mask), numel, scratch[:numel])
+    assert out.dtype == dtype and torch.equal(out, mask.to(dtype))
+    assert torch.equal(scratch[numel:], torch.full((11,), 7.0, dtype=dtype))

@@ -288,11 +288,34 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, numel: int, out: torch.Tensor) -> torch.Tensor:
-    """The first ``numel`` values packed by :func:`pack_bits`, as 0/1 into ``out``."""
-    weights = _BIT_WEIGHTS.to(packed.device)
-    bits = packed.unsqueeze(1).bitwise_and(weights).ne(0).view(-1)[:numel]
-    out.copy_(bits.view(out.shape))
+    """The first ``numel`` values packed by :func:`pack_bits`, as 0/1 into ``out`` (contiguous).
+
+    One lookup per byte in a 256 × 8 table of its bits (:func:`byte_bits`): testing each bit
+    (an 8× uint8 temporary, then booleans, then a copy into ``out``) took ten times as long,
+    and ran in every pass of a Sparse-MeZO step (2.5× ZO-SGD's full step on CPU).
+    """
+    table = byte_bits(out.device, out.dtype)
+    flat = out.view(-1)
+    whole = numel // 8
+    if whole:
+        rows = flat[: whole * 8].view(whole, 8)
+        torch.index_select(table, 0, packed[:whole].to(torch.int32), out=rows)
+    if numel > whole * 8:
+        flat[whole * 8 :].copy_(table[int(packed[whole])][: numel - whole * 8])
     return out
+
+
+def byte_bits(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Row b: the eight bits of byte b, lowest first, as 0/1 of ``dtype`` (made once)."""
+    key = (torch.device(device), dtype)
+    table = _BYTE_BITS.get(key)
+    if table is None:
+        every_byte = torch.arange(256, dtype=torch.uint8).unsqueeze(1)
+        table = _BYTE_BITS[key] = every_byte.bitwise_and(_BIT_WEIGHTS).ne(0).to(device, dtype)
+    return table
+
+
+_BYTE_BITS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
 class ThresholdMaskedSampler(MaskedDirectionSampler):
