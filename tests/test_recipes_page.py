@@ -33,7 +33,7 @@ RUNS = {
 }
 
 
-def store(tmp_path, tiny_suite, runs=RUNS):
+def store(tmp_path, tiny_suite, runs=RUNS, missing=()):
     suite = expand_suite(tiny_suite(
         grid={"tuning": ["full", "lora"], "optimizer": ["zo-sgd", "lozo", "fo-adam"]},
         sweep={"zo-sgd": {"lr": [1e-3, 1e-4]}, "lozo": {"lr": [1e-3]},
@@ -45,6 +45,8 @@ def store(tmp_path, tiny_suite, runs=RUNS):
         results.save_plan(SuitePlan.of(suite, "zotune bench tiny"), now=1.0)
         for run in suite.runs:
             key = (run.cell.optimizer, run.cell.scheme, run.hparams["optimizer.lr"])
+            if (*key, run.seed) in missing:
+                continue
             validation, before, after = runs[key][run.seed]
             run_dir = folder / RUNS_DIR / run.id
             run_dir.mkdir(parents=True)
@@ -83,6 +85,22 @@ def test_each_scheme_gets_its_best_zo_cell_the_reference_and_its_best_fo_cell(
     ]
     assert {row[5] for row in rows} == {"0 min (1.50 s/step, in the suite)"}
     assert {row[6] for row in rows} == {"—"}  # no profile: no step memory alone
+
+
+def test_a_cell_with_all_its_seeds_is_a_recipe_before_one_still_waiting_for_some(
+        tmp_path, tiny_suite):
+    """LOZO full validates best, but its second seed has not run: ZO-SGD, with both, is the
+    recipe; a scheme where no ZO cell has all its seeds still gets its best one."""
+    folder = store(tmp_path, tiny_suite, missing={("lozo", "full", 1e-3, 1),
+                                                  ("zo-sgd", "lora", 1e-3, 1),
+                                                  ("zo-sgd", "lora", 1e-4, 1)})
+    rows = table_rows(recipes.page(folder))
+    assert [row[:4] for row in rows if row[2] != "best with backprop"] == [
+        ["full", "zo-sgd (lr=0.001)", "best ZO on validation, the reference",
+         "50.0 → 65.0 ± 7.1 (2 seeds)"],
+        ["lora", "zo-sgd (lr=0.001)", "best ZO on validation, the reference",
+         "50.0 → 60.0 (1 seed)"],
+    ]
 
 
 def test_a_recipes_command_builds_its_seed_0_run_less_where_it_ran(tmp_path, tiny_suite):

@@ -6,7 +6,9 @@ Per tuning scheme of each section of the store, three rows at most: the zeroth-o
 with the best seed-mean validation accuracy, ZO-SGD (the reference every ZO method is
 measured against) where that is another cell, and the best first-order cell (for when
 backpropagation fits). A cell counts with its chosen setting (:mod:`zotune.bench.selection`:
-chosen on validation, never on test) and not when it is untrained. Each row gives:
+chosen on validation, never on test) and not when it is untrained; a cell whose chosen
+setting still waits for some of its seeds counts only where no cell of its kind has them all.
+Each row gives:
 
 - the ``zotune train`` command of the chosen setting's seed-0 run
   (:func:`zotune.config.command_line`: the keys that differ from the defaults, the suite's
@@ -71,17 +73,23 @@ def recipes(section: Section, reference: str = REFERENCE) -> list[Recipe]:
                  and s.chosen is not None and s.chosen.done and not s.untrained]
         zeroth = [s for s in cells if s.cell.optimizer not in first_order]
         first = [s for s in cells if s.cell.optimizer in first_order]
-        best = max(zeroth, key=lambda s: s.chosen.val_mean, default=None)
+        best = max(confirmed(zeroth), key=lambda s: s.chosen.val_mean, default=None)
         ref = next((s for s in zeroth if s.cell.optimizer == reference), None)
         if best is not None:
             chosen.append(Recipe(best, "best ZO on validation"
                                  + (", the reference" if best is ref else "")))
         if ref is not None and ref is not best:
             chosen.append(Recipe(ref, "the ZO reference"))
-        best_fo = max(first, key=lambda s: s.chosen.val_mean, default=None)
+        best_fo = max(confirmed(first), key=lambda s: s.chosen.val_mean, default=None)
         if best_fo is not None:
             chosen.append(Recipe(best_fo, "best with backprop"))
     return chosen
+
+
+def confirmed(cells: list[CellSelection]) -> list[CellSelection]:
+    """The cells whose chosen setting has all its seeds (its confirming runs done), or all
+    of ``cells`` where none has: one seed that validates best is no recipe beside three."""
+    return [s for s in cells if s.chosen.complete] or cells
 
 
 def zero_shot(record: RunRecord, results_dir: Path) -> float | None:
