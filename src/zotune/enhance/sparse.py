@@ -276,6 +276,7 @@ class MaskedDirectionSampler(DirectionSampler):
 
 
 _BIT_WEIGHTS = (1 << torch.arange(8)).to(torch.uint8)
+_GATHER_BITS = 0x0102040810204080  # Σₖ 2^(56 − 7k), k = 0 … 7: see pack_bits
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -290,15 +291,14 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """
     flat = mask.reshape(-1)
     if flat.numel() % 8 or flat.storage_offset() % 8:
-        padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8, device=flat.device)
-        padded[: flat.numel()] = flat
+        as_bytes = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8, device=flat.device)
+        as_bytes[: flat.numel()] = flat
     else:
-        padded = flat.view(torch.uint8)
-    words = padded.view(torch.int64)
+        as_bytes = flat.view(torch.uint8)
+    words = as_bytes.view(torch.int64)
     return words.mul(_GATHER_BITS).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
 
 
-_GATHER_BITS = 0x0102040810204080  # Σₖ 2^(56 − 7k), k = 0 … 7
 def unpack_bits(packed: torch.Tensor, numel: int, out: torch.Tensor) -> torch.Tensor:
     """The first ``numel`` values packed by :func:`pack_bits`, as 0/1 into ``out`` (contiguous).
 
