@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from zotune import kernels
+from zotune.enhance.sparse import ThresholdMaskedSampler, magnitude_quantile
 from zotune.estimators.base import shift
 from zotune.estimators.directions import DirectionSampler, IndexedParam
+from zotune.kernels.passes import split_fusable
 from zotune.optim import create_optimizer
 from zotune.optim.rules import TensorContext
 from zotune.optim.stochastic_rounding import apply_update_
@@ -101,6 +103,70 @@ def test_fused_restore_and_update_equal_the_torch_path_in_distribution(monkeypat
     assert (ulps > 0).float().mean() < 0.01
 
 
+def masked_sampler(params: list[IndexedParam], keep: float = 0.6) -> ThresholdMaskedSampler:
+    """Sparse-MeZO's sampler over ``params``: each tensor masked at its own ``keep``-quantile
+    of |θ|, so that chunks carry packed masks (the last one a partial byte)."""
+    thresholds = {item.index: magnitude_quantile([item], keep) for item in params}
+    sampler = ThresholdMaskedSampler(DirectionSampler(**SMALL), params, thresholds)
+    sampler.set_step(0)
+    return sampler
+
+
+def whole_mask(sampler: ThresholdMaskedSampler, item: IndexedParam) -> torch.Tensor:
+    """The sampler's mask of a whole tensor, chunk by chunk, as float64 0/1."""
+    return torch.cat([sampler.mask(view.numel(), item.index, chunk, view.device).double()
+                      for chunk, view in sampler.views(item.param)])
+
+
+@needs_kernel
+@pytest.mark.parametrize("sizes", [(5000,), (3, 999, 4097)])
+def test_fused_masked_legs_move_only_the_kept_values_and_round_once(sizes):
+    """Sparse-MeZO's legs in the fused pass: θ ← bf16(fp32(θ + bf16(s)·(m ⊙ z))) from the
+    packed masks, computed here in float64 from the sampler's unpacked ones; masked-out
+    values keep their bits."""
+    params = [IndexedParam(i, weights(n, 20 + i, low=-1.0, width=2.0)) for i, n in
+              enumerate(sizes)]
+    sampler = masked_sampler(params)
+    assert split_fusable(params, sampler)[0] == params
+    expected = [item.param.clone() for item in params]
+    legs = [(11, 1e-2), (11, -1e-2), (11, -1e-2), (12, 2e-3)]
+    shift(params, sampler, legs)
+    for item, value in zip(params, expected, strict=True):
+        kept = whole_mask(sampler, item)
+        assert 0.3 < kept.mean() < 0.9
+        for seed, scale in legs:
+            z = DirectionSampler(**SMALL).direction(value, seed, item.index).double() * kept
+            step = torch.tensor(scale, dtype=torch.bfloat16).double()
+            value.copy_((value.double() + step * z).float().to(torch.bfloat16))
+        assert torch.equal(item.param.view(torch.int16), value.view(torch.int16))
+        untouched = kept == 0
+        assert torch.equal(item.param[untouched], value[untouched])
+
+
+@needs_kernel
+def test_fused_masked_restore_and_update_equal_the_torch_path(monkeypatch):
+    """Sparse-MeZO's restore + stochastically rounded update, fused against the torch ops
+    (the mask unpacked and multiplied in every pass): the same bits but for rare one-ulp
+    carries, as for the unmasked pass; masked-out values do not move."""
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.SWITCH, switch)
+        param = weights(5000, 2, low=-1.0, width=2.0)
+        start = param.clone()
+        params = [IndexedParam(0, param)]
+        sampler = masked_sampler(params)
+        assert bool(split_fusable(params, sampler)[0]) == (switch == "1")
+        shift(params, sampler, [(8, 1e-3)])
+        apply_update_(params, sampler, [(8, 1e-2)], 99, legs=[(8, -1e-3)])
+        results.append(param.float())
+        kept = whole_mask(sampler, params[0])
+    ulps = (results[0] - results[1]).abs() / (results[1].abs() * 2**-7)
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 0.01
+    assert torch.equal(results[0][kept == 0], start.float()[kept == 0])
+    assert (results[0][kept == 1] != start.float()[kept == 1]).float().mean() > 0.5
+
+
 def exact_loss(params: list[torch.Tensor]):
     """Σ c·θ with integer c in [−8, 8] on bf16 θ in [0.5, 4): every product and partial sum
     is a multiple of 2**-9 below 2**20, exact in float64, so the value is the same in any
@@ -126,6 +192,7 @@ TRAJECTORIES = {
     "zo-sgd-wd": "d35e19f26017f731",
     "zo-adam": "7af3d1afe1ea06bb",
     "zo-adam-wd": "b3e35e63f1feb575",
+    "sparse-mezo": "bde4fccde4da1413",
 }
 
 
@@ -137,7 +204,12 @@ def test_bf16_trajectory_is_pinned(case):
     options = {"weight_decay": 0.1} if case.endswith("-wd") else {}
     opt = create_optimizer(case.removesuffix("-wd"), params, lr=1e-3, eps=1e-2, seed=5,
                            **options)
-    opt.estimator.sampler = DirectionSampler(**SMALL)
+    sampler = DirectionSampler(**SMALL)
+    if case == "sparse-mezo":  # its masks over the small chunks (each tensor's own τ)
+        built = opt.estimator.sampler
+        sampler = ThresholdMaskedSampler(sampler, [IndexedParam(i, p) for i, p in
+                                                   enumerate(params)], built.thresholds)
+    opt.estimator.sampler = sampler
     for _ in range(6):
         opt.step(exact_loss(params))
     digest = hashlib.sha256(b"".join(p.detach().view(torch.int16).numpy().tobytes()

@@ -371,6 +371,14 @@ class ThresholdMaskedSampler(MaskedDirectionSampler):
         kept = _scratch(self._mask_scratch, numel, device, dtype)
         return unpack_bits(self.packed[(index, chunk)], numel, kept)
 
+    def fuses_table_slices(self) -> bool:
+        # The fused passes read the packed masks themselves, instead of unpacking a chunk's
+        # mask into a scratch and multiplying in every pass (1.6× ZO-SGD's full bf16 step).
+        return type(self) is ThresholdMaskedSampler
+
+    def packed_mask(self, index: int, chunk: int) -> torch.Tensor | None:
+        return self.packed.get((index, chunk))
+
 
 def _scratch(
     buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor],

@@ -229,6 +229,18 @@ class DirectionSampler:
         it can draw. Called once per update of ``params``, after the probes."""
         return terms
 
+    def fuses_table_slices(self) -> bool:
+        """Whether the fused bf16 passes (:mod:`zotune.kernels`) may draw this sampler's table
+        directions themselves, as table slices times :meth:`packed_mask`: only where the class
+        says so, since a subclass that draws other directions would be moved along the wrong
+        ones."""
+        return type(self) is DirectionSampler
+
+    def packed_mask(self, index: int, chunk: int) -> Tensor | None:
+        """The 0/1 mask that multiplies chunk ``chunk`` of tensor ``index`` in the current
+        step, bit-packed (value k of byte j at bit k of value 8j + k), or None: unmasked."""
+        return None
+
     def state_dict(self) -> dict:
         """What a resumed run needs to draw the same directions (nothing here: they are
         functions of the seeds)."""

@@ -42,7 +42,7 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 PASS_ARGUMENTS = (
     _I64, _P, _P, _P, _I64, _I64, _P, _P, _I64, _P, _P, ctypes.c_int, ctypes.c_float,
-    _P, _I64, _P, ctypes.c_int,
+    _P, _I64, _P, _P, ctypes.c_int,
 )
 ADD_ROUNDED_ARGUMENTS = (_P, _P, _I64, ctypes.c_float, _P, _I64, _I64, ctypes.c_int)
 _F = ctypes.c_float

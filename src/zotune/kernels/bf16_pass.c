@@ -3,14 +3,17 @@
  * For every chunk c of the pass, element i of the chunk goes through, in registers:
  *
  *   x = θ[i]
- *   for each leg l:   x = bf16(fma(s_l, T[(o_l + i) mod N], x))       round to nearest even
+ *   for each leg l:   x = bf16(fma(s_l, T[(o_l + i) mod N] · b[i], x))      round to nearest even
  *   if update:        w = κ · x
- *                     for each move m: w = fma(a_m, T[(p_m + i) mod N], w)   (fp32)
+ *                     for each move m: w = fma(a_m, T[(p_m + i) mod N] · b[i], w)   (fp32)
  *                     x = SR(w) with the 16-bit integer R[(r + i) mod M]
  *   θ[i] = x
  *
  * T is the direction sampler's bf16 noise table (N values), R the stochastic-rounding table
- * (M int32 values in [0, 2**16)), s_l / a_m the signed scales of the chunk. Every operation
+ * (M int32 values in [0, 2**16)), s_l / a_m the signed scales of the chunk. b[i] is 1, or bit
+ * i mod 8 of byte ⌊i/8⌋ of the chunk's packed mask where it has one (Sparse-MeZO's m ⊙ z):
+ * the product T·b is exact (z or a signed zero, as torch's z * m), and fma(s, ±0, x) = x for
+ * every x but −0, so a masked-out value stays put as on the torch path. Every operation
  * is an IEEE fp32 operation with one defined rounding (fma is exact before its rounding, the
  * bf16 rounding is integer arithmetic on the pattern), so the result does not depend on the
  * CPU, the compiler's vectorisation or the thread count.
@@ -43,6 +46,7 @@ typedef struct {
     const int32_t *bits;
     int64_t bits_mask;
     const int64_t *bits_offsets; /* [nchunks] */
+    const uint8_t *const *masks; /* [nchunks] packed bits, or NULL (no chunk masked) */
     int64_t next; /* the next chunk to take (shared by the threads) */
 } pass_t;
 
@@ -59,19 +63,40 @@ static inline float round_bf16(float f) {
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+static inline float bit_at(const uint8_t *packed, int64_t e) {
+    return (float)((packed[e >> 3] >> (e & 7)) & 1u);
+}
+
+/* kept[i] = bit e + i of the packed mask, as 0/1, for i < m: whole bytes eight at a time. */
+static void unpack_bits(const uint8_t *packed, int64_t e, int64_t m, float *kept) {
+    int64_t i = 0;
+    for (; i < m && ((e + i) & 7); i++) kept[i] = bit_at(packed, e + i);
+    for (; i + 8 <= m; i += 8) {
+        uint32_t byte = packed[(e + i) >> 3];
+        for (int k = 0; k < 8; k++) kept[i + k] = (float)((byte >> k) & 1u);
+    }
+    for (; i < m; i++) kept[i] = bit_at(packed, e + i);
+}
+
 /* The span [start, start + n) of one chunk, within which no table read wraps. */
 static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
     uint16_t *theta = p->params[c] + start;
-    float x[BLOCK], w[BLOCK];
+    const uint8_t *packed = p->masks ? p->masks[c] : NULL;
+    float x[BLOCK], w[BLOCK], kept[BLOCK];
     for (int64_t b = 0; b < n; b += BLOCK) {
         int64_t m = min64(BLOCK, n - b);
         for (int64_t i = 0; i < m; i++) x[i] = as_float((uint32_t)theta[b + i] << 16);
+        if (packed) unpack_bits(packed, start + b, m, kept);
         for (int64_t l = 0; l < p->nlegs; l++) {
             int64_t o = (p->leg_offsets[c * p->nlegs + l] + start + b) & p->table_mask;
             const uint16_t *z = p->table + o;
             float s = p->leg_scales[c * p->nlegs + l];
-            for (int64_t i = 0; i < m; i++)
-                x[i] = round_bf16(fmaf(s, as_float((uint32_t)z[i] << 16), x[i]));
+            if (packed)
+                for (int64_t i = 0; i < m; i++)
+                    x[i] = round_bf16(fmaf(s, as_float((uint32_t)z[i] << 16) * kept[i], x[i]));
+            else
+                for (int64_t i = 0; i < m; i++)
+                    x[i] = round_bf16(fmaf(s, as_float((uint32_t)z[i] << 16), x[i]));
         }
         if (p->update) {
             for (int64_t i = 0; i < m; i++) w[i] = p->keep * x[i];
@@ -79,8 +104,12 @@ static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
                 int64_t o = (p->move_offsets[c * p->nmoves + k] + start + b) & p->table_mask;
                 const uint16_t *z = p->table + o;
                 float a = p->move_scales[c * p->nmoves + k];
-                for (int64_t i = 0; i < m; i++)
-                    w[i] = fmaf(a, as_float((uint32_t)z[i] << 16), w[i]);
+                if (packed)
+                    for (int64_t i = 0; i < m; i++)
+                        w[i] = fmaf(a, as_float((uint32_t)z[i] << 16) * kept[i], w[i]);
+                else
+                    for (int64_t i = 0; i < m; i++)
+                        w[i] = fmaf(a, as_float((uint32_t)z[i] << 16), w[i]);
             }
             const int32_t *r = p->bits + ((p->bits_offsets[c] + start + b) & p->bits_mask);
             for (int64_t i = 0; i < m; i++)
@@ -125,10 +154,11 @@ int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
                      const int64_t *leg_offsets, const float *leg_scales, int64_t nmoves,
                      const int64_t *move_offsets, const float *move_scales, int update,
                      float keep, const int32_t *bits, int64_t bits_mask,
-                     const int64_t *bits_offsets, int nthreads) {
+                     const int64_t *bits_offsets, const uint8_t *const *masks,
+                     int nthreads) {
     pass_t p = {nchunks, params, lens, table, table_mask, nlegs, leg_offsets, leg_scales,
                 nmoves, move_offsets, move_scales, update, keep, bits, bits_mask,
-                bits_offsets, 0};
+                bits_offsets, masks, 0};
     if (nthreads > 64) nthreads = 64;
     if (nthreads > nchunks) nthreads = (int)nchunks;
     pthread_t threads[64];

@@ -7,7 +7,10 @@ its rounding bits from ``mix_seed(rounding seed, i, c) mod M``
 (:mod:`zotune.optim.stochastic_rounding`). So the fused path draws the same z and the same bits
 as the torch one; only the fp32 arithmetic of a move (one fma) may differ in its last bit.
 
-Only bf16 CPU tensors that are contiguous and use the plain table sampler are fused
+A sampler whose chunks carry a mask m (Sparse-MeZO's m ⊙ z) hands it over bit-packed
+(:meth:`DirectionSampler.packed_mask`), and the kernel multiplies each z by its bit.
+
+Only bf16 CPU tensors that are contiguous and use a table sampler that allows it are fused
 (:func:`split_fusable`); everything else keeps the torch ops.
 """
 
@@ -34,9 +37,10 @@ def _hashes(seed: int, index: int, count: int) -> tuple[int, ...]:
 def split_fusable(
     params: Sequence[IndexedParam], sampler: DirectionSampler
 ) -> tuple[list[IndexedParam], list[IndexedParam]]:
-    """(tensors the fused kernel moves, the others): bf16, CPU, contiguous, table directions."""
+    """(tensors the fused kernel moves, the others): bf16, CPU, contiguous, table directions
+    (masked or not) of a sampler that allows it (:meth:`DirectionSampler.fuses_table_slices`)."""
     if (
-        type(sampler) is not DirectionSampler
+        not sampler.fuses_table_slices()
         or sampler.kind(torch.device("cpu")) != "table"
         or not any(item.param.dtype == torch.bfloat16 for item in params)
         or library() is None
@@ -115,6 +119,8 @@ def fused_pass_(
         seed = rounding[1]
         for row, (index, chunk, count) in enumerate(where):
             bits_offsets[row] = _hashes(seed, index, count)[chunk] & bits_mask
+    masks = [sampler.packed_mask(index, chunk) for index, chunk, _ in where]
+    mask_array = np.asarray([0 if m is None else m.data_ptr() for m in masks], dtype=np.uint64)
     pointer_array = np.asarray(pointers, dtype=np.uint64)
     length_array = np.asarray(lengths, dtype=np.int64)
     lib.zotune_bf16_pass(
@@ -122,7 +128,7 @@ def fused_pass_(
         table.data_ptr(), mask, len(legs), leg_offsets.ctypes.data, leg_scales.ctypes.data,
         move_offsets.shape[1], move_offsets.ctypes.data, move_scales.ctypes.data,
         int(update), float(keep), bits_table.data_ptr(), bits_mask, bits_offsets.ctypes.data,
-        torch.get_num_threads(),
+        mask_array.ctypes.data if mask_array.any() else None, torch.get_num_threads(),
     )
 
 
