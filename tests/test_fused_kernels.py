@@ -11,7 +11,8 @@ from zotune import kernels
 from zotune.enhance.sparse import ThresholdMaskedSampler, magnitude_quantile
 from zotune.estimators.base import shift
 from zotune.estimators.directions import DirectionSampler, IndexedParam
-from zotune.kernels.passes import split_fusable
+from zotune.estimators.low_rank import Factored, LOZODirections, SubZeroDirections
+from zotune.kernels.passes import split_factored, split_fusable
 from zotune.optim import create_optimizer
 from zotune.optim.rules import TensorContext
 from zotune.optim.stochastic_rounding import apply_update_
@@ -165,6 +166,83 @@ def test_fused_masked_restore_and_update_equal_the_torch_path(monkeypatch):
     assert (ulps > 0).float().mean() < 0.01
     assert torch.equal(results[0][kept == 0], start.float()[kept == 0])
     assert (results[0][kept == 1] != start.float()[kept == 1]).float().mean() > 0.5
+
+
+def low_rank_sampler(kind: str, params: list[IndexedParam]):
+    """LOZO's (rank 2) or SubZero's (rank 4, matrices viewed square) directions over
+    ``params``, at step 0, drawing from small chunks so that chunks split rows."""
+    base = DirectionSampler(**SMALL)
+    if kind == "lozo":
+        sampler = LOZODirections(base, params, 3, rank=2, interval=5)
+    else:
+        sampler = SubZeroDirections(base, params, 3, rank=4, interval=5, square=True)
+    sampler.set_step(0)
+    return sampler
+
+
+def matrices(seed: int, low: float = 1.25, width: float = 0.5) -> list[IndexedParam]:
+    """Two bf16 matrices (one with rows longer than a chunk) and a vector, which stays dense."""
+    shapes = ((40, 130), (3, 1500), (64,))
+    return [IndexedParam(i, weights(math.prod(shape), seed + i, low, width).view(shape))
+            for i, shape in enumerate(shapes)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["lozo", "subzero"])
+def test_fused_low_rank_legs_round_once(kind):
+    """The factored pass: z = bf16(σ · L R) formed per element, then each leg
+    θ ← bf16(fp32(θ + bf16(s)·z)). Factors on a grid of 1/8 in [−2, 2] make every product
+    and partial sum exact in fp32, so float64 computes the same z (LOZO: σ = 1; SubZero's σ
+    is one fp32 rounding either way); the vector is left to the torch ops."""
+    params = matrices(30, low=-1.0, width=2.0)
+    sampler = low_rank_sampler(kind, params)
+    generator = torch.Generator().manual_seed(1)
+    for drawn in sampler.drawn(11).values():
+        if isinstance(drawn, Factored):
+            for factor in (drawn.left, drawn.right):
+                factor.copy_(torch.randint(-16, 17, factor.shape, generator=generator) / 8)
+    fused, rest = split_factored(params, sampler, [11])
+    assert [item.index for item in fused] == [0, 1] and [item.index for item in rest] == [2]
+    expected = [item.param.clone() for item in fused]
+    legs = [(11, 1e-2), (11, -1e-2), (11, -1e-2), (11, 2e-3)]
+    shift(params, sampler, legs)
+    for item, value in zip(fused, expected, strict=True):
+        drawn = sampler.drawn(11)[item.index]
+        product = (drawn.left.double() @ drawn.right.double()).reshape(-1)
+        z = (product * torch.tensor(drawn.scale, dtype=torch.float32).double()).float()
+        z = z.to(torch.bfloat16).double().view(value.shape)
+        for _, scale in legs:
+            step = torch.tensor(scale, dtype=torch.bfloat16).double()
+            value.copy_((value.double() + step * z).float().to(torch.bfloat16))
+        assert torch.equal(item.param.view(torch.int16), value.view(torch.int16))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["lozo", "subzero"])
+def test_fused_low_rank_pass_equals_the_torch_path(monkeypatch, kind):
+    """Probe legs, then restore + stochastically rounded update, fused against the torch ops
+    (an fp32 block per chunk, rounded into bf16, added per leg): the probes' legs land back
+    on θ (away from the power-of-two bands), and the two paths agree but for an element
+    whose z a BLAS summed in another order (one bf16 ulp of z, rare)."""
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.SWITCH, switch)
+        params = matrices(40)
+        start = [item.param.clone() for item in params]
+        sampler = low_rank_sampler(kind, params)
+        shift(params, sampler, [(8, 1e-2)])
+        shift(params, sampler, [(8, -1e-2), (8, -1e-2)])
+        shift(params, sampler, [(8, 1e-2)])
+        for item, value in zip(params, start, strict=True):
+            assert torch.equal(item.param.view(torch.int16), value.view(torch.int16))
+        shift(params, sampler, [(8, 1e-2)])
+        apply_update_(params, sampler, [(8, -1e-1), (9, 2e-1)], 99, legs=[(8, -1e-2)])
+        results.append(torch.cat([item.param.float().view(-1) for item in params]))
+    moved = torch.cat([value.float().view(-1) for value in start]) != results[1]
+    assert moved.float().mean() > 0.9
+    ulps = (results[0] - results[1]).abs() / (results[1].abs() * 2**-7)
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 1e-3
 
 
 def exact_loss(params: list[torch.Tensor]):

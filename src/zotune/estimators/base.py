@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.passes import fused_pass_, split_fusable
+from ..kernels.passes import fused_passes_
 from .directions import DirectionSampler, IndexedParam
 
 Closure = Callable[[], "torch.Tensor | float"]
@@ -189,7 +189,6 @@ def shift(
         for seed, scale in merged.items():
             sampler.add_(precise, seed, scale)
     if coarse:
-        fused, coarse = split_fusable(coarse, sampler)
-        fused_pass_(fused, sampler, moves)  # every leg in one pass (zotune.kernels)
+        coarse = fused_passes_(coarse, sampler, moves)  # every leg in one pass (zotune.kernels)
         for seed, scale in moves:
             sampler.add_(coarse, seed, scale)

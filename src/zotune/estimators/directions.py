@@ -241,6 +241,12 @@ class DirectionSampler:
         step, bit-packed (value k of byte j at bit k of value 8j + k), or None: unmasked."""
         return None
 
+    def low_rank_factors(self, seed: int, index: int) -> tuple[Tensor, Tensor, float] | None:
+        """(L, R, σ) with tensor ``index``'s direction under ``seed`` equal to σ · L R
+        (row-major, flattened like the tensor), for the fused passes to form it themselves;
+        None where it is not such a product (the default)."""
+        return None
+
     def state_dict(self) -> dict:
         """What a resumed run needs to draw the same directions (nothing here: they are
         functions of the seeds)."""

@@ -139,6 +139,14 @@ class StepStreamSampler(DirectionSampler):
         offset = start - first * columns
         flat.copy_(block.view(-1)[offset : offset + flat.numel()])
 
+    def low_rank_factors(self, seed: int, index: int) -> tuple[Tensor, Tensor, float] | None:
+        if type(self)._fill is not StepStreamSampler._fill:  # a subclass draws its own way
+            return None
+        drawn = self.drawn(seed)[index]
+        if not isinstance(drawn, Factored):
+            return None
+        return drawn.left, drawn.right, drawn.scale
+
     @torch.no_grad()
     def add_(self, params: Sequence[IndexedParam], seed: int, alpha: float) -> None:
         if alpha == 0.0:

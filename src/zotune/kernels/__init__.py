@@ -44,6 +44,11 @@ PASS_ARGUMENTS = (
     _I64, _P, _P, _P, _I64, _I64, _P, _P, _I64, _P, _P, ctypes.c_int, ctypes.c_float,
     _P, _I64, _P, _P, ctypes.c_int,
 )
+FACTORED_ARGUMENTS = (
+    _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P, _P, _I64, _P, _P, ctypes.c_int,
+    ctypes.c_float, _P, _I64, _P, ctypes.c_int,
+)
+MAX_TERMS = 8  # distinct directions in one factored pass (bf16_pass.c)
 ADD_ROUNDED_ARGUMENTS = (_P, _P, _I64, ctypes.c_float, _P, _I64, _I64, ctypes.c_int)
 _F = ctypes.c_float
 ADAM_ROUNDED_ARGUMENTS = (
@@ -121,6 +126,8 @@ def library() -> ctypes.CDLL | None:
     if lib is not None:
         lib.zotune_bf16_pass.argtypes = PASS_ARGUMENTS
         lib.zotune_bf16_pass.restype = ctypes.c_int
+        lib.zotune_bf16_factored_pass.argtypes = FACTORED_ARGUMENTS
+        lib.zotune_bf16_factored_pass.restype = ctypes.c_int
         lib.zotune_bf16_add_rounded.argtypes = ADD_ROUNDED_ARGUMENTS
         lib.zotune_bf16_add_rounded.restype = ctypes.c_int
         lib.zotune_bf16_adam_rounded.argtypes = ADAM_ROUNDED_ARGUMENTS

@@ -140,6 +140,21 @@ static void run_chunk(const pass_t *p, int64_t c) {
     }
 }
 
+/* fn(pass) on this thread and up to nthreads − 1 others (at most one per chunk), each taking
+ * the pass's next chunk until none is left. */
+static void share_chunks(void *(*fn)(void *), void *pass, int64_t nchunks, int nthreads) {
+    if (nthreads > 64) nthreads = 64;
+    if (nthreads > nchunks) nthreads = (int)nchunks;
+    pthread_t threads[64];
+    int started = 0;
+    for (int t = 1; t < nthreads; t++) {
+        if (pthread_create(&threads[started], NULL, fn, pass) != 0) break;
+        started++;
+    }
+    fn(pass);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+}
+
 static void *worker(void *arg) {
     pass_t *p = (pass_t *)arg;
     for (;;) {
@@ -159,16 +174,7 @@ int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
     pass_t p = {nchunks, params, lens, table, table_mask, nlegs, leg_offsets, leg_scales,
                 nmoves, move_offsets, move_scales, update, keep, bits, bits_mask,
                 bits_offsets, masks, 0};
-    if (nthreads > 64) nthreads = 64;
-    if (nthreads > nchunks) nthreads = (int)nchunks;
-    pthread_t threads[64];
-    int started = 0;
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[started], NULL, worker, &p) != 0) break;
-        started++;
-    }
-    worker(&p);
-    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    share_chunks(worker, &p, nchunks, nthreads);
     return 0;
 }
 
@@ -300,5 +306,106 @@ int zotune_bf16_adam_rounded(uint16_t *theta, const float *g, float *m, float *v
         parts[t] = part;
     }
     run_parts(parts, sizeof(adam_t), nthreads, adam_range);
+    return 0;
+}
+
+/* One fused pass over bf16 matrices whose directions are low-rank products (LOZO's U Vᵀ,
+ * SubZero's U Σ Vᵀ), computed in registers instead of as an fp32 block per chunk. Term t of a
+ * chunk is a rows × r factor L_t and an r × cols factor R_t (both row-major, so Lₜ Rₜ is the
+ * direction) and a scale σ_t; for element e = i·cols + j of the matrix:
+ *
+ *   z_t = bf16(σ_t · fma(L[i,r−1], R[r−1,j], … fma(L[i,1], R[1,j], L[i,0]·R[0,j])))
+ *
+ * (the fp32 product block rounded to bf16, as the torch path's draw stores it), then the
+ * legs and the update of zotune_bf16_pass with z_t in place of the table slices. The
+ * product's summation order is fixed here, where a BLAS picks its own: the two paths can
+ * differ in z's last bit in rare elements. */
+typedef struct {
+    int64_t nchunks;
+    uint16_t **params;
+    const int64_t *lens, *starts, *cols, *ranks;
+    int64_t nterms;
+    const float *const *lefts, *const *rights; /* [nchunks * nterms] */
+    const float *sigmas;                      /* [nchunks * nterms] */
+    int64_t nlegs;
+    const int64_t *leg_terms;
+    const float *leg_scales;
+    int64_t nmoves;
+    const int64_t *move_terms;
+    const float *move_scales;
+    int update;
+    float keep;
+    const int32_t *bits;
+    int64_t bits_mask;
+    const int64_t *bits_offsets; /* [nchunks] */
+    int64_t next;
+} factored_t;
+
+#define MAX_TERMS 8
+
+/* Elements [e, e + m) of chunk c, all in one row of the matrix, m ≤ BLOCK. */
+static void run_factored_span(const factored_t *p, int64_t c, int64_t e, int64_t m) {
+    uint16_t *theta = p->params[c] + e;
+    int64_t cols = p->cols[c], rank = p->ranks[c];
+    int64_t at = p->starts[c] + e, row = at / cols, col = at % cols;
+    float x[BLOCK], w[BLOCK], acc[BLOCK], z[MAX_TERMS][BLOCK];
+    for (int64_t t = 0; t < p->nterms; t++) {
+        const float *l = p->lefts[c * p->nterms + t] + row * rank;
+        const float *r = p->rights[c * p->nterms + t] + col;
+        float sigma = p->sigmas[c * p->nterms + t];
+        for (int64_t i = 0; i < m; i++) acc[i] = l[0] * r[i];
+        for (int64_t k = 1; k < rank; k++)
+            for (int64_t i = 0; i < m; i++) acc[i] = fmaf(l[k], r[k * cols + i], acc[i]);
+        for (int64_t i = 0; i < m; i++) z[t][i] = round_bf16(sigma * acc[i]);
+    }
+    for (int64_t i = 0; i < m; i++) x[i] = as_float((uint32_t)theta[i] << 16);
+    for (int64_t l = 0; l < p->nlegs; l++) {
+        const float *zt = z[p->leg_terms[l]];
+        float s = p->leg_scales[l];
+        for (int64_t i = 0; i < m; i++) x[i] = round_bf16(fmaf(s, zt[i], x[i]));
+    }
+    if (p->update) {
+        for (int64_t i = 0; i < m; i++) w[i] = p->keep * x[i];
+        for (int64_t k = 0; k < p->nmoves; k++) {
+            const float *zt = z[p->move_terms[k]];
+            float a = p->move_scales[k];
+            for (int64_t i = 0; i < m; i++) w[i] = fmaf(a, zt[i], w[i]);
+        }
+        const int32_t *r = p->bits + ((p->bits_offsets[c] + e) & p->bits_mask);
+        for (int64_t i = 0; i < m; i++)
+            x[i] = as_float((as_bits(w[i]) + (uint32_t)r[i]) & 0xFFFF0000u);
+    }
+    for (int64_t i = 0; i < m; i++) theta[i] = (uint16_t)(as_bits(x[i]) >> 16);
+}
+
+static void *factored_worker(void *arg) {
+    factored_t *p = (factored_t *)arg;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
+        if (c >= p->nchunks) return NULL;
+        int64_t len = p->lens[c], cols = p->cols[c], e = 0;
+        while (e < len) {
+            /* A span ends where the chunk, a block or a row ends, or the bits wrap. */
+            int64_t n = min64(min64(len - e, BLOCK), cols - (p->starts[c] + e) % cols);
+            if (p->update) n = min64(n, to_end(p->bits_offsets[c] + e, p->bits_mask));
+            run_factored_span(p, c, e, n);
+            e += n;
+        }
+    }
+}
+
+int zotune_bf16_factored_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
+                              const int64_t *starts, const int64_t *cols, const int64_t *ranks,
+                              int64_t nterms, const float *const *lefts,
+                              const float *const *rights, const float *sigmas, int64_t nlegs,
+                              const int64_t *leg_terms, const float *leg_scales, int64_t nmoves,
+                              const int64_t *move_terms, const float *move_scales, int update,
+                              float keep, const int32_t *bits, int64_t bits_mask,
+                              const int64_t *bits_offsets, int nthreads) {
+    if (nterms > MAX_TERMS) return -1;
+    factored_t p = {nchunks, params, lens, starts, cols, ranks, nterms, lefts, rights, sigmas,
+                    nlegs, leg_terms, leg_scales, nmoves, move_terms, move_scales, update,
+                    keep, bits, bits_mask, bits_offsets, 0};
+    share_chunks(factored_worker, &p, nchunks, nthreads);
     return 0;
 }

@@ -8,10 +8,14 @@ its rounding bits from ``mix_seed(rounding seed, i, c) mod M``
 as the torch one; only the fp32 arithmetic of a move (one fma) may differ in its last bit.
 
 A sampler whose chunks carry a mask m (Sparse-MeZO's m ⊙ z) hands it over bit-packed
-(:meth:`DirectionSampler.packed_mask`), and the kernel multiplies each z by its bit.
+(:meth:`DirectionSampler.packed_mask`), and the kernel multiplies each z by its bit. A sampler
+whose matrices move along low-rank products (LOZO, SubZero) hands over their factors
+(:meth:`DirectionSampler.low_rank_factors`), and a second kernel forms z = σ L R element by
+element in the pass (:func:`fused_factored_pass_`) instead of as an fp32 block per chunk,
+rounded into a bf16 scratch and added by torch, once per leg.
 
-Only bf16 CPU tensors that are contiguous and use a table sampler that allows it are fused
-(:func:`split_fusable`); everything else keeps the torch ops.
+Only bf16 CPU tensors that are contiguous and use a sampler that allows it are fused
+(:func:`fused_passes_`); everything else keeps the torch ops.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..estimators.directions import DirectionSampler, IndexedParam, chunk_hashes, noise_table
-from . import library
+from . import MAX_TERMS, library
 
 _SIGN_BIT = 62
 
@@ -53,6 +57,57 @@ def split_fusable(
               and param.is_contiguous())
         (fused if ok else rest).append(item)
     return fused, rest
+
+
+def split_factored(
+    params: Sequence[IndexedParam], sampler: DirectionSampler, seeds: Sequence[int]
+) -> tuple[list[IndexedParam], list[IndexedParam]]:
+    """(tensors the factored kernel moves, the others): bf16, CPU, contiguous, and drawn as
+    low-rank products under every one of ``seeds`` (at most MAX_TERMS distinct ones)."""
+    distinct = set(seeds)
+    if not distinct or len(distinct) > MAX_TERMS or library() is None:
+        return [], list(params)
+    fused, rest = [], []
+    for item in params:
+        param = item.param
+        ok = (param.dtype == torch.bfloat16 and param.device.type == "cpu"
+              and param.is_contiguous()
+              and all(_factors(sampler, seed, item) is not None for seed in distinct))
+        (fused if ok else rest).append(item)
+    return fused, rest
+
+
+def _factors(sampler: DirectionSampler, seed: int, item: IndexedParam):
+    """(L, R, σ) of ``item``'s direction under ``seed`` as the kernel reads them (fp32 CPU,
+    row-major, L R of the tensor's size), or None."""
+    factors = sampler.low_rank_factors(seed, item.index)
+    if factors is None:
+        return None
+    left, right, sigma = factors
+    if (left.dtype != torch.float32 or right.dtype != torch.float32
+            or left.device.type != "cpu" or right.device.type != "cpu"
+            or left.shape[1] != right.shape[0]
+            or left.shape[0] * right.shape[1] != item.param.numel()):
+        return None
+    return left.contiguous(), right.contiguous(), sigma
+
+
+def fused_passes_(
+    params: Sequence[IndexedParam],
+    sampler: DirectionSampler,
+    legs: Sequence[tuple[int, float]],
+    moves: Sequence[tuple[int, float]] = (),
+    rounding: tuple[Tensor, int] | None = None,
+    keep: float = 1.0,
+) -> list[IndexedParam]:
+    """The pass of :func:`fused_pass_` over the tensors either kernel can move; the others
+    are returned, for the torch ops."""
+    fused, rest = split_fusable(params, sampler)
+    fused_pass_(fused, sampler, legs, moves, rounding, keep)
+    seeds = [seed for seed, _ in legs] + [seed for seed, _ in moves if rounding is not None]
+    factored, rest = split_factored(rest, sampler, seeds)
+    fused_factored_pass_(factored, sampler, legs, moves, rounding, keep)
+    return rest
 
 
 def _chunks(items: Sequence[IndexedParam], chunk_numel: int) -> tuple[list, list, list]:
@@ -129,6 +184,65 @@ def fused_pass_(
         move_offsets.shape[1], move_offsets.ctypes.data, move_scales.ctypes.data,
         int(update), float(keep), bits_table.data_ptr(), bits_mask, bits_offsets.ctypes.data,
         mask_array.ctypes.data if mask_array.any() else None, torch.get_num_threads(),
+    )
+
+
+def fused_factored_pass_(
+    items: Sequence[IndexedParam],
+    sampler: DirectionSampler,
+    legs: Sequence[tuple[int, float]],
+    moves: Sequence[tuple[int, float]] = (),
+    rounding: tuple[Tensor, int] | None = None,
+    keep: float = 1.0,
+) -> None:
+    """:func:`fused_pass_` for tensors from :func:`split_factored`: z = bf16(σ · L R)."""
+    if not items:
+        return
+    lib = library()
+    update = rounding is not None
+    seeds = list(dict.fromkeys([s for s, _ in legs] + [s for s, _ in moves if update]))
+    term = {seed: t for t, seed in enumerate(seeds)}
+    pointers, lengths, where = _chunks(items, sampler.chunk_numel)
+    held, lefts, rights, sigmas, columns, ranks = [], [], [], [], [], []
+    for item in items:
+        factors = [_factors(sampler, seed, item) for seed in seeds]
+        held.append(factors)  # alive until the kernel returns
+        count = -(-item.param.numel() // sampler.chunk_numel)
+        for _ in range(count):
+            lefts.extend(left.data_ptr() for left, _, _ in factors)
+            rights.extend(right.data_ptr() for _, right, _ in factors)
+            sigmas.extend(sigma for _, _, sigma in factors)
+            columns.append(factors[0][1].shape[1])
+            ranks.append(factors[0][0].shape[1])
+    starts = np.asarray([chunk * sampler.chunk_numel for _, chunk, _ in where], dtype=np.int64)
+    # A leg's scale rounded to bf16, as torch's bf16.add_(z, alpha=scale) rounds it.
+    leg_scales = np.asarray([torch.tensor(a, dtype=torch.bfloat16).item() for _, a in legs],
+                            dtype=np.float32)
+    moves = moves if update else ()
+    bits_table = rounding[0] if update else torch.zeros(1, dtype=torch.int32)
+    bits_offsets = np.zeros(len(where), dtype=np.int64)
+    if update:
+        for row, (index, chunk, count) in enumerate(where):
+            bits_offsets[row] = _hashes(rounding[1], index, count)[chunk] & (bits_table.numel() - 1)
+    arrays = {
+        "pointers": np.asarray(pointers, dtype=np.uint64),
+        "lengths": np.asarray(lengths, dtype=np.int64),
+        "columns": np.asarray(columns, dtype=np.int64),
+        "ranks": np.asarray(ranks, dtype=np.int64),
+        "lefts": np.asarray(lefts, dtype=np.uint64),
+        "rights": np.asarray(rights, dtype=np.uint64),
+        "sigmas": np.asarray(sigmas, dtype=np.float32),
+        "leg_terms": np.asarray([term[s] for s, _ in legs], dtype=np.int64),
+        "move_terms": np.asarray([term[s] for s, _ in moves], dtype=np.int64),
+        "move_scales": np.asarray([a for _, a in moves], dtype=np.float32),
+    }
+    a = {name: array.ctypes.data for name, array in arrays.items()}
+    lib.zotune_bf16_factored_pass(
+        len(where), a["pointers"], a["lengths"], starts.ctypes.data, a["columns"], a["ranks"],
+        len(seeds), a["lefts"], a["rights"], a["sigmas"], len(legs), a["leg_terms"],
+        leg_scales.ctypes.data, len(moves), a["move_terms"], a["move_scales"], int(update),
+        float(keep), bits_table.data_ptr(), bits_table.numel() - 1, bits_offsets.ctypes.data,
+        torch.get_num_threads(),
     )
 
 
