@@ -6,16 +6,19 @@ widen, multiply, add, add the rounding bits, mask and narrow for the update), ea
 separate sweep with its own dtype conversions; that cost five times the fp32 step's passes
 on half the bytes. ``bf16_pass.c`` does one pass as one sweep: every element is loaded
 once, goes through all legs and the update in registers, and is stored once (the file
-states the arithmetic). A stateful rule's update has its own sweep: Adam (with decoupled
-decay) reads the fp32 gradient and moments, updates the moments in place and rounds the
-weights stochastically in one pass where the torch ops make ten. It is compiled with the
-system's C compiler at first use into a per-user cache (a few hundred milliseconds), keyed by
-the source, the flags and the CPU.
+states the arithmetic); Sparse-MeZO's masks ride along bit-packed, and LOZO's and
+SubZero's low-rank directions are formed element by element inside the sweep (z = σ·L R,
+r fmas) instead of as an fp32 block per chunk. A stateful rule's update has its own sweep:
+Adam (with decoupled decay) reads the fp32 gradient and moments, updates the moments in
+place and rounds the weights stochastically in one pass where the torch ops make ten. It is
+compiled with the system's C compiler at first use into a per-user cache (a few hundred
+milliseconds), keyed by the source, the flags and the CPU.
 
 Without a C compiler (or with ``ZOTUNE_FUSED_KERNELS=0``) the callers fall back to the torch
 ops, with one warning line. The two paths draw the same directions and rounding bits; the
-fused one computes every move as one fma, so their bits can differ in the last place of an
-intermediate (each is deterministic on its own).
+fused one computes every move as one fma and sums a low-rank product in a fixed order (a
+BLAS picks its own), so their bits can differ in the last place of an intermediate (each is
+deterministic on its own).
 """
 
 from __future__ import annotations
