@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.passes import fused_passes_
+from ..kernels.passes import Pass, fused_passes_
 from .directions import DirectionSampler, IndexedParam
 
 Closure = Callable[[], "torch.Tensor | float"]
@@ -189,6 +189,6 @@ def shift(
         for seed, scale in merged.items():
             sampler.add_(precise, seed, scale)
     if coarse:
-        coarse = fused_passes_(coarse, sampler, moves)  # every leg in one pass (zotune.kernels)
+        coarse = fused_passes_(coarse, sampler, Pass(moves))  # every leg in one sweep
         for seed, scale in moves:
             sampler.add_(coarse, seed, scale)

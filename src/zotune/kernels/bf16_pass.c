@@ -29,6 +29,16 @@
 
 #define BLOCK 512
 
+/* The update of a pass (update = 0: none): θ = SR(κ·x + Σ moves), chunk c's bits read from
+ * R[(bits_offsets[c] + i) mod M] for its element i. */
+typedef struct {
+    int update;
+    float keep;
+    const int32_t *bits;
+    int64_t bits_mask;
+    const int64_t *bits_offsets; /* [nchunks] */
+} update_t;
+
 typedef struct {
     int64_t nchunks;
     uint16_t **params;
@@ -41,11 +51,7 @@ typedef struct {
     int64_t nmoves;
     const int64_t *move_offsets; /* [nchunks * nmoves] */
     const float *move_scales;
-    int update;
-    float keep;
-    const int32_t *bits;
-    int64_t bits_mask;
-    const int64_t *bits_offsets; /* [nchunks] */
+    update_t up;
     const uint8_t *const *masks; /* [nchunks] packed bits, or NULL (no chunk masked) */
     int64_t next; /* the next chunk to take (shared by the threads) */
 } pass_t;
@@ -62,6 +68,22 @@ static inline float round_bf16(float f) {
 }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Distance from position ``pos`` (in a circular table of mask + 1 values) to its end. */
+static inline int64_t to_end(int64_t pos, int64_t mask) { return mask + 1 - (pos & mask); }
+
+/* The longest span of at most n elements from element e of chunk c whose bits do not wrap. */
+static inline int64_t bits_span(const update_t *u, int64_t c, int64_t e, int64_t n) {
+    return u->update ? min64(n, to_end(u->bits_offsets[c] + e, u->bits_mask)) : n;
+}
+
+/* x[i] = SR(w[i]) for the m elements from element e of chunk c. */
+static inline void round_block(const update_t *u, int64_t c, int64_t e, int64_t m,
+                               const float *w, float *x) {
+    const int32_t *r = u->bits + ((u->bits_offsets[c] + e) & u->bits_mask);
+    for (int64_t i = 0; i < m; i++)
+        x[i] = as_float((as_bits(w[i]) + (uint32_t)r[i]) & 0xFFFF0000u);
+}
 
 static inline float bit_at(const uint8_t *packed, int64_t e) {
     return (float)((packed[e >> 3] >> (e & 7)) & 1u);
@@ -98,8 +120,8 @@ static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
                 for (int64_t i = 0; i < m; i++)
                     x[i] = round_bf16(fmaf(s, as_float((uint32_t)z[i] << 16), x[i]));
         }
-        if (p->update) {
-            for (int64_t i = 0; i < m; i++) w[i] = p->keep * x[i];
+        if (p->up.update) {
+            for (int64_t i = 0; i < m; i++) w[i] = p->up.keep * x[i];
             for (int64_t k = 0; k < p->nmoves; k++) {
                 int64_t o = (p->move_offsets[c * p->nmoves + k] + start + b) & p->table_mask;
                 const uint16_t *z = p->table + o;
@@ -111,16 +133,11 @@ static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
                     for (int64_t i = 0; i < m; i++)
                         w[i] = fmaf(a, as_float((uint32_t)z[i] << 16), w[i]);
             }
-            const int32_t *r = p->bits + ((p->bits_offsets[c] + start + b) & p->bits_mask);
-            for (int64_t i = 0; i < m; i++)
-                x[i] = as_float((as_bits(w[i]) + (uint32_t)r[i]) & 0xFFFF0000u);
+            round_block(&p->up, c, start + b, m, w, x);
         }
         for (int64_t i = 0; i < m; i++) theta[b + i] = (uint16_t)(as_bits(x[i]) >> 16);
     }
 }
-
-/* Distance from position ``pos`` (in a circular table of mask + 1 values) to its end. */
-static inline int64_t to_end(int64_t pos, int64_t mask) { return mask + 1 - (pos & mask); }
 
 static void run_chunk(const pass_t *p, int64_t c) {
     int64_t len = p->lens[c];
@@ -130,11 +147,10 @@ static void run_chunk(const pass_t *p, int64_t c) {
         int64_t n = len - start;
         for (int64_t l = 0; l < p->nlegs; l++)
             n = min64(n, to_end(p->leg_offsets[c * p->nlegs + l] + start, p->table_mask));
-        if (p->update) {
+        if (p->up.update)
             for (int64_t k = 0; k < p->nmoves; k++)
                 n = min64(n, to_end(p->move_offsets[c * p->nmoves + k] + start, p->table_mask));
-            n = min64(n, to_end(p->bits_offsets[c] + start, p->bits_mask));
-        }
+        n = bits_span(&p->up, c, start, n);
         run_span(p, c, start, n);
         start += n;
     }
@@ -172,8 +188,8 @@ int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
                      const int64_t *bits_offsets, const uint8_t *const *masks,
                      int nthreads) {
     pass_t p = {nchunks, params, lens, table, table_mask, nlegs, leg_offsets, leg_scales,
-                nmoves, move_offsets, move_scales, update, keep, bits, bits_mask,
-                bits_offsets, masks, 0};
+                nmoves, move_offsets, move_scales,
+                {update, keep, bits, bits_mask, bits_offsets}, masks, 0};
     share_chunks(worker, &p, nchunks, nthreads);
     return 0;
 }
@@ -333,11 +349,7 @@ typedef struct {
     int64_t nmoves;
     const int64_t *move_terms;
     const float *move_scales;
-    int update;
-    float keep;
-    const int32_t *bits;
-    int64_t bits_mask;
-    const int64_t *bits_offsets; /* [nchunks] */
+    update_t up;
     int64_t next;
 } factored_t;
 
@@ -364,16 +376,14 @@ static void run_factored_span(const factored_t *p, int64_t c, int64_t e, int64_t
         float s = p->leg_scales[l];
         for (int64_t i = 0; i < m; i++) x[i] = round_bf16(fmaf(s, zt[i], x[i]));
     }
-    if (p->update) {
-        for (int64_t i = 0; i < m; i++) w[i] = p->keep * x[i];
+    if (p->up.update) {
+        for (int64_t i = 0; i < m; i++) w[i] = p->up.keep * x[i];
         for (int64_t k = 0; k < p->nmoves; k++) {
             const float *zt = z[p->move_terms[k]];
             float a = p->move_scales[k];
             for (int64_t i = 0; i < m; i++) w[i] = fmaf(a, zt[i], w[i]);
         }
-        const int32_t *r = p->bits + ((p->bits_offsets[c] + e) & p->bits_mask);
-        for (int64_t i = 0; i < m; i++)
-            x[i] = as_float((as_bits(w[i]) + (uint32_t)r[i]) & 0xFFFF0000u);
+        round_block(&p->up, c, e, m, w, x);
     }
     for (int64_t i = 0; i < m; i++) theta[i] = (uint16_t)(as_bits(x[i]) >> 16);
 }
@@ -387,7 +397,7 @@ static void *factored_worker(void *arg) {
         while (e < len) {
             /* A span ends where the chunk, a block or a row ends, or the bits wrap. */
             int64_t n = min64(min64(len - e, BLOCK), cols - (p->starts[c] + e) % cols);
-            if (p->update) n = min64(n, to_end(p->bits_offsets[c] + e, p->bits_mask));
+            n = bits_span(&p->up, c, e, n);
             run_factored_span(p, c, e, n);
             e += n;
         }
@@ -404,8 +414,8 @@ int zotune_bf16_factored_pass(int64_t nchunks, uint16_t **params, const int64_t 
                               const int64_t *bits_offsets, int nthreads) {
     if (nterms > MAX_TERMS) return -1;
     factored_t p = {nchunks, params, lens, starts, cols, ranks, nterms, lefts, rights, sigmas,
-                    nlegs, leg_terms, leg_scales, nmoves, move_terms, move_scales, update,
-                    keep, bits, bits_mask, bits_offsets, 0};
+                    nlegs, leg_terms, leg_scales, nmoves, move_terms, move_scales,
+                    {update, keep, bits, bits_mask, bits_offsets}, 0};
     share_chunks(factored_worker, &p, nchunks, nthreads);
     return 0;
 }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -92,21 +93,40 @@ def _factors(sampler: DirectionSampler, seed: int, item: IndexedParam):
     return left.contiguous(), right.contiguous(), sigma
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One pass: θ ← SR(κ·L(θ) + Σ_moves α·z), or θ ← L(θ) without ``rounding``, where L
+    applies each leg (seed, scale) as its own round-to-nearest move θ ← rnd(θ + scale·z).
+    ``rounding`` = (int32 table of 16-bit values, rounding seed)."""
+
+    legs: Sequence[tuple[int, float]]
+    moves: Sequence[tuple[int, float]] = ()
+    rounding: tuple[Tensor, int] | None = None
+    keep: float = 1.0
+
+    @property
+    def update(self) -> bool:
+        return self.rounding is not None
+
+    @property
+    def applied_moves(self) -> Sequence[tuple[int, float]]:
+        return self.moves if self.update else ()
+
+    @property
+    def seeds(self) -> list[int]:
+        """The distinct seeds whose directions the pass reads, in order."""
+        return list(dict.fromkeys(seed for seed, _ in [*self.legs, *self.applied_moves]))
+
+
 def fused_passes_(
-    params: Sequence[IndexedParam],
-    sampler: DirectionSampler,
-    legs: Sequence[tuple[int, float]],
-    moves: Sequence[tuple[int, float]] = (),
-    rounding: tuple[Tensor, int] | None = None,
-    keep: float = 1.0,
+    params: Sequence[IndexedParam], sampler: DirectionSampler, work: Pass
 ) -> list[IndexedParam]:
-    """The pass of :func:`fused_pass_` over the tensors either kernel can move; the others
-    are returned, for the torch ops."""
+    """``work`` over the tensors either kernel can move; the others are returned, for the
+    torch ops."""
     fused, rest = split_fusable(params, sampler)
-    fused_pass_(fused, sampler, legs, moves, rounding, keep)
-    seeds = [seed for seed, _ in legs] + [seed for seed, _ in moves if rounding is not None]
-    factored, rest = split_factored(rest, sampler, seeds)
-    fused_factored_pass_(factored, sampler, legs, moves, rounding, keep)
+    fused_pass_(fused, sampler, work)
+    factored, rest = split_factored(rest, sampler, work.seeds)
+    fused_factored_pass_(factored, sampler, work)
     return rest
 
 
@@ -136,7 +156,7 @@ def _directions(moves, where, mask: int, legs: bool) -> tuple[np.ndarray, np.nda
     scales = np.empty((len(where), len(moves)), dtype=np.float32)
     for k, (seed, scale) in enumerate(moves):
         if legs:
-            scale = torch.tensor(scale, dtype=torch.bfloat16).item()
+            scale = _as_bf16(scale)
         for row, (index, chunk, count) in enumerate(where):
             h = _hashes(seed, index, count)[chunk]
             offsets[row, k] = h & mask
@@ -144,64 +164,58 @@ def _directions(moves, where, mask: int, legs: bool) -> tuple[np.ndarray, np.nda
     return offsets, scales
 
 
-def fused_pass_(
-    items: Sequence[IndexedParam],
-    sampler: DirectionSampler,
-    legs: Sequence[tuple[int, float]],
-    moves: Sequence[tuple[int, float]] = (),
-    rounding: tuple[Tensor, int] | None = None,
-    keep: float = 1.0,
-) -> None:
-    """θ ← SR(κ·L(θ) + Σ_moves α·z), or θ ← L(θ) without ``rounding``, in one pass, where
-    L applies each leg (seed, scale) as its own round-to-nearest move θ ← rnd(θ + scale·z).
+def _as_bf16(scale: float) -> float:
+    return torch.tensor(scale, dtype=torch.bfloat16).item()
 
-    ``rounding`` = (int32 table of 16-bit values, rounding seed); ``items`` from
-    :func:`split_fusable`.
-    """
+
+def _rounding_bits(where, rounding: tuple[Tensor, int] | None) -> tuple[Tensor, np.ndarray]:
+    """The rounding table and each chunk's offset into it (zeros and any table without
+    ``rounding``: the kernel then reads no bits)."""
+    offsets = np.zeros(len(where), dtype=np.int64)
+    if rounding is None:
+        return torch.zeros(1, dtype=torch.int32), offsets
+    table, seed = rounding
+    for row, (index, chunk, count) in enumerate(where):
+        offsets[row] = _hashes(seed, index, count)[chunk] & (table.numel() - 1)
+    return table, offsets
+
+
+def fused_pass_(items: Sequence[IndexedParam], sampler: DirectionSampler, work: Pass) -> None:
+    """``work`` in one sweep of the table kernel over ``items`` (from :func:`split_fusable`)."""
     if not items:
         return
     lib = library()
     pointers, lengths, where = _chunks(items, sampler.chunk_numel)
     table = noise_table(sampler.table_numel, torch.device("cpu"), torch.bfloat16)
     mask = sampler.table_numel - 1
-    leg_offsets, leg_scales = _directions(legs, where, mask, legs=True)
-    update = rounding is not None
-    move_offsets, move_scales = _directions(moves if update else (), where, mask, legs=False)
-    bits_table = rounding[0] if update else table
-    bits_mask = bits_table.numel() - 1
-    bits_offsets = np.zeros(len(where), dtype=np.int64)
-    if update:
-        seed = rounding[1]
-        for row, (index, chunk, count) in enumerate(where):
-            bits_offsets[row] = _hashes(seed, index, count)[chunk] & bits_mask
+    leg_offsets, leg_scales = _directions(work.legs, where, mask, legs=True)
+    move_offsets, move_scales = _directions(work.applied_moves, where, mask, legs=False)
+    bits_table, bits_offsets = _rounding_bits(where, work.rounding)
     masks = [sampler.packed_mask(index, chunk) for index, chunk, _ in where]
     mask_array = np.asarray([0 if m is None else m.data_ptr() for m in masks], dtype=np.uint64)
     pointer_array = np.asarray(pointers, dtype=np.uint64)
     length_array = np.asarray(lengths, dtype=np.int64)
     lib.zotune_bf16_pass(
         len(where), pointer_array.ctypes.data, length_array.ctypes.data,
-        table.data_ptr(), mask, len(legs), leg_offsets.ctypes.data, leg_scales.ctypes.data,
+        table.data_ptr(), mask, len(work.legs), leg_offsets.ctypes.data, leg_scales.ctypes.data,
         move_offsets.shape[1], move_offsets.ctypes.data, move_scales.ctypes.data,
-        int(update), float(keep), bits_table.data_ptr(), bits_mask, bits_offsets.ctypes.data,
-        mask_array.ctypes.data if mask_array.any() else None, torch.get_num_threads(),
+        int(work.update), float(work.keep), bits_table.data_ptr(), bits_table.numel() - 1,
+        bits_offsets.ctypes.data, mask_array.ctypes.data if mask_array.any() else None,
+        torch.get_num_threads(),
     )
 
 
 def fused_factored_pass_(
-    items: Sequence[IndexedParam],
-    sampler: DirectionSampler,
-    legs: Sequence[tuple[int, float]],
-    moves: Sequence[tuple[int, float]] = (),
-    rounding: tuple[Tensor, int] | None = None,
-    keep: float = 1.0,
+    items: Sequence[IndexedParam], sampler: DirectionSampler, work: Pass
 ) -> None:
-    """:func:`fused_pass_` for tensors from :func:`split_factored`: z = bf16(σ · L R)."""
+    """``work`` in one sweep of the factored kernel over ``items`` (from
+    :func:`split_factored`): z = bf16(σ · L R)."""
     if not items:
         return
     lib = library()
-    update = rounding is not None
-    seeds = list(dict.fromkeys([s for s, _ in legs] + [s for s, _ in moves if update]))
+    seeds = work.seeds
     term = {seed: t for t, seed in enumerate(seeds)}
+    legs, moves = work.legs, work.applied_moves
     pointers, lengths, where = _chunks(items, sampler.chunk_numel)
     held, lefts, rights, sigmas, columns, ranks = [], [], [], [], [], []
     for item in items:
@@ -216,14 +230,8 @@ def fused_factored_pass_(
             ranks.append(factors[0][0].shape[1])
     starts = np.asarray([chunk * sampler.chunk_numel for _, chunk, _ in where], dtype=np.int64)
     # A leg's scale rounded to bf16, as torch's bf16.add_(z, alpha=scale) rounds it.
-    leg_scales = np.asarray([torch.tensor(a, dtype=torch.bfloat16).item() for _, a in legs],
-                            dtype=np.float32)
-    moves = moves if update else ()
-    bits_table = rounding[0] if update else torch.zeros(1, dtype=torch.int32)
-    bits_offsets = np.zeros(len(where), dtype=np.int64)
-    if update:
-        for row, (index, chunk, count) in enumerate(where):
-            bits_offsets[row] = _hashes(rounding[1], index, count)[chunk] & (bits_table.numel() - 1)
+    leg_scales = np.asarray([_as_bf16(a) for _, a in legs], dtype=np.float32)
+    bits_table, bits_offsets = _rounding_bits(where, work.rounding)
     arrays = {
         "pointers": np.asarray(pointers, dtype=np.uint64),
         "lengths": np.asarray(lengths, dtype=np.int64),
@@ -240,8 +248,8 @@ def fused_factored_pass_(
     lib.zotune_bf16_factored_pass(
         len(where), a["pointers"], a["lengths"], starts.ctypes.data, a["columns"], a["ranks"],
         len(seeds), a["lefts"], a["rights"], a["sigmas"], len(legs), a["leg_terms"],
-        leg_scales.ctypes.data, len(moves), a["move_terms"], a["move_scales"], int(update),
-        float(keep), bits_table.data_ptr(), bits_table.numel() - 1, bits_offsets.ctypes.data,
+        leg_scales.ctypes.data, len(moves), a["move_terms"], a["move_scales"], int(work.update),
+        float(work.keep), bits_table.data_ptr(), bits_table.numel() - 1, bits_offsets.ctypes.data,
         torch.get_num_threads(),
     )
 

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..estimators.base import shift
 from ..estimators.directions import DirectionSampler, circular_slices, mix_seed
-from ..kernels.passes import fused_adam_rounded_, fused_add_rounded_, fused_passes_
+from ..kernels.passes import Pass, fused_adam_rounded_, fused_add_rounded_, fused_passes_
 
 if TYPE_CHECKING:
     from ..estimators.base import IndexedParam
@@ -221,9 +221,10 @@ def apply_update_(
     nearest = [item for item, r in zip(params, rounded, strict=True) if not r]
     shift(nearest, sampler, legs)
     if chosen:
-        chosen = fused_passes_(chosen, sampler, [(s, a) for s, a in legs if a != 0.0],
-                               [(s, alpha) for s, alpha in moves if alpha != 0.0],
-                               (rounding_table(torch.device("cpu")), seed), keep)
+        work = Pass([(s, a) for s, a in legs if a != 0.0],
+                    [(s, alpha) for s, alpha in moves if alpha != 0.0],
+                    (rounding_table(torch.device("cpu")), seed), keep)
+        chosen = fused_passes_(chosen, sampler, work)
         shift(chosen, sampler, legs)
         add_stochastically_(chosen, sampler, moves, seed, keep)
     if keep != 1.0:
