@@ -245,6 +245,52 @@ def test_fused_low_rank_pass_equals_the_torch_path(monkeypatch, kind):
     assert (ulps > 0).float().mean() < 1e-3
 
 
+@needs_kernel
+def test_fused_hessian_legs_land_back_on_theta():
+    """HiZOO's probes in the fused pass (d = bf16(z/√H)): +εd, −εd −εd, +εd lands on θ for
+    entries away from the power-of-two bands, with H far from 1, and moves θ in between."""
+    from zotune.kernels.passes import fused_hessian_pass_, split_hessian
+
+    theta = weights(20000, 5)
+    params = [IndexedParam(0, theta.clone())]
+    hessian = torch.rand(20000, generator=torch.Generator().manual_seed(6)) * 4 + 0.25
+    sampler = DirectionSampler(**SMALL)
+    assert split_hessian(params, sampler, [hessian]) == ([0], [])
+    for legs in ([1e-2], [-1e-2, -1e-2]):
+        fused_hessian_pass_(params, [hessian], sampler, 7, legs)
+        assert not torch.equal(params[0].param, theta)
+    fused_hessian_pass_(params, [hessian], sampler, 7, [1e-2])
+    assert torch.equal(params[0].param.view(torch.int16), theta.view(torch.int16))
+
+
+@needs_kernel
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_fused_hizoo_steps_equal_the_torch_path(monkeypatch, decay):
+    """Six HiZOO steps on bf16 weights (probes, then restore, H and the stochastically
+    rounded update in one sweep) against the torch ops: H agrees to a few fp32 roundings
+    and θ but for rare one-ulp carries (fma against separate operations in torch's adds)."""
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.SWITCH, switch)
+        params = [weights(math.prod(shape), 50 + i, low=1.0, width=1.0).view(shape)
+                  .requires_grad_() for i, shape in enumerate(((30, 100), (64,)))]
+        opt = create_optimizer("hizoo", params, lr=1e-3, eps=1e-2, seed=5,
+                               hessian_smooth=0.3, weight_decay=decay)
+        opt.estimator.sampler = DirectionSampler(**SMALL)
+        for _ in range(6):
+            opt.step(exact_loss(params))
+        hessians = [opt.state[p]["hessian"].clone() for p in params]
+        results.append(([p.detach().float() for p in params], hessians))
+    (fused, fused_h), (ops, ops_h) = results
+    for h, h_ops in zip(fused_h, ops_h, strict=True):
+        assert not torch.equal(h_ops, torch.ones_like(h_ops))
+        assert ((h - h_ops).abs() <= 8 * torch.finfo(torch.float32).eps * h_ops).all()
+    theta, theta_ops = torch.cat([t.view(-1) for t in fused]), torch.cat([t.view(-1) for t in ops])
+    ulps = (theta - theta_ops).abs() / (theta_ops.abs() * 2**-7)
+    assert ulps.max() <= 1
+    assert (ulps > 0).float().mean() < 0.01
+
+
 def exact_loss(params: list[torch.Tensor]):
     """Σ c·θ with integer c in [−8, 8] on bf16 θ in [0.5, 4): every product and partial sum
     is a multiple of 2**-9 below 2**20, exact in float64, so the value is the same in any

@@ -43,6 +43,7 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
+_F = ctypes.c_float
 PASS_ARGUMENTS = (
     _I64, _P, _P, _P, _I64, _I64, _P, _P, _I64, _P, _P, ctypes.c_int, ctypes.c_float,
     _P, _I64, _P, _P, ctypes.c_int,
@@ -51,9 +52,12 @@ FACTORED_ARGUMENTS = (
     _I64, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _P, _P, _I64, _P, _P, ctypes.c_int,
     ctypes.c_float, _P, _I64, _P, ctypes.c_int,
 )
+HESSIAN_ARGUMENTS = (
+    _I64, _P, _P, _P, _P, _I64, _P, _I64, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P, _I64,
+    _P, ctypes.c_int,
+)
 MAX_TERMS = 8  # distinct directions in one factored pass (bf16_pass.c)
 ADD_ROUNDED_ARGUMENTS = (_P, _P, _I64, ctypes.c_float, _P, _I64, _I64, ctypes.c_int)
-_F = ctypes.c_float
 ADAM_ROUNDED_ARGUMENTS = (
     _P, _P, _P, _P, _I64, _F, _F, _F, _F, _F, _F, _F, _F, _P, _I64, _I64, ctypes.c_int,
 )
@@ -131,6 +135,8 @@ def library() -> ctypes.CDLL | None:
         lib.zotune_bf16_pass.restype = ctypes.c_int
         lib.zotune_bf16_factored_pass.argtypes = FACTORED_ARGUMENTS
         lib.zotune_bf16_factored_pass.restype = ctypes.c_int
+        lib.zotune_bf16_hessian_pass.argtypes = HESSIAN_ARGUMENTS
+        lib.zotune_bf16_hessian_pass.restype = ctypes.c_int
         lib.zotune_bf16_add_rounded.argtypes = ADD_ROUNDED_ARGUMENTS
         lib.zotune_bf16_add_rounded.restype = ctypes.c_int
         lib.zotune_bf16_adam_rounded.argtypes = ADAM_ROUNDED_ARGUMENTS

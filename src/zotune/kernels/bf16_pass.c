@@ -53,7 +53,6 @@ typedef struct {
     const float *move_scales;
     update_t up;
     const uint8_t *const *masks; /* [nchunks] packed bits, or NULL (no chunk masked) */
-    int64_t next; /* the next chunk to take (shared by the threads) */
 } pass_t;
 
 static inline uint32_t as_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -139,7 +138,8 @@ static void run_span(const pass_t *p, int64_t c, int64_t start, int64_t n) {
     }
 }
 
-static void run_chunk(const pass_t *p, int64_t c) {
+static void run_chunk(const void *pass, int64_t c) {
+    const pass_t *p = (const pass_t *)pass;
     int64_t len = p->lens[c];
     int64_t start = 0;
     while (start < len) {
@@ -156,28 +156,38 @@ static void run_chunk(const pass_t *p, int64_t c) {
     }
 }
 
-/* fn(pass) on this thread and up to nthreads − 1 others (at most one per chunk), each taking
- * the pass's next chunk until none is left. */
-static void share_chunks(void *(*fn)(void *), void *pass, int64_t nchunks, int nthreads) {
+/* The chunks of a pass, taken one at a time by the threads that share them. */
+typedef struct {
+    const void *pass;
+    void (*run)(const void *pass, int64_t c);
+    int64_t nchunks;
+    int64_t next;
+} queue_t;
+
+static void *take_chunks(void *arg) {
+    queue_t *q = (queue_t *)arg;
+    for (;;) {
+        int64_t c = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED);
+        if (c >= q->nchunks) return NULL;
+        q->run(q->pass, c);
+    }
+}
+
+/* run(pass, c) for every chunk c, on this thread and up to nthreads − 1 others (at most one
+ * per chunk). */
+static void share_chunks(void (*run)(const void *, int64_t), const void *pass, int64_t nchunks,
+                         int nthreads) {
+    queue_t q = {pass, run, nchunks, 0};
     if (nthreads > 64) nthreads = 64;
     if (nthreads > nchunks) nthreads = (int)nchunks;
     pthread_t threads[64];
     int started = 0;
     for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&threads[started], NULL, fn, pass) != 0) break;
+        if (pthread_create(&threads[started], NULL, take_chunks, &q) != 0) break;
         started++;
     }
-    fn(pass);
+    take_chunks(&q);
     for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
-}
-
-static void *worker(void *arg) {
-    pass_t *p = (pass_t *)arg;
-    for (;;) {
-        int64_t c = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
-        if (c >= p->nchunks) return NULL;
-        run_chunk(p, c);
-    }
 }
 
 int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
@@ -189,8 +199,8 @@ int zotune_bf16_pass(int64_t nchunks, uint16_t **params, const int64_t *lens,
                      int nthreads) {
     pass_t p = {nchunks, params, lens, table, table_mask, nlegs, leg_offsets, leg_scales,
                 nmoves, move_offsets, move_scales,
-                {update, keep, bits, bits_mask, bits_offsets}, masks, 0};
-    share_chunks(worker, &p, nchunks, nthreads);
+                {update, keep, bits, bits_mask, bits_offsets}, masks};
+    share_chunks(run_chunk, &p, nchunks, nthreads);
     return 0;
 }
 
@@ -350,7 +360,6 @@ typedef struct {
     const int64_t *move_terms;
     const float *move_scales;
     update_t up;
-    int64_t next;
 } factored_t;
 
 #define MAX_TERMS 8
@@ -388,19 +397,15 @@ static void run_factored_span(const factored_t *p, int64_t c, int64_t e, int64_t
     for (int64_t i = 0; i < m; i++) theta[i] = (uint16_t)(as_bits(x[i]) >> 16);
 }
 
-static void *factored_worker(void *arg) {
-    factored_t *p = (factored_t *)arg;
-    for (;;) {
-        int64_t c = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
-        if (c >= p->nchunks) return NULL;
-        int64_t len = p->lens[c], cols = p->cols[c], e = 0;
-        while (e < len) {
-            /* A span ends where the chunk, a block or a row ends, or the bits wrap. */
-            int64_t n = min64(min64(len - e, BLOCK), cols - (p->starts[c] + e) % cols);
-            n = bits_span(&p->up, c, e, n);
-            run_factored_span(p, c, e, n);
-            e += n;
-        }
+static void run_factored_chunk(const void *pass, int64_t c) {
+    const factored_t *p = (const factored_t *)pass;
+    int64_t len = p->lens[c], cols = p->cols[c], e = 0;
+    while (e < len) {
+        /* A span ends where the chunk, a block or a row ends, or the bits wrap. */
+        int64_t n = min64(min64(len - e, BLOCK), cols - (p->starts[c] + e) % cols);
+        n = bits_span(&p->up, c, e, n);
+        run_factored_span(p, c, e, n);
+        e += n;
     }
 }
 
@@ -415,7 +420,91 @@ int zotune_bf16_factored_pass(int64_t nchunks, uint16_t **params, const int64_t 
     if (nterms > MAX_TERMS) return -1;
     factored_t p = {nchunks, params, lens, starts, cols, ranks, nterms, lefts, rights, sigmas,
                     nlegs, leg_terms, leg_scales, nmoves, move_terms, move_scales,
-                    {update, keep, bits, bits_mask, bits_offsets}, 0};
-    share_chunks(factored_worker, &p, nchunks, nthreads);
+                    {update, keep, bits, bits_mask, bits_offsets}};
+    share_chunks(run_factored_chunk, &p, nchunks, nthreads);
+    return 0;
+}
+
+/* HiZOO's passes over bf16 weights (zotune/optim/hessian.py) with the fp32 diagonal Hessian
+ * estimate H, in one sweep per pass. Chunk c's direction is z = σ_c T[(o_c + i) mod N]; with
+ * r = 1/sqrt(H[i]) (fp32 sqrt, then an fp32 division), element i goes through
+ *
+ *   d = bf16(r · z)                                  the direction the legs move along
+ *   for each leg l:   x = bf16(fma(s_l, d, x))       round to nearest even
+ *   if update:        H[i] = H[i] · ((z · z) · a + b)   a = α·curvature, b = 1 − α
+ *                     g = bf16(((1/sqrt(H[i])) · z) · slope)
+ *                     u = g, or bf16(fma(λ, x, g)) with decoupled weight decay λ
+ *                     x = SR(fma(−lr, u, x))
+ *   θ[i] = x
+ *
+ * the operations and order of the torch ops the kernel replaces (zotune.optim.hessian; an SGD
+ * rule has no state, so it computes in the weights' dtype: g and u are bf16), one IEEE fp32
+ * rounding each; σ_c = ±1 is folded into the chunk's leg scales and slope (every step above
+ * is odd or even in z, and each rounding is symmetric). */
+typedef struct {
+    int64_t nchunks;
+    uint16_t **params;
+    float **hessians;
+    const int64_t *lens;
+    const uint16_t *table;
+    int64_t table_mask;
+    const int64_t *offsets; /* [nchunks] */
+    int64_t nlegs;
+    const float *leg_scales; /* [nchunks * nlegs], signed */
+    const float *slopes;     /* [nchunks], signed */
+    float a, b, decay, lr;
+    update_t up;
+} hessian_t;
+
+static void run_hessian_span(const hessian_t *p, int64_t c, int64_t start, int64_t m) {
+    /* One loop per operation, so that each vectorises (an element-wise loop with the legs
+     * inside ran scalar: five times slower). */
+    uint16_t *theta = p->params[c] + start;
+    float *h = p->hessians[c] + start;
+    const uint16_t *t = p->table + ((p->offsets[c] + start) & p->table_mask);
+    const float *scales = p->leg_scales + c * p->nlegs;
+    float slope = p->slopes[c], x[BLOCK], w[BLOCK], z[BLOCK], d[BLOCK];
+    for (int64_t i = 0; i < m; i++) {
+        z[i] = as_float((uint32_t)t[i] << 16);
+        d[i] = round_bf16((1.0f / sqrtf(h[i])) * z[i]);
+        x[i] = as_float((uint32_t)theta[i] << 16);
+    }
+    for (int64_t l = 0; l < p->nlegs; l++)
+        for (int64_t i = 0; i < m; i++) x[i] = round_bf16(fmaf(scales[l], d[i], x[i]));
+    if (p->up.update) {
+        for (int64_t i = 0; i < m; i++) {
+            h[i] = h[i] * ((z[i] * z[i]) * p->a + p->b);
+            d[i] = round_bf16(((1.0f / sqrtf(h[i])) * z[i]) * slope); /* g */
+        }
+        if (p->decay != 0.0f)
+            for (int64_t i = 0; i < m; i++) d[i] = round_bf16(fmaf(p->decay, x[i], d[i]));
+        for (int64_t i = 0; i < m; i++) w[i] = fmaf(-p->lr, d[i], x[i]);
+        round_block(&p->up, c, start, m, w, x);
+    }
+    for (int64_t i = 0; i < m; i++) theta[i] = (uint16_t)(as_bits(x[i]) >> 16);
+}
+
+static void run_hessian_chunk(const void *pass, int64_t c) {
+    const hessian_t *p = (const hessian_t *)pass;
+    int64_t len = p->lens[c], start = 0;
+    while (start < len) {
+        int64_t n = min64(len - start, BLOCK);
+        n = min64(n, to_end(p->offsets[c] + start, p->table_mask));
+        n = bits_span(&p->up, c, start, n);
+        run_hessian_span(p, c, start, n);
+        start += n;
+    }
+}
+
+int zotune_bf16_hessian_pass(int64_t nchunks, uint16_t **params, float **hessians,
+                             const int64_t *lens, const uint16_t *table, int64_t table_mask,
+                             const int64_t *offsets, int64_t nlegs, const float *leg_scales,
+                             const float *slopes, int update, float a, float b, float decay,
+                             float lr, const int32_t *bits, int64_t bits_mask,
+                             const int64_t *bits_offsets, int nthreads) {
+    hessian_t p = {nchunks, params, hessians, lens, table, table_mask, offsets, nlegs,
+                   leg_scales, slopes, a, b, decay, lr,
+                   {update, 1.0f, bits, bits_mask, bits_offsets}};
+    share_chunks(run_hessian_chunk, &p, nchunks, nthreads);
     return 0;
 }

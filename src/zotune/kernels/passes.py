@@ -130,6 +130,80 @@ def fused_passes_(
     return rest
 
 
+def split_hessian(
+    params: Sequence[IndexedParam], sampler: DirectionSampler, hessians: Sequence[Tensor]
+) -> tuple[list[int], list[int]]:
+    """(positions in ``params`` the HiZOO kernel moves, the others): the tensors the table
+    kernel takes (:func:`split_fusable`), unmasked, whose H (``hessians``, aligned with
+    ``params``) is a contiguous fp32 CPU tensor of their size."""
+    fused = {id(item) for item in split_fusable(params, sampler)[0]}
+    chosen, rest = [], []
+    for position, (item, hessian) in enumerate(zip(params, hessians, strict=True)):
+        count = -(-item.param.numel() // sampler.chunk_numel)
+        ok = (id(item) in fused and hessian.dtype == torch.float32
+              and hessian.device.type == "cpu" and hessian.is_contiguous()
+              and hessian.numel() == item.param.numel()
+              and all(sampler.packed_mask(item.index, c) is None for c in range(count)))
+        (chosen if ok else rest).append(position)
+    return chosen, rest
+
+
+@dataclass(frozen=True)
+class HessianUpdate:
+    """HiZOO's update in the restoring pass (:mod:`zotune.optim.hessian`):
+    H ← H·((1 − α) + α·curvature·z²), θ ← SR(θ − lr·(slope·z/√H + λθ)) with the bits of
+    ``rounding`` = (table, seed)."""
+
+    smooth: float
+    curvature: float
+    slope: float
+    lr: float
+    decay: float
+    rounding: tuple[Tensor, int]
+
+
+def fused_hessian_pass_(
+    items: Sequence[IndexedParam],
+    hessians: Sequence[Tensor],
+    sampler: DirectionSampler,
+    seed: int,
+    legs: Sequence[float],
+    update: HessianUpdate | None = None,
+) -> None:
+    """θ ← L(θ) along d = bf16(z/√H), L applying each leg scale s as θ ← rnd(θ + s·d), then
+    ``update`` if given, in one sweep of the HiZOO kernel over ``items`` (from
+    :func:`split_hessian`; ``hessians`` aligned with them, H of the step's start)."""
+    if not items:
+        return
+    lib = library()
+    pointers, lengths, where, table, mask = _table_chunks(items, sampler)
+    _, leg_scales = _directions([(seed, s) for s in legs], where, mask, legs=True)
+    offsets, slopes = _directions([(seed, update.slope if update else 1.0)], where, mask,
+                                  legs=False)
+    hessian_pointers = []
+    for item, hessian in zip(items, hessians, strict=True):
+        count = -(-item.param.numel() // sampler.chunk_numel)
+        hessian_pointers.extend(hessian.data_ptr() + 4 * chunk * sampler.chunk_numel
+                                for chunk in range(count))
+    bits_table, bits_offsets = _rounding_bits(where, update.rounding if update else None)
+    arrays = {
+        "pointers": np.asarray(pointers, dtype=np.uint64),
+        "hessians": np.asarray(hessian_pointers, dtype=np.uint64),
+        "lengths": np.asarray(lengths, dtype=np.int64),
+    }
+    a = {name: array.ctypes.data for name, array in arrays.items()}
+    smooth = update.smooth if update else 0.0
+    lib.zotune_bf16_hessian_pass(
+        len(where), a["pointers"], a["hessians"], a["lengths"], table.data_ptr(), mask,
+        np.ascontiguousarray(offsets[:, 0]).ctypes.data, len(legs), leg_scales.ctypes.data,
+        np.ascontiguousarray(slopes[:, 0]).ctypes.data, int(update is not None),
+        smooth * (update.curvature if update else 0.0), 1.0 - smooth,
+        update.decay if update else 0.0, update.lr if update else 0.0,
+        bits_table.data_ptr(), bits_table.numel() - 1,
+        bits_offsets.ctypes.data, torch.get_num_threads(),
+    )
+
+
 def _chunks(items: Sequence[IndexedParam], chunk_numel: int) -> tuple[list, list, list]:
     """Per chunk: its data pointer, its length, and (tensor index, chunk index, count)."""
     pointers, lengths, where = [], [], []
@@ -143,6 +217,13 @@ def _chunks(items: Sequence[IndexedParam], chunk_numel: int) -> tuple[list, list
             lengths.append(min(chunk_numel, numel - start))
             where.append((item.index, chunk, count))
     return pointers, lengths, where
+
+
+def _table_chunks(items: Sequence[IndexedParam], sampler: DirectionSampler):
+    """:func:`_chunks` of ``items``, the bf16 noise table the kernels read z from, and its
+    index mask."""
+    table = noise_table(sampler.table_numel, torch.device("cpu"), torch.bfloat16)
+    return *_chunks(items, sampler.chunk_numel), table, sampler.table_numel - 1
 
 
 def _directions(moves, where, mask: int, legs: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +266,7 @@ def fused_pass_(items: Sequence[IndexedParam], sampler: DirectionSampler, work: 
     if not items:
         return
     lib = library()
-    pointers, lengths, where = _chunks(items, sampler.chunk_numel)
-    table = noise_table(sampler.table_numel, torch.device("cpu"), torch.bfloat16)
-    mask = sampler.table_numel - 1
+    pointers, lengths, where, table, mask = _table_chunks(items, sampler)
     leg_offsets, leg_scales = _directions(work.legs, where, mask, legs=True)
     move_offsets, move_scales = _directions(work.applied_moves, where, mask, legs=False)
     bits_table, bits_offsets = _rounding_bits(where, work.rounding)

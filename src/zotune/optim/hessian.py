@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from ..estimators.base import check_finite, evaluate, rounds_coarsely
+from ..kernels.passes import HessianUpdate, fused_hessian_pass_, split_hessian
 from .steps import StepStrategy, register_strategy
-from .stochastic_rounding import rounding_seed, rounds_stochastically
+from .stochastic_rounding import rounding_seed, rounding_table, rounds_stochastically
 
 HESSIAN = "hessian"
 
@@ -64,6 +65,10 @@ class HessianStep(StepStrategy):
         sampler.cover([item for item, _ in entries], [seed])
         eps = optimizer.estimator.eps
         moved = 0.0  # θ now sits at θ_t + moved · ε z/√H
+
+        def restore() -> None:
+            self._move(entries, states, sampler, seed, eps, [-moved])
+
         try:
             base = evaluate(closure)
             self._move(entries, states, sampler, seed, eps, [1.0])
@@ -72,22 +77,30 @@ class HessianStep(StepStrategy):
             self._move(entries, states, sampler, seed, eps, [-1.0, -1.0])
             moved = -1.0
             minus = evaluate(closure)
-        finally:
+            losses = optimizer.estimator.sharing.average(torch.stack([base, plus, minus]))
+        except BaseException:
             if moved:
-                self._move(entries, states, sampler, seed, eps, [-moved])
-        losses = optimizer.estimator.sharing.average(torch.stack([base, plus, minus]))
-        check_finite(losses, lambda: None)
+                restore()
+            raise
+        check_finite(losses, restore)
         base, plus, minus = (float(v) for v in losses)
         optimizer.finish_step()
         slope = (plus - minus) / (2 * eps)
         curvature = abs(plus + minus - 2 * base) / (2 * eps * eps)
-        self._update(optimizer, entries, states, seed, slope, curvature)
+        # The restore is the first leg of the update's pass (one sweep where it was two).
+        self._update(optimizer, entries, states, seed, slope, curvature, eps * -moved)
         return losses[0]
 
     @staticmethod
     def _move(entries, states, sampler, seed, eps, legs) -> None:
-        """θ ← θ + Σ legs · ε z/√H; fp32/fp64 tensors take the legs' sum as one move."""
-        for (item, _), state in zip(entries, states, strict=True):
+        """θ ← θ + Σ legs · ε z/√H; fp32/fp64 tensors take the legs' sum as one move, bf16
+        CPU ones one sweep of the fused kernel (:mod:`zotune.kernels`)."""
+        items = [item for item, _ in entries]
+        fused, rest = split_hessian(items, sampler, [s[HESSIAN].view(-1) for s in states])
+        fused_hessian_pass_([items[k] for k in fused], [states[k][HESSIAN] for k in fused],
+                            sampler, seed, [leg * eps for leg in legs])
+        for k in rest:
+            (item, _), state = entries[k], states[k]
             param = item.param
             steps = legs if rounds_coarsely(param.dtype) else [sum(legs)]
             hessian = state[HESSIAN].view(-1)
@@ -98,9 +111,29 @@ class HessianStep(StepStrategy):
                     view.add_(scaled, alpha=leg * eps)
 
     @staticmethod
-    def _update(optimizer, entries, states, seed, slope, curvature) -> None:
+    def _update(optimizer, entries, states, seed, slope, curvature, restore) -> None:
+        """H and θ from the step's losses, after the leg ``restore`` · z/√H (old H) brings θ
+        back to θ_t: in one sweep of the fused kernel for bf16 CPU tensors under stochastic
+        rounding and a linear rule (:mod:`zotune.kernels`), else as a pass of its own first."""
         sampler = optimizer.estimator.sampler
         rounding = rounding_seed(seed) if optimizer.stochastic_rounding else None
+        items = [item for item, _ in entries]
+        hessians = [state[HESSIAN].view(-1) for state in states]
+        fused, rest = [], list(range(len(entries)))
+        if rounding is not None and optimizer.rule.is_linear:
+            fused, rest = split_hessian(items, sampler, hessians)
+        buckets: dict[tuple[float, float, float], list[int]] = {}
+        for k in fused:
+            item, group = entries[k]
+            decay = optimizer.rule.linear_decay(group, item.param.ndim)
+            buckets.setdefault((group["lr"], decay, group["hessian_smooth"]), []).append(k)
+        bits = (rounding_table(torch.device("cpu")), rounding)
+        for (lr, decay, alpha), chosen in buckets.items():
+            update = HessianUpdate(alpha, curvature, slope, lr, decay, bits)
+            fused_hessian_pass_([items[k] for k in chosen], [hessians[k] for k in chosen],
+                                sampler, seed, [restore], update)
+        entries, states = [entries[k] for k in rest], [states[k] for k in rest]
+        HessianStep._move(entries, states, sampler, seed, restore, [1.0])
         for (item, group), state in zip(entries, states, strict=True):
             param = item.param
             alpha = group["hessian_smooth"]
