@@ -190,13 +190,14 @@ def fused_hessian_pass_(
         "pointers": np.asarray(pointers, dtype=np.uint64),
         "hessians": np.asarray(hessian_pointers, dtype=np.uint64),
         "lengths": np.asarray(lengths, dtype=np.int64),
+        "offsets": np.ascontiguousarray(offsets[:, 0]),
+        "slopes": np.ascontiguousarray(slopes[:, 0]),
     }
-    a = {name: array.ctypes.data for name, array in arrays.items()}
+    a = {name: array.ctypes.data for name, array in arrays.items()}  # arrays: alive till the end
     smooth = update.smooth if update else 0.0
     lib.zotune_bf16_hessian_pass(
         len(where), a["pointers"], a["hessians"], a["lengths"], table.data_ptr(), mask,
-        np.ascontiguousarray(offsets[:, 0]).ctypes.data, len(legs), leg_scales.ctypes.data,
-        np.ascontiguousarray(slopes[:, 0]).ctypes.data, int(update is not None),
+        a["offsets"], len(legs), leg_scales.ctypes.data, a["slopes"], int(update is not None),
         smooth * (update.curvature if update else 0.0), 1.0 - smooth,
         update.decay if update else 0.0, update.lr if update else 0.0,
         bits_table.data_ptr(), bits_table.numel() - 1,
