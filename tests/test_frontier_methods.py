@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from zotune import cli
+from zotune.estimators.base import NonFiniteLossError
 from zotune.optim import create_optimizer, entry
 
 OPTIONS = {
@@ -104,3 +105,34 @@ def test_bf16_probes_land_back_on_the_weights(key, options):
     for _ in range(5):
         optimizer.step(lambda: (weights.float() * direction).sum().detach())
     assert (weights.detach() != theta).float().mean().item() <= 0.001
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # fused sweep, torch ops
+@pytest.mark.parametrize("failure", ["nan", "raise"])
+@pytest.mark.parametrize("at_call", [2, 3])  # the +ε probe's loss, the −ε probe's
+def test_hizoo_restores_the_weights_when_a_probe_fails(dtype, failure, at_call):
+    """A non-finite loss or an exception in a probe leaves θ where the step found it (the
+    restore is otherwise the first leg of the update's pass): bf16 legs land back exactly,
+    fp32 moves within one rounding each way (≤ 1 ulp; θ in [1.25, 1.75), ulp 2⁻²³)."""
+    theta = (1.25 + 0.5 * torch.rand(2000, generator=torch.Generator().manual_seed(4)))
+    weights = theta.to(dtype).requires_grad_()
+    start = weights.detach().clone()
+    optimizer = create_optimizer("hizoo", [weights], lr=1e-2, eps=1e-2, hessian_smooth=0.5)
+    optimizer.step(lambda: weights.detach().float().square().sum())  # H no longer 1
+    start = weights.detach().clone()
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == at_call:
+            if failure == "raise":
+                raise RuntimeError("interrupted")
+            return torch.tensor(float("nan"))
+        return weights.detach().float().square().sum()
+
+    with pytest.raises(RuntimeError if failure == "raise" else NonFiniteLossError):
+        optimizer.step(closure)
+    if dtype == torch.bfloat16:
+        assert torch.equal(weights.detach(), start)
+    else:
+        assert ((weights.detach() - start).abs() <= 2**-23).all()
