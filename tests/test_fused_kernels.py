@@ -120,6 +120,25 @@ def whole_mask(sampler: ThresholdMaskedSampler, item: IndexedParam) -> torch.Ten
 
 
 @needs_kernel
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 1000, 1027])
+@pytest.mark.parametrize("threshold", [0.0, 0.30058125, 0.5, 1e30])
+def test_fused_mask_packing_equals_the_torch_ops(numel, threshold):
+    """Sparse-MeZO's mask of a bf16 chunk packed in one sweep equals
+    pack_bits(|θ| ≤ h) from the torch ops, h rounded to bf16 as torch's comparison rounds it
+    (0.30058125 lies below the bf16 value 0.30078125 it rounds to), for ±0, the bf16 values
+    around h, negatives and NaN."""
+    from zotune.enhance.sparse import pack_bits
+    from zotune.kernels.passes import fused_pack_small
+
+    generator = torch.Generator().manual_seed(numel)
+    edges = torch.tensor([0.0, -0.0, 0.30078125, -0.30078125, 0.2988281, 0.5, -0.5, float("nan")])
+    values = torch.cat([edges, torch.randn(numel, generator=generator)])[:numel]
+    view = values[torch.randperm(numel, generator=generator)].to(torch.bfloat16)
+    fused = fused_pack_small(view, threshold)
+    assert torch.equal(fused, pack_bits(view.abs() <= threshold))
+
+
+@needs_kernel
 @pytest.mark.parametrize("sizes", [(5000,), (3, 999, 4097)])
 def test_fused_masked_legs_move_only_the_kept_values_and_round_once(sizes):
     """Sparse-MeZO's legs in the fused pass: θ ← bf16(fp32(θ + bf16(s)·(m ⊙ z))) from the

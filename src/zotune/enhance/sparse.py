@@ -79,6 +79,7 @@ from ..estimators.directions import (
     mix_seed,
     noise_table,
 )
+from ..kernels.passes import fused_pack_small
 
 SPARSITY_MODES = (
     "uniform", "magnitude", "uniform-zo-llm", "magnitude-zo-llm",
@@ -364,8 +365,11 @@ class ThresholdMaskedSampler(MaskedDirectionSampler):
                 item = IndexedParam(index, param)
                 self.thresholds[index] = magnitude_quantile([item], 1 - self.sparsity)
             for chunk, view in self.views(param):
-                small = view.abs() <= self.thresholds[index]
-                self.packed[(index, chunk)] = pack_bits(small)
+                threshold = self.thresholds[index]
+                packed = fused_pack_small(view, threshold)  # the torch ops took 3 sweeps
+                if packed is None:
+                    packed = pack_bits(view.abs() <= threshold)
+                self.packed[(index, chunk)] = packed
 
     def mask(self, numel, index, chunk, device, dtype=torch.float32):
         kept = _scratch(self._mask_scratch, numel, device, dtype)

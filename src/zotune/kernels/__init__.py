@@ -56,6 +56,7 @@ HESSIAN_ARGUMENTS = (
     _I64, _P, _P, _P, _P, _I64, _P, _I64, _P, _P, ctypes.c_int, _F, _F, _F, _F, _P, _I64,
     _P, ctypes.c_int,
 )
+PACK_SMALL_ARGUMENTS = (_P, _I64, _F, _P)
 MAX_TERMS = 8  # distinct directions in one factored pass (bf16_pass.c)
 ADD_ROUNDED_ARGUMENTS = (_P, _P, _I64, ctypes.c_float, _P, _I64, _I64, ctypes.c_int)
 ADAM_ROUNDED_ARGUMENTS = (
@@ -137,6 +138,8 @@ def library() -> ctypes.CDLL | None:
         lib.zotune_bf16_factored_pass.restype = ctypes.c_int
         lib.zotune_bf16_hessian_pass.argtypes = HESSIAN_ARGUMENTS
         lib.zotune_bf16_hessian_pass.restype = ctypes.c_int
+        lib.zotune_bf16_pack_small.argtypes = PACK_SMALL_ARGUMENTS
+        lib.zotune_bf16_pack_small.restype = ctypes.c_int
         lib.zotune_bf16_add_rounded.argtypes = ADD_ROUNDED_ARGUMENTS
         lib.zotune_bf16_add_rounded.restype = ctypes.c_int
         lib.zotune_bf16_adam_rounded.argtypes = ADAM_ROUNDED_ARGUMENTS

@@ -508,3 +508,25 @@ int zotune_bf16_hessian_pass(int64_t nchunks, uint16_t **params, float **hessian
     share_chunks(run_hessian_chunk, &p, nchunks, nthreads);
     return 0;
 }
+
+/* Sparse-MeZO's mask of one chunk, bit-packed (zotune/enhance/sparse.py, pack_bits' layout):
+ * bit k of byte j is |θ[8j + k]| ≤ h, for the n bf16 values of θ (the last byte zero-padded).
+ * h is a bf16 value, so the fp32 comparison is torch's bf16 one (NaN compares false). */
+int zotune_bf16_pack_small(const uint16_t *theta, int64_t n, float h, uint8_t *out) {
+    int64_t whole = n / 8;
+    for (int64_t j = 0; j < whole; j++) {
+        const uint16_t *v = theta + 8 * j;
+        uint32_t byte = 0;
+        for (int k = 0; k < 8; k++)
+            byte |= (uint32_t)(as_float((uint32_t)(v[k] & 0x7FFFu) << 16) <= h) << k;
+        out[j] = (uint8_t)byte;
+    }
+    if (n > 8 * whole) {
+        uint32_t byte = 0;
+        for (int64_t k = 0; k < n - 8 * whole; k++)
+            byte |= (uint32_t)(as_float((uint32_t)(theta[8 * whole + k] & 0x7FFFu) << 16) <= h)
+                    << k;
+        out[whole] = (uint8_t)byte;
+    }
+    return 0;
+}

@@ -334,6 +334,19 @@ def fused_factored_pass_(
     )
 
 
+def fused_pack_small(view: Tensor, threshold: float) -> Tensor | None:
+    """``pack_bits(view.abs() <= threshold)`` (:mod:`zotune.enhance.sparse`) in one sweep for a
+    contiguous bf16 CPU chunk, the threshold rounded to bf16 as torch's comparison rounds it;
+    None (nothing done) if not fusable."""
+    lib = library() if view.dtype == torch.bfloat16 else None
+    if lib is None or view.device.type != "cpu" or not view.is_contiguous():
+        return None
+    packed = torch.empty(-(-view.numel() // 8), dtype=torch.uint8)
+    lib.zotune_bf16_pack_small(view.data_ptr(), view.numel(), _as_bf16(threshold),
+                               packed.data_ptr())
+    return packed
+
+
 def fused_add_rounded_(view: Tensor, update: Tensor, alpha: float, bits_table: Tensor,
                        bits_offset: int) -> bool:
     """view ← SR(view + α·update) for a contiguous bf16 CPU chunk and a contiguous fp32
