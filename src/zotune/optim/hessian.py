@@ -21,9 +21,9 @@ rounded once (−2 as two legs), as the RGE probes do
 (:func:`zotune.estimators.base.rounds_coarsely`), and take the update stochastically rounded
 unless that is switched off. The restore (+ε z/√H with the step's H) is the first leg of
 the update's pass. bf16 CPU tensors take each pass as one sweep of a fused kernel
-(:func:`zotune.kernels.passes.fused_hessian_pass_`: the same operations, in registers); the
-embedded model's full bf16 step alone on one core went from 6.2 to 3.7 s with it
-(docs/results/cpu-frontier/profile.md, before and after).
+(:func:`zotune.kernels.passes.fused_hessian_pass_`: the same operations, in registers),
+which made the embedded model's full bf16 step alone on one core 1.4–1.7× faster in two
+profiles (docs/results/cpu-frontier/profile.md, before and after).
 """
 
 from __future__ import annotations
