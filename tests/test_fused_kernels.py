@@ -220,7 +220,8 @@ def test_fused_low_rank_legs_round_once(kind):
         if isinstance(drawn, Factored):
             for factor in (drawn.left, drawn.right):
                 factor.copy_(torch.randint(-16, 17, factor.shape, generator=generator) / 8)
-    fused, rest = split_factored(params, sampler, [11])
+    entries, rest = split_factored(params, sampler, [11])
+    fused = [entry.item for entry in entries]
     assert [item.index for item in fused] == [0, 1] and [item.index for item in rest] == [2]
     expected = [item.param.clone() for item in fused]
     legs = [(11, 1e-2), (11, -1e-2), (11, -1e-2), (11, 2e-3)]

@@ -60,21 +60,35 @@ def split_fusable(
     return fused, rest
 
 
+@dataclass(frozen=True)
+class FactoredParam:
+    """A tensor the factored kernel moves, with its direction's checked factors (L, R, σ)
+    under each seed of the pass, in the pass's order (:attr:`Pass.seeds`)."""
+
+    item: IndexedParam
+    factors: tuple[tuple[Tensor, Tensor, float], ...]
+
+
 def split_factored(
     params: Sequence[IndexedParam], sampler: DirectionSampler, seeds: Sequence[int]
-) -> tuple[list[IndexedParam], list[IndexedParam]]:
-    """(tensors the factored kernel moves, the others): bf16, CPU, contiguous, and drawn as
-    low-rank products under every one of ``seeds`` (at most MAX_TERMS distinct ones)."""
-    distinct = set(seeds)
+) -> tuple[list[FactoredParam], list[IndexedParam]]:
+    """(tensors the factored kernel moves, with their factors; the others): bf16, CPU,
+    contiguous, and drawn as low-rank products under every one of ``seeds`` (at most MAX_TERMS
+    distinct ones)."""
+    distinct = list(dict.fromkeys(seeds))
     if not distinct or len(distinct) > MAX_TERMS or library() is None:
         return [], list(params)
     fused, rest = [], []
     for item in params:
         param = item.param
-        ok = (param.dtype == torch.bfloat16 and param.device.type == "cpu"
-              and param.is_contiguous()
-              and all(_factors(sampler, seed, item) is not None for seed in distinct))
-        (fused if ok else rest).append(item)
+        factors = None
+        if (param.dtype == torch.bfloat16 and param.device.type == "cpu"
+                and param.is_contiguous()):
+            factors = tuple(_factors(sampler, seed, item) for seed in distinct)
+        if factors is not None and all(f is not None for f in factors):
+            fused.append(FactoredParam(item, factors))
+        else:
+            rest.append(item)
     return fused, rest
 
 
@@ -126,7 +140,7 @@ def fused_passes_(
     fused, rest = split_fusable(params, sampler)
     fused_pass_(fused, sampler, work)
     factored, rest = split_factored(rest, sampler, work.seeds)
-    fused_factored_pass_(factored, sampler, work)
+    fused_factored_pass_(factored, sampler.chunk_numel, work)
     return rest
 
 
@@ -286,29 +300,28 @@ def fused_pass_(items: Sequence[IndexedParam], sampler: DirectionSampler, work: 
 
 
 def fused_factored_pass_(
-    items: Sequence[IndexedParam], sampler: DirectionSampler, work: Pass
+    entries: Sequence[FactoredParam], chunk_numel: int, work: Pass
 ) -> None:
-    """``work`` in one sweep of the factored kernel over ``items`` (from
-    :func:`split_factored`): z = bf16(σ · L R)."""
-    if not items:
+    """``work`` in one sweep of the factored kernel over ``entries`` (from
+    :func:`split_factored` under ``work.seeds``): z = bf16(σ · L R)."""
+    if not entries:
         return
     lib = library()
     seeds = work.seeds
     term = {seed: t for t, seed in enumerate(seeds)}
     legs, moves = work.legs, work.applied_moves
-    pointers, lengths, where = _chunks(items, sampler.chunk_numel)
-    held, lefts, rights, sigmas, columns, ranks = [], [], [], [], [], []
-    for item in items:
-        factors = [_factors(sampler, seed, item) for seed in seeds]
-        held.append(factors)  # alive until the kernel returns
-        count = -(-item.param.numel() // sampler.chunk_numel)
+    pointers, lengths, where = _chunks([entry.item for entry in entries], chunk_numel)
+    lefts, rights, sigmas, columns, ranks = [], [], [], [], []
+    for entry in entries:
+        factors = entry.factors  # ``entries`` holds them alive until the kernel returns
+        count = -(-entry.item.param.numel() // chunk_numel)
         for _ in range(count):
             lefts.extend(left.data_ptr() for left, _, _ in factors)
             rights.extend(right.data_ptr() for _, right, _ in factors)
             sigmas.extend(sigma for _, _, sigma in factors)
             columns.append(factors[0][1].shape[1])
             ranks.append(factors[0][0].shape[1])
-    starts = np.asarray([chunk * sampler.chunk_numel for _, chunk, _ in where], dtype=np.int64)
+    starts = np.asarray([chunk * chunk_numel for _, chunk, _ in where], dtype=np.int64)
     # A leg's scale rounded to bf16, as torch's bf16.add_(z, alpha=scale) rounds it.
     leg_scales = np.asarray([_as_bf16(a) for _, a in legs], dtype=np.float32)
     bits_table, bits_offsets = _rounding_bits(where, work.rounding)
