@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from matmul_helpers import rounded_product_bound
 from zotune.models import compiled
 from zotune.models import matmul as matmul_module
 from zotune.models.compiled import compile_model, is_compiled
@@ -62,6 +63,28 @@ def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, m
             opt.step(lambda: model(input_ids=ids).logits.float().square().mean())
         model(input_ids=batch(20))
     assert unique_graphs() == graphs
+
+
+@needs_backend
+def test_compiled_autocast_products_in_fp32_keep_their_casts(monkeypatch):
+    """fp32 weights under autocast with ``model.matmul=float32`` round input and weight to
+    bf16 before an fp32 product; inductor drops a round trip through bf16 unless told to
+    emulate the casts, which computed the unrounded product (0.5 off at outputs near 24 here,
+    where the rounded product's bound is about 0.1)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(576, 64))
+    x = torch.randn(768, 576)
+    matmul_module.use_float32_matmul(model, autocast=True)
+    layer = model[0]
+    exact, bound = rounded_product_bound(x, layer.weight.detach(), layer.bias.detach(),
+                                         torch.bfloat16)
+    compile_model(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and ((out.double() - exact).abs() <= bound).all()
 
 
 def test_compile_model_falls_back_to_eager_with_one_line(tiny_model, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from matmul_helpers import rounded_product_bound
 from zotune.config import build_config
 from zotune.models import matmul
 from zotune.models.matmul import (
@@ -15,6 +16,7 @@ from zotune.models.matmul import (
     resolve_matmul,
     use_float32_matmul,
 )
+from zotune.models.mixed_precision import compute_context
 from zotune.training.run import build_model, check_config
 
 
@@ -26,22 +28,13 @@ def half_layer(dtype, inputs=24, outputs=40, bias=True):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_fp32_product_is_the_exact_product_rounded_once(dtype, bias):
-    # Products of two half-precision values are exact in fp32, so the fp32 layer's output is
-    # the exact value plus fp32 accumulation error (at most K·eps₃₂·Σ|w·x| for K terms),
-    # rounded once to the half dtype (half an ulp).
     layer = half_layer(dtype, bias=bias)
     x = torch.randn(MIN_ROWS, 24).to(dtype)
-    weight, bias64 = layer.weight.double(), None if layer.bias is None else layer.bias.double()
-    exact = torch.nn.functional.linear(x.double(), weight, bias64)
-    magnitude = torch.nn.functional.linear(
-        x.double().abs(), weight.abs(), None if bias64 is None else bias64.abs()
-    )
+    exact, bound = rounded_product_bound(x, layer.weight, layer.bias, dtype)
     use_float32_matmul(layer)
     out = layer(x)
     assert type(layer) is Float32MatmulLinear and out.dtype == dtype
-    accumulation = 25 * torch.finfo(torch.float32).eps * magnitude
-    bound = (exact.abs() + accumulation) * torch.finfo(dtype).eps / 2 + accumulation
-    assert ((out.double() - exact).abs() <= bound + torch.finfo(dtype).tiny).all()
+    assert ((out.double() - exact).abs() <= bound).all()
 
 
 def test_few_rows_keep_the_native_product():
@@ -69,22 +62,71 @@ def test_gradients_reach_the_half_precision_weights():
     assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.bfloat16
 
 
+BF16 = torch.bfloat16
+
+
 @pytest.mark.parametrize(
-    ("mode", "dtype", "device", "ratio", "expected"),
+    ("mode", "dtype", "autocast", "device", "ratio", "expected"),
     [
-        ("auto", torch.float32, "cpu", 9.0, "native"),  # fp32 weights: nothing to upcast
-        ("float32", torch.float32, "cpu", 9.0, "native"),
-        ("auto", torch.bfloat16, "cuda", 9.0, "native"),  # a GPU's half GEMM is its fast one
-        ("auto", torch.bfloat16, "cpu", 1.8, "float32"),
-        ("auto", torch.bfloat16, "cpu", 1.1, "native"),  # within the margin: keep native
-        ("auto", torch.float16, "cpu", 0.4, "native"),
-        ("native", torch.bfloat16, "cpu", 9.0, "native"),
-        ("float32", torch.bfloat16, "cpu", 0.4, "float32"),
+        ("auto", torch.float32, None, "cpu", 9.0, "native"),  # fp32 products: nothing to upcast
+        ("float32", torch.float32, None, "cpu", 9.0, "native"),
+        ("auto", torch.bfloat16, None, "cuda", 9.0, "native"),  # a GPU's half GEMM is fast
+        ("auto", torch.bfloat16, None, "cpu", 1.8, "float32"),
+        ("auto", torch.bfloat16, None, "cpu", 1.1, "native"),  # within the margin: keep native
+        ("auto", torch.float16, None, "cpu", 0.4, "native"),
+        ("native", torch.bfloat16, None, "cpu", 9.0, "native"),
+        ("float32", torch.bfloat16, None, "cpu", 0.4, "float32"),
+        # fp32 weights under autocast: their products are the autocast dtype's
+        ("auto", torch.float32, BF16, "cpu", 1.8, "float32"),
+        ("auto", torch.float32, BF16, "cpu", 1.1, "native"),
+        ("auto", torch.float32, BF16, "cuda", 9.0, "native"),
+        ("native", torch.float32, BF16, "cpu", 9.0, "native"),
+        ("float32", torch.float32, BF16, "cpu", 0.4, "float32"),
     ],
 )
-def test_what_each_mode_resolves_to(monkeypatch, mode, dtype, device, ratio, expected):
+def test_what_each_mode_resolves_to(monkeypatch, mode, dtype, autocast, device, ratio,
+                                    expected):
     monkeypatch.setattr(matmul, "native_over_float32", lambda dtype, threads: ratio)
-    assert resolve_matmul(mode, dtype, device) == expected
+    assert resolve_matmul(mode, dtype, device, autocast) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_under_autocast_fp32_weights_compute_autocast_s_rounded_product(dtype, bias):
+    """Autocast rounds input, weight and bias to the half dtype, multiplies and rounds the
+    output: the fp32 layer computes the exact product of the rounded operands rounded once,
+    its output in the autocast dtype, and its gradients pass back through the same casts
+    (each rounded to the half dtype, as autocast's half GEMMs output them)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(MIN_ROWS, 24, requires_grad=True)
+    exact, bound = rounded_product_bound(x.detach(), layer.weight.detach(),
+                                         None if layer.bias is None else layer.bias.detach(),
+                                         dtype)
+    assert use_float32_matmul(layer, autocast=True) == 1
+    with torch.autocast("cpu", dtype=dtype):
+        out = layer(x)
+    assert out.dtype == dtype and ((out.double() - exact).abs() <= bound).all()
+    upstream = torch.randn(out.shape).to(dtype)
+    out.backward(upstream)
+    expected = {  # each gradient's exact value from the rounded operands, and its bound
+        "input": rounded_product_bound(upstream.float(), layer.weight.detach().t(), None, dtype),
+        "weight": rounded_product_bound(upstream.float().t(), x.detach().t(), None, dtype),
+    }
+    for name, grad in (("input", x.grad), ("weight", layer.weight.grad)):
+        value, limit = expected[name]
+        assert grad.dtype == torch.float32
+        assert torch.equal(grad, grad.to(dtype).float()), name  # rounded to the half dtype
+        assert ((grad.double() - value).abs() <= limit).all(), name
+
+
+def test_without_autocast_fp32_weights_keep_the_fp32_product():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40)
+    x = torch.randn(MIN_ROWS, 24)
+    plain = layer(x)
+    use_float32_matmul(layer, autocast=True)
+    assert torch.equal(layer(x), plain)
 
 
 def test_auto_times_this_cpu_once_per_dtype_and_threads():
@@ -140,12 +182,14 @@ def test_an_unknown_mode_is_refused_before_the_model_loads():
 
 
 @pytest.mark.parametrize("scheme", ["full", "lora"])
-def test_a_run_model_computes_as_its_mode_says(monkeypatch, scheme):
+@pytest.mark.parametrize(("dtype", "autocast"), [("bfloat16", None), ("float32", "bfloat16")])
+def test_a_run_model_computes_as_its_mode_says(monkeypatch, scheme, dtype, autocast):
     monkeypatch.setattr(matmul, "MIN_ROWS", 1)  # the tiny batch below takes the fp32 path
     models = {}
     for mode in ("native", "float32"):
         config = build_config({
-            "model": {"name": "random:tiny-llama", "dtype": "bfloat16", "matmul": mode},
+            "model": {"name": "random:tiny-llama", "dtype": dtype, "autocast": autocast,
+                      "matmul": mode},
             "tuning": {"scheme": scheme},
         })
         tuned = build_model(config)
@@ -155,10 +199,11 @@ def test_a_run_model_computes_as_its_mode_says(monkeypatch, scheme):
     assert swapped and not any(
         type(m) is Float32MatmulLinear for m in models["native"].modules()
     )
-    if scheme == "lora":  # the adapters (fp32) keep nn.Linear; their base layers compute in fp32
-        assert all(m.weight.dtype == torch.bfloat16 for m in swapped)
+    if scheme == "lora":  # the adapters keep nn.Linear; their base layers compute in fp32
+        adapters = [m for name, m in models["float32"].named_modules() if "lora_" in name]
+        assert adapters and not any(type(m) is Float32MatmulLinear for m in adapters)
     ids = torch.randint(0, 100, (2, 9))
-    with torch.no_grad():
+    with torch.no_grad(), compute_context(autocast, "cpu"):
         native, upcast = (models[m](ids).logits.float() for m in ("native", "float32"))
     # Same weights, sums in another order: equal to bf16 rounding through a few layers.
     assert torch.allclose(native, upcast, rtol=0.05, atol=0.05)

@@ -17,6 +17,11 @@ What ZO needs of it:
   and a model's float constants (norm epsilons, scales) then fail to become tensors and
   restart the whole trace with them fixed — about half of the compile time of a forward.
   ``compile_model`` traces with floats specialised (``specialize_float``) from the start;
+* the casts of ``model.matmul=float32`` under autocast
+  (:class:`zotune.models.matmul.Float32MatmulLinear`): the layer rounds its input and weight
+  to bf16 before an fp32 product, and inductor drops a round trip ``x.to(bf16).float()`` by
+  default, which would compute fp32 products of the unrounded values. Such a model is
+  compiled with ``emulate_precision_casts``, so every cast rounds as it does eagerly;
 * no compiler backend (inductor's CPU code needs a C++ compiler): one warning line, and the
   model runs eagerly.
 
@@ -32,6 +37,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
+from .matmul import emulates_autocast
 
 BACKEND = "inductor"
 
@@ -59,7 +66,8 @@ def compile_model(model: torch.nn.Module, *, dynamic: bool = True) -> torch.nn.M
         warnings.warn(f"zotune: compile_model falls back to eager: {reason}", RuntimeWarning,
                       stacklevel=2)
         return model
-    model.compile(backend=BACKEND, dynamic=dynamic)
+    options = {"emulate_precision_casts": True} if emulates_autocast(model) else None
+    model.compile(backend=BACKEND, dynamic=dynamic, options=options)
     model._compiled_call_impl = with_floats_specialised(model._compiled_call_impl)
     return model
 

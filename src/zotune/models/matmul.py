@@ -20,7 +20,15 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
 * ``auto`` (the default): ``float32`` on a CPU where a bf16 (fp16) GEMM of the shape of a
   small model's layer is at least :data:`SLOWER_BY` times slower than the same GEMM in fp32
   from upcast operands — timed once per process and dtype (about a quarter of a second) —
-  else ``native``. On CUDA, and for fp32 weights, always ``native``. The two GEMMs are timed
+  else ``native``. On CUDA, and for fp32 weights without autocast, always ``native``.
+
+fp32 weights under ``model.autocast`` (FO-SGD's full-model runs, for one) compute their
+products in the autocast dtype, so the same choice applies to them: autocast casts the input,
+weight and bias of each product to bf16 and runs a bf16 GEMM with an output in bf16, and the
+``float32`` layer casts them to bf16 too, multiplies them upcast in fp32 with autocast off,
+and rounds the output to bf16 — the same values up to the order of the sums. Its backward
+rounds where autocast's does: the gradients of the input and the weight pass back through the
+casts to bf16 (rounded to bf16, then widened to fp32). The two GEMMs are timed
   back to back in each of :data:`PROBE_ROUNDS` rounds, in process CPU time, and the median
   of the rounds' ratios decides: on a machine shared with other work, timing one GEMM five
   times and then the other (wall clock, fastest of each) gave ratios from 0.95 to 2.8 in six
@@ -72,13 +80,32 @@ def check_matmul(mode: str) -> None:
 
 class Float32MatmulLinear(torch.nn.Linear):
     """An ``nn.Linear`` whose half-precision product runs in fp32 (inputs of
-    :data:`MIN_ROWS` rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype."""
+    :data:`MIN_ROWS` rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype; for
+    fp32 weights under a half-precision autocast, ``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to
+    the autocast dtype, h the cast to it."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.numel() < MIN_ROWS * self.in_features:
             return super().forward(input)
-        bias = None if self.bias is None else self.bias.float()
-        return F.linear(input.float(), self.weight.float(), bias).to(input.dtype)
+        if self.weight.dtype in HALF_DTYPES:
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(input.float(), self.weight.float(), bias).to(input.dtype)
+        half = autocast_half_dtype(input.device)
+        if half is None:
+            return super().forward(input)
+        with torch.autocast(input.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.to(half).float()
+            product = F.linear(input.to(half).float(), self.weight.to(half).float(), bias)
+            return product.to(half)
+
+
+def autocast_half_dtype(device: torch.device) -> torch.dtype | None:
+    """The half-precision dtype autocast computes products in on ``device``'s type, or None
+    where autocast is off (or not half precision)."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    dtype = torch.get_autocast_dtype(device.type)
+    return dtype if dtype in HALF_DTYPES else None
 
 
 @functools.cache
@@ -138,26 +165,42 @@ def paired_ratio(
     return statistics.median(ratios)
 
 
-def resolve_matmul(mode: str, weights_dtype: torch.dtype, device: torch.device | str) -> str:
-    """``native`` or ``float32``: what ``mode`` means for these weights on this device."""
+def resolve_matmul(
+    mode: str,
+    weights_dtype: torch.dtype,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+) -> str:
+    """``native`` or ``float32``: what ``mode`` means for these weights on this device, whose
+    products run in the weights' dtype or, for fp32 weights, in ``autocast_dtype``."""
     check_matmul(mode)
-    if weights_dtype not in HALF_DTYPES or torch.device(device).type != "cpu":
+    product_dtype = weights_dtype if weights_dtype in HALF_DTYPES else autocast_dtype
+    if product_dtype not in HALF_DTYPES or torch.device(device).type != "cpu":
         return "native"
     if mode != "auto":
         return mode
-    ratio = native_over_float32(weights_dtype, torch.get_num_threads())
+    ratio = native_over_float32(product_dtype, torch.get_num_threads())
     return "float32" if ratio >= SLOWER_BY else "native"
 
 
-def use_float32_matmul(model: torch.nn.Module) -> int:
-    """Make every ``nn.Linear`` of ``model`` with half-precision weights a
+def use_float32_matmul(model: torch.nn.Module, *, autocast: bool = False) -> int:
+    """Make every ``nn.Linear`` of ``model`` with half-precision weights (with ``autocast``,
+    every ``nn.Linear``: its fp32 weights compute under autocast) a
     :class:`Float32MatmulLinear`; the number of layers changed."""
     changed = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.dtype in HALF_DTYPES:
+        if type(module) is torch.nn.Linear and (autocast or module.weight.dtype in HALF_DTYPES):
             module.__class__ = Float32MatmulLinear
             changed += 1
     return changed
+
+
+def emulates_autocast(model: torch.nn.Module) -> bool:
+    """Whether a layer of ``model`` computes autocast's half-precision products in fp32 (a
+    :class:`Float32MatmulLinear` over fp32 weights): its casts to the half dtype are part of
+    what it computes."""
+    return any(isinstance(m, Float32MatmulLinear) and m.weight.dtype not in HALF_DTYPES
+               for m in model.modules())
 
 
 def matmul_mode(model: torch.nn.Module) -> str:
@@ -167,12 +210,18 @@ def matmul_mode(model: torch.nn.Module) -> str:
     return "float32" if swapped else "native"
 
 
-def apply_matmul(model: torch.nn.Module, mode: str, device: torch.device | str) -> str:
-    """Apply ``model.matmul`` to a loaded model; the mode it resolved to (``native`` or
-    ``float32``). Weights placed on several devices keep the native products."""
+def apply_matmul(
+    model: torch.nn.Module,
+    mode: str,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+) -> str:
+    """Apply ``model.matmul`` to a loaded model whose forwards run under ``autocast_dtype``'s
+    autocast (None: none); the mode it resolved to (``native`` or ``float32``). Weights placed
+    on several devices keep the native products."""
     dtypes = {p.dtype for p in model.parameters()}
     weights_dtype = next(iter(dtypes & set(HALF_DTYPES)), torch.float32)
-    resolved = resolve_matmul(mode, weights_dtype, device)
+    resolved = resolve_matmul(mode, weights_dtype, device, autocast_dtype)
     if resolved == "float32":
-        use_float32_matmul(model)
+        use_float32_matmul(model, autocast=weights_dtype not in HALF_DTYPES)
     return resolved

@@ -23,7 +23,7 @@ from ..evaluation.baselines import check_calibration, with_demonstrations
 from ..evaluation.evaluate import Score, evaluate
 from ..evaluation.scoring import Scorer
 from ..models.loading import LoadedModel
-from ..models.mixed_precision import compute_context, under_autocast
+from ..models.mixed_precision import AUTOCAST_DTYPES, compute_context, under_autocast
 from ..models.offload import execution_device
 from ..optim import FirstOrderOptimizer
 from ..optim.registry import ResolvedOptions
@@ -212,7 +212,7 @@ def build_model(config: RunConfig, device: str | None = None) -> TunedModel:
         )
     # Before the tuning scheme: adapters wrap the base layers as they will compute.
     matmul = "native" if device_map is not None else apply_matmul(
-        loaded.model, config.model.matmul, device
+        loaded.model, config.model.matmul, device, AUTOCAST_DTYPES.get(config.model.autocast)
     )
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = apply_tuning(loaded.model, config.tuning, tokenizer=loaded.tokenizer)
@@ -421,9 +421,9 @@ def setup(
     )
     if tuned.matmul == "float32" and config.model.matmul == "auto":
         log(
-            f"model.matmul auto: this CPU's {config.model.dtype} GEMM is slower than fp32, so "
-            "matrix products run in fp32 from the half-precision weights (model.matmul=native "
-            "keeps them native)"
+            f"model.matmul auto: this CPU's {config.model.autocast or config.model.dtype} GEMM "
+            "is slower than fp32, so matrix products run in fp32 from the half-precision "
+            "values (model.matmul=native keeps them native)"
         )
     run = Run(
         config=config,
