@@ -56,9 +56,9 @@ class ModelConfig:
         "zotune.models.mixed_precision)"
     )
     matmul: str = key(
-        "auto", "matrix products of bf16/fp16 weights on a CPU: native, float32 (from upcast "
-        "operands) or auto (float32 where this CPU's half-precision GEMM is slower; see "
-        "zotune.models.matmul)"
+        "auto", "matrix products of bf16/fp16 weights (or under autocast) on a CPU: native, "
+        "float32 (from upcast operands) or auto (float32 where this CPU's half-precision GEMM "
+        "is slower; see zotune.models.matmul)"
     )
     device: str = key("cpu", "device: cpu, cuda, cuda:1, ...")
     attn_implementation: str | None = key(
