@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
+from float64_models import in_float64
 from zotune.models.random_shapes import random_model
 
 # The run's seed: numpy's stream for MeZO-style trainers (transformers' set_seed), zotune's
@@ -19,7 +20,7 @@ SEED = 0
 
 def tiny_opt() -> torch.nn.Module:
     # Eager attention: Forward-Grad's jvp needs it (fused SDPA has no forward-mode AD).
-    model = random_model("tiny-opt", attn_implementation="eager").model.double()
+    model = in_float64(random_model("tiny-opt", attn_implementation="eager").model)
     model.eval()  # MeZO's zo_forward: no dropout in the probes
     return model
 
