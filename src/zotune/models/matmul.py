@@ -20,7 +20,11 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
 * ``auto`` (the default): ``float32`` on a CPU where a bf16 (fp16) GEMM of the shape of a
   small model's layer is at least :data:`SLOWER_BY` times slower than the same GEMM in fp32
   from upcast operands — timed once per process and dtype (about a quarter of a second) —
-  else ``native``. On CUDA, and for fp32 weights without autocast, always ``native``.
+  else ``native``. On CUDA, and for fp32 weights without autocast, always ``native``. The two
+  GEMMs are timed back to back in each of :data:`PROBE_ROUNDS` rounds, in process CPU time, and
+  the median of the rounds' ratios decides: on a machine shared with other work, timing one GEMM
+  five times and then the other (wall clock, fastest of each) gave ratios from 0.95 to 2.8 in
+  six processes on one busy core, where the paired CPU-time ratio stays at 1.7–1.9.
 
 fp32 weights under ``model.autocast`` (FO-SGD's full-model runs, for one) compute their
 products in the autocast dtype, so the same choice applies to them: autocast casts the input,
@@ -28,11 +32,7 @@ weight and bias of each product to bf16 and runs a bf16 GEMM with an output in b
 ``float32`` layer casts them to bf16 too, multiplies them upcast in fp32 with autocast off,
 and rounds the output to bf16 — the same values up to the order of the sums. Its backward
 rounds where autocast's does: the gradients of the input and the weight pass back through the
-casts to bf16 (rounded to bf16, then widened to fp32). The two GEMMs are timed
-  back to back in each of :data:`PROBE_ROUNDS` rounds, in process CPU time, and the median
-  of the rounds' ratios decides: on a machine shared with other work, timing one GEMM five
-  times and then the other (wall clock, fastest of each) gave ratios from 0.95 to 2.8 in six
-  processes on one busy core, where the paired CPU-time ratio stays at 1.7–1.9.
+casts to bf16 (rounded to bf16, then widened to fp32).
 
 The choice is made per layer class, not per tensor: a layer's ``__class__`` becomes
 :class:`Float32MatmulLinear`, an ``nn.Linear`` subclass, so adapters that wrap linear
