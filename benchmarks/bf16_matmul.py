@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from zotune.models.matmul import MIN_ROWS, SLOWER_BY, native_over_float32
+from zotune.models.matmul import SLOWER_BY, native_over_float32, rows_to_pay_for_copy
 from zotune.utils.measure import time_calls
 
 LAYERS = {"up 576→1536": (1536, 576), "down 1536→576": (576, 1536), "head 576→49152": (49152, 576)}
@@ -50,9 +50,12 @@ def main() -> None:
             print(f"| {name} | {rows} | {native * 1e3:.2f} | {upcast * 1e3:.2f} | "
                   f"{native / upcast:.2f} |", flush=True)
     ratio = native_over_float32(dtype, args.threads)
-    choice = "float32" if ratio >= SLOWER_BY else "native"
+    if ratio >= SLOWER_BY:
+        choice = f"float32, for inputs of ≥ {rows_to_pay_for_copy(ratio)} rows"
+    else:
+        choice = "native"
     print(f"model.matmul auto: native / fp32 = {ratio:.2f} on the probe shape "
-          f"(threshold {SLOWER_BY}) → {choice}, for inputs of ≥ {MIN_ROWS} rows")
+          f"(threshold {SLOWER_BY}) → {choice}")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,7 @@ def unique_graphs() -> int:
     [("full", "native"), ("lora", "native"), ("prefix", "native"), ("prompt", "native"),
      ("full", "float32"), ("lora", "float32")],
 )
-def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, monkeypatch,
-                                                                    scheme, matmul):
+def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, scheme, matmul):
     """Logits within bf16 rounding of eager (a few ulps of bf16 at the logits' scale: the
     compiler may fuse and reorder the fp32 accumulations of each op); ZO steps, which move
     the weights in place, and a new sequence length reuse the compiled graph. The same with
@@ -44,7 +43,6 @@ def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, m
     model, _ = tiny_model("tiny-llama", scheme)
     model = model.to(torch.bfloat16)
     if matmul == "float32":
-        monkeypatch.setattr(matmul_module, "MIN_ROWS", 1)  # the tiny batches take that path
         assert matmul_module.use_float32_matmul(model) > 0
     ids = batch(12)
     with torch.no_grad():
@@ -66,7 +64,7 @@ def test_compiled_forward_equals_eager_and_survives_in_place_moves(tiny_model, m
 
 
 @needs_backend
-def test_compiled_autocast_products_in_fp32_keep_their_casts(monkeypatch):
+def test_compiled_autocast_products_in_fp32_keep_their_casts():
     """fp32 weights under autocast with ``model.matmul=float32`` round input and weight to
     bf16 before an fp32 product; inductor drops a round trip through bf16 unless told to
     emulate the casts, which computed the unrounded product (0.5 off at outputs near 24 here,

@@ -9,11 +9,11 @@ from matmul_helpers import rounded_product_bound
 from zotune.config import build_config
 from zotune.models import matmul
 from zotune.models.matmul import (
-    MIN_ROWS,
     Float32MatmulLinear,
     MatmulError,
     apply_matmul,
     resolve_matmul,
+    rows_to_pay_for_copy,
     use_float32_matmul,
 )
 from zotune.models.mixed_precision import compute_context
@@ -29,7 +29,7 @@ def half_layer(dtype, inputs=24, outputs=40, bias=True):
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_fp32_product_is_the_exact_product_rounded_once(dtype, bias):
     layer = half_layer(dtype, bias=bias)
-    x = torch.randn(MIN_ROWS, 24).to(dtype)
+    x = torch.randn(16, 24).to(dtype)
     exact, bound = rounded_product_bound(x, layer.weight, layer.bias, dtype)
     use_float32_matmul(layer)
     out = layer(x)
@@ -37,12 +37,57 @@ def test_the_fp32_product_is_the_exact_product_rounded_once(dtype, bias):
     assert ((out.double() - exact).abs() <= bound).all()
 
 
-def test_few_rows_keep_the_native_product():
+def products_taken(layer, rows):
+    """The dtypes of the operands ``layer``'s product ran on, for an input of ``rows`` rows."""
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        seen.append((x.dtype, w.dtype))
+        return linear(x, w, b)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "linear", spy)
+        layer(torch.randn(rows, 24).to(torch.bfloat16))
+    return seen
+
+
+@pytest.mark.parametrize(("min_rows", "rows", "product"), [
+    (0, 1, torch.float32),  # float32 mode: every input
+    (16, 8, torch.bfloat16),  # below the rows that pay for the weight's copy: native
+    (16, 16, torch.float32),
+    (16, 32, torch.float32),
+    (128, 96, torch.bfloat16),
+])
+def test_inputs_below_the_layer_s_rows_keep_the_native_product(min_rows, rows, product):
     layer = half_layer(torch.bfloat16)
-    x = torch.randn(3, 24).to(torch.bfloat16)
-    native = layer(x)
-    use_float32_matmul(layer)
-    assert torch.equal(layer(x), native)
+    use_float32_matmul(layer, min_rows=min_rows)
+    assert products_taken(layer, rows) == [(product, product)]
+
+
+@pytest.mark.parametrize(("ratio", "rows"), [
+    (6.43, 16),  # the AVX2 EPYC: bf16 GEMM 6.4x slower, fp32 from 16 rows (one example-batch)
+    (1.85, 128),  # the Xeon with AVX-512 BF16: the 26-token batches of 16 (416 rows) in fp32
+    (1.3, 256),
+    (1.05, 512),  # at most MAX_MIN_ROWS
+    (0.8, 512),
+    (65.0, 1),
+])
+def test_the_rows_that_pay_for_the_copy_of_a_weight(ratio, rows):
+    """COPY_ROWS / (ratio − 1), rounded up to a power of two. The fixed 512 it replaces sent
+    16 × 26-token batches (416 rows) through the native product on the EPYC, 5× slower."""
+    assert rows_to_pay_for_copy(ratio) == rows
+
+
+@pytest.mark.parametrize(("mode", "ratio", "rows"), [
+    ("auto", 6.43, 16), ("auto", 1.85, 128), ("float32", 1.85, 0), ("float32", 0.5, 0),
+])
+def test_apply_gives_the_layers_their_rows(monkeypatch, mode, ratio, rows):
+    monkeypatch.setattr(matmul, "native_over_float32", lambda dtype, threads: ratio)
+    layer = half_layer(torch.bfloat16)
+    assert apply_matmul(layer, mode, "cpu") == "float32"
+    assert layer.min_rows == rows and matmul.float32_rows(layer) == rows
+    assert matmul.float32_rows(half_layer(torch.bfloat16)) is None
 
 
 def test_the_swap_keeps_names_state_and_what_wraps_the_layer():
@@ -58,7 +103,7 @@ def test_the_swap_keeps_names_state_and_what_wraps_the_layer():
 def test_gradients_reach_the_half_precision_weights():
     layer = half_layer(torch.bfloat16)
     use_float32_matmul(layer)
-    layer(torch.randn(MIN_ROWS, 24).to(torch.bfloat16)).float().sum().backward()
+    layer(torch.randn(16, 24).to(torch.bfloat16)).float().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.bfloat16
 
 
@@ -99,7 +144,7 @@ def test_under_autocast_fp32_weights_compute_autocast_s_rounded_product(dtype, b
     (each rounded to the half dtype, as autocast's half GEMMs output them)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(24, 40, bias=bias)
-    x = torch.randn(MIN_ROWS, 24, requires_grad=True)
+    x = torch.randn(16, 24, requires_grad=True)
     exact, bound = rounded_product_bound(x.detach(), layer.weight.detach(),
                                          None if layer.bias is None else layer.bias.detach(),
                                          dtype)
@@ -123,7 +168,7 @@ def test_under_autocast_fp32_weights_compute_autocast_s_rounded_product(dtype, b
 def test_without_autocast_fp32_weights_keep_the_fp32_product():
     torch.manual_seed(0)
     layer = torch.nn.Linear(24, 40)
-    x = torch.randn(MIN_ROWS, 24)
+    x = torch.randn(16, 24)
     plain = layer(x)
     use_float32_matmul(layer, autocast=True)
     assert torch.equal(layer(x), plain)
@@ -183,8 +228,7 @@ def test_an_unknown_mode_is_refused_before_the_model_loads():
 
 @pytest.mark.parametrize("scheme", ["full", "lora"])
 @pytest.mark.parametrize(("dtype", "autocast"), [("bfloat16", None), ("float32", "bfloat16")])
-def test_a_run_model_computes_as_its_mode_says(monkeypatch, scheme, dtype, autocast):
-    monkeypatch.setattr(matmul, "MIN_ROWS", 1)  # the tiny batch below takes the fp32 path
+def test_a_run_model_computes_as_its_mode_says(scheme, dtype, autocast):
     models = {}
     for mode in ("native", "float32"):
         config = build_config({

@@ -13,10 +13,7 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
 * ``native``: ``torch.nn.functional.linear`` on the weights as they are;
 * ``float32``: each ``nn.Linear`` with half-precision weights computes in fp32 from
   upcast copies of its weight and input (made per call, one layer at a time: the stored
-  weights, what the optimizer moves and what checkpoints hold stay half precision), for
-  inputs of at least :data:`MIN_ROWS` rows — below that the copy of the weight costs more
-  than the faster GEMM saves (the last-position head of a scoring forward has one row per
-  example);
+  weights, what the optimizer moves and what checkpoints hold stay half precision);
 * ``auto`` (the default): ``float32`` on a CPU where a bf16 (fp16) GEMM of the shape of a
   small model's layer is at least :data:`SLOWER_BY` times slower than the same GEMM in fp32
   from upcast operands — timed once per process and dtype (about a quarter of a second) —
@@ -25,6 +22,14 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
   the median of the rounds' ratios decides: on a machine shared with other work, timing one GEMM
   five times and then the other (wall clock, fastest of each) gave ratios from 0.95 to 2.8 in
   six processes on one busy core, where the paired CPU-time ratio stays at 1.7–1.9.
+  Where it chooses ``float32``, inputs of fewer rows than :func:`rows_to_pay_for_copy` of
+  that ratio keep the native product: the copy of the weight costs about as much as
+  :data:`COPY_ROWS` rows of its fp32 GEMM, which a GEMM r times slower wins back from
+  ``COPY_ROWS / (r − 1)`` rows (the last-position head of a scoring forward has one row per
+  example). That is 128 rows on a Xeon with AVX-512 BF16 (r ≈ 1.85) and 16 on an AVX2 EPYC
+  without bf16 instructions (r ≈ 6.4; there the fixed 512 rows this replaced sent a
+  forward of 16 × 26 tokens through the native products, 26.4 s against 5.1 s in fp32:
+  ``docs/results/issue34-cpu/bf16-matmul.md``).
 
 fp32 weights under ``model.autocast`` (FO-SGD's full-model runs, for one) compute their
 products in the autocast dtype, so the same choice applies to them: autocast casts the input,
@@ -52,11 +57,12 @@ import torch.nn.functional as F
 MATMUL_MODES = ("auto", "native", "float32")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
-# Rows (batch × positions) from which the fp32 product pays for the copy of its weight: on a
-# Xeon without AMX (benchmarks/bf16_matmul.py, one thread) a 576 × 1536 layer breaks even
-# near 64 rows and the 49152 × 576 head between 256 and 512; the layers of a training or
-# evaluation forward see B × T rows (768 for 16 × 48), the last-position head B.
-MIN_ROWS = 512
+# The copy of a layer's weight to fp32, in rows (batch × positions) of its fp32 GEMM: about 34
+# for a 576 → 1536 layer and 60 for the 49152 × 576 head on a Xeon without AMX, whose head
+# copy is memory-bound (docs/results/issue34-cpu/bf16-matmul.md, one thread); the larger one.
+COPY_ROWS = 64
+# The most rows ``auto`` asks of an input before its product runs in fp32 (r near 1).
+MAX_MIN_ROWS = 512
 # How much slower the native half-precision GEMM must be for ``auto`` to leave it: a margin
 # well above the timing noise, so a machine does not flip between the two from run to run.
 SLOWER_BY = 1.3
@@ -79,13 +85,15 @@ def check_matmul(mode: str) -> None:
 
 
 class Float32MatmulLinear(torch.nn.Linear):
-    """An ``nn.Linear`` whose half-precision product runs in fp32 (inputs of
-    :data:`MIN_ROWS` rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype; for
-    fp32 weights under a half-precision autocast, ``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to
-    the autocast dtype, h the cast to it."""
+    """An ``nn.Linear`` whose half-precision product runs in fp32 (inputs of ``min_rows``
+    rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype; for fp32 weights under a
+    half-precision autocast, ``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to the autocast dtype, h
+    the cast to it."""
+
+    min_rows = 0  # set per layer by use_float32_matmul
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.numel() < MIN_ROWS * self.in_features:
+        if input.numel() < self.min_rows * self.in_features:
             return super().forward(input)
         if self.weight.dtype in HALF_DTYPES:
             bias = None if self.bias is None else self.bias.float()
@@ -165,6 +173,27 @@ def paired_ratio(
     return statistics.median(ratios)
 
 
+def rows_to_pay_for_copy(ratio: float) -> int:
+    """The rows from which an input's fp32 product beats the native one whose GEMM is
+    ``ratio`` times slower: ``COPY_ROWS / (ratio − 1)`` rounded up to a power of two (a
+    coarse grid, so that timing noise rarely moves it between processes), at most
+    :data:`MAX_MIN_ROWS`."""
+    if ratio <= 1:
+        return MAX_MIN_ROWS
+    rows = 1
+    while rows < COPY_ROWS / (ratio - 1) and rows < MAX_MIN_ROWS:
+        rows *= 2
+    return rows
+
+
+def product_dtype(weights_dtype: torch.dtype, autocast_dtype: torch.dtype | None
+                  ) -> torch.dtype | None:
+    """The half-precision dtype products of these weights run in (the weights' own, or for
+    fp32 weights the autocast dtype), or None where they run in fp32."""
+    dtype = weights_dtype if weights_dtype in HALF_DTYPES else autocast_dtype
+    return dtype if dtype in HALF_DTYPES else None
+
+
 def resolve_matmul(
     mode: str,
     weights_dtype: torch.dtype,
@@ -174,23 +203,35 @@ def resolve_matmul(
     """``native`` or ``float32``: what ``mode`` means for these weights on this device, whose
     products run in the weights' dtype or, for fp32 weights, in ``autocast_dtype``."""
     check_matmul(mode)
-    product_dtype = weights_dtype if weights_dtype in HALF_DTYPES else autocast_dtype
-    if product_dtype not in HALF_DTYPES or torch.device(device).type != "cpu":
+    half = product_dtype(weights_dtype, autocast_dtype)
+    if half is None or torch.device(device).type != "cpu":
         return "native"
     if mode != "auto":
         return mode
-    ratio = native_over_float32(product_dtype, torch.get_num_threads())
+    ratio = native_over_float32(half, torch.get_num_threads())
     return "float32" if ratio >= SLOWER_BY else "native"
 
 
-def use_float32_matmul(model: torch.nn.Module, *, autocast: bool = False) -> int:
+def float32_min_rows(mode: str, half: torch.dtype) -> int:
+    """The rows from which a layer's product runs in fp32 where ``mode`` resolved to
+    ``float32`` for products in ``half``: every input under ``float32``; under ``auto``, those
+    that pay for the weight's copy on this CPU (:func:`rows_to_pay_for_copy`)."""
+    if mode == "float32":
+        return 0
+    return rows_to_pay_for_copy(native_over_float32(half, torch.get_num_threads()))
+
+
+def use_float32_matmul(model: torch.nn.Module, *, autocast: bool = False,
+                       min_rows: int = 0) -> int:
     """Make every ``nn.Linear`` of ``model`` with half-precision weights (with ``autocast``,
     every ``nn.Linear``: its fp32 weights compute under autocast) a
-    :class:`Float32MatmulLinear`; the number of layers changed."""
+    :class:`Float32MatmulLinear` for inputs of ``min_rows`` rows or more; the number of
+    layers changed."""
     changed = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and (autocast or module.weight.dtype in HALF_DTYPES):
             module.__class__ = Float32MatmulLinear
+            module.min_rows = min_rows
             changed += 1
     return changed
 
@@ -210,6 +251,13 @@ def matmul_mode(model: torch.nn.Module) -> str:
     return "float32" if swapped else "native"
 
 
+def float32_rows(model: torch.nn.Module) -> int | None:
+    """The fewest rows an input of ``model``'s fp32-product layers needs to take that
+    product, or None where none computes in fp32."""
+    rows = [m.min_rows for m in model.modules() if isinstance(m, Float32MatmulLinear)]
+    return min(rows) if rows else None
+
+
 def apply_matmul(
     model: torch.nn.Module,
     mode: str,
@@ -223,5 +271,7 @@ def apply_matmul(
     weights_dtype = next(iter(dtypes & set(HALF_DTYPES)), torch.float32)
     resolved = resolve_matmul(mode, weights_dtype, device, autocast_dtype)
     if resolved == "float32":
-        use_float32_matmul(model, autocast=weights_dtype not in HALF_DTYPES)
+        half = product_dtype(weights_dtype, autocast_dtype)
+        use_float32_matmul(model, autocast=weights_dtype not in HALF_DTYPES,
+                           min_rows=float32_min_rows(mode, half))
     return resolved

@@ -23,6 +23,7 @@ from ..evaluation.baselines import check_calibration, with_demonstrations
 from ..evaluation.evaluate import Score, evaluate
 from ..evaluation.scoring import Scorer
 from ..models.loading import LoadedModel
+from ..models.matmul import float32_rows
 from ..models.mixed_precision import AUTOCAST_DTYPES, compute_context, under_autocast
 from ..models.offload import execution_device
 from ..optim import FirstOrderOptimizer
@@ -422,7 +423,8 @@ def setup(
     if tuned.matmul == "float32" and config.model.matmul == "auto":
         log(
             f"model.matmul auto: this CPU's {config.model.autocast or config.model.dtype} GEMM "
-            "is slower than fp32, so matrix products run in fp32 from the half-precision "
+            "is slower than fp32, so matrix products of inputs of "
+            f"{float32_rows(tuned.model)} rows or more run in fp32 from the half-precision "
             "values (model.matmul=native keeps them native)"
         )
     run = Run(
