@@ -28,8 +28,8 @@ the order of their sums (as two CPUs do), and the output is rounded to bf16 as b
   ``COPY_ROWS / (r − 1)`` rows (the last-position head of a scoring forward has one row per
   example). That is 128 rows on a Xeon with AVX-512 BF16 (r ≈ 1.85) and 16 on an AVX2 EPYC
   without bf16 instructions (r ≈ 6.4; there the fixed 512 rows this replaced sent a
-  forward of 16 × 26 tokens through the native products, 26.4 s against 5.1 s in fp32:
-  ``docs/results/issue34-cpu/bf16-matmul.md``).
+  forward of 16 × 26 tokens through the native products, 26.2 s against 4.5 s in fp32:
+  ``docs/results/issue34-cpu/step-cost-epyc.md``).
 
 fp32 weights under ``model.autocast`` (FO-SGD's full-model runs, for one) compute their
 products in the autocast dtype, so the same choice applies to them: autocast casts the input,
