@@ -85,6 +85,54 @@ def test_compiled_autocast_products_in_fp32_keep_their_casts():
     assert out.dtype == torch.bfloat16 and ((out.double() - exact).abs() <= bound).all()
 
 
+def mm_output_dtypes(code: str) -> list[str]:
+    """The dtypes of the buffers that inductor's generated ``extern_kernels.mm`` calls write,
+    following its buffer reuse (``buf5 = buf1; del buf1  # reuse``) line by line."""
+    import re
+
+    dtypes, written = {}, []
+    for line in code.splitlines():
+        if allocated := re.search(r"(buf\d+) = empty_strided_cpu\(.*, torch\.(\w+)\)", line):
+            dtypes[allocated[1]] = allocated[2]
+        elif alias := re.search(r"(buf\d+) = (buf\d+)\b", line):
+            dtypes[alias[1]] = dtypes.get(alias[2], "?")
+        elif product := re.search(r"extern_kernels\.mm\(.*out=(buf\d+)\)", line):
+            written.append(dtypes.get(product[1], "?"))
+    return written
+
+
+@needs_backend
+@pytest.mark.parametrize(("weights", "autocast"), [(torch.float32, True),
+                                                   (torch.bfloat16, False)])
+def test_the_compiled_backward_multiplies_in_fp32(weights, autocast):
+    """The backward of the fp32 products: traced through, inductor turned its products of
+    rounded operands into bf16 GEMMs (bf16 buffers out of ``extern_kernels.mm``), which on
+    an AVX2 CPU made a compiled forward and backward 7× slower than eager. As an operator of
+    its own (``zotune::rounded_linear``) the layer's backward multiplies in fp32, with the
+    gradients still rounded to bf16."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.SiLU(),
+                                torch.nn.Linear(48, 32)).to(weights)
+    matmul_module.use_float32_matmul(model, autocast=autocast)
+    x = torch.randn(16, 64).to(weights).requires_grad_()
+    compile_model(model)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(x).float().square().sum().backward()
+
+    _, code = run_and_get_code(step)
+    written = [dtype for source in code for dtype in mm_output_dtypes(source)]
+    assert written and set(written) == {"float32"}, written
+    for grad in (x.grad, model[0].weight.grad):
+        assert torch.equal(grad, grad.to(torch.bfloat16).to(grad.dtype))
+
+
 def test_compile_model_falls_back_to_eager_with_one_line(tiny_model, monkeypatch):
     monkeypatch.setattr(compiled, "backend_unavailable", lambda: "no C++ compiler for test")
     model, _ = tiny_model("tiny-llama")

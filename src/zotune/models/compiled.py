@@ -17,11 +17,15 @@ What ZO needs of it:
   and a model's float constants (norm epsilons, scales) then fail to become tensors and
   restart the whole trace with them fixed — about half of the compile time of a forward.
   ``compile_model`` traces with floats specialised (``specialize_float``) from the start;
-* the casts of ``model.matmul=float32`` under autocast
-  (:class:`zotune.models.matmul.Float32MatmulLinear`): the layer rounds its input and weight
-  to bf16 before an fp32 product, and inductor drops a round trip ``x.to(bf16).float()`` by
-  default, which would compute fp32 products of the unrounded values. Such a model is
-  compiled with ``emulate_precision_casts``, so every cast rounds as it does eagerly;
+* the casts of ``model.matmul=float32``
+  (:class:`zotune.models.matmul.Float32MatmulLinear`): the layer rounds its operands to bf16
+  before an fp32 product. Traced through, inductor drops a round trip ``x.to(bf16).float()``
+  by default (fp32 products of the unrounded values) and turns the backward's products of
+  rounded operands into bf16 GEMMs (7× slower than eager on an AVX2 CPU), so the product is
+  an operator of its own (:func:`zotune.models.matmul.rounded_linear`) that the compiled
+  graph calls as it is; its backward, traced, rounds too, and a model whose fp32 weights
+  compute under autocast is compiled with ``emulate_precision_casts``, so every cast rounds
+  as it does eagerly;
 * no compiler backend (inductor's CPU code needs a C++ compiler): one warning line, and the
   model runs eagerly.
 

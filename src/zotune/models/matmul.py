@@ -84,11 +84,62 @@ def check_matmul(mode: str) -> None:
         )
 
 
+@torch.library.custom_op("zotune::rounded_linear", mutates_args=())
+def rounded_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   half: torch.dtype) -> torch.Tensor:
+    """``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to ``half``, h the cast to ``half``: the
+    product of the operands rounded to ``half``, exact products summed in fp32, rounded once.
+
+    An operator of its own (``torch.library``), so that ``torch.compile`` calls it as it is:
+    traced through, inductor drops the round trips through ``half`` (it needs
+    ``emulate_precision_casts`` to keep them) and turns the backward's products of rounded
+    operands into ``half`` GEMMs, the slow ones this layer avoids (a compiled forward and
+    backward of a 416-row MLP took 1.7 s against 0.23 s eager on the AVX2 EPYC)."""
+    with torch.autocast(input.device.type, enabled=False):
+        rounded_bias = None if bias is None else bias.to(half).float()
+        return F.linear(input.to(half).float(), weight.to(half).float(), rounded_bias).to(half)
+
+
+@rounded_linear.register_fake
+def _(input, weight, bias, half):
+    return input.new_empty((*input.shape[:-1], weight.shape[0]), dtype=half)
+
+
+def _save_operands(ctx, inputs, output) -> None:
+    input, weight, bias, half = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.half = half
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _rounded_linear_backward(ctx, grad):
+    """The gradients autograd takes through the casts: each product of the fp32 upstream
+    gradient and a rounded operand, in fp32, rounded to ``half`` and cast to its operand's
+    dtype, as the backward of ``x.to(half).float()`` rounds them."""
+    input, weight = ctx.saved_tensors
+    half = ctx.half
+    with torch.autocast(input.device.type, enabled=False):
+        upstream = grad.float().reshape(-1, weight.shape[0])
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = (upstream @ weight.to(half).float()).to(half).to(input.dtype)
+            grad_input = grad_input.reshape(input.shape)
+        if ctx.needs_input_grad[1]:
+            rows = input.reshape(-1, input.shape[-1]).to(half).float()
+            grad_weight = (upstream.t() @ rows).to(half).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = upstream.sum(0).to(half).to(ctx.bias_dtype)
+    return grad_input, grad_weight, grad_bias, None
+
+
+rounded_linear.register_autograd(_rounded_linear_backward, setup_context=_save_operands)
+
+
 class Float32MatmulLinear(torch.nn.Linear):
     """An ``nn.Linear`` whose half-precision product runs in fp32 (inputs of ``min_rows``
-    rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to ``x``'s dtype; for fp32 weights under a
-    half-precision autocast, ``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to the autocast dtype, h
-    the cast to it."""
+    rows or more): ``y = (x₃₂ W₃₂ᵀ + b₃₂)`` rounded to the weights' dtype; for fp32 weights
+    under a half-precision autocast, ``y = h(x)₃₂ h(W)₃₂ᵀ + h(b)₃₂`` rounded to the autocast
+    dtype, h the cast to it (:func:`rounded_linear`)."""
 
     min_rows = 0  # set per layer by use_float32_matmul
 
@@ -96,15 +147,11 @@ class Float32MatmulLinear(torch.nn.Linear):
         if input.numel() < self.min_rows * self.in_features:
             return super().forward(input)
         if self.weight.dtype in HALF_DTYPES:
-            bias = None if self.bias is None else self.bias.float()
-            return F.linear(input.float(), self.weight.float(), bias).to(input.dtype)
+            return rounded_linear(input, self.weight, self.bias, self.weight.dtype)
         half = autocast_half_dtype(input.device)
         if half is None:
             return super().forward(input)
-        with torch.autocast(input.device.type, enabled=False):
-            bias = None if self.bias is None else self.bias.to(half).float()
-            product = F.linear(input.to(half).float(), self.weight.to(half).float(), bias)
-            return product.to(half)
+        return rounded_linear(input, self.weight, self.bias, half)
 
 
 def autocast_half_dtype(device: torch.device) -> torch.dtype | None:
