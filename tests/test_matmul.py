@@ -287,3 +287,24 @@ def test_the_probe_s_timed_gemms_allocate_nothing(dtype):
         upcast()
     allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.events())
     assert allocated == 0
+
+
+@pytest.mark.parametrize(("weights", "autocast"), [(torch.bfloat16, False),
+                                                   (torch.float32, True)])
+def test_forward_mode_ad_differentiates_the_fp32_product(weights, autocast):
+    """Forward-Grad's dual weights: the product's directional derivative is the same linear
+    layer's on the tangents (the operator alone has no forward-mode formula and dropped it)."""
+    import torch.autograd.forward_ad as fwad
+
+    layer = half_layer(weights)
+    use_float32_matmul(layer, autocast=autocast)
+    x = torch.randn(16, 24).to(weights)
+    tangent = torch.randn_like(layer.weight)
+    with fwad.dual_level(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        weight = layer.weight.detach().clone()
+        del layer.weight
+        layer.weight = fwad.make_dual(weight, tangent)
+        out_tangent = fwad.unpack_dual(layer(x)).tangent
+    assert out_tangent is not None
+    expected = x.to(torch.bfloat16).double() @ tangent.to(torch.bfloat16).double().t()
+    assert torch.allclose(out_tangent.double(), expected, rtol=2**-7, atol=2**-7)
